@@ -1,0 +1,164 @@
+-- Applies one batch of consumed messages atomically: offset check, dedupe, state update.
+-- The rules are those of processors/state.py (apply_event); keep the two in step.
+--
+-- ARGV[1] key prefix        ARGV[2] offsets scope (broker cluster id)
+-- ARGV[3] now (ms)          ARGV[4] dedupe bucket width (ms)   ARGV[5] buckets kept
+-- ARGV[6] activity kinds, letters: o=order l=login s=support
+-- then records of 11 fields:
+--   kind(o|l|s|x) topic partition offset event_id customer_id ts_ms a1 a2 a3 a4
+--   order:   a1=status a2=amount_micros      support: a1=action a2=ticket a3=survey a4=score
+--   rejected (x): a1=reason
+-- Returns {applied, duplicates, redelivered, rejected}.
+
+local P = ARGV[1]
+local offsets_key = P .. 'offsets:' .. ARGV[2]
+local stats_key = P .. 'stats'
+local ids_key = P .. 'ids'
+local now = tonumber(ARGV[3])
+local width = tonumber(ARGV[4])
+local nbuckets = tonumber(ARGV[5])
+local kinds = ARGV[6]
+local bucket = math.floor(now / width)
+local seen_ttl = math.ceil(width * (nbuckets + 1) / 1000)
+
+local applied, duplicates, redelivered, rejected = 0, 0, 0, 0
+local last_offsets = {}
+local touched = {}
+
+local function set_min(key, field, value)
+  local cur = redis.call('HGET', key, field)
+  if not cur or tonumber(value) < tonumber(cur) then redis.call('HSET', key, field, value) end
+end
+
+local function set_max(key, field, value)
+  local cur = redis.call('HGET', key, field)
+  if not cur or tonumber(value) > tonumber(cur) then redis.call('HSET', key, field, value) end
+end
+
+local function activity(ckey, ts)
+  set_min(ckey, 'fa', ts)
+  set_max(ckey, 'la', ts)
+end
+
+local function is_duplicate(event_id)
+  for b = bucket - nbuckets, bucket do
+    if redis.call('SISMEMBER', P .. 'seen:' .. b, event_id) == 1 then return true end
+  end
+  local seen_key = P .. 'seen:' .. bucket
+  redis.call('SADD', seen_key, event_id)
+  redis.call('EXPIRE', seen_key, seen_ttl)
+  return false
+end
+
+local function response_ms(tkey, ticket)
+  local opened = redis.call('HGET', tkey, ticket .. '|o')
+  local reply = redis.call('HGET', tkey, ticket .. '|r')
+  if not opened or not reply then return nil end
+  opened, reply = tonumber(opened), tonumber(reply)
+  if reply < opened then return nil end
+  return reply - opened
+end
+
+local function set_status(ckey, tkey, ticket, is_open, ts)
+  local st = redis.call('HGET', tkey, ticket .. '|t')
+  if st and tonumber(ts) < tonumber(st) then return end
+  local old = redis.call('HGET', tkey, ticket .. '|s')
+  redis.call('HSET', tkey, ticket .. '|s', is_open, ticket .. '|t', ts)
+  if is_open == '1' and old ~= '1' then redis.call('HINCRBY', ckey, 'ot', 1) end
+  if is_open == '0' and old == '1' then redis.call('HINCRBY', ckey, 'ot', -1) end
+end
+
+local function apply_ticket(ckey, cid, ts, action, ticket)
+  local tkey = P .. 'tk:' .. cid
+  local before = response_ms(tkey, ticket)
+  if action == 'opened' then
+    if redis.call('HSETNX', tkey, ticket .. '|o', ts) == 1 then
+      redis.call('HINCRBY', ckey, 'to', 1)
+    else
+      set_min(tkey, ticket .. '|o', ts)
+    end
+    set_status(ckey, tkey, ticket, '1', ts)
+  elseif action == 'reopened' then
+    set_status(ckey, tkey, ticket, '1', ts)
+  elseif action == 'resolved' then
+    redis.call('HINCRBY', ckey, 'tr', 1)
+    set_status(ckey, tkey, ticket, '0', ts)
+  elseif action == 'agent_replied' then
+    set_min(tkey, ticket .. '|r', ts)
+  end
+  local after = response_ms(tkey, ticket)
+  if before ~= after then
+    redis.call('HINCRBY', ckey, 'rs', (after or 0) - (before or 0))
+    redis.call('HINCRBY', ckey, 'rn', (after and 1 or 0) - (before and 1 or 0))
+  end
+end
+
+local function apply(kind, cid, ts, a1, a2, a3, a4)
+  local ckey = P .. 'c:' .. cid
+  if redis.call('HSETNX', ckey, 'fs', ts) == 1 then
+    -- a dense index per customer, for bitmaps keyed by customer number
+    if redis.call('HEXISTS', ids_key, cid) == 0 then
+      redis.call('HSET', ids_key, cid, redis.call('INCR', P .. 'ids:next') - 1)
+    end
+  else
+    set_min(ckey, 'fs', ts)
+  end
+  if kind == 'o' then
+    if a1 == 'placed' then
+      redis.call('HINCRBY', ckey, 'o', 1)
+      redis.call('HINCRBY', ckey, 'pm', a2)
+      set_max(ckey, 'lo', ts)
+      redis.call('HINCRBY', P .. 'od:' .. cid, math.floor(tonumber(ts) / 86400000), 1)
+      if string.find(kinds, 'o', 1, true) then activity(ckey, ts) end
+    elseif a1 == 'refunded' then
+      redis.call('HINCRBY', ckey, 'rf', 1)
+      redis.call('HINCRBY', ckey, 'rm', a2)
+    else
+      redis.call('HINCRBY', ckey, 'cx', 1)
+    end
+  elseif kind == 'l' then
+    redis.call('HINCRBY', ckey, 'lg', 1)
+    set_max(ckey, 'll', ts)
+    if string.find(kinds, 'l', 1, true) then activity(ckey, ts) end
+  else
+    if a1 == 'rated' then
+      local cur = redis.call('HGET', ckey, a3 .. 't')
+      if not cur or tonumber(ts) >= tonumber(cur) then
+        redis.call('HSET', ckey, a3, a4, a3 .. 't', ts)
+      end
+    else
+      apply_ticket(ckey, cid, ts, a1, a2)
+    end
+    if string.find(kinds, 's', 1, true) then activity(ckey, ts) end
+  end
+end
+
+for i = 7, #ARGV, 11 do
+  local kind, topic, partition = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local offset = tonumber(ARGV[i + 3])
+  local tp = topic .. '|' .. partition
+  local last = last_offsets[tp]
+  if last == nil then last = tonumber(redis.call('HGET', offsets_key, tp) or '-1') end
+  if offset <= last then
+    redelivered = redelivered + 1
+  else
+    last_offsets[tp] = offset
+    touched[tp] = true
+    if kind == 'x' then
+      redis.call('HINCRBY', stats_key, 'rejected|' .. topic .. '|' .. ARGV[i + 7], 1)
+      rejected = rejected + 1
+    elseif is_duplicate(ARGV[i + 4]) then
+      redis.call('HINCRBY', stats_key, 'duplicate|' .. topic, 1)
+      duplicates = duplicates + 1
+    else
+      apply(kind, ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10])
+      redis.call('HINCRBY', stats_key, 'accepted|' .. topic, 1)
+      applied = applied + 1
+    end
+  end
+end
+
+for tp, _ in pairs(touched) do
+  redis.call('HSET', offsets_key, tp, last_offsets[tp])
+end
+return {applied, duplicates, redelivered, rejected}

@@ -1,0 +1,233 @@
+"""Per-customer state and how one event changes it.
+
+This is the reference definition. The store applies the same rules inside Redis (one Lua
+script per batch, ``apply_batch.lua``) for speed; the integration tests fold the same events
+through :func:`apply_event` and require the stored state to be equal.
+
+Rules that make the result independent of arrival order within a customer:
+- first/last times are minima/maxima of event time, not of arrival;
+- "latest" survey scores and ticket status are those with the greatest event time (on a
+  tie the later arrival wins);
+- money is kept in integer millionths, so sums are exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from streams.events import Event, LoginEvent, OrderEvent, SupportEvent
+
+MS_PER_DAY = 86_400_000
+MICROS = 1_000_000
+ActivityKinds = frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class TicketState:
+    opened_ms: int | None = None  # earliest `opened`
+    first_reply_ms: int | None = None  # earliest `agent_replied`
+    is_open: bool | None = None  # from the status action with the greatest event time
+    status_ms: int | None = None
+
+    def response_ms(self) -> int | None:
+        """First-response time; replies stamped before the opening do not count."""
+        if self.opened_ms is None or self.first_reply_ms is None:
+            return None
+        if self.first_reply_ms < self.opened_ms:
+            return None
+        return self.first_reply_ms - self.opened_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    value: int
+    ts_ms: int
+
+
+@dataclass(frozen=True)
+class CustomerState:
+    customer_id: str
+    first_seen_ms: int | None = None
+    first_activity_ms: int | None = None
+    last_activity_ms: int | None = None
+    last_order_ms: int | None = None
+    last_login_ms: int | None = None
+    orders: int = 0
+    placed_micros: int = 0
+    refunds: int = 0
+    refunded_micros: int = 0
+    cancelled: int = 0
+    logins: int = 0
+    tickets_opened: int = 0
+    tickets_resolved: int = 0
+    open_tickets: int = 0
+    response_ms_sum: int = 0
+    responses: int = 0
+    orders_by_day: dict[int, int] = field(default_factory=dict)
+    tickets: dict[str, TicketState] = field(default_factory=dict)
+    scores: dict[str, Score] = field(default_factory=dict)
+
+    @property
+    def revenue_micros(self) -> int:
+        return self.placed_micros - self.refunded_micros
+
+
+def _min(current: int | None, value: int) -> int:
+    return value if current is None or value < current else current
+
+
+def _max(current: int | None, value: int) -> int:
+    return value if current is None or value > current else current
+
+
+def _activity(state: CustomerState, ts: int) -> CustomerState:
+    return replace(
+        state,
+        first_activity_ms=_min(state.first_activity_ms, ts),
+        last_activity_ms=_max(state.last_activity_ms, ts),
+    )
+
+
+def _apply_order(state: CustomerState, event: OrderEvent, kinds: ActivityKinds) -> CustomerState:
+    ts, amount = event.ts_ms, event.amount_micros
+    if event.status == "refunded":
+        return replace(
+            state, refunds=state.refunds + 1, refunded_micros=state.refunded_micros + amount
+        )
+    if event.status == "cancelled":
+        return replace(state, cancelled=state.cancelled + 1)
+    day = ts // MS_PER_DAY
+    by_day = {**state.orders_by_day, day: state.orders_by_day.get(day, 0) + 1}
+    state = replace(
+        state,
+        orders=state.orders + 1,
+        placed_micros=state.placed_micros + amount,
+        last_order_ms=_max(state.last_order_ms, ts),
+        orders_by_day=by_day,
+    )
+    return _activity(state, ts) if "order" in kinds else state
+
+
+def _apply_login(state: CustomerState, event: LoginEvent, kinds: ActivityKinds) -> CustomerState:
+    ts = event.ts_ms
+    state = replace(state, logins=state.logins + 1, last_login_ms=_max(state.last_login_ms, ts))
+    return _activity(state, ts) if "login" in kinds else state
+
+
+def _set_status(
+    state: CustomerState, ticket: TicketState, is_open: bool, ts: int
+) -> tuple[CustomerState, TicketState]:
+    if ticket.status_ms is not None and ts < ticket.status_ms:
+        return state, ticket
+    delta = int(is_open and ticket.is_open is not True) - int(not is_open and ticket.is_open is True)
+    return (
+        replace(state, open_tickets=state.open_tickets + delta),
+        replace(ticket, is_open=is_open, status_ms=ts),
+    )
+
+
+def _apply_ticket(state: CustomerState, event: SupportEvent) -> CustomerState:
+    ts, action = event.ts_ms, event.action
+    before = state.tickets.get(event.ticket_id, TicketState())
+    ticket = before
+    if action == "opened":
+        if ticket.opened_ms is None:
+            state = replace(state, tickets_opened=state.tickets_opened + 1)
+        ticket = replace(ticket, opened_ms=_min(ticket.opened_ms, ts))
+        state, ticket = _set_status(state, ticket, True, ts)
+    elif action == "reopened":
+        state, ticket = _set_status(state, ticket, True, ts)
+    elif action == "resolved":
+        state = replace(state, tickets_resolved=state.tickets_resolved + 1)
+        state, ticket = _set_status(state, ticket, False, ts)
+    elif action == "agent_replied":
+        ticket = replace(ticket, first_reply_ms=_min(ticket.first_reply_ms, ts))
+    old, new = before.response_ms(), ticket.response_ms()
+    if old != new:
+        state = replace(
+            state,
+            response_ms_sum=state.response_ms_sum - (old or 0) + (new or 0),
+            responses=state.responses - (old is not None) + (new is not None),
+        )
+    return replace(state, tickets={**state.tickets, event.ticket_id: ticket})
+
+
+def _apply_support(
+    state: CustomerState, event: SupportEvent, kinds: ActivityKinds
+) -> CustomerState:
+    if event.action == "rated":
+        assert event.survey is not None and event.score is not None  # the contract checks it
+        current = state.scores.get(event.survey)
+        if current is None or event.ts_ms >= current.ts_ms:
+            state = replace(
+                state, scores={**state.scores, event.survey: Score(event.score, event.ts_ms)}
+            )
+    else:
+        state = _apply_ticket(state, event)
+    return _activity(state, event.ts_ms) if "support" in kinds else state
+
+
+def apply_event(state: CustomerState, event: Event, kinds: ActivityKinds) -> CustomerState:
+    """Fold one accepted, not-yet-seen event into the customer's state."""
+    state = replace(state, first_seen_ms=_min(state.first_seen_ms, event.ts_ms))
+    if isinstance(event, OrderEvent):
+        return _apply_order(state, event, kinds)
+    if isinstance(event, LoginEvent):
+        return _apply_login(state, event, kinds)
+    return _apply_support(state, event, kinds)
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def day_iso(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).date().isoformat()
+
+
+def _latest(state: CustomerState, survey: str) -> int | None:
+    score = state.scores.get(survey)
+    return None if score is None else score.value
+
+
+def to_public(state: CustomerState) -> dict[str, Any]:
+    """The customer JSON of METRICS.md (Customer state), plus a few support details.
+
+    Lifecycle, P(alive) and risk are filled by later stages and are null here.
+    """
+    return {
+        "customer_id": state.customer_id,
+        "first_seen": iso(state.first_seen_ms),
+        "first_activity_at": iso(state.first_activity_ms),
+        "last_activity_at": iso(state.last_activity_ms),
+        "last_order_at": iso(state.last_order_ms),
+        "last_login_at": iso(state.last_login_ms),
+        "orders": state.orders,
+        "revenue": state.revenue_micros / MICROS,
+        "refunds": state.refunds,
+        "refunded_amount": state.refunded_micros / MICROS,
+        "cancelled_orders": state.cancelled,
+        "aov": state.placed_micros / MICROS / state.orders if state.orders else None,
+        "purchase_days": len(state.orders_by_day),
+        "orders_by_day": {day_iso(d): n for d, n in sorted(state.orders_by_day.items())},
+        "logins": state.logins,
+        "open_tickets": state.open_tickets,
+        "tickets_opened": state.tickets_opened,
+        "tickets_resolved": state.tickets_resolved,
+        "first_response_seconds_avg": (
+            state.response_ms_sum / state.responses / 1000 if state.responses else None
+        ),
+        "nps": _latest(state, "nps"),
+        "csat": _latest(state, "csat"),
+        "ces": _latest(state, "ces"),
+        "status": None,
+        "p_alive": None,
+        "expected_purchases_90d": None,
+        "risk_score": None,
+        "risk_reasons": [],
+    }

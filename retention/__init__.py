@@ -1,0 +1,1 @@
+"""Command line, configuration and embedded runtime of the retention tracker."""

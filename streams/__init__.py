@@ -1,0 +1,1 @@
+"""Event contracts, topics, the Faust app and the producer API."""

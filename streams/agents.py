@@ -1,0 +1,170 @@
+"""Faust agents: decode a batch, hand it to the store in one call, then ack it.
+
+Offsets are acknowledged (and so committed) only after the Redis script has applied the
+batch. The script records each partition's last applied offset together with the state,
+so messages Kafka delivers again after a crash or a rebalance change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from processors.store import Store, accepted_record, rejected_record
+from retention.config import Settings
+from streams.events import Rejection, parse_event
+from streams.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF_SECONDS = 5.0
+
+
+@dataclass
+class WorkerCounters:
+    """This process's own counts; the store holds the cluster-wide ones."""
+
+    batches: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    redelivered: int = 0
+    rejected: int = 0
+    redis_errors: int = 0
+    first_event_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+def dlq_headers(message: Any, rejection: Rejection) -> list[tuple[str, bytes]]:
+    return [
+        ("x-reason", rejection.reason.encode()),
+        ("x-error", rejection.detail.encode()),
+        ("x-source-topic", message.topic.encode()),
+        ("x-source-partition", str(message.partition).encode()),
+        ("x-source-offset", str(message.offset).encode()),
+    ]
+
+
+class Ingest:
+    """What the agent does with each batch; kept out of the agent body to stay testable."""
+
+    def __init__(self, settings: Settings, topics: Topics, store: Store, dlq: Any) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.store = store
+        self.dlq = dlq
+        self.counters = WorkerCounters()
+
+    async def handle(self, events: Sequence[Any]) -> None:
+        records: list[list[str]] = []
+        pending = []
+        for event in events:
+            message = event.message
+            topic_type = self.topics.event_type_of(message.topic)
+            parsed = parse_event(message.value or b"", topic_type=topic_type, key=message.key)
+            if isinstance(parsed, Rejection):
+                fut = await self.dlq.send(
+                    key=message.key, value=message.value, headers=dlq_headers(message, parsed)
+                )
+                pending.append(fut)
+                records.append(
+                    rejected_record(message.topic, message.partition, message.offset, parsed.reason)
+                )
+            else:
+                records.append(
+                    accepted_record(parsed, message.topic, message.partition, message.offset)
+                )
+        # The dead letters must be stored by Kafka before their offsets may be committed.
+        if pending:
+            await asyncio.gather(*pending)
+        await self._write(records)
+
+    async def _write(self, records: list[list[str]]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                result = await self.store.apply_batch(records)
+                break
+            except RedisError as exc:
+                # Never ack what is not stored: wait for Redis rather than drop the batch.
+                self.counters.redis_errors += 1
+                logger.warning("redis write failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        c = self.counters
+        c.batches += 1
+        c.applied += result.applied
+        c.duplicates += result.duplicates
+        c.redelivered += result.redelivered
+        c.rejected += result.rejected
+        if c.first_event_at is None:
+            c.first_event_at = time.time()
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
+    """Declare the topics, the ingest agent and the heartbeat timer on ``app``."""
+    topics = Topics.from_settings(settings)
+    source = app.topic(*topics.sources, key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
+    assert settings.redis_url is not None
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    store = Store(
+        redis,
+        settings.key_prefix,
+        activity_kinds=settings.activity_kinds,
+        dedupe_horizon_seconds=settings.dedupe_horizon_seconds,
+        offsets_scope=cluster_id,
+    )
+    ingest = Ingest(settings, topics, store, dlq)
+    me = worker_id()
+
+    @app.agent(source, name="ingest")
+    async def ingest_agent(stream: faust.StreamT[bytes]) -> None:
+        batches = stream.noack_take(settings.batch_size, within=settings.batch_within_seconds)
+        async for events in batches:
+            await ingest.handle(events)
+            for event in events:
+                await stream.ack(event)
+
+    @app.timer(interval=settings.worker_heartbeat_seconds)
+    async def heartbeat() -> None:
+        assigned = sorted(f"{tp.topic}|{tp.partition}" for tp in app.consumer.assignment())
+        c = ingest.counters
+        info = {
+            "pid": os.getpid(),
+            "partitions": assigned,
+            "applied": c.applied,
+            "duplicates": c.duplicates,
+            "redelivered": c.redelivered,
+            "rejected": c.rejected,
+            "redis_errors": c.redis_errors,
+            "started_at": c.started_at,
+            "first_event_at": c.first_event_at,
+        }
+        try:
+            await store.heartbeat(me, info)
+        except RedisError as exc:
+            logger.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    @app.on_before_shutdown.connect
+    async def forget(app: faust.App, **kwargs: Any) -> None:
+        try:
+            await store.forget_worker(me)
+        except RedisError:
+            pass
+        await redis.aclose()
+
+    return ingest

@@ -1,0 +1,36 @@
+"""The Faust application, built from settings (never from module globals)."""
+
+from __future__ import annotations
+
+import faust
+
+from retention.config import Settings
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.topic_prefix}{settings.app_id}"
+
+
+def create_app(settings: Settings) -> faust.App:
+    """One Faust app per worker process.
+
+    State lives in Redis, so the app declares no tables: a worker is ready as soon as it
+    has joined the group, with no changelog to recover. Messages stay raw bytes so that a
+    malformed one reaches the dead-letter topic unchanged.
+    """
+    if not settings.kafka_bootstrap:
+        raise ValueError("KAFKA_BOOTSTRAP is not set and no embedded broker was found")
+    return faust.App(
+        group_id(settings),
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.heartbeat_interval_seconds,
+        broker_rebalance_timeout=max(settings.session_timeout_seconds, 10.0),
+    )
