@@ -96,7 +96,7 @@ class Process:
             self.proc.wait()
 
 
-def _spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
+def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
@@ -133,7 +133,7 @@ def start_broker(log_dir: Path, port: int | None = None, cluster_id: str | None 
         "--storage-engine",
         "memory://tansu/",
     ]
-    process = _spawn("broker", argv, log_dir)
+    process = spawn("broker", argv, log_dir)
     wait_for_port(port, 15, process.proc)
     return process, f"127.0.0.1:{port}"
 
@@ -159,7 +159,7 @@ def start_redis(
         "--protected-mode",
         "no",
     ]
-    process = _spawn("redis", argv, log_dir)
+    process = spawn("redis", argv, log_dir)
     wait_for_port(port, 15, process.proc)
     return process, f"redis://127.0.0.1:{port}/0"
 

@@ -32,6 +32,9 @@ class Services:
         tmp.replace(path)
         return path
 
+    def all_alive(self) -> bool:
+        return all(_alive(pid) for pid in self.pids.values())
+
     @classmethod
     def read(cls, data_dir: Path) -> Services | None:
         path = data_dir / SERVICES_FILE
@@ -60,7 +63,7 @@ def resolve(settings: Settings) -> Settings:
     if settings.kafka_bootstrap and settings.redis_url:
         return settings
     recorded = Services.read(settings.data_dir)
-    if recorded is not None and all(_alive(pid) for pid in recorded.pids.values()):
+    if recorded is not None and recorded.all_alive():
         return settings.with_services(
             settings.kafka_bootstrap or recorded.kafka_bootstrap,
             settings.redis_url or recorded.redis_url,

@@ -141,7 +141,11 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
 
     @app.timer(interval=settings.worker_heartbeat_seconds)
     async def heartbeat() -> None:
-        assigned = sorted(f"{tp.topic}|{tp.partition}" for tp in app.consumer.assignment())
+        assigned = sorted(
+            f"{tp.topic}|{tp.partition}"
+            for tp in app.consumer.assignment()
+            if tp.topic in topics.sources
+        )
         c = ingest.counters
         info = {
             "pid": os.getpid(),

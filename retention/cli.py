@@ -1,0 +1,213 @@
+"""The ``retention`` command: up | worker | produce | customer | status | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from processors.state import to_public
+from processors.store import Store
+from retention import logs
+from retention.config import Settings
+from retention.services import NoServices, resolve
+
+logger = logging.getLogger("retention")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for name in ("kafka_bootstrap", "redis_url", "data_dir", "topic_prefix", "key_prefix"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+def _services(args: argparse.Namespace) -> Settings:
+    return resolve(_settings(args))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from retention.stack import run_up
+
+    return run_up(
+        _settings(args),
+        demo=args.demo,
+        workers=args.workers,
+        broker_port=args.broker_port,
+        redis_port=args.redis_port,
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from retention.worker import run
+
+    run(_services(args), loglevel=args.log_level)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+    from streams.topics import Topics
+
+    settings = _services(args)
+    assert settings.kafka_bootstrap
+    asyncio.run(
+        run_demo(
+            settings.kafka_bootstrap,
+            Topics.from_settings(settings),
+            customers=args.customers,
+            seed=args.seed,
+            rate_per_second=args.rate,
+        )
+    )
+    return 0
+
+
+async def _count_bad(settings: Settings, reasons: dict[str, int]) -> None:
+    from retention.produce import PRODUCE_SOURCE
+
+    if not settings.redis_url or not reasons:
+        return
+    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        store = Store(redis, settings.key_prefix)
+        async with redis.pipeline(transaction=True) as pipe:
+            for reason, n in reasons.items():
+                pipe.hincrby(store.key("stats"), f"rejected|{PRODUCE_SOURCE}|{reason}", n)
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from retention.produce import publish_file
+    from streams.producer import EventProducer
+    from streams.topics import Topics, ensure_topics
+
+    settings = _services(args)
+    assert settings.kafka_bootstrap
+    bootstrap = settings.kafka_bootstrap
+
+    def report(line_no: int, rejection: Any) -> None:
+        print(f"{args.file}:{line_no}: {rejection.reason}: {rejection.detail}", file=sys.stderr)
+
+    async def go() -> int:
+        topics = Topics.from_settings(settings)
+        await ensure_topics(bootstrap, topics, settings.partitions)
+        async with EventProducer(bootstrap, topics, settings.default_currency) as producer:
+            result = await publish_file(Path(args.file), producer, on_bad=report)
+        await _count_bad(settings, dict(result.reasons()))
+        print(f"sent {result.sent} events; {len(result.bad)} bad lines sent to {topics.dlq}")
+        return 0
+
+    return asyncio.run(go())
+
+
+def _format_customer(data: dict[str, Any]) -> str:
+    width = max(len(k) for k in data)
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value)) or "-"
+        elif value is None:
+            value = "-"
+        lines.append(f"{key:<{width}}  {value}")
+    return "\n".join(lines)
+
+
+def cmd_customer(args: argparse.Namespace) -> int:
+    settings = _services(args)
+    assert settings.redis_url
+
+    async def go() -> dict[str, Any] | None:
+        redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+        try:
+            state = await Store(redis, settings.key_prefix).read_customer(args.id)
+        finally:
+            await redis.aclose()
+        return None if state is None else to_public(state)
+
+    data = asyncio.run(go())
+    if data is None:
+        print(f"no customer {args.id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2) if args.json else _format_customer(data))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from retention import status
+
+    settings = _services(args)
+    st = asyncio.run(status.gather(settings))
+    print(json.dumps(st.as_dict(), indent=2) if args.json else status.render(st))
+    return 0 if st.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="where `up` keeps data and records services")
+    common.add_argument("--kafka-bootstrap", help="host:port of Kafka (or KAFKA_BOOTSTRAP)")
+    common.add_argument("--redis-url", help="redis://host:port/db (or REDIS_URL)")
+    common.add_argument("--topic-prefix", help="prefix before every topic name")
+    common.add_argument("--key-prefix", help="prefix before every Redis key")
+    common.add_argument("--log-level", default="warn", choices=["debug", "info", "warn", "error"])
+
+    parser = argparse.ArgumentParser(prog="retention", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="start the stack and a worker")
+    up.add_argument("--demo", action="store_true", help="also run the demo traffic generator")
+    up.add_argument("--workers", type=int, default=1)
+    up.add_argument("--broker-port", type=int)
+    up.add_argument("--redis-port", type=int)
+    up.set_defaults(func=cmd_up)
+
+    sub.add_parser("worker", parents=[common], help="run one worker").set_defaults(func=cmd_worker)
+
+    produce = sub.add_parser("produce", parents=[common], help="publish a JSONL file of events")
+    produce.add_argument("file")
+    produce.set_defaults(func=cmd_produce)
+
+    customer = sub.add_parser("customer", parents=[common], help="one customer's state")
+    customer.add_argument("id")
+    customer.add_argument("--json", action="store_true")
+    customer.set_defaults(func=cmd_customer)
+
+    st = sub.add_parser("status", parents=[common], help="services, workers and lag")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", parents=[common], help="send demo traffic")
+    demo.add_argument("--customers", type=int, default=60)
+    demo.add_argument("--rate", type=float, default=5.0, help="live events per second")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.setup("WARNING" if args.log_level == "warn" else args.log_level.upper())
+    try:
+        code: int = args.func(args)
+    except NoServices as exc:
+        print(f"retention: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""``retention produce FILE``: publish a JSONL file of events, line by line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.events import Rejection, parse_event
+from streams.producer import EventProducer
+
+#: The source label of rejections that never reached a source topic.
+PRODUCE_SOURCE = "produce"
+
+
+@dataclass
+class ProduceResult:
+    sent: int = 0
+    bad: list[tuple[int, Rejection]] = field(default_factory=list)
+
+    def reasons(self) -> Counter[str]:
+        return Counter(r.reason for _, r in self.bad)
+
+
+def dead_letter_headers(path: Path, line_no: int, rejection: Rejection) -> list[tuple[str, bytes]]:
+    return [
+        ("x-reason", rejection.reason.encode()),
+        ("x-error", rejection.detail.encode()),
+        ("x-source-topic", PRODUCE_SOURCE.encode()),
+        ("x-source-file", str(path).encode()),
+        ("x-source-line", str(line_no).encode()),
+    ]
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent when stderr is not one."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total = max(1, total_bytes)
+        self.enabled = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, done_bytes: int, sent: int, bad: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.last < 0.2):
+            return
+        self.last = now
+        share = min(1.0, done_bytes / self.total)
+        bar = "#" * int(share * 30)
+        end = "\n" if final else ""
+        sys.stderr.write(f"\r[{bar:<30}] {share:6.1%}  sent {sent}  bad {bad}{end}")
+        sys.stderr.flush()
+
+
+async def publish_file(
+    path: Path,
+    producer: EventProducer,
+    on_bad: Callable[[int, Rejection], None] | None = None,
+) -> ProduceResult:
+    """Send every valid line to its topic and every bad one to the dead-letter topic."""
+    result = ProduceResult()
+    progress = Progress(path.stat().st_size)
+    pending: list[asyncio.Future[object]] = []
+    done_bytes = 0
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            done_bytes += len(raw)
+            line = raw.strip()
+            if not line:
+                continue
+            parsed = parse_event(line)
+            if isinstance(parsed, Rejection):
+                result.bad.append((line_no, parsed))
+                if on_bad is not None:
+                    on_bad(line_no, parsed)
+                headers = dead_letter_headers(path, line_no, parsed)
+                pending.append(await producer.send_raw(producer.topics.dlq, line, None, headers))
+            else:
+                pending.append(await producer.send(parsed))
+                result.sent += 1
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            progress.update(done_bytes, result.sent, len(result.bad))
+    await asyncio.gather(*pending)
+    progress.update(done_bytes, result.sent, len(result.bad), final=True)
+    return result

@@ -1,0 +1,145 @@
+"""``retention up``: start (or join) the services, run the worker, print a live summary."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from retention import runtime, status
+from retention.config import Settings
+from retention.services import Services, remove_record
+
+logger = logging.getLogger(__name__)
+
+#: Group timeouts for the embedded broker. Tansu makes a joining member wait half the
+#: session timeout, so the defaults meant for production Kafka would delay readiness.
+EMBEDDED_TIMEOUTS = {
+    "RETENTION_SESSION_TIMEOUT_SECONDS": "2",
+    "RETENTION_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+}
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "retention.cli", *args]
+
+
+class Stack:
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.group = runtime.ProcessGroup()
+        self.embedded = not (settings.kafka_bootstrap and settings.redis_url)
+        self.started = time.monotonic()
+
+    def start_services(self, broker_port: int | None, redis_port: int | None) -> Settings:
+        if not self.embedded:
+            return self.settings
+        previous = Services.read(self.settings.data_dir)
+        if previous and previous.embedded and previous.all_alive():
+            raise AlreadyRunning(f"a stack already runs from {self.settings.data_dir}/")
+        broker, bootstrap = runtime.start_broker(self.log_dir, broker_port)
+        self.group.add(broker)
+        redis, redis_url = runtime.start_redis(
+            self.settings.data_dir / "redis", self.log_dir, redis_port, durable=True
+        )
+        self.group.add(redis)
+        return self.settings.with_services(bootstrap, redis_url)
+
+    def start_children(self, settings: Settings, workers: int, demo: bool) -> None:
+        assert settings.kafka_bootstrap and settings.redis_url
+        env = {"KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "REDIS_URL": settings.redis_url}
+        if self.embedded:
+            env.update(EMBEDDED_TIMEOUTS)
+        child_env = runtime.child_env(**env)
+        for n in range(workers):
+            self.group.add(runtime.spawn(f"worker-{n + 1}", _cli("worker"), self.log_dir, child_env))
+        if demo:
+            self.group.add(runtime.spawn("demo", _cli("demo"), self.log_dir, child_env))
+
+    def record(self, settings: Settings) -> Path:
+        assert settings.kafka_bootstrap and settings.redis_url
+        pids = {p.name: p.pid for p in self.group.processes}
+        services = Services(
+            settings.kafka_bootstrap, settings.redis_url, self.embedded, pids, str(self.log_dir)
+        )
+        return services.write(settings.data_dir)
+
+    def dead_children(self) -> list[str]:
+        return [p.name for p in self.group.processes if p.proc.poll() is not None]
+
+    def stop(self) -> None:
+        self.group.stop()
+        remove_record(self.settings.data_dir)
+
+
+def summary_line(st: status.Status, elapsed: float) -> str:
+    seen = sum(st.seen.values())
+    rejected = sum(st.rejected.values())
+    lag = "?" if st.lag is None else str(sum(st.lag.values()))
+    return (
+        f"[{elapsed:6.1f}s] workers {len(st.workers)}  customers {st.customers or 0}  "
+        f"messages {seen}  rejected {rejected}  lag {lag}"
+    )
+
+
+def _ready(st: status.Status) -> bool:
+    return st.ok and any(w.get("partitions") for w in st.workers.values())
+
+
+def run_up(
+    settings: Settings,
+    *,
+    demo: bool = False,
+    workers: int = 1,
+    broker_port: int | None = None,
+    redis_port: int | None = None,
+    interval: float = 2.0,
+) -> int:
+    """Run until Ctrl-C (or SIGTERM); everything started here is stopped on the way out."""
+    write = print
+    log_dir = settings.data_dir / "logs"
+    stack = Stack(settings, log_dir)
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        live = stack.start_services(broker_port, redis_port)
+        stack.start_children(live, workers, demo)
+        where = stack.record(live)
+        write(f"kafka    {live.kafka_bootstrap}" + ("  (embedded Tansu)" if stack.embedded else ""))
+        write(f"redis    {live.redis_url}" + ("  (embedded, AOF)" if stack.embedded else ""))
+        write(f"logs     {log_dir}/")
+        write(f"recorded {where}  (other shells find the services there)")
+        write("try      retention status | retention customer ID --json | Ctrl-C to stop")
+        ready = False
+        while not stopping:
+            st = asyncio.run(status.gather(live, timeout=interval * 2))
+            elapsed = time.monotonic() - stack.started
+            if not ready and _ready(st):
+                ready = True
+                write(f"ready in {elapsed:.1f} s")
+            write(summary_line(st, elapsed), flush=True)
+            dead = stack.dead_children()
+            if dead:
+                write(f"stopped unexpectedly: {', '.join(dead)} (see {log_dir}/)")
+                return 1
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        write("stopping ...", flush=True)
+        stack.stop()
+    return 0

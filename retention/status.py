@@ -1,0 +1,142 @@
+"""Health and progress of a running tracker: broker, Redis, workers, lag."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from processors.store import Store
+from retention.config import Settings
+from retention.worker import cluster_id
+from streams.topics import Topics
+
+#: A worker whose heartbeat is older than this many heartbeat intervals counts as gone.
+STALE_HEARTBEATS = 5
+
+
+@dataclass
+class Status:
+    kafka_bootstrap: str
+    redis_url: str
+    broker_ok: bool = False
+    redis_ok: bool = False
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per topic: broker end offsets minus the offsets the store has applied, floored at 0.
+    # Tansu under-reports end offsets, so a 0 here is necessary but not sufficient for
+    # "caught up"; ``seen`` counts what the store took account of, exactly.
+    lag: dict[str, int] | None = None
+    end_offsets: dict[str, int] | None = None
+    seen: dict[str, int] = field(default_factory=dict)
+    customers: int | None = None
+    rejected: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.broker_ok and self.redis_ok and bool(self.workers) and self.lag is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+
+async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            await consumer.topics()  # refresh metadata once
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+        result: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def gather(settings: Settings, timeout: float = 10.0) -> Status:
+    assert settings.kafka_bootstrap and settings.redis_url
+    status = Status(settings.kafka_bootstrap, settings.redis_url)
+    topics = Topics.from_settings(settings)
+    scope = "default"
+    try:
+        scope = await asyncio.wait_for(cluster_id(settings.kafka_bootstrap), timeout)
+        status.broker_ok = True
+    except Exception as exc:
+        status.errors.append(f"broker: {exc!r}")
+    redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=timeout)
+    try:
+        store = Store(redis, settings.key_prefix, offsets_scope=scope)
+        try:
+            await redis.ping()
+            status.redis_ok = True
+            status.workers = await store.workers(
+                STALE_HEARTBEATS * settings.worker_heartbeat_seconds
+            )
+            status.customers = await store.customer_count()
+            stats = await store.stats()
+            status.seen = {t: stats.seen(t) for t in topics.sources}
+            for (topic, reason), n in stats.rejected.items():
+                status.rejected[f"{topic}|{reason}"] = n
+            applied = await store.applied_offsets()
+        except Exception as exc:
+            status.errors.append(f"redis: {exc!r}")
+            return status
+        if status.broker_ok:
+            try:
+                ends = await asyncio.wait_for(
+                    _end_offsets(settings.kafka_bootstrap, list(topics.sources)), timeout
+                )
+            except Exception as exc:
+                status.errors.append(f"lag: {exc!r}")
+                return status
+            status.lag, status.end_offsets = {}, {}
+            for tp, end in ends.items():
+                done = applied.get((tp.topic, tp.partition), -1) + 1
+                status.lag[tp.topic] = status.lag.get(tp.topic, 0) + max(0, end - done)
+                status.end_offsets[tp.topic] = status.end_offsets.get(tp.topic, 0) + end
+    finally:
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+    return status
+
+
+def render(status: Status) -> str:
+    def mark(ok: bool) -> str:
+        return "up" if ok else "DOWN"
+
+    lines = [
+        f"broker   {status.kafka_bootstrap:<28} {mark(status.broker_ok)}",
+        f"redis    {status.redis_url:<28} {mark(status.redis_ok)}",
+        f"workers  {len(status.workers)} alive",
+    ]
+    for worker_id, info in sorted(status.workers.items()):
+        parts = ", ".join(info.get("partitions", [])) or "no partitions yet"
+        lines.append(f"  {worker_id}: {parts}")
+    if status.customers is not None:
+        lines.append(f"customers {status.customers}")
+    if status.lag is not None:
+        lines.append("topic          lag   seen")
+        for topic in sorted(status.lag):
+            lines.append(f"  {topic:<12} {status.lag[topic]:>5} {status.seen.get(topic, 0):>6}")
+    else:
+        lines.append("lag      unknown")
+    for key, n in sorted(status.rejected.items()):
+        lines.append(f"rejected {key}: {n}")
+    lines.extend(f"error    {e}" for e in status.errors)
+    lines.append("status   " + ("ok" if status.ok else "NOT OK"))
+    return "\n".join(lines)
