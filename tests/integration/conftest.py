@@ -1,0 +1,172 @@
+"""Real servers for the whole run: one Tansu broker and one Redis, on free ports.
+
+Tests share them and keep apart by topic prefix and Redis key prefix. A missing binary
+fails the run with the way to install it; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from processors.store import Store
+from retention import runtime
+from retention.config import Settings
+from retention.worker import cluster_id
+from streams.producer import EventProducer
+from streams.topics import Topics, ensure_topics
+
+
+@dataclass(frozen=True)
+class Stack:
+    bootstrap: str
+    redis_url: str
+    log_dir: Path
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    log_dir = tmp_path_factory.mktemp("stack")
+    group = runtime.ProcessGroup()
+    try:
+        broker, bootstrap = runtime.start_broker(log_dir)
+        group.add(broker)
+        redis, redis_url = runtime.start_redis(log_dir / "redis", log_dir, durable=False)
+        group.add(redis)
+    except runtime.MissingBinary as exc:
+        group.stop()
+        pytest.fail(f"cannot start the embedded stack: {exc}", pytrace=False)
+    yield Stack(bootstrap, redis_url, log_dir)
+    group.stop()
+
+
+@pytest.fixture
+def settings(stack: Stack) -> Settings:
+    """Settings of one test: its own topics, consumer group and Redis keys."""
+    tag = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka_bootstrap=stack.bootstrap,
+        redis_url=stack.redis_url,
+        topic_prefix=f"t{tag}-",
+        key_prefix=f"t{tag}:",
+        partitions=4,
+        session_timeout_seconds=2,
+        heartbeat_interval_seconds=0.5,
+        batch_size=500,
+        batch_within_seconds=0.1,
+    )
+
+
+@pytest.fixture
+async def redis(stack: Stack) -> AsyncIterator[Redis]:
+    client = Redis.from_url(stack.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def store(settings: Settings, redis: Redis) -> Store:
+    assert settings.kafka_bootstrap
+    scope = await cluster_id(settings.kafka_bootstrap)
+    return Store(redis, settings.key_prefix, settings.activity_kinds, offsets_scope=scope)
+
+
+@pytest.fixture
+async def producer(settings: Settings) -> AsyncIterator[EventProducer]:
+    assert settings.kafka_bootstrap
+    topics = Topics.from_settings(settings)
+    await ensure_topics(settings.kafka_bootstrap, topics, settings.partitions)
+    async with EventProducer(settings.kafka_bootstrap, topics) as p:
+        yield p
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    assert settings.kafka_bootstrap and settings.redis_url
+    return runtime.child_env(
+        KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        REDIS_URL=settings.redis_url,
+        RETENTION_TOPIC_PREFIX=settings.topic_prefix,
+        RETENTION_KEY_PREFIX=settings.key_prefix,
+        RETENTION_PARTITIONS=str(settings.partitions),
+        RETENTION_SESSION_TIMEOUT_SECONDS=str(settings.session_timeout_seconds),
+        RETENTION_HEARTBEAT_INTERVAL_SECONDS=str(settings.heartbeat_interval_seconds),
+        RETENTION_BATCH_SIZE=str(settings.batch_size),
+        RETENTION_BATCH_WITHIN_SECONDS=str(settings.batch_within_seconds),
+    )
+
+
+@dataclass
+class Workers:
+    """Worker processes of one test, started as users start them: `retention worker`."""
+
+    settings: Settings
+    log_dir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> subprocess.Popen[bytes]:
+        n = len(self.procs) + 1
+        log = (self.log_dir / f"worker-{n}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "retention.cli", "worker"],
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.log_dir.glob("worker-*.log"))
+        )
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(settings, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, logs: Callable[[], str] = str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs()}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
