@@ -1,0 +1,130 @@
+"""The commands as a person uses them: `up` in one shell, the others in another."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retention.services import Services
+
+EVENTS = [
+    {"event_id": "o1", "customer_id": "C", "ts": "2024-05-01T09:00:00Z", "type": "order",
+     "amount": 40.5},
+    {"event_id": "o2", "customer_id": "C", "ts": "2024-05-03T09:00:00Z", "type": "order",
+     "amount": 9.5},
+    {"event_id": "o1", "customer_id": "C", "ts": "2024-05-01T09:00:00Z", "type": "order",
+     "amount": 40.5},
+    {"event_id": "l1", "customer_id": "D", "ts": 1714554000, "type": "login"},
+]
+
+
+def retention(data_dir: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+    return subprocess.run(
+        [sys.executable, "-m", "retention.cli", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture
+def running_up(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retention.cli", "up", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    yield data_dir, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    assert proc.stdout is not None
+    proc.stdout.close()
+    recorded = Services.read(data_dir)
+    for pid in (recorded.pids.values() if recorded else ()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if marker in line:
+            return lines
+    raise AssertionError(f"no {marker!r} within {timeout} s:\n" + "\n".join(lines))
+
+
+def test_up_produce_customer_status_and_clean_stop(
+    running_up: tuple[Path, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    data_dir, up = running_up
+    lines = read_until(up, "ready in", timeout=30)
+    ready_s = float(lines[-1].split()[2])
+    assert ready_s <= 10, lines
+    recorded = Services.read(data_dir)
+    assert recorded is not None and recorded.embedded
+
+    events = tmp_path / "events.jsonl"
+    body = [json.dumps(e) for e in EVENTS]
+    body.insert(2, '{"event_id": "bad", "type": "order"')
+    body.insert(3, "")
+    events.write_text("\n".join(body) + "\n")
+    produced = retention(data_dir, "produce", str(events))
+    assert produced.returncode == 0, produced.stderr
+    assert "sent 4 events; 1 bad lines" in produced.stdout
+    assert f"{events}:3: invalid_json" in produced.stderr
+
+    deadline = time.monotonic() + 30
+    customer = retention(data_dir, "customer", "C", "--json")
+    while (customer.returncode != 0 or json.loads(customer.stdout)["orders"] < 2) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.3)
+        customer = retention(data_dir, "customer", "C", "--json")
+    state = json.loads(customer.stdout)
+    assert (state["orders"], state["revenue"], state["customer_id"]) == (2, 50.0, "C")
+
+    status = retention(data_dir, "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    assert report["ok"] and report["broker_ok"] and report["redis_ok"]
+    assert report["rejected"] == {"produce|invalid_json": 1}
+    assert report["customers"] == 2
+
+    assert retention(data_dir, "customer", "nobody").returncode == 1
+
+    up.send_signal(signal.SIGINT)
+    up.wait(40)
+    assert up.returncode == 0
+    assert Services.read(data_dir) is None
+    for pid in recorded.pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
+    result = retention(tmp_path, "status")
+    assert result.returncode == 2
+    assert "retention up" in result.stderr
