@@ -121,7 +121,9 @@ def _set_status(
 ) -> tuple[CustomerState, TicketState]:
     if ticket.status_ms is not None and ts < ticket.status_ms:
         return state, ticket
-    delta = int(is_open and ticket.is_open is not True) - int(not is_open and ticket.is_open is True)
+    delta = int(is_open and ticket.is_open is not True) - int(
+        not is_open and ticket.is_open is True
+    )
     return (
         replace(state, open_tickets=state.open_tickets + delta),
         replace(ticket, is_open=is_open, status_ms=ts),

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -92,6 +92,10 @@ class Store:
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
+    async def _hash(self, *parts: str) -> dict[str, str]:
+        # the client is made with decode_responses=True, so replies are text
+        return cast(dict[str, str], await self.redis.hgetall(self.key(*parts)))
+
     async def apply_batch(
         self, records: Sequence[Sequence[str]], now_ms: int | None = None
     ) -> BatchResult:
@@ -126,10 +130,10 @@ class Store:
         return int(await self.redis.hlen(self.key("ids")))
 
     async def customer_ids(self) -> list[str]:
-        return sorted(await self.redis.hkeys(self.key("ids")))
+        return sorted(cast(list[str], await self.redis.hkeys(self.key("ids"))))
 
     async def stats(self) -> Stats:
-        raw = await self.redis.hgetall(self.key("stats"))
+        raw = await self._hash("stats")
         accepted: dict[str, int] = {}
         duplicates: dict[str, int] = {}
         rejected: dict[tuple[str, str], int] = {}
@@ -145,7 +149,7 @@ class Store:
         return Stats(accepted, duplicates, rejected)
 
     async def applied_offsets(self) -> dict[tuple[str, int], int]:
-        raw = await self.redis.hgetall(self.key("offsets", self.offsets_scope))
+        raw = await self._hash("offsets", self.offsets_scope)
         out: dict[tuple[str, int], int] = {}
         for tp, offset in raw.items():
             topic, _, partition = tp.rpartition("|")
@@ -163,7 +167,7 @@ class Store:
         """Workers whose last heartbeat is recent enough to call them alive."""
         now_ms = time.time() * 1000
         alive: dict[str, dict[str, Any]] = {}
-        for worker_id, payload in (await self.redis.hgetall(self.key("workers"))).items():
+        for worker_id, payload in (await self._hash("workers")).items():
             info = json.loads(payload)
             if now_ms - info.get("at_ms", 0) <= max_age_seconds * 1000:
                 alive[worker_id] = info
@@ -196,7 +200,7 @@ def _state_from_hashes(
     def count(name: str) -> int:
         return int(f.get(name, 0))
 
-    scores = {
+    scores: dict[str, Score] = {
         survey: Score(int(f[survey]), int(f[survey + "t"]))
         for survey in ("nps", "csat", "ces")
         if survey in f

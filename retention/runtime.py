@@ -112,7 +112,9 @@ def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None 
     return Process(name, proc, log_path)
 
 
-def start_broker(log_dir: Path, port: int | None = None, cluster_id: str | None = None) -> tuple[Process, str]:
+def start_broker(
+    log_dir: Path, port: int | None = None, cluster_id: str | None = None
+) -> tuple[Process, str]:
     """Start Tansu; returns the process and its bootstrap address.
 
     Tansu keeps topics in memory, so each start is a new cluster; a fresh cluster id lets

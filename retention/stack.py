@@ -61,7 +61,9 @@ class Stack:
             env.update(EMBEDDED_TIMEOUTS)
         child_env = runtime.child_env(**env)
         for n in range(workers):
-            self.group.add(runtime.spawn(f"worker-{n + 1}", _cli("worker"), self.log_dir, child_env))
+            self.group.add(
+                runtime.spawn(f"worker-{n + 1}", _cli("worker"), self.log_dir, child_env)
+            )
         if demo:
             self.group.add(runtime.spawn("demo", _cli("demo"), self.log_dir, child_env))
 

@@ -30,7 +30,9 @@ async def cluster_id(bootstrap: str) -> str:
 
 async def prepare(settings: Settings) -> str:
     assert settings.kafka_bootstrap is not None
-    await ensure_topics(settings.kafka_bootstrap, Topics.from_settings(settings), settings.partitions)
+    await ensure_topics(
+        settings.kafka_bootstrap, Topics.from_settings(settings), settings.partitions
+    )
     return await cluster_id(settings.kafka_bootstrap)
 
 

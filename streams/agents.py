@@ -8,15 +8,17 @@ so messages Kafka delivers again after a crash or a rebalance change nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.streams import Stream
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -133,13 +135,17 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
 
     @app.agent(source, name="ingest")
     async def ingest_agent(stream: faust.StreamT[bytes]) -> None:
-        batches = stream.noack_take(settings.batch_size, within=settings.batch_within_seconds)
+        # noack_take yields events (not values) and leaves acking to us
+        raw_stream = cast(Stream[bytes], stream)
+        batches: AsyncIterator[Sequence[Any]] = raw_stream.noack_take(
+            settings.batch_size, within=settings.batch_within_seconds
+        )
         async for events in batches:
             await ingest.handle(events)
             for event in events:
-                await stream.ack(event)
+                await raw_stream.ack(event)
 
-    @app.timer(interval=settings.worker_heartbeat_seconds)
+    @app.timer(interval=settings.worker_heartbeat_seconds)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:
         assigned = sorted(
             f"{tp.topic}|{tp.partition}"
@@ -164,11 +170,9 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
             logger.warning("heartbeat failed", extra={"error": repr(exc)})
 
     @app.on_before_shutdown.connect
-    async def forget(app: faust.App, **kwargs: Any) -> None:
-        try:
+    async def forget(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(RedisError):
             await store.forget_worker(me)
-        except RedisError:
-            pass
         await redis.aclose()
 
     return ingest

@@ -120,9 +120,7 @@ class SupportEvent(_Event):
 
 Event = OrderEvent | LoginEvent | SupportEvent
 EVENT_CLASSES = (OrderEvent, LoginEvent, SupportEvent)
-_ADAPTER: TypeAdapter[Event] = TypeAdapter(
-    Annotated[Event, Field(discriminator="type")]  # type: ignore[arg-type]
-)
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 
 RejectReason = Literal[
     "invalid_json",
@@ -177,7 +175,9 @@ def _rejection_from(error: ValidationError) -> Rejection:
     return Rejection(reason, detail[:300])
 
 
-def _check_routing(event: Event, topic_type: EventType | None, key: bytes | None) -> Event | Rejection:
+def _check_routing(
+    event: Event, topic_type: EventType | None, key: bytes | None
+) -> Event | Rejection:
     if topic_type is not None and event.type != topic_type:
         return Rejection("type_mismatch", f"a {event.type} event on the {topic_type} topic")
     if key is not None and key != event.customer_id.encode():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -14,7 +15,11 @@ from streams.events import EVENT_TYPES, EventType
 logger = logging.getLogger(__name__)
 
 #: The event type each source topic carries; the topic's base name is the plural.
-SOURCE_BASENAMES: dict[EventType, str] = {"order": "orders", "login": "logins", "support": "support"}
+SOURCE_BASENAMES: dict[EventType, str] = {
+    "order": "orders",
+    "login": "logins",
+    "support": "support",
+}
 DLQ_BASENAME = "events-dlq"
 
 
@@ -57,10 +62,8 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None
             if name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another process created them first
             logger.info("created topics", extra={"topics": [t.name for t in new]})
     finally:
         await admin.close()

@@ -46,7 +46,9 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-def with_duplicates(rng: random.Random, events: list[dict[str, Any]], share: float) -> list[dict[str, Any]]:
+def with_duplicates(
+    rng: random.Random, events: list[dict[str, Any]], share: float
+) -> list[dict[str, Any]]:
     """Insert exact repeats of earlier events a little later in the stream."""
     out: list[dict[str, Any]] = []
     for event in events:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,12 +17,27 @@ import pytest
 from retention.services import Services
 
 EVENTS = [
-    {"event_id": "o1", "customer_id": "C", "ts": "2024-05-01T09:00:00Z", "type": "order",
-     "amount": 40.5},
-    {"event_id": "o2", "customer_id": "C", "ts": "2024-05-03T09:00:00Z", "type": "order",
-     "amount": 9.5},
-    {"event_id": "o1", "customer_id": "C", "ts": "2024-05-01T09:00:00Z", "type": "order",
-     "amount": 40.5},
+    {
+        "event_id": "o1",
+        "customer_id": "C",
+        "ts": "2024-05-01T09:00:00Z",
+        "type": "order",
+        "amount": 40.5,
+    },
+    {
+        "event_id": "o2",
+        "customer_id": "C",
+        "ts": "2024-05-03T09:00:00Z",
+        "type": "order",
+        "amount": 9.5,
+    },
+    {
+        "event_id": "o1",
+        "customer_id": "C",
+        "ts": "2024-05-01T09:00:00Z",
+        "type": "order",
+        "amount": 40.5,
+    },
     {"event_id": "l1", "customer_id": "D", "ts": 1714554000, "type": "login"},
 ]
 
@@ -55,11 +71,9 @@ def running_up(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
     assert proc.stdout is not None
     proc.stdout.close()
     recorded = Services.read(data_dir)
-    for pid in (recorded.pids.values() if recorded else ()):
-        try:
+    for pid in recorded.pids.values() if recorded else ():
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:

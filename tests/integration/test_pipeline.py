@@ -31,20 +31,68 @@ def scripted_events() -> list[dict[str, Any]]:
         {**order, "event_id": "a4", "ts": T0 + 400, "amount": 7, "status": "cancelled"},
         {"type": "login", "customer_id": "alice", "event_id": "a5", "ts": T0 + 50},
         {"type": "login", "customer_id": "alice", "event_id": "a6", "ts": T0 + 500},
-        {"type": "support", "customer_id": "bob", "event_id": "b1", "ts": T0,
-         "ticket_id": "k1", "action": "opened"},
-        {"type": "support", "customer_id": "bob", "event_id": "b3", "ts": T0 + 7200,
-         "ticket_id": "k1", "action": "resolved"},
-        {"type": "support", "customer_id": "bob", "event_id": "b2", "ts": T0 + 3600,
-         "ticket_id": "k1", "action": "agent_replied"},
-        {"type": "support", "customer_id": "bob", "event_id": "b4", "ts": T0 + 100,
-         "ticket_id": "k2", "action": "opened"},
-        {"type": "support", "customer_id": "bob", "event_id": "b5", "ts": T0 + 9000,
-         "ticket_id": "k1", "action": "rated", "survey": "nps", "score": 9},
-        {"type": "support", "customer_id": "bob", "event_id": "b6", "ts": T0 + 8000,
-         "ticket_id": "k1", "action": "rated", "survey": "nps", "score": 3},
-        {"type": "support", "customer_id": "bob", "event_id": "b7", "ts": T0 + 8000,
-         "ticket_id": "k1", "action": "rated", "survey": "csat", "score": 2},
+        {
+            "type": "support",
+            "customer_id": "bob",
+            "event_id": "b1",
+            "ts": T0,
+            "ticket_id": "k1",
+            "action": "opened",
+        },
+        {
+            "type": "support",
+            "customer_id": "bob",
+            "event_id": "b3",
+            "ts": T0 + 7200,
+            "ticket_id": "k1",
+            "action": "resolved",
+        },
+        {
+            "type": "support",
+            "customer_id": "bob",
+            "event_id": "b2",
+            "ts": T0 + 3600,
+            "ticket_id": "k1",
+            "action": "agent_replied",
+        },
+        {
+            "type": "support",
+            "customer_id": "bob",
+            "event_id": "b4",
+            "ts": T0 + 100,
+            "ticket_id": "k2",
+            "action": "opened",
+        },
+        {
+            "type": "support",
+            "customer_id": "bob",
+            "event_id": "b5",
+            "ts": T0 + 9000,
+            "ticket_id": "k1",
+            "action": "rated",
+            "survey": "nps",
+            "score": 9,
+        },
+        {
+            "type": "support",
+            "customer_id": "bob",
+            "event_id": "b6",
+            "ts": T0 + 8000,
+            "ticket_id": "k1",
+            "action": "rated",
+            "survey": "nps",
+            "score": 3,
+        },
+        {
+            "type": "support",
+            "customer_id": "bob",
+            "event_id": "b7",
+            "ts": T0 + 8000,
+            "ticket_id": "k1",
+            "action": "rated",
+            "survey": "csat",
+            "score": 2,
+        },
         {"type": "login", "customer_id": "carol", "event_id": "c1", "ts": "2024-03-09T17:00:00Z"},
     ]
 
@@ -52,16 +100,36 @@ def scripted_events() -> list[dict[str, Any]]:
 #: (topic type, key, raw value, expected reason)
 MALFORMED: list[tuple[str, bytes | None, bytes, str]] = [
     ("order", b"alice", b"{not json", "invalid_json"),
-    ("login", b"carol", b'{"event_id":"x1","customer_id":"carol","ts":"2024-03-09T10:00:00",'
-     b'"type":"login"}', "naive_timestamp"),
-    ("order", b"carol", b'{"event_id":"x2","customer_id":"carol","ts":1710000000,'
-     b'"type":"login"}', "type_mismatch"),
-    ("support", b"bob", b'{"event_id":"x3","ts":1710000000,"type":"support",'
-     b'"ticket_id":"k","action":"opened"}', "missing_field"),
-    ("order", b"mallory", b'{"event_id":"x4","customer_id":"alice","ts":1710000000,'
-     b'"type":"order","amount":3}', "key_mismatch"),
-    ("order", b"alice", b'{"event_id":"x5","customer_id":"alice","ts":1710000000,'
-     b'"type":"order","amount":-3}', "invalid_field"),
+    (
+        "login",
+        b"carol",
+        b'{"event_id":"x1","customer_id":"carol","ts":"2024-03-09T10:00:00","type":"login"}',
+        "naive_timestamp",
+    ),
+    (
+        "order",
+        b"carol",
+        b'{"event_id":"x2","customer_id":"carol","ts":1710000000,"type":"login"}',
+        "type_mismatch",
+    ),
+    (
+        "support",
+        b"bob",
+        b'{"event_id":"x3","ts":1710000000,"type":"support","ticket_id":"k","action":"opened"}',
+        "missing_field",
+    ),
+    (
+        "order",
+        b"mallory",
+        b'{"event_id":"x4","customer_id":"alice","ts":1710000000,"type":"order","amount":3}',
+        "key_mismatch",
+    ),
+    (
+        "order",
+        b"alice",
+        b'{"event_id":"x5","customer_id":"alice","ts":1710000000,"type":"order","amount":-3}',
+        "invalid_field",
+    ),
 ]
 
 
@@ -73,7 +141,9 @@ async def send_all(producer: EventProducer, events: list[dict[str, Any]]) -> Cou
     return sent
 
 
-async def wait_all_seen(store: Store, sent: Counter[str], workers: Workers, timeout: float = 90) -> None:
+async def wait_all_seen(
+    store: Store, sent: Counter[str], workers: Workers, timeout: float = 90
+) -> None:
     async def done() -> bool:
         stats = await store.stats()
         return all(stats.seen(topic) >= n for topic, n in sent.items())

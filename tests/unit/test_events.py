@@ -46,9 +46,18 @@ def raw(**fields: object) -> bytes:
         (raw(type="login", ts=1e300), "invalid_timestamp"),
         (raw(type="support", ticket_id="t", action="closed"), "invalid_field"),
         (raw(type="support", ticket_id="t", action="rated"), "missing_field"),
-        (raw(type="support", ticket_id="t", action="rated", survey="nps", score=11), "invalid_field"),
-        (raw(type="support", ticket_id="t", action="rated", survey="csat", score=0), "invalid_field"),
-        (raw(type="support", ticket_id="t", action="rated", survey="ces", score=8), "invalid_field"),
+        (
+            raw(type="support", ticket_id="t", action="rated", survey="nps", score=11),
+            "invalid_field",
+        ),
+        (
+            raw(type="support", ticket_id="t", action="rated", survey="csat", score=0),
+            "invalid_field",
+        ),
+        (
+            raw(type="support", ticket_id="t", action="rated", survey="ces", score=8),
+            "invalid_field",
+        ),
         (raw(type="support", action="opened"), "missing_field"),
     ],
 )
@@ -88,7 +97,9 @@ def test_timestamps_become_utc_milliseconds(ts: object, expected_ms: int) -> Non
         (None, b"c1", None),
     ],
 )
-def test_topic_and_key_must_match(topic_type: object, key: bytes | None, reason: str | None) -> None:
+def test_topic_and_key_must_match(
+    topic_type: object, key: bytes | None, reason: str | None
+) -> None:
     result = parse_event(raw(type="order", amount=3), topic_type=topic_type, key=key)  # type: ignore[arg-type]
     assert (result.reason if isinstance(result, Rejection) else None) == reason
 
@@ -97,15 +108,27 @@ def test_amounts_are_exact_millionths() -> None:
     event = build_event({**BASE, "type": "order", "amount": 19.99})
     assert isinstance(event, OrderEvent)
     assert event.amount_micros == 19_990_000
-    assert sum(
-        build_event({**BASE, "type": "order", "amount": 0.1}).amount_micros  # type: ignore[union-attr]
-        for _ in range(3)
-    ) == 300_000
+    assert (
+        sum(
+            build_event({**BASE, "type": "order", "amount": 0.1}).amount_micros  # type: ignore[union-attr]
+            for _ in range(3)
+        )
+        == 300_000
+    )
 
 
 def test_encoded_event_round_trips() -> None:
-    event = build_event({**BASE, "type": "support", "ticket_id": "t", "action": "rated",
-                         "survey": "nps", "score": 0, "extra": "ignored"})
+    event = build_event(
+        {
+            **BASE,
+            "type": "support",
+            "ticket_id": "t",
+            "action": "rated",
+            "survey": "nps",
+            "score": 0,
+            "extra": "ignored",
+        }
+    )
     again = parse_event(encode_event(event))
     assert again == event
     assert b"extra" not in encode_event(event)

@@ -28,59 +28,91 @@ def public(events: list[dict[str, Any]], kinds: frozenset[str] = KINDS) -> dict[
     [
         # placed orders count, refunds subtract, cancellations only count
         (
-            [ev(1, "order", 0, amount=10), ev(2, "order", 1, amount=5, status="refunded"),
-             ev(3, "order", 2, amount=7, status="cancelled")],
-            {"orders": 1, "revenue": 5.0, "refunds": 1, "refunded_amount": 5.0,
-             "cancelled_orders": 1, "aov": 10.0},
+            [
+                ev(1, "order", 0, amount=10),
+                ev(2, "order", 1, amount=5, status="refunded"),
+                ev(3, "order", 2, amount=7, status="cancelled"),
+            ],
+            {
+                "orders": 1,
+                "revenue": 5.0,
+                "refunds": 1,
+                "refunded_amount": 5.0,
+                "cancelled_orders": 1,
+                "aov": 10.0,
+            },
         ),
         # a refund is not order activity
-        ([ev(1, "order", 0, amount=5, status="refunded")],
-         {"orders": 0, "last_activity_at": None, "aov": None, "last_order_at": None}),
+        (
+            [ev(1, "order", 0, amount=5, status="refunded")],
+            {"orders": 0, "last_activity_at": None, "aov": None, "last_order_at": None},
+        ),
         # times out of order: first/last come from event time, not arrival
         (
             [ev(1, "order", 100, amount=1), ev(2, "order", 50, amount=1), ev(3, "login", 10)],
-            {"first_seen": "2024-03-09T16:00:10.000Z", "last_order_at": "2024-03-09T16:01:40.000Z",
-             "first_activity_at": "2024-03-09T16:00:10.000Z", "logins": 1},
+            {
+                "first_seen": "2024-03-09T16:00:10.000Z",
+                "last_order_at": "2024-03-09T16:01:40.000Z",
+                "first_activity_at": "2024-03-09T16:00:10.000Z",
+                "logins": 1,
+            },
         ),
         # orders per day: two on one day, one on the next
         (
-            [ev(1, "order", 0, amount=1), ev(2, "order", 60, amount=1),
-             ev(3, "order", 86_400, amount=1)],
+            [
+                ev(1, "order", 0, amount=1),
+                ev(2, "order", 60, amount=1),
+                ev(3, "order", 86_400, amount=1),
+            ],
             {"purchase_days": 2, "orders_by_day": {"2024-03-09": 2, "2024-03-10": 1}},
         ),
         # ticket: reply after an hour, resolved, then reopened → open again
         (
-            [ev(1, "support", 0, ticket_id="k", action="opened"),
-             ev(2, "support", 3600, ticket_id="k", action="agent_replied"),
-             ev(3, "support", 4000, ticket_id="k", action="resolved"),
-             ev(4, "support", 5000, ticket_id="k", action="reopened")],
-            {"open_tickets": 1, "tickets_opened": 1, "tickets_resolved": 1,
-             "first_response_seconds_avg": 3600.0},
+            [
+                ev(1, "support", 0, ticket_id="k", action="opened"),
+                ev(2, "support", 3600, ticket_id="k", action="agent_replied"),
+                ev(3, "support", 4000, ticket_id="k", action="resolved"),
+                ev(4, "support", 5000, ticket_id="k", action="reopened"),
+            ],
+            {
+                "open_tickets": 1,
+                "tickets_opened": 1,
+                "tickets_resolved": 1,
+                "first_response_seconds_avg": 3600.0,
+            },
         ),
         # a late-arriving, earlier `opened` does not reopen a resolved ticket
         (
-            [ev(1, "support", 500, ticket_id="k", action="resolved"),
-             ev(2, "support", 0, ticket_id="k", action="opened")],
+            [
+                ev(1, "support", 500, ticket_id="k", action="resolved"),
+                ev(2, "support", 0, ticket_id="k", action="opened"),
+            ],
             {"open_tickets": 0, "tickets_opened": 1},
         ),
         # reply stamped before the opening: no response time
         (
-            [ev(1, "support", 100, ticket_id="k", action="agent_replied"),
-             ev(2, "support", 200, ticket_id="k", action="opened")],
+            [
+                ev(1, "support", 100, ticket_id="k", action="agent_replied"),
+                ev(2, "support", 200, ticket_id="k", action="opened"),
+            ],
             {"first_response_seconds_avg": None, "open_tickets": 1},
         ),
         # the first reply counts even when it arrives after a later one
         (
-            [ev(1, "support", 0, ticket_id="k", action="opened"),
-             ev(2, "support", 900, ticket_id="k", action="agent_replied"),
-             ev(3, "support", 300, ticket_id="k", action="agent_replied")],
+            [
+                ev(1, "support", 0, ticket_id="k", action="opened"),
+                ev(2, "support", 900, ticket_id="k", action="agent_replied"),
+                ev(3, "support", 300, ticket_id="k", action="agent_replied"),
+            ],
             {"first_response_seconds_avg": 300.0},
         ),
         # latest score by event time; a late older score does not override
         (
-            [ev(1, "support", 100, ticket_id="k", action="rated", survey="nps", score=9),
-             ev(2, "support", 50, ticket_id="k", action="rated", survey="nps", score=2),
-             ev(3, "support", 60, ticket_id="k", action="rated", survey="ces", score=7)],
+            [
+                ev(1, "support", 100, ticket_id="k", action="rated", survey="nps", score=9),
+                ev(2, "support", 50, ticket_id="k", action="rated", survey="nps", score=2),
+                ev(3, "support", 60, ticket_id="k", action="rated", survey="ces", score=7),
+            ],
             {"nps": 9, "ces": 7, "csat": None, "open_tickets": 0},
         ),
         # the same event id twice changes nothing
