@@ -26,6 +26,8 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         store="memory://",
+        # Faust keeps a small directory of its own; put it with the tracker's data.
+        datadir=str(settings.data_dir / "faust"),
         web_enabled=False,
         topic_partitions=settings.partitions,
         topic_allow_declare=True,

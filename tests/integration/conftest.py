@@ -119,7 +119,7 @@ class Workers:
         log = (self.log_dir / f"worker-{n}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "retention.cli", "worker"],
-            env=settings_env(self.settings),
+            env={**settings_env(self.settings), "RETENTION_DATA_DIR": str(self.log_dir)},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
