@@ -56,7 +56,11 @@ class Stack:
 
     def start_children(self, settings: Settings, workers: int, demo: bool) -> None:
         assert settings.kafka_bootstrap and settings.redis_url
-        env = {"KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "REDIS_URL": settings.redis_url}
+        env = {
+            "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "REDIS_URL": settings.redis_url,
+            "RETENTION_DATA_DIR": str(settings.data_dir.resolve()),
+        }
         if self.embedded:
             env.update(EMBEDDED_TIMEOUTS)
         child_env = runtime.child_env(**env)

@@ -39,6 +39,7 @@ async def prepare(settings: Settings) -> str:
 def run(settings: Settings, loglevel: str = "warn") -> None:
     """Block until the worker is stopped (SIGINT/SIGTERM)."""
     cluster = asyncio.run(prepare(settings))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     # Faust's worker manages its own event loop; give it a fresh one.
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
