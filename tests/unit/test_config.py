@@ -1,0 +1,56 @@
+"""Settings come from the environment, with the two service variables unprefixed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from retention.config import Settings
+from streams.topics import Topics
+
+
+def test_service_variables_and_prefixed_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "kafka:9092")
+    monkeypatch.setenv("REDIS_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("RETENTION_ACTIVITY_KINDS", "order, login,support")
+    monkeypatch.setenv("RETENTION_TOPIC_PREFIX", "shop-")
+    monkeypatch.setenv("RETENTION_DATA_DIR", "/var/lib/retention")
+    settings = Settings()
+    assert settings.kafka_bootstrap == "kafka:9092"
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.activity_kinds == ("order", "login", "support")
+    assert settings.data_dir == Path("/var/lib/retention")
+    assert Topics.from_settings(settings).sources == ("shop-orders", "shop-logins", "shop-support")
+    assert Topics.from_settings(settings).dlq == "shop-events-dlq"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RETENTION_ACTIVITY_KINDS", "order,purchase"),
+        ("RETENTION_DEFAULT_CURRENCY", "euro"),
+        ("RETENTION_PARTITIONS", "0"),
+        ("RETENTION_DEDUPE_HORIZON_SECONDS", "5"),
+    ],
+)
+def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_settings_are_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.partitions = 8  # type: ignore[misc]
+    moved = settings.with_services("h:1", "redis://h:2/0")
+    assert (moved.kafka_bootstrap, settings.kafka_bootstrap) == ("h:1", None)
+
+
+def test_topic_names_map_back_to_event_types() -> None:
+    topics = Topics("p-")
+    assert [topics.event_type_of(t) for t in topics.sources] == ["order", "login", "support"]
+    assert topics.event_type_of("p-events-dlq") is None
