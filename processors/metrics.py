@@ -1,0 +1,270 @@
+"""Period retention metrics and cohorts, computed plainly from a batch of events.
+
+This is the reference for METRICS.md, "Activity and churn" and "Cohorts": it reads the
+definitions literally, with no incremental state, so that the streaming computation can be
+checked against it over the same events. It favours being obviously right over being fast,
+but stays linear in the events plus the (customer, active boundary) pairs, so a whole CDNOW
+backtest runs in seconds.
+
+Conventions shared by both entry points:
+- ``events`` are accepted events, already deduplicated by the caller;
+- the observed span runs from the period of the first event through the period holding the
+  last event, or the period holding ``until`` when given; events after ``until`` are left
+  out, as if the data ended there (the analogue of "the last event");
+- activity is what :func:`is_activity` says: only placed orders are order activity.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from processors.windows import Period, next_period, period_index, periods_between
+from streams.events import Event, LoginEvent, OrderEvent
+
+MICROS = 1_000_000
+ActivityKinds = frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodRow:
+    """One entry of the backtest report's ``periods`` list (METRICS.md, Backtest report)."""
+
+    period: str
+    start_customers: int
+    end_customers: int
+    new_customers: int
+    lost_customers: int
+    reactivated_customers: int
+    crr: float | None
+    churn_rate: float | None
+    orders: int
+    revenue: float
+    aov: float | None
+    purchase_frequency: float | None
+    repeat_customer_rate: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """One entry of the report's ``cohorts`` map: ``active[k]`` counts period ``c + k``."""
+
+    size: int
+    active: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "active": list(self.active)}
+
+
+@dataclass(slots=True)
+class _Flow:
+    """Customer movements across one period, counted customer by customer."""
+
+    start: int = 0
+    end: int = 0
+    new: int = 0
+    lost: int = 0
+    reactivated: int = 0
+
+
+@dataclass(slots=True)
+class _Sales:
+    orders: int = 0
+    placed_micros: int = 0
+    refunded_micros: int = 0
+    per_buyer: Counter[str] = field(default_factory=Counter)
+
+
+def is_activity(event: Event, kinds: ActivityKinds) -> bool:
+    """Whether ``event`` counts as activity (METRICS.md: only placed orders are activity).
+
+    The same rule as :func:`processors.state.apply_event`, so per-customer state and these
+    metrics agree on who was active when.
+    """
+    if isinstance(event, OrderEvent):
+        return event.status == "placed" and "order" in kinds
+    if isinstance(event, LoginEvent):
+        return "login" in kinds
+    return "support" in kinds
+
+
+def _observed(events: Iterable[Event], until: datetime | None) -> list[Event]:
+    kept = list(events)
+    if until is None:
+        return kept
+    return [e for e in kept if e.ts <= until]
+
+
+def _span(events: Sequence[Event], period: Period, until: datetime | None) -> list[datetime]:
+    """Period starts of the observed span (see the module docstring)."""
+    if not events:
+        return []
+    first = min(e.ts for e in events)
+    last = until if until is not None else max(e.ts for e in events)
+    return periods_between(first, last, period)
+
+
+def _activity_times(events: Iterable[Event], kinds: ActivityKinds) -> dict[str, list[datetime]]:
+    times: dict[str, list[datetime]] = defaultdict(list)
+    for event in events:
+        if is_activity(event, kinds):
+            times[event.customer_id].append(event.ts)
+    return {cid: sorted(ts) for cid, ts in times.items()}
+
+
+def _active_boundaries(
+    times: Sequence[datetime], boundaries: Sequence[datetime], window: timedelta
+) -> set[int]:
+    """Indexes ``j`` such that the customer is active at ``boundaries[j]``.
+
+    Active at t means an activity with ``t - W <= ts < t``, that is ``ts < t <= ts + W``; so
+    each activity covers the boundaries in ``(ts, ts + W]``. ``times`` is sorted, so the
+    covered ranges only move forward and each index is visited once.
+    """
+    active: set[int] = set()
+    reached = 0
+    for ts in times:
+        low = max(bisect_right(boundaries, ts), reached)
+        high = bisect_right(boundaries, ts + window)
+        active.update(range(low, high))
+        reached = max(reached, high)
+    return active
+
+
+def _tally(flow: _Flow, in_start: bool, in_end: bool, is_new: bool) -> None:
+    """Add one customer to a period's counts (METRICS.md, Activity and churn).
+
+    ``N`` = new ∩ E; lost = S \\ E; reactivated = E \\ S \\ N. A new customer cannot be in S
+    (its first activity lies after the start), so the three sets never overlap.
+    """
+    flow.start += in_start
+    flow.end += in_end
+    flow.new += in_end and is_new
+    flow.lost += in_start and not in_end
+    flow.reactivated += in_end and not in_start and not is_new
+
+
+def _flows(
+    activity: dict[str, list[datetime]],
+    starts: Sequence[datetime],
+    period: Period,
+    window: timedelta,
+) -> list[_Flow]:
+    """S, E, N, lost and reactivated counts for each period of ``starts``."""
+    boundaries = [*starts, next_period(starts[-1], period)]
+    base = period_index(starts[0], period)
+    flows = [_Flow() for _ in starts]
+    for times in activity.values():
+        active = _active_boundaries(times, boundaries, window)
+        first = period_index(times[0], period) - base
+        # only periods with the customer active at one of their two ends can count it
+        touched = {j for j in active if j < len(starts)} | {j - 1 for j in active if j > 0}
+        for i in touched:
+            _tally(flows[i], i in active, i + 1 in active, i == first)
+    return flows
+
+
+def _sales(events: Iterable[Event], starts: Sequence[datetime], period: Period) -> list[_Sales]:
+    """Orders and money per period, in integer micros so that sums are exact."""
+    base = period_index(starts[0], period)
+    sales = [_Sales() for _ in starts]
+    for event in events:
+        if not isinstance(event, OrderEvent):
+            continue
+        bucket = sales[period_index(event.ts, period) - base]
+        if event.status == "placed":
+            bucket.orders += 1
+            bucket.placed_micros += event.amount_micros
+            bucket.per_buyer[event.customer_id] += 1
+        elif event.status == "refunded":
+            bucket.refunded_micros += event.amount_micros
+    return sales
+
+
+def _ratio(numerator: float, denominator: int) -> float | None:
+    """METRICS.md: a ratio is null where its divisor is 0."""
+    return numerator / denominator if denominator else None
+
+
+def _row(start: datetime, flow: _Flow, sales: _Sales) -> PeriodRow:
+    buyers = len(sales.per_buyer)
+    repeaters = sum(1 for n in sales.per_buyer.values() if n >= 2)
+    return PeriodRow(
+        period=start.date().isoformat(),
+        start_customers=flow.start,
+        end_customers=flow.end,
+        new_customers=flow.new,
+        lost_customers=flow.lost,
+        reactivated_customers=flow.reactivated,
+        crr=_ratio(flow.end - flow.new, flow.start),
+        churn_rate=_ratio(flow.lost, flow.start),
+        orders=sales.orders,
+        revenue=(sales.placed_micros - sales.refunded_micros) / MICROS,
+        aov=_ratio(sales.placed_micros / MICROS, sales.orders),
+        purchase_frequency=_ratio(sales.orders, buyers),
+        repeat_customer_rate=_ratio(repeaters, buyers),
+    )
+
+
+def period_rows(
+    events: Iterable[Event],
+    *,
+    period: Period,
+    churn_after: timedelta,
+    activity_kinds: ActivityKinds,
+    until: datetime | None = None,
+) -> list[PeriodRow]:
+    """The report's ``periods`` (METRICS.md, Activity and churn; Backtest report).
+
+    Each period ``[s, e)`` is evaluated at its end: S is who was active at ``s``, E who was
+    active at ``e``, with ``churn_after`` as the window W. ``crr`` is (|E| - |N|) / |S| as
+    the seed articles define it, so with reactivations ``crr + churn_rate`` may exceed 1.
+    Orders and revenue use every order event whatever the activity kinds: a refund lowers
+    the revenue of the period it happens in, not of the order it refunds.
+    """
+    kept = _observed(events, until)
+    starts = _span(kept, period, until)
+    if not starts:
+        return []
+    flows = _flows(_activity_times(kept, activity_kinds), starts, period, churn_after)
+    sales = _sales(kept, starts, period)
+    return [_row(s, f, m) for s, f, m in zip(starts, flows, sales, strict=True)]
+
+
+def cohorts(
+    events: Iterable[Event],
+    *,
+    period: Period,
+    activity_kinds: ActivityKinds,
+    until: datetime | None = None,
+) -> dict[str, Cohort]:
+    """The report's ``cohorts``, keyed by the cohort period's start date (METRICS.md, Cohorts).
+
+    A customer's cohort is the period of its first activity; customers without activity
+    belong to none. Every row runs through the last period of the observed span, the same
+    last period as :func:`period_rows`, so the two views of one backtest line up.
+    """
+    kept = _observed(events, until)
+    starts = _span(kept, period, until)
+    if not starts:
+        return {}
+    label = {period_index(s, period): s.date().isoformat() for s in starts}
+    last = period_index(starts[-1], period)
+    seen: dict[str, set[int]] = defaultdict(set)
+    for event in kept:
+        if is_activity(event, activity_kinds):
+            seen[event.customer_id].add(period_index(event.ts, period))
+    matrix: dict[int, list[int]] = {}
+    for indexes in seen.values():
+        cohort = min(indexes)
+        row = matrix.setdefault(cohort, [0] * (last - cohort + 1))
+        for index in indexes:
+            row[index - cohort] += 1
+    return {label[c]: Cohort(size=row[0], active=row) for c, row in sorted(matrix.items())}
