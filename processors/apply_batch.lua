@@ -4,8 +4,9 @@
 -- ARGV[1] key prefix        ARGV[2] offsets scope (broker cluster id)
 -- ARGV[3] now (ms)          ARGV[4] dedupe bucket width (ms)   ARGV[5] buckets kept
 -- ARGV[6] activity kinds, letters: o=order l=login s=support
--- then records of 11 fields:
---   kind(o|l|s|x) topic partition offset event_id customer_id ts_ms a1 a2 a3 a4
+-- then records of 14 fields:
+--   kind(o|l|s|x) topic partition offset event_id customer_id ts_ms d w m a1 a2 a3 a4
+--   d w m: epoch-day numbers of the start of the event's day, ISO week and month
 --   order:   a1=status a2=amount_micros      support: a1=action a2=ticket a3=survey a4=score
 --   rejected (x): a1=reason
 -- Returns {applied, duplicates, redelivered, rejected}.
@@ -13,6 +14,8 @@
 local P = ARGV[1]
 local offsets_key = P .. 'offsets:' .. ARGV[2]
 local stats_key = P .. 'stats'
+local meta_key = P .. 'meta'
+local newest_key = P .. 'newest:' .. ARGV[2]
 local ids_key = P .. 'ids'
 local now = tonumber(ARGV[3])
 local width = tonumber(ARGV[4])
@@ -21,9 +24,11 @@ local kinds = ARGV[6]
 local bucket = math.floor(now / width)
 local seen_ttl = math.ceil(width * (nbuckets + 1) / 1000)
 
+local N = 14
 local applied, duplicates, redelivered, rejected = 0, 0, 0, 0
 local last_offsets = {}
 local touched = {}
+local newest = {}
 
 local function set_min(key, field, value)
   local cur = redis.call('HGET', key, field)
@@ -35,9 +40,43 @@ local function set_max(key, field, value)
   if not cur or tonumber(value) > tonumber(cur) then redis.call('HSET', key, field, value) end
 end
 
-local function activity(ckey, ts)
-  set_min(ckey, 'fa', ts)
+-- Activity bitmaps (bit = the customer's dense index) per day, week and month, and the
+-- cohort bitmaps: a customer sits in the cohort of its first activity, and moves when an
+-- earlier activity arrives late.
+local function activity(ckey, idx, ts, days)
+  for p, day in pairs(days) do
+    redis.call('SETBIT', P .. 'act:' .. p .. ':' .. day, idx, 1)
+  end
+  local first = redis.call('HGET', ckey, 'fa')
+  if not first or tonumber(ts) < tonumber(first) then
+    local old = redis.call('HMGET', ckey, 'fad', 'faw', 'fam')
+    if first then
+      redis.call('SETBIT', P .. 'coh:d:' .. old[1], idx, 0)
+      redis.call('SETBIT', P .. 'coh:w:' .. old[2], idx, 0)
+      redis.call('SETBIT', P .. 'coh:m:' .. old[3], idx, 0)
+    end
+    redis.call('HSET', ckey, 'fa', ts, 'fad', days.d, 'faw', days.w, 'fam', days.m)
+    for p, day in pairs(days) do
+      redis.call('SETBIT', P .. 'coh:' .. p .. ':' .. day, idx, 1)
+    end
+  end
   set_max(ckey, 'la', ts)
+end
+
+-- Orders and money per period; a second order in a period marks a repeat buyer.
+local function period_sales(idx, days, status, amount)
+  for p, day in pairs(days) do
+    local suffix = p .. ':' .. day
+    if status == 'placed' then
+      redis.call('HINCRBY', P .. 'sales:' .. suffix, 'o', 1)
+      redis.call('HINCRBY', P .. 'sales:' .. suffix, 'pm', amount)
+      if redis.call('SETBIT', P .. 'buy:' .. suffix, idx, 1) == 1 then
+        redis.call('SETBIT', P .. 'rep:' .. suffix, idx, 1)
+      end
+    else
+      redis.call('HINCRBY', P .. 'sales:' .. suffix, 'rm', amount)
+    end
+  end
 end
 
 local function is_duplicate(event_id)
@@ -93,33 +132,45 @@ local function apply_ticket(ckey, cid, ts, action, ticket)
   end
 end
 
-local function apply(kind, cid, ts, a1, a2, a3, a4)
-  local ckey = P .. 'c:' .. cid
+local function customer_index(ckey, cid, ts)
   if redis.call('HSETNX', ckey, 'fs', ts) == 1 then
     -- a dense index per customer, for bitmaps keyed by customer number
-    if redis.call('HEXISTS', ids_key, cid) == 0 then
-      redis.call('HSET', ids_key, cid, redis.call('INCR', P .. 'ids:next') - 1)
+    local idx = redis.call('HGET', ids_key, cid)
+    if not idx then
+      idx = redis.call('INCR', P .. 'ids:next') - 1
+      redis.call('HSET', ids_key, cid, idx)
     end
-  else
-    set_min(ckey, 'fs', ts)
+    redis.call('HSET', ckey, 'ix', idx)
+    return idx
   end
+  set_min(ckey, 'fs', ts)
+  return redis.call('HGET', ckey, 'ix')
+end
+
+local function apply(kind, cid, ts, days, a1, a2, a3, a4)
+  local ckey = P .. 'c:' .. cid
+  local idx = customer_index(ckey, cid, ts)
+  set_min(meta_key, 'first', ts)
+  set_max(meta_key, 'last', ts)
   if kind == 'o' then
     if a1 == 'placed' then
       redis.call('HINCRBY', ckey, 'o', 1)
       redis.call('HINCRBY', ckey, 'pm', a2)
       set_max(ckey, 'lo', ts)
-      redis.call('HINCRBY', P .. 'od:' .. cid, math.floor(tonumber(ts) / 86400000), 1)
-      if string.find(kinds, 'o', 1, true) then activity(ckey, ts) end
+      redis.call('HINCRBY', P .. 'od:' .. cid, days.d, 1)
+      period_sales(idx, days, a1, a2)
+      if string.find(kinds, 'o', 1, true) then activity(ckey, idx, ts, days) end
     elseif a1 == 'refunded' then
       redis.call('HINCRBY', ckey, 'rf', 1)
       redis.call('HINCRBY', ckey, 'rm', a2)
+      period_sales(idx, days, a1, a2)
     else
       redis.call('HINCRBY', ckey, 'cx', 1)
     end
   elseif kind == 'l' then
     redis.call('HINCRBY', ckey, 'lg', 1)
     set_max(ckey, 'll', ts)
-    if string.find(kinds, 'l', 1, true) then activity(ckey, ts) end
+    if string.find(kinds, 'l', 1, true) then activity(ckey, idx, ts, days) end
   else
     if a1 == 'rated' then
       local cur = redis.call('HGET', ckey, a3 .. 't')
@@ -129,11 +180,11 @@ local function apply(kind, cid, ts, a1, a2, a3, a4)
     else
       apply_ticket(ckey, cid, ts, a1, a2)
     end
-    if string.find(kinds, 's', 1, true) then activity(ckey, ts) end
+    if string.find(kinds, 's', 1, true) then activity(ckey, idx, ts, days) end
   end
 end
 
-for i = 7, #ARGV, 11 do
+for i = 7, #ARGV, N do
   local kind, topic, partition = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local offset = tonumber(ARGV[i + 3])
   local tp = topic .. '|' .. partition
@@ -145,20 +196,27 @@ for i = 7, #ARGV, 11 do
     last_offsets[tp] = offset
     touched[tp] = true
     if kind == 'x' then
-      redis.call('HINCRBY', stats_key, 'rejected|' .. topic .. '|' .. ARGV[i + 7], 1)
+      redis.call('HINCRBY', stats_key, 'rejected|' .. topic .. '|' .. ARGV[i + 10], 1)
       rejected = rejected + 1
     elseif is_duplicate(ARGV[i + 4]) then
       redis.call('HINCRBY', stats_key, 'duplicate|' .. topic, 1)
       duplicates = duplicates + 1
     else
-      apply(kind, ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10])
+      local ts = ARGV[i + 6]
+      local days = {d = ARGV[i + 7], w = ARGV[i + 8], m = ARGV[i + 9]}
+      apply(kind, ARGV[i + 5], ts, days, ARGV[i + 10], ARGV[i + 11], ARGV[i + 12], ARGV[i + 13])
       redis.call('HINCRBY', stats_key, 'accepted|' .. topic, 1)
       applied = applied + 1
+      if not newest[tp] or tonumber(ts) > tonumber(newest[tp]) then newest[tp] = ts end
     end
   end
 end
 
 for tp, _ in pairs(touched) do
   redis.call('HSET', offsets_key, tp, last_offsets[tp])
+end
+-- the newest event time per partition: the event-time watermark is their minimum
+for tp, ts in pairs(newest) do
+  set_max(newest_key, tp, ts)
 end
 return {applied, duplicates, redelivered, rejected}

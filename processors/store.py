@@ -10,6 +10,13 @@ Key layout under the configured prefix ``P``:
 - ``P seen:<bucket>``      sets of event ids, each expiring after the dedupe horizon
 - ``P offsets:<cluster>``  hash ``topic|partition`` → last applied offset, written in the
                             same script as the state, so a redelivery is recognised exactly
+- ``P act:<p>:<day>``       bitmap of customers active in a period (p = d|w|m, day = the
+                            period's first day, counted from 1970-01-01)
+- ``P coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
+- ``P sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros
+- ``P buy:<p>:<day>``, ``P rep:<p>:<day>`` bitmaps of buyers and of repeat buyers
+- ``P meta``               hash: ``first`` and ``last`` event time (ms)
+- ``P newest:<cluster>``   hash ``topic|partition`` → newest event time applied (ms)
 - ``P stats``              hash of counters: ``accepted|topic``, ``duplicate|topic``,
                             ``rejected|topic|reason``
 - ``P workers``            hash worker id → JSON heartbeat
@@ -27,18 +34,20 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from processors.state import CustomerState, Score, TicketState
+from processors.windows import period_days
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
-FIELDS_PER_RECORD = 11
+FIELDS_PER_RECORD = 14
 DEDUPE_BUCKETS = 8
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
 _SCRIPT = files("processors").joinpath("apply_batch.lua").read_text()
 
 
 def accepted_record(event: Event, topic: str, partition: int, offset: int) -> list[str]:
-    """Flatten an accepted event into the script's 11 fields."""
+    """Flatten an accepted event into the script's 14 fields."""
     head = [_KIND_LETTERS[event.type], topic, str(partition), str(offset)]
-    body = [event.event_id, event.customer_id, str(event.ts_ms)]
+    ts_ms = event.ts_ms
+    body = [event.event_id, event.customer_id, str(ts_ms), *map(str, period_days(ts_ms))]
     if isinstance(event, OrderEvent):
         return [*head, *body, event.status, str(event.amount_micros), "", ""]
     if isinstance(event, LoginEvent):
@@ -49,7 +58,7 @@ def accepted_record(event: Event, topic: str, partition: int, offset: int) -> li
 
 
 def rejected_record(topic: str, partition: int, offset: int, reason: RejectReason) -> list[str]:
-    return ["x", topic, str(partition), str(offset), "", "", "", reason, "", "", ""]
+    return ["x", topic, str(partition), str(offset), "", "", "", "", "", "", reason, "", "", ""]
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,3 +83,29 @@ def periods_between(first: datetime, last: datetime, period: Period) -> list[dat
         out.append(current)
         current = next_period(current, period)
     return out
+
+
+_EPOCH_ORDINAL = datetime(1970, 1, 1, tzinfo=UTC).toordinal()
+_MS_PER_DAY = 86_400_000
+PERIOD_LETTERS: dict[Period, str] = {"day": "d", "week": "w", "month": "m"}
+
+
+def epoch_day(ts: datetime) -> int:
+    """Days since 1970-01-01 of the UTC date holding ``ts``: the store's period key."""
+    return _utc(ts).toordinal() - _EPOCH_ORDINAL
+
+
+def from_epoch_day(day: int) -> datetime:
+    return datetime.fromordinal(day + _EPOCH_ORDINAL).replace(tzinfo=UTC)
+
+
+def period_days(ts_ms: int) -> tuple[int, int, int]:
+    """Epoch-day numbers of the starts of the day, ISO week and month holding ``ts_ms``.
+
+    Computed per event on the hot path, so it avoids building datetimes where it can:
+    1970-01-01 was a Thursday, hence the shift by 3 to reach Monday.
+    """
+    day = ts_ms // _MS_PER_DAY
+    week = day - (day + 3) % 7
+    month = day - (datetime.fromordinal(day + _EPOCH_ORDINAL).day - 1)
+    return day, week, month

@@ -161,3 +161,25 @@ def test_periods_between_counts_by_index(rng: random.Random, period: Period) -> 
         starts = periods_between(first, last, period)
         assert len(starts) == period_index(last, period) - period_index(first, period) + 1
         assert all(next_period(a, period) == b for a, b in pairwise(starts))
+
+
+@pytest.mark.parametrize(
+    "instant",
+    [
+        "1970-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999Z",  # before the epoch: floor, not truncation
+        "2024-02-29T12:00:00Z",
+        "2024-12-30T00:00:00Z",  # ISO week 1 of 2025 starts in 2024
+        "2026-11-23T10:29:26Z",
+        "1997-03-31T23:59:59Z",
+    ],
+)
+def test_period_days_agree_with_period_start(instant: str) -> None:
+    from processors.windows import epoch_day, from_epoch_day, period_days
+
+    ts = datetime.fromisoformat(instant)
+    ms = (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    day, week, month = period_days(ms)
+    assert day == epoch_day(period_start(ts, "day"))
+    assert from_epoch_day(week) == period_start(ts, "week")
+    assert from_epoch_day(month) == period_start(ts, "month")
