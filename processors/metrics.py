@@ -193,24 +193,55 @@ def _ratio(numerator: float, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def _row(start: datetime, flow: _Flow, sales: _Sales) -> PeriodRow:
-    buyers = len(sales.per_buyer)
-    repeaters = sum(1 for n in sales.per_buyer.values() if n >= 2)
+@dataclass(frozen=True, slots=True)
+class PeriodCounts:
+    """The integers a period row is made of; the streaming store counts the same ones."""
+
+    start: int
+    end: int
+    new: int
+    lost: int
+    reactivated: int
+    orders: int
+    placed_micros: int
+    refunded_micros: int
+    buyers: int
+    repeaters: int
+
+
+def row_from_counts(start: datetime, c: PeriodCounts) -> PeriodRow:
+    """The ratios of METRICS.md, Activity and churn, in one place for batch and stream."""
     return PeriodRow(
         period=start.date().isoformat(),
-        start_customers=flow.start,
-        end_customers=flow.end,
-        new_customers=flow.new,
-        lost_customers=flow.lost,
-        reactivated_customers=flow.reactivated,
-        crr=_ratio(flow.end - flow.new, flow.start),
-        churn_rate=_ratio(flow.lost, flow.start),
-        orders=sales.orders,
-        revenue=(sales.placed_micros - sales.refunded_micros) / MICROS,
-        aov=_ratio(sales.placed_micros / MICROS, sales.orders),
-        purchase_frequency=_ratio(sales.orders, buyers),
-        repeat_customer_rate=_ratio(repeaters, buyers),
+        start_customers=c.start,
+        end_customers=c.end,
+        new_customers=c.new,
+        lost_customers=c.lost,
+        reactivated_customers=c.reactivated,
+        crr=_ratio(c.end - c.new, c.start),
+        churn_rate=_ratio(c.lost, c.start),
+        orders=c.orders,
+        revenue=(c.placed_micros - c.refunded_micros) / MICROS,
+        aov=_ratio(c.placed_micros / MICROS, c.orders),
+        purchase_frequency=_ratio(c.orders, c.buyers),
+        repeat_customer_rate=_ratio(c.repeaters, c.buyers),
     )
+
+
+def _row(start: datetime, flow: _Flow, sales: _Sales) -> PeriodRow:
+    counts = PeriodCounts(
+        start=flow.start,
+        end=flow.end,
+        new=flow.new,
+        lost=flow.lost,
+        reactivated=flow.reactivated,
+        orders=sales.orders,
+        placed_micros=sales.placed_micros,
+        refunded_micros=sales.refunded_micros,
+        buyers=len(sales.per_buyer),
+        repeaters=sum(1 for n in sales.per_buyer.values() if n >= 2),
+    )
+    return row_from_counts(start, counts)
 
 
 def period_rows(

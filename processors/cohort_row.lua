@@ -1,0 +1,13 @@
+-- One cohort's row: its size, then how many of its customers were active in each period.
+-- ARGV: prefix, period letter (d|w|m), then the first days of the cohort's period and of
+-- every later period to report.
+local P, p = ARGV[1], ARGV[2]
+local cohort = P .. 'coh:' .. p .. ':' .. ARGV[3]
+local X = P .. 'tmp:C'
+local row = {redis.call('BITCOUNT', cohort)}
+for i = 3, #ARGV do
+  redis.call('BITOP', 'AND', X, cohort, P .. 'act:' .. p .. ':' .. ARGV[i])
+  row[#row + 1] = redis.call('BITCOUNT', X)
+end
+redis.call('DEL', X)
+return row

@@ -1,0 +1,107 @@
+"""Period rows and cohorts from the store's bitmaps equal the batch reference."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from processors.metrics import cohorts, period_rows
+from processors.periods import Periods
+from processors.store import Store, accepted_record
+from processors.windows import Period
+from streams.events import Event, build_event
+from tests.eventgen import random_events, with_duplicates
+
+KINDS = ("order", "login")
+
+
+def unique(events: list[dict[str, Any]]) -> list[Event]:
+    seen: set[str] = set()
+    out = []
+    for raw in events:
+        if raw["event_id"] not in seen:
+            seen.add(raw["event_id"])
+            out.append(build_event(raw))
+    return out
+
+
+async def load(store: Store, events: list[dict[str, Any]], rng: random.Random) -> None:
+    offsets: dict[int, int] = {}
+    records = []
+    for raw in events:
+        event = build_event(raw)
+        partition = sum(event.customer_id.encode()) % 3
+        offsets[partition] = offsets.get(partition, -1) + 1
+        records.append(accepted_record(event, "orders", partition, offsets[partition]))
+    i = 0
+    while i < len(records):
+        size = rng.randint(50, 500)
+        await store.apply_batch(records[i : i + size])
+        i += size
+
+
+@pytest.mark.parametrize(("period", "churn_days"), [("day", 7), ("week", 30), ("month", 90)])
+async def test_rows_and_cohorts_equal_the_reference(
+    redis: Redis, rng: random.Random, period: Period, churn_days: int
+) -> None:
+    prefix = f"per{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, KINDS)
+    # shuffled, so that events arrive late and first activities move earlier
+    events = with_duplicates(rng, random_events(rng, customers=60, count=2500), share=0.05)
+    rng.shuffle(events)
+    await load(store, events, rng)
+
+    periods = Periods(redis, prefix)
+    accepted = unique(events)
+    window = timedelta(days=churn_days)
+    want = period_rows(accepted, period=period, churn_after=window, activity_kinds=set(KINDS))
+    got = await periods.rows(period, churn_days)
+    assert [r.as_dict() for r in got] == [r.as_dict() for r in want]
+    assert await periods.cohorts(period) == cohorts(
+        accepted, period=period, activity_kinds=frozenset(KINDS)
+    )
+
+
+async def test_closing_writes_each_row_once(redis: Redis, rng: random.Random) -> None:
+    prefix = f"close{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, KINDS)
+    await load(store, random_events(rng, customers=20, count=400), rng)
+    periods = Periods(redis, prefix)
+    first, last = await periods.span() or (None, None)
+    assert first and last
+    halfway = first + (last - first) / 2
+    early = await periods.close("month", 90, clock=halfway)
+    assert early and all(
+        datetime.fromisoformat(r.period).replace(tzinfo=UTC) < halfway for r in early
+    )
+    assert await periods.close("month", 90, clock=halfway) == []
+    # silent periods after the last event close too: customers churn without events
+    later = last + timedelta(days=62)
+    rest = await periods.close("month", 90, clock=later)
+    closed = await periods.closed_rows("month", 90)
+    assert [r.period for r in closed] == [r.period for r in early + rest]
+    assert closed[-1].period > last.date().isoformat()
+    assert closed == (await periods.rows("month", 90, through=later))[: len(closed)]
+
+
+async def test_watermark_waits_for_every_partition_of_a_busy_topic(redis: Redis) -> None:
+    prefix = "wm:"
+    store = Store(redis, prefix, KINDS, offsets_scope="k")
+    periods = Periods(redis, prefix)
+
+    def login(n: int, customer: str, ts: int) -> Event:
+        return build_event(
+            {"event_id": f"w{n}", "customer_id": customer, "ts": ts, "type": "login"}
+        )
+
+    await store.apply_batch([accepted_record(login(1, "a", 1000), "logins", 0, 0)])
+    assert await periods.watermark("k", {"logins": 2, "orders": 2}) is None
+    await store.apply_batch([accepted_record(login(2, "b", 500), "logins", 1, 0)])
+    await store.apply_batch([accepted_record(login(3, "a", 2000), "logins", 0, 1)])
+    assert await periods.watermark("k", {"logins": 2, "orders": 2}) == datetime.fromtimestamp(
+        500, UTC
+    )
