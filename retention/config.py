@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(default=30.0, gt=0)
     heartbeat_interval_seconds: float = Field(default=3.0, gt=0)
     worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
+    # Periods: W of METRICS.md (whole days, since periods start at midnight), which clock
+    # closes them, and how long after its end a period waits for late events.
+    churn_after_days: int = Field(default=90, ge=1)
+    clock: Literal["wall", "watermark"] = "wall"
+    lateness_seconds: float = Field(default=3600.0, ge=0)
+    close_every_seconds: float = Field(default=5.0, gt=0)
 
     @field_validator("activity_kinds", mode="before")
     @classmethod

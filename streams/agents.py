@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import faust
@@ -22,7 +23,9 @@ from faust.streams import Stream
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from processors.periods import Periods
 from processors.store import Store, accepted_record, rejected_record
+from processors.windows import PERIODS
 from retention.config import Settings
 from streams.events import Rejection, parse_event
 from streams.topics import Topics
@@ -112,6 +115,26 @@ class Ingest:
             c.first_event_at = time.time()
 
 
+async def period_clock(settings: Settings, periods: Periods, scope: str) -> datetime | None:
+    """Wall time in live mode; the event-time watermark in backtests (METRICS.md, Time)."""
+    if settings.clock == "wall":
+        return datetime.now(UTC)
+    sources = Topics.from_settings(settings).sources
+    return await periods.watermark(scope, {topic: settings.partitions for topic in sources})
+
+
+async def close_periods(settings: Settings, periods: Periods, scope: str) -> int:
+    """Write the rows of periods the clock has passed, after the allowed lateness."""
+    clock = await period_clock(settings, periods, scope)
+    if clock is None:
+        return 0
+    cutoff = clock - timedelta(seconds=settings.lateness_seconds)
+    written = 0
+    for period in PERIODS:
+        written += len(await periods.close(period, settings.churn_after_days, cutoff))
+    return written
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -131,6 +154,7 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
         offsets_scope=cluster_id,
     )
     ingest = Ingest(settings, topics, store, dlq)
+    periods = Periods(redis, settings.key_prefix)
     me = worker_id()
 
     @app.agent(source, name="ingest")
@@ -168,6 +192,16 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
             await store.heartbeat(me, info)
         except RedisError as exc:
             logger.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    @app.timer(interval=settings.close_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    async def close() -> None:
+        try:
+            written = await close_periods(settings, periods, cluster_id)
+        except RedisError as exc:
+            logger.warning("closing periods failed", extra={"error": repr(exc)})
+            return
+        if written:
+            logger.info("periods closed", extra={"rows": written})
 
     @app.on_before_shutdown.connect
     async def forget(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
