@@ -154,6 +154,102 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if st.ok else 1
 
 
+async def _live_periods(settings: Settings, period: Any, churn_days: int) -> list[dict[str, Any]]:
+    """Closed rows as stored, then the periods not closed yet through now, marked open."""
+    from datetime import UTC, datetime
+
+    from processors.periods import Periods
+
+    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+    try:
+        periods = Periods(redis, settings.key_prefix)
+        closed = {r.period: r for r in await periods.closed_rows(period, churn_days)}
+        rows: list[dict[str, Any]] = []
+        span = await periods.span()
+        through = max(datetime.now(UTC), span[1]) if span else None
+        for start in await periods.starts(period, through):
+            key = start.date().isoformat()
+            if key in closed:
+                rows.append(closed[key].as_dict())
+            else:
+                row = await periods.row(period, start, churn_days)
+                rows.append({**row.as_dict(), "open": True})
+        return rows
+    finally:
+        await redis.aclose()
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from retention.report import render_periods
+
+    settings = _services(args)
+    churn = args.churn_after or settings.churn_after_days
+    rows = asyncio.run(_live_periods(settings, args.period, churn))
+    if args.json:
+        print(json.dumps({"period": args.period, "churn_after_days": churn, "periods": rows}))
+    else:
+        print(render_periods(rows, args.period))
+    return 0
+
+
+async def _live_cohorts(settings: Settings, period: Any) -> dict[str, dict[str, Any]]:
+    from datetime import UTC, datetime
+
+    from processors.periods import Periods
+
+    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+    try:
+        periods = Periods(redis, settings.key_prefix)
+        span = await periods.span()
+        through = max(datetime.now(UTC), span[1]) if span else None
+        return {k: c.as_dict() for k, c in (await periods.cohorts(period, through)).items()}
+    finally:
+        await redis.aclose()
+
+
+def cmd_cohorts(args: argparse.Namespace) -> int:
+    from retention.report import plot_cohorts, render_cohorts
+
+    settings = _services(args)
+    matrix = asyncio.run(_live_cohorts(settings, args.period))
+    if args.plot:
+        plot_cohorts(matrix, args.period, Path(args.plot))
+    if args.json:
+        print(json.dumps({"period": args.period, "cohorts": matrix}))
+    else:
+        print(render_cohorts(matrix, args.period))
+    if args.plot:
+        print(f"heatmap written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from retention import backtest
+    from retention.report import render_periods
+
+    settings = _settings(args)
+    kinds = tuple(k.strip() for k in args.activity.split(",") if k.strip())
+    options = backtest.Options(
+        path=Path(args.file),
+        format=args.format,
+        period=args.period,
+        churn_days=backtest.parse_duration_days(args.churn_after),
+        activity_kinds=Settings(activity_kinds=kinds).activity_kinds,
+        report=Path(args.report),
+        until=date.fromisoformat(args.until) if args.until else None,
+        customers=Path(args.customers) if args.customers else None,
+    )
+    report = backtest.run(settings, options)
+    print(render_periods(report["periods"], options.period))
+    print(
+        f"{report['events']} events, {report['rejected']} rejected, "
+        f"{report['customers']} customers; report written to {options.report}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, help="where `up` keeps data and records services")
@@ -187,6 +283,29 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", parents=[common], help="services, workers and lag")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    metrics = sub.add_parser("metrics", parents=[common], help="retention metrics per period")
+    metrics.add_argument("--period", choices=["day", "week", "month"], default="month")
+    metrics.add_argument("--churn-after", type=int, help="churn window W in days")
+    metrics.add_argument("--json", action="store_true")
+    metrics.set_defaults(func=cmd_metrics)
+
+    cohorts = sub.add_parser("cohorts", parents=[common], help="the cohort retention matrix")
+    cohorts.add_argument("--period", choices=["day", "week", "month"], default="month")
+    cohorts.add_argument("--json", action="store_true")
+    cohorts.add_argument("--plot", metavar="FILE.png", help="also draw a heatmap")
+    cohorts.set_defaults(func=cmd_cohorts)
+
+    bt = sub.add_parser("backtest", parents=[common], help="replay a history file and report")
+    bt.add_argument("file")
+    bt.add_argument("--format", choices=["cdnow", "jsonl"], default="jsonl")
+    bt.add_argument("--period", choices=["day", "week", "month"], default="month")
+    bt.add_argument("--churn-after", default="90d", help="churn window, e.g. 90d or 12w")
+    bt.add_argument("--activity", default="order,login", help="event types that count")
+    bt.add_argument("--until", metavar="YYYY-MM-DD", help="ignore events after this date")
+    bt.add_argument("--report", required=True, metavar="OUT.json")
+    bt.add_argument("--customers", metavar="OUT.jsonl", help="every customer's final state")
+    bt.set_defaults(func=cmd_backtest)
 
     demo = sub.add_parser("demo", parents=[common], help="send demo traffic")
     demo.add_argument("--customers", type=int, default=60)

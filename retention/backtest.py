@@ -1,0 +1,270 @@
+"""``retention backtest``: replay a history file through the live pipeline and report.
+
+The file goes through Kafka to the same worker as in live mode, started here with the
+event-time clock; the report is read from what that worker stored. Nothing is computed on
+a side path, so a backtest checks the live numbers themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from processors.periods import Periods
+from processors.state import to_public
+from processors.store import Store
+from processors.windows import Period, next_period, period_start
+from retention import runtime
+from retention.config import ActivityKind, Settings
+from retention.produce import Progress, dead_letter_headers
+from retention.stack import EMBEDDED_TIMEOUTS
+from retention.worker import cluster_id
+from streams.cdnow import read_cdnow
+from streams.events import Event, InvalidEvent, Rejection, build_event, parse_event
+from streams.producer import EventProducer
+from streams.topics import Topics, ensure_topics
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["cdnow", "jsonl"]
+Line = tuple[int, Event | Rejection]
+
+
+@dataclass(frozen=True)
+class Options:
+    path: Path
+    format: Format
+    period: Period
+    churn_days: int
+    activity_kinds: tuple[ActivityKind, ...]
+    report: Path
+    until: date | None = None
+    customers: Path | None = None
+
+
+def parse_duration_days(text: str) -> int:
+    """``90d``, ``12w`` or a bare number of days; the churn window is whole days."""
+    match = re.fullmatch(r"\s*(\d+)\s*([dw]?)\s*", text)
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"not a duration in days: {text!r} (try 90d or 12w)")
+    return int(match.group(1)) * (7 if match.group(2) == "w" else 1)
+
+
+def read_lines(path: Path, fmt: Format) -> Iterator[Line]:
+    if fmt == "cdnow":
+        for line_no, item in read_cdnow(path):
+            if isinstance(item, Rejection):
+                yield line_no, item
+                continue
+            try:
+                yield line_no, build_event(item)
+            except InvalidEvent as exc:
+                yield line_no, exc.rejection
+        return
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if raw.strip():
+                yield line_no, parse_event(raw)
+
+
+def load(options: Options) -> tuple[list[Event], list[tuple[int, Rejection]]]:
+    """Accepted events in event-time order (up to ``--until``), and the bad lines.
+
+    Sorting lets every partition advance in event time, so the watermark means what it
+    says; the sort is stable, so a customer's events keep their file order on ties.
+    """
+    events: list[Event] = []
+    bad: list[tuple[int, Rejection]] = []
+    end = _until_end(options.until)
+    for line_no, item in read_lines(options.path, options.format):
+        if isinstance(item, Rejection):
+            bad.append((line_no, item))
+        elif end is None or item.ts < end:
+            events.append(item)
+    events.sort(key=lambda e: e.ts_ms)
+    return events, bad
+
+
+def _until_end(until: date | None) -> datetime | None:
+    if until is None:
+        return None
+    return datetime(until.year, until.month, until.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def last_instant(options: Options, events: list[Event]) -> datetime | None:
+    """The instant whose period ends the report: ``--until`` or the last event."""
+    end = _until_end(options.until)
+    if end is not None:
+        return end - timedelta(microseconds=1)
+    return events[-1].ts if events else None
+
+
+class Backtest:
+    def __init__(self, settings: Settings, options: Options) -> None:
+        self.options = options
+        tag = uuid.uuid4().hex[:8]
+        # Configured services may hold live data: keep the backtest's topics and keys apart.
+        self.settings = settings.model_copy(
+            update={
+                "topic_prefix": f"{settings.topic_prefix}backtest-{tag}-",
+                "key_prefix": f"{settings.key_prefix}backtest-{tag}:",
+                "activity_kinds": options.activity_kinds,
+                "churn_after_days": options.churn_days,
+                "clock": "watermark",
+                "lateness_seconds": 0.0,
+                "close_every_seconds": 1.0,
+            }
+        )
+        self.group = runtime.ProcessGroup()
+
+    def _worker_env(self, data_dir: Path, embedded: bool) -> dict[str, str]:
+        s = self.settings
+        assert s.kafka_bootstrap and s.redis_url
+        env = {
+            "KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "REDIS_URL": s.redis_url,
+            "RETENTION_DATA_DIR": str(data_dir),
+            "RETENTION_TOPIC_PREFIX": s.topic_prefix,
+            "RETENTION_KEY_PREFIX": s.key_prefix,
+            "RETENTION_PARTITIONS": str(s.partitions),
+            "RETENTION_ACTIVITY_KINDS": ",".join(s.activity_kinds),
+            "RETENTION_CHURN_AFTER_DAYS": str(s.churn_after_days),
+            "RETENTION_CLOCK": s.clock,
+            "RETENTION_LATENESS_SECONDS": "0",
+            "RETENTION_CLOSE_EVERY_SECONDS": "1",
+        }
+        if embedded:
+            env.update(EMBEDDED_TIMEOUTS)
+        return runtime.child_env(**env)
+
+    def run(self) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="retention-backtest-") as tmp:
+            work = Path(tmp)
+            embedded = not (self.settings.kafka_bootstrap and self.settings.redis_url)
+            try:
+                if embedded:
+                    broker, bootstrap = runtime.start_broker(work)
+                    self.group.add(broker)
+                    redis, redis_url = runtime.start_redis(work / "redis", work, durable=False)
+                    self.group.add(redis)
+                    self.settings = self.settings.with_services(bootstrap, redis_url)
+                return asyncio.run(self._run(work, embedded))
+            finally:
+                self.group.stop()
+
+    async def _run(self, work: Path, embedded: bool) -> dict[str, Any]:
+        s, o = self.settings, self.options
+        assert s.kafka_bootstrap and s.redis_url
+        events, bad = load(o)
+        topics = Topics.from_settings(s)
+        await ensure_topics(s.kafka_bootstrap, topics, s.partitions)
+        self.group.add(
+            runtime.spawn(
+                "worker",
+                [sys.executable, "-m", "retention.cli", "worker"],
+                work,
+                self._worker_env(work, embedded),
+            )
+        )
+        sent = await self._produce(topics, events, bad)
+        redis = Redis.from_url(s.redis_url, decode_responses=True)
+        try:
+            scope = await cluster_id(s.kafka_bootstrap)
+            store = Store(redis, s.key_prefix, s.activity_kinds, offsets_scope=scope)
+            await self._wait(store, sent, work)
+            return await self._report(store, Periods(redis, s.key_prefix), events, bad)
+        finally:
+            await redis.aclose()
+
+    async def _produce(
+        self, topics: Topics, events: list[Event], bad: list[tuple[int, Rejection]]
+    ) -> dict[str, int]:
+        assert self.settings.kafka_bootstrap
+        sent: dict[str, int] = {}
+        progress = Progress(len(events) + len(bad))
+        async with EventProducer(self.settings.kafka_bootstrap, topics, linger_ms=20) as producer:
+            for line_no, rejection in bad:
+                headers = dead_letter_headers(self.options.path, line_no, rejection)
+                await producer.send_raw(topics.dlq, rejection.detail.encode(), None, headers)
+            for n, event in enumerate(events, start=1):
+                await producer.send(event)
+                topic = topics.source(event.type)
+                sent[topic] = sent.get(topic, 0) + 1
+                progress.update(n, n, len(bad))
+            await producer.flush()
+        progress.update(len(events), len(events), len(bad), final=True)
+        return sent
+
+    async def _wait(self, store: Store, sent: dict[str, int], work: Path) -> None:
+        """Until the store has taken account of every message: exact, unlike end offsets."""
+        while True:
+            stats = await store.stats()
+            if all(stats.seen(topic) >= n for topic, n in sent.items()):
+                return
+            dead = [p.name for p in self.group.processes if p.proc.poll() is not None]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} stopped; see the logs in {work}")
+            await asyncio.sleep(0.1)
+
+    async def _report(
+        self,
+        store: Store,
+        periods: Periods,
+        events: list[Event],
+        bad: list[tuple[int, Rejection]],
+    ) -> dict[str, Any]:
+        o = self.options
+        last = last_instant(o, events)
+        rows: list[dict[str, Any]] = []
+        if last is not None:
+            # end of input: the clock moves to the end of the last period
+            end = next_period(period_start(last, o.period), o.period)
+            await periods.close(o.period, o.churn_days, clock=end, through=last)
+            wanted = {s.date().isoformat() for s in await periods.starts(o.period, last)}
+            rows = [
+                r.as_dict()
+                for r in await periods.closed_rows(o.period, o.churn_days)
+                if r.period in wanted
+            ]
+        stats = await store.stats()
+        report: dict[str, Any] = {
+            "events": sum(stats.accepted.values()),
+            "rejected": sum(stats.rejected.values()) + len(bad),
+            "customers": await store.customer_count(),
+            "period": o.period,
+            "churn_after_days": o.churn_days,
+            "activity_kinds": list(o.activity_kinds),
+            "periods": rows,
+            "cohorts": {k: c.as_dict() for k, c in (await periods.cohorts(o.period, last)).items()},
+            "bgnbd": None,
+        }
+        if o.customers is not None:
+            await write_customers(store, o.customers)
+        return report
+
+
+async def write_customers(store: Store, path: Path, chunk: int = 500) -> int:
+    ids = await store.customer_ids()
+    with path.open("w") as out:
+        for i in range(0, len(ids), chunk):
+            for state in await store.read_customers(ids[i : i + chunk]):
+                out.write(json.dumps(to_public(state)) + "\n")
+    return len(ids)
+
+
+def run(settings: Settings, options: Options) -> dict[str, Any]:
+    report = Backtest(settings, options).run()
+    options.report.write_text(json.dumps(report, indent=2) + "\n")
+    return report
