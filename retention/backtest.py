@@ -178,13 +178,18 @@ class Backtest:
                 self._worker_env(work, embedded),
             )
         )
+        logger.info("backtest input read", extra={"events": len(events), "bad": len(bad)})
         sent = await self._produce(topics, events, bad)
+        logger.info("backtest input produced", extra={"messages": sum(sent.values())})
         redis = Redis.from_url(s.redis_url, decode_responses=True)
         try:
             scope = await cluster_id(s.kafka_bootstrap)
             store = Store(redis, s.key_prefix, s.activity_kinds, offsets_scope=scope)
             await self._wait(store, sent, work)
-            return await self._report(store, Periods(redis, s.key_prefix), events, bad)
+            logger.info("backtest input processed")
+            report = await self._report(store, Periods(redis, s.key_prefix), events, bad)
+            logger.info("backtest report ready")
+            return report
         finally:
             await redis.aclose()
 
