@@ -29,6 +29,7 @@ local applied, duplicates, redelivered, rejected = 0, 0, 0, 0
 local last_offsets = {}
 local touched = {}
 local newest = {}
+local batch_first, batch_last
 
 local function set_min(key, field, value)
   local cur = redis.call('HGET', key, field)
@@ -150,8 +151,9 @@ end
 local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   local ckey = P .. 'c:' .. cid
   local idx = customer_index(ckey, cid, ts)
-  set_min(meta_key, 'first', ts)
-  set_max(meta_key, 'last', ts)
+  local t = tonumber(ts)
+  if not batch_first or t < tonumber(batch_first) then batch_first = ts end
+  if not batch_last or t > tonumber(batch_last) then batch_last = ts end
   if kind == 'o' then
     if a1 == 'placed' then
       redis.call('HINCRBY', ckey, 'o', 1)
@@ -214,6 +216,10 @@ end
 
 for tp, _ in pairs(touched) do
   redis.call('HSET', offsets_key, tp, last_offsets[tp])
+end
+if batch_first then
+  set_min(meta_key, 'first', batch_first)
+  set_max(meta_key, 'last', batch_last)
 end
 -- the newest event time per partition: the event-time watermark is their minimum
 for tp, ts in pairs(newest) do

@@ -120,7 +120,9 @@ def run_up(
         nonlocal stopping
         stopping = True
 
+    # Both set explicitly: a shell that starts `up` in the background ignores SIGINT for it.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         live = stack.start_services(broker_port, redis_port)
         stack.start_children(live, workers, demo)
@@ -142,7 +144,9 @@ def run_up(
             if dead:
                 write(f"stopped unexpectedly: {', '.join(dead)} (see {log_dir}/)")
                 return 1
-            time.sleep(interval)
+            deadline = time.monotonic() + interval
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.1)
     except KeyboardInterrupt:
         pass
     finally:

@@ -59,6 +59,12 @@ def dlq_headers(message: Any, rejection: Rejection) -> list[tuple[str, bytes]]:
     ]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    records: list[list[str]]
+    dead_letters: list[Any]
+
+
 class Ingest:
     """What the agent does with each batch; kept out of the agent body to stay testable."""
 
@@ -69,7 +75,8 @@ class Ingest:
         self.dlq = dlq
         self.counters = WorkerCounters()
 
-    async def handle(self, events: Sequence[Any]) -> None:
+    async def prepare(self, events: Sequence[Any]) -> Prepared:
+        """Validate a batch and start sending its rejects to the dead-letter topic."""
         records: list[list[str]] = []
         pending = []
         for event in events:
@@ -88,10 +95,16 @@ class Ingest:
                 records.append(
                     accepted_record(parsed, message.topic, message.partition, message.offset)
                 )
+        return Prepared(records, pending)
+
+    async def store_batch(self, batch: Prepared) -> None:
         # The dead letters must be stored by Kafka before their offsets may be committed.
-        if pending:
-            await asyncio.gather(*pending)
-        await self._write(records)
+        if batch.dead_letters:
+            await asyncio.gather(*batch.dead_letters)
+        await self._write(batch.records)
+
+    async def handle(self, events: Sequence[Any]) -> None:
+        await self.store_batch(await self.prepare(events))
 
     async def _write(self, records: list[list[str]]) -> None:
         backoff = 0.1
@@ -164,10 +177,20 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
         batches: AsyncIterator[Sequence[Any]] = raw_stream.noack_take(
             settings.batch_size, within=settings.batch_within_seconds
         )
-        async for events in batches:
-            await ingest.handle(events)
+        # Two stages: while Redis applies one batch, the next is decoded. Writes stay in
+        # order (one in flight at a time) and each batch is acked only once it is stored.
+        in_flight: asyncio.Task[None] | None = None
+
+        async def store_and_ack(batch: Prepared, events: Sequence[Any]) -> None:
+            await ingest.store_batch(batch)
             for event in events:
                 await raw_stream.ack(event)
+
+        async for events in batches:
+            batch = await ingest.prepare(events)
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.create_task(store_and_ack(batch, events))
 
     @app.timer(interval=settings.worker_heartbeat_seconds)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:
