@@ -129,6 +129,24 @@ def test_up_produce_customer_status_and_clean_stop(
 
     assert retention(data_dir, "customer", "nobody").returncode == 1
 
+    metrics = retention(data_dir, "metrics", "--period", "month", "--json")
+    assert metrics.returncode == 0, metrics.stderr
+    rows = json.loads(metrics.stdout)["periods"]
+    may = rows[0]
+    assert may["period"] == "2024-05-01"
+    assert (may["start_customers"], may["end_customers"], may["new_customers"]) == (0, 2, 2)
+    assert (may["orders"], may["revenue"], may["aov"]) == (2, 50.0, 25.0)
+    assert rows[-1].get("open") is True and rows[-1]["end_customers"] == 0
+    assert retention(data_dir, "metrics", "--period", "week").returncode == 0
+
+    plot = tmp_path / "cohorts.png"
+    cohorts = retention(data_dir, "cohorts", "--period", "week", "--json", "--plot", str(plot))
+    assert cohorts.returncode == 0, cohorts.stderr
+    matrix = json.loads(cohorts.stdout)["cohorts"]
+    assert list(matrix) == ["2024-04-29"]
+    assert matrix["2024-04-29"]["active"][:2] == [2, 0]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     up.send_signal(signal.SIGINT)
     up.wait(40)
     assert up.returncode == 0
