@@ -128,6 +128,8 @@ class Backtest:
             }
         )
         self.group = runtime.ProcessGroup()
+        #: Redis memory the run added, per tracked customer (state, bitmaps, dedupe ids)
+        self.bytes_per_customer: float | None = None
 
     def _worker_env(self, data_dir: Path, embedded: bool) -> dict[str, str]:
         s = self.settings
@@ -179,13 +181,18 @@ class Backtest:
             )
         )
         logger.info("backtest input read", extra={"events": len(events), "bad": len(bad)})
-        sent = await self._produce(topics, events, bad)
-        logger.info("backtest input produced", extra={"messages": sum(sent.values())})
         redis = Redis.from_url(s.redis_url, decode_responses=True)
         try:
+            before = await used_memory(redis)
+            sent = await self._produce(topics, events, bad)
+            logger.info("backtest input produced", extra={"messages": sum(sent.values())})
             scope = await cluster_id(s.kafka_bootstrap)
             store = Store(redis, s.key_prefix, s.activity_kinds, offsets_scope=scope)
             await self._wait(store, sent, work)
+            customers = await store.customer_count()
+            if customers:
+                grown = await used_memory(redis) - before
+                self.bytes_per_customer = grown / customers
             logger.info("backtest input processed")
             report = await self._report(store, Periods(redis, s.key_prefix), events, bad)
             logger.info("backtest report ready")
@@ -269,7 +276,14 @@ async def write_customers(store: Store, path: Path, chunk: int = 500) -> int:
     return len(ids)
 
 
-def run(settings: Settings, options: Options) -> dict[str, Any]:
-    report = Backtest(settings, options).run()
+async def used_memory(redis: Redis) -> int:
+    info = await redis.info("memory")
+    return int(info["used_memory"])
+
+
+def run(settings: Settings, options: Options) -> tuple[dict[str, Any], float | None]:
+    """Run a backtest, write its report; returns the report and Redis bytes per customer."""
+    backtest = Backtest(settings, options)
+    report = backtest.run()
     options.report.write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return report, backtest.bytes_per_customer

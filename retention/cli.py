@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -241,11 +242,14 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         until=date.fromisoformat(args.until) if args.until else None,
         customers=Path(args.customers) if args.customers else None,
     )
-    report = backtest.run(settings, options)
+    started = time.monotonic()
+    report, per_customer = backtest.run(settings, options)
     print(render_periods(report["periods"], options.period))
+    memory = f"{per_customer:,.0f} B" if per_customer is not None else "?"
     print(
         f"{report['events']} events, {report['rejected']} rejected, "
-        f"{report['customers']} customers; report written to {options.report}"
+        f"{report['customers']} customers in {time.monotonic() - started:.1f} s; "
+        f"Redis memory {memory} per customer; report written to {options.report}"
     )
     return 0
 
