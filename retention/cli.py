@@ -155,19 +155,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if st.ok else 1
 
 
-async def _live_periods(settings: Settings, period: Any, churn_days: int) -> list[dict[str, Any]]:
-    """Closed rows as stored, then the periods not closed yet through now, marked open."""
+async def _live_periods(
+    settings: Settings, period: Any, churn_days: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Closed rows as stored, then the periods not closed yet through now, marked open;
+    and the distinct active customers of the current day, week and month."""
     from datetime import UTC, datetime
 
     from processors.periods import Periods
+    from processors.windows import PERIODS
 
     redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
     try:
         periods = Periods(redis, settings.key_prefix)
+        now = datetime.now(UTC)
+        active: dict[str, int] = {p: await periods.active(p, now) for p in PERIODS}
         closed = {r.period: r for r in await periods.closed_rows(period, churn_days)}
         rows: list[dict[str, Any]] = []
         span = await periods.span()
-        through = max(datetime.now(UTC), span[1]) if span else None
+        through = max(now, span[1]) if span else None
         for start in await periods.starts(period, through):
             key = start.date().isoformat()
             if key in closed:
@@ -175,7 +181,7 @@ async def _live_periods(settings: Settings, period: Any, churn_days: int) -> lis
             else:
                 row = await periods.row(period, start, churn_days)
                 rows.append({**row.as_dict(), "open": True})
-        return rows
+        return rows, active
     finally:
         await redis.aclose()
 
@@ -185,11 +191,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     settings = _services(args)
     churn = args.churn_after or settings.churn_after_days
-    rows = asyncio.run(_live_periods(settings, args.period, churn))
+    rows, active = asyncio.run(_live_periods(settings, args.period, churn))
     if args.json:
-        print(json.dumps({"period": args.period, "churn_after_days": churn, "periods": rows}))
+        out = {"period": args.period, "churn_after_days": churn, "periods": rows}
+        print(json.dumps({**out, "active_customers": active}))
     else:
         print(render_periods(rows, args.period))
+        print("active now: " + ", ".join(f"{n} this {p}" for p, n in active.items()))
     return 0
 
 

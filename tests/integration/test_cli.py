@@ -132,6 +132,8 @@ def test_up_produce_customer_status_and_clean_stop(
     metrics = retention(data_dir, "metrics", "--period", "month", "--json")
     assert metrics.returncode == 0, metrics.stderr
     rows = json.loads(metrics.stdout)["periods"]
+    # the events are from 2024; nobody is active in the current day, week or month
+    assert json.loads(metrics.stdout)["active_customers"] == {"day": 0, "week": 0, "month": 0}
     may = rows[0]
     assert may["period"] == "2024-05-01"
     assert (may["start_customers"], may["end_customers"], may["new_customers"]) == (0, 2, 2)

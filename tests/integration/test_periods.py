@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from processors.metrics import cohorts, period_rows
+from processors.metrics import cohorts, is_activity, period_rows
 from processors.periods import Periods
 from processors.store import Store, accepted_record
-from processors.windows import Period
+from processors.windows import Period, next_period, period_start
 from streams.events import Event, build_event
 from tests.eventgen import random_events, with_duplicates
 
@@ -105,3 +105,21 @@ async def test_watermark_waits_for_every_partition_of_a_busy_topic(redis: Redis)
     assert await periods.watermark("k", {"logins": 2, "orders": 2}) == datetime.fromtimestamp(
         500, UTC
     )
+
+
+async def test_active_customers_per_day_week_and_month(redis: Redis, rng: random.Random) -> None:
+    prefix = f"dau{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, KINDS)
+    events = random_events(rng, customers=50, count=1500)
+    await load(store, events, rng)
+    periods = Periods(redis, prefix)
+    accepted = unique(events)
+    for period in ("day", "week", "month"):
+        at = rng.choice(accepted).ts
+        start, end = period_start(at, period), next_period(period_start(at, period), period)
+        want = {
+            e.customer_id
+            for e in accepted
+            if start <= e.ts < end and is_activity(e, frozenset(KINDS))
+        }
+        assert await periods.active(period, at) == len(want)
