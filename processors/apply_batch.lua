@@ -4,7 +4,7 @@
 -- ARGV[1] key prefix        ARGV[2] offsets scope (broker cluster id)
 -- ARGV[3] now (ms)          ARGV[4] dedupe bucket width (ms)   ARGV[5] buckets kept
 -- ARGV[6] activity kinds, letters: o=order l=login s=support
--- then records of 14 fields:
+-- ARGV[7] the records, a JSON array of arrays of 14 strings:
 --   kind(o|l|s|x) topic partition offset event_id customer_id ts_ms d w m a1 a2 a3 a4
 --   d w m: epoch-day numbers of the start of the event's day, ISO week and month
 --   order:   a1=status a2=amount_micros      support: a1=action a2=ticket a3=survey a4=score
@@ -24,7 +24,6 @@ local kinds = ARGV[6]
 local bucket = math.floor(now / width)
 local seen_ttl = math.ceil(width * (nbuckets + 1) / 1000)
 
-local N = 14
 local applied, duplicates, redelivered, rejected = 0, 0, 0, 0
 local last_offsets = {}
 local touched = {}
@@ -80,14 +79,29 @@ local function period_sales(idx, days, status, amount)
   end
 end
 
+-- Only buckets that exist can hold an id: look them up once per batch.
+local seen_buckets = {}
+for b = bucket - nbuckets, bucket - 1 do
+  if redis.call('EXISTS', P .. 'seen:' .. b) == 1 then seen_buckets[#seen_buckets + 1] = P .. 'seen:' .. b end
+end
+local current_seen = P .. 'seen:' .. bucket
+
 local function is_duplicate(event_id)
-  for b = bucket - nbuckets, bucket do
-    if redis.call('SISMEMBER', P .. 'seen:' .. b, event_id) == 1 then return true end
+  -- SADD answers 0 when the id is already in the current bucket
+  if redis.call('SADD', current_seen, event_id) == 0 then return true end
+  for _, key in ipairs(seen_buckets) do
+    if redis.call('SISMEMBER', key, event_id) == 1 then
+      redis.call('SREM', current_seen, event_id)
+      return true
+    end
   end
-  local seen_key = P .. 'seen:' .. bucket
-  redis.call('SADD', seen_key, event_id)
-  redis.call('EXPIRE', seen_key, seen_ttl)
   return false
+end
+
+-- Counters are summed in the script and written once per batch.
+local counts = {}
+local function count(name)
+  counts[name] = (counts[name] or 0) + 1
 end
 
 local function response_ms(tkey, ticket)
@@ -186,9 +200,10 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   end
 end
 
-for i = 7, #ARGV, N do
-  local kind, topic, partition = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local offset = tonumber(ARGV[i + 3])
+local records = cjson.decode(ARGV[7])
+for _, r in ipairs(records) do
+  local kind, topic, partition = r[1], r[2], r[3]
+  local offset = tonumber(r[4])
   local tp = topic .. '|' .. partition
   local last = last_offsets[tp]
   if last == nil then last = tonumber(redis.call('HGET', offsets_key, tp) or '-1') end
@@ -198,22 +213,26 @@ for i = 7, #ARGV, N do
     last_offsets[tp] = offset
     touched[tp] = true
     if kind == 'x' then
-      redis.call('HINCRBY', stats_key, 'rejected|' .. topic .. '|' .. ARGV[i + 10], 1)
+      count('rejected|' .. topic .. '|' .. r[11])
       rejected = rejected + 1
-    elseif is_duplicate(ARGV[i + 4]) then
-      redis.call('HINCRBY', stats_key, 'duplicate|' .. topic, 1)
+    elseif is_duplicate(r[5]) then
+      count('duplicate|' .. topic)
       duplicates = duplicates + 1
     else
-      local ts = ARGV[i + 6]
-      local days = {d = ARGV[i + 7], w = ARGV[i + 8], m = ARGV[i + 9]}
-      apply(kind, ARGV[i + 5], ts, days, ARGV[i + 10], ARGV[i + 11], ARGV[i + 12], ARGV[i + 13])
-      redis.call('HINCRBY', stats_key, 'accepted|' .. topic, 1)
+      local ts = r[7]
+      local days = {d = r[8], w = r[9], m = r[10]}
+      apply(kind, r[6], ts, days, r[11], r[12], r[13], r[14])
+      count('accepted|' .. topic)
       applied = applied + 1
       if not newest[tp] or tonumber(ts) > tonumber(newest[tp]) then newest[tp] = ts end
     end
   end
 end
 
+for name, n in pairs(counts) do
+  redis.call('HINCRBY', stats_key, name, n)
+end
+if applied + duplicates > 0 then redis.call('EXPIRE', current_seen, seen_ttl) end
 for tp, _ in pairs(touched) do
   redis.call('HSET', offsets_key, tp, last_offsets[tp])
 end

@@ -120,8 +120,8 @@ class Store:
             str(DEDUPE_BUCKETS),
             self.kind_letters,
         ]
-        for record in records:
-            args.extend(record)
+        # one JSON argument: far cheaper for the client to send than 14 arguments a record
+        args.append(json.dumps(records))
         applied, duplicates, redelivered, rejected = await self._script(args=args)
         return BatchResult(int(applied), int(duplicates), int(redelivered), int(rejected))
 
