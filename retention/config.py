@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
     # Periods: W of METRICS.md (whole days, since periods start at midnight), which clock
     # closes them, and how long after its end a period waits for late events.
+    # uvloop lowers Faust's per-message cost, the worker's ceiling (bench/README.md)
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     churn_after_days: int = Field(default=90, ge=1)
     clock: Literal["wall", "watermark"] = "wall"
     lateness_seconds: float = Field(default=3600.0, ge=0)

@@ -36,12 +36,23 @@ async def prepare(settings: Settings) -> str:
     return await cluster_id(settings.kafka_bootstrap)
 
 
+def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """A fresh loop of the configured kind for Faust's worker, which manages its own."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
 def run(settings: Settings, loglevel: str = "warn") -> None:
     """Block until the worker is stopped (SIGINT/SIGTERM)."""
     cluster = asyncio.run(prepare(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # Faust's worker manages its own event loop; give it a fresh one.
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    new_event_loop(settings)
     app = create_app(settings)
     agents.register(app, settings, cluster)
     worker = faust.Worker(

@@ -1,0 +1,83 @@
+"""The throughput floor: the worker's Faust app with an agent that only counts.
+
+Started by ``bench/throughput.py`` with the same environment as ``retention worker``, plus
+``BENCH_EXPECTED_EVENTS`` (and optionally ``BENCH_LOG_LEVEL``). It writes two JSON lines to
+stdout: one when the first batch arrives and one when the count reaches the expected number.
+Everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, cast
+
+import faust
+
+from retention.config import Settings
+from retention.logs import log_config
+from retention.worker import new_event_loop
+from streams.app import create_app
+from streams.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+EXPECTED_ENV = "BENCH_EXPECTED_EVENTS"
+LOG_LEVEL_ENV = "BENCH_LOG_LEVEL"
+
+
+def report(kind: str, **fields: Any) -> None:
+    """One JSON line: wall-clock time for the parent, CPU time to tell how busy this was."""
+    line = {"bench": kind, "at": time.time(), "cpu": time.process_time(), **fields}
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+
+
+def register_counter(app: faust.App, settings: Settings, expected: int) -> None:
+    """Batch like the ingest agent, ack every event, and do nothing else."""
+    sources = Topics.from_settings(settings).sources
+    source = app.topic(*sources, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="count")
+    async def count(stream: faust.StreamT[Any]) -> None:
+        # noack_take yields events (not values) and is declared on Stream only.
+        events_of = cast("faust.Stream[Any]", stream)
+        seen = 0
+        batches = events_of.noack_take(settings.batch_size, within=settings.batch_within_seconds)
+        async for events in batches:
+            if seen == 0:
+                report("first")
+            seen += len(events)
+            for event in events:
+                await events_of.ack(event)
+            if seen >= expected and seen - len(events) < expected:
+                report("done", count=seen)
+
+
+def main() -> None:
+    expected = int(os.environ[EXPECTED_ENV])
+    level = os.environ.get(LOG_LEVEL_ENV, "warn")
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # the same kind of event loop as retention worker, from the same setting
+    new_event_loop(settings)
+    app = create_app(settings)
+    register_counter(app, settings, expected)
+    worker = faust.Worker(
+        app,
+        loglevel=level,
+        logging_config=log_config(level.upper().replace("WARN", "WARNING")),
+        quiet=True,
+        redirect_stdouts=False,
+        # The startup spinner would write to stdout, which carries the reports.
+        stdout=sys.stderr,
+    )
+    logger.info("floor worker starting", extra={"expected": expected})
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
