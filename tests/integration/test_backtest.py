@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from processors.metrics import cohorts, period_rows
 from retention.backtest import Options, load
+from tests import oracle
 from tests.eventgen import random_events, with_duplicates
 from tests.integration.conftest import Stack
 
@@ -38,7 +38,7 @@ def backtest(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 
 def reference(options: Options) -> dict[str, Any]:
-    """The batch computation over the same file: each event id once."""
+    """The independent pandas computation over the same file, each event id once."""
     loaded, _ = load(options)
     events = list({e.event_id: e for e in reversed(loaded)}.values())
     until = None
@@ -46,17 +46,9 @@ def reference(options: Options) -> dict[str, Any]:
         until = datetime(*options.until.timetuple()[:3], tzinfo=UTC) + timedelta(days=1)
         until -= timedelta(microseconds=1)
     kinds = frozenset(options.activity_kinds)
-    rows = period_rows(
-        events,
-        period=options.period,
-        churn_after=timedelta(days=options.churn_days),
-        activity_kinds=kinds,
-        until=until,
-    )
-    matrix = cohorts(events, period=options.period, activity_kinds=kinds, until=until)
     return {
-        "periods": [r.as_dict() for r in rows],
-        "cohorts": {k: c.as_dict() for k, c in matrix.items()},
+        "periods": oracle.period_rows(events, options.period, options.churn_days, kinds, until),
+        "cohorts": oracle.cohorts(events, options.period, kinds, until),
         "events": len(events),
         "customers": len({e.customer_id for e in events}),
     }

@@ -1,0 +1,109 @@
+"""An independent batch computation of METRICS.md's period metrics and cohorts, in pandas.
+
+Written from the definitions alone, without the project's period or metrics code, so that
+the streaming numbers and the project's own reference are both checked against it. Times
+are naive UTC here (pandas periods carry no zone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from streams.events import Event, LoginEvent, OrderEvent
+
+FREQ = {"day": "D", "week": "W-SUN", "month": "M"}  # W-SUN: weeks ending Sunday, ISO weeks
+
+
+def frame(events: Sequence[Event], kinds: frozenset[str]) -> pd.DataFrame:
+    rows = []
+    for e in events:
+        if isinstance(e, OrderEvent):
+            active = e.status == "placed" and "order" in kinds
+            rows.append((e.customer_id, e.ts, e.status, e.amount_micros, active))
+        elif isinstance(e, LoginEvent):
+            rows.append((e.customer_id, e.ts, "login", 0, "login" in kinds))
+        else:
+            rows.append((e.customer_id, e.ts, "support", 0, "support" in kinds))
+    df = pd.DataFrame(rows, columns=["customer", "ts", "kind", "micros", "active"])
+    df["ts"] = pd.to_datetime(df["ts"], utc=True).dt.tz_convert(None)
+    return df
+
+
+def _span(df: pd.DataFrame, period: str, until: datetime | None) -> pd.PeriodIndex:
+    last = df["ts"].max() if until is None else pd.Timestamp(until).tz_convert(None)
+    return pd.period_range(df["ts"].min().to_period(FREQ[period]), last.to_period(FREQ[period]))
+
+
+def _active_at(act: pd.DataFrame, t: pd.Timestamp, window: timedelta) -> set[str]:
+    return set(act.loc[(act["ts"] >= t - window) & (act["ts"] < t), "customer"])
+
+
+def _ratio(a: float, b: int) -> float | None:
+    return a / b if b else None
+
+
+def period_rows(
+    events: Sequence[Event],
+    period: str,
+    churn_days: int,
+    kinds: frozenset[str],
+    until: datetime | None = None,
+) -> list[dict[str, Any]]:
+    df = frame(events, kinds)
+    if until is not None:
+        df = df[df["ts"] <= pd.Timestamp(until).tz_convert(None)]
+    window = timedelta(days=churn_days)
+    act = df[df["active"]]
+    first = act.groupby("customer")["ts"].min()
+    out = []
+    for p in _span(df, period, until):
+        s, e = p.start_time, (p + 1).start_time
+        start, end = _active_at(act, s, window), _active_at(act, e, window)
+        new = set(first[(first >= s) & (first < e)].index) & end
+        inside = df[(df["ts"] >= s) & (df["ts"] < e)]
+        placed = inside[inside["kind"] == "placed"]
+        refunded = inside.loc[inside["kind"] == "refunded", "micros"].sum()
+        per_buyer = placed.groupby("customer").size()
+        orders, placed_micros = len(placed), int(placed["micros"].sum())
+        out.append(
+            {
+                "period": s.date().isoformat(),
+                "start_customers": len(start),
+                "end_customers": len(end),
+                "new_customers": len(new),
+                "lost_customers": len(start - end),
+                "reactivated_customers": len(end - start - new),
+                "crr": _ratio(len(end) - len(new), len(start)),
+                "churn_rate": _ratio(len(start - end), len(start)),
+                "orders": orders,
+                "revenue": (placed_micros - int(refunded)) / 1e6,
+                "aov": _ratio(placed_micros / 1e6, orders),
+                "purchase_frequency": _ratio(orders, len(per_buyer)),
+                "repeat_customer_rate": _ratio(int((per_buyer >= 2).sum()), len(per_buyer)),
+            }
+        )
+    return out
+
+
+def cohorts(
+    events: Sequence[Event], period: str, kinds: frozenset[str], until: datetime | None = None
+) -> dict[str, dict[str, Any]]:
+    df = frame(events, kinds)
+    if until is not None:
+        df = df[df["ts"] <= pd.Timestamp(until).tz_convert(None)]
+    span = _span(df, period, until)
+    act = df[df["active"]].copy()
+    act["p"] = act["ts"].dt.to_period(FREQ[period])
+    act["cohort"] = act.groupby("customer")["p"].transform("min")
+    out: dict[str, dict[str, Any]] = {}
+    for cohort, members in act.groupby("cohort"):
+        ages = (members["p"] - cohort).apply(lambda offset: offset.n)
+        counts = members.assign(k=ages).groupby("k")["customer"].nunique()
+        length = len(span[span >= cohort])
+        active = [int(counts.get(k, 0)) for k in range(length)]
+        out[cohort.start_time.date().isoformat()] = {"size": active[0], "active": active}
+    return out
