@@ -197,10 +197,11 @@ def _latest(state: CustomerState, survey: str) -> int | None:
     return None if score is None else score.value
 
 
-def to_public(state: CustomerState) -> dict[str, Any]:
+def to_public(state: CustomerState, outlook: Any = None) -> dict[str, Any]:
     """The customer JSON of METRICS.md (Customer state), plus a few support details.
 
-    Lifecycle, P(alive) and risk are filled by later stages and are null here.
+    ``outlook`` (a :class:`processors.alive.Outlook`) fills P(alive) and expected
+    purchases; lifecycle and risk are filled by later stages and are null here.
     """
     return {
         "customer_id": state.customer_id,
@@ -228,8 +229,9 @@ def to_public(state: CustomerState) -> dict[str, Any]:
         "csat": _latest(state, "csat"),
         "ces": _latest(state, "ces"),
         "status": None,
-        "p_alive": None,
-        "expected_purchases_90d": None,
+        "p_alive": None if outlook is None else outlook.p_alive,
+        "expected_purchases_30d": None if outlook is None else outlook.expected_purchases_30d,
+        "expected_purchases_90d": None if outlook is None else outlook.expected_purchases_90d,
         "risk_score": None,
         "risk_reasons": [],
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -16,15 +15,9 @@ import pytest
 
 from retention.backtest import Options, load
 from tests import oracle
+from tests.cdnow_data import cdnow_file
 from tests.eventgen import random_events, with_duplicates
 from tests.integration.conftest import Stack
-
-
-def cdnow_file(name: str) -> Path:
-    spec = importlib.util.find_spec("lifetimes")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the CDNOW files ship in the lifetimes wheel: `make install`", pytrace=False)
-    return Path(spec.submodule_search_locations[0]) / "datasets" / name
 
 
 def backtest(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

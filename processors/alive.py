@@ -1,0 +1,118 @@
+"""BG/NBD on the store: sufficient statistics from Redis, refits, per-customer outlook.
+
+The statistics come from each customer's placed orders per day (``od:<id>``), which the
+batch script keeps live: x = days with an order − 1, t_x and T in weeks from the first
+order day (METRICS.md, BG/NBD). A fit is stored under ``bgnbd`` with its as-of day, so every
+reader computes P(alive) and expected purchases against the same parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, cast
+
+import numpy as np
+
+from processors.bgnbd import BgNbdParams, expected_purchases, fit, p_alive
+from processors.state import CustomerState
+from processors.store import Store
+
+_EPOCH = date(1970, 1, 1)
+DAYS_PER_WEEK = 7.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    params: BgNbdParams
+    as_of: date
+    customers: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.params.as_dict(),
+            "as_of": self.as_of.isoformat(),
+            "customers": self.customers,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Fit:
+        params = BgNbdParams(raw["r"], raw["alpha"], raw["a"], raw["b"])
+        return cls(params, date.fromisoformat(raw["as_of"]), int(raw["customers"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Outlook:
+    p_alive: float
+    expected_purchases_30d: float
+    expected_purchases_90d: float
+
+
+def day_number(day: date) -> int:
+    return (day - _EPOCH).days
+
+
+def stats_from_days(days: list[int], as_of: int) -> tuple[int, float, float] | None:
+    """(x, t_x, T) from a customer's order days, or None without an order by ``as_of``."""
+    kept = [d for d in days if d <= as_of]
+    if not kept:
+        return None
+    first, last = min(kept), max(kept)
+    return len(set(kept)) - 1, (last - first) / DAYS_PER_WEEK, (as_of - first) / DAYS_PER_WEEK
+
+
+async def sufficient_stats(
+    store: Store, as_of: date, chunk: int = 1000
+) -> list[tuple[int, float, float]]:
+    """Every buyer's (x, t_x, T) as of the end of ``as_of``, read in pipelined chunks."""
+    ids = await store.customer_ids()
+    limit = day_number(as_of)
+    stats: list[tuple[int, float, float]] = []
+    for i in range(0, len(ids), chunk):
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for customer_id in ids[i : i + chunk]:
+                pipe.hkeys(store.key("od", customer_id))
+            replies = await pipe.execute()
+        for days in replies:
+            found = stats_from_days([int(d) for d in days], limit)
+            if found is not None:
+                stats.append(found)
+    return stats
+
+
+async def refit(store: Store, as_of: date) -> Fit | None:
+    """Fit the model to the store's buyers and keep the result; None without buyers."""
+    stats = await sufficient_stats(store, as_of)
+    if not stats:
+        return None
+    x, t_x, T = (np.array(column, dtype=np.float64) for column in zip(*stats, strict=True))
+    # the fit is CPU-bound for a moment: keep the event loop (and the worker) responsive
+    params = await asyncio.get_running_loop().run_in_executor(None, fit, x, t_x, T)
+    result = Fit(params, as_of, len(stats))
+    await store.redis.set(store.key("bgnbd"), json.dumps(result.as_dict()))
+    return result
+
+
+async def stored_fit(store: Store) -> Fit | None:
+    raw = cast(str | None, await store.redis.get(store.key("bgnbd")))
+    return None if raw is None else Fit.from_dict(json.loads(raw))
+
+
+def outlook(state: CustomerState, model: Fit, as_of: date) -> Outlook | None:
+    """P(alive) and purchases expected in 30 and 90 days, for a customer who has ordered."""
+    stats = stats_from_days(list(state.orders_by_day), day_number(as_of))
+    if stats is None:
+        return None
+    x, t_x, T = stats
+    p = model.params
+    return Outlook(
+        p_alive=float(p_alive(p, [x], [t_x], [T])[0]),
+        expected_purchases_30d=float(expected_purchases(p, 30 / DAYS_PER_WEEK, [x], [t_x], [T])[0]),
+        expected_purchases_90d=float(expected_purchases(p, 90 / DAYS_PER_WEEK, [x], [t_x], [T])[0]),
+    )
+
+
+def today_utc() -> date:
+    return datetime.now(UTC).date()

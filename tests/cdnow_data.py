@@ -1,0 +1,40 @@
+"""The CDNOW files shipped in the lifetimes wheel, and their BG/NBD statistics."""
+
+from __future__ import annotations
+
+import importlib.util
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from processors.alive import day_number, stats_from_days
+from streams.cdnow import read_cdnow
+from streams.events import Rejection
+
+#: Fader, Hardie and Lee (2005), Table 1 / section 4: the CDNOW sample, 2,357 customers,
+#: calibration period through 1997-09-30 (39 weeks).
+PUBLISHED = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+CALIBRATION_END = date(1997, 9, 30)
+
+
+def cdnow_file(name: str) -> Path:
+    spec = importlib.util.find_spec("lifetimes")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the CDNOW files ship in the lifetimes wheel: `make install`", pytrace=False)
+    return Path(spec.submodule_search_locations[0]) / "datasets" / name
+
+
+def sample_stats(as_of: date = CALIBRATION_END) -> dict[str, tuple[int, float, float]]:
+    """Per customer (x, t_x, T) from the raw sample file, orders through ``as_of``."""
+    days: dict[str, list[int]] = {}
+    for _, item in read_cdnow(cdnow_file("CDNOW_sample.txt")):
+        assert not isinstance(item, Rejection)
+        day = day_number(date.fromisoformat(item["ts"][:10]))
+        days.setdefault(item["customer_id"], []).append(day)
+    out = {}
+    for customer, ds in days.items():
+        found = stats_from_days(ds, day_number(as_of))
+        if found is not None:
+            out[customer] = found
+    return out
