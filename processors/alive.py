@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import numpy as np
 
-from processors.bgnbd import BgNbdParams, expected_purchases, fit, p_alive
+from processors.bgnbd import BgNbdParams, FitError, expected_purchases, fit, p_alive
 from processors.state import CustomerState
 from processors.store import Store
+
+logger = logging.getLogger(__name__)
 
 _EPOCH = date(1970, 1, 1)
 DAYS_PER_WEEK = 7.0
@@ -89,7 +92,12 @@ async def refit(store: Store, as_of: date) -> Fit | None:
         return None
     x, t_x, T = (np.array(column, dtype=np.float64) for column in zip(*stats, strict=True))
     # the fit is CPU-bound for a moment: keep the event loop (and the worker) responsive
-    params = await asyncio.get_running_loop().run_in_executor(None, fit, x, t_x, T)
+    try:
+        params = await asyncio.get_running_loop().run_in_executor(None, fit, x, t_x, T)
+    except FitError as exc:
+        # data far from the model's assumptions: keep the best point found, and say so
+        logger.warning("BG/NBD fit did not converge", extra={"error": str(exc)})
+        params = exc.best
     result = Fit(params, as_of, len(stats))
     await store.redis.set(store.key("bgnbd"), json.dumps(result.as_dict()))
     return result
@@ -107,11 +115,15 @@ def outlook(state: CustomerState, model: Fit, as_of: date) -> Outlook | None:
         return None
     x, t_x, T = stats
     p = model.params
-    return Outlook(
-        p_alive=float(p_alive(p, [x], [t_x], [T])[0]),
-        expected_purchases_30d=float(expected_purchases(p, 30 / DAYS_PER_WEEK, [x], [t_x], [T])[0]),
-        expected_purchases_90d=float(expected_purchases(p, 90 / DAYS_PER_WEEK, [x], [t_x], [T])[0]),
-    )
+    with np.errstate(all="ignore"):
+        values = (
+            float(p_alive(p, [x], [t_x], [T])[0]),
+            float(expected_purchases(p, 30 / DAYS_PER_WEEK, [x], [t_x], [T])[0]),
+            float(expected_purchases(p, 90 / DAYS_PER_WEEK, [x], [t_x], [T])[0]),
+        )
+    if not all(np.isfinite(values)):
+        return None  # parameters from a fit that went astray: no number beats a wrong one
+    return Outlook(*values)
 
 
 def today_utc() -> date:

@@ -68,8 +68,18 @@ def negative_log_likelihood(
 ) -> float:
     """Mean negative log-likelihood over customers, of log-parameters (all must be > 0)."""
     p = BgNbdParams(*np.exp(log_params))
-    total = float(np.sum(weights * log_likelihood(p, x, t_x, T)))
-    return -total / float(np.sum(weights))
+    with np.errstate(all="ignore"):
+        total = float(np.sum(weights * log_likelihood(p, x, t_x, T)))
+    # far from the data the terms overflow; tell the optimiser that this is a bad place
+    return -total / float(np.sum(weights)) if np.isfinite(total) else np.inf
+
+
+class FitError(RuntimeError):
+    """The search stopped before converging; ``best`` is where it stopped."""
+
+    def __init__(self, message: str, best: BgNbdParams) -> None:
+        super().__init__(message)
+        self.best = best
 
 
 def fit(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbdParams:
@@ -89,9 +99,10 @@ def fit(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbdParams:
         method="Nelder-Mead",
         options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20_000, "maxfev": 40_000},
     )
+    best = BgNbdParams(*(float(v) for v in np.exp(result.x)))
     if not result.success:
-        raise RuntimeError(f"BG/NBD fit did not converge: {result.message}")
-    return BgNbdParams(*(float(v) for v in np.exp(result.x)))
+        raise FitError(f"BG/NBD fit did not converge: {result.message}", best)
+    return best
 
 
 def _death_odds(p: BgNbdParams, xs: Floats, txs: Floats, Ts: Floats) -> Floats:

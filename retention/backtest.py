@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from processors.alive import Fit, outlook, refit
 from processors.periods import Periods
 from processors.state import to_public
 from processors.store import Store
@@ -251,6 +252,8 @@ class Backtest:
                 if r.period in wanted
             ]
         stats = await store.stats()
+        # BG/NBD as of the end of the data: the --until day, or the last event's day
+        model = await refit(store, last.date()) if last is not None else None
         report: dict[str, Any] = {
             "events": sum(stats.accepted.values()),
             "rejected": sum(stats.rejected.values()) + len(bad),
@@ -260,19 +263,20 @@ class Backtest:
             "activity_kinds": list(o.activity_kinds),
             "periods": rows,
             "cohorts": {k: c.as_dict() for k, c in (await periods.cohorts(o.period, last)).items()},
-            "bgnbd": None,
+            "bgnbd": None if model is None else model.as_dict(),
         }
         if o.customers is not None:
-            await write_customers(store, o.customers)
+            await write_customers(store, o.customers, model)
         return report
 
 
-async def write_customers(store: Store, path: Path, chunk: int = 500) -> int:
+async def write_customers(store: Store, path: Path, model: Fit | None, chunk: int = 500) -> int:
     ids = await store.customer_ids()
     with path.open("w") as out:
         for i in range(0, len(ids), chunk):
             for state in await store.read_customers(ids[i : i + chunk]):
-                out.write(json.dumps(to_public(state)) + "\n")
+                seen = None if model is None else outlook(state, model, model.as_of)
+                out.write(json.dumps(to_public(state, seen)) + "\n")
     return len(ids)
 
 

@@ -131,12 +131,19 @@ def cmd_customer(args: argparse.Namespace) -> int:
     assert settings.redis_url
 
     async def go() -> dict[str, Any] | None:
+        from processors.alive import outlook, stored_fit, today_utc
+
         redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         try:
-            state = await Store(redis, settings.key_prefix).read_customer(args.id)
+            store = Store(redis, settings.key_prefix)
+            state = await store.read_customer(args.id)
+            model = await stored_fit(store)
         finally:
             await redis.aclose()
-        return None if state is None else to_public(state)
+        if state is None:
+            return None
+        # P(alive) now: the last fit's parameters, the customer's history up to today
+        return to_public(state, None if model is None else outlook(state, model, today_utc()))
 
     data = asyncio.run(go())
     if data is None:

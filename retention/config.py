@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     clock: Literal["wall", "watermark"] = "wall"
     lateness_seconds: float = Field(default=3600.0, ge=0)
     close_every_seconds: float = Field(default=5.0, gt=0)
+    # How often the leader refits BG/NBD to all buyers (it also refits on demand)
+    refit_every_seconds: float = Field(default=3600.0, gt=0)
 
     @field_validator("activity_kinds", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ from faust.streams import Stream
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from processors.alive import refit
 from processors.periods import Periods
 from processors.store import Store, accepted_record, rejected_record
 from processors.windows import PERIODS
@@ -152,10 +153,23 @@ def worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What the agent and the timers of one worker share."""
+
+    settings: Settings
+    topics: Topics
+    redis: Redis
+    store: Store
+    periods: Periods
+    ingest: Ingest
+    cluster_id: str
+    worker_id: str
+
+
 def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
-    """Declare the topics, the ingest agent and the heartbeat timer on ``app``."""
+    """Declare the topics, the ingest agent and the timers on ``app``."""
     topics = Topics.from_settings(settings)
-    source = app.topic(*topics.sources, key_serializer="raw", value_serializer="raw")
     dlq = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
     assert settings.redis_url is not None
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
@@ -166,9 +180,25 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
         dedupe_horizon_seconds=settings.dedupe_horizon_seconds,
         offsets_scope=cluster_id,
     )
-    ingest = Ingest(settings, topics, store, dlq)
-    periods = Periods(redis, settings.key_prefix)
-    me = worker_id()
+    parts = Parts(
+        settings,
+        topics,
+        redis,
+        store,
+        Periods(redis, settings.key_prefix),
+        Ingest(settings, topics, store, dlq),
+        cluster_id,
+        worker_id(),
+    )
+    _ingest_agent(app, parts)
+    _heartbeat(app, parts)
+    _clock_timers(app, parts)
+    return parts.ingest
+
+
+def _ingest_agent(app: faust.App, parts: Parts) -> None:
+    settings, ingest = parts.settings, parts.ingest
+    source = app.topic(*parts.topics.sources, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, name="ingest")
     async def ingest_agent(stream: faust.StreamT[bytes]) -> None:
@@ -192,14 +222,18 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
                 await in_flight
             in_flight = asyncio.create_task(store_and_ack(batch, events))
 
-    @app.timer(interval=settings.worker_heartbeat_seconds)  # type: ignore[untyped-decorator]
+
+def _heartbeat(app: faust.App, parts: Parts) -> None:
+    store, me = parts.store, parts.worker_id
+
+    @app.timer(interval=parts.settings.worker_heartbeat_seconds)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:
         assigned = sorted(
             f"{tp.topic}|{tp.partition}"
             for tp in app.consumer.assignment()
-            if tp.topic in topics.sources
+            if tp.topic in parts.topics.sources
         )
-        c = ingest.counters
+        c = parts.ingest.counters
         info = {
             "pid": os.getpid(),
             "partitions": assigned,
@@ -216,20 +250,36 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
         except RedisError as exc:
             logger.warning("heartbeat failed", extra={"error": repr(exc)})
 
+    @app.on_before_shutdown.connect
+    async def forget(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(RedisError):
+            await store.forget_worker(me)
+        await parts.redis.aclose()
+
+
+def _clock_timers(app: faust.App, parts: Parts) -> None:
+    """The leader's periodic work: closing periods and refitting BG/NBD."""
+    settings, periods = parts.settings, parts.periods
+
     @app.timer(interval=settings.close_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
     async def close() -> None:
         try:
-            written = await close_periods(settings, periods, cluster_id)
+            written = await close_periods(settings, periods, parts.cluster_id)
         except RedisError as exc:
             logger.warning("closing periods failed", extra={"error": repr(exc)})
             return
         if written:
             logger.info("periods closed", extra={"rows": written})
 
-    @app.on_before_shutdown.connect
-    async def forget(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        with contextlib.suppress(RedisError):
-            await store.forget_worker(me)
-        await redis.aclose()
-
-    return ingest
+    @app.timer(interval=settings.refit_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    async def refit_model() -> None:
+        clock = await period_clock(settings, periods, parts.cluster_id)
+        if clock is None:
+            return
+        try:
+            model = await refit(parts.store, clock.date())
+        except RedisError as exc:
+            logger.warning("BG/NBD refit failed", extra={"error": repr(exc)})
+            return
+        if model is not None:
+            logger.info("BG/NBD refitted", extra=model.as_dict())

@@ -114,3 +114,37 @@ def test_synthetic_jsonl_weekly_with_late_events_and_duplicates(
     assert_same(report, reference(options))
     assert report["rejected"] == 1
     assert report["periods"][-1]["period"] == "2024-04-15"
+
+
+def test_cdnow_sample_calibration_fit_and_customer_outlook(tmp_path: Path) -> None:
+    """METRICS.md: a fit from the tracker's own state reproduces the published estimates."""
+    import numpy as np
+    import pandas as pd
+    from lifetimes import BetaGeoFitter
+
+    from tests.cdnow_data import PUBLISHED, sample_stats
+
+    out, customers = tmp_path / "r.json", tmp_path / "c.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+    result = backtest(
+        str(cdnow_file("CDNOW_sample.txt")), "--format", "cdnow", "--until", "1997-09-30",
+        "--report", str(out), "--customers", str(customers), env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    block = json.loads(out.read_text())["bgnbd"]
+    assert (block["as_of"], block["customers"]) == ("1997-09-30", 2357)
+    for name, value in PUBLISHED.items():
+        assert block[name] == pytest.approx(value, rel=0.01), name
+
+    model = BetaGeoFitter()
+    model.params_ = pd.Series({k: block[k] for k in ("r", "alpha", "a", "b")})
+    stats = sample_stats()
+    rows = [json.loads(line) for line in customers.read_text().splitlines()]
+    assert len(rows) == 2357
+    x, t_x, T = (
+        np.array(c, dtype=float) for c in zip(*(stats[r["customer_id"]] for r in rows), strict=True)
+    )
+    got = np.array([r["p_alive"] for r in rows])
+    assert np.max(np.abs(got - model.conditional_probability_alive(x, t_x, T))) < 1e-9
+    want = model.conditional_expected_number_of_purchases_up_to_time(90 / 7, x, t_x, T)
+    assert np.max(np.abs(np.array([r["expected_purchases_90d"] for r in rows]) - want)) < 1e-9
