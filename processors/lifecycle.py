@@ -1,0 +1,148 @@
+"""Lifecycle of a customer, the alerts its changes raise, and when to look at it again.
+
+Statuses (a customer has exactly one at a time, checked in this order):
+- ``churned``: no activity within the churn window W;
+- ``at_risk``: the risk rules (processors/risk.py) reach the policy's threshold;
+- ``reactivated``: came back after a silence longer than W, within ``new_days``;
+- ``new``: first activity within ``new_days``;
+- ``active``: everyone else.
+
+Silence has no event to trigger on, so every evaluation also says when the customer next
+needs one (:func:`next_due_ms`): the earliest instant at which a threshold is crossed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from processors.alerts import Alert, AlertKind
+from processors.risk import Assessment, RiskPolicy, silence_limit_days
+from processors.state import MS_PER_DAY, CustomerState, day_iso
+
+Status = Literal["new", "active", "at_risk", "churned", "reactivated"]
+STATUSES: tuple[Status, ...] = ("new", "active", "at_risk", "churned", "reactivated")
+
+
+@dataclass(frozen=True, slots=True)
+class LifecyclePolicy:
+    churn_after_days: int = 90
+    new_days: int = 30
+    #: quiet this long (but not churned yet): a "cold customer" alert
+    cold_days: int = 30
+    #: this long after an order with none since: a "post purchase follow-up" alert
+    followup_days: int = 30
+    #: this long after the last activity of a churned customer: a "win-back due" alert
+    winback_days: int = 120
+    milestones: tuple[int, ...] = (5, 10, 25, 50, 100)
+    #: the longest a customer goes unevaluated (rules such as P(alive) drift continuously)
+    max_recheck_days: int = 1
+
+
+def _reference_ms(state: CustomerState) -> int:
+    for ms in (state.last_activity_ms, state.first_activity_ms, state.first_seen_ms):
+        if ms is not None:
+            return ms
+    return 0
+
+
+def classify(
+    state: CustomerState, now_ms: int, risk: Assessment, risk_policy: RiskPolicy, p: LifecyclePolicy
+) -> Status:
+    last = _reference_ms(state)
+    if now_ms - last > p.churn_after_days * MS_PER_DAY:
+        return "churned"
+    if risk.at_risk(risk_policy):
+        return "at_risk"
+    window = p.new_days * MS_PER_DAY
+    if state.reactivated_ms is not None and now_ms - state.reactivated_ms <= window:
+        return "reactivated"
+    first = state.first_activity_ms if state.first_activity_ms is not None else last
+    if now_ms - first <= window:
+        return "new"
+    return "active"
+
+
+def _thresholds(state: CustomerState, risk_policy: RiskPolicy, p: LifecyclePolicy) -> list[int]:
+    """Instants at which the status or a timed alert can change without a new event."""
+    last = _reference_ms(state)
+    day = MS_PER_DAY
+    out = [
+        last + p.churn_after_days * day + 1,
+        last + p.cold_days * day,
+        last + p.winback_days * day,
+        last + int(silence_limit_days(state, risk_policy.rules.silence) * day) + 1,
+    ]
+    if state.first_activity_ms is not None:
+        out.append(state.first_activity_ms + p.new_days * day + 1)
+    if state.reactivated_ms is not None:
+        out.append(state.reactivated_ms + p.new_days * day + 1)
+    if state.last_order_ms is not None:
+        out.append(state.last_order_ms + p.followup_days * day)
+    hours = risk_policy.rules.ticket_unresolved.hours
+    out.extend(
+        t.opened_ms + int(hours * 3_600_000) + 1
+        for t in state.tickets.values()
+        if t.is_open and t.opened_ms is not None
+    )
+    return out
+
+
+def next_due_ms(
+    state: CustomerState, now_ms: int, risk_policy: RiskPolicy, p: LifecyclePolicy
+) -> int:
+    upcoming = [t for t in _thresholds(state, risk_policy, p) if t > now_ms]
+    return min([*upcoming, now_ms + p.max_recheck_days * MS_PER_DAY])
+
+
+def _crossed(at_ms: int | None, prev_ms: int | None, now_ms: int) -> bool:
+    """Whether ``at_ms`` fell in (prev, now]: each timed alert is raised once."""
+    return at_ms is not None and at_ms <= now_ms and (prev_ms is None or at_ms > prev_ms)
+
+
+def alerts_for(
+    state: CustomerState,
+    *,
+    prev_ms: int | None,
+    now_ms: int,
+    old: Status | None,
+    new: Status,
+    risk: Assessment,
+    previous_orders: int,
+    p: LifecyclePolicy,
+) -> list[Alert]:
+    """Alerts for what changed since the previous evaluation at ``prev_ms``."""
+    at = datetime.fromtimestamp(now_ms / 1000, UTC)
+    last = _reference_ms(state)
+    day = MS_PER_DAY
+
+    def alert(kind: AlertKind, occasion: str, details: dict[str, object] | None = None) -> Alert:
+        return Alert(
+            kind,
+            state.customer_id,
+            at,
+            occasion,
+            reasons=risk.reasons,
+            risk_score=risk.score,
+            high_value=risk.high_value,
+            details=details or {},
+        )
+
+    out: list[Alert] = []
+    if new != old and new in ("at_risk", "churned", "reactivated"):
+        when = now_ms if new == "at_risk" else last
+        out.append(alert(new, day_iso(when // day), {"from": old}))
+    if new != "churned" and _crossed(last + p.cold_days * day, prev_ms, now_ms):
+        out.append(alert("cold_customer", day_iso(last // day)))
+    if new == "churned" and _crossed(last + p.winback_days * day, prev_ms, now_ms):
+        out.append(alert("winback_due", day_iso(last // day)))
+    lo = state.last_order_ms
+    if lo is not None and _crossed(lo + p.followup_days * day, prev_ms, now_ms):
+        out.append(alert("post_purchase_followup", day_iso(lo // day)))
+    out.extend(
+        alert("milestone", str(n), {"orders": n})
+        for n in p.milestones
+        if previous_orders < n <= state.orders
+    )
+    return out

@@ -1,0 +1,220 @@
+"""Explainable churn risk: rules over a customer's own history, each with a reason code.
+
+Rules and thresholds come from a YAML file (``RETENTION_RISK_FILE``) over the defaults
+below. Each rule that holds adds a reason and a weight; the score combines the weights as
+independent signals, ``1 - Π(1 - w)``, so it stays in [0, 1] and more reasons mean more risk.
+A customer is at risk when the score reaches ``threshold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from processors.state import MICROS, MS_PER_DAY, CustomerState
+
+MS_PER_HOUR = 3_600_000
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    enabled: bool = True
+    weight: float = Field(default=0.5, ge=0, le=1)
+
+
+class Silence(_Rule):
+    """No activity for ``factor`` times the customer's own order rhythm (and ``min_days``)."""
+
+    factor: float = Field(default=2.0, gt=0)
+    min_days: float = Field(default=14, ge=0)
+    default_rhythm_days: float = Field(default=30, gt=0)
+    weight: float = 0.5
+
+
+class FrequencyDrop(_Rule):
+    """Orders in the last ``window_days`` below ``ratio`` of the customer's earlier pace."""
+
+    window_days: float = Field(default=90, gt=0)
+    ratio: float = Field(default=0.5, gt=0, le=1)
+    min_expected: float = Field(default=1.0, gt=0)
+    weight: float = 0.4
+
+
+class LowPAlive(_Rule):
+    """BG/NBD P(alive) below ``threshold`` for a customer who was valuable."""
+
+    threshold: float = Field(default=0.3, gt=0, lt=1)
+    min_orders: int = Field(default=2, ge=1)
+    weight: float = 0.6
+
+
+class TicketUnresolved(_Rule):
+    hours: float = Field(default=48, gt=0)
+    weight: float = 0.4
+
+
+class LowCsat(_Rule):
+    max_score: int = Field(default=2, ge=1, le=5)
+    weight: float = 0.3
+
+
+class NpsDetractor(_Rule):
+    max_score: int = Field(default=6, ge=0, le=10)
+    weight: float = 0.3
+
+
+class Refunds(_Rule):
+    min_count: int = Field(default=2, ge=1)
+    min_share: float = Field(default=0.3, gt=0, le=1)
+    weight: float = 0.3
+
+
+class Rules(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    silence: Silence = Silence()
+    frequency_drop: FrequencyDrop = FrequencyDrop()
+    low_p_alive: LowPAlive = LowPAlive()
+    ticket_unresolved: TicketUnresolved = TicketUnresolved()
+    low_csat: LowCsat = LowCsat()
+    nps_detractor: NpsDetractor = NpsDetractor()
+    refunds: Refunds = Refunds()
+
+
+class RiskPolicy(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    threshold: float = Field(default=0.5, gt=0, le=1)
+    #: customers at or above this quantile of revenue are high-value (top CLTV to date)
+    high_value_quantile: float = Field(default=0.9, gt=0, lt=1)
+    rules: Rules = Rules()
+
+
+def load_policy(path: Path | None) -> RiskPolicy:
+    """The defaults, overridden by whatever the YAML file sets."""
+    if path is None:
+        return RiskPolicy()
+    raw: Any = yaml.safe_load(path.read_text()) or {}
+    return RiskPolicy.model_validate(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    score: float
+    reasons: tuple[str, ...]
+    details: dict[str, float] = field(default_factory=dict)
+    high_value: bool = False
+
+    def at_risk(self, policy: RiskPolicy) -> bool:
+        return self.score >= policy.threshold
+
+
+def rhythm_days(state: CustomerState, default: float) -> float:
+    """Mean days between order days, or ``default`` with fewer than two of them."""
+    days = sorted(state.orders_by_day)
+    if len(days) < 2:
+        return default
+    return (days[-1] - days[0]) / (len(days) - 1)
+
+
+def silence_limit_days(state: CustomerState, rule: Silence) -> float:
+    return max(rule.min_days, rule.factor * rhythm_days(state, rule.default_rhythm_days))
+
+
+def _reference_ms(state: CustomerState) -> int | None:
+    return state.last_activity_ms if state.last_activity_ms is not None else state.first_seen_ms
+
+
+def _silence(state: CustomerState, now_ms: int, rule: Silence) -> dict[str, float] | None:
+    last = _reference_ms(state)
+    if last is None:
+        return None
+    silent = (now_ms - last) / MS_PER_DAY
+    limit = silence_limit_days(state, rule)
+    return {"silent_days": silent, "limit_days": limit} if silent > limit else None
+
+
+def _frequency_drop(
+    state: CustomerState, now_ms: int, rule: FrequencyDrop
+) -> dict[str, float] | None:
+    if not state.orders_by_day:
+        return None
+    today = now_ms // MS_PER_DAY
+    start = today - rule.window_days
+    first = min(state.orders_by_day)
+    before_days = start - first
+    if before_days < rule.window_days:
+        return None  # not enough history before the window for a baseline
+    before = sum(n for d, n in state.orders_by_day.items() if d < start)
+    recent = sum(n for d, n in state.orders_by_day.items() if start <= d <= today)
+    expected = before * rule.window_days / before_days
+    if expected < rule.min_expected or recent >= rule.ratio * expected:
+        return None
+    return {"recent_orders": float(recent), "expected_orders": expected}
+
+
+def _low_p_alive(
+    state: CustomerState, p_alive: float | None, rule: LowPAlive
+) -> dict[str, float] | None:
+    if p_alive is None or state.orders < rule.min_orders or p_alive >= rule.threshold:
+        return None
+    return {"p_alive": p_alive}
+
+
+def _ticket(state: CustomerState, now_ms: int, rule: TicketUnresolved) -> dict[str, float] | None:
+    ages = [
+        (now_ms - t.opened_ms) / MS_PER_HOUR
+        for t in state.tickets.values()
+        if t.is_open and t.opened_ms is not None
+    ]
+    oldest = max(ages, default=0.0)
+    return {"open_ticket_hours": oldest} if oldest > rule.hours else None
+
+
+def _score(state: CustomerState, survey: str, max_score: int) -> dict[str, float] | None:
+    score = state.scores.get(survey)
+    return {survey: float(score.value)} if score and score.value <= max_score else None
+
+
+def _refunds(state: CustomerState, rule: Refunds) -> dict[str, float] | None:
+    if state.refunds < rule.min_count or not state.placed_micros:
+        return None
+    share = state.refunded_micros / state.placed_micros
+    return {"refund_share": share} if share >= rule.min_share else None
+
+
+def assess(
+    state: CustomerState,
+    now_ms: int,
+    policy: RiskPolicy,
+    p_alive: float | None = None,
+    high_value_micros: int | None = None,
+) -> Assessment:
+    """Apply every enabled rule; reasons come out in the order of the policy's rules."""
+    r = policy.rules
+    checks: list[tuple[str, _Rule, dict[str, float] | None]] = [
+        ("silence", r.silence, _silence(state, now_ms, r.silence)),
+        ("frequency_drop", r.frequency_drop, _frequency_drop(state, now_ms, r.frequency_drop)),
+        ("low_p_alive", r.low_p_alive, _low_p_alive(state, p_alive, r.low_p_alive)),
+        ("ticket_unresolved", r.ticket_unresolved, _ticket(state, now_ms, r.ticket_unresolved)),
+        ("low_csat", r.low_csat, _score(state, "csat", r.low_csat.max_score)),
+        ("nps_detractor", r.nps_detractor, _score(state, "nps", r.nps_detractor.max_score)),
+        ("refunds", r.refunds, _refunds(state, r.refunds)),
+    ]
+    reasons: list[str] = []
+    details: dict[str, float] = {}
+    keep = 1.0
+    for name, rule, found in checks:
+        if rule.enabled and found is not None:
+            reasons.append(name)
+            details.update(found)
+            keep *= 1.0 - rule.weight
+    high_value = bool(high_value_micros) and state.revenue_micros >= (high_value_micros or 0)
+    return Assessment(round(1.0 - keep, 6), tuple(reasons), details, high_value)
+
+
+def value(state: CustomerState) -> float:
+    """Customer lifetime value to date: revenue, placed minus refunded."""
+    return state.revenue_micros / MICROS
