@@ -204,12 +204,14 @@ def _latest(state: CustomerState, survey: str) -> int | None:
     return None if score is None else score.value
 
 
-def to_public(state: CustomerState, outlook: Any = None) -> dict[str, Any]:
+def to_public(state: CustomerState, outlook: Any = None, evaluation: Any = None) -> dict[str, Any]:
     """The customer JSON of METRICS.md (Customer state), plus a few support details.
 
     ``outlook`` (a :class:`processors.alive.Outlook`) fills P(alive) and expected
-    purchases; lifecycle and risk are filled by later stages and are null here.
+    purchases, ``evaluation`` (a :class:`processors.evaluator.Evaluation`) the lifecycle
+    status and the risk; without them those fields are null.
     """
+    risk = None if evaluation is None else evaluation.risk
     return {
         "customer_id": state.customer_id,
         "first_seen": iso(state.first_seen_ms),
@@ -235,10 +237,12 @@ def to_public(state: CustomerState, outlook: Any = None) -> dict[str, Any]:
         "nps": _latest(state, "nps"),
         "csat": _latest(state, "csat"),
         "ces": _latest(state, "ces"),
-        "status": None,
+        "status": None if evaluation is None else evaluation.status,
         "p_alive": None if outlook is None else outlook.p_alive,
         "expected_purchases_30d": None if outlook is None else outlook.expected_purchases_30d,
         "expected_purchases_90d": None if outlook is None else outlook.expected_purchases_90d,
-        "risk_score": None,
-        "risk_reasons": [],
+        "risk_score": None if risk is None else risk.score,
+        "risk_reasons": [] if risk is None else list(risk.reasons),
+        "risk_details": {} if risk is None else dict(risk.details),
+        "high_value": None if risk is None else risk.high_value,
     }

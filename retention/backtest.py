@@ -23,7 +23,10 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from processors.alive import Fit, outlook, refit
+from processors.evaluator import evaluate, update_high_value_threshold
+from processors.lifecycle import LifecyclePolicy
 from processors.periods import Periods
+from processors.risk import load_policy
 from processors.state import to_public
 from processors.store import Store
 from processors.windows import Period, next_period, period_start
@@ -265,18 +268,31 @@ class Backtest:
             "cohorts": {k: c.as_dict() for k, c in (await periods.cohorts(o.period, last)).items()},
             "bgnbd": None if model is None else model.as_dict(),
         }
-        if o.customers is not None:
-            await write_customers(store, o.customers, model)
+        if o.customers is not None and last is not None:
+            as_of_end = datetime.combine(last.date(), datetime.min.time(), UTC) + timedelta(days=1)
+            await write_customers(store, o.customers, model, as_of_end, self.settings)
         return report
 
 
-async def write_customers(store: Store, path: Path, model: Fit | None, chunk: int = 500) -> int:
+async def write_customers(
+    store: Store,
+    path: Path,
+    model: Fit | None,
+    at: datetime,
+    settings: Settings,
+    chunk: int = 500,
+) -> int:
+    """Every customer's state as of ``at``, with P(alive), lifecycle and risk reasons."""
+    policy = load_policy(settings.risk_file)
+    lifecycle = LifecyclePolicy(churn_after_days=settings.churn_after_days)
+    threshold = await update_high_value_threshold(store, policy.high_value_quantile)
     ids = await store.customer_ids()
     with path.open("w") as out:
         for i in range(0, len(ids), chunk):
             for state in await store.read_customers(ids[i : i + chunk]):
                 seen = None if model is None else outlook(state, model, model.as_of)
-                out.write(json.dumps(to_public(state, seen)) + "\n")
+                ev = evaluate(state, at, policy, lifecycle, model, threshold)
+                out.write(json.dumps(to_public(state, seen, ev)) + "\n")
     return len(ids)
 
 

@@ -126,24 +126,70 @@ def _format_customer(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _evaluator(settings: Settings, store: Store) -> Any:
+    from processors.evaluator import Evaluator
+    from processors.lifecycle import LifecyclePolicy
+    from processors.risk import load_policy
+
+    lifecycle = LifecyclePolicy(churn_after_days=settings.churn_after_days)
+    return Evaluator(store, load_policy(settings.risk_file), lifecycle)
+
+
+def cmd_at_risk(args: argparse.Namespace) -> int:
+    settings = _services(args)
+
+    async def go() -> list[dict[str, Any]]:
+        from processors.evaluator import ranked_at_risk
+
+        redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+        try:
+            return await ranked_at_risk(Store(redis, settings.key_prefix), args.limit)
+        finally:
+            await redis.aclose()
+
+    rows = asyncio.run(go())
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no customer at risk")
+        return 0
+    print(f"{'customer':<24} {'risk':>5} {'revenue':>10}  {'hv':<3} {'last activity':<24} reasons")
+    for r in rows:
+        hv = "yes" if r["high_value"] else ""
+        print(
+            f"{r['customer_id']:<24} {r['risk_score']:>5.2f} {r['revenue'] or 0:>10,.2f}  "
+            f"{hv:<3} {r['last_activity_at'] or '-':<24} {', '.join(r['risk_reasons'])}"
+        )
+    return 0
+
+
 def cmd_customer(args: argparse.Namespace) -> int:
     settings = _services(args)
     assert settings.redis_url
 
     async def go() -> dict[str, Any] | None:
-        from processors.alive import outlook, stored_fit, today_utc
+        from datetime import UTC, datetime
+
+        from processors.alive import outlook, stored_fit
+        from processors.evaluator import evaluate
 
         redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         try:
             store = Store(redis, settings.key_prefix)
             state = await store.read_customer(args.id)
             model = await stored_fit(store)
+            evaluator = _evaluator(settings, store)
+            threshold = await evaluator.high_value_micros()
         finally:
             await redis.aclose()
         if state is None:
             return None
-        # P(alive) now: the last fit's parameters, the customer's history up to today
-        return to_public(state, None if model is None else outlook(state, model, today_utc()))
+        # as of now: the last fit's parameters, the customer's history up to this moment
+        now = datetime.now(UTC)
+        seen = None if model is None else outlook(state, model, now.date())
+        ev = evaluate(state, now, evaluator.risk_policy, evaluator.lifecycle, model, threshold)
+        return to_public(state, seen, ev)
 
     data = asyncio.run(go())
     if data is None:
@@ -302,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", parents=[common], help="services, workers and lag")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    at_risk = sub.add_parser("at-risk", parents=[common], help="customers at risk, with reasons")
+    at_risk.add_argument("--limit", type=int, default=20)
+    at_risk.add_argument("--json", action="store_true")
+    at_risk.set_defaults(func=cmd_at_risk)
 
     metrics = sub.add_parser("metrics", parents=[common], help="retention metrics per period")
     metrics.add_argument("--period", choices=["day", "week", "month"], default="month")

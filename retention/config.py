@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     close_every_seconds: float = Field(default=5.0, gt=0)
     # How often the leader refits BG/NBD to all buyers (it also refits on demand)
     refit_every_seconds: float = Field(default=3600.0, gt=0)
+    # Lifecycle and risk: the rules file (defaults in processors/risk.py) and how often the
+    # leader looks at customers that are due
+    risk_file: Path | None = None
+    evaluate_every_seconds: float = Field(default=2.0, gt=0)
 
     @field_validator("activity_kinds", mode="before")
     @classmethod

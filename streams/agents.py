@@ -23,8 +23,12 @@ from faust.streams import Stream
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from processors.alerts import Alert
 from processors.alive import refit
+from processors.evaluator import Evaluator, update_high_value_threshold
+from processors.lifecycle import LifecyclePolicy
 from processors.periods import Periods
+from processors.risk import load_policy
 from processors.store import Store, accepted_record, rejected_record
 from processors.windows import PERIODS
 from retention.config import Settings
@@ -193,6 +197,7 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
     _ingest_agent(app, parts)
     _heartbeat(app, parts)
     _clock_timers(app, parts)
+    _evaluator(app, parts)
     return parts.ingest
 
 
@@ -278,8 +283,42 @@ def _clock_timers(app: faust.App, parts: Parts) -> None:
             return
         try:
             model = await refit(parts.store, clock.date())
+            quantile = load_policy(settings.risk_file).high_value_quantile
+            await update_high_value_threshold(parts.store, quantile)
         except RedisError as exc:
             logger.warning("BG/NBD refit failed", extra={"error": repr(exc)})
             return
         if model is not None:
             logger.info("BG/NBD refitted", extra=model.as_dict())
+
+
+def _evaluator(app: faust.App, parts: Parts) -> None:
+    """The leader evaluates due customers: lifecycle, risk, alerts to ``customer-alerts``."""
+    settings = parts.settings
+    alerts_topic = app.topic(parts.topics.alerts, key_serializer="raw", value_serializer="raw")
+
+    async def publish(alerts: Sequence[Alert]) -> None:
+        sent = [
+            await alerts_topic.send(key=a.customer_id.encode(), value=a.encode()) for a in alerts
+        ]
+        await asyncio.gather(*sent)
+
+    evaluator = Evaluator(
+        parts.store,
+        load_policy(settings.risk_file),
+        LifecyclePolicy(churn_after_days=settings.churn_after_days),
+        publish,
+    )
+
+    @app.timer(interval=settings.evaluate_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    async def evaluate_due() -> None:
+        clock = await period_clock(settings, parts.periods, parts.cluster_id)
+        if clock is None:
+            return
+        try:
+            # a bounded number of rounds per tick, so that other timers get their turn
+            for _ in range(20):
+                if await evaluator.run_once(clock) < 1000:
+                    break
+        except RedisError as exc:
+            logger.warning("evaluating customers failed", extra={"error": repr(exc)})

@@ -21,6 +21,7 @@ SOURCE_BASENAMES: dict[EventType, str] = {
     "support": "support",
 }
 DLQ_BASENAME = "events-dlq"
+ALERTS_BASENAME = "customer-alerts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,10 @@ class Topics:
     @property
     def dlq(self) -> str:
         return f"{self.prefix}{DLQ_BASENAME}"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}{ALERTS_BASENAME}"
 
     def event_type_of(self, topic: str) -> EventType | None:
         for event_type in EVENT_TYPES:
@@ -55,7 +60,7 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [*topics.sources, topics.dlq]
+        wanted = [*topics.sources, topics.dlq, topics.alerts]
         new = [
             NewTopic(name, num_partitions=partitions, replication_factor=1)
             for name in wanted
