@@ -1,0 +1,176 @@
+"""Lifecycle statuses, the alerts their changes raise, and when silence is noticed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from processors.lifecycle import LifecyclePolicy, alerts_for, classify, next_due_ms
+from processors.risk import Assessment, RiskPolicy, assess
+from processors.state import CustomerState
+from tests.eventgen import fold
+
+DAY = 86_400
+T0 = 1_700_000_000
+P = LifecyclePolicy(
+    churn_after_days=90, new_days=30, cold_days=30, followup_days=30, winback_days=120
+)
+RISK = RiskPolicy()
+CALM = Assessment(0.0, ())
+
+
+def history(*events: dict[str, Any]) -> CustomerState:
+    numbered = [{"event_id": f"e{n}", "customer_id": "c", **e} for n, e in enumerate(events)]
+    return fold(numbered)["c"]
+
+
+def order(day: float) -> dict[str, Any]:
+    return {"type": "order", "ts": T0 + day * DAY, "amount": 10}
+
+
+def login(day: float) -> dict[str, Any]:
+    return {"type": "login", "ts": T0 + day * DAY}
+
+
+def at(day: float) -> int:
+    return int((T0 + day * DAY) * 1000)
+
+
+@pytest.mark.parametrize(
+    ("case", "events", "now", "risk", "status"),
+    [
+        ("first order 10 days ago", [order(0)], at(10), CALM, "new"),
+        ("customer for 60 days", [order(0), login(50)], at(60), CALM, "active"),
+        ("silent for 91 days", [order(0), order(20)], at(111), CALM, "churned"),
+        ("silent for exactly 90 days", [order(0)], at(90), CALM, "active"),
+        ("at risk beats new", [order(0)], at(5), Assessment(0.6, ("low_csat",)), "at_risk"),
+        ("churned beats at risk", [order(0)], at(100), Assessment(0.9, ("silence",)), "churned"),
+        ("back after 100 days", [order(0), order(100)], at(110), CALM, "reactivated"),
+        ("reactivated 31 days ago", [order(0), order(100)], at(131), CALM, "active"),
+    ],
+)
+def test_classify(
+    case: str, events: list[dict[str, Any]], now: int, risk: Assessment, status: str
+) -> None:
+    assert classify(history(*events), now, risk, RISK, P) == status
+
+
+def test_silence_is_noticed_at_the_next_due_time() -> None:
+    state = history(order(0), order(10), order(20))
+    due = next_due_ms(state, at(21), RISK, P)
+    # rhythm 10 days: the silence rule's limit (max(14, 2 x 10) = 20 days after the last
+    # activity) comes before any other threshold, but never later than a day
+    assert due == at(22)
+    # walking the due times forward never skips the churn instant
+    now, seen = at(21), set()
+    while now < at(130):
+        seen.add(classify(state, now, assess(state, now, RISK), RISK, P))
+        now = next_due_ms(state, now, RISK, P)
+    # new until day 30, silence (limit 20 days after day 20) from day 40, churned after day 110
+    assert seen == {"new", "active", "at_risk", "churned"}
+
+
+def test_transition_alerts_are_raised_once() -> None:
+    state = history(order(0), order(10))
+    first = alerts_for(
+        state,
+        prev_ms=at(50),
+        now_ms=at(101),
+        old="active",
+        new="churned",
+        risk=CALM,
+        previous_orders=2,
+        p=P,
+    )
+    assert [a.kind for a in first] == ["churned"]
+    assert first[0].occasion == "2023-11-24"  # the day of the last activity
+    again = alerts_for(
+        state,
+        prev_ms=at(101),
+        now_ms=at(102),
+        old="churned",
+        new="churned",
+        risk=CALM,
+        previous_orders=2,
+        p=P,
+    )
+    assert again == []
+
+
+def test_timed_alerts_fire_when_their_instant_is_crossed() -> None:
+    state = history(order(0))
+    kinds = [
+        a.kind
+        for a in alerts_for(
+            state,
+            prev_ms=at(29),
+            now_ms=at(31),
+            old="new",
+            new="active",
+            risk=CALM,
+            previous_orders=1,
+            p=P,
+        )
+    ]
+    assert sorted(kinds) == ["cold_customer", "post_purchase_followup"]
+    later = alerts_for(
+        state,
+        prev_ms=at(31),
+        now_ms=at(60),
+        old="active",
+        new="active",
+        risk=CALM,
+        previous_orders=1,
+        p=P,
+    )
+    assert later == []
+    winback = alerts_for(
+        state,
+        prev_ms=at(119),
+        now_ms=at(121),
+        old="churned",
+        new="churned",
+        risk=CALM,
+        previous_orders=1,
+        p=P,
+    )
+    assert [a.kind for a in winback] == ["winback_due"]
+
+
+def test_milestones_and_keys() -> None:
+    state = history(*[order(d) for d in range(6)])
+    found = alerts_for(
+        state,
+        prev_ms=at(5),
+        now_ms=at(5.5),
+        old="new",
+        new="new",
+        risk=CALM,
+        previous_orders=4,
+        p=P,
+    )
+    assert [(a.kind, a.occasion) for a in found] == [("milestone", "5")]
+    assert found[0].key == "milestone:c:5"
+
+
+def test_at_risk_alert_carries_reasons_and_score() -> None:
+    state = history(order(0))
+    risk = Assessment(0.72, ("low_csat", "refunds"), high_value=True)
+    (alert,) = alerts_for(
+        state,
+        prev_ms=at(1),
+        now_ms=at(2),
+        old="new",
+        new="at_risk",
+        risk=risk,
+        previous_orders=1,
+        p=P,
+    )
+    assert (alert.kind, alert.reasons, alert.risk_score, alert.high_value) == (
+        "at_risk",
+        ("low_csat", "refunds"),
+        0.72,
+        True,
+    )
+    assert alert.details == {"from": "new"}
