@@ -1,0 +1,122 @@
+"""Lifecycle under event time (the evaluator with a chosen clock) and live (a real worker)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+
+from processors.alerts import Alert
+from processors.evaluator import Evaluator, ranked_at_risk
+from processors.lifecycle import LifecyclePolicy
+from processors.risk import RiskPolicy
+from processors.store import Store, accepted_record
+from retention.config import Settings
+from streams.events import build_event
+from streams.producer import EventProducer
+from streams.topics import Topics
+from tests.integration.conftest import Workers, wait_until
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def orders(customer: str, days: Sequence[int], first_offset: int = 0) -> list[list[str]]:
+    out = []
+    for n, day in enumerate(days):
+        event = build_event(
+            {"event_id": f"{customer}-{n}", "customer_id": customer, "ts": (T0 + timedelta(days=day)).isoformat(),
+             "type": "order", "amount": 30}
+        )  # fmt: skip
+        out.append(accepted_record(event, "orders", 0, first_offset + n))
+    return out
+
+
+async def test_silence_is_noticed_by_the_clock_without_events(redis: Redis) -> None:
+    store = Store(redis, "life1:", ("order",))
+    published: list[Alert] = []
+
+    async def publish(alerts: Sequence[Alert]) -> None:
+        published.extend(alerts)
+
+    evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy(), publish)
+    await store.apply_batch(
+        orders("steady", [0, 10, 20, 30]) + orders("quiet", [0], first_offset=4)
+    )
+
+    assert await evaluator.run_once(T0 + timedelta(days=31)) == 2
+    assert await redis.hget("life1:ev:steady", "st") == "active"
+    # "quiet" ordered once, 31 days ago: past new_days (30), not yet silent for long
+    assert await redis.hgetall("life1:life:counts") == {"active": "2"}
+
+    # nothing arrives any more; the clock alone moves the customers along
+    for day in range(32, 200):
+        await evaluator.run_once(T0 + timedelta(days=day))
+    assert await redis.hget("life1:ev:steady", "st") == "churned"
+    assert await redis.hget("life1:ev:quiet", "st") == "churned"
+    counts = await redis.hgetall("life1:life:counts")
+    assert {k: v for k, v in counts.items() if v != "0"} == {"churned": "2"}
+    kinds = sorted((a.customer_id, a.kind) for a in published)
+    assert ("steady", "at_risk") in kinds and ("steady", "churned") in kinds
+    assert ("quiet", "churned") in kinds and ("quiet", "winback_due") in kinds
+    assert ("steady", "post_purchase_followup") in kinds
+    assert len({a.key for a in published}) == len(published), "an alert was raised twice"
+    assert await ranked_at_risk(store, 10) == []  # churned customers leave the at-risk ranking
+
+
+async def test_at_risk_ranking_carries_reasons(redis: Redis) -> None:
+    store = Store(redis, "life2:", ("order",))
+    evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy())
+    await store.apply_batch(
+        orders("a", [0, 10, 20]) + orders("b", [0, 5, 10, 15, 20, 25], first_offset=3)
+    )
+    await evaluator.run_once(T0 + timedelta(days=50))
+    ranked = await ranked_at_risk(store, 10)
+    assert [r["customer_id"] for r in ranked] == ["b", "a"]  # same risk, b brought more revenue
+    assert all(r["risk_reasons"] == ["silence"] for r in ranked)
+    assert await redis.hgetall("life2:risk:reasons") == {"silence": "2"}
+
+
+async def test_live_worker_marks_a_lapsed_customer_and_publishes_the_alert(
+    settings: Settings, store: Store, producer: EventProducer, workers: Workers
+) -> None:
+    now = datetime.now(UTC)
+    for n, days_ago in enumerate((200, 150, 120)):
+        await producer.send(
+            {"event_id": f"lapsed-{n}", "customer_id": "lapsed", "ts": (now - timedelta(days=days_ago)).isoformat(),
+             "type": "order", "amount": 40}
+        )  # fmt: skip
+    await producer.send(
+        {"event_id": "fresh-0", "customer_id": "fresh", "ts": now.isoformat(), "type": "login"}
+    )
+    await producer.flush()
+    workers.start()
+
+    async def evaluated() -> bool:
+        return await store.redis.hget(store.key("ev", "lapsed"), "st") == "churned"
+
+    await wait_until(evaluated, 60, "the worker to evaluate the lapsed customer", workers.logs)
+    assert await store.redis.hget(store.key("ev", "fresh"), "st") == "new"
+
+    consumer = AIOKafkaConsumer(
+        Topics.from_settings(settings).alerts,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        alerts: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(a["kind"] == "churned" for a in alerts):
+            batch = await consumer.getmany(timeout_ms=500)
+            alerts.extend(json.loads(m.value) for part in batch.values() for m in part)
+    finally:
+        await consumer.stop()
+    churned = [a for a in alerts if a["kind"] == "churned"]
+    assert [a["customer_id"] for a in churned] == ["lapsed"]
+    assert churned[0]["key"].startswith("churned:lapsed:")
