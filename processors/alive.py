@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -100,7 +101,14 @@ async def refit(store: Store, as_of: date) -> Fit | None:
         params = exc.best
     result = Fit(params, as_of, len(stats))
     await store.redis.set(store.key("bgnbd"), json.dumps(result.as_dict()))
+    await store.redis.set(store.key("bgnbd:at"), str(time.time()))
     return result
+
+
+async def fit_age_seconds(store: Store) -> float | None:
+    """Wall seconds since the last refit, None when there was none."""
+    raw = await store.redis.get(store.key("bgnbd:at"))
+    return None if raw is None else time.time() - float(raw)
 
 
 async def stored_fit(store: Store) -> Fit | None:

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from processors.alerts import Alert
-from processors.alive import refit
+from processors.alive import fit_age_seconds, refit
 from processors.evaluator import Evaluator, update_high_value_threshold
 from processors.lifecycle import LifecyclePolicy
 from processors.periods import Periods
@@ -276,12 +276,17 @@ def _clock_timers(app: faust.App, parts: Parts) -> None:
         if written:
             logger.info("periods closed", extra={"rows": written})
 
-    @app.timer(interval=settings.refit_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    # Checked often, done rarely: a fresh worker (or a new leader) fits soon after it
+    # starts instead of a whole interval later.
+    @app.timer(interval=min(10.0, settings.refit_every_seconds), on_leader=True)  # type: ignore[untyped-decorator]
     async def refit_model() -> None:
         clock = await period_clock(settings, periods, parts.cluster_id)
         if clock is None:
             return
         try:
+            age = await fit_age_seconds(parts.store)
+            if age is not None and age < settings.refit_every_seconds:
+                return
             model = await refit(parts.store, clock.date())
             quantile = load_policy(settings.risk_file).high_value_quantile
             await update_high_value_threshold(parts.store, quantile)
