@@ -44,6 +44,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         workers=args.workers,
         broker_port=args.broker_port,
         redis_port=args.redis_port,
+        notifications=args.notifications or _settings(args).notifications_file,
     )
 
 
@@ -315,6 +316,45 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    import signal
+
+    from processors.notify import NotifyConfigError, load_config
+    from retention.notifier import run_notifier
+
+    settings = _settings(args)
+    path: Path | None = args.config or settings.notifications_file
+    if path is None:
+        print(
+            "retention: no notifications file: pass --config FILE "
+            "or set RETENTION_NOTIFICATIONS_FILE",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        config = load_config(path)
+    except NotifyConfigError as exc:
+        print(f"retention: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(
+            f"{path}: {len(config.subscribers)} subscribers: "
+            + ", ".join(f"{s.name} ({s.type})" for s in config.subscribers)
+        )
+        return 0
+    settings = _services(args)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_notifier(settings, path, stop)
+
+    asyncio.run(go())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, help="where `up` keeps data and records services")
@@ -332,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=1)
     up.add_argument("--broker-port", type=int)
     up.add_argument("--redis-port", type=int)
+    up.add_argument(
+        "--notifications", type=Path, metavar="FILE", help="also run the notifier with this file"
+    )
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("worker", parents=[common], help="run one worker").set_defaults(func=cmd_worker)
@@ -376,6 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--report", required=True, metavar="OUT.json")
     bt.add_argument("--customers", metavar="OUT.jsonl", help="every customer's final state")
     bt.set_defaults(func=cmd_backtest)
+
+    notify = sub.add_parser("notify", parents=[common], help="deliver alerts to subscribers")
+    notify.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="notifications.yml (or RETENTION_NOTIFICATIONS_FILE)",
+    )
+    notify.add_argument("--check", action="store_true", help="validate the file and exit")
+    notify.set_defaults(func=cmd_notify)
 
     demo = sub.add_parser("demo", parents=[common], help="send demo traffic")
     demo.add_argument("--customers", type=int, default=60)

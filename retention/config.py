@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # leader looks at customers that are due
     risk_file: Path | None = None
     evaluate_every_seconds: float = Field(default=2.0, gt=0)
+    # Notifications: the subscribers file (see processors/notify.py); cool-downs, retries
+    # and secrets (as *_env variable names) are set there
+    notifications_file: Path | None = None
 
     @field_validator("activity_kinds", mode="before")
     @classmethod

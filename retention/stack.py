@@ -54,7 +54,9 @@ class Stack:
         self.group.add(redis)
         return self.settings.with_services(bootstrap, redis_url)
 
-    def start_children(self, settings: Settings, workers: int, demo: bool) -> None:
+    def start_children(
+        self, settings: Settings, workers: int, demo: bool, notifications: Path | None = None
+    ) -> None:
         assert settings.kafka_bootstrap and settings.redis_url
         env = {
             "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -70,6 +72,9 @@ class Stack:
             )
         if demo:
             self.group.add(runtime.spawn("demo", _cli("demo"), self.log_dir, child_env))
+        if notifications is not None:
+            argv = _cli("notify", "--config", str(notifications.resolve()))
+            self.group.add(runtime.spawn("notifier", argv, self.log_dir, child_env))
 
     def record(self, settings: Settings) -> Path:
         assert settings.kafka_bootstrap and settings.redis_url
@@ -109,6 +114,7 @@ def run_up(
     broker_port: int | None = None,
     redis_port: int | None = None,
     interval: float = 2.0,
+    notifications: Path | None = None,
 ) -> int:
     """Run until Ctrl-C (or SIGTERM); everything started here is stopped on the way out."""
     write = print
@@ -125,7 +131,7 @@ def run_up(
     signal.signal(signal.SIGINT, on_signal)
     try:
         live = stack.start_services(broker_port, redis_port)
-        stack.start_children(live, workers, demo)
+        stack.start_children(live, workers, demo, notifications)
         where = stack.record(live)
         write(f"kafka    {live.kafka_bootstrap}" + ("  (embedded Tansu)" if stack.embedded else ""))
         write(f"redis    {live.redis_url}" + ("  (embedded, AOF)" if stack.embedded else ""))

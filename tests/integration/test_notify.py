@@ -1,0 +1,403 @@
+"""Delivery to real local receivers: an aiohttp server (webhooks, Slack), an SMTP server
+(aiosmtpd), Redis for the notifier's state, and Tansu for the service loop."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiosmtpd.controller import Controller
+from redis.asyncio import Redis
+
+from processors.alerts import Alert
+from processors.notify import (
+    Notifier,
+    NotifyConfig,
+    dead_letters,
+    notify_stats,
+    parse_config,
+    verify,
+)
+from retention.config import Settings
+from retention.notifier import alerts_topic, ensure_alerts_topic, publish_alerts, run_notifier
+from tests.integration.conftest import wait_until
+
+SECRET = "whsec-test-key"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def make_alert(
+    customer: str = "c-1", kind: str = "at_risk", at: datetime = T0, occasion: str = "o1"
+) -> Alert:
+    return Alert(
+        kind=kind,  # type: ignore[arg-type]
+        customer_id=customer,
+        at=at,
+        occasion=occasion,
+        reasons=("silent_for_45_days", "csat_low"),
+        risk_score=0.73,
+        high_value=True,
+        details={"orders": 7},
+    )
+
+
+@dataclass
+class Request:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    signature_ok: bool | None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """Webhook endpoints ``/hook/<name>`` and a Slack-like ``/slack/<name>``.
+
+    ``fail[name]`` lists the statuses to answer first, one per call; then 200. A webhook
+    whose signature does not verify under ``SECRET`` gets 401.
+    """
+
+    base: str = ""
+    requests: list[Request] = field(default_factory=list)
+    fail: dict[str, list[int]] = field(default_factory=dict)
+
+    def url(self, kind: str, name: str) -> str:
+        return f"{self.base}/{kind}/{name}"
+
+    def to(self, name: str) -> list[Request]:
+        return [r for r in self.requests if r.path.rsplit("/", 1)[1] == name]
+
+    async def hook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        ok = verify(body, SECRET, request.headers.get("X-Retention-Signature", ""))
+        self.requests.append(Request(request.path, dict(request.headers), body, ok))
+        planned = self.fail.get(request.match_info["name"])
+        if planned:
+            return web.Response(status=planned.pop(0), text="planned failure")
+        return web.Response(status=200 if ok else 401)
+
+    async def slack(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append(Request(request.path, dict(request.headers), body, None))
+        return web.Response(text="ok")
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook/{name}", rec.hook)
+    app.router.add_post("/slack/{name}", rec.slack)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    rec.base = f"http://{host}:{port}"
+    yield rec
+    await runner.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Inbox:
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def inbox() -> Iterator[Inbox]:
+    box = Inbox(port=free_port())
+    controller = Controller(box, hostname=box.host, port=box.port)
+    controller.start()
+    yield box
+    controller.stop()
+
+
+def config(*subscribers: dict[str, Any], **options: Any) -> NotifyConfig:
+    """Tiny delays: the retries are real, only quick."""
+    retry = {"attempts": 3, "base_delay": 0.01, "max_delay": 0.05, "timeout": 5}
+    return parse_config({"subscribers": list(subscribers), "retry": retry, **options}, {})
+
+
+def webhook(receiver: Receiver, name: str, **extra: Any) -> dict[str, Any]:
+    url = receiver.url("hook", name)
+    return {"name": name, "type": "webhook", "url": url, "secret": SECRET, **extra}
+
+
+def mailbox(inbox: Inbox, name: str = "managers") -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "email",
+        "smtp_host": inbox.host,
+        "smtp_port": inbox.port,
+        "from": "retention@shop.example",
+        "to": ["am@shop.example", "lead@shop.example"],
+    }
+
+
+async def test_signed_webhook_is_delivered_once_and_verifiable(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    cfg = config(webhook(receiver, "crm", headers={"X-Tenant": "shop-1"}))
+    alert = make_alert()
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        assert await notifier.deliver(alert) == {"crm": "delivered"}
+        # the same alert again, as after a redelivery: not sent twice
+        assert await notifier.deliver(alert) == {"crm": "duplicate"}
+    [req] = receiver.requests
+    assert req.signature_ok
+    assert req.headers["X-Retention-Signature"].startswith("sha256=")
+    assert req.headers["Idempotency-Key"] == alert.key == "at_risk:c-1:o1"
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.headers["X-Tenant"] == "shop-1"
+    assert abs(int(req.headers["X-Retention-Timestamp"]) - datetime.now(UTC).timestamp()) < 60
+    assert req.json() == {**alert.as_dict(), "subscriber": "crm"}
+    stats = await notify_stats(redis, settings.key_prefix)
+    assert stats == {"sent|webhook": 1, "duplicate|webhook": 1}
+
+
+async def test_a_tampered_body_would_not_verify(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    """The receiver's check is real: a different secret fails it, and 401 is permanent."""
+    cfg = config({**webhook(receiver, "crm"), "secret": "not-the-secret"})
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        assert await notifier.deliver(make_alert()) == {"crm": "failed"}
+    [req] = receiver.requests
+    assert req.signature_ok is False
+    [dead] = await dead_letters(redis, settings.key_prefix)
+    assert dead["error"].startswith("HTTP 401")
+
+
+async def test_retries_after_500_then_success(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    receiver.fail["flaky"] = [500, 503]
+    cfg = config(webhook(receiver, "flaky"))
+    alert = make_alert()
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        assert await notifier.deliver(alert) == {"flaky": "delivered"}
+    assert len(receiver.requests) == 3
+    assert {r.headers["Idempotency-Key"] for r in receiver.requests} == {alert.key}
+    assert all(r.signature_ok for r in receiver.requests)
+    assert await notify_stats(redis, settings.key_prefix) == {"sent|webhook": 1}
+    assert await dead_letters(redis, settings.key_prefix) == []
+
+
+async def test_retries_run_out_into_the_dead_letters(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    receiver.fail["down"] = [503] * 10
+    cfg = config(
+        webhook(receiver, "down"),
+        {"name": "gone", "type": "slack", "url": closed},
+    )
+    alert = make_alert()
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        assert await notifier.deliver(alert) == {"down": "failed", "gone": "failed"}
+    assert len(receiver.to("down")) == 3
+    dead = {d["subscriber"]: d for d in await dead_letters(redis, settings.key_prefix)}
+    assert dead["down"]["attempts"] == 3 and dead["down"]["error"].startswith("HTTP 503")
+    assert dead["gone"]["attempts"] == 3 and "Connect" in dead["gone"]["error"]
+    assert dead["down"]["alert"] == alert.as_dict()
+    stats = await notify_stats(redis, settings.key_prefix)
+    assert stats == {"failed|webhook": 1, "failed|slack": 1}
+
+
+async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert(
+    receiver: Receiver, inbox: Inbox, redis: Redis, settings: Settings
+) -> None:
+    receiver.fail["strict"] = [400] * 10
+    cfg = config(
+        webhook(receiver, "strict"),
+        webhook(receiver, "crm"),
+        {"name": "team", "type": "slack", "url": receiver.url("slack", "team")},
+        mailbox(inbox),
+    )
+    alert = make_alert("c-9")
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        outcomes = await notifier.deliver(alert)
+    assert outcomes == {
+        "strict": "failed",
+        "crm": "delivered",
+        "team": "delivered",
+        "managers": "delivered",
+    }
+    assert len(receiver.to("strict")) == 1  # no retry of a 400
+    [dead] = await dead_letters(redis, settings.key_prefix)
+    assert dead["subscriber"] == "strict"
+    assert dead["alert"] == alert.as_dict()
+    assert dead["error"] == "HTTP 400: planned failure"
+    assert dead["attempts"] == 1
+    assert datetime.fromisoformat(dead["at"]) > datetime.now(UTC) - timedelta(minutes=1)
+    assert len(receiver.to("crm")) == 1 and len(inbox.received) == 1
+    slack = receiver.to("team")[0].json()
+    assert "c-9" in slack["text"] and "At risk" in slack["text"]
+    assert "risk 0.73" in slack["text"] and "high value" in slack["text"]
+    assert "silent_for_45_days; csat_low" in slack["text"]
+    assert slack["blocks"][0]["type"] == "header"
+    stats = await notify_stats(redis, settings.key_prefix)
+    assert stats == {"failed|webhook": 1, "sent|webhook": 1, "sent|slack": 1, "sent|email": 1}
+
+
+async def test_cooldown_suppresses_the_same_kind_for_the_same_customer(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    cfg = config(webhook(receiver, "crm"), cooldown="24h", cooldowns={"milestone": 0})
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+
+        async def outcome(alert: Alert) -> str:
+            return (await notifier.deliver(alert))["crm"]
+
+        assert await outcome(make_alert("c-1", occasion="a")) == "delivered"
+        # same customer, same kind, a new occasion one hour later
+        assert await outcome(make_alert("c-1", at=T0 + timedelta(hours=1))) == "cooled_down"
+        # another kind, another customer: not affected
+        assert await outcome(make_alert("c-1", kind="churned")) == "delivered"
+        assert await outcome(make_alert("c-2", occasion="b")) == "delivered"
+        # after the cool-down the same kind goes out again
+        assert await outcome(make_alert("c-1", at=T0 + timedelta(hours=25))) == "delivered"
+        # kinds without a cool-down
+        assert await outcome(make_alert("c-1", kind="milestone", occasion="10")) == "delivered"
+        assert await outcome(make_alert("c-1", kind="milestone", occasion="20")) == "delivered"
+    assert len(receiver.requests) == 6
+    stats = await notify_stats(redis, settings.key_prefix)
+    assert stats == {"sent|webhook": 6, "suppressed|webhook": 1}
+
+
+async def test_kind_filter_skips_subscribers_that_did_not_ask(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    cfg = config(webhook(receiver, "all"), webhook(receiver, "risk", kinds=["churned"]))
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        assert await notifier.deliver(make_alert()) == {"all": "delivered", "risk": "filtered"}
+    assert [r.path for r in receiver.requests] == ["/hook/all"]
+
+
+async def test_email_carries_customer_and_reasons(
+    inbox: Inbox, redis: Redis, settings: Settings
+) -> None:
+    cfg = config(mailbox(inbox))
+    alert = make_alert("cust-777")
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        assert await notifier.deliver(alert) == {"managers": "delivered"}
+    [(sender, recipients, msg)] = inbox.received
+    assert sender == "retention@shop.example"
+    assert recipients == ["am@shop.example", "lead@shop.example"]
+    assert "cust-777" in msg["Subject"] and "At risk" in msg["Subject"]
+    body = msg.get_content()
+    assert "cust-777" in body
+    assert "silent_for_45_days" in body and "csat_low" in body
+    assert "Risk score: 0.73" in body
+    assert msg["Idempotency-Key"] == alert.key
+    assert await notify_stats(redis, settings.key_prefix) == {"sent|email": 1}
+
+
+async def test_smtp_server_down_is_retried_then_dead_lettered(
+    redis: Redis, settings: Settings
+) -> None:
+    down = Inbox(port=free_port())  # nothing listens there
+    cfg = config(mailbox(down))
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        assert await notifier.deliver(make_alert()) == {"managers": "failed"}
+    [dead] = await dead_letters(redis, settings.key_prefix)
+    assert dead["attempts"] == 3 and "ConnectionRefused" in dead["error"]
+    assert await notify_stats(redis, settings.key_prefix) == {"failed|email": 1}
+
+
+async def _run_until(
+    settings: Settings, path: Path, done: Callable[[], Awaitable[bool]], what: str
+) -> None:
+    """Run the service loop until ``done``, then stop it as a shutdown would."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_notifier(settings, path, stop))
+    try:
+        await wait_until(done, 60, what)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_no_duplicate_delivery_across_a_notifier_restart(
+    receiver: Receiver, redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    assert settings.kafka_bootstrap
+    path = tmp_path / "notifications.yml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "cooldown": 0,
+                "retry": {"attempts": 3, "base_delay": 0.01},
+                "subscribers": [webhook(receiver, "crm")],
+            }
+        )
+    )
+    topic = alerts_topic(settings)
+    first = [make_alert(f"c-{i}", occasion="first") for i in range(5)]
+    second = [make_alert(f"c-{i}", occasion="second") for i in range(3)]
+    prefix = settings.key_prefix
+
+    async def stats() -> dict[str, int]:
+        return await notify_stats(redis, prefix)
+
+    async def first_done() -> bool:
+        return (await stats()).get("sent|webhook", 0) == 5
+
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    await publish_alerts(settings.kafka_bootstrap, topic, first)
+    await _run_until(settings, path, first_done, "the first five alerts")
+
+    # the same alerts again (a worker restarted), a bad message, and three new alerts
+    await publish_alerts(settings.kafka_bootstrap, topic, first)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"{not json", key=b"c-0")
+    finally:
+        await producer.stop()
+    await publish_alerts(settings.kafka_bootstrap, topic, second)
+
+    async def second_done() -> bool:
+        s = await stats()
+        return s.get("sent|webhook", 0) >= 8 and s.get("duplicate|webhook", 0) >= 5 and "bad" in s
+
+    await _run_until(settings, path, second_done, "the second run")
+    keys = Counter(r.headers["Idempotency-Key"] for r in receiver.requests)
+    assert keys == Counter({a.key: 1 for a in first + second})
+    assert all(r.signature_ok for r in receiver.requests)
+    # committed offsets: the first run's messages were not read again, so exactly the five
+    # republished alerts count as duplicates, and the bad message once
+    final = await stats()
+    assert final == {"sent|webhook": 8, "duplicate|webhook": 5, "bad": 1}
