@@ -129,10 +129,20 @@ def alerts_for(
             details=details or {},
         )
 
+    # A customer seen for the first time (a new tracker over old history, a backtest) has
+    # thresholds long past: only what happened within the last recheck interval is news.
+    if prev_ms is None:
+        prev_ms = now_ms - p.max_recheck_days * day
     out: list[Alert] = []
     if new != old and new in ("at_risk", "churned", "reactivated"):
-        when = now_ms if new == "at_risk" else last
-        out.append(alert(new, day_iso(when // day), {"from": old}))
+        since = {
+            "at_risk": now_ms,
+            "churned": last + p.churn_after_days * day,
+            "reactivated": state.reactivated_ms or now_ms,
+        }[new]
+        if old is not None or since > prev_ms:
+            when = now_ms if new == "at_risk" else last
+            out.append(alert(new, day_iso(when // day), {"from": old}))
     if new != "churned" and _crossed(last + p.cold_days * day, prev_ms, now_ms):
         out.append(alert("cold_customer", day_iso(last // day)))
     if new == "churned" and _crossed(last + p.winback_days * day, prev_ms, now_ms):

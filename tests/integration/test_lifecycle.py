@@ -85,7 +85,8 @@ async def test_live_worker_marks_a_lapsed_customer_and_publishes_the_alert(
     settings: Settings, store: Store, producer: EventProducer, workers: Workers
 ) -> None:
     now = datetime.now(UTC)
-    for n, days_ago in enumerate((200, 150, 120)):
+    # churned half a day ago (W = 90 days): news, unlike a churn long past
+    for n, days_ago in enumerate((200, 150, 90.5)):
         await producer.send(
             {"event_id": f"lapsed-{n}", "customer_id": "lapsed", "ts": (now - timedelta(days=days_ago)).isoformat(),
              "type": "order", "amount": 40}

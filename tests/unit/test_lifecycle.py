@@ -174,3 +174,43 @@ def test_at_risk_alert_carries_reasons_and_score() -> None:
         True,
     )
     assert alert.details == {"from": "new"}
+
+
+def test_first_evaluation_raises_only_recent_news() -> None:
+    """A tracker started over old history must not announce every churn of the past."""
+    long_ago = history(order(0))
+    assert (
+        alerts_for(
+            long_ago,
+            prev_ms=None,
+            now_ms=at(300),
+            old=None,
+            new="churned",
+            risk=CALM,
+            previous_orders=1,
+            p=P,
+        )
+        == []
+    )
+    just_now = alerts_for(
+        long_ago,
+        prev_ms=None,
+        now_ms=at(90.5),
+        old=None,
+        new="churned",
+        risk=CALM,
+        previous_orders=1,
+        p=P,
+    )
+    assert [a.kind for a in just_now] == ["churned"]
+    risky = alerts_for(
+        history(order(0)),
+        prev_ms=None,
+        now_ms=at(1),
+        old=None,
+        new="at_risk",
+        risk=Assessment(0.6, ("low_csat",)),
+        previous_orders=1,
+        p=P,
+    )
+    assert [a.kind for a in risky] == ["at_risk"]
