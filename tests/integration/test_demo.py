@@ -1,0 +1,85 @@
+"""`retention up --demo --notifications`: at-risk customers with reasons, signed webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+SECRET = b"demo-secret"
+
+
+async def test_demo_shows_declining_customers_at_risk_and_notifies_a_webhook(
+    tmp_path: Path,
+) -> None:
+    received: list[dict[str, Any]] = []
+    forged: list[bytes] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        want = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get("X-Retention-Signature", ""), want):
+            forged.append(body)
+            return web.Response(status=401)
+        received.append(json.loads(body))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    config = tmp_path / "notifications.yml"
+    config.write_text(
+        "subscribers:\n  - name: crm\n    type: webhook\n"
+        f"    url: http://127.0.0.1:{port}/hook\n    secret_env: DEMO_HOOK_SECRET\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+    env["DEMO_HOOK_SECRET"] = SECRET.decode()
+    data = tmp_path / "data"
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "retention.cli", "up", "--demo", "--data-dir", str(data),
+        "--notifications", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        at_risk: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listing = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "retention.cli", "at-risk", "--json", "--limit", "100",
+                "--data-dir", str(data), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+            out, _ = await listing.communicate()
+            if listing.returncode == 0:
+                at_risk = json.loads(out)
+            declining = [r for r in at_risk if r["customer_id"].startswith("demo-declining-")]
+            if declining and any(a["kind"] == "at_risk" for a in received):
+                break
+            await asyncio.sleep(1)
+        assert declining, f"no declining customer at risk: {at_risk}"
+        assert all(
+            "silence" in r["risk_reasons"] or "frequency_drop" in r["risk_reasons"]
+            for r in declining
+        )
+        kinds = {a["kind"] for a in received}
+        assert "at_risk" in kinds, f"webhook got {kinds}"
+        assert not forged
+        assert all(a["key"].startswith(f"{a['kind']}:{a['customer_id']}:") for a in received)
+    finally:
+        up.send_signal(signal.SIGINT)
+        await asyncio.wait_for(up.wait(), 60)
+        await runner.cleanup()
+    assert up.returncode == 0
