@@ -4,8 +4,7 @@
 -- ARGV[1] key prefix        ARGV[2] offsets scope (broker cluster id)
 -- ARGV[3] now (ms)          ARGV[4] dedupe bucket width (ms)   ARGV[5] buckets kept
 -- ARGV[6] activity kinds, letters: o=order l=login s=support
--- ARGV[7] churn window W (ms)
--- ARGV[8] the records, a JSON array of arrays of 14 strings:
+-- ARGV[7] the records, a JSON array of arrays of 14 strings:
 --   kind(o|l|s|x) topic partition offset event_id customer_id ts_ms d w m a1 a2 a3 a4
 --   d w m: epoch-day numbers of the start of the event's day, ISO week and month
 --   order:   a1=status a2=amount_micros      support: a1=action a2=ticket a3=survey a4=score
@@ -23,7 +22,6 @@ local width = tonumber(ARGV[4])
 local nbuckets = tonumber(ARGV[5])
 local kinds = ARGV[6]
 local bucket = math.floor(now / width)
-local churn_ms = tonumber(ARGV[7])
 local touched_customers = {}
 local seen_ttl = math.ceil(width * (nbuckets + 1) / 1000)
 
@@ -62,11 +60,6 @@ local function activity(ckey, idx, ts, days)
     for p, day in pairs(days) do
       redis.call('SETBIT', P .. 'coh:' .. p .. ':' .. day, idx, 1)
     end
-  end
-  -- a return after a silence longer than the churn window is a reactivation
-  local last = redis.call('HGET', ckey, 'la')
-  if last and tonumber(ts) - tonumber(last) > churn_ms then
-    redis.call('HSET', ckey, 'rv', ts)
   end
   set_max(ckey, 'la', ts)
 end
@@ -209,7 +202,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   end
 end
 
-local records = cjson.decode(ARGV[8])
+local records = cjson.decode(ARGV[7])
 for _, r in ipairs(records) do
   local kind, topic, partition = r[1], r[2], r[3]
   local offset = tonumber(r[4])

@@ -12,18 +12,27 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib.resources import files
 from typing import cast
 
 import numpy as np
 
 from processors.alerts import Alert
 from processors.alive import Fit, outlook, stored_fit
-from processors.lifecycle import LifecyclePolicy, Status, alerts_for, classify, next_due_ms
+from processors.lifecycle import (
+    LifecyclePolicy,
+    Status,
+    alerts_for,
+    classify,
+    lookback_days,
+    next_due_ms,
+)
 from processors.risk import Assessment, RiskPolicy, assess, value
 from processors.state import CustomerState, iso
 from processors.store import Store
 
 Publish = Callable[[Sequence[Alert]], Awaitable[None]]
+_RETURNED = files("processors").joinpath("returned.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +50,7 @@ def evaluate(
     lifecycle: LifecyclePolicy,
     model: Fit | None,
     high_value_micros: int | None,
+    active_before: bool = True,
 ) -> Evaluation:
     """Status and risk of one customer at ``now`` (pure; the backtest uses it directly)."""
     now_ms = int(now.timestamp() * 1000)
@@ -49,7 +59,7 @@ def evaluate(
     )
     p_alive = None if seen is None else seen.p_alive
     risk = assess(state, now_ms, risk_policy, p_alive, high_value_micros)
-    status = classify(state, now_ms, risk, risk_policy, lifecycle)
+    status = classify(state, now_ms, risk, risk_policy, lifecycle, active_before)
     return Evaluation(status, risk, p_alive, None if seen is None else seen.expected_purchases_90d)
 
 
@@ -107,10 +117,19 @@ class Evaluator:
             previous = [_previous(raw) for raw in await pipe.execute()]
         model = await stored_fit(self.store)
         threshold = await self.high_value_micros()
+        before = await active_before(self.store, states, now_ms, self.lifecycle)
         alerts: list[Alert] = []
         results = []
         for state, prev in zip(states, previous, strict=True):
-            ev = evaluate(state, now, self.risk_policy, self.lifecycle, model, threshold)
+            ev = evaluate(
+                state,
+                now,
+                self.risk_policy,
+                self.lifecycle,
+                model,
+                threshold,
+                before[state.customer_id],
+            )
             alerts.extend(
                 alerts_for(
                     state,
@@ -214,3 +233,20 @@ async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
             }
         )
     return rows
+
+
+async def active_before(
+    store: Store, states: Sequence[CustomerState], now_ms: int, lifecycle: LifecyclePolicy
+) -> dict[str, bool]:
+    """Per customer, whether it was active ``new_days`` before ``now`` (day bitmaps)."""
+    if not states:
+        return {}
+    async with store.redis.pipeline(transaction=False) as pipe:
+        for state in states:
+            pipe.hget(store.key("c", state.customer_id), "ix")
+        indexes = [ix or "" for ix in await pipe.execute()]
+    start, stop = lookback_days(now_ms, lifecycle)
+    flags = await store.redis.register_script(_RETURNED)(
+        args=[store.prefix, str(start), str(stop), *indexes]
+    )
+    return {s.customer_id: bool(f) for s, f in zip(states, flags, strict=True)}

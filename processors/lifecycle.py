@@ -3,8 +3,8 @@
 Statuses (a customer has exactly one at a time, checked in this order):
 - ``churned``: no activity within the churn window W;
 - ``at_risk``: the risk rules (processors/risk.py) reach the policy's threshold;
-- ``reactivated``: came back after a silence longer than W, within ``new_days``;
 - ``new``: first activity within ``new_days``;
+- ``reactivated``: active now, but not ``new_days`` ago: back after a silence of W;
 - ``active``: everyone else.
 
 Silence has no event to trigger on, so every evaluation also says when the customer next
@@ -47,20 +47,37 @@ def _reference_ms(state: CustomerState) -> int:
     return 0
 
 
+def lookback_days(now_ms: int, p: LifecyclePolicy) -> tuple[int, int]:
+    """Days ``[from, to)`` in which activity made the customer active ``new_days`` ago.
+
+    Active at t means activity in ``[t - W, t)`` (METRICS.md); with t = now - new_days, at
+    day granularity. A customer active now but not then has come back within ``new_days``.
+    """
+    then = now_ms // MS_PER_DAY - p.new_days
+    return then - p.churn_after_days, then
+
+
 def classify(
-    state: CustomerState, now_ms: int, risk: Assessment, risk_policy: RiskPolicy, p: LifecyclePolicy
+    state: CustomerState,
+    now_ms: int,
+    risk: Assessment,
+    risk_policy: RiskPolicy,
+    p: LifecyclePolicy,
+    active_before: bool = True,
 ) -> Status:
+    """``active_before``: whether the customer was active ``new_days`` ago (see
+    :func:`lookback_days`); the store answers it from its day bitmaps, which do not depend
+    on the order events arrived in."""
     last = _reference_ms(state)
     if now_ms - last > p.churn_after_days * MS_PER_DAY:
         return "churned"
     if risk.at_risk(risk_policy):
         return "at_risk"
-    window = p.new_days * MS_PER_DAY
-    if state.reactivated_ms is not None and now_ms - state.reactivated_ms <= window:
-        return "reactivated"
     first = state.first_activity_ms if state.first_activity_ms is not None else last
-    if now_ms - first <= window:
+    if now_ms - first <= p.new_days * MS_PER_DAY:
         return "new"
+    if not active_before:
+        return "reactivated"
     return "active"
 
 
@@ -76,8 +93,6 @@ def _thresholds(state: CustomerState, risk_policy: RiskPolicy, p: LifecyclePolic
     ]
     if state.first_activity_ms is not None:
         out.append(state.first_activity_ms + p.new_days * day + 1)
-    if state.reactivated_ms is not None:
-        out.append(state.reactivated_ms + p.new_days * day + 1)
     if state.last_order_ms is not None:
         out.append(state.last_order_ms + p.followup_days * day)
     hours = risk_policy.rules.ticket_unresolved.hours
@@ -138,7 +153,7 @@ def alerts_for(
         since = {
             "at_risk": now_ms,
             "churned": last + p.churn_after_days * day,
-            "reactivated": state.reactivated_ms or now_ms,
+            "reactivated": now_ms,
         }[new]
         if old is not None or since > prev_ms:
             when = now_ms if new == "at_risk" else last

@@ -21,8 +21,6 @@ from streams.events import Event, LoginEvent, OrderEvent, SupportEvent
 
 MS_PER_DAY = 86_400_000
 MICROS = 1_000_000
-#: The churn window W the reference fold uses (the store takes it from settings).
-CHURN_AFTER_MS = 90 * MS_PER_DAY
 ActivityKinds = frozenset[str]
 
 
@@ -56,8 +54,6 @@ class CustomerState:
     last_activity_ms: int | None = None
     last_order_ms: int | None = None
     last_login_ms: int | None = None
-    #: the latest activity that followed a silence longer than the churn window
-    reactivated_ms: int | None = None
     orders: int = 0
     placed_micros: int = 0
     refunds: int = 0
@@ -87,13 +83,10 @@ def _max(current: int | None, value: int) -> int:
 
 
 def _activity(state: CustomerState, ts: int) -> CustomerState:
-    last = state.last_activity_ms
-    returned = last is not None and ts - last > CHURN_AFTER_MS
     return replace(
         state,
         first_activity_ms=_min(state.first_activity_ms, ts),
-        last_activity_ms=_max(last, ts),
-        reactivated_ms=ts if returned else state.reactivated_ms,
+        last_activity_ms=_max(state.last_activity_ms, ts),
     )
 
 

@@ -89,7 +89,6 @@ class Store:
         activity_kinds: Iterable[str] = ("order", "login"),
         dedupe_horizon_seconds: int = 7 * 86400,
         offsets_scope: str = "default",
-        churn_after_days: int = 90,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -97,7 +96,6 @@ class Store:
         # The horizon is split into buckets so that ids expire a bucket at a time.
         self.bucket_ms = max(1, dedupe_horizon_seconds * 1000 // DEDUPE_BUCKETS)
         self.offsets_scope = offsets_scope
-        self.churn_after_days = churn_after_days
         self._script = redis.register_script(_SCRIPT)
 
     def key(self, *parts: str) -> str:
@@ -121,7 +119,6 @@ class Store:
             str(self.bucket_ms),
             str(DEDUPE_BUCKETS),
             self.kind_letters,
-            str(self.churn_after_days * 86_400_000),
         ]
         # one JSON argument: far cheaper for the client to send than 14 arguments a record
         args.append(json.dumps(records))
@@ -234,7 +231,6 @@ def _state_from_hashes(
         last_activity_ms=_opt_int(f.get("la")),
         last_order_ms=_opt_int(f.get("lo")),
         last_login_ms=_opt_int(f.get("ll")),
-        reactivated_ms=_opt_int(f.get("rv")),
         orders=count("o"),
         placed_micros=count("pm"),
         refunds=count("rf"),

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from processors.alive import Fit, outlook, refit
-from processors.evaluator import evaluate, update_high_value_threshold
+from processors.evaluator import active_before, evaluate, update_high_value_threshold
 from processors.lifecycle import LifecyclePolicy
 from processors.periods import Periods
 from processors.risk import load_policy
@@ -287,11 +287,16 @@ async def write_customers(
     lifecycle = LifecyclePolicy(churn_after_days=settings.churn_after_days)
     threshold = await update_high_value_threshold(store, policy.high_value_quantile)
     ids = await store.customer_ids()
+    at_ms = int(at.timestamp() * 1000)
     with path.open("w") as out:
         for i in range(0, len(ids), chunk):
-            for state in await store.read_customers(ids[i : i + chunk]):
+            states = await store.read_customers(ids[i : i + chunk])
+            before = await active_before(store, states, at_ms, lifecycle)
+            for state in states:
                 seen = None if model is None else outlook(state, model, model.as_of)
-                ev = evaluate(state, at, policy, lifecycle, model, threshold)
+                ev = evaluate(
+                    state, at, policy, lifecycle, model, threshold, before[state.customer_id]
+                )
                 out.write(json.dumps(to_public(state, seen, ev)) + "\n")
     return len(ids)
 

@@ -173,7 +173,7 @@ def cmd_customer(args: argparse.Namespace) -> int:
         from datetime import UTC, datetime
 
         from processors.alive import outlook, stored_fit
-        from processors.evaluator import evaluate
+        from processors.evaluator import active_before, evaluate
 
         redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         try:
@@ -182,14 +182,22 @@ def cmd_customer(args: argparse.Namespace) -> int:
             model = await stored_fit(store)
             evaluator = _evaluator(settings, store)
             threshold = await evaluator.high_value_micros()
+            now = datetime.now(UTC)
+            before = (
+                {}
+                if state is None
+                else await active_before(
+                    store, [state], int(now.timestamp() * 1000), evaluator.lifecycle
+                )
+            )
         finally:
             await redis.aclose()
         if state is None:
             return None
         # as of now: the last fit's parameters, the customer's history up to this moment
-        now = datetime.now(UTC)
         seen = None if model is None else outlook(state, model, now.date())
-        ev = evaluate(state, now, evaluator.risk_policy, evaluator.lifecycle, model, threshold)
+        lifecycle, policy = evaluator.lifecycle, evaluator.risk_policy
+        ev = evaluate(state, now, policy, lifecycle, model, threshold, before[args.id])
         return to_public(state, seen, ev)
 
     data = asyncio.run(go())

@@ -128,3 +128,23 @@ async def test_live_worker_marks_a_lapsed_customer_and_publishes_the_alert(
     await wait_until(fitted, 30, "the leader's first BG/NBD fit", workers.logs)
     block = json.loads(await store.redis.get(store.key("bgnbd")))
     assert block["customers"] == 1 and block["as_of"] == now.date().isoformat()
+
+
+async def test_a_return_after_the_churn_window_is_a_reactivation(redis: Redis) -> None:
+    store = Store(redis, "life3:", ("order",))
+    published: list[Alert] = []
+
+    async def publish(alerts: Sequence[Alert]) -> None:
+        published.extend(alerts)
+
+    evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy(), publish)
+    # the late event arrives first: the bitmaps, not the arrival order, decide
+    await store.apply_batch(
+        orders("back", [150, 0]) + orders("steady", [0, 60, 120, 150], first_offset=2)
+    )
+    await evaluator.run_once(T0 + timedelta(days=155))
+    assert await redis.hget("life3:ev:back", "st") == "reactivated"
+    assert await redis.hget("life3:ev:steady", "st") == "active"
+    assert [(a.customer_id, a.kind) for a in published if a.kind == "reactivated"] == [
+        ("back", "reactivated")
+    ]

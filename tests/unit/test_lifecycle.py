@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from processors.lifecycle import LifecyclePolicy, alerts_for, classify, next_due_ms
+from processors.lifecycle import LifecyclePolicy, alerts_for, classify, lookback_days, next_due_ms
 from processors.risk import Assessment, RiskPolicy, assess
 from processors.state import CustomerState
 from tests.eventgen import fold
@@ -46,14 +46,24 @@ def at(day: float) -> int:
         ("silent for exactly 90 days", [order(0)], at(90), CALM, "active"),
         ("at risk beats new", [order(0)], at(5), Assessment(0.6, ("low_csat",)), "at_risk"),
         ("churned beats at risk", [order(0)], at(100), Assessment(0.9, ("silence",)), "churned"),
-        ("back after 100 days", [order(0), order(100)], at(110), CALM, "reactivated"),
-        ("reactivated 31 days ago", [order(0), order(100)], at(131), CALM, "active"),
     ],
 )
 def test_classify(
     case: str, events: list[dict[str, Any]], now: int, risk: Assessment, status: str
 ) -> None:
     assert classify(history(*events), now, risk, RISK, P) == status
+
+
+@pytest.mark.parametrize(("active_before", "status"), [(False, "reactivated"), (True, "active")])
+def test_back_after_a_silence_is_reactivated(active_before: bool, status: str) -> None:
+    state = history(order(0), order(100))
+    assert classify(state, at(110), CALM, RISK, P, active_before) == status
+
+
+def test_lookback_is_the_churn_window_ending_new_days_ago() -> None:
+    start, stop = lookback_days(at(200), P)
+    assert stop - start == 90
+    assert stop == at(200) // (DAY * 1000) - 30
 
 
 def test_silence_is_noticed_at_the_next_due_time() -> None:

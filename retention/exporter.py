@@ -1,0 +1,597 @@
+"""Prometheus exposition: business gauges read from Redis at scrape time, worker metrics.
+
+Two kinds of numbers, two places:
+
+- :class:`RetentionCollector` runs in ONE exporter process (``retention metrics-server``).
+  Each scrape reads Redis once into a :class:`Snapshot` and turns it into metric families
+  (:func:`families`, pure). Cluster-wide counts live in Redis already, so summing them over
+  workers would count them several times; one reader reports them once.
+- :class:`WorkerMetrics` lives in each worker process: what only that process can measure
+  (batch latency and size, Redis errors), exposed by :func:`serve_worker_metrics`.
+
+Definitions of the period numbers are those of METRICS.md ("Activity and churn"). Labels
+are closed sets (period, window, state, channel, outcome, topic, reason, cohort offset);
+no label ever holds a customer id, so the series count does not grow with customers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, Literal, TypeVar, cast
+from wsgiref.simple_server import WSGIServer
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from redis.asyncio import Redis
+
+from processors.metrics import Cohort, PeriodRow
+from processors.periods import Periods
+from processors.store import Stats, Store
+from processors.windows import PERIOD_LETTERS, PERIODS, Period, epoch_day, period_start
+from retention.config import Settings
+from streams.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+EXPORTER_PORT = 9465
+WORKER_METRICS_PORT = 9464
+
+Window = Literal["current", "last_closed", "previous_closed"]
+#: ``current`` is the open period holding now; ``last_closed`` the newest row the leader
+#: wrote, ``previous_closed`` the one before it, so a spike is one comparison in PromQL.
+WINDOWS: tuple[Window, ...] = ("current", "last_closed", "previous_closed")
+LIFECYCLE_STATES = ("new", "active", "at_risk", "churned", "reactivated")
+CHANNELS = ("webhook", "slack", "email")
+OUTCOMES = ("sent", "failed", "suppressed")
+#: Monthly cohorts exported for the cohort table: at most 12 * 13 / 2 = 78 cells.
+COHORT_MONTHS = 12
+
+#: Batch latency buckets: a Redis round trip of a small batch up to a stalled store.
+BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one scrape reports, read from Redis (and Kafka for the lag) at once."""
+
+    tracked_customers: int
+    topics: tuple[str, ...]
+    stats: Stats
+    workers_alive: int
+    lifecycle: dict[str, int] = field(default_factory=dict)
+    active: dict[Period, int] = field(default_factory=dict)
+    rows: dict[tuple[Period, Window], PeriodRow] = field(default_factory=dict)
+    cohorts: dict[str, Cohort] = field(default_factory=dict)
+    at_risk: dict[str, int] = field(default_factory=dict)
+    high_value_at_risk: int = 0
+    notifications: dict[tuple[str, str], int] = field(default_factory=dict)
+    lag: dict[str, int] | None = None
+    watermark_delay_seconds: float | None = None
+    last_event_age_seconds: float | None = None
+    collect_seconds: float = 0.0
+
+
+# --- pure: snapshot -> metric families -------------------------------------------------
+
+
+def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def _customer_families(snap: Snapshot) -> Iterator[Metric]:
+    states = _gauge("retention_customers", "Customers by lifecycle state.", ("state",))
+    for state in LIFECYCLE_STATES:
+        states.add_metric([state], snap.lifecycle.get(state, 0))
+    yield states
+    tracked = _gauge("retention_tracked_customers", "Customers the tracker has ever seen.")
+    tracked.add_metric([], snap.tracked_customers)
+    yield tracked
+    active = _gauge(
+        "retention_active_customers",
+        "Distinct customers with activity in the period holding now (DAU, WAU, MAU).",
+        ("period",),
+    )
+    for period in PERIODS:
+        active.add_metric([period], snap.active.get(period, 0))
+    yield active
+
+
+#: (metric name, help, PeriodRow attribute); a null value (divisor 0) is left out.
+_ROW_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("retention_crr_ratio", "Customer retention rate (|E| - |N|) / |S|.", "crr"),
+    ("retention_churn_ratio", "Churn rate |S \\ E| / |S|.", "churn_rate"),
+    ("retention_period_start_customers", "Customers active at the start (S).", "start_customers"),
+    ("retention_period_end_customers", "Customers active at the period end (E).", "end_customers"),
+    ("retention_new_customers", "New customers still active at the end (N).", "new_customers"),
+    ("retention_lost_customers", "Customers active at the start, not the end.", "lost_customers"),
+    (
+        "retention_reactivated_customers",
+        "Customers active at the end, neither at the start nor new.",
+        "reactivated_customers",
+    ),
+    ("retention_period_orders", "Placed orders in the period.", "orders"),
+    ("retention_period_revenue", "Placed minus refunded amounts in the period.", "revenue"),
+    ("retention_average_order_value", "Placed amount per placed order.", "aov"),
+    ("retention_purchase_frequency", "Placed orders per distinct buyer.", "purchase_frequency"),
+    (
+        "retention_repeat_customer_ratio",
+        "Share of buyers with two or more orders in the period.",
+        "repeat_customer_rate",
+    ),
+)  # fmt: skip
+
+
+def _period_families(snap: Snapshot) -> Iterator[Metric]:
+    for name, doc, attr in _ROW_METRICS:
+        family = _gauge(name, doc, ("period", "window"))
+        for (period, window), row in sorted(snap.rows.items()):
+            value = getattr(row, attr)
+            if value is not None:
+                family.add_metric([period, window], float(value))
+        yield family
+
+
+def _cohort_families(snap: Snapshot) -> Iterator[Metric]:
+    labels = ("period", "cohort", "offset")
+    active = _gauge(
+        "retention_cohort_active_customers",
+        f"Customers of a monthly cohort active k months later (last {COHORT_MONTHS} cohorts).",
+        labels,
+    )
+    ratio = _gauge(
+        "retention_cohort_retention_ratio", "Cohort active customers over cohort size.", labels
+    )
+    for cohort, cells in sorted(snap.cohorts.items()):
+        for offset, n in enumerate(cells.active):
+            key = ["month", cohort[:7], str(offset)]
+            active.add_metric(key, n)
+            ratio.add_metric(key, n / cells.size)
+    yield active
+    yield ratio
+
+
+def _risk_families(snap: Snapshot) -> Iterator[Metric]:
+    reasons = _gauge(
+        "retention_at_risk_customers", "At-risk customers by risk reason.", ("reason",)
+    )
+    for reason, n in sorted(snap.at_risk.items()):
+        reasons.add_metric([reason], n)
+    yield reasons
+    high = _gauge("retention_high_value_at_risk_customers", "High-value customers at risk.")
+    high.add_metric([], snap.high_value_at_risk)
+    yield high
+    sent = CounterMetricFamily(
+        "retention_notifications",
+        "Customer notifications by channel and outcome.",
+        labels=["channel", "outcome"],
+    )
+    grid = {(c, o): 0 for c in CHANNELS for o in OUTCOMES} | snap.notifications
+    for (channel, outcome), n in sorted(grid.items()):
+        sent.add_metric([channel, outcome], n)
+    yield sent
+
+
+def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
+    processed = CounterMetricFamily(
+        "retention_events_processed", "Events accepted and applied.", labels=["topic"]
+    )
+    duplicate = CounterMetricFamily(
+        "retention_events_duplicate", "Events dropped as duplicates.", labels=["topic"]
+    )
+    for topic in sorted(set(snap.topics) | set(snap.stats.accepted)):
+        processed.add_metric([topic], snap.stats.accepted.get(topic, 0))
+    for topic in sorted(set(snap.topics) | set(snap.stats.duplicates)):
+        duplicate.add_metric([topic], snap.stats.duplicates.get(topic, 0))
+    rejected = CounterMetricFamily(
+        "retention_events_rejected",
+        "Events sent to the dead-letter topic, by reason.",
+        labels=["topic", "reason"],
+    )
+    for (topic, reason), n in sorted(snap.stats.rejected.items()):
+        rejected.add_metric([topic, reason], n)
+    yield from (processed, duplicate, rejected)
+
+    lag = _gauge(
+        "retention_consumer_lag_messages",
+        "Broker end offsets minus offsets the store applied.",
+        ("topic",),
+    )
+    for topic, n in sorted((snap.lag or {}).items()):
+        lag.add_metric([topic], n)
+    yield lag
+    for name, doc, value in (
+        (
+            "retention_watermark_delay_seconds",
+            "Now minus the event-time watermark (oldest of the partitions' newest events).",
+            snap.watermark_delay_seconds,
+        ),
+        (
+            "retention_last_event_age_seconds",
+            "Now minus the newest event time applied.",
+            snap.last_event_age_seconds,
+        ),
+    ):
+        family = _gauge(name, doc)
+        if value is not None:
+            family.add_metric([], value)
+        yield family
+    workers = _gauge("retention_workers_alive", "Workers with a recent heartbeat.")
+    workers.add_metric([], snap.workers_alive)
+    yield workers
+
+
+def _exporter_families(redis_up: bool, kafka_up: bool, seconds: float) -> Iterator[Metric]:
+    for name, doc, value in (
+        ("retention_exporter_redis_up", "Whether the last scrape read Redis.", redis_up),
+        ("retention_exporter_kafka_up", "Whether the last scrape read broker offsets.", kafka_up),
+        ("retention_exporter_collect_duration_seconds", "Time the last scrape took.", seconds),
+    ):
+        family = _gauge(name, doc)
+        family.add_metric([], float(value))
+        yield family
+
+
+def families(snap: Snapshot) -> list[Metric]:
+    """Every metric family of one scrape; a pure function of the snapshot."""
+    return [
+        *_customer_families(snap),
+        *_period_families(snap),
+        *_cohort_families(snap),
+        *_risk_families(snap),
+        *_pipeline_families(snap),
+        *_exporter_families(True, snap.lag is not None, snap.collect_seconds),
+    ]
+
+
+# --- I/O: Redis and Kafka -> snapshot ---------------------------------------------------
+
+
+class BrokerOffsets:
+    """End offsets from one long-lived consumer, instead of a new client per scrape."""
+
+    def __init__(self, bootstrap: str, timeout: float) -> None:
+        self.bootstrap = bootstrap
+        self.timeout = timeout
+        self.cluster: str | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _start(self) -> AIOKafkaConsumer:
+        # imported here: workers import this module for WorkerMetrics, and retention.worker
+        # imports the agents, so a module-level import would be circular
+        from retention.worker import cluster_id
+
+        if self.cluster is None:
+            self.cluster = await cluster_id(self.bootstrap)
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def end_offsets(self, topics: tuple[str, ...]) -> dict[tuple[str, int], int]:
+        async with self._lock:
+            try:
+                return await asyncio.wait_for(self._ends(topics), self.timeout)
+            except Exception:
+                await self.close()  # a fresh client next time, after a broker restart
+                raise
+
+    async def _ends(self, topics: tuple[str, ...]) -> dict[tuple[str, int], int]:
+        consumer = await self._start()
+
+        def partitions() -> list[TopicPartition]:
+            return [
+                TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+            ]
+
+        found = partitions()
+        if len(found) < len(topics):
+            await consumer.topics()  # topics created after start: refresh metadata
+            found = partitions()
+        ends = cast(dict[TopicPartition, int], await consumer.end_offsets(found))
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+
+def lag_per_topic(
+    ends: dict[tuple[str, int], int], applied: dict[tuple[str, int], int]
+) -> dict[str, int]:
+    """Per topic, the sum over partitions of end offset minus next offset to apply."""
+    lag: dict[str, int] = {}
+    for (topic, partition), end in ends.items():
+        done = applied.get((topic, partition), -1) + 1
+        lag[topic] = lag.get(topic, 0) + max(0, end - done)
+    return lag
+
+
+async def _int_hash(redis: Redis, key: str) -> dict[str, int]:
+    raw = cast(dict[str, str], await redis.hgetall(key))
+    out: dict[str, int] = {}
+    for name, value in raw.items():
+        with contextlib.suppress(ValueError):
+            out[name] = int(float(value))
+    return out
+
+
+async def _closed_rows(
+    periods: Periods, period: Period, churn_days: int
+) -> dict[Window, PeriodRow]:
+    """The two newest closed rows; only their keys are listed, two values read."""
+    key = periods._rows_key(period, churn_days)
+    names = sorted(cast(list[str], await periods.redis.hkeys(key)))[-2:]
+    if not names:
+        return {}
+    raw = cast(list[str | None], await periods.redis.hmget(key, names))
+    closed: tuple[Window, Window] = ("previous_closed", "last_closed")
+    windows = closed[-len(names) :]
+    return {
+        window: PeriodRow(**_loads(value))
+        for window, value in zip(windows, raw, strict=True)
+        if value is not None
+    }
+
+
+def _loads(value: str) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(value))
+
+
+def _notification_counts(raw: dict[str, int]) -> dict[tuple[str, str], int]:
+    """``outcome|channel`` fields as (channel, outcome) pairs."""
+    out: dict[tuple[str, str], int] = {}
+    for name, n in raw.items():
+        outcome, sep, channel = name.partition("|")
+        if sep:
+            out[(channel, outcome)] = n
+    return out
+
+
+async def _recent_cohorts(periods: Periods, now: datetime, limit: int) -> dict[str, Cohort]:
+    """The last ``limit`` monthly cohorts: the cost stays bounded as history grows."""
+    starts = (await periods.starts("month", now))[-limit:]
+    out: dict[str, Cohort] = {}
+    for i, start in enumerate(starts):
+        days = [str(epoch_day(s)) for s in starts[i:]]
+        size, *active = await periods._cohort(args=[periods.prefix, PERIOD_LETTERS["month"], *days])
+        if int(size):
+            out[start.date().isoformat()] = Cohort(int(size), [int(a) for a in active])
+    return out
+
+
+async def read_snapshot(
+    settings: Settings, redis: Redis, broker: BrokerOffsets | None, now: datetime
+) -> Snapshot:
+    """Read one scrape's numbers. Redis errors propagate; a broker error only drops lag."""
+    from retention.status import STALE_HEARTBEATS  # see BrokerOffsets._start
+
+    started = time.monotonic()
+    prefix = settings.key_prefix
+    topics = Topics.from_settings(settings).sources
+    periods = Periods(redis, prefix)
+    ends: dict[tuple[str, int], int] | None = None
+    if broker is not None:
+        try:
+            ends = await broker.end_offsets(topics)
+        except Exception as exc:
+            logger.warning("broker offsets unavailable", extra={"error": repr(exc)})
+    scope = broker.cluster if broker is not None and broker.cluster else "default"
+    store = Store(redis, prefix, settings.activity_kinds, offsets_scope=scope)
+
+    rows: dict[tuple[Period, Window], PeriodRow] = {}
+    for period in PERIODS:
+        current = await periods.row(period, period_start(now, period), settings.churn_after_days)
+        rows[(period, "current")] = current
+        for window, row in (await _closed_rows(periods, period, settings.churn_after_days)).items():
+            rows[(period, window)] = row
+
+    watermark = await periods.watermark(scope, dict.fromkeys(topics, settings.partitions))
+    span = await periods.span()
+    notify = await _int_hash(redis, prefix + "notify:stats")
+    alive = await store.workers(STALE_HEARTBEATS * settings.worker_heartbeat_seconds)
+    high_value = cast(str | None, await redis.get(prefix + "risk:high_value"))
+    return Snapshot(
+        tracked_customers=await store.customer_count(),
+        topics=topics,
+        stats=await store.stats(),
+        workers_alive=len(alive),
+        lifecycle=await _int_hash(redis, prefix + "life:counts"),
+        active={p: await periods.active(p, now) for p in PERIODS},
+        rows=rows,
+        cohorts=await _recent_cohorts(periods, now, COHORT_MONTHS),
+        at_risk=await _int_hash(redis, prefix + "risk:reasons"),
+        high_value_at_risk=int(float(high_value)) if high_value else 0,
+        notifications=_notification_counts(notify),
+        lag=None if ends is None else lag_per_topic(ends, await store.applied_offsets()),
+        watermark_delay_seconds=None if watermark is None else (now - watermark).total_seconds(),
+        last_event_age_seconds=None if span is None else (now - span[1]).total_seconds(),
+        collect_seconds=time.monotonic() - started,
+    )
+
+
+class _LoopThread:
+    """An event loop of our own: prometheus_client calls ``collect`` from its HTTP
+    threads, and the Redis and Kafka clients must stay on one loop between scrapes."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="retention-exporter-loop", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+class RetentionCollector:
+    """Reads Redis once per scrape and yields the business and pipeline gauges."""
+
+    def __init__(self, settings: Settings, timeout: float = 10.0) -> None:
+        assert settings.redis_url, "the exporter needs REDIS_URL (or a running `retention up`)"
+        self.settings = settings
+        self.timeout = timeout
+        self._loop = _LoopThread()
+        self._redis: Redis | None = None
+        self._broker = (
+            BrokerOffsets(settings.kafka_bootstrap, timeout / 2)
+            if settings.kafka_bootstrap
+            else None
+        )
+
+    async def _read(self) -> Snapshot:
+        if self._redis is None:
+            self._redis = Redis.from_url(
+                self.settings.redis_url or "", decode_responses=True, socket_timeout=self.timeout
+            )
+        return await read_snapshot(self.settings, self._redis, self._broker, datetime.now(UTC))
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.monotonic()
+        try:
+            snap = self._loop.run(self._read(), self.timeout)
+        except Exception as exc:
+            logger.warning("scrape failed", extra={"error": repr(exc)})
+            yield from _exporter_families(False, False, time.monotonic() - started)
+            return
+        yield from families(snap)
+
+    async def _aclose(self) -> None:
+        if self._broker is not None:
+            await self._broker.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.run(self._aclose(), self.timeout)
+        self._loop.stop()
+
+
+# --- per-worker process metrics ---------------------------------------------------------
+
+
+class WorkerMetrics:
+    """What one worker process measures itself; the registry is injected."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_duration = Histogram(
+            "retention_batch_duration_seconds",
+            "Time to apply one batch to Redis, retries included.",
+            buckets=BATCH_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "retention_batch_size_messages",
+            "Messages per applied batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "retention_redis_errors", "Failed Redis calls (each one retried).", registry=registry
+        )
+
+    def observe_batch(self, seconds: float, size: int) -> None:
+        self.batch_duration.observe(seconds)
+        self.batch_size.observe(size)
+
+    def redis_error(self) -> None:
+        self.redis_errors.inc()
+
+
+def serve_worker_metrics(
+    port: int, registry: CollectorRegistry, host: str = "0.0.0.0"
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``registry`` on ``host:port`` from a daemon thread; port 0 picks a free one."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    logger.info("worker metrics listening", extra={"port": server.server_port})
+    return server, thread
+
+
+# --- the exporter process -----------------------------------------------------------------
+
+
+@dataclass
+class Exporter:
+    server: WSGIServer
+    thread: threading.Thread
+    collector: RetentionCollector
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.collector.close()
+
+
+def start_exporter(
+    settings: Settings, host: str = "0.0.0.0", port: int = EXPORTER_PORT
+) -> Exporter:
+    registry = CollectorRegistry()
+    collector = RetentionCollector(settings)
+    registry.register(collector)
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return Exporter(server, thread, collector)
+
+
+def run_exporter(settings: Settings, host: str = "0.0.0.0", port: int = EXPORTER_PORT) -> int:
+    """Serve ``/metrics`` until SIGINT or SIGTERM."""
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    exporter = start_exporter(settings, host, port)
+    logger.info("exporter listening", extra={"host": host, "port": exporter.port})
+    try:
+        stopping.wait()
+    finally:
+        exporter.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m retention.exporter``: the same as ``retention metrics-server``."""
+    from retention import logs
+    from retention.services import resolve
+
+    parser = argparse.ArgumentParser(prog="retention-exporter", description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=EXPORTER_PORT)
+    parser.add_argument("--log-level", default="warn", choices=["debug", "info", "warn", "error"])
+    args = parser.parse_args(argv)
+    logs.setup("WARNING" if args.log_level == "warn" else args.log_level.upper())
+    return run_exporter(resolve(Settings()), args.host, args.port)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
