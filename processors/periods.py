@@ -88,9 +88,17 @@ class Periods:
     ) -> list[PeriodRow]:
         return [await self.row(period, s, churn_days) for s in await self.starts(period, through)]
 
-    async def cohorts(self, period: Period, through: datetime | None = None) -> dict[str, Cohort]:
-        """The cohort matrix (METRICS.md, Cohorts); empty cohorts are left out."""
+    async def cohorts(
+        self, period: Period, through: datetime | None = None, last: int | None = None
+    ) -> dict[str, Cohort]:
+        """The cohort matrix (METRICS.md, Cohorts); empty cohorts are left out.
+
+        ``last`` keeps only the newest cohorts, so that a frequent reader's cost stays
+        bounded as history grows.
+        """
         starts = await self.starts(period, through)
+        if last is not None:
+            starts = starts[-last:]
         out: dict[str, Cohort] = {}
         for i, start in enumerate(starts):
             days = [str(epoch_day(s)) for s in starts[i:]]
@@ -128,6 +136,15 @@ class Periods:
             if await self.redis.hsetnx(key, row.period, json.dumps(row.as_dict())):
                 written.append(row)
         return written
+
+    async def latest_closed(self, period: Period, churn_days: int, n: int) -> list[PeriodRow]:
+        """The ``n`` newest closed rows, oldest first, reading only those values."""
+        key = self._rows_key(period, churn_days)
+        names = sorted(cast(list[str], await self.redis.hkeys(key)))[-n:]
+        if not names:
+            return []
+        raw = cast(list[str | None], await self.redis.hmget(key, names))
+        return [PeriodRow(**json.loads(v)) for v in raw if v is not None]
 
     async def closed_rows(self, period: Period, churn_days: int) -> list[PeriodRow]:
         raw = cast(dict[str, str], await self.redis.hgetall(self._rows_key(period, churn_days)))

@@ -45,6 +45,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         broker_port=args.broker_port,
         redis_port=args.redis_port,
         notifications=args.notifications or _settings(args).notifications_file,
+        metrics_port=args.metrics_port,
+        with_prometheus=args.with_prometheus,
     )
 
 
@@ -210,9 +212,13 @@ def cmd_customer(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from retention import status
+    from retention.services import Services
 
     settings = _services(args)
     st = asyncio.run(status.gather(settings))
+    recorded = Services.read(settings.data_dir)
+    if recorded is not None:
+        st.metrics_url, st.prometheus_url = recorded.metrics_url, recorded.prometheus_url
     print(json.dumps(st.as_dict(), indent=2) if args.json else status.render(st))
     return 0 if st.ok else 1
 
@@ -363,6 +369,12 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metrics_server(args: argparse.Namespace) -> int:
+    from retention.exporter import run_exporter
+
+    return run_exporter(_services(args), args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, help="where `up` keeps data and records services")
@@ -382,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--redis-port", type=int)
     up.add_argument(
         "--notifications", type=Path, metavar="FILE", help="also run the notifier with this file"
+    )
+    up.add_argument("--metrics-port", type=int, help="serve the exporter here (default: free port)")
+    up.add_argument(
+        "--with-prometheus", action="store_true", help="also run Debian's prometheus on it"
     )
     up.set_defaults(func=cmd_up)
 
@@ -437,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     notify.add_argument("--check", action="store_true", help="validate the file and exit")
     notify.set_defaults(func=cmd_notify)
+
+    ms = sub.add_parser("metrics-server", parents=[common], help="serve /metrics read from Redis")
+    ms.add_argument("--host", default="0.0.0.0")
+    ms.add_argument("--port", type=int, default=9465)
+    ms.set_defaults(func=cmd_metrics_server)
 
     demo = sub.add_parser("demo", parents=[common], help="send demo traffic")
     demo.add_argument("--customers", type=int, default=60)

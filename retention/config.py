@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # Notifications: the subscribers file (see processors/notify.py); cool-downs, retries
     # and secrets (as *_env variable names) are set there
     notifications_file: Path | None = None
+    # port for a worker's own /metrics (batch latency, Redis errors); None = not served
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @field_validator("activity_kinds", mode="before")
     @classmethod

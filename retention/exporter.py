@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from processors.metrics import Cohort, PeriodRow
 from processors.periods import Periods
 from processors.store import Stats, Store
-from processors.windows import PERIOD_LETTERS, PERIODS, Period, epoch_day, period_start
+from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
 from streams.topics import Topics
 
@@ -338,18 +338,9 @@ async def _closed_rows(
     periods: Periods, period: Period, churn_days: int
 ) -> dict[Window, PeriodRow]:
     """The two newest closed rows; only their keys are listed, two values read."""
-    key = periods._rows_key(period, churn_days)
-    names = sorted(cast(list[str], await periods.redis.hkeys(key)))[-2:]
-    if not names:
-        return {}
-    raw = cast(list[str | None], await periods.redis.hmget(key, names))
+    rows = await periods.latest_closed(period, churn_days, 2)
     closed: tuple[Window, Window] = ("previous_closed", "last_closed")
-    windows = closed[-len(names) :]
-    return {
-        window: PeriodRow(**_loads(value))
-        for window, value in zip(windows, raw, strict=True)
-        if value is not None
-    }
+    return dict(zip(closed[-len(rows) :], rows, strict=True)) if rows else {}
 
 
 def _loads(value: str) -> dict[str, Any]:
@@ -368,14 +359,7 @@ def _notification_counts(raw: dict[str, int]) -> dict[tuple[str, str], int]:
 
 async def _recent_cohorts(periods: Periods, now: datetime, limit: int) -> dict[str, Cohort]:
     """The last ``limit`` monthly cohorts: the cost stays bounded as history grows."""
-    starts = (await periods.starts("month", now))[-limit:]
-    out: dict[str, Cohort] = {}
-    for i, start in enumerate(starts):
-        days = [str(epoch_day(s)) for s in starts[i:]]
-        size, *active = await periods._cohort(args=[periods.prefix, PERIOD_LETTERS["month"], *days])
-        if int(size):
-            out[start.date().isoformat()] = Cohort(int(size), [int(a) for a in active])
-    return out
+    return await periods.cohorts("month", now, last=limit)
 
 
 async def read_snapshot(

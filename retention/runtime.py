@@ -7,6 +7,7 @@ real servers the same way.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -186,3 +187,43 @@ def child_env(**overrides: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(overrides)
     return env
+
+
+INSTALL_HINT_PROMETHEUS = (
+    "no prometheus binary: `apt-get install prometheus prometheus-alertmanager` "
+    "(`make install` does it when run as root)"
+)
+RULES_DIR = Path(__file__).resolve().parents[1] / "prometheus" / "rules"
+
+
+def start_prometheus(
+    data_dir: Path, log_dir: Path, targets: list[str], port: int | None = None
+) -> tuple[Process, str]:
+    """A local Prometheus scraping ``targets`` every 5 s, with the project's alert rules."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise MissingBinary(INSTALL_HINT_PROMETHEUS)
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "prometheus.yml"
+    # JSON is YAML: no YAML writer needed for a file this small
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+                "rule_files": [str(RULES_DIR / "*.yml")],
+                "scrape_configs": [
+                    {"job_name": "retention", "static_configs": [{"targets": targets}]}
+                ],
+            }
+        )
+    )
+    argv = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data_dir / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    process = spawn("prometheus", argv, log_dir)
+    wait_for_port(port, 30, process.proc)
+    return process, f"http://127.0.0.1:{port}"

@@ -23,6 +23,8 @@ class Services:
     embedded: bool = False
     pids: dict[str, int] = field(default_factory=dict)
     log_dir: str | None = None
+    metrics_url: str | None = None
+    prometheus_url: str | None = None
 
     def write(self, data_dir: Path) -> Path:
         data_dir.mkdir(parents=True, exist_ok=True)

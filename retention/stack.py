@@ -56,7 +56,7 @@ class Stack:
 
     def start_children(
         self, settings: Settings, workers: int, demo: bool, notifications: Path | None = None
-    ) -> None:
+    ) -> dict[str, str]:
         assert settings.kafka_bootstrap and settings.redis_url
         env = {
             "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -75,12 +75,38 @@ class Stack:
         if notifications is not None:
             argv = _cli("notify", "--config", str(notifications.resolve()))
             self.group.add(runtime.spawn("notifier", argv, self.log_dir, child_env))
+        return child_env
 
-    def record(self, settings: Settings) -> Path:
+    def start_metrics(
+        self, child_env: dict[str, str], port: int | None, with_prometheus: bool
+    ) -> tuple[str, str | None]:
+        """The exporter, and optionally a local Prometheus with the project's rules."""
+        port = port or runtime.free_port()
+        argv = _cli("metrics-server", "--host", "127.0.0.1", "--port", str(port))
+        self.group.add(runtime.spawn("exporter", argv, self.log_dir, child_env))
+        runtime.wait_for_port(port, 30, self.group.processes[-1].proc)
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        if not with_prometheus:
+            return metrics_url, None
+        process, prometheus_url = runtime.start_prometheus(
+            self.settings.data_dir / "prometheus", self.log_dir, [f"127.0.0.1:{port}"]
+        )
+        self.group.add(process)
+        return metrics_url, prometheus_url
+
+    def record(
+        self, settings: Settings, metrics_url: str | None, prometheus_url: str | None
+    ) -> Path:
         assert settings.kafka_bootstrap and settings.redis_url
         pids = {p.name: p.pid for p in self.group.processes}
         services = Services(
-            settings.kafka_bootstrap, settings.redis_url, self.embedded, pids, str(self.log_dir)
+            settings.kafka_bootstrap,
+            settings.redis_url,
+            self.embedded,
+            pids,
+            str(self.log_dir),
+            metrics_url,
+            prometheus_url,
         )
         return services.write(settings.data_dir)
 
@@ -115,6 +141,8 @@ def run_up(
     redis_port: int | None = None,
     interval: float = 2.0,
     notifications: Path | None = None,
+    metrics_port: int | None = None,
+    with_prometheus: bool = False,
 ) -> int:
     """Run until Ctrl-C (or SIGTERM); everything started here is stopped on the way out."""
     write = print
@@ -131,10 +159,14 @@ def run_up(
     signal.signal(signal.SIGINT, on_signal)
     try:
         live = stack.start_services(broker_port, redis_port)
-        stack.start_children(live, workers, demo, notifications)
-        where = stack.record(live)
+        env = stack.start_children(live, workers, demo, notifications)
+        metrics_url, prometheus_url = stack.start_metrics(env, metrics_port, with_prometheus)
+        where = stack.record(live, metrics_url, prometheus_url)
         write(f"kafka    {live.kafka_bootstrap}" + ("  (embedded Tansu)" if stack.embedded else ""))
         write(f"redis    {live.redis_url}" + ("  (embedded, AOF)" if stack.embedded else ""))
+        write(f"metrics  {metrics_url}")
+        if prometheus_url:
+            write(f"prometheus {prometheus_url}  (the project's rules loaded)")
         write(f"logs     {log_dir}/")
         write(f"recorded {where}  (other shells find the services there)")
         write("try      retention status | retention customer ID --json | Ctrl-C to stop")

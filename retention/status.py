@@ -35,6 +35,8 @@ class Status:
     customers: int | None = None
     rejected: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    metrics_url: str | None = None
+    prometheus_url: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -135,6 +137,10 @@ def render(status: Status) -> str:
             lines.append(f"  {topic:<12} {status.lag[topic]:>5} {status.seen.get(topic, 0):>6}")
     else:
         lines.append("lag      unknown")
+    if status.metrics_url:
+        lines.append(f"metrics  {status.metrics_url}")
+    if status.prometheus_url:
+        lines.append(f"prometheus {status.prometheus_url}")
     for key, n in sorted(status.rejected.items()):
         lines.append(f"rejected {key}: {n}")
     lines.extend(f"error    {e}" for e in status.errors)

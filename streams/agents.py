@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import faust
 from faust.streams import Stream
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -32,6 +33,7 @@ from processors.risk import load_policy
 from processors.store import Store, accepted_record, rejected_record
 from processors.windows import PERIODS
 from retention.config import Settings
+from retention.exporter import WorkerMetrics, serve_worker_metrics
 from streams.events import Rejection, parse_event
 from streams.topics import Topics
 
@@ -73,7 +75,15 @@ class Prepared:
 class Ingest:
     """What the agent does with each batch; kept out of the agent body to stay testable."""
 
-    def __init__(self, settings: Settings, topics: Topics, store: Store, dlq: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topics: Topics,
+        store: Store,
+        dlq: Any,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.topics = topics
         self.store = store
@@ -113,6 +123,7 @@ class Ingest:
 
     async def _write(self, records: list[list[str]]) -> None:
         backoff = 0.1
+        started = time.monotonic()
         while True:
             try:
                 result = await self.store.apply_batch(records)
@@ -120,9 +131,13 @@ class Ingest:
             except RedisError as exc:
                 # Never ack what is not stored: wait for Redis rather than drop the batch.
                 self.counters.redis_errors += 1
+                if self.metrics is not None:
+                    self.metrics.redis_error()
                 logger.warning("redis write failed, retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        if self.metrics is not None:
+            self.metrics.observe_batch(time.monotonic() - started, len(records))
         c = self.counters
         c.batches += 1
         c.applied += result.applied
@@ -184,13 +199,18 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
         dedupe_horizon_seconds=settings.dedupe_horizon_seconds,
         offsets_scope=cluster_id,
     )
+    metrics = None
+    if settings.worker_metrics_port is not None:
+        registry = CollectorRegistry()
+        metrics = WorkerMetrics(registry)
+        serve_worker_metrics(settings.worker_metrics_port, registry)
     parts = Parts(
         settings,
         topics,
         redis,
         store,
         Periods(redis, settings.key_prefix),
-        Ingest(settings, topics, store, dlq),
+        Ingest(settings, topics, store, dlq, metrics),
         cluster_id,
         worker_id(),
     )

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,6 +127,9 @@ def test_up_produce_customer_status_and_clean_stop(
     assert report["ok"] and report["broker_ok"] and report["redis_ok"]
     assert report["rejected"] == {"produce|invalid_json": 1}
     assert report["customers"] == 2
+    with urllib.request.urlopen(report["metrics_url"], timeout=10) as response:
+        exposition = response.read().decode()
+    assert 'retention_events_processed_total{topic="orders"} 2.0' in exposition
 
     assert retention(data_dir, "customer", "nobody").returncode == 1
 

@@ -1,0 +1,392 @@
+"""The ops view against real servers: exporter, Prometheus, promtool and amtool.
+
+Events go through real workers into the session Redis; a real exporter process serves
+them; a real Prometheus scrapes it every second. Every PromQL expression of every
+dashboard panel must return data, every rule expression must evaluate without error, and
+the configuration files must pass Prometheus' and Alertmanager's own checkers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from processors.store import Store, accepted_record
+from retention import runtime
+from retention.config import Settings
+from retention.exporter import RetentionCollector, WorkerMetrics, serve_worker_metrics
+from streams.events import build_event
+from streams.producer import EventProducer
+from tests.integration.conftest import Workers, settings_env, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+RULE_FILES = sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
+RULE_TESTS = sorted((ROOT / "tests" / "rules").glob("*.yml"))
+INSTALL_HINTS = {
+    "prometheus": "apt-get install prometheus (or run `make install` as root)",
+    "promtool": "apt-get install prometheus (or run `make install` as root)",
+    "amtool": "apt-get install prometheus-alertmanager (or run `make install` as root)",
+}
+#: Grafana's interval variable, replaced by a window that holds several 1 s scrapes.
+RATE_INTERVAL = "15s"
+METRIC = re.compile(r"\b(retention_[a-z0-9_]+)")
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: {INSTALL_HINTS[name]}", pytrace=False)
+    return found
+
+
+def run_tool(*argv: str) -> str:
+    proc = subprocess.run(
+        [binary(argv[0]), *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, f"{' '.join(argv)}:\n{proc.stdout}{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    """(where, expr) of every target of every panel, rows' nested panels included."""
+    found: list[tuple[str, str]] = []
+
+    def walk(panels: list[dict[str, Any]], where: str) -> None:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                found.append((f"{where}: {panel['title']}", target["expr"]))
+            walk(panel.get("panels", []), where)
+
+    for path in DASHBOARDS:
+        walk(json.loads(path.read_text())["panels"], path.name)
+    return found
+
+
+def rule_exprs() -> list[tuple[str, str]]:
+    found = []
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                found.append((rule.get("alert") or rule.get("record"), rule["expr"]))
+    return found
+
+
+# --- the checkers, as subprocesses ---------------------------------------------------
+
+
+def test_missing_binary_fails_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None)
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install prometheus-alertmanager"):
+        binary("amtool")
+
+
+def test_promtool_checks_config_and_rules() -> None:
+    assert RULE_FILES and RULE_TESTS
+    run_tool("promtool", "check", "config", "prometheus/prometheus.yml")
+    run_tool("promtool", "check", "rules", *map(str, RULE_FILES))
+    run_tool("promtool", "test", "rules", *map(str, RULE_TESTS))
+
+
+def test_amtool_checks_alertmanager_config() -> None:
+    run_tool("amtool", "check-config", "prometheus/alertmanager.yml")
+
+
+def test_every_alert_has_the_required_fields_and_tests() -> None:
+    runbook = (ROOT / "prometheus" / "runbook.md").read_text()
+    anchors = {line[3:].strip().lower() for line in runbook.splitlines() if line.startswith("## ")}
+    tests = "\n".join(p.read_text() for p in RULE_TESTS)
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                name = rule["alert"]
+                assert rule.get("for"), name
+                assert rule["labels"]["severity"] in {"critical", "warning", "none"}, name
+                notes = rule["annotations"]
+                assert notes["summary"] and notes["description"], name
+                assert notes["runbook_url"] == f"prometheus/runbook.md#{name.lower()}", name
+                assert name.lower() in anchors, f"runbook.md has no section {name}"
+                cases = re.findall(rf"alertname: {name}\n\s+exp_alerts:(.*)", tests)
+                assert any(c.strip() == "[]" for c in cases), f"{name}: no 'does not fire' case"
+                assert any(c.strip() == "" for c in cases), f"{name}: no 'fires' case"
+
+
+# --- real exporter, real Prometheus ---------------------------------------------------
+
+
+def story(now: datetime, customers: int) -> list[dict[str, Any]]:
+    """Orders, logins and ratings of ``customers`` over the last ten weeks."""
+    events: list[dict[str, Any]] = []
+    for c in range(customers):
+        cid = f"ops-{c:04d}"
+        for k in range(4):
+            ts = now - timedelta(days=(c * 7 + k * 17) % 70, hours=1)
+            events.append(
+                {
+                    "type": "order",
+                    "customer_id": cid,
+                    "event_id": f"{cid}-o{k}",
+                    "ts": ts.timestamp(),
+                    "amount": 10 + k,
+                }
+            )
+            events.append(
+                {
+                    "type": "login",
+                    "customer_id": cid,
+                    "event_id": f"{cid}-l{k}",
+                    "ts": (ts - timedelta(hours=2)).timestamp(),
+                }
+            )
+        events.append(
+            {
+                "type": "support",
+                "customer_id": cid,
+                "event_id": f"{cid}-s",
+                "ticket_id": "t",
+                "action": "rated",
+                "survey": "csat",
+                "score": 4,
+                "ts": (now - timedelta(days=1)).timestamp(),
+            }
+        )
+    return events
+
+
+async def seed_stage_keys(redis: Redis, prefix: str) -> None:
+    """What the lifecycle, risk and notification stages write (their key contract)."""
+    await redis.hset(
+        prefix + "life:counts",
+        mapping={"new": 5, "active": 30, "at_risk": 4, "churned": 2, "reactivated": 1},
+    )
+    await redis.hset(prefix + "risk:reasons", mapping={"no_recent_order": 3, "open_ticket": 1})
+    await redis.set(prefix + "risk:high_value", 1)
+    await redis.hset(prefix + "notify:stats", mapping={"sent|email": 3, "failed|webhook": 1})
+
+
+def http_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def http_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def query(self, expr: str) -> dict[str, Any]:
+        query = urllib.parse.urlencode({"query": expr})
+        try:
+            return http_json(f"{self.url}/api/v1/query?{query}")
+        except urllib.error.HTTPError as exc:  # 400 carries the parse error
+            return {"status": "error", "error": exc.read().decode()}
+
+
+@pytest.fixture
+def exporter(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """`python -m retention.exporter`, the process behind `retention metrics-server`."""
+    port = runtime.free_port()
+    process = runtime.spawn(
+        "exporter",
+        [sys.executable, "-m", "retention.exporter", "--host", "127.0.0.1", "--port", str(port)],
+        tmp_path,
+        settings_env(settings),
+    )
+    try:
+        runtime.wait_for_port(port, 15, process.proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def worker_metrics() -> Iterator[str]:
+    """A worker's metrics endpoint, as a hooked worker serves it."""
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    for n in range(1, 6):
+        metrics.observe_batch(0.004 * n, 100 * n)
+    metrics.redis_error()
+    server, _ = serve_worker_metrics(0, registry, host="127.0.0.1")
+    try:
+        yield f"127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def start_prometheus(tmp_path: Path, targets: dict[str, str]) -> runtime.Process:
+    port = runtime.free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(p) for p in RULE_FILES],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [target]}]}
+            for job, target in targets.items()
+        ],
+    }
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    argv = [
+        binary("prometheus"),
+        f"--config.file={path}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    process = runtime.spawn("prometheus", argv, tmp_path)
+    runtime.wait_for_port(port, 20, process.proc)
+    process.port = port  # type: ignore[attr-defined]
+    return process
+
+
+async def test_dashboards_and_rules_query_a_real_prometheus(
+    settings: Settings,
+    store: Store,
+    redis: Redis,
+    producer: EventProducer,
+    workers: Workers,
+    exporter: str,
+    worker_metrics: str,
+    tmp_path: Path,
+) -> None:
+    now = datetime.now(UTC)
+    events = story(now, customers=40)
+    for event in events:
+        await producer.send(event)
+    await producer.send_raw(producer.topics.source("order"), b"{not json", b"ops-0000")
+    await producer.flush()
+    workers.start()
+
+    async def applied() -> bool:
+        stats = await store.stats()
+        return (
+            sum(stats.accepted.values()) + sum(n for n in stats.rejected.values())
+            >= len(events) + 1
+        )
+
+    await wait_until(applied, 45, "the events to be applied", workers.logs)
+    months = f"{settings.key_prefix}rows:m:{settings.churn_after_days}"
+
+    async def two_months_closed() -> bool:
+        return int(await redis.hlen(months)) >= 2
+
+    await wait_until(two_months_closed, 20, "the leader to close two months", workers.logs)
+    await seed_stage_keys(redis, settings.key_prefix)
+
+    prometheus = start_prometheus(
+        tmp_path, {"retention-exporter": exporter, "retention-worker": worker_metrics}
+    )
+    try:
+        prom = Prometheus(f"http://127.0.0.1:{prometheus.port}")  # type: ignore[attr-defined]
+
+        async def scraped() -> bool:
+            found = prom.query("count_over_time(retention_tracked_customers[15s])")
+            result = found.get("data", {}).get("result", [])
+            return bool(result) and float(result[0]["value"][1]) >= 5
+
+        await wait_until(scraped, 30, "five scrapes of the exporter", prometheus.log_path.read_text)
+        exposed = exposed_names(http_text(f"http://{exporter}/metrics")) | exposed_names(
+            http_text(f"http://{worker_metrics}/metrics")
+        )
+
+        empty = []
+        for where, expr in dashboard_exprs():
+            for name in METRIC.findall(expr):
+                assert name in exposed, f"{where}: {name} is not exported"
+            found = prom.query(expr.replace("$__rate_interval", RATE_INTERVAL))
+            assert found["status"] == "success", f"{where}: {expr}: {found}"
+            if not found["data"]["result"]:
+                empty.append(f"{where}: {expr}")
+        assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+        for name, expr in rule_exprs():
+            for metric in METRIC.findall(expr):
+                assert metric in exposed, f"{name}: {metric} is not exported"
+            found = prom.query(expr)
+            assert found["status"] == "success", f"{name}: {expr}: {found}"
+
+        await asyncio.sleep(2)  # a rule evaluation or two
+        groups = http_json(f"{prom.url}/api/v1/rules")["data"]["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        assert len(rules) == len(rule_exprs())
+        assert all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]
+        firing = {a["labels"]["alertname"] for r in rules for a in r.get("alerts", [])}
+        assert "Watchdog" in firing or any(r["name"] == "Watchdog" for r in rules)
+    finally:
+        prometheus.stop()
+
+
+def exposed_names(text: str) -> set[str]:
+    """Family names and sample names (``_total``, ``_bucket``, ...) of an exposition."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def series_count(registry: CollectorRegistry) -> int:
+    return sum(1 for line in generate_latest(registry).decode().splitlines() if line[:1] != "#")
+
+
+async def add_customers(store: Store, first: int, count: int, now: datetime) -> None:
+    records = []
+    for n in range(first, first + count):
+        cid = f"card-{n:05d}"
+        event = build_event(
+            {
+                "type": "order",
+                "customer_id": cid,
+                "event_id": f"{cid}-o",
+                "ts": (now - timedelta(days=n % 30)).timestamp(),
+                "amount": 5,
+            }
+        )
+        records.append(accepted_record(event, "orders", 0, n))
+    await store.apply_batch(records)
+
+
+async def test_series_count_does_not_grow_with_customers(settings: Settings, store: Store) -> None:
+    """From N to 10N customers through the real store: the same series, other values."""
+    now = datetime.now(UTC)
+    collector = RetentionCollector(settings)
+    try:
+        await add_customers(store, 0, 30, now)
+        before = await asyncio.to_thread(series_count, registry_with(collector))
+        await add_customers(store, 30, 270, now)
+        started = time.monotonic()
+        after = await asyncio.to_thread(series_count, registry_with(collector))
+        assert time.monotonic() - started < 5
+    finally:
+        collector.close()
+    assert await store.customer_count() == 300
+    assert after == before
+
+
+def registry_with(collector: RetentionCollector) -> CollectorRegistry:
+    """A fresh registry per scrape, around one collector."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry

@@ -1,0 +1,223 @@
+"""The exporter's metric families from a snapshot: names, labels, cardinality.
+
+Each test builds a fresh ``CollectorRegistry``; the snapshot stands in for one Redis read
+(the collector over a real Redis is tested in tests/integration/test_ops.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import replace
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+
+from processors.metrics import Cohort, PeriodRow
+from processors.store import Stats
+from processors.windows import PERIODS
+from retention.exporter import (
+    CHANNELS,
+    LIFECYCLE_STATES,
+    OUTCOMES,
+    WINDOWS,
+    Snapshot,
+    WorkerMetrics,
+    families,
+    lag_per_topic,
+)
+
+TOPICS = ("orders", "logins", "support")
+NAME = re.compile(r"^retention_[a-z][a-z0-9_]*$")
+#: Gauge names end in a base unit or name what they count.
+GAUGE_SUFFIXES = ("_customers", "_ratio", "_seconds", "_messages", "_up", "_alive")
+GAUGE_NOUNS = {
+    "retention_period_orders",
+    "retention_period_revenue",
+    "retention_average_order_value",
+    "retention_purchase_frequency",
+}
+
+
+def row(customers: int) -> PeriodRow:
+    start = customers
+    return PeriodRow("2024-03-01", start, start, 1, 2, 1, 0.9, 0.1, 30, 1200.5, 40.0, 1.5, 0.3)
+
+
+def snapshot(customers: int) -> Snapshot:
+    """A snapshot of a tracker with ``customers`` customers, every optional part filled."""
+    return Snapshot(
+        tracked_customers=customers,
+        topics=TOPICS,
+        stats=Stats(
+            accepted={t: customers * 3 for t in TOPICS},
+            duplicates={"orders": customers // 10},
+            rejected={("orders", "invalid_json"): 2, ("produce", "missing_field"): 1},
+        ),
+        workers_alive=2,
+        lifecycle=dict.fromkeys(LIFECYCLE_STATES, customers // 5),
+        active={p: customers // 2 for p in PERIODS},
+        rows={(p, w): row(customers) for p in PERIODS for w in WINDOWS},
+        cohorts={
+            "2024-01-01": Cohort(customers, [customers, customers // 2, customers // 3]),
+            "2024-02-01": Cohort(customers, [customers, customers // 2]),
+        },
+        at_risk={"no_recent_order": customers // 7, "open_ticket": 3},
+        high_value_at_risk=4,
+        notifications={("email", "sent"): 5},
+        lag={t: 10 for t in TOPICS},
+        watermark_delay_seconds=12.5,
+        last_event_age_seconds=3.0,
+    )
+
+
+class Fixed:
+    """A collector that always reports one snapshot."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self.snap)
+
+
+def registry_for(snap: Snapshot) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(Fixed(snap))
+    return registry
+
+
+def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str]]]:
+    return [(s.name, s.labels) for m in registry.collect() for s in m.samples]
+
+
+def test_values_land_on_their_labels() -> None:
+    registry = registry_for(snapshot(100))
+    get = registry.get_sample_value
+    assert get("retention_tracked_customers") == 100
+    assert get("retention_customers", {"state": "at_risk"}) == 20
+    assert get("retention_active_customers", {"period": "week"}) == 50
+    assert get("retention_crr_ratio", {"period": "month", "window": "last_closed"}) == 0.9
+    assert get("retention_churn_ratio", {"period": "day", "window": "current"}) == 0.1
+    assert get("retention_period_revenue", {"period": "week", "window": "previous_closed"}) == (
+        1200.5
+    )
+    assert get("retention_events_processed_total", {"topic": "orders"}) == 300
+    assert get("retention_events_duplicate_total", {"topic": "logins"}) == 0
+    assert (
+        get("retention_events_rejected_total", {"topic": "orders", "reason": "invalid_json"}) == 2
+    )
+    assert get("retention_notifications_total", {"channel": "email", "outcome": "sent"}) == 5
+    assert get("retention_notifications_total", {"channel": "slack", "outcome": "failed"}) == 0
+    assert get("retention_at_risk_customers", {"reason": "open_ticket"}) == 3
+    assert get("retention_high_value_at_risk_customers") == 4
+    assert get("retention_consumer_lag_messages", {"topic": "support"}) == 10
+    assert get("retention_watermark_delay_seconds") == 12.5
+    assert get("retention_workers_alive") == 2
+    cell = {"period": "month", "cohort": "2024-01", "offset": "1"}
+    assert get("retention_cohort_active_customers", cell) == 50
+    assert get("retention_cohort_retention_ratio", cell) == 0.5
+
+
+def test_absent_inputs_give_zeros_or_no_sample() -> None:
+    """Before the lifecycle, risk and notification stages write anything."""
+    empty = Snapshot(tracked_customers=0, topics=TOPICS, stats=Stats({}, {}, {}), workers_alive=0)
+    registry = registry_for(empty)
+    get = registry.get_sample_value
+    assert all(get("retention_customers", {"state": s}) == 0 for s in LIFECYCLE_STATES)
+    assert get("retention_high_value_at_risk_customers") == 0
+    assert all(
+        get("retention_notifications_total", {"channel": c, "outcome": o}) == 0
+        for c in CHANNELS
+        for o in OUTCOMES
+    )
+    assert get("retention_events_processed_total", {"topic": "orders"}) == 0
+    names = {name for name, _ in samples(registry)}
+    for missing in (
+        "retention_crr_ratio",  # no row: |S| unknown
+        "retention_at_risk_customers",
+        "retention_consumer_lag_messages",
+        "retention_watermark_delay_seconds",
+        "retention_last_event_age_seconds",
+    ):
+        assert missing not in names
+    assert get("retention_exporter_kafka_up") == 0
+
+
+def test_null_ratios_are_left_out() -> None:
+    """|S| = 0 makes CRR and churn null (METRICS.md); a null is no sample, not a 0."""
+    snap = snapshot(10)
+    empty = PeriodRow("2024-03-01", 0, 3, 3, 0, 0, None, None, 0, 0.0, None, None, None)
+    registry = registry_for(replace(snap, rows={("day", "current"): empty}))
+    labels = {"period": "day", "window": "current"}
+    assert registry.get_sample_value("retention_crr_ratio", labels) is None
+    assert registry.get_sample_value("retention_average_order_value", labels) is None
+    assert registry.get_sample_value("retention_period_end_customers", labels) == 3
+
+
+def test_names_follow_the_conventions() -> None:
+    registry = registry_for(snapshot(50))
+    for metric in registry.collect():
+        assert NAME.match(metric.name), metric.name
+        assert metric.documentation, f"{metric.name} needs a help text"
+        if metric.type == "counter":
+            assert all(s.name == metric.name + "_total" for s in metric.samples), metric.name
+        else:
+            assert metric.type == "gauge", metric.name
+            assert not metric.name.endswith("_total"), metric.name
+            assert metric.name.endswith(GAUGE_SUFFIXES) or metric.name in GAUGE_NOUNS, metric.name
+        for sample in metric.samples:
+            assert not {"customer", "customer_id", "id"} & set(sample.labels), sample
+
+
+def test_exposition_parses() -> None:
+    text = generate_latest(registry_for(snapshot(5))).decode()
+    assert "# TYPE retention_events_processed_total counter" in text
+    assert "# TYPE retention_crr_ratio gauge" in text
+
+
+@pytest.mark.parametrize("customers", [10, 1_000, 100_000])
+def test_series_count_does_not_depend_on_customers(customers: int) -> None:
+    assert len(samples(registry_for(snapshot(customers)))) == len(
+        samples(registry_for(snapshot(1)))
+    )
+
+
+@pytest.mark.parametrize(
+    ("ends", "applied", "expected"),
+    [
+        # nothing applied yet: the whole partition is lag
+        ({("orders", 0): 5}, {}, {"orders": 5}),
+        # offset 4 applied: the next one is 5, the end, so no lag
+        ({("orders", 0): 5}, {("orders", 0): 4}, {"orders": 0}),
+        # partitions add up; an applied offset beyond a reported end floors at 0
+        (
+            {("orders", 0): 10, ("orders", 1): 3, ("logins", 0): 2},
+            {("orders", 0): 7, ("orders", 1): 9},
+            {"orders": 2, "logins": 2},
+        ),
+    ],
+)
+def test_lag_per_topic(
+    ends: dict[tuple[str, int], int], applied: dict[tuple[str, int], int], expected: dict[str, int]
+) -> None:
+    assert lag_per_topic(ends, applied) == expected
+
+
+def test_worker_metrics_on_an_injected_registry() -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    metrics.observe_batch(0.02, 250)
+    metrics.observe_batch(0.3, 1000)
+    metrics.redis_error()
+    get = registry.get_sample_value
+    assert get("retention_batch_duration_seconds_count") == 2
+    assert get("retention_batch_duration_seconds_sum") == pytest.approx(0.32)
+    assert get("retention_batch_duration_seconds_bucket", {"le": "0.025"}) == 1
+    assert get("retention_batch_size_messages_sum") == 1250
+    assert get("retention_redis_errors_total") == 1
+    # a second registry starts from zero: nothing is global
+    other = CollectorRegistry()
+    WorkerMetrics(other)
+    assert other.get_sample_value("retention_redis_errors_total") == 0
