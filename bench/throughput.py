@@ -277,18 +277,15 @@ class Bench:
         )
 
     def env(self, variant: Variant, settings: Settings) -> dict[str, str]:
-        return runtime.child_env(
-            KAFKA_BOOTSTRAP=self.bootstrap,
-            REDIS_URL=self.redis_url,
-            RETENTION_TOPIC_PREFIX=settings.topic_prefix,
-            RETENTION_KEY_PREFIX=settings.key_prefix,
-            RETENTION_PARTITIONS=str(settings.partitions),
-            RETENTION_DATA_DIR=str(settings.data_dir),
-            PYTHONUNBUFFERED="1",
-            BENCH_EXPECTED_EVENTS=str(self.options.events),
+        # later entries win: the stack's timeouts, then the variant's tuning
+        env = {
+            **settings.env(),
+            "PYTHONUNBUFFERED": "1",
+            "BENCH_EXPECTED_EVENTS": str(self.options.events),
             **STACK_ENV,
             **variant.env,
-        )
+        }
+        return runtime.child_env(**env)
 
     @property
     def timeout(self) -> float:

@@ -136,21 +136,7 @@ class Backtest:
         self.bytes_per_customer: float | None = None
 
     def _worker_env(self, data_dir: Path, embedded: bool) -> dict[str, str]:
-        s = self.settings
-        assert s.kafka_bootstrap and s.redis_url
-        env = {
-            "KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "REDIS_URL": s.redis_url,
-            "RETENTION_DATA_DIR": str(data_dir),
-            "RETENTION_TOPIC_PREFIX": s.topic_prefix,
-            "RETENTION_KEY_PREFIX": s.key_prefix,
-            "RETENTION_PARTITIONS": str(s.partitions),
-            "RETENTION_ACTIVITY_KINDS": ",".join(s.activity_kinds),
-            "RETENTION_CHURN_AFTER_DAYS": str(s.churn_after_days),
-            "RETENTION_CLOCK": s.clock,
-            "RETENTION_LATENESS_SECONDS": "0",
-            "RETENTION_CLOSE_EVERY_SECONDS": "1",
-        }
+        env = self.settings.model_copy(update={"data_dir": data_dir}).env()
         if embedded:
             env.update(EMBEDDED_TIMEOUTS)
         return runtime.child_env(**env)

@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     # leader looks at customers that are due
     risk_file: Path | None = None
     evaluate_every_seconds: float = Field(default=2.0, gt=0)
+    evaluate_batch: int = Field(default=500, ge=1)
     # Notifications: the subscribers file (see processors/notify.py); cool-downs, retries
     # and secrets (as *_env variable names) are set there
     notifications_file: Path | None = None
@@ -77,6 +78,20 @@ class Settings(BaseSettings):
         if len(value) != 3 or not value.isalpha() or not value.isupper():
             raise ValueError("default_currency must be an ISO 4217 code such as USD")
         return value
+
+    def env(self) -> dict[str, str]:
+        """These settings as environment variables, for a child process to read back."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            key = (
+                name.upper()
+                if name in ("kafka_bootstrap", "redis_url")
+                else f"RETENTION_{name.upper()}"
+            )
+            out[key] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return out
 
     def with_services(self, kafka_bootstrap: str, redis_url: str) -> Settings:
         return self.model_copy(update={"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url})

@@ -341,9 +341,7 @@ def _evaluator(app: faust.App, parts: Parts) -> None:
         if clock is None:
             return
         try:
-            # a bounded number of rounds per tick, so that other timers get their turn
-            for _ in range(20):
-                if await evaluator.run_once(clock) < 1000:
-                    break
+            # a bounded share per tick: evaluation shares the worker's core with ingestion
+            await evaluator.run_once(clock, settings.evaluate_batch)
         except RedisError as exc:
             logger.warning("evaluating customers failed", extra={"error": repr(exc)})

@@ -92,18 +92,7 @@ async def producer(settings: Settings) -> AsyncIterator[EventProducer]:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    assert settings.kafka_bootstrap and settings.redis_url
-    return runtime.child_env(
-        KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        REDIS_URL=settings.redis_url,
-        RETENTION_TOPIC_PREFIX=settings.topic_prefix,
-        RETENTION_KEY_PREFIX=settings.key_prefix,
-        RETENTION_PARTITIONS=str(settings.partitions),
-        RETENTION_SESSION_TIMEOUT_SECONDS=str(settings.session_timeout_seconds),
-        RETENTION_HEARTBEAT_INTERVAL_SECONDS=str(settings.heartbeat_interval_seconds),
-        RETENTION_BATCH_SIZE=str(settings.batch_size),
-        RETENTION_BATCH_WITHIN_SECONDS=str(settings.batch_within_seconds),
-    )
+    return runtime.child_env(**settings.env())
 
 
 @dataclass

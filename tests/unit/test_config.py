@@ -54,3 +54,18 @@ def test_topic_names_map_back_to_event_types() -> None:
     topics = Topics("p-")
     assert [topics.event_type_of(t) for t in topics.sources] == ["order", "login", "support"]
     assert topics.event_type_of("p-events-dlq") is None
+
+
+def test_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child process started with settings.env() reads back the same settings."""
+    original = Settings(
+        kafka_bootstrap="k:1",
+        redis_url="redis://r:2/0",
+        activity_kinds=("order", "support"),
+        partitions=8,
+        risk_file=Path("/etc/retention/risk.yml"),
+        clock="watermark",
+    )
+    for key, value in original.env().items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == original
