@@ -105,6 +105,47 @@ local function count(name)
   counts[name] = (counts[name] or 0) + 1
 end
 
+-- Totals over all customers, kept as customers' latest scores change: sum and count per
+-- survey, and NPS promoters (9-10) and detractors (0-6), so the averages need no scan.
+local function survey_totals(survey, old, new)
+  local key = P .. 'surveys'
+  local function nps_class(score)
+    if survey ~= 'nps' or not score then return nil end
+    score = tonumber(score)
+    if score >= 9 then return 'promoters' elseif score <= 6 then return 'detractors' end
+    return nil
+  end
+  if old then
+    -- 0 - x, not -x: Lua's -0 reaches Redis as "-0", which HINCRBY refuses
+    redis.call('HINCRBY', key, survey .. '|sum', 0 - tonumber(old))
+    redis.call('HINCRBY', key, survey .. '|n', -1)
+    local class = nps_class(old)
+    if class then redis.call('HINCRBY', key, 'nps|' .. class, -1) end
+  end
+  redis.call('HINCRBY', key, survey .. '|sum', tonumber(new))
+  redis.call('HINCRBY', key, survey .. '|n', 1)
+  local class = nps_class(new)
+  if class then redis.call('HINCRBY', key, 'nps|' .. class, 1) end
+end
+
+-- First-response times of all tickets, as histogram buckets (upper bounds in seconds)
+-- plus their sum in ms; a ticket's time moves between buckets when an earlier event lands.
+local RESPONSE_BOUNDS = {300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800}
+local function response_buckets(ms, delta)
+  if not ms then return end
+  local key = P .. 'responses'
+  local bucket = '+Inf'
+  for _, bound in ipairs(RESPONSE_BOUNDS) do
+    if ms <= bound * 1000 then
+      bucket = tostring(bound)
+      break
+    end
+  end
+  redis.call('HINCRBY', key, bucket, delta)
+  redis.call('HINCRBY', key, 'sum_ms', delta > 0 and ms or 0 - ms)
+  redis.call('HINCRBY', key, 'count', delta)
+end
+
 local function response_ms(tkey, ticket)
   local opened = redis.call('HGET', tkey, ticket .. '|o')
   local reply = redis.call('HGET', tkey, ticket .. '|r')
@@ -145,6 +186,8 @@ local function apply_ticket(ckey, cid, ts, action, ticket)
   if before ~= after then
     redis.call('HINCRBY', ckey, 'rs', (after or 0) - (before or 0))
     redis.call('HINCRBY', ckey, 'rn', (after and 1 or 0) - (before and 1 or 0))
+    response_buckets(before, -1)
+    response_buckets(after, 1)
   end
 end
 
@@ -193,6 +236,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
     if a1 == 'rated' then
       local cur = redis.call('HGET', ckey, a3 .. 't')
       if not cur or tonumber(ts) >= tonumber(cur) then
+        survey_totals(a3, redis.call('HGET', ckey, a3), a4)
         redis.call('HSET', ckey, a3, a4, a3 .. 't', ts)
       end
     else

@@ -38,6 +38,8 @@ from processors.windows import period_days
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
 FIELDS_PER_RECORD = 14
+#: Upper bounds (seconds) of the first-response histogram; apply_batch.lua uses the same.
+RESPONSE_BOUNDS = (300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
 DEDUPE_BUCKETS = 8
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
 _SCRIPT = files("processors").joinpath("apply_batch.lua").read_text()
@@ -166,6 +168,21 @@ class Store:
                 topic, _, reason = rest.rpartition("|")
                 rejected[(topic, reason)] = int(value)
         return Stats(accepted, duplicates, rejected)
+
+    async def survey_totals(self) -> dict[str, int]:
+        """Over customers' latest scores: ``<survey>|sum``, ``<survey>|n``, and
+        ``nps|promoters`` / ``nps|detractors``."""
+        return {k: int(v) for k, v in (await self._hash("surveys")).items()}
+
+    async def response_histogram(self) -> tuple[list[tuple[float, int]], int, float]:
+        """First-response times of all tickets: cumulative (upper bound s, count) buckets
+        ending with +Inf, the count, and the sum in seconds."""
+        raw = {k: int(v) for k, v in (await self._hash("responses")).items()}
+        buckets, running = [], 0
+        for bound in (*RESPONSE_BOUNDS, float("inf")):
+            running += raw.get("+Inf" if bound == float("inf") else str(int(bound)), 0)
+            buckets.append((bound, running))
+        return buckets, raw.get("count", 0), raw.get("sum_ms", 0) / 1000
 
     async def applied_offsets(self) -> dict[tuple[str, int], int]:
         raw = await self._hash("offsets", self.offsets_scope)

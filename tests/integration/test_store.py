@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from redis.asyncio import Redis
 
 from processors.store import DEDUPE_BUCKETS, Store, accepted_record, rejected_record
@@ -40,6 +41,24 @@ async def test_random_batches_with_replays_equal_the_fold(redis: Redis, rng: ran
     for customer_id, state in expected.items():
         assert await store.read_customer(customer_id) == state
     assert await store.customer_count() == len(expected)
+
+    # the running totals over customers equal the same totals taken from the fold
+    latest = [(name, score.value) for s in expected.values() for name, score in s.scores.items()]
+    totals = await store.survey_totals()
+    for survey in ("nps", "csat", "ces"):
+        values = [v for name, v in latest if name == survey]
+        assert (totals.get(f"{survey}|sum", 0), totals.get(f"{survey}|n", 0)) == (
+            sum(values),
+            len(values),
+        )
+    nps = [v for name, v in latest if name == "nps"]
+    assert totals.get("nps|promoters", 0) == sum(v >= 9 for v in nps)
+    assert totals.get("nps|detractors", 0) == sum(v <= 6 for v in nps)
+    times = [t.response_ms() for s in expected.values() for t in s.tickets.values()]
+    seconds = [ms / 1000 for ms in times if ms is not None]
+    buckets, count, total = await store.response_histogram()
+    assert (count, total) == (len(seconds), pytest.approx(sum(seconds)))
+    assert buckets == [(b, sum(s <= b for s in seconds)) for b, _ in buckets]
     ids = await redis.hgetall(store.key("ids"))
     assert sorted(int(n) for n in ids.values()) == list(range(len(expected)))
 
