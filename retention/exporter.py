@@ -33,7 +33,12 @@ from wsgiref.simple_server import WSGIServer
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from redis.asyncio import Redis
 
 from processors.metrics import Cohort, PeriodRow
@@ -81,6 +86,8 @@ class Snapshot:
     high_value_at_risk: int = 0
     notifications: dict[tuple[str, str], int] = field(default_factory=dict)
     lag: dict[str, int] | None = None
+    surveys: dict[str, int] = field(default_factory=dict)
+    responses: tuple[list[tuple[float, int]], int, float] = ([], 0, 0.0)
     watermark_delay_seconds: float | None = None
     last_event_age_seconds: float | None = None
     collect_seconds: float = 0.0
@@ -186,6 +193,42 @@ def _risk_families(snap: Snapshot) -> Iterator[Metric]:
     yield sent
 
 
+def _service_families(snap: Snapshot) -> Iterator[Metric]:
+    """NPS, CSAT, CES over customers' latest scores, and first-response times."""
+    totals = snap.surveys
+    responses = _gauge(
+        "retention_survey_responses", "Customers with a latest score, by survey.", ("survey",)
+    )
+    for survey in ("nps", "csat", "ces"):
+        responses.add_metric([survey], totals.get(f"{survey}|n", 0))
+    yield responses
+    n = totals.get("nps|n", 0)
+    if n:
+        nps = _gauge("retention_nps_score", "Net promoter score: % promoters - % detractors.")
+        promoters, detractors = totals.get("nps|promoters", 0), totals.get("nps|detractors", 0)
+        nps.add_metric([], 100.0 * (promoters - detractors) / n)
+        yield nps
+    for survey, name, doc in (
+        ("csat", "retention_csat_average", "Mean of customers' latest CSAT (1-5)."),
+        ("ces", "retention_ces_average", "Mean of customers' latest CES (1-7)."),
+    ):
+        if totals.get(f"{survey}|n", 0):
+            family = _gauge(name, doc)
+            family.add_metric([], totals[f"{survey}|sum"] / totals[f"{survey}|n"])
+            yield family
+    buckets, _count, total = snap.responses
+    histogram = HistogramMetricFamily(
+        "retention_first_response_seconds",
+        "Time from a ticket's opening to the first agent reply.",
+    )
+    histogram.add_metric(
+        [],
+        buckets=[("+Inf" if b == float("inf") else str(b), n) for b, n in buckets] or [("+Inf", 0)],
+        sum_value=total,
+    )
+    yield histogram
+
+
 def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
     processed = CounterMetricFamily(
         "retention_events_processed", "Events accepted and applied.", labels=["topic"]
@@ -253,6 +296,7 @@ def families(snap: Snapshot) -> list[Metric]:
         *_period_families(snap),
         *_cohort_families(snap),
         *_risk_families(snap),
+        *_service_families(snap),
         *_pipeline_families(snap),
         *_exporter_families(True, snap.lag is not None, snap.collect_seconds),
     ]
@@ -405,6 +449,8 @@ async def read_snapshot(
         at_risk=await _int_hash(redis, prefix + "risk:reasons"),
         high_value_at_risk=int(float(high_value)) if high_value else 0,
         notifications=_notification_counts(notify),
+        surveys=await store.survey_totals(),
+        responses=await store.response_histogram(),
         lag=None if ends is None else lag_per_topic(ends, await store.applied_offsets()),
         watermark_delay_seconds=None if watermark is None else (now - watermark).total_seconds(),
         last_event_age_seconds=None if span is None else (now - span[1]).total_seconds(),

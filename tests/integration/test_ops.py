@@ -167,6 +167,25 @@ def story(now: datetime, customers: int) -> list[dict[str, Any]]:
                 "ts": (now - timedelta(days=1)).timestamp(),
             }
         )
+        # a ticket answered after (c % 5) hours, and NPS and CES ratings
+        opened = now - timedelta(days=2)
+        for action, at, extra in (
+            ("opened", opened, {}),
+            ("agent_replied", opened + timedelta(hours=c % 5 + 1), {}),
+            ("rated", opened + timedelta(hours=6), {"survey": "nps", "score": c % 11}),
+            ("rated", opened + timedelta(hours=7), {"survey": "ces", "score": c % 7 + 1}),
+        ):
+            events.append(
+                {
+                    "type": "support",
+                    "customer_id": cid,
+                    "event_id": f"{cid}-{action}-{extra.get('survey', '')}",
+                    "ticket_id": "t2",
+                    "action": action,
+                    "ts": at.timestamp(),
+                    **extra,
+                }
+            )
     return events
 
 

@@ -37,6 +37,10 @@ GAUGE_NOUNS = {
     "retention_period_revenue",
     "retention_average_order_value",
     "retention_purchase_frequency",
+    "retention_survey_responses",
+    "retention_nps_score",
+    "retention_csat_average",
+    "retention_ces_average",
 }
 
 
@@ -66,6 +70,17 @@ def snapshot(customers: int) -> Snapshot:
         at_risk={"no_recent_order": customers // 7, "open_ticket": 3},
         high_value_at_risk=4,
         notifications={("email", "sent"): 5},
+        surveys={
+            "nps|sum": 40,
+            "nps|n": 5,
+            "nps|promoters": 2,
+            "nps|detractors": 1,
+            "csat|sum": 18,
+            "csat|n": 5,
+            "ces|sum": 9,
+            "ces|n": 3,
+        },
+        responses=([(300.0, 1), (3600.0, 3), (float("inf"), 4)], 4, 7200.0),
         lag={t: 10 for t in TOPICS},
         watermark_delay_seconds=12.5,
         last_event_age_seconds=3.0,
@@ -163,6 +178,8 @@ def test_names_follow_the_conventions() -> None:
         assert metric.documentation, f"{metric.name} needs a help text"
         if metric.type == "counter":
             assert all(s.name == metric.name + "_total" for s in metric.samples), metric.name
+        elif metric.type == "histogram":
+            assert metric.name.endswith("_seconds"), metric.name
         else:
             assert metric.type == "gauge", metric.name
             assert not metric.name.endswith("_total"), metric.name
@@ -221,3 +238,16 @@ def test_worker_metrics_on_an_injected_registry() -> None:
     other = CollectorRegistry()
     WorkerMetrics(other)
     assert other.get_sample_value("retention_redis_errors_total") == 0
+
+
+def test_service_numbers() -> None:
+    registry = registry_for(snapshot(5))
+    assert registry.get_sample_value("retention_nps_score") == 100.0 * (2 - 1) / 5
+    assert registry.get_sample_value("retention_csat_average") == 18 / 5
+    assert registry.get_sample_value("retention_ces_average") == 3.0
+    assert registry.get_sample_value("retention_survey_responses", {"survey": "csat"}) == 5
+    bucket = "retention_first_response_seconds_bucket"
+    assert registry.get_sample_value(bucket, {"le": "3600.0"}) == 3
+    assert registry.get_sample_value(bucket, {"le": "+Inf"}) == 4
+    assert registry.get_sample_value("retention_first_response_seconds_count") == 4
+    assert registry.get_sample_value("retention_first_response_seconds_sum") == 7200.0
