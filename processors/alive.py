@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any, cast
 
 import numpy as np
@@ -132,7 +132,3 @@ def outlook(state: CustomerState, model: Fit, as_of: date) -> Outlook | None:
     if not all(np.isfinite(values)):
         return None  # parameters from a fit that went astray: no number beats a wrong one
     return Outlook(*values)
-
-
-def today_utc() -> date:
-    return datetime.now(UTC).date()

@@ -98,8 +98,14 @@ class SyncEventProducer:
 
     def __init__(self, bootstrap: str, topics: Topics | None = None, **kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
-        self._async = EventProducer(bootstrap, topics, **kwargs)
-        self._loop.run_until_complete(self._async.start())
+
+        async def started() -> EventProducer:
+            # built inside the loop: the Kafka client binds to the loop it is created in
+            producer = EventProducer(bootstrap, topics, **kwargs)
+            await producer.start()
+            return producer
+
+        self._async = self._loop.run_until_complete(started())
 
     def send(self, event: Event | Mapping[str, Any], wait: bool = True) -> None:
         future = self._loop.run_until_complete(self._async.send(event))

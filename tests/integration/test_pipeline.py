@@ -253,3 +253,37 @@ async def test_status_reports_worker_and_lag(
     assert st.lag is not None and set(st.lag) == set(producer.topics.sources)
     assert st.customers == 3
     assert json.loads(json.dumps(st.as_dict()))["ok"] is True
+
+
+async def test_sync_producer_for_code_without_an_event_loop(
+    settings: Settings, store: Store, producer: EventProducer, workers: Workers
+) -> None:
+    import asyncio
+
+    import pytest
+
+    from streams.events import InvalidEvent
+    from streams.producer import SyncEventProducer
+
+    def from_a_plain_thread() -> None:
+        assert settings.kafka_bootstrap
+        with SyncEventProducer(settings.kafka_bootstrap, producer.topics) as sync:
+            sync.send(
+                {"event_id": "s1", "customer_id": "sync", "ts": T0, "type": "order", "amount": 12.5}
+            )
+            sync.send({"event_id": "s2", "customer_id": "sync", "ts": T0 + 60, "type": "login"})
+            with pytest.raises(InvalidEvent):  # refused in the app, never sent
+                sync.send(
+                    {"event_id": "s3", "customer_id": "sync", "ts": "yesterday", "type": "login"}
+                )
+
+    await asyncio.to_thread(from_a_plain_thread)
+    workers.start()
+    sent = Counter({producer.topics.source("order"): 1, producer.topics.source("login"): 1})
+    await wait_all_seen(store, sent, workers)
+    state = await store.read_customer("sync")
+    assert state is not None and (state.orders, state.logins, state.placed_micros) == (
+        1,
+        1,
+        12_500_000,
+    )
