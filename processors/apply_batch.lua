@@ -279,9 +279,11 @@ for name, n in pairs(counts) do
   redis.call('HINCRBY', stats_key, name, n)
 end
 if applied + duplicates > 0 then redis.call('EXPIRE', current_seen, seen_ttl) end
--- customers whose state changed are due for a lifecycle and risk evaluation now
+-- customers whose state changed are due for a lifecycle and risk evaluation now; the
+-- score (minus this batch's wall time) differs from batch to batch, so the evaluator can
+-- tell that a customer changed while it was being evaluated
 for cid, _ in pairs(touched_customers) do
-  redis.call('ZADD', P .. 'due', 0, cid)
+  redis.call('ZADD', P .. 'due', -now, cid)
 end
 for tp, _ in pairs(touched) do
   redis.call('HSET', offsets_key, tp, last_offsets[tp])

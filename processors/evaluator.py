@@ -33,6 +33,7 @@ from processors.store import Store
 
 Publish = Callable[[Sequence[Alert]], Awaitable[None]]
 _RETURNED = files("processors").joinpath("returned.lua").read_text()
+_RESCHEDULE = files("processors").joinpath("reschedule.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,11 @@ def _previous(raw: dict[str, str]) -> Previous:
     )
 
 
+def _text(raw: bytes | str) -> str:
+    """A score exactly as Redis wrote it, so the reschedule script can compare it."""
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 class Evaluator:
     def __init__(
         self,
@@ -103,14 +109,20 @@ class Evaluator:
         """Evaluate up to ``limit`` due customers as of ``now``; returns how many."""
         key = self.store.key
         now_ms = int(now.timestamp() * 1000)
-        due = cast(
-            list[str], await self.store.redis.zrangebyscore(key("due"), "-inf", now_ms, 0, limit)
+        read = cast(
+            list[tuple[str, float]],
+            await self.store.redis.zrangebyscore(
+                key("due"), "-inf", now_ms, 0, limit, withscores=True, score_cast_func=_text
+            ),
         )
-        if not due:
+        if not read:
             return 0
-        # taken off the index first: a batch that changes one of them meanwhile puts it back
-        await self.store.redis.zrem(key("due"), *due)
-        states = await self.store.read_customers(due)
+        # they stay on the index until rescheduled: a crash here leaves them due, not lost
+        seen = dict(read)
+        states = await self.store.read_customers(list(seen))
+        gone = set(seen) - {s.customer_id for s in states}
+        if gone:  # no state any more: nothing to evaluate, ever
+            await self.store.redis.zrem(key("due"), *gone)
         async with self.store.redis.pipeline(transaction=False) as pipe:
             for state in states:
                 pipe.hgetall(key("ev", state.customer_id))
@@ -148,7 +160,20 @@ class Evaluator:
         if alerts and self.publish is not None:
             await self.publish(alerts)
         await self._store(results, now_ms)
+        await self._reschedule(results, seen, now_ms)
         return len(states)
+
+    async def _reschedule(
+        self,
+        results: list[tuple[CustomerState, Previous, Evaluation]],
+        seen: dict[str, float],
+        now_ms: int,
+    ) -> None:
+        args = [self.store.key("due")]
+        for state, _, _ in results:
+            nxt = next_due_ms(state, now_ms, self.risk_policy, self.lifecycle)
+            args.extend([state.customer_id, str(seen[state.customer_id]), str(nxt)])
+        await self.store.redis.register_script(_RESCHEDULE)(args=args)
 
     async def _store(
         self, results: list[tuple[CustomerState, Previous, Evaluation]], now_ms: int
@@ -185,8 +210,6 @@ class Evaluator:
                     pipe.zadd(key("atrisk"), {cid: ev.risk.score * max(value(state), 1.0)})
                 else:
                     pipe.zrem(key("atrisk"), cid)
-                nxt = next_due_ms(state, now_ms, self.risk_policy, self.lifecycle)
-                pipe.zadd(key("due"), {cid: nxt}, nx=True)
             await pipe.execute()
 
 

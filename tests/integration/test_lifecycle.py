@@ -148,3 +148,20 @@ async def test_a_return_after_the_churn_window_is_a_reactivation(redis: Redis) -
     assert [(a.customer_id, a.kind) for a in published if a.kind == "reactivated"] == [
         ("back", "reactivated")
     ]
+
+
+async def test_a_customer_changed_during_evaluation_stays_due(redis: Redis) -> None:
+    store = Store(redis, "life4:", ("order",))
+    late = orders("busy", [0, 1, 2, 3, 4, 5])
+
+    async def publish(alerts: Sequence[Alert]) -> None:
+        # an event for the same customer lands while its evaluation is under way
+        await store.apply_batch(late[5:])
+
+    evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy(), publish)
+    await store.apply_batch(late[:5])  # the 5th order raises a milestone: publish runs
+    assert await evaluator.run_once(T0 + timedelta(days=6)) == 1
+    assert float(await redis.zscore("life4:due", "busy")) < 0  # still due, not rescheduled
+    assert await evaluator.run_once(T0 + timedelta(days=6)) == 1
+    assert float(await redis.zscore("life4:due", "busy")) > 0  # now scheduled ahead
+    assert await redis.hget("life4:ev:busy", "no") == "6"
