@@ -52,6 +52,7 @@ import os
 import re
 import smtplib
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -256,8 +257,13 @@ class RetryPolicy(BaseModel):
     max_delay: Duration = 60.0
     #: per attempt, for HTTP and SMTP alike
     timeout: Duration = 10.0
+    #: after this many alerts in a row end in dead letters, a subscriber gets a single
+    #: attempt per alert for ``breaker_cooloff``: a dead endpoint must not hold up the
+    #: stream of alerts for everyone with a full round of retries per alert
+    breaker_after: int = Field(default=3, ge=1)
+    breaker_cooloff: Duration = 60.0
 
-    @field_validator("base_delay", "max_delay", "timeout", mode="before")
+    @field_validator("base_delay", "max_delay", "timeout", "breaker_cooloff", mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)
@@ -533,6 +539,8 @@ class Notifier:
         self.prefix = key_prefix
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
+        self._failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
 
     def key(self, *parts: str) -> str:
         return self.prefix + "notify:" + ":".join(parts)
@@ -605,6 +613,7 @@ class Notifier:
             )
             return "cooled_down"
         attempts = await self._attempt(subscriber, alert)
+        self._record(subscriber, failed=attempts.error is not None)
         if attempts.error is not None:
             await self._dead_letter(subscriber, alert, attempts)
             return "failed"
@@ -618,9 +627,31 @@ class Notifier:
             await pipe.execute()
         return "delivered"
 
+    def _record(self, subscriber: Subscriber, failed: bool) -> None:
+        """Count consecutive failed alerts; open the breaker at ``breaker_after``."""
+        policy = self.config.retry
+        if not failed:
+            self._failures.pop(subscriber.name, None)
+            self._open_until.pop(subscriber.name, None)
+            return
+        failures = self._failures.get(subscriber.name, 0) + 1
+        self._failures[subscriber.name] = failures
+        if failures >= policy.breaker_after:
+            self._open_until[subscriber.name] = time.monotonic() + policy.breaker_cooloff
+            logger.warning(
+                "subscriber keeps failing: one attempt per alert for a while",
+                extra={"subscriber": subscriber.name, "failed_alerts": failures},
+            )
+
+    def _allowed_attempts(self, subscriber: Subscriber) -> int:
+        if time.monotonic() < self._open_until.get(subscriber.name, 0.0):
+            return 1
+        return self.config.retry.attempts
+
     async def _attempt(self, subscriber: Subscriber, alert: Alert) -> Attempts:
         policy = self.config.retry
-        for attempt in range(1, policy.attempts + 1):
+        allowed = self._allowed_attempts(subscriber)
+        for attempt in range(1, allowed + 1):
             try:
                 await self._send(subscriber, alert)
                 return Attempts(None, attempt)
@@ -630,7 +661,7 @@ class Notifier:
                 # a message that cannot even be built will not build next time either
                 logger.exception("cannot send", extra={"subscriber": subscriber.name})
                 error = DeliveryError(repr(exc), retryable=False)
-            if not error.retryable or attempt == policy.attempts:
+            if not error.retryable or attempt == allowed:
                 return Attempts(str(error), attempt)
             delay = retry_delay(attempt, policy, error.retry_after)
             logger.warning(

@@ -401,3 +401,23 @@ async def test_no_duplicate_delivery_across_a_notifier_restart(
     # republished alerts count as duplicates, and the bad message once
     final = await stats()
     assert final == {"sent|webhook": 8, "duplicate|webhook": 5, "bad": 1}
+
+
+async def test_a_dead_endpoint_gets_one_attempt_per_alert_after_repeated_failures(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    receiver.fail["down"] = [503] * 100
+    cfg = config(webhook(receiver, "down"), webhook(receiver, "crm"))
+    cfg = cfg.model_copy(update={"retry": cfg.retry.model_copy(update={"breaker_after": 2})})
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        for n in range(4):
+            outcome = await notifier.deliver(make_alert(customer=f"c-{n}"))
+            assert outcome == {"down": "failed", "crm": "delivered"}
+        # two alerts with full retries (3 attempts each), then the breaker is open
+        assert len(receiver.to("down")) == 3 + 3 + 1 + 1
+        receiver.fail["down"] = []
+        assert await notifier.deliver(make_alert(customer="c-9")) == {
+            "down": "delivered",
+            "crm": "delivered",
+        }
+    assert len(await dead_letters(redis, settings.key_prefix)) == 4  # none lost
