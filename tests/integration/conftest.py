@@ -16,8 +16,10 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from processors.store import Store
@@ -155,6 +157,25 @@ async def wait_until(
             return
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs()}")
+
+
+async def read_topic(
+    bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout: float = 15
+) -> list[Any]:
+    """Messages of ``topic`` from the start, until ``done`` holds for them or time runs out."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not done(messages):
+            batch = await consumer.getmany(timeout_ms=500)
+            messages.extend(m for part in batch.values() for m in part)
+        return messages
+    finally:
+        await consumer.stop()
 
 
 def pytest_configure(config: pytest.Config) -> None:

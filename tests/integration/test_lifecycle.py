@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
@@ -20,7 +17,7 @@ from retention.config import Settings
 from streams.events import build_event
 from streams.producer import EventProducer
 from streams.topics import Topics
-from tests.integration.conftest import Workers, wait_until
+from tests.integration.conftest import Workers, read_topic, wait_until
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -103,21 +100,14 @@ async def test_live_worker_marks_a_lapsed_customer_and_publishes_the_alert(
     await wait_until(evaluated, 60, "the worker to evaluate the lapsed customer", workers.logs)
     assert await store.redis.hget(store.key("ev", "fresh"), "st") == "new"
 
-    consumer = AIOKafkaConsumer(
+    assert settings.kafka_bootstrap
+    messages = await read_topic(
+        settings.kafka_bootstrap,
         Topics.from_settings(settings).alerts,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+        lambda got: any(json.loads(m.value)["kind"] == "churned" for m in got),
+        timeout=20,
     )
-    await consumer.start()
-    try:
-        alerts: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any(a["kind"] == "churned" for a in alerts):
-            batch = await consumer.getmany(timeout_ms=500)
-            alerts.extend(json.loads(m.value) for part in batch.values() for m in part)
-    finally:
-        await consumer.stop()
+    alerts = [json.loads(m.value) for m in messages]
     churned = [a for a in alerts if a["kind"] == "churned"]
     assert [a["customer_id"] for a in churned] == ["lapsed"]
     assert churned[0]["key"].startswith("churned:lapsed:")

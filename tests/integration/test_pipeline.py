@@ -7,15 +7,13 @@ import random
 from collections import Counter
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-
 from processors.state import to_public
 from processors.store import Store
 from retention.config import Settings
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.eventgen import fold, random_events, with_duplicates
-from tests.integration.conftest import Workers, wait_until
+from tests.integration.conftest import Workers, read_topic, wait_until
 
 T0 = 1_710_000_000  # 2024-03-09T16:00:00Z
 
@@ -154,23 +152,9 @@ async def wait_all_seen(
 
 
 async def read_dlq(settings: Settings, expected: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        Topics.from_settings(settings).dlq,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        messages: list[Any] = []
-        for _ in range(30):
-            batch = await consumer.getmany(timeout_ms=500)
-            messages.extend(m for part in batch.values() for m in part)
-            if len(messages) >= expected:
-                break
-        return messages
-    finally:
-        await consumer.stop()
+    assert settings.kafka_bootstrap
+    topic = Topics.from_settings(settings).dlq
+    return await read_topic(settings.kafka_bootstrap, topic, lambda got: len(got) >= expected)
 
 
 async def test_known_mix_gives_exact_state_and_dead_letters(
