@@ -1,15 +1,30 @@
+#!lua
+-- The shebang (no flags) makes Redis refuse the whole script up front when it is over
+-- maxmemory with noeviction, instead of failing at a write halfway through.
+--
 -- Applies one batch of consumed messages atomically: offset check, dedupe, state update.
 -- The rules are those of processors/state.py (apply_event); keep the two in step.
+-- Nothing in here may fail halfway (Redis keeps the writes made before an error): inputs
+-- are bounded by validation, and sums are checked against SUM_LIMIT before they are made.
 --
 -- ARGV[1] key prefix        ARGV[2] offsets scope (broker cluster id)
 -- ARGV[3] now (ms)          ARGV[4] dedupe bucket width (ms)   ARGV[5] buckets kept
 -- ARGV[6] activity kinds, letters: o=order l=login s=support
--- ARGV[7] the records, a JSON array of arrays of 14 strings:
---   kind(o|l|s|x) topic partition offset event_id customer_id ts_ms d w m a1 a2 a3 a4
+-- ARGV[7] the records, a JSON array of arrays of 15 strings:
+--   kind(o|l|s|x) topic partition offset dedupe_id customer_id ts_ms d w m a1 a2 a3 a4 stamp
+--   dedupe_id: a digest of event type, customer and event id (the worker computes it)
 --   d w m: epoch-day numbers of the start of the event's day, ISO week and month
 --   order:   a1=status a2=amount_micros      support: a1=action a2=ticket a3=survey a4=score
 --   rejected (x): a1=reason
--- Returns {applied, duplicates, redelivered, rejected}.
+--   stamp: the Kafka timestamp (ms) of the message, kept with the partition's offset so a
+--   recreated topic can be told from the one the offset belongs to
+-- ARGV[8] JSON object topic|partition -> lowest offset the broker still holds, or "" to
+--   take any offset above the stored one. With it, offsets must follow the stored one
+--   without a gap: a gap means the store lost what it had applied (restore, failover,
+--   flush), and the records of that partition are refused so the worker can seek back.
+-- Returns {applied, duplicates, redelivered, rejected, gaps, overflows}: gaps is a flat
+-- list {tp, next offset wanted, ...}; overflows lists the offsets ("tp|offset") of events
+-- refused because a sum would leave the exact range.
 
 local P = ARGV[1]
 local offsets_key = P .. 'offsets:' .. ARGV[2]
@@ -17,6 +32,9 @@ local stats_key = P .. 'stats'
 local meta_key = P .. 'meta'
 local newest_key = P .. 'newest:' .. ARGV[2]
 local ids_key = P .. 'ids'
+local stamps_key = P .. 'stamps:' .. ARGV[2]
+-- money sums stay below 2^53 micros, where Lua's doubles still count every unit
+local SUM_LIMIT = 9007199254740991
 local now = tonumber(ARGV[3])
 local width = tonumber(ARGV[4])
 local nbuckets = tonumber(ARGV[5])
@@ -206,6 +224,23 @@ local function customer_index(ckey, cid, ts)
   return redis.call('HGET', ckey, 'ix')
 end
 
+-- Would adding this amount push the customer's or a period's sum out of the exact range?
+-- A day's sum is part of its week's, so the week and the month are the ones to check.
+local function sums_overflow(cid, days, status, amount)
+  if status ~= 'placed' and status ~= 'refunded' then return false end
+  local field = status == 'placed' and 'pm' or 'rm'
+  amount = tonumber(amount)
+  local current = {
+    redis.call('HGET', P .. 'c:' .. cid, field),
+    redis.call('HGET', P .. 'sales:w:' .. days.w, field),
+    redis.call('HGET', P .. 'sales:m:' .. days.m, field),
+  }
+  for _, value in pairs(current) do
+    if tonumber(value or '0') + amount > SUM_LIMIT then return true end
+  end
+  return false
+end
+
 local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   local ckey = P .. 'c:' .. cid
   local idx = customer_index(ckey, cid, ts)
@@ -247,26 +282,43 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
 end
 
 local records = cjson.decode(ARGV[7])
+local floors = nil
+if ARGV[8] ~= '' then floors = cjson.decode(ARGV[8]) end
+local gaps, gap_list, overflows = {}, {}, {}
+local stamps = {}
 for _, r in ipairs(records) do
   local kind, topic, partition = r[1], r[2], r[3]
   local offset = tonumber(r[4])
   local tp = topic .. '|' .. partition
   local last = last_offsets[tp]
   if last == nil then last = tonumber(redis.call('HGET', offsets_key, tp) or '-1') end
-  if offset <= last then
+  local wanted = last + 1
+  if floors then wanted = math.max(wanted, tonumber(floors[tp] or 0)) end
+  if gaps[tp] then
+    -- the partition's records after a gap wait for the worker to seek back
+  elseif offset <= last then
     redelivered = redelivered + 1
+  elseif floors and offset > wanted then
+    gaps[tp] = true
+    gap_list[#gap_list + 1] = tp
+    gap_list[#gap_list + 1] = wanted
   else
     last_offsets[tp] = offset
+    stamps[tp] = r[15]
     touched[tp] = true
+    local days = {d = r[8], w = r[9], m = r[10]}
     if kind == 'x' then
       count('rejected|' .. topic .. '|' .. r[11])
       rejected = rejected + 1
+    elseif kind == 'o' and sums_overflow(r[6], days, r[11], r[12]) then
+      count('rejected|' .. topic .. '|sum_overflow')
+      rejected = rejected + 1
+      overflows[#overflows + 1] = tp .. '|' .. offset
     elseif is_duplicate(r[5]) then
       count('duplicate|' .. topic)
       duplicates = duplicates + 1
     else
       local ts = r[7]
-      local days = {d = r[8], w = r[9], m = r[10]}
       apply(kind, r[6], ts, days, r[11], r[12], r[13], r[14])
       count('accepted|' .. topic)
       applied = applied + 1
@@ -287,6 +339,7 @@ for cid, _ in pairs(touched_customers) do
 end
 for tp, _ in pairs(touched) do
   redis.call('HSET', offsets_key, tp, last_offsets[tp])
+  if stamps[tp] and stamps[tp] ~= '' then redis.call('HSET', stamps_key, tp, stamps[tp]) end
 end
 if batch_first then
   set_min(meta_key, 'first', batch_first)
@@ -296,4 +349,4 @@ end
 for tp, ts in pairs(newest) do
   set_max(newest_key, tp, ts)
 end
-return {applied, duplicates, redelivered, rejected}
+return {applied, duplicates, redelivered, rejected, gap_list, overflows}

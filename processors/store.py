@@ -7,9 +7,12 @@ Key layout under the configured prefix ``P``:
 - ``P tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
                             open flag, status time)
 - ``P ids``, ``P ids:next`` dense customer numbers, for per-period bitmaps
-- ``P seen:<bucket>``      sets of event ids, each expiring after the dedupe horizon
+- ``P seen:<bucket>``      sets of dedupe digests (event type, customer, event id), each
+                            set expiring after the dedupe horizon
 - ``P offsets:<cluster>``  hash ``topic|partition`` → last applied offset, written in the
-                            same script as the state, so a redelivery is recognised exactly
+                            same script as the state: the truth a worker seeks to
+- ``P stamps:<cluster>``   hash ``topic|partition`` → Kafka timestamp (ms) of that message,
+                            to recognise a topic deleted and created again
 - ``P act:<p>:<day>``       bitmap of customers active in a period (p = d|w|m, day = the
                             period's first day, counted from 1970-01-01)
 - ``P coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
@@ -24,10 +27,12 @@ Key layout under the configured prefix ``P``:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, cast
 
@@ -37,7 +42,7 @@ from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
-FIELDS_PER_RECORD = 14
+FIELDS_PER_RECORD = 15
 #: Upper bounds (seconds) of the first-response histogram; apply_batch.lua uses the same.
 RESPONSE_BOUNDS = (300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
 DEDUPE_BUCKETS = 8
@@ -45,22 +50,37 @@ _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
 _SCRIPT = files("processors").joinpath("apply_batch.lua").read_text()
 
 
-def accepted_record(event: Event, topic: str, partition: int, offset: int) -> list[str]:
-    """Flatten an accepted event into the script's 14 fields."""
+def dedupe_id(event: Event) -> str:
+    """What duplicates are recognised by: 64 bits of a digest of the event type, the
+    customer and the event id, so two customers' (or two event types') ids never collide
+    on purpose, and each remembered id costs the same few bytes however long it is."""
+    key = f"{event.type}\x1f{event.customer_id}\x1f{event.event_id}".encode()
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    return base64.b64encode(digest).decode()[:11]  # 64 bits; the 12th char is padding
+
+
+def accepted_record(
+    event: Event, topic: str, partition: int, offset: int, stamp_ms: int | None = None
+) -> list[str]:
+    """Flatten an accepted event into the script's 15 fields."""
     head = [_KIND_LETTERS[event.type], topic, str(partition), str(offset)]
     ts_ms = event.ts_ms
-    body = [event.event_id, event.customer_id, str(ts_ms), *map(str, period_days(ts_ms))]
+    body = [dedupe_id(event), event.customer_id, str(ts_ms), *map(str, period_days(ts_ms))]
+    stamp = "" if stamp_ms is None else str(stamp_ms)
     if isinstance(event, OrderEvent):
-        return [*head, *body, event.status, str(event.amount_micros), "", ""]
+        return [*head, *body, event.status, str(event.amount_micros), "", "", stamp]
     if isinstance(event, LoginEvent):
-        return [*head, *body, "", "", "", ""]
+        return [*head, *body, "", "", "", "", stamp]
     survey = event.survey or ""
     score = "" if event.score is None else str(event.score)
-    return [*head, *body, event.action, event.ticket_id, survey, score]
+    return [*head, *body, event.action, event.ticket_id, survey, score, stamp]
 
 
-def rejected_record(topic: str, partition: int, offset: int, reason: RejectReason) -> list[str]:
-    return ["x", topic, str(partition), str(offset), "", "", "", "", "", "", reason, "", "", ""]
+def rejected_record(
+    topic: str, partition: int, offset: int, reason: RejectReason, stamp_ms: int | None = None
+) -> list[str]:
+    stamp = "" if stamp_ms is None else str(stamp_ms)
+    return ["x", topic, str(partition), str(offset), *[""] * 6, reason, "", "", "", stamp]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +89,12 @@ class BatchResult:
     duplicates: int
     redelivered: int
     rejected: int
+    #: partitions whose records did not follow the stored offset: ``(topic, partition)``
+    #: → the offset the store needs next; the worker seeks there
+    gaps: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: ``(topic, partition, offset)`` of events refused because a money sum would leave
+    #: the exact range; the worker sends them to the dead-letter topic
+    overflows: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +134,18 @@ class Store:
         return cast(dict[str, str], await self.redis.hgetall(self.key(*parts)))
 
     async def apply_batch(
-        self, records: Sequence[Sequence[str]], now_ms: int | None = None
+        self,
+        records: Sequence[Sequence[str]],
+        now_ms: int | None = None,
+        floors: dict[tuple[str, int], int] | None = None,
     ) -> BatchResult:
-        """Apply consumed messages in one atomic script call."""
+        """Apply consumed messages in one atomic script call.
+
+        With ``floors`` (the lowest offset the broker still holds per partition), a
+        partition's records must continue the stored offset without a gap, else they are
+        refused and reported in :attr:`BatchResult.gaps`; without, any offset above the
+        stored one is taken (tests and tools that write records directly).
+        """
         if not records:
             return BatchResult(0, 0, 0, 0)
         now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -124,8 +159,17 @@ class Store:
         ]
         # one JSON argument: far cheaper for the client to send than 14 arguments a record
         args.append(json.dumps(records))
-        applied, duplicates, redelivered, rejected = await self._script(args=args)
-        return BatchResult(int(applied), int(duplicates), int(redelivered), int(rejected))
+        args.append("" if floors is None else json.dumps({_tp(*tp): o for tp, o in floors.items()}))
+        reply = await self._script(args=args)
+        applied, duplicates, redelivered, rejected, gap_list, overflow_list = reply
+        gaps = {_split_tp(gap_list[i]): int(gap_list[i + 1]) for i in range(0, len(gap_list), 2)}
+        overflows = []
+        for item in overflow_list:
+            tp, _, offset = str(item).rpartition("|")
+            overflows.append((*_split_tp(tp), int(offset)))
+        return BatchResult(
+            int(applied), int(duplicates), int(redelivered), int(rejected), gaps, tuple(overflows)
+        )
 
     async def read_customer(self, customer_id: str) -> CustomerState | None:
         found = await self.read_customers([customer_id])
@@ -186,11 +230,21 @@ class Store:
 
     async def applied_offsets(self) -> dict[tuple[str, int], int]:
         raw = await self._hash("offsets", self.offsets_scope)
-        out: dict[tuple[str, int], int] = {}
-        for tp, offset in raw.items():
-            topic, _, partition = tp.rpartition("|")
-            out[(topic, int(partition))] = int(offset)
-        return out
+        return {_split_tp(tp): int(offset) for tp, offset in raw.items()}
+
+    async def applied_stamps(self) -> dict[tuple[str, int], int]:
+        """Kafka timestamps (ms) of the messages at the applied offsets."""
+        raw = await self._hash("stamps", self.offsets_scope)
+        return {_split_tp(tp): int(stamp) for tp, stamp in raw.items() if stamp}
+
+    async def forget_offsets(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop stored offsets that belong to an earlier incarnation of their topic."""
+        fields = [_tp(*tp) for tp in partitions]
+        if fields:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self.key("offsets", self.offsets_scope), *fields)
+                pipe.hdel(self.key("stamps", self.offsets_scope), *fields)
+                await pipe.execute()
 
     async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
         payload = json.dumps({**info, "at_ms": int(time.time() * 1000)})
@@ -208,6 +262,15 @@ class Store:
             if now_ms - info.get("at_ms", 0) <= max_age_seconds * 1000:
                 alive[worker_id] = info
         return alive
+
+
+def _tp(topic: str, partition: int) -> str:
+    return f"{topic}|{partition}"
+
+
+def _split_tp(tp: str) -> tuple[str, int]:
+    topic, _, partition = tp.rpartition("|")
+    return topic, int(partition)
 
 
 def _opt_int(value: str | None) -> int | None:

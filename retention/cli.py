@@ -51,9 +51,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from retention.worker import run
+    from retention.worker import UnsafeRedis, run
 
-    run(_services(args), loglevel=args.log_level)
+    try:
+        run(_services(args), loglevel=args.log_level)
+    except UnsafeRedis as exc:
+        print(f"retention worker: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -7,6 +7,7 @@ import logging
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
 
 from retention.config import Settings
 from retention.logs import log_config
@@ -28,8 +29,33 @@ async def cluster_id(bootstrap: str) -> str:
         await admin.close()
 
 
+class UnsafeRedis(RuntimeError):
+    """Redis would evict keys under memory pressure, and so forget events it counted."""
+
+
+async def check_eviction_policy(redis_url: str) -> None:
+    """Refuse an evicting Redis: evicted dedupe ids and offsets would count events twice.
+
+    With ``noeviction`` a full Redis refuses the batch script whole; the worker waits and
+    retries, and nothing is counted twice or lost.
+    """
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        info = await redis.info("memory")
+    finally:
+        await redis.aclose()
+    policy = str(info.get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        raise UnsafeRedis(
+            f"Redis maxmemory-policy is {policy}: the tracker needs noeviction, or evicted "
+            "keys would make it count events twice (`CONFIG SET maxmemory-policy noeviction`)"
+        )
+
+
 async def prepare(settings: Settings) -> str:
     assert settings.kafka_bootstrap is not None
+    assert settings.redis_url is not None
+    await check_eviction_policy(settings.redis_url)
     await ensure_topics(
         settings.kafka_bootstrap, Topics.from_settings(settings), settings.partitions
     )

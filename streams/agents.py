@@ -1,8 +1,15 @@
 """Faust agents: decode a batch, hand it to the store in one call, then ack it.
 
-Offsets are acknowledged (and so committed) only after the Redis script has applied the
-batch. The script records each partition's last applied offset together with the state,
-so messages Kafka delivers again after a crash or a rebalance change nothing.
+The store's offsets are the truth (see ``streams/offsets.py``): the batch script records
+each partition's last applied offset together with the state, a worker starts each
+assigned partition right after it, and a batch that does not follow it (the store went
+back in time) is refused and read again from where the store is. Kafka's committed
+offsets are a hint for monitoring.
+
+No message can stop the agent: whatever fails between decoding a message and building its
+record sends that message to the dead-letter topic as ``internal_error``. If the agent
+dies anyway, the process exits non-zero so that a supervisor restarts it, rather than
+staying up and doing nothing.
 """
 
 from __future__ import annotations
@@ -12,14 +19,16 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import faust
 from faust.streams import Stream
+from faust.types import TP as FaustTP
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -30,16 +39,22 @@ from processors.evaluator import Evaluator, update_high_value_threshold
 from processors.lifecycle import LifecyclePolicy
 from processors.periods import Periods
 from processors.risk import load_policy
-from processors.store import Store, accepted_record, rejected_record
+from processors.store import BatchResult, Store, accepted_record, rejected_record
 from processors.windows import PERIODS
 from retention.config import Settings
 from retention.exporter import WorkerMetrics, serve_worker_metrics
 from streams.events import Rejection, parse_event
+from streams.offsets import TP, store_positions, wait_for_store
 from streams.topics import Topics
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 5.0
+#: Exit status of a worker whose agent died: a supervisor restarts it.
+AGENT_DIED_EXIT = 70
+#: A gap seen this many times at the same offsets after seeking back is a real hole in
+#: the log (compaction, transaction markers), not lost state: it is stepped over.
+GAP_REPEATS_TO_SKIP = 3
 
 
 @dataclass
@@ -51,25 +66,42 @@ class WorkerCounters:
     duplicates: int = 0
     redelivered: int = 0
     rejected: int = 0
+    internal_errors: int = 0
     redis_errors: int = 0
+    rewinds: int = 0
+    timer_errors: int = 0
     first_event_at: float | None = None
+    last_applied_at: float | None = None
     started_at: float = field(default_factory=time.time)
 
 
 def dlq_headers(message: Any, rejection: Rejection) -> list[tuple[str, bytes]]:
     return [
         ("x-reason", rejection.reason.encode()),
-        ("x-error", rejection.detail.encode()),
+        ("x-error", rejection.detail.encode(errors="replace")),
         ("x-source-topic", message.topic.encode()),
         ("x-source-partition", str(message.partition).encode()),
         ("x-source-offset", str(message.offset).encode()),
     ]
 
 
+def _stamp_ms(message: Any) -> int | None:
+    stamp = getattr(message, "timestamp", None)
+    return None if stamp is None else round(stamp * 1000)
+
+
+def _tp(message: Any) -> TP:
+    return (message.topic, message.partition)
+
+
 @dataclass(frozen=True)
 class Prepared:
     records: list[list[str]]
     dead_letters: list[Any]
+    messages: list[Any]
+
+
+Seek = Callable[[TP, int], Awaitable[None]]
 
 
 class Ingest:
@@ -89,44 +121,133 @@ class Ingest:
         self.store = store
         self.dlq = dlq
         self.counters = WorkerCounters()
+        #: per partition, the last offset this worker knows the store holds
+        self.applied_upto: dict[TP, int] = {}
+        #: per partition, the lowest offset the broker still holds (or a gap stepped over)
+        self.floors: dict[TP, int] = {}
+        self._gaps_seen: dict[TP, tuple[int, int, int]] = {}
+        self.seek: Seek | None = None
+        self.earliest: Callable[[Sequence[TP]], Awaitable[dict[TP, int]]] | None = None
+
+    def positioned(self, positions: dict[TP, int], earliest: dict[TP, int]) -> None:
+        """Partitions (re)assigned and sought: ``positions`` is where each is read from."""
+        for tp, position in positions.items():
+            self.applied_upto[tp] = position - 1
+            self.floors[tp] = earliest.get(tp, 0)
+            self._gaps_seen.pop(tp, None)
+
+    async def _dead_letter(self, message: Any, rejection: Rejection) -> Any:
+        return await self.dlq.send(
+            key=message.key, value=message.value, headers=dlq_headers(message, rejection)
+        )
+
+    def _record(self, message: Any) -> tuple[list[str], Rejection | None]:
+        topic_type = self.topics.event_type_of(message.topic)
+        parsed = parse_event(message.value or b"", topic_type=topic_type, key=message.key)
+        stamp = _stamp_ms(message)
+        if isinstance(parsed, Rejection):
+            record = rejected_record(
+                message.topic, message.partition, message.offset, parsed.reason, stamp
+            )
+            return record, parsed
+        return accepted_record(
+            parsed, message.topic, message.partition, message.offset, stamp
+        ), None
 
     async def prepare(self, events: Sequence[Any]) -> Prepared:
         """Validate a batch and start sending its rejects to the dead-letter topic."""
         records: list[list[str]] = []
         pending = []
+        messages = []
         for event in events:
             message = event.message
-            topic_type = self.topics.event_type_of(message.topic)
-            parsed = parse_event(message.value or b"", topic_type=topic_type, key=message.key)
-            if isinstance(parsed, Rejection):
-                fut = await self.dlq.send(
-                    key=message.key, value=message.value, headers=dlq_headers(message, parsed)
+            try:
+                record, rejection = self._record(message)
+            except Exception as exc:  # whatever the bytes, the batch goes on
+                self.counters.internal_errors += 1
+                logger.exception(
+                    "message failed before the store", extra={"offset": message.offset}
                 )
-                pending.append(fut)
-                records.append(
-                    rejected_record(message.topic, message.partition, message.offset, parsed.reason)
+                rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}"[:300])
+                record = rejected_record(
+                    message.topic, message.partition, message.offset, rejection.reason
                 )
-            else:
-                records.append(
-                    accepted_record(parsed, message.topic, message.partition, message.offset)
-                )
-        return Prepared(records, pending)
+            # a message the store already holds was dead-lettered when it was first read
+            if rejection is not None and message.offset > self.applied_upto.get(_tp(message), -1):
+                pending.append(await self._dead_letter(message, rejection))
+            records.append(record)
+            messages.append(message)
+        return Prepared(records, pending, messages)
 
     async def store_batch(self, batch: Prepared) -> None:
         # The dead letters must be stored by Kafka before their offsets may be committed.
         if batch.dead_letters:
             await asyncio.gather(*batch.dead_letters)
-        await self._write(batch.records)
+        result = await self._write(batch.records)
+        await self._after(batch, result)
 
     async def handle(self, events: Sequence[Any]) -> None:
         await self.store_batch(await self.prepare(events))
 
-    async def _write(self, records: list[list[str]]) -> None:
+    async def _after(self, batch: Prepared, result: BatchResult) -> None:
+        by_offset = {(*_tp(m), m.offset): m for m in batch.messages}
+        sent = []
+        for topic, partition, offset in result.overflows:
+            message = by_offset[(topic, partition, offset)]
+            detail = "a money sum would leave the range kept exactly (2^53 micros)"
+            sent.append(await self._dead_letter(message, Rejection("sum_overflow", detail)))
+        if sent:
+            await asyncio.gather(*sent)
+        for message in batch.messages:
+            tp = _tp(message)
+            if tp not in result.gaps and message.offset > self.applied_upto.get(tp, -1):
+                self.applied_upto[tp] = message.offset
+        for tp, wanted in result.gaps.items():
+            refused = min(m.offset for m in batch.messages if _tp(m) == tp and m.offset > wanted)
+            await self.rewind(tp, wanted, refused)
+
+    async def rewind(self, tp: TP, wanted: int, refused: int | None = None) -> None:
+        """Read ``tp`` again from ``wanted``: the store does not hold what came before."""
+        seen = (wanted, refused or -1)
+        previous = self._gaps_seen.get(tp)
+        repeats = previous[2] + 1 if previous is not None and previous[:2] == seen else 1
+        self._gaps_seen[tp] = (*seen, repeats)
+        if refused is not None and repeats >= GAP_REPEATS_TO_SKIP:
+            logger.warning(
+                "offsets missing from the log, stepping over them",
+                extra={"partition": f"{tp[0]}|{tp[1]}", "from": wanted, "to": refused},
+            )
+            self.floors[tp] = refused
+        elif self.earliest is not None:
+            # the broker may have aged data out since the floor was read
+            self.floors[tp] = (await self.earliest([tp])).get(tp, self.floors.get(tp, 0))
+        self.counters.rewinds += 1
+        self.applied_upto[tp] = wanted - 1
+        position = max(wanted, self.floors.get(tp, 0))
+        logger.warning(
+            "store is behind this partition, reading it again",
+            extra={"partition": f"{tp[0]}|{tp[1]}", "offset": position},
+        )
+        if self.seek is not None:
+            await self.seek(tp, position)
+
+    async def check_store(self, assigned: Sequence[TP]) -> None:
+        """Seek back any partition the store has lost (rollback, failover, flush)."""
+        mine = {tp: self.applied_upto[tp] for tp in assigned if tp in self.applied_upto}
+        if not mine:
+            return
+        stored = await self.store.applied_offsets()
+        for tp, upto in mine.items():
+            held = stored.get(tp, -1)
+            if held < upto:
+                await self.rewind(tp, held + 1)
+
+    async def _write(self, records: list[list[str]]) -> BatchResult:
         backoff = 0.1
         started = time.monotonic()
         while True:
             try:
-                result = await self.store.apply_batch(records)
+                result = await self.store.apply_batch(records, floors=self._floors(records))
                 break
             except RedisError as exc:
                 # Never ack what is not stored: wait for Redis rather than drop the batch.
@@ -144,8 +265,16 @@ class Ingest:
         c.duplicates += result.duplicates
         c.redelivered += result.redelivered
         c.rejected += result.rejected
+        now = time.time()
         if c.first_event_at is None:
-            c.first_event_at = time.time()
+            c.first_event_at = now
+        if result.applied:
+            c.last_applied_at = now
+        return result
+
+    def _floors(self, records: list[list[str]]) -> dict[TP, int]:
+        tps = {(r[1], int(r[2])) for r in records}
+        return {tp: self.floors.get(tp, 0) for tp in tps}
 
 
 async def period_clock(settings: Settings, periods: Periods, scope: str) -> datetime | None:
@@ -214,11 +343,83 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
         cluster_id,
         worker_id(),
     )
+    _position_partitions(app, parts)
     _ingest_agent(app, parts)
     _heartbeat(app, parts)
     _clock_timers(app, parts)
     _evaluator(app, parts)
     return parts.ingest
+
+
+async def exit_if_fails(work: Awaitable[None], exit: Callable[[int], Any] = os._exit) -> None:
+    """Run the agent's work; if it raises, end the process with AGENT_DIED_EXIT.
+
+    Faust logs a crashed agent and keeps the worker up, which would then look alive while
+    doing nothing. Exiting hands the problem to the supervisor (``retention up``, compose,
+    systemd), and the restarted worker resumes from the store's offsets, losing nothing.
+    """
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        logger.critical("the ingest agent died; exiting so the worker is restarted", exc_info=True)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        sys.stderr.flush()
+        exit(AGENT_DIED_EXIT)
+
+
+def _position_partitions(app: faust.App, parts: Parts) -> None:
+    """Make Faust start each source partition where the store is, not where Kafka says."""
+    settings, ingest, sources = parts.settings, parts.ingest, set(parts.topics.sources)
+    assert settings.kafka_bootstrap is not None
+    bootstrap = settings.kafka_bootstrap
+    installed = False
+
+    async def earliest(tps: Sequence[TP]) -> dict[TP, int]:
+        found = await app.consumer.earliest_offsets(*(FaustTP(t, p) for t, p in tps))
+        return {(tp.topic, tp.partition): int(offset) for tp, offset in found.items()}
+
+    async def seek(tp: TP, offset: int) -> None:
+        await app.consumer.seek(FaustTP(*tp), offset)
+
+    ingest.seek, ingest.earliest = seek, earliest
+
+    @app.on_partitions_assigned.connect
+    async def install(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        # Faust seeks to Kafka's committed offsets once an assignment is ready, and on a
+        # few other occasions; every one of them goes through seek_to_committed.
+        nonlocal installed
+        if installed:
+            return
+        consumer: Any = app.consumer  # the aiokafka-backed consumer; its type omits seeks
+        committed_seek = consumer.seek_to_committed
+
+        async def seek_to_store() -> dict[Any, int]:
+            committed = dict(await committed_seek())
+            tps = [(tp.topic, tp.partition) for tp in consumer.assignment() if tp.topic in sources]
+            if not tps:
+                return committed
+            floors = await earliest(tps)
+            positions = await wait_for_store(
+                lambda: store_positions(parts.store, bootstrap, tps, floors)
+            )
+            await consumer.seek_wait({FaustTP(*tp): o for tp, o in positions.items()})
+            ingest.positioned(positions, floors)
+            moved = {
+                f"{t}|{p}": o
+                for (t, p), o in positions.items()
+                if committed.get(FaustTP(t, p)) not in (None, o)
+            }
+            if moved:
+                logger.info("reading from the store's offsets, not Kafka's", extra={"moved": moved})
+            committed.update({FaustTP(*tp): o for tp, o in positions.items()})
+            return committed
+
+        consumer.seek_to_committed = seek_to_store
+        installed = True
 
 
 def _ingest_agent(app: faust.App, parts: Parts) -> None:
@@ -227,6 +428,9 @@ def _ingest_agent(app: faust.App, parts: Parts) -> None:
 
     @app.agent(source, name="ingest")
     async def ingest_agent(stream: faust.StreamT[bytes]) -> None:
+        await exit_if_fails(_consume(stream))
+
+    async def _consume(stream: faust.StreamT[bytes]) -> None:
         # noack_take yields events (not values) and leaves acking to us
         raw_stream = cast(Stream[bytes], stream)
         batches: AsyncIterator[Sequence[Any]] = raw_stream.noack_take(
@@ -248,32 +452,65 @@ def _ingest_agent(app: faust.App, parts: Parts) -> None:
             in_flight = asyncio.create_task(store_and_ack(batch, events))
 
 
+def surviving(
+    name: str, counters: WorkerCounters
+) -> Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]]:
+    """A timer body that logs and counts any exception and runs again next tick.
+
+    Faust stops a timer whose body raises, silently; a Redis outage, a Kafka timeout while
+    publishing alerts or a risk file broken by an edit must cost one tick, not the timer.
+    """
+
+    def wrap(body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        async def guarded() -> None:
+            try:
+                await body()
+            except asyncio.CancelledError:
+                raise
+            except RedisError as exc:
+                counters.timer_errors += 1
+                logger.warning(f"{name} failed", extra={"error": repr(exc)})
+            except Exception:
+                counters.timer_errors += 1
+                logger.exception(f"{name} failed")
+
+        guarded.__name__ = body.__name__
+        guarded.__qualname__ = body.__qualname__
+        return guarded
+
+    return wrap
+
+
 def _heartbeat(app: faust.App, parts: Parts) -> None:
-    store, me = parts.store, parts.worker_id
+    store, me, ingest = parts.store, parts.worker_id, parts.ingest
 
     @app.timer(interval=parts.settings.worker_heartbeat_seconds)  # type: ignore[untyped-decorator]
+    @surviving("heartbeat", ingest.counters)
     async def heartbeat() -> None:
         assigned = sorted(
-            f"{tp.topic}|{tp.partition}"
+            (tp.topic, tp.partition)
             for tp in app.consumer.assignment()
             if tp.topic in parts.topics.sources
         )
-        c = parts.ingest.counters
+        c = ingest.counters
         info = {
             "pid": os.getpid(),
-            "partitions": assigned,
+            "partitions": [f"{t}|{p}" for t, p in assigned],
             "applied": c.applied,
             "duplicates": c.duplicates,
             "redelivered": c.redelivered,
             "rejected": c.rejected,
+            "internal_errors": c.internal_errors,
             "redis_errors": c.redis_errors,
+            "rewinds": c.rewinds,
+            "timer_errors": c.timer_errors,
             "started_at": c.started_at,
             "first_event_at": c.first_event_at,
+            "last_applied_at": c.last_applied_at,
         }
-        try:
-            await store.heartbeat(me, info)
-        except RedisError as exc:
-            logger.warning("heartbeat failed", extra={"error": repr(exc)})
+        await store.heartbeat(me, info)
+        # a store that went back in time while no message arrived is noticed here
+        await ingest.check_store(assigned)
 
     @app.on_before_shutdown.connect
     async def forget(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -286,33 +523,29 @@ def _clock_timers(app: faust.App, parts: Parts) -> None:
     """The leader's periodic work: closing periods and refitting BG/NBD."""
     settings, periods = parts.settings, parts.periods
 
+    counters = parts.ingest.counters
+
     @app.timer(interval=settings.close_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    @surviving("closing periods", counters)
     async def close() -> None:
-        try:
-            written = await close_periods(settings, periods, parts.cluster_id)
-        except RedisError as exc:
-            logger.warning("closing periods failed", extra={"error": repr(exc)})
-            return
+        written = await close_periods(settings, periods, parts.cluster_id)
         if written:
             logger.info("periods closed", extra={"rows": written})
 
     # Checked often, done rarely: a fresh worker (or a new leader) fits soon after it
     # starts instead of a whole interval later.
     @app.timer(interval=min(10.0, settings.refit_every_seconds), on_leader=True)  # type: ignore[untyped-decorator]
+    @surviving("BG/NBD refit", counters)
     async def refit_model() -> None:
         clock = await period_clock(settings, periods, parts.cluster_id)
         if clock is None:
             return
-        try:
-            age = await fit_age_seconds(parts.store)
-            if age is not None and age < settings.refit_every_seconds:
-                return
-            model = await refit(parts.store, clock.date())
-            quantile = load_policy(settings.risk_file).high_value_quantile
-            await update_high_value_threshold(parts.store, quantile)
-        except RedisError as exc:
-            logger.warning("BG/NBD refit failed", extra={"error": repr(exc)})
+        age = await fit_age_seconds(parts.store)
+        if age is not None and age < settings.refit_every_seconds:
             return
+        model = await refit(parts.store, clock.date())
+        quantile = load_policy(settings.risk_file).high_value_quantile
+        await update_high_value_threshold(parts.store, quantile)
         if model is not None:
             logger.info("BG/NBD refitted", extra=model.as_dict())
 
@@ -336,12 +569,10 @@ def _evaluator(app: faust.App, parts: Parts) -> None:
     )
 
     @app.timer(interval=settings.evaluate_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    @surviving("evaluating customers", parts.ingest.counters)
     async def evaluate_due() -> None:
         clock = await period_clock(settings, parts.periods, parts.cluster_id)
         if clock is None:
             return
-        try:
-            # a bounded share per tick: evaluation shares the worker's core with ingestion
-            await evaluator.run_once(clock, settings.evaluate_batch)
-        except RedisError as exc:
-            logger.warning("evaluating customers failed", extra={"error": repr(exc)})
+        # a bounded share per tick: evaluation shares the worker's core with ingestion
+        await evaluator.run_once(clock, settings.evaluate_batch)

@@ -132,6 +132,8 @@ RejectReason = Literal[
     "naive_timestamp",
     "type_mismatch",
     "key_mismatch",
+    "internal_error",
+    "sum_overflow",
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = RejectReason.__args__  # type: ignore[attr-defined]
 
