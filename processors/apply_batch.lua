@@ -27,6 +27,10 @@
 -- refused because a sum would leave the exact range.
 
 local P = ARGV[1]
+-- `retention rebuild` is wiping the store: write nothing until it is done
+if redis.call('EXISTS', P .. 'rebuilding') == 1 then
+  return redis.error_reply('REBUILDING the store is being wiped for a rebuild')
+end
 local offsets_key = P .. 'offsets:' .. ARGV[2]
 local stats_key = P .. 'stats'
 local meta_key = P .. 'meta'

@@ -23,6 +23,8 @@ Key layout under the configured prefix ``P``:
 - ``P stats``              hash of counters: ``accepted|topic``, ``duplicate|topic``,
                             ``rejected|topic|reason``
 - ``P workers``            hash worker id → JSON heartbeat
+- ``P rebuilding``         set while ``retention rebuild`` wipes the store; the batch
+                            script refuses to write while it exists
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, cast
@@ -46,6 +48,9 @@ FIELDS_PER_RECORD = 15
 #: Upper bounds (seconds) of the first-response histogram; apply_batch.lua uses the same.
 RESPONSE_BOUNDS = (300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
 DEDUPE_BUCKETS = 8
+#: Key families a rebuild keeps: what notifications were delivered is not derived from
+#: the events, and forgetting it would notify subscribers again.
+KEEP_ON_REBUILD = ("notify:",)
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
 _SCRIPT = files("processors").joinpath("apply_batch.lua").read_text()
 
@@ -246,6 +251,26 @@ class Store:
                 pipe.hdel(self.key("stamps", self.offsets_scope), *fields)
                 await pipe.execute()
 
+    async def wipe(self, keep: Sequence[str] = KEEP_ON_REBUILD, page: int = 1000) -> int:
+        """Delete every key under the prefix but the ``keep`` families; returns the count.
+
+        Batches are refused while it runs (the ``rebuilding`` marker), so no worker writes
+        into a half-deleted store; afterwards they find the offsets gone and replay.
+        """
+        marker = self.key("rebuilding")
+        await self.redis.set(marker, "1", ex=3600)
+        kept = (*(self.key(family) for family in keep), marker)
+        deleted = 0
+        try:
+            pattern = _glob_escape(self.prefix) + "*"
+            async for batch in _pages(self.redis.scan_iter(match=pattern, count=page), page):
+                doomed = [k for k in batch if not k.startswith(kept)]
+                if doomed:
+                    deleted += int(await self.redis.unlink(*doomed))
+        finally:
+            await self.redis.delete(marker)
+        return deleted
+
     async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
         payload = json.dumps({**info, "at_ms": int(time.time() * 1000)})
         await self.redis.hset(self.key("workers"), worker_id, payload)
@@ -262,6 +287,21 @@ class Store:
             if now_ms - info.get("at_ms", 0) <= max_age_seconds * 1000:
                 alive[worker_id] = info
         return alive
+
+
+async def _pages(keys: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:
+    page: list[str] = []
+    async for key in keys:
+        page.append(key)
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _tp(topic: str, partition: int) -> str:

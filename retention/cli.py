@@ -1,4 +1,4 @@
-"""The ``retention`` command: up | worker | produce | customer | status | demo."""
+"""The ``retention`` command: up | worker | produce | customer | status | rebuild | demo."""
 
 from __future__ import annotations
 
@@ -227,6 +227,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if st.ok else 1
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from retention.rebuild import rebuild
+
+    settings = _services(args)
+    if not args.yes:
+        answer = input(
+            f"Delete every key under {settings.key_prefix!r} in {_redacted(settings.redis_url)}"
+            " and replay the topics into it? [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    return asyncio.run(rebuild(settings, wait=not args.no_wait))
+
+
+def _redacted(url: str | None) -> str:
+    """A service URL without its password, for messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url or "")
+    if parts.password is None:
+        return url or ""
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
 async def _live_periods(
     settings: Settings, period: Any, churn_days: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -419,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", parents=[common], help="services, workers and lag")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    rb = sub.add_parser(
+        "rebuild", parents=[common], help="wipe the store and replay the topics into it"
+    )
+    rb.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    rb.add_argument("--no-wait", action="store_true", help="wipe, then return at once")
+    rb.set_defaults(func=cmd_rebuild)
 
     at_risk = sub.add_parser("at-risk", parents=[common], help="customers at risk, with reasons")
     at_risk.add_argument("--limit", type=int, default=20)

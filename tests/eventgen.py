@@ -61,14 +61,16 @@ def with_duplicates(
 def fold(
     events: Iterable[dict[str, Any] | Event], kinds: frozenset[str] = frozenset({"order", "login"})
 ) -> dict[str, CustomerState]:
-    """The batch reference: apply events in the given order, each event id once."""
-    seen: set[str] = set()
+    """The batch reference: apply events in the given order, each event once (an event is
+    its type, customer and event id, the store's dedupe scope)."""
+    seen: set[tuple[str, str, str]] = set()
     states: dict[str, CustomerState] = {}
     for raw in events:
         event = raw if not isinstance(raw, dict) else build_event(raw)
-        if event.event_id in seen:
+        identity = (event.type, event.customer_id, event.event_id)
+        if identity in seen:
             continue
-        seen.add(event.event_id)
+        seen.add(identity)
         state = states.get(event.customer_id) or CustomerState(event.customer_id)
         states[event.customer_id] = apply_event(state, event, kinds)
     return states

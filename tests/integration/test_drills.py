@@ -1,0 +1,407 @@
+"""Fault drills: real workers, a real broker and Redis, and the faults production sees.
+
+Each drill ends with every customer's state equal to the batch reference fold of the
+events sent, and the store's count of applied events equal to the number of distinct
+events: nothing lost, nothing counted twice. Each prints a line with its figures
+(`pytest tests/integration/test_drills.py -s -q`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from processors.store import Store
+from retention import runtime
+from retention.config import Settings
+from retention.worker import cluster_id
+from streams.events import REJECT_REASONS
+from streams.producer import EventProducer
+from streams.topics import Topics, ensure_topics
+from tests.eventgen import fold, random_events, with_duplicates
+from tests.integration.conftest import Workers, read_topic, wait_until
+from tests.integration.test_pipeline import send_all
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def report(name: str, **figures: Any) -> None:
+    print(f"\nDRILL {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+def orders(rng: random.Random, customers: int, count: int, start: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": f"o-{start + n}",
+            "customer_id": f"c-{rng.randrange(customers):03d}",
+            "ts": 1_700_000_000 + rng.randrange(0, 120 * 86400),
+            "type": "order",
+            "amount": round(rng.uniform(1, 500), 2),
+        }
+        for n in range(count)
+    ]
+
+
+def distinct(events: list[dict[str, Any]]) -> int:
+    return len({(e["type"], e["customer_id"], e["event_id"]) for e in events})
+
+
+async def applied(store: Store) -> int:
+    return sum((await store.stats()).accepted.values())
+
+
+async def settle(store: Store, expected: int, workers: Workers, timeout: float = 120) -> float:
+    """Wait until the store has applied ``expected`` events; returns the seconds it took."""
+    started = time.monotonic()
+
+    async def done() -> bool:
+        return await applied(store) >= expected
+
+    await wait_until(done, timeout, f"{expected} events applied", workers.logs)
+    await asyncio.sleep(1.0)  # anything counted twice would show up now
+    return time.monotonic() - started
+
+
+async def assert_exact(store: Store, settings: Settings, events: list[dict[str, Any]]) -> int:
+    """State equals the reference fold; returns events counted twice (must be 0)."""
+    expected = fold(events, frozenset(settings.activity_kinds))
+    doubled = await applied(store) - distinct(events)
+    assert doubled == 0, f"{doubled} events counted twice (or lost, if negative)"
+    assert await store.customer_ids() == sorted(expected)
+    for customer_id, state in expected.items():
+        assert await store.read_customer(customer_id) == state, customer_id
+    return doubled
+
+
+async def prefixed_keys(redis: Redis, prefix: str) -> list[str]:
+    return [key async for key in redis.scan_iter(match=prefix + "*", count=1000)]
+
+
+async def test_redis_rolled_back_mid_stream_replays_what_it_lost(
+    settings: Settings, store: Store, redis: Redis, producer: EventProducer, workers: Workers
+) -> None:
+    """A restore from an earlier copy (failover to a lagging replica, last night's backup)."""
+    rng = random.Random(1)
+    batches = [orders(rng, 300, 4000, n * 4000) for n in range(3)]
+    workers.start()
+    await send_all(producer, batches[0])
+    await producer.flush()
+    await settle(store, 4000, workers)
+
+    snapshot = {
+        key: await redis.dump(key) for key in await prefixed_keys(redis, settings.key_prefix)
+    }
+    await send_all(producer, batches[1])
+    await producer.flush()
+    await settle(store, 8000, workers)
+
+    await redis.delete(*await prefixed_keys(redis, settings.key_prefix))
+    for key, value in snapshot.items():
+        await redis.restore(key, 0, value)
+    assert await applied(store) == 4000, "the restore did not take the store back"
+    await send_all(producer, batches[2])
+    await producer.flush()
+    recovery = await settle(store, 12000, workers)
+
+    events = [e for batch in batches for e in batch]
+    doubled = await assert_exact(store, settings, events)
+    report("redis-rollback", sent=len(events), lost=0, doubled=doubled, recover_s=f"{recovery:.1f}")
+
+
+async def test_redis_emptied_is_rebuilt_from_the_topics(
+    settings: Settings, store: Store, redis: Redis, producer: EventProducer, workers: Workers
+) -> None:
+    rng = random.Random(2)
+    events = with_duplicates(rng, random_events(rng, customers=200, count=6000), share=0.05)
+    workers.start()
+    await send_all(producer, events)
+    await producer.flush()
+    await settle(store, distinct(events), workers)
+
+    await redis.delete(*await prefixed_keys(redis, settings.key_prefix))
+    # no new event arrives: the worker notices the loss by itself
+    recovery = await settle(store, distinct(events), workers)
+    doubled = await assert_exact(store, settings, events)
+    report("redis-emptied", sent=len(events), lost=0, doubled=doubled, recover_s=f"{recovery:.1f}")
+
+
+async def test_rebuild_command_wipes_and_replays(
+    settings: Settings, store: Store, redis: Redis, producer: EventProducer, workers: Workers
+) -> None:
+    from retention.rebuild import rebuild
+
+    rng = random.Random(3)
+    events = random_events(rng, customers=100, count=3000)
+    workers.start()
+    await send_all(producer, events)
+    await producer.flush()
+    await settle(store, distinct(events), workers)
+    await redis.hset(f"{settings.key_prefix}notify:stats", "sent", 7)
+
+    lines: list[str] = []
+    assert await rebuild(settings, write=lines.append, timeout=120, poll_seconds=0.5) == 0
+    assert lines[0].startswith("deleted ")
+    await settle(store, distinct(events), workers)
+    await assert_exact(store, settings, events)
+    assert await redis.hget(f"{settings.key_prefix}notify:stats", "sent") == "7"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[runtime.Process, str, Path]]:
+    """A Redis of the drill's own, with AOF, that the drill may kill and restart."""
+    data = tmp_path / "redis-data"
+    process, url = runtime.start_redis(data, tmp_path, durable=True)
+    yield process, url, data
+    process.stop()
+
+
+def restart_redis(url: str, data: Path, log_dir: Path) -> runtime.Process:
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    process, _ = runtime.start_redis(data, log_dir, port=port, durable=True)
+    return process
+
+
+async def test_redis_killed_mid_stream_restarts_from_its_aof(
+    settings: Settings, producer: EventProducer, tmp_path: Path, own_redis: Any
+) -> None:
+    process, url, data = own_redis
+    settings = settings.model_copy(update={"redis_url": url})
+    workers = Workers(settings, tmp_path)
+    redis = Redis.from_url(url, decode_responses=True)
+    assert settings.kafka_bootstrap
+    store = Store(
+        redis, settings.key_prefix, offsets_scope=await cluster_id(settings.kafka_bootstrap)
+    )
+    restarted: runtime.Process | None = None
+    try:
+        rng = random.Random(4)
+        events = with_duplicates(rng, random_events(rng, customers=300, count=20_000), share=0.03)
+        workers.start()
+        await send_all(producer, events)
+        await producer.flush()
+
+        async def midway() -> bool:
+            return await applied(store) >= distinct(events) // 3
+
+        await wait_until(midway, 120, "a third of the stream", workers.logs)
+        process.proc.send_signal(signal.SIGKILL)
+        process.proc.wait()
+        await asyncio.sleep(2)
+        restarted = restart_redis(url, data, tmp_path)
+        recovery = await settle(store, distinct(events), workers, timeout=180)
+        doubled = await assert_exact(store, settings, events)
+        assert all(p.poll() is None for p in workers.procs), workers.logs()
+        report(
+            "redis-sigkill-aof",
+            sent=len(events),
+            lost=0,
+            doubled=doubled,
+            recover_s=f"{recovery:.1f}",
+        )
+    finally:
+        workers.stop_all()
+        await redis.aclose()
+        if restarted is not None:
+            restarted.stop()
+
+
+async def test_redis_unreachable_for_30_seconds_under_load(
+    settings: Settings, producer: EventProducer, tmp_path: Path, own_redis: Any
+) -> None:
+    process, url, data = own_redis
+    settings = settings.model_copy(update={"redis_url": url})
+    workers = Workers(settings, tmp_path)
+    redis = Redis.from_url(url, decode_responses=True)
+    assert settings.kafka_bootstrap
+    store = Store(
+        redis, settings.key_prefix, offsets_scope=await cluster_id(settings.kafka_bootstrap)
+    )
+    restarted: runtime.Process | None = None
+    try:
+        rng = random.Random(5)
+        first = random_events(rng, customers=300, count=5000)
+        workers.start()
+        await send_all(producer, first)
+        await producer.flush()
+        await settle(store, distinct(first), workers)
+
+        process.stop()  # Redis goes away; traffic goes on
+        later = [dict(e, event_id=f"late-{e['event_id']}") for e in random_events(rng, 300, 10_000)]
+        sending = asyncio.create_task(send_all(producer, later))
+        await asyncio.sleep(30)
+        await sending
+        await producer.flush()
+        assert all(p.poll() is None for p in workers.procs), "a worker gave up on Redis"
+        restarted = restart_redis(url, data, tmp_path)
+        events = first + later
+        recovery = await settle(store, distinct(events), workers)
+        doubled = await assert_exact(store, settings, events)
+        report(
+            "redis-unreachable-30s",
+            sent=len(events),
+            lost=0,
+            doubled=doubled,
+            recover_s=f"{recovery:.1f}",
+        )
+    finally:
+        workers.stop_all()
+        await redis.aclose()
+        if restarted is not None:
+            restarted.stop()
+
+
+async def test_worker_killed_at_ten_random_moments_of_50k_events(
+    settings: Settings, store: Store, producer: EventProducer, workers: Workers
+) -> None:
+    rng = random.Random(6)
+    events = with_duplicates(rng, random_events(rng, customers=500, count=50_000), share=0.02)
+    total = distinct(events)
+    await send_all(producer, events)
+    await producer.flush()
+    moments = sorted(rng.sample(range(total // 20, total * 9 // 10), 10))
+    started = time.monotonic()
+    worker = workers.start()
+    for moment in moments:
+
+        async def reached(moment: int = moment) -> bool:
+            return await applied(store) >= moment
+
+        await wait_until(reached, 120, f"{moment} events applied", workers.logs)
+        workers.kill(worker)
+        worker = workers.start()
+    recovery = await settle(store, total, workers, timeout=180)
+    doubled = await assert_exact(store, settings, events)
+    report(
+        "worker-sigkill-x10",
+        sent=len(events),
+        kills=len(moments),
+        lost=0,
+        doubled=doubled,
+        total_s=f"{time.monotonic() - started:.1f}",
+        after_last_kill_s=f"{recovery:.1f}",
+    )
+
+
+def hostile_messages(
+    rng: random.Random, topics: Topics, count: int
+) -> list[tuple[str, bytes | None, bytes | None]]:
+    """Messages no producer API would send: (topic, key, value)."""
+
+    def order(**fields: Any) -> dict[str, Any]:
+        base = {
+            "event_id": f"h-{rng.randrange(10**9)}",
+            "customer_id": "h",
+            "ts": 1_700_000_000,
+            "type": "order",
+            "amount": 1,
+        }
+        return base | fields
+
+    makers = [
+        lambda: rng.randbytes(rng.randrange(0, 200)),
+        lambda: b"",
+        lambda: None,
+        lambda: b"null",
+        lambda: b"[]",
+        lambda: b"42",
+        lambda: b'"text"',
+        lambda: b"{" * 5000,
+        lambda: b"[" * 100_000 + b"]" * 100_000,
+        lambda: b"\xff\xfe\xfd",
+        lambda: json.dumps(order(amount=1e308)).encode(),
+        lambda: json.dumps(order(amount=10**40)).encode(),
+        lambda: b'{"event_id":"n","customer_id":"h","ts":1700000000,"type":"order","amount":NaN}',
+        lambda: b'{"event_id":"n","customer_id":"h","ts":1700000000,"type":"order","amount":1e400}',
+        lambda: json.dumps(order(amount=-1)).encode(),
+        lambda: json.dumps(order(ts="9999-12-31T23:59:59Z")).encode(),
+        lambda: json.dumps(order(ts="9999-12-31T23:30:00-01:00")).encode(),
+        lambda: json.dumps(order(ts="0001-01-01T00:00:00+01:00")).encode(),
+        lambda: json.dumps(order(ts=1e20)).encode(),
+        lambda: json.dumps(order(ts=-1e12)).encode(),
+        lambda: json.dumps(order(ts="2024-01-01T00:00:00")).encode(),
+        lambda: json.dumps(order(customer_id="x" * 1000)).encode(),
+        lambda: json.dumps(order(customer_id="")).encode(),
+        lambda: json.dumps(order(type="refund")).encode(),
+        lambda: json.dumps(order(status="stolen")).encode(),
+        lambda: json.dumps(order(items=-5)).encode(),
+        lambda: json.dumps(order(currency="dollars")).encode(),
+        lambda: json.dumps({"type": "login"}).encode(),
+        lambda: json.dumps(order(pad="x" * 40_000)).encode(),
+    ]
+    out = []
+    for _ in range(count):
+        topic = rng.choice(topics.sources)
+        value = rng.choice(makers)()
+        key = rng.choice([b"h", None, rng.randbytes(8)])
+        out.append((topic, key, value))
+    return out
+
+
+async def test_hostile_messages_never_stop_a_worker(
+    settings: Settings, store: Store, producer: EventProducer, workers: Workers
+) -> None:
+    assert settings.kafka_bootstrap
+    topics = Topics.from_settings(settings)
+    await ensure_topics(settings.kafka_bootstrap, topics, settings.partitions)
+    rng = random.Random(8)
+    hostile = hostile_messages(rng, topics, 10_000)
+    valid = random_events(rng, customers=200, count=5000)
+    raw = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, max_request_size=4_000_000)
+    await raw.start()
+    worker = workers.start()
+    started = time.monotonic()
+    try:
+        pending = list(hostile)
+        for event in valid:
+            await producer.send(event)
+            for _ in range(2):
+                topic, key, value = pending.pop()
+                await raw.send(topic, value=value, key=key)
+        for topic, key, value in pending:
+            await raw.send(topic, value=value, key=key)
+        await raw.flush()
+        await producer.flush()
+    finally:
+        await raw.stop()
+
+    async def all_seen() -> bool:
+        stats = await store.stats()
+        return sum(stats.rejected.values()) + sum(stats.accepted.values()) >= len(hostile) + len(
+            valid
+        )
+
+    await wait_until(all_seen, 240, "every message accounted for", workers.logs)
+    elapsed = time.monotonic() - started
+    assert worker.poll() is None, "the worker stopped\n" + workers.logs()
+    stats = await store.stats()
+    assert sum(stats.rejected.values()) == len(hostile)
+    await assert_exact(store, settings, valid)
+
+    dlq = await read_topic(
+        settings.kafka_bootstrap, topics.dlq, lambda got: len(got) >= len(hostile), timeout=60
+    )
+    assert len(dlq) == len(hostile)
+    reasons = Counter(dict(m.headers)["x-reason"].decode() for m in dlq)
+    assert set(reasons) <= set(REJECT_REASONS), reasons
+    assert sum(n for (_, reason), n in stats.rejected.items()) == sum(reasons.values())
+    report(
+        "hostile-messages",
+        hostile=len(hostile),
+        valid=len(valid),
+        lost=0,
+        doubled=0,
+        worker_alive=True,
+        seconds=f"{elapsed:.1f}",
+        reasons=dict(reasons),
+    )
