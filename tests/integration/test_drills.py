@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from processors.store import Store
 from retention import runtime
@@ -58,7 +59,11 @@ def distinct(events: list[dict[str, Any]]) -> int:
 
 
 async def applied(store: Store) -> int:
-    return sum((await store.stats()).accepted.values())
+    """Events the store has applied; -1 while Redis is down or restarting."""
+    try:
+        return sum((await store.stats()).accepted.values())
+    except RedisConnectionError:
+        return -1
 
 
 async def settle(store: Store, expected: int, workers: Workers, timeout: float = 120) -> float:
