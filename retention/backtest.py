@@ -196,7 +196,10 @@ class Backtest:
         assert self.settings.kafka_bootstrap
         sent: dict[str, int] = {}
         progress = Progress(len(events) + len(bad))
-        async with EventProducer(self.settings.kafka_bootstrap, topics, linger_ms=20) as producer:
+        # a backtest judges event times by its own data, not by today's clock
+        async with EventProducer(
+            self.settings.kafka_bootstrap, topics, linger_ms=20, max_future_seconds=None
+        ) as producer:
             for line_no, rejection in bad:
                 headers = dead_letter_headers(self.options.path, line_no, rejection)
                 await producer.send_raw(topics.dlq, rejection.detail.encode(), None, headers)

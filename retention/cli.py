@@ -103,6 +103,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     settings = _services(args)
     assert settings.kafka_bootstrap
     bootstrap = settings.kafka_bootstrap
+    margin = settings.max_future_seconds
 
     def report(line_no: int, rejection: Any) -> None:
         print(f"{args.file}:{line_no}: {rejection.reason}: {rejection.detail}", file=sys.stderr)
@@ -110,7 +111,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     async def go() -> int:
         topics = Topics.from_settings(settings)
         await ensure_topics(bootstrap, topics, settings.partitions)
-        async with EventProducer(bootstrap, topics, settings.default_currency) as producer:
+        async with EventProducer(
+            bootstrap, topics, settings.default_currency, max_future_seconds=margin
+        ) as producer:
             result = await publish_file(Path(args.file), producer, on_bad=report)
         await _count_bad(settings, dict(result.reasons()))
         print(f"sent {result.sent} events; {len(result.bad)} bad lines sent to {topics.dlq}")

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # How long event ids are remembered to drop producer duplicates. Redeliveries after a
     # crash are recognised by partition offsets instead, which cost no memory per event.
     dedupe_horizon_seconds: int = Field(default=7 * 86400, ge=60)
+    # How far ahead of the wall clock a live event may be dated (RETENTION_MAX_FUTURE_SECONDS);
+    # later ones are rejected as future_timestamp. Backtests judge by their own data instead.
+    max_future_seconds: float = Field(default=86400.0, ge=0)
     batch_size: int = Field(default=1000, ge=1)
     batch_within_seconds: float = Field(default=0.2, gt=0)
     # Kafka group timeouts. Production keeps Kafka's usual values; the embedded stack

@@ -10,11 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.events import Rejection, parse_event
+from streams.events import MAX_EVENT_BYTES, Rejection, parse_event
 from streams.producer import EventProducer
 
 #: The source label of rejections that never reached a source topic.
 PRODUCE_SOURCE = "produce"
+#: A bad line longer than this goes to the dead-letter topic cut to this length (a header
+#: gives its full size), so that a huge line cannot exceed the broker's message limit.
+DLQ_MAX_BYTES = 2 * MAX_EVENT_BYTES
 
 
 @dataclass
@@ -31,9 +34,17 @@ def dead_letter_headers(path: Path, line_no: int, rejection: Rejection) -> list[
         ("x-reason", rejection.reason.encode()),
         ("x-error", rejection.detail.encode()),
         ("x-source-topic", PRODUCE_SOURCE.encode()),
-        ("x-source-file", str(path).encode()),
+        ("x-source-file", str(path).encode("utf-8", "surrogateescape")),
         ("x-source-line", str(line_no).encode()),
     ]
+
+
+def dead_letter_value(line: bytes, headers: list[tuple[str, bytes]]) -> bytes:
+    """The line as it is, or its head when it is longer than :data:`DLQ_MAX_BYTES`."""
+    if len(line) <= DLQ_MAX_BYTES:
+        return line
+    headers.append(("x-truncated-from", str(len(line)).encode()))
+    return line[:DLQ_MAX_BYTES]
 
 
 class Progress:
@@ -72,13 +83,17 @@ async def publish_file(
             line = raw.strip()
             if not line:
                 continue
-            parsed = parse_event(line)
+            # checked as the worker will check it, ahead of the wall clock by at most the
+            # producer's margin
+            parsed = parse_event(line, latest_ms=producer.latest_ms())
             if isinstance(parsed, Rejection):
                 result.bad.append((line_no, parsed))
                 if on_bad is not None:
                     on_bad(line_no, parsed)
                 headers = dead_letter_headers(path, line_no, parsed)
-                pending.append(await producer.send_raw(producer.topics.dlq, line, None, headers))
+                value = dead_letter_value(line, headers)
+                dlq = producer.topics.dlq
+                pending.append(await producer.send_raw(dlq, value, None, headers))
             else:
                 pending.append(await producer.send(parsed))
                 result.sent += 1

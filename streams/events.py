@@ -7,11 +7,13 @@ worker, so an event the producer API accepts is one the worker accepts.
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,8 +28,35 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Event times lie in [EPOCH, TS_CEILING): every period and date computed from them stays
+#: far inside what ``datetime`` and the store's day numbers can hold.
+TS_CEILING = datetime(2100, 1, 1, tzinfo=UTC)
+#: The largest order amount (inclusive). Its millionths, 10^15, stay far below 2^53, so the
+#: store's sums are exact integers (the Lua script's numbers are doubles).
+MAX_AMOUNT = 1_000_000_000
+MAX_ITEMS = 1_000_000
+#: The largest message, in bytes, before it is even parsed.
+MAX_EVENT_BYTES = 32 * 1024
+#: How far ahead of the wall clock a live event may be dated by default (the worker reads
+#: ``RETENTION_MAX_FUTURE_SECONDS``).
+DEFAULT_MAX_FUTURE_SECONDS = 86400.0
 EventType = Literal["order", "login", "support"]
 EVENT_TYPES: tuple[EventType, ...] = ("order", "login", "support")
+
+
+_CEILING_SECONDS = (TS_CEILING - EPOCH).total_seconds()
+_OUT_OF_RANGE = "ts out of range (1970-01-01 to 2099-12-31 UTC)"
+
+
+def _in_range(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        # an offset pushed the time past year 1 or 9999
+        raise PydanticCustomError("invalid_timestamp", _OUT_OF_RANGE) from exc
+    if not EPOCH <= utc < TS_CEILING:
+        raise PydanticCustomError("invalid_timestamp", _OUT_OF_RANGE)
+    return utc
 
 
 def _parse_ts(value: Any) -> datetime:
@@ -35,12 +64,15 @@ def _parse_ts(value: Any) -> datetime:
     if isinstance(value, bool):
         raise PydanticCustomError("invalid_timestamp", "ts must be ISO 8601 or epoch seconds")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise PydanticCustomError("invalid_timestamp", "ts must be finite")
+        # compared before any conversion: an int of 400 digits has no float form
+        if not 0 <= value < _CEILING_SECONDS:
+            raise PydanticCustomError("invalid_timestamp", _OUT_OF_RANGE)
         try:
-            return datetime.fromtimestamp(value, UTC)
+            return _in_range(datetime.fromtimestamp(value, UTC))
         except (OverflowError, OSError, ValueError) as exc:
-            raise PydanticCustomError("invalid_timestamp", "ts out of range") from exc
+            raise PydanticCustomError("invalid_timestamp", _OUT_OF_RANGE) from exc
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -48,20 +80,36 @@ def _parse_ts(value: Any) -> datetime:
             raise PydanticCustomError("invalid_timestamp", "ts is not ISO 8601") from exc
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             raise PydanticCustomError("naive_timestamp", "ts has no UTC offset")
-        return parsed.astimezone(UTC)
+        return _in_range(parsed)
     if isinstance(value, datetime):
-        if value.tzinfo is None:
+        if value.tzinfo is None or value.utcoffset() is None:
             raise PydanticCustomError("naive_timestamp", "ts has no UTC offset")
-        return value.astimezone(UTC)
+        return _in_range(value)
     raise PydanticCustomError("invalid_timestamp", "ts must be ISO 8601 or epoch seconds")
 
 
+def _printable_id(value: str) -> str:
+    """Ids end up in keys, logs and headers: no control characters, nothing unencodable."""
+    for char in value:
+        category = unicodedata.category(char)
+        if category == "Cc":
+            raise PydanticCustomError("invalid_field", "ids must not contain control characters")
+        if category == "Cs":
+            # a lone surrogate has no UTF-8 form, so no message key could ever match it
+            raise PydanticCustomError("invalid_field", "ids must not contain lone surrogates")
+    return value
+
+
 Timestamp = Annotated[datetime, BeforeValidator(_parse_ts)]
-Identifier = Annotated[StrictStr, Field(min_length=1, max_length=128)]
-Amount = Annotated[StrictFloat | StrictInt, Field(ge=0, allow_inf_nan=False)]
+Identifier = Annotated[
+    StrictStr, Field(min_length=1, max_length=128), AfterValidator(_printable_id)
+]
+Amount = Annotated[StrictFloat | StrictInt, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
 
 SURVEY_RANGES: dict[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}
+_SCORE_LOW = min(low for low, _ in SURVEY_RANGES.values())
+_SCORE_HIGH = max(high for _, high in SURVEY_RANGES.values())
 
 
 class _Event(BaseModel):
@@ -82,7 +130,7 @@ class OrderEvent(_Event):
     amount: Amount
     currency: Currency | None = None
     order_id: Identifier | None = None
-    items: StrictInt | None = Field(default=None, ge=0)
+    items: StrictInt | None = Field(default=None, ge=0, le=MAX_ITEMS)
     status: Literal["placed", "refunded", "cancelled"] = "placed"
 
     @property
@@ -102,7 +150,8 @@ class SupportEvent(_Event):
     ticket_id: Identifier
     action: Literal["opened", "agent_replied", "resolved", "reopened", "rated"]
     survey: Literal["csat", "nps", "ces"] | None = None
-    score: StrictInt | None = None
+    # bounded even when no survey names its exact range (an unrated action ignores it)
+    score: StrictInt | None = Field(default=None, ge=_SCORE_LOW, le=_SCORE_HIGH)
 
     @model_validator(mode="after")
     def _rating_fields(self) -> SupportEvent:
@@ -132,8 +181,10 @@ RejectReason = Literal[
     "naive_timestamp",
     "type_mismatch",
     "key_mismatch",
-    "internal_error",
-    "sum_overflow",
+    "future_timestamp",  # later than the wall clock plus the allowed margin
+    "too_large",  # more than MAX_EVENT_BYTES, refused before parsing
+    "internal_error",  # failed anywhere between decoding and building the store's record
+    "sum_overflow",  # the store refused an event that would push a sum out of exact range
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = RejectReason.__args__  # type: ignore[attr-defined]
 
@@ -174,7 +225,7 @@ def _rejection_from(error: ValidationError) -> Rejection:
     reason = _PYDANTIC_REASONS.get(first["type"], "invalid_field")
     where = ".".join(str(part) for part in first["loc"][1:] or first["loc"])
     detail = f"{where}: {first['msg']}" if where else str(first["msg"])
-    return Rejection(reason, detail[:300])
+    return Rejection(reason, _clean(detail))
 
 
 def _check_routing(
@@ -182,28 +233,97 @@ def _check_routing(
 ) -> Event | Rejection:
     if topic_type is not None and event.type != topic_type:
         return Rejection("type_mismatch", f"a {event.type} event on the {topic_type} topic")
+    # ids hold no lone surrogates, so they always have a UTF-8 form to compare with
     if key is not None and key != event.customer_id.encode():
         return Rejection("key_mismatch", "message key differs from customer_id")
     return event
 
 
-def parse_event(
-    raw: bytes | str, *, topic_type: EventType | None = None, key: bytes | None = None
+def _future(event: Event, latest_ms: int | None) -> Rejection | None:
+    if latest_ms is None or event.ts_ms <= latest_ms:
+        return None
+    ahead = (event.ts_ms - latest_ms) / 1000
+    return Rejection("future_timestamp", f"ts lies {ahead:.0f} s beyond the allowed margin")
+
+
+def _clean(text: str) -> str:
+    """A detail fit for a log line or a Kafka header: short, and always valid UTF-8."""
+    return text[:300].encode("utf-8", "backslashreplace").decode()
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose str() fails still has a name
+        text = type(exc).__name__
+    return _clean(text)
+
+
+def _parse(
+    raw: bytes | str, topic_type: EventType | None, key: bytes | None, latest_ms: int | None
 ) -> Event | Rejection:
-    """Validate one message. ``topic_type`` and ``key`` check where it arrived."""
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode()
+        except UnicodeEncodeError:
+            return Rejection("invalid_json", "text with a lone surrogate has no UTF-8 form")
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection("too_large", f"{len(raw)} bytes, more than {MAX_EVENT_BYTES}")
     try:
         event = _ADAPTER.validate_json(raw)
     except ValidationError as exc:
         return _rejection_from(exc)
-    return _check_routing(event, topic_type, key)
+    return _future(event, latest_ms) or _check_routing(event, topic_type, key)
 
 
-def build_event(data: dict[str, Any]) -> Event:
-    """Validate a Python mapping as an event, raising :class:`InvalidEvent`."""
+def parse_event(
+    raw: bytes | str,
+    *,
+    topic_type: EventType | None = None,
+    key: bytes | None = None,
+    latest_ms: int | None = None,
+) -> Event | Rejection:
+    """Validate one message; never raises, whatever the input.
+
+    ``topic_type`` and ``key`` check where it arrived; ``latest_ms`` (epoch ms), when
+    given, is the latest event time accepted: live traffic passes the wall clock plus a
+    margin, a backtest passes nothing and judges by its own data.
+    """
     try:
-        return _ADAPTER.validate_python(data)
+        return _parse(raw, topic_type, key, latest_ms)
+    except Exception as exc:
+        # The last resort: a worker must go on, so the message becomes a rejection that
+        # names the failure rather than an exception that stops the agent.
+        return Rejection("internal_error", _describe(exc))
+
+
+def build_event(data: dict[str, Any], *, latest_ms: int | None = None) -> Event:
+    """Validate a Python mapping as an event, raising :class:`InvalidEvent`.
+
+    The checks are those of :func:`parse_event` on the event's encoding, so an event built
+    here is one the worker accepts.
+    """
+    try:
+        event = _ADAPTER.validate_python(data)
     except ValidationError as exc:
         raise InvalidEvent(_rejection_from(exc)) from exc
+    return check_event(event, latest_ms=latest_ms)
+
+
+def _oversized(event: Event) -> Rejection | None:
+    size = len(encode_event(event))
+    if size <= MAX_EVENT_BYTES:
+        return None
+    return Rejection("too_large", f"encoded as {size} bytes, more than {MAX_EVENT_BYTES}")
+
+
+def check_event(event: Event, *, latest_ms: int | None = None) -> Event:
+    """The checks of :func:`build_event` that depend on more than the fields themselves,
+    for an event that is already a model (raises :class:`InvalidEvent`)."""
+    rejection = _future(event, latest_ms) or _oversized(event)
+    if rejection is not None:
+        raise InvalidEvent(rejection)
+    return event
 
 
 def encode_event(event: Event) -> bytes:

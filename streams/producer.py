@@ -13,26 +13,43 @@ never reaches the worker.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams.events import EVENT_CLASSES, Event, OrderEvent, build_event, encode_event
+from streams.events import (
+    DEFAULT_MAX_FUTURE_SECONDS,
+    EVENT_CLASSES,
+    Event,
+    OrderEvent,
+    build_event,
+    check_event,
+    encode_event,
+)
 from streams.topics import Topics
 
 
 class EventProducer:
+    """Sends events that the worker will accept.
+
+    ``max_future_seconds`` is how far ahead of this machine's clock an event may be dated,
+    as the worker checks it (``None``: no limit, for replaying a data set of any date).
+    """
+
     def __init__(
         self,
         bootstrap: str,
         topics: Topics | None = None,
         default_currency: str | None = None,
         linger_ms: int = 5,
+        max_future_seconds: float | None = DEFAULT_MAX_FUTURE_SECONDS,
     ) -> None:
         self.topics = topics or Topics()
         self.default_currency = default_currency
+        self.max_future_seconds = max_future_seconds
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms
         )
@@ -55,10 +72,18 @@ class EventProducer:
     ) -> None:
         await self.stop()
 
+    def latest_ms(self) -> int | None:
+        """The latest event time (epoch ms) accepted now, or ``None`` for no limit."""
+        if self.max_future_seconds is None:
+            return None
+        return int((time.time() + self.max_future_seconds) * 1000)
+
     def validate(self, event: Event | Mapping[str, Any]) -> Event:
         """Check an event against the contract; fill the configured default currency."""
-        if not isinstance(event, EVENT_CLASSES):
-            event = build_event(dict(event))
+        if isinstance(event, EVENT_CLASSES):
+            event = check_event(event, latest_ms=self.latest_ms())
+        else:
+            event = build_event(dict(event), latest_ms=self.latest_ms())
         if isinstance(event, OrderEvent) and event.currency is None and self.default_currency:
             event = event.model_copy(update={"currency": self.default_currency})
         return event
