@@ -141,9 +141,18 @@ class Ingest:
             key=message.key, value=message.value, headers=dlq_headers(message, rejection)
         )
 
-    def _record(self, message: Any) -> tuple[list[str], Rejection | None]:
+    def latest_ms(self) -> int | None:
+        """The latest event time accepted now: the wall clock plus the allowed margin, live;
+        none in a backtest, whose history judges its own times."""
+        if self.settings.clock != "wall":
+            return None
+        return int((time.time() + self.settings.max_future_seconds) * 1000)
+
+    def _record(self, message: Any, latest_ms: int | None) -> tuple[list[str], Rejection | None]:
         topic_type = self.topics.event_type_of(message.topic)
-        parsed = parse_event(message.value or b"", topic_type=topic_type, key=message.key)
+        parsed = parse_event(
+            message.value or b"", topic_type=topic_type, key=message.key, latest_ms=latest_ms
+        )
         stamp = _stamp_ms(message)
         if isinstance(parsed, Rejection):
             record = rejected_record(
@@ -159,10 +168,11 @@ class Ingest:
         records: list[list[str]] = []
         pending = []
         messages = []
+        latest_ms = self.latest_ms()
         for event in events:
             message = event.message
             try:
-                record, rejection = self._record(message)
+                record, rejection = self._record(message, latest_ms)
             except Exception as exc:  # whatever the bytes, the batch goes on
                 self.counters.internal_errors += 1
                 logger.exception(
