@@ -348,7 +348,10 @@ def hostile_messages(
     for _ in range(count):
         topic = rng.choice(topics.sources)
         value = rng.choice(makers)()
-        key = rng.choice([b"h", None, rng.randbytes(8)])
+        # aiokafka refuses a message with neither key nor value
+        key = rng.choice(
+            [b"h", rng.randbytes(8)] if value is None else [b"h", None, rng.randbytes(8)]
+        )
         out.append((topic, key, value))
     return out
 
