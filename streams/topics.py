@@ -20,6 +20,9 @@ SOURCE_BASENAMES: dict[EventType, str] = {
     "login": "logins",
     "support": "support",
 }
+#: Source topics keep every event: the store is derived from them and can be rebuilt from
+#: them (``retention rebuild``) only as far back as they reach.
+SOURCE_TOPIC_CONFIG = {"retention.ms": "-1"}
 DLQ_BASENAME = "events-dlq"
 ALERTS_BASENAME = "customer-alerts"
 
@@ -55,14 +58,20 @@ class Topics:
 
 
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None:
-    """Create the source topics and the DLQ when missing; existing ones are left alone."""
+    """Create the source topics (kept forever) and the DLQ when missing; existing ones are
+    left alone."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [*topics.sources, topics.dlq, topics.alerts]
         new = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs=SOURCE_TOPIC_CONFIG if name in topics.sources else {},
+            )
             for name in wanted
             if name not in existing
         ]
