@@ -51,6 +51,8 @@ DEDUPE_BUCKETS = 8
 #: Key families a rebuild keeps: what notifications were delivered is not derived from
 #: the events, and forgetting it would notify subscribers again.
 KEEP_ON_REBUILD = ("notify:",)
+#: A heartbeat this old belongs to a worker that died without saying so: it is dropped.
+FORGET_WORKER_SECONDS = 3600
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
 _SCRIPT = files("processors").joinpath("apply_batch.lua").read_text()
 
@@ -282,10 +284,21 @@ class Store:
         """Workers whose last heartbeat is recent enough to call them alive."""
         now_ms = time.time() * 1000
         alive: dict[str, dict[str, Any]] = {}
+        gone = []
         for worker_id, payload in (await self._hash("workers")).items():
-            info = json.loads(payload)
-            if now_ms - info.get("at_ms", 0) <= max_age_seconds * 1000:
+            try:
+                info = json.loads(payload)
+                age_ms = now_ms - float(info.get("at_ms", 0))
+            except (ValueError, TypeError, AttributeError):
+                gone.append(worker_id)
+                continue
+            if age_ms <= max_age_seconds * 1000:
                 alive[worker_id] = info
+            elif age_ms > FORGET_WORKER_SECONDS * 1000:
+                gone.append(worker_id)
+        if gone:
+            # a worker killed without its shutdown leaves its heartbeat behind
+            await self.redis.hdel(self.key("workers"), *gone)
         return alive
 
 

@@ -119,3 +119,11 @@ async def test_a_topic_created_again_is_not_mistaken_for_the_old_one(
     finally:
         await producer.stop()
         await admin.close()
+
+
+async def test_heartbeats_of_workers_long_gone_are_dropped(store: Store, redis: Redis) -> None:
+    await store.heartbeat("alive", {"partitions": []})
+    await redis.hset(store.key("workers"), "crashed", '{"at_ms": 1000}')
+    await redis.hset(store.key("workers"), "garbled", "not json")
+    assert set(await store.workers(max_age_seconds=60)) == {"alive"}
+    assert set(await redis.hkeys(store.key("workers"))) == {"alive"}
