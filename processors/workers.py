@@ -38,4 +38,4 @@ def is_stalled(
         since = info.get("started_at")
     if not isinstance(since, int | float) or isinstance(since, bool):
         return False
-    return now - float(since) > after_seconds
+    return now - float(since) >= after_seconds

@@ -126,7 +126,11 @@ class Stack:
             # each worker serves its own /metrics on loopback; the port stays the same
             # across restarts so that the recorded URL and Prometheus's target stay valid
             port = runtime.free_port()
-            worker_env = {**child_env, "RETENTION_WORKER_METRICS_PORT": str(port)}
+            worker_env = {
+                **child_env,
+                "RETENTION_WORKER_METRICS_HOST": "127.0.0.1",
+                "RETENTION_WORKER_METRICS_PORT": str(port),
+            }
             self.supervisor.start(name, self._spawner(name, _cli("worker"), worker_env))
             self.worker_metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
         if demo:

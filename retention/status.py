@@ -40,7 +40,7 @@ class Status:
     errors: list[str] = field(default_factory=list)
     metrics_url: str | None = None
     prometheus_url: str | None = None
-    # workers whose partitions have lag but that applied nothing for `stalled_after_seconds`
+    # workers whose partitions have lag but that applied nothing for a while
     stalled: list[str] = field(default_factory=list)
     # recorded by `retention up`: each worker's own /metrics, and restarts per process
     worker_metrics_urls: dict[str, str] = field(default_factory=dict)
@@ -145,7 +145,7 @@ async def _gather(settings: Settings, status: Status, timeout: float) -> None:
                 status.end_offsets[tp.topic] = status.end_offsets.get(tp.topic, 0) + end
             now = time.time()
             for worker_id, info in status.workers.items():
-                stalled = is_stalled(info, by_partition, now, settings.stalled_after_seconds)
+                stalled = is_stalled(info, by_partition, now, settings.worker_stalled_after_seconds)
                 info["stalled"] = stalled
                 if stalled:
                     status.stalled.append(worker_id)

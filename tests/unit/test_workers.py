@@ -17,8 +17,9 @@ LAG = {"orders|0": 5, "orders|1": 0, "logins|0": 0}
     [
         # applied 61 s ago, orders|0 has lag: stalled
         ({"partitions": ["orders|0"], "last_applied_at": NOW - 61}, True),
-        # applied 59 s ago: not yet
+        # applied 59 s ago: not yet; 60 s: the threshold counts
         ({"partitions": ["orders|0"], "last_applied_at": NOW - 59}, False),
+        ({"partitions": ["orders|0"], "last_applied_at": NOW - 60}, True),
         # idle for an hour but nothing waiting on its partitions: idle, not stalled
         ({"partitions": ["orders|1", "logins|0"], "last_applied_at": NOW - 3600}, False),
         # no partitions assigned
