@@ -67,6 +67,10 @@ def test_prometheus_mounts_its_config_and_scrapes_compose_services() -> None:
     }
     assert targets["retention-exporter"] == ["exporter:9465"]
     assert targets["retention-worker"] == ["worker:9464"]
+    # the worker's metrics default to loopback: in its container they must listen wider
+    worker_env = as_env(services["worker"].get("environment"))
+    assert worker_env["RETENTION_WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert worker_env["RETENTION_WORKER_METRICS_PORT"] == "9464"
     alertmanagers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert alertmanagers == ["alertmanager:9093"]
     for host in ("exporter", "worker", "alertmanager"):
