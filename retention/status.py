@@ -149,6 +149,7 @@ async def _gather(settings: Settings, status: Status, timeout: float) -> None:
                 info["stalled"] = stalled
                 if stalled:
                     status.stalled.append(worker_id)
+            status.stalled.sort()
     finally:
         with contextlib.suppress(Exception):
             await redis.aclose()
