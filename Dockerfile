@@ -13,7 +13,12 @@ RUN groupadd --system --gid 10001 retention \
         --home-dir /var/lib/retention --shell /usr/sbin/nologin retention
 
 WORKDIR /usr/src/retention-tracker
-COPY . .
+# Only what `pip install .` needs, never the whole context: whatever lies next to the
+# sources (secrets/, .env, a local .retention/ data directory) stays out of the image.
+COPY pyproject.toml README.md ./
+COPY streams ./streams
+COPY processors ./processors
+COPY retention ./retention
 RUN pip install . \
     && rm -rf build ./*.egg-info
 

@@ -225,7 +225,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     st = asyncio.run(status.gather(settings))
     recorded = Services.read(settings.data_dir)
     if recorded is not None:
-        st.metrics_url, st.prometheus_url = recorded.metrics_url, recorded.prometheus_url
+        st.add_recorded(recorded)
     print(json.dumps(st.as_dict(), indent=2) if args.json else status.render(st))
     return 0 if st.ok else 1
 

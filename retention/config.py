@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     notifications_file: Path | None = None
     # port for a worker's own /metrics (batch latency, Redis errors); None = not served
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # a worker whose partitions have lag and that applied nothing for this long is stalled
+    worker_stalled_after_seconds: float = Field(default=60.0, gt=0)
 
     @field_validator("activity_kinds", mode="before")
     @classmethod

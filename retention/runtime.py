@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -48,6 +49,15 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def _await_listening(process: Process, port: int, timeout: float) -> None:
+    """Wait for ``process`` to listen on ``port``; stop it if it does not."""
+    try:
+        wait_for_port(port, timeout, process.proc)
+    except BaseException:
+        process.stop()
+        raise
 
 
 def tansu_binary() -> str:
@@ -98,7 +108,7 @@ class Process:
 
 
 def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = log_path.open("ab")
     proc = subprocess.Popen(
@@ -137,18 +147,72 @@ def start_broker(
         "memory://tansu/",
     ]
     process = spawn("broker", argv, log_dir)
-    wait_for_port(port, 15, process.proc)
+    _await_listening(process, port, 15)
     return process, f"127.0.0.1:{port}"
 
 
+#: The embedded Redis's password, kept in the data directory so that restarts reuse it
+REDIS_PASSWORD_FILE = "redis.password"
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` created if need be and readable by its owner only (mode 0700).
+
+    The embedded stack's directories hold the AOF (every customer's state), logs and the
+    Redis password; an existing directory from an older, laxer version is tightened too.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file that is mode 0600 from the moment it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)  # an older file keeps its mode through O_TRUNC
+
+
+def redis_password(data_dir: Path) -> str:
+    """The embedded Redis's password: generated once, then read back from ``data_dir``."""
+    private_dir(data_dir)
+    path = data_dir / REDIS_PASSWORD_FILE
+    if path.exists():
+        password = path.read_text().strip()
+        if password:
+            path.chmod(0o600)
+            return password
+    password = secrets.token_urlsafe(32)
+    _write_private(path, password + "\n")
+    return password
+
+
+def redis_url(port: int, password: str | None = None) -> str:
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{port}/0"
+
+
 def start_redis(
-    data_dir: Path, log_dir: Path, port: int | None = None, durable: bool = True
+    data_dir: Path,
+    log_dir: Path,
+    port: int | None = None,
+    durable: bool = True,
+    password: str | None = None,
 ) -> tuple[Process, str]:
-    """Start Redis on loopback; with ``durable`` the state survives restarts (AOF)."""
+    """Start Redis on loopback; with ``durable`` the state survives restarts (AOF).
+
+    Protected mode stays on. With a ``password``, clients must authenticate; it is passed
+    in a mode-0600 config file rather than on the command line, where ``ps`` shows it.
+    """
     port = port or free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        redis_binary(),
+    private_dir(data_dir)
+    argv = [redis_binary()]
+    if password is not None:
+        config = data_dir / "redis.conf"
+        _write_private(config, f"requirepass {password}\n")
+        argv.append(str(config.resolve()))
+    argv += [
         "--port",
         str(port),
         "--bind",
@@ -160,11 +224,11 @@ def start_redis(
         "--appendonly",
         "yes" if durable else "no",
         "--protected-mode",
-        "no",
+        "yes",
     ]
     process = spawn("redis", argv, log_dir)
-    wait_for_port(port, 15, process.proc)
-    return process, f"redis://127.0.0.1:{port}/0"
+    _await_listening(process, port, 15)
+    return process, redis_url(port, password)
 
 
 @dataclass
@@ -197,24 +261,32 @@ RULES_DIR = Path(__file__).resolve().parents[1] / "prometheus" / "rules"
 
 
 def start_prometheus(
-    data_dir: Path, log_dir: Path, targets: list[str], port: int | None = None
+    data_dir: Path,
+    log_dir: Path,
+    targets: list[str],
+    port: int | None = None,
+    worker_targets: list[str] | None = None,
 ) -> tuple[Process, str]:
-    """A local Prometheus scraping ``targets`` every 5 s, with the project's alert rules."""
+    """A local Prometheus scraping ``targets`` (exporters) and ``worker_targets`` every 5 s,
+    with the project's alert rules; job names are those of the compose stack."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise MissingBinary(INSTALL_HINT_PROMETHEUS)
     port = port or free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     config = data_dir / "prometheus.yml"
+    jobs = [{"job_name": "retention-exporter", "static_configs": [{"targets": targets}]}]
+    if worker_targets:
+        jobs.append(
+            {"job_name": "retention-worker", "static_configs": [{"targets": worker_targets}]}
+        )
     # JSON is YAML: no YAML writer needed for a file this small
     config.write_text(
         json.dumps(
             {
                 "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
                 "rule_files": [str(RULES_DIR / "*.yml")],
-                "scrape_configs": [
-                    {"job_name": "retention", "static_configs": [{"targets": targets}]}
-                ],
+                "scrape_configs": jobs,
             }
         )
     )
@@ -225,5 +297,5 @@ def start_prometheus(
         f"--web.listen-address=127.0.0.1:{port}",
     ]
     process = spawn("prometheus", argv, log_dir)
-    wait_for_port(port, 30, process.proc)
+    _await_listening(process, port, 30)
     return process, f"http://127.0.0.1:{port}"

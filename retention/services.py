@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from retention.config import Settings
 
@@ -25,17 +26,34 @@ class Services:
     log_dir: str | None = None
     metrics_url: str | None = None
     prometheus_url: str | None = None
+    # each worker's own /metrics, by process name (worker-1, ...)
+    worker_metrics_urls: dict[str, str] = field(default_factory=dict)
+    # how often `up` restarted each process since it started
+    restarts: dict[str, int] = field(default_factory=dict)
+    # the `up` process that supervises the others; while it runs, the stack is running
+    # even when one child is dead for a moment between two restarts
+    supervisor_pid: int | None = None
 
     def write(self, data_dir: Path) -> Path:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        """Atomically, readable by the owner only: the Redis URL may carry a password."""
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = data_dir / SERVICES_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(asdict(self), indent=2))
+        tmp.chmod(0o600)
         tmp.replace(path)
         return path
 
     def all_alive(self) -> bool:
         return all(_alive(pid) for pid in self.pids.values())
+
+    def running(self) -> bool:
+        """Whether the recorded stack still runs: its supervisor, else all its processes."""
+        if self.supervisor_pid is not None:
+            return _alive(self.supervisor_pid)
+        return self.all_alive()
 
     @classmethod
     def read(cls, data_dir: Path) -> Services | None:
@@ -43,7 +61,29 @@ class Services:
         if not path.exists():
             return None
         raw = json.loads(path.read_text())
-        return cls(**raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def mask_url(url: str | None) -> str | None:
+    """``url`` with its password replaced by ``****``, for anything shown to a person."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def scrub(text: str, url: str | None) -> str:
+    """``text`` without the password of ``url``, should an error message quote it."""
+    password = urlsplit(url).password if url else None
+    return text.replace(password, "****") if password else text
 
 
 def remove_record(data_dir: Path) -> None:
@@ -65,7 +105,7 @@ def resolve(settings: Settings) -> Settings:
     if settings.kafka_bootstrap and settings.redis_url:
         return settings
     recorded = Services.read(settings.data_dir)
-    if recorded is not None and recorded.all_alive():
+    if recorded is not None and recorded.running():
         return settings.with_services(
             settings.kafka_bootstrap or recorded.kafka_bootstrap,
             settings.redis_url or recorded.redis_url,

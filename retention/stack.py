@@ -1,18 +1,27 @@
-"""``retention up``: start (or join) the services, run the worker, print a live summary."""
+"""``retention up``: start (or join) the services, run the workers, print a live summary.
+
+Every process it starts is supervised: a worker, the exporter, the notifier, the demo,
+Prometheus or the embedded Redis that dies is started again (see
+:mod:`retention.supervise`). The embedded broker is the exception: it keeps its topics in
+memory, so when it dies ``up`` stops everything and exits non-zero.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from retention import runtime, status
 from retention.config import Settings
-from retention.services import Services, remove_record
+from retention.services import Services, mask_url, remove_record
+from retention.supervise import ChildLost, Notice, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -32,27 +41,73 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "retention.cli", *args]
 
 
+BROKER_LOST = (
+    "the embedded broker stopped (exit code {code}). It keeps the topics in memory, so a "
+    "restart would lose every message not yet applied and reset all offsets: stopping "
+    "everything. The state in Redis is kept; start again with `retention up`. For a broker "
+    "that survives restarts, use the compose file (see README)."
+)
+
+
 class Stack:
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings = settings
         self.log_dir = log_dir
-        self.group = runtime.ProcessGroup()
+        self.supervisor = Supervisor()
         self.embedded = not (settings.kafka_bootstrap and settings.redis_url)
         self.started = time.monotonic()
+        self.worker_metrics_urls: dict[str, str] = {}
+
+    def check_not_running(self) -> None:
+        previous = Services.read(self.settings.data_dir)
+        if self.embedded and previous and previous.embedded and previous.running():
+            raise AlreadyRunning(
+                f"a stack already runs from {self.settings.data_dir}/ "
+                f"(pid {previous.supervisor_pid or '?'}); stop it first"
+            )
 
     def start_services(self, broker_port: int | None, redis_port: int | None) -> Settings:
+        runtime.private_dir(self.settings.data_dir)
+        runtime.private_dir(self.log_dir)
         if not self.embedded:
             return self.settings
-        previous = Services.read(self.settings.data_dir)
-        if previous and previous.embedded and previous.all_alive():
-            raise AlreadyRunning(f"a stack already runs from {self.settings.data_dir}/")
-        broker, bootstrap = runtime.start_broker(self.log_dir, broker_port)
-        self.group.add(broker)
-        redis, redis_url = runtime.start_redis(
-            self.settings.data_dir / "redis", self.log_dir, redis_port, durable=True
-        )
-        self.group.add(redis)
-        return self.settings.with_services(bootstrap, redis_url)
+        urls: dict[str, str] = {}
+
+        def broker() -> runtime.Process:
+            process, urls["kafka"] = runtime.start_broker(self.log_dir, broker_port)
+            return process
+
+        # the broker keeps topics in memory: a new one would be a new, empty cluster
+        self.supervisor.start("broker", broker, restartable=False)
+        redis_dir = self.settings.data_dir / "redis"
+        password = runtime.redis_password(self.settings.data_dir)
+        port = redis_port or runtime.free_port()
+
+        def redis() -> runtime.Process:
+            # same port, password and AOF directory on every restart: clients reconnect to
+            # the same URL and find the state where it was
+            process, urls["redis"] = runtime.start_redis(
+                redis_dir, self.log_dir, port, durable=True, password=password
+            )
+            return process
+
+        self.supervisor.start("redis", redis)
+        return self.settings.with_services(urls["kafka"], urls["redis"])
+
+    def _spawner(
+        self, name: str, argv: list[str], env: dict[str, str], port: int | None = None
+    ) -> Callable[[], runtime.Process]:
+        def start() -> runtime.Process:
+            process = runtime.spawn(name, argv, self.log_dir, env)
+            if port is not None:
+                try:
+                    runtime.wait_for_port(port, 30, process.proc)
+                except BaseException:
+                    process.stop()
+                    raise
+            return process
+
+        return start
 
     def start_children(
         self, settings: Settings, workers: int, demo: bool, notifications: Path | None = None
@@ -67,15 +122,26 @@ class Stack:
             env.update(EMBEDDED_TIMEOUTS)
         child_env = runtime.child_env(**env)
         for n in range(workers):
-            self.group.add(
-                runtime.spawn(f"worker-{n + 1}", _cli("worker"), self.log_dir, child_env)
-            )
+            name = f"worker-{n + 1}"
+            # each worker serves its own /metrics on loopback; the port stays the same
+            # across restarts so that the recorded URL and Prometheus's target stay valid
+            port = runtime.free_port()
+            worker_env = {
+                **child_env,
+                "RETENTION_WORKER_METRICS_HOST": "127.0.0.1",
+                "RETENTION_WORKER_METRICS_PORT": str(port),
+            }
+            self.supervisor.start(name, self._spawner(name, _cli("worker"), worker_env))
+            self.worker_metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
         if demo:
-            self.group.add(runtime.spawn("demo", _cli("demo"), self.log_dir, child_env))
+            self.supervisor.start("demo", self._spawner("demo", _cli("demo"), child_env))
         if notifications is not None:
             argv = _cli("notify", "--config", str(notifications.resolve()))
-            self.group.add(runtime.spawn("notifier", argv, self.log_dir, child_env))
+            self.supervisor.start("notifier", self._spawner("notifier", argv, child_env))
         return child_env
+
+    def worker_targets(self) -> list[str]:
+        return [url.split("/")[2] for url in self.worker_metrics_urls.values()]
 
     def start_metrics(
         self, child_env: dict[str, str], port: int | None, with_prometheus: bool
@@ -83,49 +149,71 @@ class Stack:
         """The exporter, and optionally a local Prometheus with the project's rules."""
         port = port or runtime.free_port()
         argv = _cli("metrics-server", "--host", "127.0.0.1", "--port", str(port))
-        self.group.add(runtime.spawn("exporter", argv, self.log_dir, child_env))
-        runtime.wait_for_port(port, 30, self.group.processes[-1].proc)
+        self.supervisor.start("exporter", self._spawner("exporter", argv, child_env, port))
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         if not with_prometheus:
             return metrics_url, None
-        process, prometheus_url = runtime.start_prometheus(
-            self.settings.data_dir / "prometheus", self.log_dir, [f"127.0.0.1:{port}"]
-        )
-        self.group.add(process)
-        return metrics_url, prometheus_url
+        prometheus_port = runtime.free_port()
+        urls: dict[str, str] = {}
+
+        def prometheus() -> runtime.Process:
+            process, urls["prometheus"] = runtime.start_prometheus(
+                self.settings.data_dir / "prometheus",
+                self.log_dir,
+                [f"127.0.0.1:{port}"],
+                prometheus_port,
+                worker_targets=self.worker_targets(),
+            )
+            return process
+
+        self.supervisor.start("prometheus", prometheus)
+        return metrics_url, urls["prometheus"]
 
     def record(
         self, settings: Settings, metrics_url: str | None, prometheus_url: str | None
     ) -> Path:
         assert settings.kafka_bootstrap and settings.redis_url
-        pids = {p.name: p.pid for p in self.group.processes}
         services = Services(
             settings.kafka_bootstrap,
             settings.redis_url,
             self.embedded,
-            pids,
+            self.supervisor.pids(),
             str(self.log_dir),
             metrics_url,
             prometheus_url,
+            worker_metrics_urls=dict(self.worker_metrics_urls),
+            restarts=self.supervisor.restarts(),
+            supervisor_pid=os.getpid(),
         )
         return services.write(settings.data_dir)
 
-    def dead_children(self) -> list[str]:
-        return [p.name for p in self.group.processes if p.proc.poll() is not None]
+    def supervise(self) -> list[Notice]:
+        """Restart what died; each notice is also appended to ``up.log`` in the log dir."""
+        notices = self.supervisor.check()
+        if notices:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            with (self.log_dir / "up.log").open("a") as log:
+                log.writelines(f"{stamp} {notice}\n" for notice in notices)
+        return notices
 
     def stop(self) -> None:
-        self.group.stop()
+        self.supervisor.stop()
         remove_record(self.settings.data_dir)
 
 
-def summary_line(st: status.Status, elapsed: float) -> str:
+def summary_line(st: status.Status, elapsed: float, restarts: dict[str, int] | None = None) -> str:
     seen = sum(st.seen.values())
     rejected = sum(st.rejected.values())
     lag = "?" if st.lag is None else str(sum(st.lag.values()))
-    return (
+    line = (
         f"[{elapsed:6.1f}s] workers {len(st.workers)}  customers {st.customers or 0}  "
         f"messages {seen}  rejected {rejected}  lag {lag}"
     )
+    if st.stalled:
+        line += f"  STALLED {','.join(sorted(st.stalled))}"
+    if restarts:
+        line += "  restarts " + ",".join(f"{n}:{k}" for n, k in sorted(restarts.items()))
+    return line
 
 
 def _ready(st: status.Status) -> bool:
@@ -149,11 +237,17 @@ def run_up(
     log_dir = settings.data_dir / "logs"
     stack = Stack(settings, log_dir)
     stopping = False
+    code = 0
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 
+    try:
+        stack.check_not_running()
+    except AlreadyRunning as exc:
+        print(f"retention: {exc}", file=sys.stderr)
+        return 1
     # Both set explicitly: a shell that starts `up` in the background ignores SIGINT for it.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -163,8 +257,11 @@ def run_up(
         metrics_url, prometheus_url = stack.start_metrics(env, metrics_port, with_prometheus)
         where = stack.record(live, metrics_url, prometheus_url)
         write(f"kafka    {live.kafka_bootstrap}" + ("  (embedded Tansu)" if stack.embedded else ""))
-        write(f"redis    {live.redis_url}" + ("  (embedded, AOF)" if stack.embedded else ""))
+        redis_note = "  (embedded, AOF, password in the data directory)" if stack.embedded else ""
+        write(f"redis    {mask_url(live.redis_url)}{redis_note}")
         write(f"metrics  {metrics_url}")
+        for name, url in stack.worker_metrics_urls.items():
+            write(f"         {url}  ({name})")
         if prometheus_url:
             write(f"prometheus {prometheus_url}  (the project's rules loaded)")
         write(f"logs     {log_dir}/")
@@ -172,22 +269,33 @@ def run_up(
         write("try      retention status | retention customer ID --json | Ctrl-C to stop")
         ready = False
         while not stopping:
+            if _supervise(stack, write, log_dir):
+                stack.record(live, metrics_url, prometheus_url)
             st = asyncio.run(status.gather(live, timeout=interval * 2))
             elapsed = time.monotonic() - stack.started
             if not ready and _ready(st):
                 ready = True
                 write(f"ready in {elapsed:.1f} s")
-            write(summary_line(st, elapsed), flush=True)
-            dead = stack.dead_children()
-            if dead:
-                write(f"stopped unexpectedly: {', '.join(dead)} (see {log_dir}/)")
-                return 1
+            write(summary_line(st, elapsed, stack.supervisor.restarts()), flush=True)
             deadline = time.monotonic() + interval
             while not stopping and time.monotonic() < deadline:
+                if _supervise(stack, write, log_dir):
+                    stack.record(live, metrics_url, prometheus_url)
                 time.sleep(0.1)
+    except ChildLost as lost:
+        write(BROKER_LOST.format(code=lost.code) if lost.name == "broker" else str(lost))
+        code = 1
     except KeyboardInterrupt:
         pass
     finally:
         write("stopping ...", flush=True)
         stack.stop()
-    return 0
+    return code
+
+
+def _supervise(stack: Stack, write: Callable[..., None], log_dir: Path) -> bool:
+    """One round of supervision; whether any process was restarted."""
+    notices = stack.supervise()
+    for notice in notices:
+        write(f"{notice}  (see {log_dir}/)", flush=True)
+    return any(n.kind == "restarted" for n in notices)

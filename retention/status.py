@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,7 +12,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from processors.store import Store
+from processors.workers import is_stalled
 from retention.config import Settings
+from retention.services import Services, mask_url, scrub
 from retention.worker import cluster_id
 from streams.topics import Topics
 
@@ -37,10 +40,27 @@ class Status:
     errors: list[str] = field(default_factory=list)
     metrics_url: str | None = None
     prometheus_url: str | None = None
+    # workers whose partitions have lag but that applied nothing for a while
+    stalled: list[str] = field(default_factory=list)
+    # recorded by `retention up`: each worker's own /metrics, and restarts per process
+    worker_metrics_urls: dict[str, str] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.broker_ok and self.redis_ok and bool(self.workers) and self.lag is not None
+        return (
+            self.broker_ok
+            and self.redis_ok
+            and bool(self.workers)
+            and self.lag is not None
+            and not self.stalled
+        )
+
+    def add_recorded(self, recorded: Services) -> None:
+        """What only the running ``retention up`` knows, from its services.json."""
+        self.metrics_url, self.prometheus_url = recorded.metrics_url, recorded.prometheus_url
+        self.worker_metrics_urls = dict(recorded.worker_metrics_urls)
+        self.restarts = dict(recorded.restarts)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -72,7 +92,17 @@ async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition
 
 async def gather(settings: Settings, timeout: float = 10.0) -> Status:
     assert settings.kafka_bootstrap and settings.redis_url
-    status = Status(settings.kafka_bootstrap, settings.redis_url)
+    # the password never leaves: not in the report, not in an error message
+    status = Status(settings.kafka_bootstrap, mask_url(settings.redis_url) or "")
+    try:
+        await _gather(settings, status, timeout)
+    finally:
+        status.errors = [scrub(e, settings.redis_url) for e in status.errors]
+    return status
+
+
+async def _gather(settings: Settings, status: Status, timeout: float) -> None:
+    assert settings.kafka_bootstrap and settings.redis_url
     topics = Topics.from_settings(settings)
     scope = "default"
     try:
@@ -97,7 +127,7 @@ async def gather(settings: Settings, timeout: float = 10.0) -> Status:
             applied = await store.applied_offsets()
         except Exception as exc:
             status.errors.append(f"redis: {exc!r}")
-            return status
+            return
         if status.broker_ok:
             try:
                 ends = await asyncio.wait_for(
@@ -105,16 +135,24 @@ async def gather(settings: Settings, timeout: float = 10.0) -> Status:
                 )
             except Exception as exc:
                 status.errors.append(f"lag: {exc!r}")
-                return status
+                return
             status.lag, status.end_offsets = {}, {}
+            by_partition: dict[str, int] = {}
             for tp, end in ends.items():
                 done = applied.get((tp.topic, tp.partition), -1) + 1
+                by_partition[f"{tp.topic}|{tp.partition}"] = max(0, end - done)
                 status.lag[tp.topic] = status.lag.get(tp.topic, 0) + max(0, end - done)
                 status.end_offsets[tp.topic] = status.end_offsets.get(tp.topic, 0) + end
+            now = time.time()
+            for worker_id, info in status.workers.items():
+                stalled = is_stalled(info, by_partition, now, settings.worker_stalled_after_seconds)
+                info["stalled"] = stalled
+                if stalled:
+                    status.stalled.append(worker_id)
+            status.stalled.sort()
     finally:
         with contextlib.suppress(Exception):
             await redis.aclose()
-    return status
 
 
 def render(status: Status) -> str:
@@ -128,7 +166,8 @@ def render(status: Status) -> str:
     ]
     for worker_id, info in sorted(status.workers.items()):
         parts = ", ".join(info.get("partitions", [])) or "no partitions yet"
-        lines.append(f"  {worker_id}: {parts}")
+        flag = "  STALLED: lag but nothing applied lately" if info.get("stalled") else ""
+        lines.append(f"  {worker_id}: {parts}{flag}")
     if status.customers is not None:
         lines.append(f"customers {status.customers}")
     if status.lag is not None:
@@ -139,8 +178,13 @@ def render(status: Status) -> str:
         lines.append("lag      unknown")
     if status.metrics_url:
         lines.append(f"metrics  {status.metrics_url}")
+    for name, url in sorted(status.worker_metrics_urls.items()):
+        lines.append(f"  {name}: {url}")
     if status.prometheus_url:
         lines.append(f"prometheus {status.prometheus_url}")
+    if status.restarts:
+        restarts = ", ".join(f"{name} {n}" for name, n in sorted(status.restarts.items()))
+        lines.append(f"restarts {restarts}")
     for key, n in sorted(status.rejected.items()):
         lines.append(f"rejected {key}: {n}")
     lines.extend(f"error    {e}" for e in status.errors)

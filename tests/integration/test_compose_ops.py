@@ -42,7 +42,12 @@ def test_ops_services_start_without_a_profile() -> None:
 def test_exporter_is_the_retention_image_running_metrics_server() -> None:
     services = load_config()["services"]
     exporter, worker = services["exporter"], services["worker"]
-    assert as_argv(exporter["command"]) == ["retention", "metrics-server", "--port", "9465"]
+    argv = as_argv(exporter["command"])
+    assert argv[:2] == ["retention", "metrics-server"], argv
+    # explicit: inside its container the exporter must listen beyond loopback
+    assert argv[argv.index("--host") + 1] == "0.0.0.0", argv
+    assert argv[argv.index("--port") + 1] == "9465", argv
+    assert not exporter.get("ports"), "the exporter is for Prometheus on the compose network"
     assert exporter["image"] == worker["image"] and exporter["build"] == worker["build"]
     env = as_env(exporter.get("environment"))
     assert env["REDIS_URL"] == "redis://redis:6379/0" and env["KAFKA_BOOTSTRAP"] == "kafka:9092"
@@ -62,6 +67,10 @@ def test_prometheus_mounts_its_config_and_scrapes_compose_services() -> None:
     }
     assert targets["retention-exporter"] == ["exporter:9465"]
     assert targets["retention-worker"] == ["worker:9464"]
+    # the worker's metrics default to loopback: in its container they must listen wider
+    worker_env = as_env(services["worker"].get("environment"))
+    assert worker_env["RETENTION_WORKER_METRICS_HOST"] == "0.0.0.0"
+    assert worker_env["RETENTION_WORKER_METRICS_PORT"] == "9464"
     alertmanagers = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert alertmanagers == ["alertmanager:9093"]
     for host in ("exporter", "worker", "alertmanager"):
