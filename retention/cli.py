@@ -238,11 +238,13 @@ async def _live_periods(
         periods = Periods(redis, settings.key_prefix)
         now = datetime.now(UTC)
         active: dict[str, int] = {p: await periods.active(p, now) for p in PERIODS}
-        closed = {r.period: r for r in await periods.closed_rows(period, churn_days)}
         rows: list[dict[str, Any]] = []
         span = await periods.span()
         through = max(now, span[1]) if span else None
-        for start in await periods.starts(period, through):
+        starts = await periods.starts(period, through)
+        # only the rows of these periods: whatever else an older version stored is not read
+        closed = await periods.stored_rows(period, churn_days, starts)
+        for start in starts:
             key = start.date().isoformat()
             if key in closed:
                 rows.append(closed[key].as_dict())

@@ -379,10 +379,10 @@ async def _int_hash(redis: Redis, key: str) -> dict[str, int]:
 
 
 async def _closed_rows(
-    periods: Periods, period: Period, churn_days: int
+    periods: Periods, period: Period, churn_days: int, now: datetime
 ) -> dict[Window, PeriodRow]:
     """The two newest closed rows; only their keys are listed, two values read."""
-    rows = await periods.latest_closed(period, churn_days, 2)
+    rows = await periods.latest_closed(period, churn_days, 2, now)
     closed: tuple[Window, Window] = ("previous_closed", "last_closed")
     return dict(zip(closed[-len(rows) :], rows, strict=True)) if rows else {}
 
@@ -429,11 +429,13 @@ async def read_snapshot(
     for period in PERIODS:
         current = await periods.row(period, period_start(now, period), settings.churn_after_days)
         rows[(period, "current")] = current
-        for window, row in (await _closed_rows(periods, period, settings.churn_after_days)).items():
+        for window, row in (
+            await _closed_rows(periods, period, settings.churn_after_days, now)
+        ).items():
             rows[(period, window)] = row
 
     watermark = await periods.watermark(scope, dict.fromkeys(topics, settings.partitions))
-    span = await periods.span()
+    last_event = await periods.last_event()
     notify = await _int_hash(redis, prefix + "notify:stats")
     alive = await store.workers(STALE_HEARTBEATS * settings.worker_heartbeat_seconds)
     high_value = cast(str | None, await redis.get(prefix + "risk:high_value"))
@@ -453,7 +455,7 @@ async def read_snapshot(
         responses=await store.response_histogram(),
         lag=None if ends is None else lag_per_topic(ends, await store.applied_offsets()),
         watermark_delay_seconds=None if watermark is None else (now - watermark).total_seconds(),
-        last_event_age_seconds=None if span is None else (now - span[1]).total_seconds(),
+        last_event_age_seconds=None if last_event is None else (now - last_event).total_seconds(),
         collect_seconds=time.monotonic() - started,
     )
 
