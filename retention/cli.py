@@ -457,7 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     notify.set_defaults(func=cmd_notify)
 
     ms = sub.add_parser("metrics-server", parents=[common], help="serve /metrics read from Redis")
-    ms.add_argument("--host", default="0.0.0.0")
+    ms.add_argument(
+        "--host", default="127.0.0.1", help="bind address; 0.0.0.0 to be reached from elsewhere"
+    )
     ms.add_argument("--port", type=int, default=9465)
     ms.set_defaults(func=cmd_metrics_server)
 

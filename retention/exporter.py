@@ -7,7 +7,13 @@ Two kinds of numbers, two places:
   (:func:`families`, pure). Cluster-wide counts live in Redis already, so summing them over
   workers would count them several times; one reader reports them once.
 - :class:`WorkerMetrics` lives in each worker process: what only that process can measure
-  (batch latency and size, Redis errors), exposed by :func:`serve_worker_metrics`.
+  (batch latency and size, Redis errors, its own applied and rejected messages, the time
+  of its last applied batch), exposed by :func:`serve_worker_metrics`.
+
+Both listen on 127.0.0.1 unless told otherwise and take the same optional scrape
+authentication (:mod:`retention.metrics_http`). A scrape of the exporter costs Redis some
+work, so its result is reused for ``metrics_cache_seconds``: a storm of scrapes reads Redis
+once per interval, not once per request.
 
 Definitions of the period numbers are those of METRICS.md ("Activity and churn"). Labels
 are closed sets (period, window, state, channel, outcome, topic, reason, cohort offset);
@@ -24,7 +30,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
@@ -32,7 +38,7 @@ from typing import Any, Literal, TypeVar, cast
 from wsgiref.simple_server import WSGIServer
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -46,12 +52,16 @@ from processors.periods import Periods
 from processors.store import Stats, Store
 from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
+from retention.metrics_http import ScrapeAuth, guarded, serve
+from streams.events import REJECT_REASONS
 from streams.topics import Topics
 
 logger = logging.getLogger(__name__)
 
 EXPORTER_PORT = 9465
 WORKER_METRICS_PORT = 9464
+#: Loopback unless told otherwise: the numbers are the business's, and a scrape costs Redis.
+DEFAULT_HOST = "127.0.0.1"
 
 Window = Literal["current", "last_closed", "previous_closed"]
 #: ``current`` is the open period holding now; ``last_closed`` the newest row the leader
@@ -245,7 +255,10 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
         "Events sent to the dead-letter topic, by reason.",
         labels=["topic", "reason"],
     )
-    for (topic, reason), n in sorted(snap.stats.rejected.items()):
+    # every reason of every source topic from 0: a first rejection is then an increase
+    # that rate() sees, not a series appearing at 1
+    grid = {(t, r): 0 for t in snap.topics for r in REJECT_REASONS} | snap.stats.rejected
+    for (topic, reason), n in sorted(grid.items()):
         rejected.add_metric([topic, reason], n)
     yield from (processed, duplicate, rejected)
 
@@ -481,12 +494,24 @@ class _LoopThread:
 
 
 class RetentionCollector:
-    """Reads Redis once per scrape and yields the business and pipeline gauges."""
+    """Reads Redis once per scrape and yields the business and pipeline gauges.
 
-    def __init__(self, settings: Settings, timeout: float = 10.0) -> None:
+    A result is reused for ``cache_seconds`` (default: the settings'); concurrent scrapes
+    wait for the one read in progress instead of starting their own.
+    """
+
+    def __init__(
+        self, settings: Settings, timeout: float = 10.0, cache_seconds: float | None = None
+    ) -> None:
         assert settings.redis_url, "the exporter needs REDIS_URL (or a running `retention up`)"
         self.settings = settings
         self.timeout = timeout
+        self.cache_seconds = (
+            settings.metrics_cache_seconds if cache_seconds is None else cache_seconds
+        )
+        self._cache_lock = threading.Lock()
+        self._cached: list[Metric] = []
+        self._cached_at: float | None = None
         self._loop = _LoopThread()
         self._redis: Redis | None = None
         self._broker = (
@@ -503,14 +528,21 @@ class RetentionCollector:
         return await read_snapshot(self.settings, self._redis, self._broker, datetime.now(UTC))
 
     def collect(self) -> Iterator[Metric]:
+        with self._cache_lock:
+            now = time.monotonic()
+            if self._cached_at is None or now - self._cached_at >= self.cache_seconds:
+                self._cached = self._scrape()
+                self._cached_at = time.monotonic()
+            return iter(self._cached)
+
+    def _scrape(self) -> list[Metric]:
         started = time.monotonic()
         try:
             snap = self._loop.run(self._read(), self.timeout)
         except Exception as exc:
             logger.warning("scrape failed", extra={"error": repr(exc)})
-            yield from _exporter_families(False, False, time.monotonic() - started)
-            return
-        yield from families(snap)
+            return list(_exporter_families(False, False, time.monotonic() - started))
+        return families(snap)
 
     async def _aclose(self) -> None:
         if self._broker is not None:
@@ -528,9 +560,13 @@ class RetentionCollector:
 
 
 class WorkerMetrics:
-    """What one worker process measures itself; the registry is injected."""
+    """What one worker process measures itself; the registry is injected.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``topics`` are the source topics: their applied and rejected counters (every reject
+    reason) are exported from 0, so that the first increase is seen by ``rate()``.
+    """
+
+    def __init__(self, registry: CollectorRegistry, topics: Sequence[str] = ()) -> None:
         self.batch_duration = Histogram(
             "retention_batch_duration_seconds",
             "Time to apply one batch to Redis, retries included.",
@@ -546,22 +582,87 @@ class WorkerMetrics:
         self.redis_errors = Counter(
             "retention_redis_errors", "Failed Redis calls (each one retried).", registry=registry
         )
+        # named apart from the exporter's cluster-wide retention_events_*_total, so that a
+        # sum over all targets does not count a message twice
+        self.events_applied = Counter(
+            "retention_worker_events_applied",
+            "Messages this worker applied to the store, by source topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.events_rejected = Counter(
+            "retention_worker_events_rejected",
+            "Messages this worker sent to the dead-letter topic, by source topic and reason.",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.internal_errors = Counter(
+            "retention_worker_internal_errors",
+            "Unexpected exceptions this worker caught, logged and went on after.",
+            registry=registry,
+        )
+        self.last_batch = Gauge(
+            "retention_worker_last_batch_timestamp_seconds",
+            "Unix time of this worker's last applied batch; 0 until the first one.",
+            registry=registry,
+        )
+        for topic in topics:
+            self.events_applied.labels(topic)
+            for reason in REJECT_REASONS:
+                self.events_rejected.labels(topic, reason)
 
     def observe_batch(self, seconds: float, size: int) -> None:
+        """A batch of ``size`` messages was applied in ``seconds`` (retries included)."""
         self.batch_duration.observe(seconds)
         self.batch_size.observe(size)
+        self.last_batch.set(time.time())
 
     def redis_error(self) -> None:
         self.redis_errors.inc()
 
+    def applied(self, topic: str, n: int = 1) -> None:
+        self.events_applied.labels(topic).inc(n)
+
+    def rejected(self, topic: str, reason: str, n: int = 1) -> None:
+        self.events_rejected.labels(topic, reason).inc(n)
+
+    def internal_error(self) -> None:
+        self.internal_errors.inc()
+
 
 def serve_worker_metrics(
-    port: int, registry: CollectorRegistry, host: str = "0.0.0.0"
+    port: int,
+    registry: CollectorRegistry,
+    host: str = DEFAULT_HOST,
+    auth: ScrapeAuth | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``registry`` on ``host:port`` from a daemon thread; port 0 picks a free one."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    logger.info("worker metrics listening", extra={"port": server.server_port})
+    """Serve ``registry`` on ``host:port`` from a daemon thread; port 0 picks a free one.
+
+    ``auth`` is the exporter's (:meth:`ScrapeAuth.from_settings`): one credential for
+    every target of the tracker.
+    """
+    server, thread = serve(guarded(make_wsgi_app(registry), auth), host, port)
+    logger.info(
+        "worker metrics listening",
+        extra={"host": host, "port": server.server_port, "auth": auth is not None},
+    )
     return server, thread
+
+
+def start_worker_metrics(settings: Settings) -> WorkerMetrics | None:
+    """A worker's metrics as the settings ask: served on ``worker_metrics_host`` and
+    ``worker_metrics_port`` with the scrape auth, or None when no port is set."""
+    if settings.worker_metrics_port is None:
+        return None
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry, Topics.from_settings(settings).sources)
+    serve_worker_metrics(
+        settings.worker_metrics_port,
+        registry,
+        settings.worker_metrics_host,
+        ScrapeAuth.from_settings(settings),
+    )
+    return metrics
 
 
 # --- the exporter process -----------------------------------------------------------------
@@ -584,16 +685,17 @@ class Exporter:
 
 
 def start_exporter(
-    settings: Settings, host: str = "0.0.0.0", port: int = EXPORTER_PORT
+    settings: Settings, host: str = DEFAULT_HOST, port: int = EXPORTER_PORT
 ) -> Exporter:
+    auth = ScrapeAuth.from_settings(settings)  # a bad credential setting fails here, early
     registry = CollectorRegistry()
     collector = RetentionCollector(settings)
     registry.register(collector)
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    server, thread = serve(guarded(make_wsgi_app(registry), auth), host, port)
     return Exporter(server, thread, collector)
 
 
-def run_exporter(settings: Settings, host: str = "0.0.0.0", port: int = EXPORTER_PORT) -> int:
+def run_exporter(settings: Settings, host: str = DEFAULT_HOST, port: int = EXPORTER_PORT) -> int:
     """Serve ``/metrics`` until SIGINT or SIGTERM."""
     stopping = threading.Event()
 
@@ -603,7 +705,15 @@ def run_exporter(settings: Settings, host: str = "0.0.0.0", port: int = EXPORTER
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     exporter = start_exporter(settings, host, port)
-    logger.info("exporter listening", extra={"host": host, "port": exporter.port})
+    logger.info(
+        "exporter listening",
+        extra={
+            "host": host,
+            "port": exporter.port,
+            "auth": ScrapeAuth.from_settings(settings) is not None,
+            "cache_seconds": settings.metrics_cache_seconds,
+        },
+    )
     try:
         stopping.wait()
     finally:
@@ -617,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     from retention.services import resolve
 
     parser = argparse.ArgumentParser(prog="retention-exporter", description=__doc__)
-    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="bind address (compose: 0.0.0.0)")
     parser.add_argument("--port", type=int, default=EXPORTER_PORT)
     parser.add_argument("--log-level", default="warn", choices=["debug", "info", "warn", "error"])
     args = parser.parse_args(argv)

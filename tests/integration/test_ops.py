@@ -390,7 +390,7 @@ async def add_customers(store: Store, first: int, count: int, now: datetime) -> 
 async def test_series_count_does_not_grow_with_customers(settings: Settings, store: Store) -> None:
     """From N to 10N customers through the real store: the same series, other values."""
     now = datetime.now(UTC)
-    collector = RetentionCollector(settings)
+    collector = RetentionCollector(settings, cache_seconds=0)  # each scrape a fresh read
     try:
         await add_customers(store, 0, 30, now)
         before = await asyncio.to_thread(series_count, registry_with(collector))
