@@ -53,6 +53,7 @@ from processors.store import Stats, Store
 from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
 from retention.metrics_http import ScrapeAuth, guarded, serve
+from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from streams.events import REJECT_REASONS
 from streams.topics import Topics
 
@@ -101,6 +102,10 @@ class Snapshot:
     watermark_delay_seconds: float | None = None
     last_event_age_seconds: float | None = None
     collect_seconds: float = 0.0
+    #: live workers' last applied batch (unix s), for those whose heartbeat says it
+    worker_last_applied: dict[str, float] = field(default_factory=dict)
+    #: live workers with lag and no progress for a while; None when the lag is unknown
+    workers_stalled: int | None = None
 
 
 # --- pure: snapshot -> metric families -------------------------------------------------
@@ -289,6 +294,21 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
     workers = _gauge("retention_workers_alive", "Workers with a recent heartbeat.")
     workers.add_metric([], snap.workers_alive)
     yield workers
+    last = _gauge(
+        "retention_worker_last_applied_timestamp_seconds",
+        "Unix time of a live worker's last applied batch, from its heartbeat.",
+        ("worker",),
+    )
+    for worker, at in sorted(snap.worker_last_applied.items()):
+        last.add_metric([worker], at)
+    yield last
+    stalled = _gauge(
+        "retention_workers_stalled",
+        "Live workers whose partitions have lag but that applied nothing for a while.",
+    )
+    if snap.workers_stalled is not None:
+        stalled.add_metric([], snap.workers_stalled)
+    yield stalled
 
 
 def _exporter_families(redis_up: bool, kafka_up: bool, seconds: float) -> Iterator[Metric]:
@@ -420,9 +440,17 @@ async def _recent_cohorts(periods: Periods, now: datetime, limit: int) -> dict[s
 
 
 async def read_snapshot(
-    settings: Settings, redis: Redis, broker: BrokerOffsets | None, now: datetime
+    settings: Settings,
+    redis: Redis,
+    broker: BrokerOffsets | None,
+    now: datetime,
+    progress: Progress | None = None,
 ) -> Snapshot:
-    """Read one scrape's numbers. Redis errors propagate; a broker error only drops lag."""
+    """Read one scrape's numbers. Redis errors propagate; a broker error only drops lag.
+
+    ``progress`` remembers workers' applied counts between reads, for heartbeats without
+    ``last_applied_at`` (see :mod:`retention.stalls`).
+    """
     from retention.status import STALE_HEARTBEATS  # see BrokerOffsets._start
 
     started = time.monotonic()
@@ -451,6 +479,15 @@ async def read_snapshot(
     last_event = await periods.last_event()
     notify = await _int_hash(redis, prefix + "notify:stats")
     alive = await store.workers(STALE_HEARTBEATS * settings.worker_heartbeat_seconds)
+    beats = [parse_heartbeat(worker, info) for worker, info in alive.items()]
+    applied = await store.applied_offsets()
+    stalled = None
+    if ends is not None:
+        progress = progress or Progress()
+        progress.keep_only(alive)
+        stalled = stalled_workers(
+            beats, ends, applied, now.timestamp(), settings.worker_stalled_after_seconds, progress
+        )
     high_value = cast(str | None, await redis.get(prefix + "risk:high_value"))
     return Snapshot(
         tracked_customers=await store.customer_count(),
@@ -466,10 +503,14 @@ async def read_snapshot(
         notifications=_notification_counts(notify),
         surveys=await store.survey_totals(),
         responses=await store.response_histogram(),
-        lag=None if ends is None else lag_per_topic(ends, await store.applied_offsets()),
+        lag=None if ends is None else lag_per_topic(ends, applied),
         watermark_delay_seconds=None if watermark is None else (now - watermark).total_seconds(),
         last_event_age_seconds=None if last_event is None else (now - last_event).total_seconds(),
         collect_seconds=time.monotonic() - started,
+        worker_last_applied={
+            b.worker: b.last_applied_at for b in beats if b.last_applied_at is not None
+        },
+        workers_stalled=None if stalled is None else len(stalled),
     )
 
 
@@ -509,6 +550,7 @@ class RetentionCollector:
         self.cache_seconds = (
             settings.metrics_cache_seconds if cache_seconds is None else cache_seconds
         )
+        self._progress = Progress()
         self._cache_lock = threading.Lock()
         self._cached: list[Metric] = []
         self._cached_at: float | None = None
@@ -525,7 +567,9 @@ class RetentionCollector:
             self._redis = Redis.from_url(
                 self.settings.redis_url or "", decode_responses=True, socket_timeout=self.timeout
             )
-        return await read_snapshot(self.settings, self._redis, self._broker, datetime.now(UTC))
+        return await read_snapshot(
+            self.settings, self._redis, self._broker, datetime.now(UTC), self._progress
+        )
 
     def collect(self) -> Iterator[Metric]:
         with self._cache_lock:

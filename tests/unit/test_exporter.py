@@ -44,6 +44,7 @@ GAUGE_NOUNS = {
     "retention_nps_score",
     "retention_csat_average",
     "retention_ces_average",
+    "retention_workers_stalled",
 }
 
 
@@ -87,6 +88,8 @@ def snapshot(customers: int) -> Snapshot:
         lag={t: 10 for t in TOPICS},
         watermark_delay_seconds=12.5,
         last_event_age_seconds=3.0,
+        worker_last_applied={"host-1": 1_700_000_000.25},
+        workers_stalled=1,
     )
 
 
@@ -133,6 +136,9 @@ def test_values_land_on_their_labels() -> None:
     assert get("retention_consumer_lag_messages", {"topic": "support"}) == 10
     assert get("retention_watermark_delay_seconds") == 12.5
     assert get("retention_workers_alive") == 2
+    assert get("retention_workers_stalled") == 1
+    last = "retention_worker_last_applied_timestamp_seconds"
+    assert get(last, {"worker": "host-1"}) == 1_700_000_000.25
     cell = {"period": "month", "cohort": "2024-01", "offset": "1"}
     assert get("retention_cohort_active_customers", cell) == 50
     assert get("retention_cohort_retention_ratio", cell) == 0.5
@@ -158,6 +164,8 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
         "retention_consumer_lag_messages",
         "retention_watermark_delay_seconds",
         "retention_last_event_age_seconds",
+        "retention_workers_stalled",  # unknown without the broker's offsets
+        "retention_worker_last_applied_timestamp_seconds",
     ):
         assert missing not in names
     assert get("retention_exporter_kafka_up") == 0
