@@ -111,6 +111,22 @@ def test_promtool_checks_config_and_rules() -> None:
     run_tool("promtool", "test", "rules", *map(str, RULE_TESTS))
 
 
+def test_the_readme_scrape_config_with_auth_passes_promtool(tmp_path: Path) -> None:
+    """The README's example: a bearer token for the exporter, basic auth for a worker."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(scrape_configs:.*?)```", readme, re.S)
+    assert len(blocks) == 1, "README.md should show one scrape config example"
+    config = yaml.safe_load(blocks[0])
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["retention-exporter"]["authorization"]["type"] == "Bearer"
+    assert jobs["retention-worker"]["basic_auth"]["username"]
+    text = blocks[0].replace("/etc/prometheus/secrets", str(tmp_path))
+    for name in ("retention_metrics_token", "retention_metrics_password"):
+        (tmp_path / name).write_text("secret\n")
+    (tmp_path / "prometheus.yml").write_text(text)
+    run_tool("promtool", "check", "config", str(tmp_path / "prometheus.yml"))
+
+
 def test_amtool_checks_alertmanager_config() -> None:
     run_tool("amtool", "check-config", "prometheus/alertmanager.yml")
 
