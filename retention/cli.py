@@ -373,8 +373,13 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
 def cmd_metrics_server(args: argparse.Namespace) -> int:
     from retention.exporter import run_exporter
+    from retention.metrics_http import AuthConfigError
 
-    return run_exporter(_services(args), args.host, args.port)
+    try:
+        return run_exporter(_services(args), args.host, args.port)
+    except AuthConfigError as exc:
+        print(f"retention: {exc}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,8 +44,11 @@ def _secret(value: SecretStr | None, path: Path | None, name: str) -> str | None
     if value is not None and path is not None:
         raise AuthConfigError(f"set {name} or {name}_FILE, not both")
     if path is not None:
-        # a trailing newline is what editors and `echo` leave, never part of the secret
-        text = path.read_text().rstrip("\r\n")
+        try:
+            # a trailing newline is what editors and `echo` leave, never part of the secret
+            text = path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise AuthConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from exc
     elif value is not None:
         text = value.get_secret_value()
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -123,9 +124,26 @@ def test_unusable_credentials_stop_the_start(tmp_path: Path) -> None:
         Settings(metrics_basic_auth="no-colon"),
         Settings(metrics_bearer_token_file=empty),
         Settings(metrics_bearer_token="a", metrics_bearer_token_file=empty),
+        Settings(metrics_basic_auth_file=tmp_path / "missing"),
     ):
         with pytest.raises(AuthConfigError):
             ScrapeAuth.from_settings(bad)
+
+
+def test_metrics_server_refuses_to_start_with_an_unreadable_credential(
+    settings: Settings, tmp_path: Path
+) -> None:
+    chosen = with_changes(settings, metrics_bearer_token_file=tmp_path / "missing")
+    proc = subprocess.run(
+        [sys.executable, "-m", "retention.cli", "metrics-server", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=settings_env(chosen),
+    )
+    assert proc.returncode == 2
+    assert "RETENTION_METRICS_BEARER_TOKEN_FILE: cannot read" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 async def test_the_exporter_listens_on_loopback_unless_told(settings: Settings) -> None:
