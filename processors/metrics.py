@@ -51,6 +51,13 @@ class PeriodRow:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Any) -> PeriodRow:
+        """A row as :meth:`as_dict` wrote it; ``ValueError`` for any other shape."""
+        if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
+            raise ValueError(f"not a period row: {data!r:.200}")
+        return cls(**data)
+
 
 @dataclass(frozen=True, slots=True)
 class Cohort:

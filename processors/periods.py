@@ -4,14 +4,24 @@ The counts are exact whenever they are read: the bitmaps hold every applied acti
 late ones included. Closing a period writes its row once (``HSETNX``) for the record, when
 the clock has passed the period's end; the clock is wall time in live mode and the
 event-time watermark in backtests.
+
+Readers take what is stored as it is, including what an older version let in: event times
+outside ``[VALID_FROM, VALID_UNTIL)`` (an order dated 9999-12-31 or 0001-01-01) are skipped
+with one warning per read, never turned into dates that overflow or into hundreds of
+thousands of empty periods. When the recorded first or last event time is out of range,
+the span is taken from the activity and sales keys that lie in range instead (months
+first, then the days of the first and last of them).
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from importlib.resources import files
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -20,14 +30,47 @@ from processors.windows import (
     PERIOD_LETTERS,
     Period,
     epoch_day,
-    from_epoch_day,
     next_period,
     period_start,
     periods_between,
 )
 
+logger = logging.getLogger(__name__)
+
 _COUNTS = files("processors").joinpath("period_counts.lua").read_text()
 _COHORT = files("processors").joinpath("cohort_row.lua").read_text()
+
+#: Event times the readers take into account; anything else is left out with a warning.
+VALID_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+VALID_UNTIL = datetime(2100, 1, 1, tzinfo=UTC)
+_VALID_MS = (0, int(VALID_UNTIL.timestamp() * 1000))
+#: At most this many rows written per ``close`` call: a backlog (data from long ago, or a
+#: leader that was down) is worked off a bounded step per tick instead of in one long burst
+#: of Redis work. A day row costs two unions of W day bitmaps.
+MAX_CLOSED_PER_CALL = 100
+#: Names checked per round trip when looking rows up in a period's rows hash.
+_CHUNK = 500
+#: A warning of one kind is repeated at most this often by one reader.
+_WARN_EVERY_SECONDS = 60.0
+_DAY = timedelta(days=1)
+
+
+def valid_ms(raw: object) -> int | None:
+    """A stored event time in ms, or None when it is unreadable or out of range."""
+    try:
+        ms = int(float(str(raw)))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return ms if _VALID_MS[0] <= ms < _VALID_MS[1] else None
+
+
+def clamp(ts: datetime) -> datetime:
+    """``ts`` moved into ``[VALID_FROM, VALID_UNTIL)``."""
+    return min(max(ts, VALID_FROM), VALID_UNTIL - timedelta(milliseconds=1))
+
+
+def _months_in_range() -> list[datetime]:
+    return periods_between(VALID_FROM, VALID_UNTIL - timedelta(days=1), "month")
 
 
 class Periods:
@@ -36,24 +79,75 @@ class Periods:
         self.prefix = prefix
         self._counts = redis.register_script(_COUNTS)
         self._cohort = redis.register_script(_COHORT)
+        self._warned: dict[str, float] = {}
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
 
+    def _warn(self, kind: str, message: str, **fields: Any) -> None:
+        """Log ``message`` once per read: not again for the same kind within a minute."""
+        now = time.monotonic()
+        if now - self._warned.get(kind, -_WARN_EVERY_SECONDS) < _WARN_EVERY_SECONDS:
+            return
+        self._warned[kind] = now
+        logger.warning(message, extra={"key_prefix": self.prefix, **fields})
+
+    async def last_event(self) -> datetime | None:
+        """Event time of the last applied event, None when unknown or out of range."""
+        last = valid_ms(await self.redis.hget(self.key("meta"), "last"))
+        return None if last is None else _from_ms(last)
+
     async def span(self) -> tuple[datetime, datetime] | None:
-        """Event times of the first and the last applied event."""
-        first, last = await self.redis.hmget(self.key("meta"), ["first", "last"])
-        if first is None or last is None:
+        """Event times of the first and the last applied event, within the valid range.
+
+        A bound stored out of range (by an older version that accepted any date) is
+        replaced by the first or last month in range that holds activity or sales.
+        """
+        raw = cast(list[str | None], await self.redis.hmget(self.key("meta"), ["first", "last"]))
+        if raw[0] is None or raw[1] is None:
             return None
-        return _from_ms(int(first)), _from_ms(int(last))
+        first, last = valid_ms(raw[0]), valid_ms(raw[1])
+        if first is not None and last is not None:
+            return _from_ms(first), _from_ms(last)
+        self._warn(
+            "span",
+            "stored event times out of range skipped; span taken from the period keys",
+            first=raw[0],
+            last=raw[1],
+            valid_from=VALID_FROM.isoformat(),
+            valid_until=VALID_UNTIL.isoformat(),
+        )
+        months = await self._with_data("m", _months_in_range())
+        if not months:
+            return None
+        # then the days of the first and the last of those months, for the exact bounds
+        days = await self._with_data(
+            "d",
+            [
+                *periods_between(months[0], next_period(months[0], "month") - _DAY, "day"),
+                *periods_between(months[-1], next_period(months[-1], "month") - _DAY, "day"),
+            ],
+        )
+        low = _from_ms(first) if first is not None else days[0]
+        high = _from_ms(last) if last is not None else days[-1] + _DAY - timedelta(milliseconds=1)
+        return (low, high) if low <= high else (high, low)
+
+    async def _with_data(self, letter: str, starts: Sequence[datetime]) -> list[datetime]:
+        """Those of the period ``starts`` whose activity or sales keys exist, in order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for start in starts:
+                day = str(epoch_day(start))
+                pipe.exists(self.key("act", letter, day), self.key("sales", letter, day))
+            found = await pipe.execute()
+        return sorted({s for s, n in zip(starts, found, strict=True) if int(n)})
 
     async def starts(self, period: Period, through: datetime | None = None) -> list[datetime]:
         """Periods from the one of the first event through the one holding ``through``
-        (default: the last event)."""
+        (default: the last event), never outside the valid range."""
         span = await self.span()
         if span is None:
             return []
-        return periods_between(span[0], through or span[1], period)
+        return periods_between(span[0], clamp(through or span[1]), period)
 
     async def row(self, period: Period, start: datetime, churn_days: int) -> PeriodRow:
         stop = next_period(start, period)
@@ -117,18 +211,31 @@ class Periods:
         return self.key("rows", PERIOD_LETTERS[period], str(churn_days))
 
     async def close(
-        self, period: Period, churn_days: int, clock: datetime, through: datetime | None = None
+        self,
+        period: Period,
+        churn_days: int,
+        clock: datetime,
+        through: datetime | None = None,
+        limit: int | None = MAX_CLOSED_PER_CALL,
     ) -> list[PeriodRow]:
-        """Write the row of every period that ended at or before ``clock`` and has none.
+        """Write the row of periods that ended at or before ``clock`` and have none, oldest
+        first, at most ``limit`` of them (None: all).
 
         ``through`` limits closing to periods up to the one holding it (a backtest's
         ``--until``). Returns the rows written by this call; a row already written stays.
+        Only the periods of the valid span are looked at, by name, so rows that an older
+        version wrote for out-of-range dates are neither read nor rewritten.
         """
         key = self._rows_key(period, churn_days)
-        done = set(cast(list[str], await self.redis.hkeys(key)))
+        due = [
+            start
+            for start in await self.starts(period, max(clock, through or clock))
+            if next_period(start, period) <= clock and not (through and start > through)
+        ]
+        done = await self._existing(key, [s.date().isoformat() for s in due])
         written: list[PeriodRow] = []
-        for start in await self.starts(period, max(clock, through or clock)):
-            if next_period(start, period) > clock or (through and start > through):
+        for start in due:
+            if limit is not None and len(written) >= limit:
                 break
             if start.date().isoformat() in done:
                 continue
@@ -137,18 +244,85 @@ class Periods:
                 written.append(row)
         return written
 
-    async def latest_closed(self, period: Period, churn_days: int, n: int) -> list[PeriodRow]:
-        """The ``n`` newest closed rows, oldest first, reading only those values."""
+    async def _existing(self, key: str, names: Sequence[str]) -> set[str]:
+        """Those of ``names`` that are fields of the hash ``key``."""
+        found: set[str] = set()
+        for i in range(0, len(names), _CHUNK):
+            chunk = names[i : i + _CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in chunk:
+                    pipe.hexists(key, name)
+                flags = await pipe.execute()
+            found.update(name for name, flag in zip(chunk, flags, strict=True) if flag)
+        return found
+
+    async def stored_rows(
+        self, period: Period, churn_days: int, starts: Sequence[datetime]
+    ) -> dict[str, PeriodRow]:
+        """The closed rows of the given periods, by period start date; absent ones left out."""
         key = self._rows_key(period, churn_days)
-        names = sorted(cast(list[str], await self.redis.hkeys(key)))[-n:]
-        if not names:
+        names = [s.date().isoformat() for s in starts]
+        out: dict[str, PeriodRow] = {}
+        for i in range(0, len(names), _CHUNK):
+            chunk = names[i : i + _CHUNK]
+            raw = cast(list[str | None], await self.redis.hmget(key, chunk))
+            out.update(self._parse_rows((n, v) for n, v in zip(chunk, raw, strict=True) if v))
+        return out
+
+    async def latest_closed(
+        self, period: Period, churn_days: int, n: int, now: datetime | None = None
+    ) -> list[PeriodRow]:
+        """The ``n`` newest closed rows, oldest first.
+
+        Periods are looked up by name from the newest one (through ``now`` or the last
+        event, whichever is later) backwards, a few at a time: a live tracker finds them in
+        one round trip, whatever else the hash holds.
+        """
+        span = await self.span()
+        if span is None:
             return []
-        raw = cast(list[str | None], await self.redis.hmget(key, names))
-        return [PeriodRow(**json.loads(v)) for v in raw if v is not None]
+        key = self._rows_key(period, churn_days)
+        latest = clamp(max(span[1], now or datetime.now(UTC)))
+        names = [s.date().isoformat() for s in reversed(periods_between(span[0], latest, period))]
+        found: list[str] = []
+        i, step = 0, max(8, 2 * n)
+        while i < len(names) and len(found) < n:
+            chunk = names[i : i + step]
+            present = await self._existing(key, chunk)
+            found += [name for name in chunk if name in present]
+            # a growing step: few round trips even across decades of unclosed periods
+            i, step = i + step, min(2 * step, _CHUNK)
+        wanted = sorted(found[:n])
+        if not wanted:
+            return []
+        raw = cast(list[str | None], await self.redis.hmget(key, wanted))
+        rows = self._parse_rows((k, v) for k, v in zip(wanted, raw, strict=True) if v)
+        return [rows[k] for k in sorted(rows)]
 
     async def closed_rows(self, period: Period, churn_days: int) -> list[PeriodRow]:
+        """Every closed row in range, oldest first."""
         raw = cast(dict[str, str], await self.redis.hgetall(self._rows_key(period, churn_days)))
-        return [PeriodRow(**json.loads(raw[k])) for k in sorted(raw)]
+        rows = self._parse_rows(raw.items())
+        return [rows[k] for k in sorted(rows)]
+
+    def _parse_rows(self, items: Iterable[tuple[str, str]]) -> dict[str, PeriodRow]:
+        """Stored rows by name, without those dated out of range or not readable."""
+        out: dict[str, PeriodRow] = {}
+        skipped: list[str] = []
+        for name, value in items:
+            row = _parse_row(name, value)
+            if row is None:
+                skipped.append(name)
+            else:
+                out[name] = row
+        if skipped:
+            self._warn(
+                "rows",
+                "stored period rows out of range or unreadable skipped",
+                count=len(skipped),
+                example=skipped[0],
+            )
+        return out
 
     async def watermark(self, scope: str, topics: dict[str, int]) -> datetime | None:
         """The event-time watermark: the oldest of the partitions' newest event times.
@@ -159,9 +333,17 @@ class Periods:
         """
         newest = cast(dict[str, str], await self.redis.hgetall(self.key("newest", scope)))
         by_topic: dict[str, list[int]] = {}
+        skipped = 0
         for tp, ts in newest.items():
             topic, _, _ = tp.rpartition("|")
-            by_topic.setdefault(topic, []).append(int(ts))
+            ms = valid_ms(ts)
+            if ms is None:
+                # as if the partition had no data: the watermark rather waits than jumps
+                skipped += 1
+                continue
+            by_topic.setdefault(topic, []).append(ms)
+        if skipped:
+            self._warn("newest", "newest event times out of range skipped", count=skipped)
         lows: list[int] = []
         for topic, times in by_topic.items():
             if len(times) < topics.get(topic, 1):
@@ -171,4 +353,14 @@ class Periods:
 
 
 def _from_ms(ms: int) -> datetime:
-    return from_epoch_day(0) + timedelta(milliseconds=ms)
+    return VALID_FROM + timedelta(milliseconds=ms)
+
+
+def _parse_row(name: str, value: str) -> PeriodRow | None:
+    try:
+        start = datetime.fromisoformat(name).replace(tzinfo=UTC)
+        if not VALID_FROM <= start < VALID_UNTIL:
+            return None
+        return PeriodRow.from_dict(json.loads(value))
+    except (TypeError, ValueError):
+        return None

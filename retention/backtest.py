@@ -236,7 +236,7 @@ class Backtest:
         if last is not None:
             # end of input: the clock moves to the end of the last period
             end = next_period(period_start(last, o.period), o.period)
-            await periods.close(o.period, o.churn_days, clock=end, through=last)
+            await periods.close(o.period, o.churn_days, clock=end, through=last, limit=None)
             wanted = {s.date().isoformat() for s in await periods.starts(o.period, last)}
             rows = [
                 r.as_dict()

@@ -271,11 +271,13 @@ async def _live_periods(
         periods = Periods(redis, settings.key_prefix)
         now = datetime.now(UTC)
         active: dict[str, int] = {p: await periods.active(p, now) for p in PERIODS}
-        closed = {r.period: r for r in await periods.closed_rows(period, churn_days)}
         rows: list[dict[str, Any]] = []
         span = await periods.span()
         through = max(now, span[1]) if span else None
-        for start in await periods.starts(period, through):
+        starts = await periods.starts(period, through)
+        # only the rows of these periods: whatever else an older version stored is not read
+        closed = await periods.stored_rows(period, churn_days, starts)
+        for start in starts:
             key = start.date().isoformat()
             if key in closed:
                 rows.append(closed[key].as_dict())
@@ -404,8 +406,13 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
 def cmd_metrics_server(args: argparse.Namespace) -> int:
     from retention.exporter import run_exporter
+    from retention.metrics_http import AuthConfigError
 
-    return run_exporter(_services(args), args.host, args.port)
+    try:
+        return run_exporter(_services(args), args.host, args.port)
+    except AuthConfigError as exc:
+        print(f"retention: {exc}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -495,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     notify.set_defaults(func=cmd_notify)
 
     ms = sub.add_parser("metrics-server", parents=[common], help="serve /metrics read from Redis")
-    ms.add_argument("--host", default="0.0.0.0")
+    ms.add_argument(
+        "--host", default="127.0.0.1", help="bind address; 0.0.0.0 to be reached from elsewhere"
+    )
     ms.add_argument("--port", type=int, default=9465)
     ms.set_defaults(func=cmd_metrics_server)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ActivityKind = Literal["order", "login", "support"]
@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     notifications_file: Path | None = None
     # port for a worker's own /metrics (batch latency, Redis errors); None = not served
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Both /metrics endpoints (exporter and workers): the worker's bind address (the
+    # exporter's is its --host), who may scrape (a bearer token and/or basic auth
+    # "user:password", each given directly or in a file; none set = no auth), how long the
+    # exporter reuses one read of Redis, and when a worker with lag counts as stalled
+    worker_metrics_host: str = "127.0.0.1"
+    metrics_bearer_token: SecretStr | None = None
+    metrics_bearer_token_file: Path | None = None
+    metrics_basic_auth: SecretStr | None = None
+    metrics_basic_auth_file: Path | None = None
+    metrics_cache_seconds: float = Field(default=5.0, ge=0)
     # a worker whose partitions have lag and that applied nothing for this long is stalled
     worker_stalled_after_seconds: float = Field(default=60.0, gt=0)
 
@@ -95,6 +105,8 @@ class Settings(BaseSettings):
                 if name in ("kafka_bootstrap", "redis_url")
                 else f"RETENTION_{name.upper()}"
             )
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             out[key] = ",".join(value) if isinstance(value, tuple) else str(value)
         return out
 

@@ -7,7 +7,13 @@ Two kinds of numbers, two places:
   (:func:`families`, pure). Cluster-wide counts live in Redis already, so summing them over
   workers would count them several times; one reader reports them once.
 - :class:`WorkerMetrics` lives in each worker process: what only that process can measure
-  (batch latency and size, Redis errors), exposed by :func:`serve_worker_metrics`.
+  (batch latency and size, Redis errors, its own applied and rejected messages, the time
+  of its last applied batch), exposed by :func:`serve_worker_metrics`.
+
+Both listen on 127.0.0.1 unless told otherwise and take the same optional scrape
+authentication (:mod:`retention.metrics_http`). A scrape of the exporter costs Redis some
+work, so its result is reused for ``metrics_cache_seconds``: a storm of scrapes reads Redis
+once per interval, not once per request.
 
 Definitions of the period numbers are those of METRICS.md ("Activity and churn"). Labels
 are closed sets (period, window, state, channel, outcome, topic, reason, cohort offset);
@@ -24,7 +30,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
@@ -32,7 +38,7 @@ from typing import Any, Literal, TypeVar, cast
 from wsgiref.simple_server import WSGIServer
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -46,12 +52,17 @@ from processors.periods import Periods
 from processors.store import Stats, Store
 from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
+from retention.metrics_http import ScrapeAuth, guarded, serve
+from retention.stalls import Progress, parse_heartbeat, stalled_workers
+from streams.events import REJECT_REASONS
 from streams.topics import Topics
 
 logger = logging.getLogger(__name__)
 
 EXPORTER_PORT = 9465
 WORKER_METRICS_PORT = 9464
+#: Loopback unless told otherwise: the numbers are the business's, and a scrape costs Redis.
+DEFAULT_HOST = "127.0.0.1"
 
 Window = Literal["current", "last_closed", "previous_closed"]
 #: ``current`` is the open period holding now; ``last_closed`` the newest row the leader
@@ -91,6 +102,10 @@ class Snapshot:
     watermark_delay_seconds: float | None = None
     last_event_age_seconds: float | None = None
     collect_seconds: float = 0.0
+    #: live workers' last applied batch (unix s), for those whose heartbeat says it
+    worker_last_applied: dict[str, float] = field(default_factory=dict)
+    #: live workers with lag and no progress for a while; None when the lag is unknown
+    workers_stalled: int | None = None
 
 
 # --- pure: snapshot -> metric families -------------------------------------------------
@@ -245,7 +260,10 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
         "Events sent to the dead-letter topic, by reason.",
         labels=["topic", "reason"],
     )
-    for (topic, reason), n in sorted(snap.stats.rejected.items()):
+    # every reason of every source topic from 0: a first rejection is then an increase
+    # that rate() sees, not a series appearing at 1
+    grid = {(t, r): 0 for t in snap.topics for r in REJECT_REASONS} | snap.stats.rejected
+    for (topic, reason), n in sorted(grid.items()):
         rejected.add_metric([topic, reason], n)
     yield from (processed, duplicate, rejected)
 
@@ -276,6 +294,21 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
     workers = _gauge("retention_workers_alive", "Workers with a recent heartbeat.")
     workers.add_metric([], snap.workers_alive)
     yield workers
+    last = _gauge(
+        "retention_worker_last_applied_timestamp_seconds",
+        "Unix time of a live worker's last applied batch, from its heartbeat.",
+        ("worker",),
+    )
+    for worker, at in sorted(snap.worker_last_applied.items()):
+        last.add_metric([worker], at)
+    yield last
+    stalled = _gauge(
+        "retention_workers_stalled",
+        "Live workers whose partitions have lag but that applied nothing for a while.",
+    )
+    if snap.workers_stalled is not None:
+        stalled.add_metric([], snap.workers_stalled)
+    yield stalled
 
 
 def _exporter_families(redis_up: bool, kafka_up: bool, seconds: float) -> Iterator[Metric]:
@@ -379,10 +412,10 @@ async def _int_hash(redis: Redis, key: str) -> dict[str, int]:
 
 
 async def _closed_rows(
-    periods: Periods, period: Period, churn_days: int
+    periods: Periods, period: Period, churn_days: int, now: datetime
 ) -> dict[Window, PeriodRow]:
     """The two newest closed rows; only their keys are listed, two values read."""
-    rows = await periods.latest_closed(period, churn_days, 2)
+    rows = await periods.latest_closed(period, churn_days, 2, now)
     closed: tuple[Window, Window] = ("previous_closed", "last_closed")
     return dict(zip(closed[-len(rows) :], rows, strict=True)) if rows else {}
 
@@ -407,9 +440,17 @@ async def _recent_cohorts(periods: Periods, now: datetime, limit: int) -> dict[s
 
 
 async def read_snapshot(
-    settings: Settings, redis: Redis, broker: BrokerOffsets | None, now: datetime
+    settings: Settings,
+    redis: Redis,
+    broker: BrokerOffsets | None,
+    now: datetime,
+    progress: Progress | None = None,
 ) -> Snapshot:
-    """Read one scrape's numbers. Redis errors propagate; a broker error only drops lag."""
+    """Read one scrape's numbers. Redis errors propagate; a broker error only drops lag.
+
+    ``progress`` remembers workers' applied counts between reads, for heartbeats without
+    ``last_applied_at`` (see :mod:`retention.stalls`).
+    """
     from retention.status import STALE_HEARTBEATS  # see BrokerOffsets._start
 
     started = time.monotonic()
@@ -429,13 +470,24 @@ async def read_snapshot(
     for period in PERIODS:
         current = await periods.row(period, period_start(now, period), settings.churn_after_days)
         rows[(period, "current")] = current
-        for window, row in (await _closed_rows(periods, period, settings.churn_after_days)).items():
+        for window, row in (
+            await _closed_rows(periods, period, settings.churn_after_days, now)
+        ).items():
             rows[(period, window)] = row
 
     watermark = await periods.watermark(scope, dict.fromkeys(topics, settings.partitions))
-    span = await periods.span()
+    last_event = await periods.last_event()
     notify = await _int_hash(redis, prefix + "notify:stats")
     alive = await store.workers(STALE_HEARTBEATS * settings.worker_heartbeat_seconds)
+    beats = [parse_heartbeat(worker, info) for worker, info in alive.items()]
+    applied = await store.applied_offsets()
+    stalled = None
+    if ends is not None:
+        progress = progress or Progress()
+        progress.keep_only(alive)
+        stalled = stalled_workers(
+            beats, ends, applied, now.timestamp(), settings.worker_stalled_after_seconds, progress
+        )
     high_value = cast(str | None, await redis.get(prefix + "risk:high_value"))
     return Snapshot(
         tracked_customers=await store.customer_count(),
@@ -451,10 +503,14 @@ async def read_snapshot(
         notifications=_notification_counts(notify),
         surveys=await store.survey_totals(),
         responses=await store.response_histogram(),
-        lag=None if ends is None else lag_per_topic(ends, await store.applied_offsets()),
+        lag=None if ends is None else lag_per_topic(ends, applied),
         watermark_delay_seconds=None if watermark is None else (now - watermark).total_seconds(),
-        last_event_age_seconds=None if span is None else (now - span[1]).total_seconds(),
+        last_event_age_seconds=None if last_event is None else (now - last_event).total_seconds(),
         collect_seconds=time.monotonic() - started,
+        worker_last_applied={
+            b.worker: b.last_applied_at for b in beats if b.last_applied_at is not None
+        },
+        workers_stalled=None if stalled is None else len(stalled),
     )
 
 
@@ -479,12 +535,25 @@ class _LoopThread:
 
 
 class RetentionCollector:
-    """Reads Redis once per scrape and yields the business and pipeline gauges."""
+    """Reads Redis once per scrape and yields the business and pipeline gauges.
 
-    def __init__(self, settings: Settings, timeout: float = 10.0) -> None:
+    A result is reused for ``cache_seconds`` (default: the settings'); concurrent scrapes
+    wait for the one read in progress instead of starting their own.
+    """
+
+    def __init__(
+        self, settings: Settings, timeout: float = 10.0, cache_seconds: float | None = None
+    ) -> None:
         assert settings.redis_url, "the exporter needs REDIS_URL (or a running `retention up`)"
         self.settings = settings
         self.timeout = timeout
+        self.cache_seconds = (
+            settings.metrics_cache_seconds if cache_seconds is None else cache_seconds
+        )
+        self._progress = Progress()
+        self._cache_lock = threading.Lock()
+        self._cached: list[Metric] = []
+        self._cached_at: float | None = None
         self._loop = _LoopThread()
         self._redis: Redis | None = None
         self._broker = (
@@ -498,17 +567,26 @@ class RetentionCollector:
             self._redis = Redis.from_url(
                 self.settings.redis_url or "", decode_responses=True, socket_timeout=self.timeout
             )
-        return await read_snapshot(self.settings, self._redis, self._broker, datetime.now(UTC))
+        return await read_snapshot(
+            self.settings, self._redis, self._broker, datetime.now(UTC), self._progress
+        )
 
     def collect(self) -> Iterator[Metric]:
+        with self._cache_lock:
+            now = time.monotonic()
+            if self._cached_at is None or now - self._cached_at >= self.cache_seconds:
+                self._cached = self._scrape()
+                self._cached_at = time.monotonic()
+            return iter(self._cached)
+
+    def _scrape(self) -> list[Metric]:
         started = time.monotonic()
         try:
             snap = self._loop.run(self._read(), self.timeout)
         except Exception as exc:
             logger.warning("scrape failed", extra={"error": repr(exc)})
-            yield from _exporter_families(False, False, time.monotonic() - started)
-            return
-        yield from families(snap)
+            return list(_exporter_families(False, False, time.monotonic() - started))
+        return families(snap)
 
     async def _aclose(self) -> None:
         if self._broker is not None:
@@ -526,9 +604,13 @@ class RetentionCollector:
 
 
 class WorkerMetrics:
-    """What one worker process measures itself; the registry is injected."""
+    """What one worker process measures itself; the registry is injected.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``topics`` are the source topics: their applied and rejected counters (every reject
+    reason) are exported from 0, so that the first increase is seen by ``rate()``.
+    """
+
+    def __init__(self, registry: CollectorRegistry, topics: Sequence[str] = ()) -> None:
         self.batch_duration = Histogram(
             "retention_batch_duration_seconds",
             "Time to apply one batch to Redis, retries included.",
@@ -544,22 +626,87 @@ class WorkerMetrics:
         self.redis_errors = Counter(
             "retention_redis_errors", "Failed Redis calls (each one retried).", registry=registry
         )
+        # named apart from the exporter's cluster-wide retention_events_*_total, so that a
+        # sum over all targets does not count a message twice
+        self.events_applied = Counter(
+            "retention_worker_events_applied",
+            "Messages this worker applied to the store, by source topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.events_rejected = Counter(
+            "retention_worker_events_rejected",
+            "Messages this worker sent to the dead-letter topic, by source topic and reason.",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self.internal_errors = Counter(
+            "retention_worker_internal_errors",
+            "Unexpected exceptions this worker caught, logged and went on after.",
+            registry=registry,
+        )
+        self.last_batch = Gauge(
+            "retention_worker_last_batch_timestamp_seconds",
+            "Unix time of this worker's last applied batch; 0 until the first one.",
+            registry=registry,
+        )
+        for topic in topics:
+            self.events_applied.labels(topic)
+            for reason in REJECT_REASONS:
+                self.events_rejected.labels(topic, reason)
 
     def observe_batch(self, seconds: float, size: int) -> None:
+        """A batch of ``size`` messages was applied in ``seconds`` (retries included)."""
         self.batch_duration.observe(seconds)
         self.batch_size.observe(size)
+        self.last_batch.set(time.time())
 
     def redis_error(self) -> None:
         self.redis_errors.inc()
 
+    def applied(self, topic: str, n: int = 1) -> None:
+        self.events_applied.labels(topic).inc(n)
+
+    def rejected(self, topic: str, reason: str, n: int = 1) -> None:
+        self.events_rejected.labels(topic, reason).inc(n)
+
+    def internal_error(self) -> None:
+        self.internal_errors.inc()
+
 
 def serve_worker_metrics(
-    port: int, registry: CollectorRegistry, host: str = "0.0.0.0"
+    port: int,
+    registry: CollectorRegistry,
+    host: str = DEFAULT_HOST,
+    auth: ScrapeAuth | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``registry`` on ``host:port`` from a daemon thread; port 0 picks a free one."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    logger.info("worker metrics listening", extra={"port": server.server_port})
+    """Serve ``registry`` on ``host:port`` from a daemon thread; port 0 picks a free one.
+
+    ``auth`` is the exporter's (:meth:`ScrapeAuth.from_settings`): one credential for
+    every target of the tracker.
+    """
+    server, thread = serve(guarded(make_wsgi_app(registry), auth), host, port)
+    logger.info(
+        "worker metrics listening",
+        extra={"host": host, "port": server.server_port, "auth": auth is not None},
+    )
     return server, thread
+
+
+def start_worker_metrics(settings: Settings) -> WorkerMetrics | None:
+    """A worker's metrics as the settings ask: served on ``worker_metrics_host`` and
+    ``worker_metrics_port`` with the scrape auth, or None when no port is set."""
+    if settings.worker_metrics_port is None:
+        return None
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry, Topics.from_settings(settings).sources)
+    serve_worker_metrics(
+        settings.worker_metrics_port,
+        registry,
+        settings.worker_metrics_host,
+        ScrapeAuth.from_settings(settings),
+    )
+    return metrics
 
 
 # --- the exporter process -----------------------------------------------------------------
@@ -582,16 +729,17 @@ class Exporter:
 
 
 def start_exporter(
-    settings: Settings, host: str = "0.0.0.0", port: int = EXPORTER_PORT
+    settings: Settings, host: str = DEFAULT_HOST, port: int = EXPORTER_PORT
 ) -> Exporter:
+    auth = ScrapeAuth.from_settings(settings)  # a bad credential setting fails here, early
     registry = CollectorRegistry()
     collector = RetentionCollector(settings)
     registry.register(collector)
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    server, thread = serve(guarded(make_wsgi_app(registry), auth), host, port)
     return Exporter(server, thread, collector)
 
 
-def run_exporter(settings: Settings, host: str = "0.0.0.0", port: int = EXPORTER_PORT) -> int:
+def run_exporter(settings: Settings, host: str = DEFAULT_HOST, port: int = EXPORTER_PORT) -> int:
     """Serve ``/metrics`` until SIGINT or SIGTERM."""
     stopping = threading.Event()
 
@@ -601,7 +749,15 @@ def run_exporter(settings: Settings, host: str = "0.0.0.0", port: int = EXPORTER
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     exporter = start_exporter(settings, host, port)
-    logger.info("exporter listening", extra={"host": host, "port": exporter.port})
+    logger.info(
+        "exporter listening",
+        extra={
+            "host": host,
+            "port": exporter.port,
+            "auth": ScrapeAuth.from_settings(settings) is not None,
+            "cache_seconds": settings.metrics_cache_seconds,
+        },
+    )
     try:
         stopping.wait()
     finally:
@@ -615,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     from retention.services import resolve
 
     parser = argparse.ArgumentParser(prog="retention-exporter", description=__doc__)
-    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="bind address (compose: 0.0.0.0)")
     parser.add_argument("--port", type=int, default=EXPORTER_PORT)
     parser.add_argument("--log-level", default="warn", choices=["debug", "info", "warn", "error"])
     args = parser.parse_args(argv)

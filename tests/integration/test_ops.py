@@ -9,6 +9,7 @@ the configuration files must pass Prometheus' and Alertmanager's own checkers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import shutil
@@ -32,6 +33,7 @@ from processors.store import Store, accepted_record
 from retention import runtime
 from retention.config import Settings
 from retention.exporter import RetentionCollector, WorkerMetrics, serve_worker_metrics
+from retention.metrics_http import ScrapeAuth
 from streams.events import build_event
 from streams.producer import EventProducer
 from tests.integration.conftest import Workers, settings_env, wait_until
@@ -47,6 +49,10 @@ INSTALL_HINTS = {
 }
 #: Grafana's interval variable, replaced by a window that holds several 1 s scrapes.
 RATE_INTERVAL = "15s"
+#: Prometheus scrapes the exporter with a bearer token and the worker with basic auth,
+#: as the README's scrape config does.
+TOKEN = "ops-token"
+BASIC = ("prometheus", "ops-password")
 METRIC = re.compile(r"\b(retention_[a-z0-9_]+)")
 
 
@@ -103,6 +109,22 @@ def test_promtool_checks_config_and_rules() -> None:
     run_tool("promtool", "check", "config", "prometheus/prometheus.yml")
     run_tool("promtool", "check", "rules", *map(str, RULE_FILES))
     run_tool("promtool", "test", "rules", *map(str, RULE_TESTS))
+
+
+def test_the_readme_scrape_config_with_auth_passes_promtool(tmp_path: Path) -> None:
+    """The README's example: a bearer token for the exporter, basic auth for a worker."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(scrape_configs:.*?)```", readme, re.S)
+    assert len(blocks) == 1, "README.md should show one scrape config example"
+    config = yaml.safe_load(blocks[0])
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["retention-exporter"]["authorization"]["type"] == "Bearer"
+    assert jobs["retention-worker"]["basic_auth"]["username"]
+    text = blocks[0].replace("/etc/prometheus/secrets", str(tmp_path))
+    for name in ("retention_metrics_token", "retention_metrics_password"):
+        (tmp_path / name).write_text("secret\n")
+    (tmp_path / "prometheus.yml").write_text(text)
+    run_tool("promtool", "check", "config", str(tmp_path / "prometheus.yml"))
 
 
 def test_amtool_checks_alertmanager_config() -> None:
@@ -206,9 +228,16 @@ def http_json(url: str) -> dict[str, Any]:
         return result
 
 
-def http_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def http_text(url: str, authorization: str | None = None) -> str:
+    request = urllib.request.Request(url)
+    if authorization is not None:
+        request.add_header("Authorization", authorization)
+    with urllib.request.urlopen(request, timeout=10) as response:
         return str(response.read().decode())
+
+
+def basic_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 class Prometheus:
@@ -227,11 +256,12 @@ class Prometheus:
 def exporter(settings: Settings, tmp_path: Path) -> Iterator[str]:
     """`python -m retention.exporter`, the process behind `retention metrics-server`."""
     port = runtime.free_port()
+    secured = Settings(**{**settings.model_dump(), "metrics_bearer_token": TOKEN})
     process = runtime.spawn(
         "exporter",
         [sys.executable, "-m", "retention.exporter", "--host", "127.0.0.1", "--port", str(port)],
         tmp_path,
-        settings_env(settings),
+        settings_env(secured),
     )
     try:
         runtime.wait_for_port(port, 15, process.proc)
@@ -244,11 +274,13 @@ def exporter(settings: Settings, tmp_path: Path) -> Iterator[str]:
 def worker_metrics() -> Iterator[str]:
     """A worker's metrics endpoint, as a hooked worker serves it."""
     registry = CollectorRegistry()
-    metrics = WorkerMetrics(registry)
+    metrics = WorkerMetrics(registry, ("orders", "logins", "support"))
     for n in range(1, 6):
         metrics.observe_batch(0.004 * n, 100 * n)
+        metrics.applied("orders", 100 * n)
     metrics.redis_error()
-    server, _ = serve_worker_metrics(0, registry, host="127.0.0.1")
+    auth = ScrapeAuth.from_settings(Settings(metrics_basic_auth=":".join(BASIC)))
+    server, _ = serve_worker_metrics(0, registry, host="127.0.0.1", auth=auth)
     try:
         yield f"127.0.0.1:{server.server_port}"
     finally:
@@ -256,14 +288,17 @@ def worker_metrics() -> Iterator[str]:
         server.server_close()
 
 
-def start_prometheus(tmp_path: Path, targets: dict[str, str]) -> runtime.Process:
+def start_prometheus(
+    tmp_path: Path, targets: dict[str, tuple[str, dict[str, Any]]]
+) -> runtime.Process:
+    """Prometheus scraping each job's target every second, with the job's auth settings."""
     port = runtime.free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in RULE_FILES],
         "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": [target]}]}
-            for job, target in targets.items()
+            {"job_name": job, "static_configs": [{"targets": [target]}], **auth}
+            for job, (target, auth) in targets.items()
         ],
     }
     path = tmp_path / "prometheus.yml"
@@ -315,7 +350,17 @@ async def test_dashboards_and_rules_query_a_real_prometheus(
     await seed_stage_keys(redis, settings.key_prefix)
 
     prometheus = start_prometheus(
-        tmp_path, {"retention-exporter": exporter, "retention-worker": worker_metrics}
+        tmp_path,
+        {
+            "retention-exporter": (
+                exporter,
+                {"authorization": {"type": "Bearer", "credentials": TOKEN}},
+            ),
+            "retention-worker": (
+                worker_metrics,
+                {"basic_auth": {"username": BASIC[0], "password": BASIC[1]}},
+            ),
+        },
     )
     try:
         prom = Prometheus(f"http://127.0.0.1:{prometheus.port}")  # type: ignore[attr-defined]
@@ -326,9 +371,12 @@ async def test_dashboards_and_rules_query_a_real_prometheus(
             return bool(result) and float(result[0]["value"][1]) >= 5
 
         await wait_until(scraped, 30, "five scrapes of the exporter", prometheus.log_path.read_text)
-        exposed = exposed_names(http_text(f"http://{exporter}/metrics")) | exposed_names(
-            http_text(f"http://{worker_metrics}/metrics")
-        )
+        # both targets up: Prometheus got through their auth
+        up = prom.query("up")["data"]["result"]
+        assert sorted(float(r["value"][1]) for r in up) == [1.0, 1.0], up
+        exposed = exposed_names(
+            http_text(f"http://{exporter}/metrics", f"Bearer {TOKEN}")
+        ) | exposed_names(http_text(f"http://{worker_metrics}/metrics", basic_header(*BASIC)))
 
         empty = []
         for where, expr in dashboard_exprs():
@@ -390,7 +438,7 @@ async def add_customers(store: Store, first: int, count: int, now: datetime) -> 
 async def test_series_count_does_not_grow_with_customers(settings: Settings, store: Store) -> None:
     """From N to 10N customers through the real store: the same series, other values."""
     now = datetime.now(UTC)
-    collector = RetentionCollector(settings)
+    collector = RetentionCollector(settings, cache_seconds=0)  # each scrape a fresh read
     try:
         await add_customers(store, 0, 30, now)
         before = await asyncio.to_thread(series_count, registry_with(collector))

@@ -17,6 +17,7 @@ from prometheus_client.core import Metric
 from processors.metrics import Cohort, PeriodRow
 from processors.store import Stats
 from processors.windows import PERIODS
+from retention.config import Settings
 from retention.exporter import (
     CHANNELS,
     LIFECYCLE_STATES,
@@ -27,6 +28,8 @@ from retention.exporter import (
     families,
     lag_per_topic,
 )
+from retention.metrics_http import ScrapeAuth
+from streams.events import REJECT_REASONS
 
 TOPICS = ("orders", "logins", "support")
 NAME = re.compile(r"^retention_[a-z][a-z0-9_]*$")
@@ -41,6 +44,7 @@ GAUGE_NOUNS = {
     "retention_nps_score",
     "retention_csat_average",
     "retention_ces_average",
+    "retention_workers_stalled",
 }
 
 
@@ -84,6 +88,8 @@ def snapshot(customers: int) -> Snapshot:
         lag={t: 10 for t in TOPICS},
         watermark_delay_seconds=12.5,
         last_event_age_seconds=3.0,
+        worker_last_applied={"host-1": 1_700_000_000.25},
+        workers_stalled=1,
     )
 
 
@@ -130,6 +136,9 @@ def test_values_land_on_their_labels() -> None:
     assert get("retention_consumer_lag_messages", {"topic": "support"}) == 10
     assert get("retention_watermark_delay_seconds") == 12.5
     assert get("retention_workers_alive") == 2
+    assert get("retention_workers_stalled") == 1
+    last = "retention_worker_last_applied_timestamp_seconds"
+    assert get(last, {"worker": "host-1"}) == 1_700_000_000.25
     cell = {"period": "month", "cohort": "2024-01", "offset": "1"}
     assert get("retention_cohort_active_customers", cell) == 50
     assert get("retention_cohort_retention_ratio", cell) == 0.5
@@ -155,9 +164,17 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
         "retention_consumer_lag_messages",
         "retention_watermark_delay_seconds",
         "retention_last_event_age_seconds",
+        "retention_workers_stalled",  # unknown without the broker's offsets
+        "retention_worker_last_applied_timestamp_seconds",
     ):
         assert missing not in names
     assert get("retention_exporter_kafka_up") == 0
+    # every reason of every source topic starts at 0, so rate() sees the first rejection
+    assert all(
+        get("retention_events_rejected_total", {"topic": t, "reason": r}) == 0
+        for t in TOPICS
+        for r in REJECT_REASONS
+    )
 
 
 def test_null_ratios_are_left_out() -> None:
@@ -238,6 +255,90 @@ def test_worker_metrics_on_an_injected_registry() -> None:
     other = CollectorRegistry()
     WorkerMetrics(other)
     assert other.get_sample_value("retention_redis_errors_total") == 0
+
+
+def test_worker_counters_start_at_zero_for_every_topic_and_reason() -> None:
+    registry = CollectorRegistry()
+    WorkerMetrics(registry, TOPICS)
+    get = registry.get_sample_value
+    for topic in TOPICS:
+        assert get("retention_worker_events_applied_total", {"topic": topic}) == 0
+        for reason in REJECT_REASONS:
+            labels = {"topic": topic, "reason": reason}
+            assert get("retention_worker_events_rejected_total", labels) == 0
+    assert get("retention_worker_internal_errors_total") == 0
+    # 0 = no batch applied yet
+    assert get("retention_worker_last_batch_timestamp_seconds") == 0
+
+
+def test_worker_counts_and_last_batch_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry, TOPICS)
+    metrics.applied("orders", 40)
+    metrics.applied("orders")
+    metrics.rejected("logins", "invalid_json")
+    metrics.rejected("logins", "internal_error", 3)  # a reason outside the list still counts
+    metrics.internal_error()
+    monkeypatch.setattr("retention.exporter.time.time", lambda: 1_700_000_000.5)
+    metrics.observe_batch(0.01, 45)
+    get = registry.get_sample_value
+    assert get("retention_worker_events_applied_total", {"topic": "orders"}) == 41
+    rejected = "retention_worker_events_rejected_total"
+    assert get(rejected, {"topic": "logins", "reason": "invalid_json"}) == 1
+    assert get(rejected, {"topic": "logins", "reason": "internal_error"}) == 3
+    assert get("retention_worker_internal_errors_total") == 1
+    assert get("retention_worker_last_batch_timestamp_seconds") == 1_700_000_000.5
+
+
+def test_worker_metric_names_follow_the_conventions() -> None:
+    registry = CollectorRegistry()
+    WorkerMetrics(registry, TOPICS)
+    for metric in registry.collect():
+        assert NAME.match(metric.name), metric.name
+        if metric.type == "gauge":
+            assert metric.name.endswith(GAUGE_SUFFIXES), metric.name
+
+
+def b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("header", "allowed"),
+    [
+        ("Bearer tok-1", True),
+        ("bearer   tok-1 ", True),  # the scheme is case-insensitive
+        ("Bearer tok-2", False),
+        ("Bearer tok-1x", False),  # a longer token is not a match
+        ("Bearer", False),
+        (f"Basic {b64('prom:p:w')}", True),  # the password may hold a colon
+        (f"Basic {b64('prom:p:')}", False),
+        (f"Basic {b64('prom')}", False),  # no colon at all
+        (f"Basic {b64('Prom:p:w')}", False),
+        ("Basic %%%", False),  # not base64
+        ("Digest prom", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_scrape_auth_accepts_only_the_configured_credentials(
+    header: str | None, allowed: bool
+) -> None:
+    auth = ScrapeAuth.from_settings(
+        Settings(metrics_bearer_token="tok-1", metrics_basic_auth="prom:p:w")
+    )
+    assert auth is not None
+    assert auth.allows(header) is allowed
+
+
+def test_no_credentials_configured_means_no_auth() -> None:
+    assert ScrapeAuth.from_settings(Settings()) is None
+    only_token = ScrapeAuth.from_settings(Settings(metrics_bearer_token="t"))
+    assert only_token is not None
+    assert only_token.allows(f"Basic {b64('t:t')}") is False
+    assert only_token.challenges() == ['Bearer realm="retention"']
 
 
 def test_service_numbers() -> None:
