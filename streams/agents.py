@@ -43,6 +43,7 @@ from processors.store import BatchResult, Store, accepted_record, rejected_recor
 from processors.windows import PERIODS
 from retention.config import Settings
 from retention.exporter import WorkerMetrics, serve_worker_metrics
+from retention.metrics_http import ScrapeAuth
 from streams.events import Rejection, parse_event
 from streams.offsets import TP, store_positions, wait_for_store
 from streams.topics import Topics
@@ -137,6 +138,8 @@ class Ingest:
             self._gaps_seen.pop(tp, None)
 
     async def _dead_letter(self, message: Any, rejection: Rejection) -> Any:
+        if self.metrics is not None:
+            self.metrics.rejected(message.topic, rejection.reason)
         return await self.dlq.send(
             key=message.key, value=message.value, headers=dlq_headers(message, rejection)
         )
@@ -175,6 +178,8 @@ class Ingest:
                 record, rejection = self._record(message, latest_ms)
             except Exception as exc:  # whatever the bytes, the batch goes on
                 self.counters.internal_errors += 1
+                if self.metrics is not None:
+                    self.metrics.internal_error()
                 logger.exception(
                     "message failed before the store", extra={"offset": message.offset}
                 )
@@ -212,6 +217,8 @@ class Ingest:
             tp = _tp(message)
             if tp not in result.gaps and message.offset > self.applied_upto.get(tp, -1):
                 self.applied_upto[tp] = message.offset
+                if self.metrics is not None:
+                    self.metrics.applied(message.topic)
         for tp, wanted in result.gaps.items():
             refused = min(m.offset for m in batch.messages if _tp(m) == tp and m.offset > wanted)
             await self.rewind(tp, wanted, refused)
@@ -341,8 +348,13 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
     metrics = None
     if settings.worker_metrics_port is not None:
         registry = CollectorRegistry()
-        metrics = WorkerMetrics(registry)
-        serve_worker_metrics(settings.worker_metrics_port, registry)
+        metrics = WorkerMetrics(registry, topics.sources)
+        serve_worker_metrics(
+            settings.worker_metrics_port,
+            registry,
+            settings.worker_metrics_host,
+            ScrapeAuth.from_settings(settings),
+        )
     parts = Parts(
         settings,
         topics,
