@@ -29,7 +29,6 @@ from typing import Any, cast
 import faust
 from faust.streams import Stream
 from faust.types import TP as FaustTP
-from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -42,8 +41,7 @@ from processors.risk import load_policy
 from processors.store import BatchResult, Store, accepted_record, rejected_record
 from processors.windows import PERIODS
 from retention.config import Settings
-from retention.exporter import WorkerMetrics, serve_worker_metrics
-from retention.metrics_http import ScrapeAuth
+from retention.exporter import WorkerMetrics, start_worker_metrics
 from streams.events import Rejection, parse_event
 from streams.offsets import TP, store_positions, wait_for_store
 from streams.topics import Topics
@@ -345,16 +343,7 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
         dedupe_horizon_seconds=settings.dedupe_horizon_seconds,
         offsets_scope=cluster_id,
     )
-    metrics = None
-    if settings.worker_metrics_port is not None:
-        registry = CollectorRegistry()
-        metrics = WorkerMetrics(registry, topics.sources)
-        serve_worker_metrics(
-            settings.worker_metrics_port,
-            registry,
-            settings.worker_metrics_host,
-            ScrapeAuth.from_settings(settings),
-        )
+    metrics = start_worker_metrics(settings)
     parts = Parts(
         settings,
         topics,
