@@ -186,8 +186,45 @@ local function set_status(ckey, tkey, ticket, is_open, ts)
   if is_open == '0' and old == '1' then redis.call('HINCRBY', ckey, 'ot', -1) end
 end
 
+-- At most MAX_TICKETS tickets per customer (processors/state.py keeps the same rule): at
+-- the cap, tickets not open whose latest time is TICKET_HORIZON_MS older than this event
+-- make room, else the new ticket is counted in 'tu' and not tracked.
+local MAX_TICKETS = 1000
+local TICKET_HORIZON_MS = 90 * 86400000
+local function room_for_ticket(ckey, tkey, ts)
+  local tracked = tonumber(redis.call('HGET', ckey, 'tn') or '0')
+  if tracked < MAX_TICKETS then return true end
+  local fields = redis.call('HGETALL', tkey)
+  local tickets = {}
+  for i = 1, #fields, 2 do
+    local name, attr = string.match(fields[i], '^(.*)|(%a)$')
+    tickets[name] = tickets[name] or {}
+    tickets[name][attr] = fields[i + 1]
+  end
+  tracked = 0
+  local horizon = tonumber(ts) - TICKET_HORIZON_MS
+  for name, t in pairs(tickets) do
+    local last = math.max(tonumber(t.o or '-1'), tonumber(t.r or '-1'), tonumber(t.t or '-1'))
+    if t.s ~= '1' and last < horizon then
+      redis.call('HDEL', tkey, name .. '|o', name .. '|r', name .. '|s', name .. '|t')
+    else
+      tracked = tracked + 1
+    end
+  end
+  redis.call('HSET', ckey, 'tn', tracked)
+  return tracked < MAX_TICKETS
+end
+
 local function apply_ticket(ckey, cid, ts, action, ticket)
   local tkey = P .. 'tk:' .. cid
+  local known = redis.call('HMGET', tkey, ticket .. '|o', ticket .. '|r', ticket .. '|s')
+  if not known[1] and not known[2] and not known[3] then
+    if not room_for_ticket(ckey, tkey, ts) then
+      redis.call('HINCRBY', ckey, 'tu', 1)
+      return
+    end
+    redis.call('HINCRBY', ckey, 'tn', 1)
+  end
   local before = response_ms(tkey, ticket)
   if action == 'opened' then
     if redis.call('HSETNX', tkey, ticket .. '|o', ts) == 1 then

@@ -21,6 +21,12 @@ from streams.events import Event, LoginEvent, OrderEvent, SupportEvent
 
 MS_PER_DAY = 86_400_000
 MICROS = 1_000_000
+#: Tickets a customer's state tracks at most (apply_batch.lua keeps the same), so that a
+#: producer cannot grow one customer's state, read whole on every evaluation, without end.
+MAX_TICKETS = 1000
+#: When the cap is reached, tickets not open whose latest event is this much older than the
+#: event at hand make room; with none to drop, the new ticket is counted, not tracked.
+TICKET_HORIZON_MS = 90 * MS_PER_DAY
 ActivityKinds = frozenset[str]
 
 
@@ -30,6 +36,11 @@ class TicketState:
     first_reply_ms: int | None = None  # earliest `agent_replied`
     is_open: bool | None = None  # from the status action with the greatest event time
     status_ms: int | None = None
+
+    def last_ms(self) -> int:
+        return max(
+            t for t in (self.opened_ms, self.first_reply_ms, self.status_ms) if t is not None
+        )
 
     def response_ms(self) -> int | None:
         """First-response time; replies stamped before the opening do not count."""
@@ -65,6 +76,7 @@ class CustomerState:
     open_tickets: int = 0
     response_ms_sum: int = 0
     responses: int = 0
+    tickets_untracked: int = 0  # ticket events refused by the cap
     orders_by_day: dict[int, int] = field(default_factory=dict)
     tickets: dict[str, TicketState] = field(default_factory=dict)
     scores: dict[str, Score] = field(default_factory=dict)
@@ -130,8 +142,25 @@ def _set_status(
     )
 
 
+def _room_for_ticket(state: CustomerState, ts: int) -> CustomerState | None:
+    """The state with room for one more ticket, or None when the cap leaves none."""
+    if len(state.tickets) < MAX_TICKETS:
+        return state
+    kept = {
+        name: t
+        for name, t in state.tickets.items()
+        if t.is_open is True or t.last_ms() >= ts - TICKET_HORIZON_MS
+    }
+    return replace(state, tickets=kept) if len(kept) < MAX_TICKETS else None
+
+
 def _apply_ticket(state: CustomerState, event: SupportEvent) -> CustomerState:
     ts, action = event.ts_ms, event.action
+    if event.ticket_id not in state.tickets:
+        room = _room_for_ticket(state, ts)
+        if room is None:
+            return replace(state, tickets_untracked=state.tickets_untracked + 1)
+        state = room
     before = state.tickets.get(event.ticket_id, TicketState())
     ticket = before
     if action == "opened":
@@ -224,6 +253,7 @@ def to_public(state: CustomerState, outlook: Any = None, evaluation: Any = None)
         "open_tickets": state.open_tickets,
         "tickets_opened": state.tickets_opened,
         "tickets_resolved": state.tickets_resolved,
+        "tickets_untracked": state.tickets_untracked,
         "first_response_seconds_avg": (
             state.response_ms_sum / state.responses / 1000 if state.responses else None
         ),

@@ -5,7 +5,8 @@ Key layout under the configured prefix ``P``:
 - ``P c:<customer>``       hash, the customer's counters and times (field names below)
 - ``P od:<customer>``      hash, placed orders per day (day number since the epoch → count)
 - ``P tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
-                            open flag, status time)
+                            open flag, status time), at most MAX_TICKETS tickets; the
+                            customer hash counts them in ``tn``
 - ``P ids``, ``P ids:next`` dense customer numbers, for per-period bitmaps
 - ``P seen:<bucket>``      sets of dedupe digests (event type, customer, event id), each
                             set expiring after the dedupe horizon
@@ -375,6 +376,7 @@ def _state_from_hashes(
         open_tickets=count("ot"),
         response_ms_sum=count("rs"),
         responses=count("rn"),
+        tickets_untracked=count("tu"),
         orders_by_day={int(day): int(n) for day, n in days.items()},
         tickets=_tickets_from_hash(tickets),
         scores=scores,

@@ -127,3 +127,48 @@ async def test_heartbeats_of_workers_long_gone_are_dropped(store: Store, redis: 
     await redis.hset(store.key("workers"), "garbled", "not json")
     assert set(await store.workers(max_age_seconds=60)) == {"alive"}
     assert set(await redis.hkeys(store.key("workers"))) == {"alive"}
+
+
+def support(n: int, ticket: str, action: str, ts: int) -> tuple[dict[str, object], list[str]]:
+    raw = {
+        "event_id": f"s{n}",
+        "customer_id": "t",
+        "ts": ts,
+        "type": "support",
+        "ticket_id": ticket,
+        "action": action,
+    }
+    return raw, accepted_record(build_event(raw), "support", 0, n)
+
+
+@pytest.mark.parametrize(
+    ("resolved_first", "untracked"),
+    [
+        (True, 0),  # the old resolved tickets make room for the new ones
+        (False, 5),  # all still open: the new ones are counted, not tracked
+    ],
+)
+async def test_a_customer_tracks_at_most_max_tickets(
+    store: Store, resolved_first: bool, untracked: int
+) -> None:
+    from processors.state import MAX_TICKETS
+    from tests.eventgen import fold
+
+    day = 86_400
+    events = []
+    for n in range(MAX_TICKETS):
+        events.append(support(2 * n, f"old-{n}", "opened", 1_700_000_000 + n))
+        if resolved_first:
+            events.append(support(2 * n + 1, f"old-{n}", "resolved", 1_700_000_000 + n + 60))
+    for n in range(5):
+        events.append(support(10_000 + n, f"new-{n}", "opened", 1_700_000_000 + 200 * day + n))
+    records = [record for _, record in events]
+    for i, record in enumerate(records):
+        record[3] = str(i)  # offsets in arrival order
+    await store.apply_batch(records)
+    state = await store.read_customer("t")
+    expected = fold([raw for raw, _ in events], frozenset({"order", "login"}))["t"]
+    assert state == expected
+    assert state is not None
+    assert len(state.tickets) <= MAX_TICKETS
+    assert state.tickets_untracked == untracked
