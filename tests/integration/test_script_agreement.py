@@ -1,0 +1,150 @@
+"""The batch script and the reference fold agree on random valid streams.
+
+Streams mix several customers and all three event types, with exact repeats of earlier
+events (producer retries), arrival order unrelated to event time, late events, dead
+letters taking offsets, and redeliveries of what was already applied. They reach the
+script in random batches, with offsets counting up per partition as Kafka numbers them.
+Every customer's stored state must equal the fold of the distinct events in arrival order
+(``processors/state.py``), field by field.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from processors.store import Store, accepted_record, rejected_record
+from streams.events import REJECT_REASONS, Event, build_event
+from tests.eventgen import fold
+
+BASE_MS = 1_700_000_000_000  # 2023-11-14
+DAY_MS = 86_400_000
+PARTITIONS = 3
+TOPICS = {"order": "orders", "login": "logins", "support": "support"}
+
+CUSTOMERS = ["c-1", "c-2", "c-3", "klant:ä", "客户 7", "🙂"]
+customer_ids = st.sampled_from(CUSTOMERS)
+tickets = st.sampled_from(["t-1", "t-2"])
+# mostly spread over two months (days, ISO weeks and months change), sometimes the same
+# instant as another event (ties), sometimes a year earlier (late)
+times = st.one_of(
+    st.integers(0, 60 * DAY_MS),
+    st.sampled_from([0, 1, DAY_MS - 1, DAY_MS, 7 * DAY_MS]),
+    st.integers(-400 * DAY_MS, -300 * DAY_MS),
+).map(lambda offset: BASE_MS + offset)
+amounts = st.integers(0, 10**7).map(lambda cents: cents / 100) | st.floats(0, 10_000)
+
+
+@st.composite
+def events(draw: st.DrawFn, n: int) -> Event:
+    kind = draw(st.sampled_from(["order", "login", "support"]))
+    data: dict[str, Any] = {
+        "event_id": f"e-{n}",
+        "customer_id": draw(customer_ids),
+        "type": kind,
+        "ts": draw(times) / 1000,
+    }
+    if kind == "order":
+        data["amount"] = draw(amounts)
+        data["status"] = draw(st.sampled_from(["placed", "placed", "refunded", "cancelled"]))
+    elif kind == "support":
+        action = draw(st.sampled_from(["opened", "agent_replied", "resolved", "reopened", "rated"]))
+        data |= {"ticket_id": draw(tickets), "action": action}
+        if action == "rated":
+            survey, low, high = draw(
+                st.sampled_from([("csat", 1, 5), ("nps", 0, 10), ("ces", 1, 7)])
+            )
+            data |= {"survey": survey, "score": draw(st.integers(low, high))}
+    return build_event(data)
+
+
+@dataclass
+class Stream:
+    """Messages in arrival order: an event, or ``None`` for a dead letter."""
+
+    messages: list[Event | None]
+    batch_sizes: list[int]
+    replays: list[int]  # per batch: how many already applied messages come again
+    kinds: frozenset[str]
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> Stream:
+    count = draw(st.integers(1, 60))
+    distinct = [draw(events(n)) for n in range(count)]
+    arrival: list[Event | None] = list(draw(st.permutations(distinct)))
+    # producer retries: exact copies of earlier events, arriving later
+    for _ in range(draw(st.integers(0, count // 2))):
+        original = draw(st.integers(0, len(arrival) - 1))
+        if arrival[original] is not None:
+            arrival.insert(draw(st.integers(original + 1, len(arrival))), arrival[original])
+    for _ in range(draw(st.integers(0, 3))):
+        arrival.insert(draw(st.integers(0, len(arrival))), None)
+    sizes: list[int] = []
+    while sum(sizes) < len(arrival):
+        sizes.append(draw(st.integers(1, max(1, len(arrival) - sum(sizes)))))
+    replays = [draw(st.integers(0, 5) | st.just(0)) for _ in sizes]
+    kinds = frozenset(draw(st.sets(st.sampled_from(["order", "login", "support"]), min_size=1)))
+    return Stream(arrival, sizes, replays, kinds)
+
+
+def partition_of(customer_id: str) -> int:
+    """Keyed by customer, as the producer sends: one customer, one partition."""
+    return zlib.crc32(customer_id.encode()) % PARTITIONS
+
+
+def records(stream: Stream) -> list[list[str]]:
+    """Each message where Kafka would put it, with the next offset of its partition."""
+    next_offset = {(topic, p): 100 * p for topic in TOPICS.values() for p in range(PARTITIONS)}
+    out = []
+    for n, event in enumerate(stream.messages):
+        if event is None:
+            topic, partition = "orders", n % PARTITIONS
+        else:
+            topic, partition = TOPICS[event.type], partition_of(event.customer_id)
+        offset = next_offset[(topic, partition)]
+        next_offset[(topic, partition)] += 1
+        if event is None:
+            reason = REJECT_REASONS[n % len(REJECT_REASONS)]
+            out.append(rejected_record(topic, partition, offset, reason))
+        else:
+            out.append(accepted_record(event, topic, partition, offset))
+    return out
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    database=None,
+    # one Redis client for all examples; each example has its own key prefix
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(streams())
+async def test_script_agrees_with_the_fold(redis: Redis, stream: Stream) -> None:
+    prefix = f"agree{uuid.uuid4().hex[:10]}:"
+    store = Store(redis, prefix, sorted(stream.kinds), offsets_scope="agreement")
+    batch = records(stream)
+    applied, start = 0, 0
+    now_ms = BASE_MS + 90 * DAY_MS
+    for size, replay in zip(stream.batch_sizes, stream.replays, strict=True):
+        # a redelivery: the tail of what was applied comes again ahead of the new batch
+        again = batch[max(0, start - replay) : start]
+        result = await store.apply_batch(again + batch[start : start + size], now_ms=now_ms)
+        applied += result.applied
+        start += size
+    sent = [event for event in stream.messages if event is not None]
+    expected = fold(sent, stream.kinds)
+    assert applied == len({event.event_id for event in sent})
+    for customer_id, state in expected.items():
+        assert await store.read_customer(customer_id) == state
+    for customer_id in set(CUSTOMERS) - set(expected):
+        assert await store.read_customer(customer_id) is None
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
