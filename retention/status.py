@@ -12,9 +12,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from processors.store import Store
-from processors.workers import is_stalled
 from retention.config import Settings
 from retention.services import Services, mask_url, scrub
+from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from retention.worker import cluster_id
 from streams.topics import Topics
 
@@ -137,19 +137,23 @@ async def _gather(settings: Settings, status: Status, timeout: float) -> None:
                 status.errors.append(f"lag: {exc!r}")
                 return
             status.lag, status.end_offsets = {}, {}
-            by_partition: dict[str, int] = {}
             for tp, end in ends.items():
                 done = applied.get((tp.topic, tp.partition), -1) + 1
-                by_partition[f"{tp.topic}|{tp.partition}"] = max(0, end - done)
                 status.lag[tp.topic] = status.lag.get(tp.topic, 0) + max(0, end - done)
                 status.end_offsets[tp.topic] = status.end_offsets.get(tp.topic, 0) + end
-            now = time.time()
+            ends_by_tp = {(tp.topic, tp.partition): end for tp, end in ends.items()}
+            beats = [parse_heartbeat(w, info) for w, info in status.workers.items()]
+            # one read: a heartbeat without last_applied_at cannot be judged, and is not
+            status.stalled = stalled_workers(
+                beats,
+                ends_by_tp,
+                applied,
+                time.time(),
+                settings.worker_stalled_after_seconds,
+                Progress(),
+            )
             for worker_id, info in status.workers.items():
-                stalled = is_stalled(info, by_partition, now, settings.worker_stalled_after_seconds)
-                info["stalled"] = stalled
-                if stalled:
-                    status.stalled.append(worker_id)
-            status.stalled.sort()
+                info["stalled"] = worker_id in status.stalled
     finally:
         with contextlib.suppress(Exception):
             await redis.aclose()
