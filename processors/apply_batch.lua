@@ -14,7 +14,9 @@
 --   kind(o|l|s|x) topic partition offset dedupe_id customer_id ts_ms d w m a1 a2 a3 a4 stamp
 --   dedupe_id: a digest of event type, customer and event id (the worker computes it)
 --   d w m: epoch-day numbers of the start of the event's day, ISO week and month
---   order:   a1=status a2=amount_micros      support: a1=action a2=ticket a3=survey a4=score
+--   order:   a1=status a2=amount_micros in the reporting currency a3=original currency
+--            (may be empty) a4=amount_micros as sent, in that currency
+--   support: a1=action a2=ticket a3=survey a4=score
 --   rejected (x): a1=reason
 --   stamp: the Kafka timestamp (ms) of the message, kept with the partition's offset so a
 --   recreated topic can be told from the one the offset belongs to
@@ -267,17 +269,20 @@ end
 
 -- Would adding this amount push the customer's or a period's sum out of the exact range?
 -- A day's sum is part of its week's, so the week and the month are the ones to check.
-local function sums_overflow(cid, days, status, amount)
+local function sums_overflow(cid, days, status, amount, currency, original)
   if status ~= 'placed' and status ~= 'refunded' then return false end
   local field = status == 'placed' and 'pm' or 'rm'
-  amount = tonumber(amount)
-  local current = {
-    redis.call('HGET', P .. 'c:' .. cid, field),
-    redis.call('HGET', P .. 'sales:w:' .. days.w, field),
-    redis.call('HGET', P .. 'sales:m:' .. days.m, field),
+  local ckey = P .. 'c:' .. cid
+  local sums = {
+    {redis.call('HGET', ckey, field), amount},
+    {redis.call('HGET', P .. 'sales:w:' .. days.w, field), amount},
+    {redis.call('HGET', P .. 'sales:m:' .. days.m, field), amount},
   }
-  for _, value in pairs(current) do
-    if tonumber(value or '0') + amount > SUM_LIMIT then return true end
+  if currency ~= '' then
+    sums[#sums + 1] = {redis.call('HGET', ckey, field .. ':' .. currency), original}
+  end
+  for _, sum in ipairs(sums) do
+    if tonumber(sum[1] or '0') + tonumber(sum[2]) > SUM_LIMIT then return true end
   end
   return false
 end
@@ -293,6 +298,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
     if a1 == 'placed' then
       redis.call('HINCRBY', ckey, 'o', 1)
       redis.call('HINCRBY', ckey, 'pm', a2)
+      if a3 ~= '' then redis.call('HINCRBY', ckey, 'pm:' .. a3, a4) end
       set_max(ckey, 'lo', ts)
       redis.call('HINCRBY', P .. 'od:' .. cid, days.d, 1)
       period_sales(idx, days, a1, a2)
@@ -300,6 +306,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
     elseif a1 == 'refunded' then
       redis.call('HINCRBY', ckey, 'rf', 1)
       redis.call('HINCRBY', ckey, 'rm', a2)
+      if a3 ~= '' then redis.call('HINCRBY', ckey, 'rm:' .. a3, a4) end
       period_sales(idx, days, a1, a2)
     else
       redis.call('HINCRBY', ckey, 'cx', 1)
@@ -351,7 +358,7 @@ for _, r in ipairs(records) do
     if kind == 'x' then
       count('rejected|' .. topic .. '|' .. r[11])
       rejected = rejected + 1
-    elseif kind == 'o' and sums_overflow(r[6], days, r[11], r[12]) then
+    elseif kind == 'o' and sums_overflow(r[6], days, r[11], r[12], r[13], r[14]) then
       count('rejected|' .. topic .. '|sum_overflow')
       rejected = rejected + 1
       overflows[#overflows + 1] = tp .. '|' .. offset

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from processors.currency import Rates
 from streams.events import Event, LoginEvent, OrderEvent, SupportEvent
 
 MS_PER_DAY = 86_400_000
@@ -78,6 +79,9 @@ class CustomerState:
     responses: int = 0
     tickets_untracked: int = 0  # ticket events refused by the cap
     orders_by_day: dict[int, int] = field(default_factory=dict)
+    # the same money in the currencies it came in (millionths), beside the reporting sums
+    placed_by_currency: dict[str, int] = field(default_factory=dict)
+    refunded_by_currency: dict[str, int] = field(default_factory=dict)
     tickets: dict[str, TicketState] = field(default_factory=dict)
     scores: dict[str, Score] = field(default_factory=dict)
 
@@ -102,11 +106,25 @@ def _activity(state: CustomerState, ts: int) -> CustomerState:
     )
 
 
-def _apply_order(state: CustomerState, event: OrderEvent, kinds: ActivityKinds) -> CustomerState:
-    ts, amount = event.ts_ms, event.amount_micros
+def _add(sums: dict[str, int], currency: str | None, micros: int) -> dict[str, int]:
+    return sums if not currency else {**sums, currency: sums.get(currency, 0) + micros}
+
+
+def _apply_order(
+    state: CustomerState, event: OrderEvent, kinds: ActivityKinds, rates: Rates | None
+) -> CustomerState:
+    ts = event.ts_ms
+    # the reporting amount, and the original one under its currency
+    if rates is None:
+        amount, currency = event.amount_micros, event.currency
+    else:
+        amount, currency = rates.reporting_micros(event), rates.currency_of(event)
     if event.status == "refunded":
         return replace(
-            state, refunds=state.refunds + 1, refunded_micros=state.refunded_micros + amount
+            state,
+            refunds=state.refunds + 1,
+            refunded_micros=state.refunded_micros + amount,
+            refunded_by_currency=_add(state.refunded_by_currency, currency, event.amount_micros),
         )
     if event.status == "cancelled":
         return replace(state, cancelled=state.cancelled + 1)
@@ -116,6 +134,7 @@ def _apply_order(state: CustomerState, event: OrderEvent, kinds: ActivityKinds) 
         state,
         orders=state.orders + 1,
         placed_micros=state.placed_micros + amount,
+        placed_by_currency=_add(state.placed_by_currency, currency, event.amount_micros),
         last_order_ms=_max(state.last_order_ms, ts),
         orders_by_day=by_day,
     )
@@ -200,11 +219,18 @@ def _apply_support(
     return _activity(state, event.ts_ms) if "support" in kinds else state
 
 
-def apply_event(state: CustomerState, event: Event, kinds: ActivityKinds) -> CustomerState:
-    """Fold one accepted, not-yet-seen event into the customer's state."""
+def apply_event(
+    state: CustomerState, event: Event, kinds: ActivityKinds, rates: Rates | None = None
+) -> CustomerState:
+    """Fold one accepted, not-yet-seen event into the customer's state.
+
+    With ``rates``, order amounts are summed in the reporting currency (an unknown currency
+    raises :class:`processors.currency.UnknownCurrency`; the worker refuses such orders
+    before they get here); without, amounts are taken as they are.
+    """
     state = replace(state, first_seen_ms=_min(state.first_seen_ms, event.ts_ms))
     if isinstance(event, OrderEvent):
-        return _apply_order(state, event, kinds)
+        return _apply_order(state, event, kinds, rates)
     if isinstance(event, LoginEvent):
         return _apply_login(state, event, kinds)
     return _apply_support(state, event, kinds)
@@ -247,6 +273,10 @@ def to_public(state: CustomerState, outlook: Any = None, evaluation: Any = None)
         "refunded_amount": state.refunded_micros / MICROS,
         "cancelled_orders": state.cancelled,
         "aov": state.placed_micros / MICROS / state.orders if state.orders else None,
+        "revenue_by_currency": {
+            c: (state.placed_by_currency.get(c, 0) - state.refunded_by_currency.get(c, 0)) / MICROS
+            for c in sorted({*state.placed_by_currency, *state.refunded_by_currency})
+        },
         "purchase_days": len(state.orders_by_day),
         "orders_by_day": {day_iso(d): n for d, n in sorted(state.orders_by_day.items())},
         "logins": state.logins,

@@ -2,7 +2,9 @@
 
 Key layout under the configured prefix ``P``:
 
-- ``P c:<customer>``       hash, the customer's counters and times (field names below)
+- ``P c:<customer>``       hash, the customer's counters and times (field names below);
+                            money in the reporting currency, and per original currency
+                            in ``pm:<CUR>`` (placed) and ``rm:<CUR>`` (refunded)
 - ``P od:<customer>``      hash, placed orders per day (day number since the epoch → count)
 - ``P tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
                             open flag, status time), at most MAX_TICKETS tickets; the
@@ -41,6 +43,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from processors.currency import Rates
 from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
@@ -68,15 +71,28 @@ def dedupe_id(event: Event) -> str:
 
 
 def accepted_record(
-    event: Event, topic: str, partition: int, offset: int, stamp_ms: int | None = None
+    event: Event,
+    topic: str,
+    partition: int,
+    offset: int,
+    stamp_ms: int | None = None,
+    rates: Rates | None = None,
 ) -> list[str]:
-    """Flatten an accepted event into the script's 15 fields."""
+    """Flatten an accepted event into the script's 15 fields.
+
+    With ``rates`` an order's amount is converted into the reporting currency (raising
+    :class:`processors.currency.UnknownCurrency` for a currency without a rate)."""
     head = [_KIND_LETTERS[event.type], topic, str(partition), str(offset)]
     ts_ms = event.ts_ms
     body = [dedupe_id(event), event.customer_id, str(ts_ms), *map(str, period_days(ts_ms))]
     stamp = "" if stamp_ms is None else str(stamp_ms)
     if isinstance(event, OrderEvent):
-        return [*head, *body, event.status, str(event.amount_micros), "", "", stamp]
+        if rates is None:
+            amount, currency = event.amount_micros, event.currency or ""
+        else:
+            amount, currency = rates.reporting_micros(event), rates.currency_of(event)
+        original = str(event.amount_micros)
+        return [*head, *body, event.status, str(amount), currency, original, stamp]
     if isinstance(event, LoginEvent):
         return [*head, *body, "", "", "", "", stamp]
     survey = event.survey or ""
@@ -318,6 +334,10 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+def _by_currency(fields: dict[str, str], head: str) -> dict[str, int]:
+    return {name[len(head) :]: int(v) for name, v in fields.items() if name.startswith(head)}
+
+
 def _tp(topic: str, partition: int) -> str:
     return f"{topic}|{partition}"
 
@@ -378,6 +398,8 @@ def _state_from_hashes(
         responses=count("rn"),
         tickets_untracked=count("tu"),
         orders_by_day={int(day): int(n) for day, n in days.items()},
+        placed_by_currency=_by_currency(f, "pm:"),
+        refunded_by_currency=_by_currency(f, "rm:"),
         tickets=_tickets_from_hash(tickets),
         scores=scores,
     )

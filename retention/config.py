@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     app_id: str = "retention-tracker"
     activity_kinds: Annotated[tuple[ActivityKind, ...], NoDecode] = ("order", "login")
     default_currency: str = "USD"
+    # Money is reported in one currency: orders in others are converted at the ECB
+    # reference rate of their own day (processors/currency.py says which day's rate when
+    # there is none); a CSV of your own daily rates (ECB layout) replaces the bundled one.
+    reporting_currency: str = "USD"
+    rates_file: Path | None = None
     # How long event ids are remembered to drop producer duplicates. Redeliveries after a
     # crash are recognised by partition offsets instead, which cost no memory per event.
     dedupe_horizon_seconds: int = Field(default=7 * 86400, ge=60)
@@ -87,7 +92,7 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("default_currency")
+    @field_validator("default_currency", "reporting_currency")
     @classmethod
     def _currency_code(cls, value: str) -> str:
         if len(value) != 3 or not value.isalpha() or not value.isupper():

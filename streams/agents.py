@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from processors.alerts import Alert
 from processors.alive import fit_age_seconds, refit
+from processors.currency import Rates, UnknownCurrency
 from processors.evaluator import Evaluator, update_high_value_threshold
 from processors.lifecycle import LifecyclePolicy
 from processors.periods import Periods
@@ -120,6 +121,9 @@ class Ingest:
         self.store = store
         self.dlq = dlq
         self.counters = WorkerCounters()
+        self.rates = Rates(
+            settings.reporting_currency, settings.default_currency, settings.rates_file
+        )
         #: per partition, the last offset this worker knows the store holds
         self.applied_upto: dict[TP, int] = {}
         #: per partition, the lowest offset the broker still holds (or a gap stepped over)
@@ -160,9 +164,16 @@ class Ingest:
                 message.topic, message.partition, message.offset, parsed.reason, stamp
             )
             return record, parsed
-        return accepted_record(
-            parsed, message.topic, message.partition, message.offset, stamp
-        ), None
+        try:
+            record = accepted_record(
+                parsed, message.topic, message.partition, message.offset, stamp, self.rates
+            )
+        except UnknownCurrency as exc:
+            rejection = Rejection("unknown_currency", str(exc))
+            return rejected_record(
+                message.topic, message.partition, message.offset, rejection.reason, stamp
+            ), rejection
+        return record, None
 
     async def prepare(self, events: Sequence[Any]) -> Prepared:
         """Validate a batch and start sending its rejects to the dead-letter topic."""

@@ -185,6 +185,7 @@ RejectReason = Literal[
     "too_large",  # more than MAX_EVENT_BYTES, refused before parsing
     "internal_error",  # failed anywhere between decoding and building the store's record
     "sum_overflow",  # the store refused an event that would push a sum out of exact range
+    "unknown_currency",  # no rate converts the order's currency into the reporting one
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = RejectReason.__args__  # type: ignore[attr-defined]
 

@@ -6,7 +6,9 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+from processors.currency import Rates
 from processors.state import CustomerState, apply_event
+from retention.config import Settings
 from streams.events import Event, build_event
 
 BASE_TS = 1_700_000_000  # 2023-11-14
@@ -58,8 +60,15 @@ def with_duplicates(
     return out
 
 
+def worker_rates(settings: Settings) -> Rates:
+    """The conversion a worker with these settings applies, for folds compared with it."""
+    return Rates(settings.reporting_currency, settings.default_currency, settings.rates_file)
+
+
 def fold(
-    events: Iterable[dict[str, Any] | Event], kinds: frozenset[str] = frozenset({"order", "login"})
+    events: Iterable[dict[str, Any] | Event],
+    kinds: frozenset[str] = frozenset({"order", "login"}),
+    rates: Rates | None = None,
 ) -> dict[str, CustomerState]:
     """The batch reference: apply events in the given order, each event once (an event is
     its type, customer and event id, the store's dedupe scope)."""
@@ -72,5 +81,5 @@ def fold(
             continue
         seen.add(identity)
         state = states.get(event.customer_id) or CustomerState(event.customer_id)
-        states[event.customer_id] = apply_event(state, event, kinds)
+        states[event.customer_id] = apply_event(state, event, kinds, rates)
     return states

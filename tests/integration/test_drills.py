@@ -30,7 +30,7 @@ from retention.worker import cluster_id
 from streams.events import REJECT_REASONS
 from streams.producer import EventProducer
 from streams.topics import Topics, ensure_topics
-from tests.eventgen import fold, random_events, with_duplicates
+from tests.eventgen import fold, random_events, with_duplicates, worker_rates
 from tests.integration.conftest import Workers, read_topic, wait_until
 from tests.integration.test_pipeline import send_all
 
@@ -80,7 +80,7 @@ async def settle(store: Store, expected: int, workers: Workers, timeout: float =
 
 async def assert_exact(store: Store, settings: Settings, events: list[dict[str, Any]]) -> int:
     """State equals the reference fold; returns events counted twice (must be 0)."""
-    expected = fold(events, frozenset(settings.activity_kinds))
+    expected = fold(events, frozenset(settings.activity_kinds), worker_rates(settings))
     doubled = await applied(store) - distinct(events)
     assert doubled == 0, f"{doubled} events counted twice (or lost, if negative)"
     assert await store.customer_ids() == sorted(expected)

@@ -12,7 +12,7 @@ from processors.store import Store
 from retention.config import Settings
 from streams.producer import EventProducer
 from streams.topics import Topics
-from tests.eventgen import fold, random_events, with_duplicates
+from tests.eventgen import fold, random_events, with_duplicates, worker_rates
 from tests.integration.conftest import Workers, read_topic, wait_until
 
 T0 = 1_710_000_000  # 2024-03-09T16:00:00Z
@@ -188,7 +188,7 @@ async def test_known_mix_gives_exact_state_and_dead_letters(
     assert (b["nps"], b["csat"], b["ces"]) == (9, 2, None)
     assert b["last_activity_at"] is None  # support is not an activity kind by default
 
-    expected = fold(story + noise, frozenset(settings.activity_kinds))
+    expected = fold(story + noise, frozenset(settings.activity_kinds), worker_rates(settings))
     assert await store.customer_ids() == sorted(expected)
     for customer_id, state in expected.items():
         assert await store.read_customer(customer_id) == state, customer_id

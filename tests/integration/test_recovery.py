@@ -7,7 +7,7 @@ import random
 from processors.store import Store
 from retention.config import Settings
 from streams.producer import EventProducer
-from tests.eventgen import fold, random_events, with_duplicates
+from tests.eventgen import fold, random_events, with_duplicates, worker_rates
 from tests.integration.conftest import Workers, wait_until
 from tests.integration.test_pipeline import send_all, wait_all_seen
 
@@ -20,7 +20,7 @@ async def seen_total(store: Store) -> int:
 
 
 async def assert_exact(store: Store, settings: Settings, events: list[dict[str, object]]) -> None:
-    expected = fold(events, frozenset(settings.activity_kinds))  # type: ignore[arg-type]
+    expected = fold(events, frozenset(settings.activity_kinds), worker_rates(settings))  # type: ignore[arg-type]
     assert await store.customer_ids() == sorted(expected)
     for customer_id, state in expected.items():
         assert await store.read_customer(customer_id) == state, customer_id
