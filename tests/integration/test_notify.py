@@ -30,8 +30,8 @@ from processors.notify import (
     dead_letters,
     notify_stats,
     parse_config,
-    verify,
 )
+from processors.webhook_signature import is_valid_request
 from retention.config import Settings
 from retention.notifier import alerts_topic, ensure_alerts_topic, publish_alerts, run_notifier
 from tests.integration.conftest import wait_until
@@ -86,7 +86,7 @@ class Receiver:
 
     async def hook(self, request: web.Request) -> web.Response:
         body = await request.read()
-        ok = verify(body, SECRET, request.headers.get("X-Retention-Signature", ""))
+        ok = is_valid_request(SECRET, request.headers, body)
         self.requests.append(Request(request.path, dict(request.headers), body, ok))
         planned = self.fail.get(request.match_info["name"])
         if planned:
@@ -177,7 +177,7 @@ async def test_signed_webhook_is_delivered_once_and_verifiable(
         assert await notifier.deliver(alert) == {"crm": "duplicate"}
     [req] = receiver.requests
     assert req.signature_ok
-    assert req.headers["X-Retention-Signature"].startswith("sha256=")
+    assert req.headers["X-Retention-Signature"].startswith("v1=")
     assert req.headers["Idempotency-Key"] == alert.key == "at_risk:c-1:o1"
     assert req.headers["Content-Type"] == "application/json"
     assert req.headers["X-Tenant"] == "shop-1"
