@@ -8,8 +8,11 @@ import email
 import email.policy
 import json
 import socket
+import ssl
+import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -21,17 +24,19 @@ import yaml
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
 from processors.notify import (
     Notifier,
     NotifyConfig,
+    NotifyConfigError,
     dead_letters,
     notify_stats,
     parse_config,
 )
-from processors.webhook_signature import is_valid_request
+from processors.webhook_signature import InvalidSignature, is_valid_request, sign, verify_request
 from retention.config import Settings
 from retention.notifier import alerts_topic, ensure_alerts_topic, publish_alerts, run_notifier
 from tests.integration.conftest import wait_until
@@ -127,12 +132,24 @@ class Inbox:
     host: str = "127.0.0.1"
     port: int = 0
     received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
+    #: (user, password) of each login attempt, and whether it was over TLS
+    logins: list[tuple[str, str, bool]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
 
     async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.raw.append(envelope.original_content or envelope.content)
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         self.received.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
         return "250 Message accepted for delivery"
+
+    def authenticate(
+        self, server: Any, session: Any, envelope: object, mechanism: str, data: Any
+    ) -> AuthResult:
+        user, password = data.login.decode(), data.password.decode()
+        over_tls = server.transport.get_extra_info("ssl_object") is not None
+        self.logins.append((user, password, over_tls))
+        return AuthResult(success=(user, password) == ("retention", "pw-123"))
 
 
 @pytest.fixture
@@ -421,3 +438,231 @@ async def test_a_dead_endpoint_gets_one_attempt_per_alert_after_repeated_failure
             "crm": "delivered",
         }
     assert len(await dead_letters(redis, settings.key_prefix)) == 4  # none lost
+
+
+# --- signatures, injection, dead-letter bound ---------------------------------------------
+
+
+async def test_a_captured_request_replayed_later_or_altered_fails_verification(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    cfg = config(webhook(receiver, "crm"))
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        assert await notifier.deliver(make_alert()) == {"crm": "delivered"}
+    [req] = receiver.requests
+    assert req.signature_ok  # fresh: the receiver accepted it
+    sent_at = int(req.headers["X-Retention-Timestamp"])
+    assert req.headers["X-Retention-Signature"] == sign(SECRET, sent_at, req.body)
+    # the same bytes and headers, sent again ten minutes later
+    with pytest.raises(InvalidSignature, match="beyond 300 s"):
+        verify_request(SECRET, req.headers, req.body, now=sent_at + 600)
+    # a new timestamp put on the captured request
+    with pytest.raises(InvalidSignature, match="does not match"):
+        verify_request(
+            SECRET,
+            {**req.headers, "X-Retention-Timestamp": str(sent_at + 600)},
+            req.body,
+            now=sent_at + 600,
+        )
+    # the body altered
+    altered = req.body.replace(b'"at_risk"', b'"churned"')
+    assert altered != req.body
+    with pytest.raises(InvalidSignature, match="does not match"):
+        verify_request(SECRET, req.headers, altered, now=sent_at)
+    verify_request(SECRET, req.headers, req.body, now=sent_at + 1)
+
+
+async def test_ids_that_look_like_markup_or_headers_stay_text_on_every_channel(
+    receiver: Receiver, inbox: Inbox, redis: Redis, settings: Settings
+) -> None:
+    cfg = config(
+        webhook(receiver, "crm"),
+        {"name": "team", "type": "slack", "url": receiver.url("slack", "team")},
+        mailbox(inbox),
+    )
+    mention, injected = "<!channel>", "c-1\r\nBcc: x@y.example"
+    alerts = [make_alert(mention), make_alert(injected)]
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        for a in alerts:
+            assert await notifier.deliver(a) == {
+                "crm": "delivered",
+                "team": "delivered",
+                "managers": "delivered",
+            }
+        # none of it counts against the subscribers' breakers
+        assert notifier._failures == {}
+    assert await dead_letters(redis, settings.key_prefix) == []
+
+    # Slack: escaped wherever mrkdwn is parsed, so neither a mention nor a link; the header
+    # is plain_text, which Slack shows as it is
+    slack = receiver.to("team")[0].json()
+    assert "&lt;!channel&gt;" in slack["text"]
+    header, *rest = slack["blocks"]
+    assert header["text"] == {"type": "plain_text", "text": "At risk: customer <!channel>"}
+    assert "<!channel>" not in json.dumps([slack["text"], rest])
+
+    # webhook: the body carries the id as it is; the header is one encoded line
+    hooks = {r.json()["customer_id"]: r for r in receiver.to("crm")}
+    assert set(hooks) == {mention, injected}
+    assert hooks[injected].json()["key"] == f"at_risk:{injected}:o1"
+    assert hooks[injected].headers["Idempotency-Key"] == "at_risk:c-1%0D%0ABcc:%20x@y.example:o1"
+    assert all(r.signature_ok for r in receiver.to("crm"))
+
+    # email: both sent, to the configured recipients only, with no extra header
+    assert len(inbox.received) == 2
+    for sender, recipients, msg in inbox.received:
+        assert sender == "retention@shop.example"
+        assert recipients == ["am@shop.example", "lead@shop.example"]
+        assert msg["Bcc"] is None
+    _, _, msg = inbox.received[1]
+    assert msg["Subject"] == "[retention] At risk: customer c-1\\r\\nBcc: x@y.example [high value]"
+    head = inbox.raw[1].split(b"\r\n\r\n", 1)[0]
+    assert not any(line.startswith(b"Bcc") for line in head.split(b"\r\n"))
+    assert "Customer:   c-1\\r\\nBcc: x@y.example" in msg.get_content()
+
+
+async def test_the_dead_letter_list_keeps_the_newest_entries_up_to_its_limit(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    receiver.fail["strict"] = [400] * 10
+    cfg = config(webhook(receiver, "strict"), dead_letter_limit=3)
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        for n in range(5):
+            assert await notifier.deliver(make_alert(f"c-{n}")) == {"strict": "failed"}
+    dead = await dead_letters(redis, settings.key_prefix)
+    assert [d["alert"]["customer_id"] for d in dead] == ["c-2", "c-3", "c-4"]
+    assert {d["reason"] for d in dead} == {"delivery_failed"}
+    stats = await notify_stats(redis, settings.key_prefix)
+    # every failure counted, and what the trim dropped as well
+    assert stats == {"failed|webhook": 5, "dead_trimmed": 2}
+
+
+# --- SMTP over TLS ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tls:
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """A self-signed certificate for 127.0.0.1, made by the openssl command."""
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return Tls(cert, key)
+
+
+@contextmanager
+def smtp_server(box: Inbox, **kwargs: Any) -> Iterator[Inbox]:
+    box.port = free_port()
+    controller = Controller(
+        box, hostname=box.host, port=box.port, authenticator=box.authenticate, **kwargs
+    )
+    controller.start()
+    try:
+        yield box
+    finally:
+        controller.stop()
+
+
+def login_mailbox(box: Inbox, **extra: Any) -> dict[str, Any]:
+    return {**mailbox(box), "username": "retention", "password_env": "SMTP_PW", **extra}
+
+
+def mail_config(*subscribers: dict[str, Any]) -> NotifyConfig:
+    retry = {"attempts": 2, "base_delay": 0.01, "timeout": 5}
+    return parse_config({"subscribers": list(subscribers), "retry": retry}, {"SMTP_PW": "pw-123"})
+
+
+async def test_starttls_login_sends_the_password_only_over_tls(
+    tls: Tls, redis: Redis, settings: Settings
+) -> None:
+    with smtp_server(Inbox(), tls_context=tls.server_context(), require_starttls=True) as box:
+        cfg = mail_config(login_mailbox(box, tls="starttls", ca_file=str(tls.cert)))
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
+    assert box.logins == [("retention", "pw-123", True)]
+    assert len(box.received) == 1
+
+
+async def test_implicit_tls_on_its_own_port(tls: Tls, redis: Redis, settings: Settings) -> None:
+    # the whole session is TLS; aiosmtpd's own check only knows STARTTLS, hence the flag
+    with smtp_server(Inbox(), ssl_context=tls.server_context(), auth_require_tls=False) as box:
+        cfg = mail_config(login_mailbox(box, tls="implicit", ca_file=str(tls.cert)))
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
+    assert box.logins == [("retention", "pw-123", True)]
+    assert len(box.received) == 1
+
+
+async def test_an_untrusted_certificate_fails_without_sending_the_password(
+    tls: Tls, redis: Redis, settings: Settings
+) -> None:
+    with smtp_server(Inbox(), tls_context=tls.server_context()) as box:
+        cfg = mail_config(login_mailbox(box, tls="starttls"))  # system CAs only
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "failed"}
+    assert box.logins == [] and box.received == []
+    [dead] = await dead_letters(redis, settings.key_prefix)
+    assert "certificate" in dead["error"] and dead["attempts"] == 1  # not worth retrying
+
+
+async def test_a_server_without_starttls_never_sees_the_password(
+    redis: Redis, settings: Settings
+) -> None:
+    with smtp_server(Inbox(), auth_require_tls=False) as box:
+        cfg = mail_config(login_mailbox(box, tls="starttls"))
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "failed"}
+    assert box.logins == [] and box.received == []
+    [dead] = await dead_letters(redis, settings.key_prefix)
+    assert "STARTTLS" in dead["error"]
+
+
+async def test_clear_text_login_only_when_allowed_by_name(redis: Redis, settings: Settings) -> None:
+    with smtp_server(Inbox(), auth_require_tls=False) as box:
+        with pytest.raises(NotifyConfigError, match="clear text"):
+            mail_config(login_mailbox(box))
+        cfg = mail_config(login_mailbox(box, allow_insecure_login=True))
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
+        # a config built in code, past validation, is refused at send time
+        [allowed] = cfg.subscribers
+        unsafe = cfg.model_copy(
+            update={"subscribers": (allowed.model_copy(update={"allow_insecure_login": False}),)}
+        )
+        async with Notifier(unsafe, redis, settings.key_prefix + "x:") as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "failed"}
+    assert box.logins == [("retention", "pw-123", False)]
+    assert len(box.received) == 1
