@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import json
 import socket
 import ssl
 import subprocess
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from redis.asyncio import Redis
@@ -38,7 +40,14 @@ from processors.notify import (
 )
 from processors.webhook_signature import InvalidSignature, is_valid_request, sign, verify_request
 from retention.config import Settings
-from retention.notifier import alerts_topic, ensure_alerts_topic, publish_alerts, run_notifier
+from retention.notifier import (
+    COMMIT_INTERVAL_SECONDS,
+    alerts_topic,
+    ensure_alerts_topic,
+    notifier_group,
+    publish_alerts,
+    run_notifier,
+)
 from tests.integration.conftest import wait_until
 
 SECRET = "whsec-test-key"
@@ -666,3 +675,184 @@ async def test_clear_text_login_only_when_allowed_by_name(redis: Redis, settings
             assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     assert box.logins == [("retention", "pw-123", False)]
     assert len(box.received) == 1
+
+
+# --- the service loop under faults --------------------------------------------------------
+
+
+@asynccontextmanager
+async def running(settings: Settings, path: Path) -> AsyncIterator[asyncio.Task[None]]:
+    """The service loop, as ``retention notify`` runs it, stopped as a shutdown would."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_notifier(settings, path, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def write_config(tmp_path: Path, *subscribers: dict[str, Any], **options: Any) -> Path:
+    path = tmp_path / "notifications.yml"
+    data = {"cooldown": 0, "retry": {"attempts": 3, "base_delay": 0.01}, **options}
+    path.write_text(yaml.safe_dump({**data, "subscribers": list(subscribers)}))
+    return path
+
+
+@pytest.fixture
+async def black_hole() -> AsyncIterator[tuple[str, list[asyncio.StreamWriter]]]:
+    """An endpoint that accepts the connection, reads the request and never answers."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/hook", connections
+    server.close()
+    for writer in connections:
+        writer.close()
+    await server.wait_closed()
+
+
+async def test_a_black_holed_webhook_slows_only_itself(
+    receiver: Receiver,
+    black_hole: tuple[str, list[asyncio.StreamWriter]],
+    redis: Redis,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    assert settings.kafka_bootstrap
+    url, connections = black_hole
+    void = {"name": "void", "type": "webhook", "url": url, "secret": SECRET}
+    path = write_config(
+        tmp_path,
+        void,
+        webhook(receiver, "crm"),
+        retry={"attempts": 3, "base_delay": 0.1, "timeout": 2},
+    )
+    n = 40
+    alerts = [make_alert(f"c-{i}") for i in range(n)]
+    topic = alerts_topic(settings)
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    async with running(settings, path):
+        started = time.monotonic()
+        await publish_alerts(settings.kafka_bootstrap, topic, alerts)
+
+        async def healthy_has_all() -> bool:
+            return len(receiver.to("crm")) >= n
+
+        await wait_until(healthy_has_all, 30, f"{n} alerts at the healthy webhook")
+        elapsed = time.monotonic() - started
+    # alone, the black hole would take n alerts x 3 attempts x 2 s; it held up only itself
+    assert elapsed < 15, f"the healthy webhook took {elapsed:.1f} s for {n} alerts"
+    assert Counter(r.headers["Idempotency-Key"] for r in receiver.to("crm")) == Counter(
+        {a.key: 1 for a in alerts}
+    )
+    assert 1 <= len(connections) <= 6, "the black hole got at most two alerts' attempts"
+
+
+async def _send_raw(
+    bootstrap: str, topic: str, values: list[bytes | None], key: bytes
+) -> list[int]:
+    """Messages straight onto the topic, no alert API in the way; their offsets."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        return [(await producer.send_and_wait(topic, value, key=key)).offset for value in values]
+    finally:
+        await producer.stop()
+
+
+async def test_undecodable_alerts_are_dead_lettered_and_committed(
+    receiver: Receiver, redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    assert settings.kafka_bootstrap
+    path = write_config(tmp_path, webhook(receiver, "crm"))
+    topic = alerts_topic(settings)
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    first, last = make_alert("c-1", occasion="before"), make_alert("c-1", occasion="after")
+    bad: list[bytes | None] = [
+        b"{not json",
+        b"\xff\xfe\x00",
+        None,  # a tombstone
+        # valid JSON and ISO 8601, but past year 9999 in UTC: OverflowError in decoding
+        first.encode().replace(b"2026-03-01T12:00:00Z", b"9999-12-31T23:30:00-01:00"),
+        b"[" * 50_000 + b"]" * 50_000,  # deeper than the JSON parser goes
+        first.encode().replace(b'"risk_score": 0.73', b'"risk_score": "high"'),
+    ]
+    # all on the customer's partition, between two good alerts
+    offsets = await _send_raw(
+        settings.kafka_bootstrap, topic, [first.encode(), *bad, last.encode()], key=b"c-1"
+    )
+    async with running(settings, path):
+
+        async def both_delivered() -> bool:
+            return len(receiver.to("crm")) == 2
+
+        await wait_until(both_delivered, 30, "the alert after the bad ones")
+        await asyncio.sleep(3 * COMMIT_INTERVAL_SECONDS)
+    assert [r.json()["occasion"] for r in receiver.requests] == ["before", "after"]
+    dead = await dead_letters(redis, settings.key_prefix)
+    assert [d["offset"] for d in dead] == offsets[1:-1]
+    assert {d["reason"] for d in dead} == {"undecodable"}
+    assert dead[0]["value"] == "{not json" and "JSONDecodeError" in dead[0]["error"]
+    assert dead[1]["value_base64"] == "//4A"
+    assert "OverflowError" in dead[3]["error"] and "RecursionError" in dead[4]["error"]
+    assert "risk_score" in dead[5]["error"]
+    assert (await notify_stats(redis, settings.key_prefix))["bad"] == len(bad)
+    # the partition's committed position is past the last alert: nothing blocks it
+    [partition] = {d["partition"] for d in dead}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=notifier_group(settings)
+    )
+    await consumer.start()
+    try:
+        committed = await consumer.committed(TopicPartition(topic, partition))
+    finally:
+        await consumer.stop()
+    assert committed == offsets[-1] + 1
+
+
+async def test_an_error_for_one_subscriber_is_dead_lettered_and_its_lane_goes_on(
+    receiver: Receiver, redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    assert settings.kafka_bootstrap
+    prefix = settings.key_prefix
+    # a key of the wrong type: every Redis call on it fails for subscriber "a"
+    await redis.set(f"{prefix}notify:delivered:a", "not a sorted set")
+    path = write_config(tmp_path, webhook(receiver, "a"), webhook(receiver, "b"))
+    topic = alerts_topic(settings)
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    broken = [make_alert(f"c-{i}", occasion="broken") for i in range(3)]
+    fixed = [make_alert(f"c-{i}", occasion="fixed") for i in range(2)]
+    async with running(settings, path) as task:
+        await publish_alerts(settings.kafka_bootstrap, topic, broken)
+
+        async def b_has(count: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                stats = await notify_stats(redis, prefix)
+                return len(receiver.to("b")) == count and stats.get("internal_error", 0) == 3
+
+            return check
+
+        await wait_until(await b_has(3), 30, "b's alerts and a's errors")
+        await redis.delete(f"{prefix}notify:delivered:a")
+        await publish_alerts(settings.kafka_bootstrap, topic, fixed)
+
+        async def a_resumed() -> bool:
+            return len(receiver.to("a")) == 2 and len(receiver.to("b")) == 5
+
+        await wait_until(a_resumed, 30, "a's lane to go on")
+        assert not task.done()
+    dead = await dead_letters(redis, prefix)
+    assert [(d["reason"], d["subscriber"]) for d in dead] == [("internal_error", "a")] * 3
+    assert all("WRONGTYPE" in d["error"] for d in dead)
+    assert sorted(d["alert"]["key"] for d in dead) == sorted(a.key for a in broken)
+    assert {r.json()["occasion"] for r in receiver.to("a")} == {"fixed"}
+    stats = await notify_stats(redis, prefix)
+    assert stats == {"internal_error": 3, "failed|webhook": 3, "sent|webhook": 7}
