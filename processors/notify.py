@@ -304,7 +304,7 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    attempts: int = Field(default=5, ge=1, le=20)
+    attempts: int = Field(default=5, ge=1, le=100)
     base_delay: Duration = 1.0
     max_delay: Duration = 60.0
     #: per attempt, for HTTP and SMTP alike

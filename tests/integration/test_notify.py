@@ -856,3 +856,39 @@ async def test_an_error_for_one_subscriber_is_dead_lettered_and_its_lane_goes_on
     assert {r.json()["occasion"] for r in receiver.to("a")} == {"fixed"}
     stats = await notify_stats(redis, prefix)
     assert stats == {"internal_error": 3, "failed|webhook": 3, "sent|webhook": 7}
+
+
+async def test_a_failing_subscriber_with_a_full_queue_sends_its_overflow_to_the_dead_letters(
+    receiver: Receiver,
+    black_hole: tuple[str, list[asyncio.StreamWriter]],
+    redis: Redis,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    assert settings.kafka_bootstrap
+    url, _ = black_hole
+    path = write_config(
+        tmp_path,
+        {"name": "void", "type": "webhook", "url": url, "secret": SECRET},
+        webhook(receiver, "crm"),
+        retry={"attempts": 1, "timeout": 1, "breaker_after": 1, "breaker_cooloff": 60},
+        queue_limit=2,
+    )
+    alerts = [make_alert(f"c-{i}") for i in range(12)]
+    topic = alerts_topic(settings)
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    async with running(settings, path):
+        await publish_alerts(settings.kafka_bootstrap, topic, alerts)
+
+        async def crm_has_all() -> bool:
+            return len(receiver.to("crm")) == len(alerts)
+
+        await wait_until(crm_has_all, 20, "every alert at the healthy subscriber")
+    dead = await dead_letters(redis, settings.key_prefix)
+    reasons = Counter(d["reason"] for d in dead)
+    # the first alert timed out and opened the breaker; then at most two waited in the
+    # queue, and the rest went straight to the dead letters
+    assert reasons["delivery_failed"] >= 1 and reasons["backlog"] >= 6, reasons
+    assert {d["subscriber"] for d in dead} == {"void"}
+    backlog = [d for d in dead if d["reason"] == "backlog"]
+    assert all("keeps failing" in d["error"] for d in backlog)

@@ -215,6 +215,13 @@ def test_bad_subscribers_are_named_in_the_error(
             {"subscribers": [{"name": "a", "type": "slack", "url": "http://h"}], "retry": {"x": 1}},
             "retry.x",
         ),
+        (
+            {
+                "subscribers": [{"name": "a", "type": "slack", "url": "http://h"}],
+                "retry": {"attempts": 101},
+            },
+            "retry.attempts",
+        ),
     ],
 )
 def test_bad_files_are_explained(data: object, message: str) -> None:
