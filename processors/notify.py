@@ -18,7 +18,7 @@ Subscribers are listed in a YAML file (``notifications.yml``)::
         type: email
         smtp_host: smtp.example.com
         smtp_port: 587
-        starttls: true
+        tls: starttls             # or implicit (port 465), or none
         username: retention
         password_env: SMTP_PASSWORD
         from: retention@example.com
@@ -30,14 +30,22 @@ Delivery is at least once. State in Redis, under the key prefix ``P``:
   found there is a duplicate (a redelivery after a restart, or the tracker raising it twice)
 - ``P notify:last:<subscriber>:<kind>:<customer>``  the ``at`` (ms) of the last alert of that
   kind delivered for that customer; it expires with the cool-down
-- ``P notify:dead``   list of JSON dead letters ``{subscriber, alert, error, attempts, at}``
+- ``P notify:dead``   list of JSON dead letters ``{reason, subscriber, alert, error,
+  attempts, at}``, oldest first, trimmed to the newest ``dead_letter_limit`` entries
 - ``P notify:stats``  hash of counters ``sent|<channel>``, ``failed|<channel>``,
-  ``suppressed|<channel>``, ``duplicate|<channel>`` (and ``bad`` from the service loop)
+  ``suppressed|<channel>``, ``duplicate|<channel>``; ``bad`` (undecodable alerts),
+  ``internal_error`` (unexpected exceptions) and ``dead_trimmed`` (dead letters dropped by
+  the limit)
 
 A crash between a successful send and the Redis write sends that alert again after the
 restart; webhook receivers drop it by its ``Idempotency-Key``, email by its ``Message-ID``.
-Calls of :meth:`Notifier.deliver` for the same customer must not overlap: the service loop
-handles one alert at a time, and Kafka gives each customer's partition to one consumer.
+Calls of :meth:`Notifier.deliver_to` for the same subscriber and customer must not
+overlap: the service loop gives each subscriber one task that handles its alerts in turn,
+and Kafka gives each customer's partition to one consumer.
+
+Customer ids are free text from producers. Each channel renders them so that they stay
+text: escaped for Slack's mrkdwn, control characters shown as escapes in email headers,
+percent-encoded in the ``Idempotency-Key`` header, and JSON-encoded in webhook bodies.
 """
 
 from __future__ import annotations
@@ -45,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import os
@@ -53,6 +60,8 @@ import re
 import smtplib
 import ssl
 import time
+import unicodedata
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,16 +87,19 @@ from pydantic import (
 )
 from redis.asyncio import Redis
 
+from processors import webhook_signature
 from processors.alerts import Alert, AlertKind
+from processors.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 logger = logging.getLogger(__name__)
 
 Channel = Literal["webhook", "slack", "email"]
 Outcome = Literal["delivered", "duplicate", "cooled_down", "filtered", "failed"]
 Verdict = Literal["delivered", "retry", "permanent"]
+Tls = Literal["none", "starttls", "implicit"]
+#: why an entry is in the dead-letter list
+DeadReason = Literal["delivery_failed", "undecodable", "internal_error", "backlog"]
 
-SIGNATURE_HEADER = "X-Retention-Signature"
-TIMESTAMP_HEADER = "X-Retention-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _RESERVED_HEADERS = frozenset(
     h.lower() for h in ("Content-Type", SIGNATURE_HEADER, TIMESTAMP_HEADER, IDEMPOTENCY_HEADER)
@@ -225,7 +237,15 @@ class EmailSubscriber(_Subscriber):
     to: tuple[EmailAddress, ...] = Field(min_length=1)
     username: str | None = None
     password: SecretStr | None = None
-    starttls: bool = False
+    #: ``starttls`` upgrades a plain connection (port 587); ``implicit`` speaks TLS from
+    #: the first byte (port 465); ``none`` is for a relay on a trusted network
+    tls: Tls = "none"
+    #: a login over a connection without TLS sends the password in clear text: refused
+    #: unless this is set
+    allow_insecure_login: bool = False
+    #: CA certificates to trust for the server's certificate (a private CA); the system's
+    #: store when unset
+    ca_file: Path | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -234,11 +254,43 @@ class EmailSubscriber(_Subscriber):
             raise ValueError("give the SMTP password as password_env: VARIABLE")
         return _from_env(data, "password_env", "password", info)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _starttls_flag(cls, data: Any) -> Any:
+        """``starttls: true`` from older files means ``tls: starttls``."""
+        if not isinstance(data, Mapping) or "starttls" not in data:
+            return data
+        flag = data["starttls"]
+        if not isinstance(flag, bool):
+            raise ValueError("starttls is true or false; prefer tls: starttls")
+        rest = {k: v for k, v in data.items() if k != "starttls"}
+        if "tls" in data and (data["tls"] == "starttls") != flag:
+            raise ValueError("starttls and tls disagree; give tls only")
+        if flag:
+            rest["tls"] = "starttls"
+        return rest
+
     @model_validator(mode="after")
     def _login_pair(self) -> EmailSubscriber:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password_env go together")
+        if self.username is not None and self.tls == "none" and not self.allow_insecure_login:
+            raise ValueError(
+                "a login without TLS sends the password in clear text: set tls: starttls "
+                "or tls: implicit, or allow_insecure_login: true on a trusted network"
+            )
+        if self.ca_file is not None and self.tls == "none":
+            raise ValueError("ca_file is only used with tls: starttls or implicit")
         return self
+
+    @property
+    def starttls(self) -> bool:
+        return self.tls == "starttls"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Certificates and host names are checked, as a browser checks them."""
+        cafile = str(self.ca_file) if self.ca_file is not None else None
+        return ssl.create_default_context(cafile=cafile)
 
 
 Subscriber = Annotated[
@@ -252,7 +304,7 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    attempts: int = Field(default=5, ge=1, le=20)
+    attempts: int = Field(default=5, ge=1, le=100)
     base_delay: Duration = 1.0
     max_delay: Duration = 60.0
     #: per attempt, for HTTP and SMTP alike
@@ -278,6 +330,13 @@ class NotifyConfig(BaseModel):
     retry: RetryPolicy = RetryPolicy()
     #: how long delivered alert keys are remembered
     dedupe_horizon: Duration = 30 * 86400.0
+    #: the dead-letter list keeps the newest this many entries (the oldest are dropped
+    #: and counted), so that a dead subscriber cannot grow Redis without bound
+    dead_letter_limit: int = Field(default=10_000, ge=1)
+    #: alerts waiting per subscriber; when a subscriber whose breaker is open has this
+    #: many, new alerts for it go straight to the dead letters (reason ``backlog``); a
+    #: subscriber that is merely slow makes the reader wait instead
+    queue_limit: int = Field(default=10_000, ge=1)
 
     @field_validator("cooldown", "dedupe_horizon", mode="before")
     @classmethod
@@ -346,15 +405,35 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> NotifyC
 # --- pure pieces of delivery ---------------------------------------------------------------
 
 
-def sign(body: bytes, secret: str | bytes) -> str:
-    """``sha256=<hex>``: HMAC-SHA256 of the exact body bytes, as GitHub and Stripe sign."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+def _utf8(text: str) -> bytes:
+    """UTF-8 that also carries lone surrogates (JSON allows ``"\\ud800"``); equal to
+    ``text.encode()`` for every other string."""
+    return text.encode("utf-8", "surrogatepass")
 
 
-def verify(body: bytes, secret: str | bytes, signature: str) -> bool:
-    """What a receiver does: compare in constant time."""
-    return hmac.compare_digest(sign(body, secret), signature)
+def header_text(text: str) -> str:
+    """``text`` fit for a mail header: control, format and line-separator characters are
+    shown as escapes (``\\r``, ``\\u202e``), so a customer id cannot end a header line
+    and start another (``Bcc: ...``), nor make the message fail to build."""
+    out = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category[0] == "C" or category in ("Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+#: printable ASCII but ``%``, which starts an escape
+_KEY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
+def header_key(key: str) -> str:
+    """The alert key as an ``Idempotency-Key`` header value: percent-encoded (UTF-8) where it
+    has anything but printable ASCII, so it is one valid header line for any customer id.
+    Keys of plain ids pass unchanged."""
+    return urllib.parse.quote(key, safe=_KEY_SAFE, errors="surrogatepass")
 
 
 def webhook_body(alert: Alert, subscriber: str) -> bytes:
@@ -409,8 +488,10 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     }
     at = alert.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return {
-        "text": summary(alert),
+        # the notification text is mrkdwn too: `<!channel>` in an id must stay text
+        "text": _mrkdwn(summary(alert)),
         "blocks": [
+            # plain_text is not parsed for mentions or links
             {"type": "header", "text": {"type": "plain_text", "text": summary_head(alert)}},
             {
                 "type": "section",
@@ -426,6 +507,7 @@ def slack_message(alert: Alert) -> dict[str, Any]:
 
 
 def summary_head(alert: Alert) -> str:
+    """Short enough for Slack's header block (150) and a mail subject."""
     return f"{title(alert)}: customer {alert.customer_id}"[:150]
 
 
@@ -434,25 +516,27 @@ def email_message(alert: Alert, subscriber: EmailSubscriber, now: datetime) -> E
     crash threads with, and can be dropped as, the first."""
     msg = EmailMessage()
     star = " [high value]" if alert.high_value else ""
-    msg["Subject"] = f"[retention] {summary_head(alert)}{star}"
+    msg["Subject"] = header_text(f"[retention] {summary_head(alert)}{star}")
     msg["From"] = subscriber.sender
     msg["To"] = ", ".join(subscriber.to)
     msg["Date"] = format_datetime(now.astimezone(UTC))
-    digest = hashlib.sha256(f"{subscriber.name}|{alert.key}".encode()).hexdigest()[:32]
+    digest = hashlib.sha256(_utf8(f"{subscriber.name}|{alert.key}")).hexdigest()[:32]
     msg["Message-ID"] = f"<{digest}@{subscriber.sender.split('@', 1)[1]}>"
-    msg[IDEMPOTENCY_HEADER] = alert.key
+    msg[IDEMPOTENCY_HEADER] = header_key(alert.key)
     reasons = "\n".join(f"  - {r}" for r in alert.reasons) or "  (none given)"
     details = "\n".join(f"  {k}: {v}" for k, v in sorted(alert.details.items())) or "  -"
-    msg.set_content(
+    text = (
         f"{title(alert)}\n\n"
-        f"Customer:   {alert.customer_id}\n"
+        f"Customer:   {header_text(alert.customer_id)}\n"
         f"Kind:       {alert.kind}\n"
         f"Raised at:  {alert.as_dict()['at']}\n"
         f"Risk score: {_risk(alert)}\n"
         f"High value: {'yes' if alert.high_value else 'no'}\n\n"
         f"Reasons:\n{reasons}\n\nDetails:\n{details}\n\n"
-        f"Alert key: {alert.key}\n"
+        f"Alert key: {header_text(alert.key)}\n"
     )
+    # lone surrogates (from a JSON "\\ud800") cannot be encoded; show them as escapes
+    msg.set_content(text.encode("utf-8", "backslashreplace").decode("utf-8"))
     return msg
 
 
@@ -477,6 +561,9 @@ def smtp_error(exc: BaseException) -> DeliveryError:
         return DeliveryError(f"SMTP server disconnected: {exc}", retryable=True)
     if isinstance(exc, smtplib.SMTPException):
         return DeliveryError(f"SMTP: {exc}", retryable=False)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # the same certificate will not verify on the next attempt either
+        return DeliveryError(f"TLS certificate not trusted: {exc}", retryable=False)
     if isinstance(exc, OSError):
         return DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True)
     return DeliveryError(repr(exc), retryable=False)
@@ -487,19 +574,61 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return float(value) if value.strip().isdigit() else None
 
 
+def _smtp_connect(subscriber: EmailSubscriber, timeout: float) -> smtplib.SMTP:
+    if subscriber.tls == "implicit":
+        return smtplib.SMTP_SSL(
+            subscriber.smtp_host,
+            subscriber.smtp_port,
+            timeout=timeout,
+            context=subscriber.ssl_context(),
+        )
+    return smtplib.SMTP(subscriber.smtp_host, subscriber.smtp_port, timeout=timeout)
+
+
 def _smtp_send(subscriber: EmailSubscriber, msg: EmailMessage, timeout: float) -> None:
-    with smtplib.SMTP(subscriber.smtp_host, subscriber.smtp_port, timeout=timeout) as smtp:
-        if subscriber.starttls:
-            smtp.starttls(context=ssl.create_default_context())
-        if subscriber.username and subscriber.password:
+    login = subscriber.username is not None and subscriber.password is not None
+    if login and subscriber.tls == "none" and not subscriber.allow_insecure_login:
+        # the config refuses this already; a config built in code must not slip through
+        raise DeliveryError("refusing to log in without TLS", retryable=False)
+    with _smtp_connect(subscriber, timeout) as smtp:
+        if subscriber.tls == "starttls":
+            # raises SMTPNotSupportedError when the server does not offer it: the
+            # password is then never sent
+            smtp.starttls(context=subscriber.ssl_context())
+        if subscriber.username is not None and subscriber.password is not None:
             smtp.login(subscriber.username, subscriber.password.get_secret_value())
-        refused = smtp.send_message(msg)
+        # the envelope comes from the config, never from the message's headers
+        refused = smtp.send_message(msg, from_addr=subscriber.sender, to_addrs=list(subscriber.to))
     if refused:
         # the others have it already; sending again would repeat it to them
         logger.warning(
             "some recipients refused",
             extra={"subscriber": subscriber.name, "refused": sorted(refused)},
         )
+
+
+class BadAlert(ValueError):
+    """A message on the alerts topic that is not an alert the notifier can render."""
+
+
+def decode_alert(raw: bytes | None) -> Alert:
+    """Decode and check that every channel can render the alert; anything else raises
+    :class:`BadAlert` (never another exception), whatever the bytes."""
+    try:
+        alert = Alert.decode(raw or b"")
+        if alert.risk_score is not None and (
+            isinstance(alert.risk_score, bool)
+            or not isinstance(alert.risk_score, int | float)
+            or alert.risk_score != alert.risk_score
+        ):
+            raise ValueError(f"risk_score {alert.risk_score!r} is not a number")
+        if not alert.customer_id:
+            raise ValueError("empty customer_id")
+        webhook_body(alert, "check")
+        slack_message(alert)
+    except Exception as exc:
+        raise BadAlert(f"{type(exc).__name__}: {exc}"[:500]) from exc
+    return alert
 
 
 # --- the notifier --------------------------------------------------------------------------
@@ -593,12 +722,24 @@ class Notifier:
         return outcomes
 
     async def _deliver_one(self, subscriber: Subscriber, alert: Alert) -> Outcome:
+        return await self.deliver_to(subscriber, alert)
+
+    def breaker_open(self, subscriber: Subscriber) -> bool:
+        """Whether the subscriber's recent alerts kept failing (see ``retry.breaker_after``)."""
+        return time.monotonic() < self._open_until.get(subscriber.name, 0.0)
+
+    async def deliver_to(self, subscriber: Subscriber, alert: Alert) -> Outcome:
+        """One subscriber's turn: dedupe, cool-down, attempts, record or dead-letter.
+
+        Failures of the subscriber end in the dead letters; a Redis error is raised, and
+        the alert is then neither recorded nor dead-lettered for this subscriber."""
         if not subscriber.wants(alert):
             return "filtered"
         delivered = self.key("delivered", subscriber.name)
-        last = self.key("last", subscriber.name, alert.kind, alert.customer_id)
+        last = _utf8(self.key("last", subscriber.name, alert.kind, alert.customer_id))
+        member = _utf8(alert.key)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(delivered, alert.key)
+            pipe.zscore(delivered, member)
             pipe.get(last)
             seen, last_at = await pipe.execute()
         if seen is not None:
@@ -619,7 +760,7 @@ class Notifier:
             return "failed"
         now_ms = _ms(self.clock())
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(delivered, {alert.key: now_ms})
+            pipe.zadd(delivered, {member: now_ms})
             pipe.zremrangebyscore(delivered, "-inf", now_ms - self.config.dedupe_horizon * 1000)
             if cooldown_ms > 0:
                 pipe.set(last, _ms(alert.at), px=cooldown_ms)
@@ -644,9 +785,7 @@ class Notifier:
             )
 
     def _allowed_attempts(self, subscriber: Subscriber) -> int:
-        if time.monotonic() < self._open_until.get(subscriber.name, 0.0):
-            return 1
-        return self.config.retry.attempts
+        return 1 if self.breaker_open(subscriber) else self.config.retry.attempts
 
     async def _attempt(self, subscriber: Subscriber, alert: Alert) -> Attempts:
         policy = self.config.retry
@@ -678,31 +817,79 @@ class Notifier:
         raise AssertionError("unreachable: attempts >= 1")
 
     async def _dead_letter(self, subscriber: Subscriber, alert: Alert, attempts: Attempts) -> None:
-        record = {
-            "subscriber": subscriber.name,
-            "alert": alert.as_dict(),
-            "error": attempts.error,
-            "attempts": attempts.count,
-            "at": self.clock().astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self.dead_key, json.dumps(record, sort_keys=True))
-            pipe.hincrby(self.stats_key, f"failed|{subscriber.type}", 1)
-            await pipe.execute()
+        await self.push_dead_letter(
+            "delivery_failed",
+            {
+                "subscriber": subscriber.name,
+                "alert": alert.as_dict(),
+                "error": attempts.error,
+                "attempts": attempts.count,
+            },
+            counters=(f"failed|{subscriber.type}",),
+        )
         logger.error(
             "alert dead-lettered",
             extra={"subscriber": subscriber.name, "alert": alert.key, "error": attempts.error},
         )
 
+    async def push_dead_letter(
+        self, reason: DeadReason, record: Mapping[str, Any], counters: tuple[str, ...] = ()
+    ) -> None:
+        """Append to the dead-letter list, keep its newest ``dead_letter_limit`` entries,
+        and count what the trim dropped, so that the list stays bounded and no drop is
+        silent."""
+        entry = {
+            "reason": reason,
+            **record,
+            "at": self.clock().astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        limit = self.config.dead_letter_limit
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.dead_key, json.dumps(entry, sort_keys=True, default=repr))
+            pipe.ltrim(self.dead_key, -limit, -1)
+            for counter in counters:
+                pipe.hincrby(self.stats_key, counter, 1)
+            length, *_ = await pipe.execute()
+        if int(length) > limit:
+            await self.redis.hincrby(self.stats_key, "dead_trimmed", int(length) - limit)
+
+    async def internal_error(
+        self, subscriber: Subscriber | None, alert: Alert | None, exc: BaseException
+    ) -> None:
+        """An exception nobody expected, while handling ``alert`` for ``subscriber``: logged,
+        counted and dead-lettered, so that the alert is not lost and the service goes on."""
+        logger.error(
+            "unexpected error handling an alert",
+            exc_info=exc,
+            extra={
+                "subscriber": subscriber.name if subscriber else None,
+                "alert": alert.key if alert else None,
+            },
+        )
+        counters = ("internal_error",) + ((f"failed|{subscriber.type}",) if subscriber else ())
+        await self.push_dead_letter(
+            "internal_error",
+            {
+                "subscriber": subscriber.name if subscriber else None,
+                "alert": alert.as_dict() if alert else None,
+                "error": f"{type(exc).__name__}: {exc}"[:1000],
+                "attempts": 0,
+            },
+            counters=counters,
+        )
+
     async def _send(self, subscriber: Subscriber, alert: Alert) -> None:
         if isinstance(subscriber, WebhookSubscriber):
             body = webhook_body(alert, subscriber.name)
+            # a fresh timestamp per attempt: a retry after minutes is not taken for a replay
+            signed = webhook_signature.signature_headers(
+                subscriber.secret.get_secret_value(), int(self.clock().timestamp()), body
+            )
             headers = {
                 **subscriber.headers,
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(body, subscriber.secret.get_secret_value()),
-                TIMESTAMP_HEADER: str(int(self.clock().timestamp())),
-                IDEMPOTENCY_HEADER: alert.key,
+                **signed,
+                IDEMPOTENCY_HEADER: header_key(alert.key),
             }
             await self._post(subscriber.url, body, headers)
         elif isinstance(subscriber, SlackSubscriber):

@@ -1,26 +1,52 @@
 """The notifier service: consume ``customer-alerts`` and deliver each alert to subscribers.
 
-Offsets are committed one alert at a time, after :meth:`Notifier.deliver` returned (the
-alert was delivered, skipped, or dead-lettered for every subscriber). A restart therefore
-repeats at most the alert in hand, and the delivered-key set in Redis turns that repeat
-into a duplicate instead of a second message.
+Each subscriber has a lane: its own queue and task, which delivers its alerts one after
+another (so one customer's alerts stay in order). A subscriber that is down, or that
+accepts connections and never answers, holds up only its own lane; the reader goes on
+feeding the others. A lane whose breaker is open and whose queue holds ``queue_limit``
+alerts sends new ones straight to the dead letters (``backlog``); a lane that is only slow
+makes the reader wait for room instead.
+
+A message's offset is committed once every lane has finished with it (delivered, skipped,
+or dead-lettered), in offset order per partition. A restart repeats what was in flight,
+and the delivered-key sets in Redis turn each repeat into a duplicate instead of a second
+message. A message that is not an alert goes to the dead letters (``undecodable``) and is
+committed: it never blocks its partition. Any other exception, per alert and per
+subscriber, is logged, counted (``internal_error``) and dead-lettered, and the lane goes
+on; only a Redis that cannot be reached makes a lane wait and try the same alert again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalStateError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
-from processors.notify import Notifier, load_config
+from processors.notify import BadAlert, Notifier, Outcome, Subscriber, decode_alert, load_config
 from retention.config import Settings
 from streams.topics import Topics
 
@@ -28,6 +54,22 @@ logger = logging.getLogger(__name__)
 
 #: Pause before trying an alert again when Redis (not a subscriber) failed.
 RETRY_PAUSE_SECONDS = 1.0
+#: How often finished offsets are committed.
+COMMIT_INTERVAL_SECONDS = 0.5
+#: On shutdown, how long a lane may finish the alert in hand before it is cancelled (the
+#: alert is then not committed, and comes again after the restart).
+SHUTDOWN_GRACE_SECONDS = 5.0
+#: Of a message that is not an alert, the dead letter keeps this many bytes; its topic,
+#: partition and offset locate the whole message on the broker.
+DEAD_VALUE_BYTES = 64 * 1024
+
+#: Redis errors that pass: the alert is tried again after a pause, not dead-lettered.
+TRANSIENT_REDIS_ERRORS = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,  # a failover under way
+    redis_errors.TryAgainError,
+)
 
 
 def alerts_topic(settings: Settings) -> str:
@@ -69,38 +111,222 @@ async def publish_alerts(bootstrap: str, topic: str, alerts: Iterable[Alert]) ->
         await producer.stop()
 
 
-class _Loop:
+@dataclass(eq=False, slots=True)
+class _InFlight:
+    """A message read from the topic; ``waiting`` lanes have not finished with it yet."""
+
+    tp: TopicPartition
+    offset: int
+    waiting: int
+    cancelled: bool = False
+
+
+class OffsetTracker:
+    """Messages in flight per partition, in offset order: the position to commit is after
+    the longest run of finished messages, so nothing unfinished is ever committed."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[TopicPartition, deque[_InFlight]] = {}
+
+    def add(self, tp: TopicPartition, offset: int, waiting: int) -> _InFlight:
+        entry = _InFlight(tp, offset, waiting)
+        self._partitions.setdefault(tp, deque()).append(entry)
+        return entry
+
+    @staticmethod
+    def finish(entry: _InFlight) -> None:
+        entry.waiting -= 1
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Positions to commit, and forget the finished messages they cover."""
+        out: dict[TopicPartition, int] = {}
+        for tp, entries in self._partitions.items():
+            while entries and entries[0].waiting <= 0:
+                out[tp] = entries.popleft().offset + 1
+        return out
+
+    def revoke(self, partitions: Iterable[TopicPartition]) -> None:
+        """Another member owns these now: their queued alerts are dropped (it reads them
+        again from the last commit)."""
+        for tp in partitions:
+            for entry in self._partitions.pop(tp, ()):
+                entry.cancelled = True
+
+    def in_flight(self) -> int:
+        return sum(len(entries) for entries in self._partitions.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    alert: Alert
+    entry: _InFlight
+
+
+class Lane:
+    """One subscriber's queue and the task that works through it."""
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        notifier: Notifier,
+        offsets: OffsetTracker,
+        stop: asyncio.Event,
+    ) -> None:
+        self.subscriber = subscriber
+        self.notifier = notifier
+        self.offsets = offsets
+        self.stop = stop
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.busy = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"notify-lane-{self.subscriber.name}")
+
+    async def offer(self, item: _Item) -> None:
+        """Queue ``item``. A full queue makes the caller wait, unless the subscriber keeps
+        failing: then the alert goes to the dead letters at once."""
+        limit = self.notifier.config.queue_limit
+        while self.queue.qsize() >= limit and not self.stop.is_set():
+            if self.notifier.breaker_open(self.subscriber):
+                try:
+                    await self.notifier.push_dead_letter(
+                        "backlog",
+                        {
+                            "subscriber": self.subscriber.name,
+                            "alert": item.alert.as_dict(),
+                            "error": f"{limit} alerts waiting for a subscriber that keeps failing",
+                            "attempts": 0,
+                        },
+                        counters=(f"failed|{self.subscriber.type}",),
+                    )
+                except Exception:
+                    # never drop it: queue it beyond the limit instead
+                    logger.exception(
+                        "cannot dead-letter a backlogged alert; queued",
+                        extra={"subscriber": self.subscriber.name, "alert": item.alert.key},
+                    )
+                    break
+                self.offsets.finish(item.entry)
+                return
+            await asyncio.sleep(0.05)
+        if not self.stop.is_set():
+            self.queue.put_nowait(item)
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            item = await self.queue.get()
+            if item.entry.cancelled:
+                continue
+            self.busy = True
+            try:
+                if await self.handle(item.alert) is not None:
+                    self.offsets.finish(item.entry)
+            finally:
+                self.busy = False
+
+    async def handle(self, alert: Alert) -> Outcome | None:
+        """Deliver, or dead-letter on any error but an unreachable Redis, which is waited
+        out. None when stopped before the alert was done."""
+        while True:
+            try:
+                try:
+                    outcome = await self.notifier.deliver_to(self.subscriber, alert)
+                except TRANSIENT_REDIS_ERRORS:
+                    raise
+                except Exception as exc:
+                    await self.notifier.internal_error(self.subscriber, alert, exc)
+                    outcome = "failed"
+            except Exception as exc:
+                logger.warning(
+                    "cannot reach Redis; will try the alert again",
+                    extra={"subscriber": self.subscriber.name, "error": repr(exc)},
+                )
+                if await _stopped_within(self.stop, RETRY_PAUSE_SECONDS):
+                    return None
+                continue
+            logger.info(
+                "alert handled",
+                extra={"subscriber": self.subscriber.name, "alert": alert.key, "outcome": outcome},
+            )
+            return outcome
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+def _raw_value(value: bytes | None) -> dict[str, Any]:
+    """A message's bytes for a dead letter: text when it is UTF-8, base64 otherwise."""
+    data = value or b""
+    out: dict[str, Any] = {"value_truncated": len(data) > DEAD_VALUE_BYTES}
+    data = data[:DEAD_VALUE_BYTES]
+    try:
+        out["value"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        out["value_base64"] = base64.b64encode(data).decode("ascii")
+    return out
+
+
+class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Reads messages, hands alerts to the lanes that want them, commits what is done."""
+
     def __init__(self, consumer: AIOKafkaConsumer, notifier: Notifier, stop: asyncio.Event) -> None:
         self.consumer = consumer
         self.notifier = notifier
         self.stop = stop
+        self.offsets = OffsetTracker()
+        self.lanes = [Lane(s, notifier, self.offsets, stop) for s in notifier.config.subscribers]
 
-    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        try:
-            alert = Alert.decode(record.value or b"")
-        except (ValueError, KeyError, TypeError) as exc:
-            # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            logger.error(
-                "bad alert skipped",
-                extra={"topic": record.topic, "offset": record.offset, "error": repr(exc)},
-            )
-            await self.notifier.redis.hincrby(self.notifier.stats_key, "bad", 1)
-            return
-        outcomes = await self.notifier.deliver(alert)
-        logger.info("alert handled", extra={"alert": alert.key, "outcomes": outcomes})
-
-    async def commit(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def dispatch(self, record: ConsumerRecord[bytes, bytes]) -> None:
         tp = TopicPartition(record.topic, record.partition)
         try:
-            await self.consumer.commit({tp: record.offset + 1})
-        except (CommitFailedError, IllegalStateError) as exc:
-            # the partition moved to another member, which starts from the last commit;
-            # what this one delivered is in Redis and will be skipped there
-            logger.warning("commit failed", extra={"partition": str(tp), "error": repr(exc)})
+            alert = decode_alert(record.value)
+        except BadAlert as exc:
+            try:
+                await self.bad_alert(record, exc)
+            except TRANSIENT_REDIS_ERRORS:
+                raise
+            except Exception:
+                # Redis refuses the write (out of memory, a key of the wrong type): the
+                # log keeps the message, and the partition goes on
+                logger.exception(
+                    "bad alert could not be dead-lettered",
+                    extra={
+                        "topic": record.topic,
+                        "offset": record.offset,
+                        **_raw_value(record.value),
+                    },
+                )
+            self.offsets.add(tp, record.offset, 0)
+            return
+        lanes = [lane for lane in self.lanes if lane.subscriber.wants(alert)]
+        entry = self.offsets.add(tp, record.offset, len(lanes))
+        for lane in lanes:
+            await lane.offer(_Item(alert, entry))
 
-    async def pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), seconds)
+    async def bad_alert(self, record: ConsumerRecord[bytes, bytes], exc: BadAlert) -> None:
+        logger.error(
+            "bad alert dead-lettered",
+            extra={"topic": record.topic, "offset": record.offset, "error": str(exc)},
+        )
+        await self.notifier.push_dead_letter(
+            "undecodable",
+            {
+                "subscriber": None,
+                "alert": None,
+                "error": str(exc),
+                "attempts": 0,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": (record.key or b"").decode("utf-8", "replace")[:256],
+                **_raw_value(record.value),
+            },
+            counters=("bad",),
+        )
 
     async def run_batch(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -110,16 +336,60 @@ class _Loop:
                 if self.stop.is_set():
                     return
                 try:
-                    await self.handle(record)
-                except Exception:
-                    logger.exception(
-                        "alert not handled; will try again",
-                        extra={"topic": tp.topic, "offset": record.offset},
+                    await self.dispatch(record)
+                except TRANSIENT_REDIS_ERRORS as exc:
+                    logger.warning(
+                        "cannot reach Redis; will read the alert again",
+                        extra={"topic": tp.topic, "offset": record.offset, "error": repr(exc)},
                     )
                     self.consumer.seek(tp, record.offset)
-                    await self.pause(RETRY_PAUSE_SECONDS)
+                    await _stopped_within(self.stop, RETRY_PAUSE_SECONDS)
                     break
-                await self.commit(record)
+
+    async def commit(self) -> None:
+        positions = self.offsets.committable()
+        if not positions:
+            return
+        try:
+            await self.consumer.commit(positions)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # the partition moved to another member, which starts from the last commit;
+            # what this one delivered is in Redis and will be skipped there
+            logger.warning("commit failed", extra={"error": repr(exc)})
+
+    async def commit_forever(self) -> None:
+        while not await _stopped_within(self.stop, COMMIT_INTERVAL_SECONDS):
+            await self.commit()
+
+    def check_lanes(self) -> None:
+        """A lane task that ended while running is a bug: stop the process, so that a
+        supervisor restarts it, rather than leave that subscriber without alerts."""
+        for lane in self.lanes:
+            if lane.task is not None and lane.task.done() and not self.stop.is_set():
+                raise RuntimeError(f"the lane of {lane.subscriber.name} ended") from (
+                    None if lane.task.cancelled() else lane.task.exception()
+                )
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.commit()
+        self.offsets.revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        """Let lanes finish the alert in hand (briefly), then commit what is done."""
+        self.stop.set()
+        tasks = [lane.task for lane in self.lanes if lane.task is not None]
+        for lane in self.lanes:
+            if lane.task is not None and not lane.busy:
+                lane.task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.commit()
 
 
 async def run_notifier(
@@ -134,7 +404,6 @@ async def run_notifier(
     topic = alerts_topic(settings)
     await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=notifier_group(settings),
         enable_auto_commit=False,
@@ -146,17 +415,26 @@ async def run_notifier(
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     try:
         async with Notifier(config, redis, settings.key_prefix) as notifier:
+            dispatcher = Dispatcher(consumer, notifier, stop)
+            consumer.subscribe([topic], listener=dispatcher)
             await consumer.start()
+            committer: asyncio.Task[None] | None = None
             try:
-                loop = _Loop(consumer, notifier, stop)
+                for lane in dispatcher.lanes:
+                    lane.start()
+                committer = asyncio.create_task(dispatcher.commit_forever())
                 logger.info(
                     "notifier started",
                     extra={"topic": topic, "subscribers": [s.name for s in config.subscribers]},
                 )
                 while not stop.is_set():
+                    dispatcher.check_lanes()
                     batch = await consumer.getmany(timeout_ms=200, max_records=100)
-                    await loop.run_batch(batch)
+                    await dispatcher.run_batch(batch)
             finally:
+                await dispatcher.shutdown()
+                if committer is not None:
+                    await asyncio.gather(committer, return_exceptions=True)
                 await consumer.stop()
     finally:
         await redis.aclose()

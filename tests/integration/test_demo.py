@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -14,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from processors.webhook_signature import is_valid_request
 
 SECRET = b"demo-secret"
 
@@ -26,8 +26,7 @@ async def test_demo_shows_declining_customers_at_risk_and_notifies_a_webhook(
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
-        want = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(request.headers.get("X-Retention-Signature", ""), want):
+        if not is_valid_request(SECRET, request.headers, body):
             forged.append(body)
             return web.Response(status=401)
         received.append(json.loads(body))

@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import json
 import socket
+import ssl
+import subprocess
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -19,21 +24,30 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
 from processors.notify import (
     Notifier,
     NotifyConfig,
+    NotifyConfigError,
     dead_letters,
     notify_stats,
     parse_config,
-    verify,
 )
+from processors.webhook_signature import InvalidSignature, is_valid_request, sign, verify_request
 from retention.config import Settings
-from retention.notifier import alerts_topic, ensure_alerts_topic, publish_alerts, run_notifier
+from retention.notifier import (
+    COMMIT_INTERVAL_SECONDS,
+    alerts_topic,
+    ensure_alerts_topic,
+    notifier_group,
+    publish_alerts,
+    run_notifier,
+)
 from tests.integration.conftest import wait_until
 
 SECRET = "whsec-test-key"
@@ -86,7 +100,7 @@ class Receiver:
 
     async def hook(self, request: web.Request) -> web.Response:
         body = await request.read()
-        ok = verify(body, SECRET, request.headers.get("X-Retention-Signature", ""))
+        ok = is_valid_request(SECRET, request.headers, body)
         self.requests.append(Request(request.path, dict(request.headers), body, ok))
         planned = self.fail.get(request.match_info["name"])
         if planned:
@@ -127,12 +141,24 @@ class Inbox:
     host: str = "127.0.0.1"
     port: int = 0
     received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
+    #: (user, password) of each login attempt, and whether it was over TLS
+    logins: list[tuple[str, str, bool]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
 
     async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.raw.append(envelope.original_content or envelope.content)
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         self.received.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
         return "250 Message accepted for delivery"
+
+    def authenticate(
+        self, server: Any, session: Any, envelope: object, mechanism: str, data: Any
+    ) -> AuthResult:
+        user, password = data.login.decode(), data.password.decode()
+        over_tls = server.transport.get_extra_info("ssl_object") is not None
+        self.logins.append((user, password, over_tls))
+        return AuthResult(success=(user, password) == ("retention", "pw-123"))
 
 
 @pytest.fixture
@@ -177,7 +203,7 @@ async def test_signed_webhook_is_delivered_once_and_verifiable(
         assert await notifier.deliver(alert) == {"crm": "duplicate"}
     [req] = receiver.requests
     assert req.signature_ok
-    assert req.headers["X-Retention-Signature"].startswith("sha256=")
+    assert req.headers["X-Retention-Signature"].startswith("v1=")
     assert req.headers["Idempotency-Key"] == alert.key == "at_risk:c-1:o1"
     assert req.headers["Content-Type"] == "application/json"
     assert req.headers["X-Tenant"] == "shop-1"
@@ -421,3 +447,448 @@ async def test_a_dead_endpoint_gets_one_attempt_per_alert_after_repeated_failure
             "crm": "delivered",
         }
     assert len(await dead_letters(redis, settings.key_prefix)) == 4  # none lost
+
+
+# --- signatures, injection, dead-letter bound ---------------------------------------------
+
+
+async def test_a_captured_request_replayed_later_or_altered_fails_verification(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    cfg = config(webhook(receiver, "crm"))
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        assert await notifier.deliver(make_alert()) == {"crm": "delivered"}
+    [req] = receiver.requests
+    assert req.signature_ok  # fresh: the receiver accepted it
+    sent_at = int(req.headers["X-Retention-Timestamp"])
+    assert req.headers["X-Retention-Signature"] == sign(SECRET, sent_at, req.body)
+    # the same bytes and headers, sent again ten minutes later
+    with pytest.raises(InvalidSignature, match="beyond 300 s"):
+        verify_request(SECRET, req.headers, req.body, now=sent_at + 600)
+    # a new timestamp put on the captured request
+    with pytest.raises(InvalidSignature, match="does not match"):
+        verify_request(
+            SECRET,
+            {**req.headers, "X-Retention-Timestamp": str(sent_at + 600)},
+            req.body,
+            now=sent_at + 600,
+        )
+    # the body altered
+    altered = req.body.replace(b'"at_risk"', b'"churned"')
+    assert altered != req.body
+    with pytest.raises(InvalidSignature, match="does not match"):
+        verify_request(SECRET, req.headers, altered, now=sent_at)
+    verify_request(SECRET, req.headers, req.body, now=sent_at + 1)
+
+
+async def test_ids_that_look_like_markup_or_headers_stay_text_on_every_channel(
+    receiver: Receiver, inbox: Inbox, redis: Redis, settings: Settings
+) -> None:
+    cfg = config(
+        webhook(receiver, "crm"),
+        {"name": "team", "type": "slack", "url": receiver.url("slack", "team")},
+        mailbox(inbox),
+    )
+    mention, injected = "<!channel>", "c-1\r\nBcc: x@y.example"
+    alerts = [make_alert(mention), make_alert(injected)]
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        for a in alerts:
+            assert await notifier.deliver(a) == {
+                "crm": "delivered",
+                "team": "delivered",
+                "managers": "delivered",
+            }
+        # none of it counts against the subscribers' breakers
+        assert notifier._failures == {}
+    assert await dead_letters(redis, settings.key_prefix) == []
+
+    # Slack: escaped wherever mrkdwn is parsed, so neither a mention nor a link; the header
+    # is plain_text, which Slack shows as it is
+    slack = receiver.to("team")[0].json()
+    assert "&lt;!channel&gt;" in slack["text"]
+    header, *rest = slack["blocks"]
+    assert header["text"] == {"type": "plain_text", "text": "At risk: customer <!channel>"}
+    assert "<!channel>" not in json.dumps([slack["text"], rest])
+
+    # webhook: the body carries the id as it is; the header is one encoded line
+    hooks = {r.json()["customer_id"]: r for r in receiver.to("crm")}
+    assert set(hooks) == {mention, injected}
+    assert hooks[injected].json()["key"] == f"at_risk:{injected}:o1"
+    assert hooks[injected].headers["Idempotency-Key"] == "at_risk:c-1%0D%0ABcc:%20x@y.example:o1"
+    assert all(r.signature_ok for r in receiver.to("crm"))
+
+    # email: both sent, to the configured recipients only, with no extra header
+    assert len(inbox.received) == 2
+    for sender, recipients, msg in inbox.received:
+        assert sender == "retention@shop.example"
+        assert recipients == ["am@shop.example", "lead@shop.example"]
+        assert msg["Bcc"] is None
+    _, _, msg = inbox.received[1]
+    assert msg["Subject"] == "[retention] At risk: customer c-1\\r\\nBcc: x@y.example [high value]"
+    head = inbox.raw[1].split(b"\r\n\r\n", 1)[0]
+    assert not any(line.startswith(b"Bcc") for line in head.split(b"\r\n"))
+    assert "Customer:   c-1\\r\\nBcc: x@y.example" in msg.get_content()
+
+
+async def test_the_dead_letter_list_keeps_the_newest_entries_up_to_its_limit(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    receiver.fail["strict"] = [400] * 10
+    cfg = config(webhook(receiver, "strict"), dead_letter_limit=3)
+    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        for n in range(5):
+            assert await notifier.deliver(make_alert(f"c-{n}")) == {"strict": "failed"}
+    dead = await dead_letters(redis, settings.key_prefix)
+    assert [d["alert"]["customer_id"] for d in dead] == ["c-2", "c-3", "c-4"]
+    assert {d["reason"] for d in dead} == {"delivery_failed"}
+    stats = await notify_stats(redis, settings.key_prefix)
+    # every failure counted, and what the trim dropped as well
+    assert stats == {"failed|webhook": 5, "dead_trimmed": 2}
+
+
+# --- SMTP over TLS ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tls:
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
+    """A self-signed certificate for 127.0.0.1, made by the openssl command."""
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return Tls(cert, key)
+
+
+@contextmanager
+def smtp_server(box: Inbox, **kwargs: Any) -> Iterator[Inbox]:
+    box.port = free_port()
+    controller = Controller(
+        box, hostname=box.host, port=box.port, authenticator=box.authenticate, **kwargs
+    )
+    controller.start()
+    try:
+        yield box
+    finally:
+        controller.stop()
+
+
+def login_mailbox(box: Inbox, **extra: Any) -> dict[str, Any]:
+    return {**mailbox(box), "username": "retention", "password_env": "SMTP_PW", **extra}
+
+
+def mail_config(*subscribers: dict[str, Any]) -> NotifyConfig:
+    retry = {"attempts": 2, "base_delay": 0.01, "timeout": 5}
+    return parse_config({"subscribers": list(subscribers), "retry": retry}, {"SMTP_PW": "pw-123"})
+
+
+async def test_starttls_login_sends_the_password_only_over_tls(
+    tls: Tls, redis: Redis, settings: Settings
+) -> None:
+    with smtp_server(Inbox(), tls_context=tls.server_context(), require_starttls=True) as box:
+        cfg = mail_config(login_mailbox(box, tls="starttls", ca_file=str(tls.cert)))
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
+    assert box.logins == [("retention", "pw-123", True)]
+    assert len(box.received) == 1
+
+
+async def test_implicit_tls_on_its_own_port(tls: Tls, redis: Redis, settings: Settings) -> None:
+    # the whole session is TLS; aiosmtpd's own check only knows STARTTLS, hence the flag
+    with smtp_server(Inbox(), ssl_context=tls.server_context(), auth_require_tls=False) as box:
+        cfg = mail_config(login_mailbox(box, tls="implicit", ca_file=str(tls.cert)))
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
+    assert box.logins == [("retention", "pw-123", True)]
+    assert len(box.received) == 1
+
+
+async def test_an_untrusted_certificate_fails_without_sending_the_password(
+    tls: Tls, redis: Redis, settings: Settings
+) -> None:
+    with smtp_server(Inbox(), tls_context=tls.server_context()) as box:
+        cfg = mail_config(login_mailbox(box, tls="starttls"))  # system CAs only
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "failed"}
+    assert box.logins == [] and box.received == []
+    [dead] = await dead_letters(redis, settings.key_prefix)
+    assert "certificate" in dead["error"] and dead["attempts"] == 1  # not worth retrying
+
+
+async def test_a_server_without_starttls_never_sees_the_password(
+    redis: Redis, settings: Settings
+) -> None:
+    with smtp_server(Inbox(), auth_require_tls=False) as box:
+        cfg = mail_config(login_mailbox(box, tls="starttls"))
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "failed"}
+    assert box.logins == [] and box.received == []
+    [dead] = await dead_letters(redis, settings.key_prefix)
+    assert "STARTTLS" in dead["error"]
+
+
+async def test_clear_text_login_only_when_allowed_by_name(redis: Redis, settings: Settings) -> None:
+    with smtp_server(Inbox(), auth_require_tls=False) as box:
+        with pytest.raises(NotifyConfigError, match="clear text"):
+            mail_config(login_mailbox(box))
+        cfg = mail_config(login_mailbox(box, allow_insecure_login=True))
+        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
+        # a config built in code, past validation, is refused at send time
+        [allowed] = cfg.subscribers
+        unsafe = cfg.model_copy(
+            update={"subscribers": (allowed.model_copy(update={"allow_insecure_login": False}),)}
+        )
+        async with Notifier(unsafe, redis, settings.key_prefix + "x:") as notifier:
+            assert await notifier.deliver(make_alert()) == {"managers": "failed"}
+    assert box.logins == [("retention", "pw-123", False)]
+    assert len(box.received) == 1
+
+
+# --- the service loop under faults --------------------------------------------------------
+
+
+@asynccontextmanager
+async def running(settings: Settings, path: Path) -> AsyncIterator[asyncio.Task[None]]:
+    """The service loop, as ``retention notify`` runs it, stopped as a shutdown would."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_notifier(settings, path, stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def write_config(tmp_path: Path, *subscribers: dict[str, Any], **options: Any) -> Path:
+    path = tmp_path / "notifications.yml"
+    data = {"cooldown": 0, "retry": {"attempts": 3, "base_delay": 0.01}, **options}
+    path.write_text(yaml.safe_dump({**data, "subscribers": list(subscribers)}))
+    return path
+
+
+@pytest.fixture
+async def black_hole() -> AsyncIterator[tuple[str, list[asyncio.StreamWriter]]]:
+    """An endpoint that accepts the connection, reads the request and never answers."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/hook", connections
+    server.close()
+    for writer in connections:
+        writer.close()
+    await server.wait_closed()
+
+
+async def test_a_black_holed_webhook_slows_only_itself(
+    receiver: Receiver,
+    black_hole: tuple[str, list[asyncio.StreamWriter]],
+    redis: Redis,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    assert settings.kafka_bootstrap
+    url, connections = black_hole
+    void = {"name": "void", "type": "webhook", "url": url, "secret": SECRET}
+    path = write_config(
+        tmp_path,
+        void,
+        webhook(receiver, "crm"),
+        retry={"attempts": 3, "base_delay": 0.1, "timeout": 2},
+    )
+    n = 40
+    alerts = [make_alert(f"c-{i}") for i in range(n)]
+    topic = alerts_topic(settings)
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    async with running(settings, path):
+        started = time.monotonic()
+        await publish_alerts(settings.kafka_bootstrap, topic, alerts)
+
+        async def healthy_has_all() -> bool:
+            return len(receiver.to("crm")) >= n
+
+        await wait_until(healthy_has_all, 30, f"{n} alerts at the healthy webhook")
+        elapsed = time.monotonic() - started
+    # alone, the black hole would take n alerts x 3 attempts x 2 s; it held up only itself
+    assert elapsed < 15, f"the healthy webhook took {elapsed:.1f} s for {n} alerts"
+    assert Counter(r.headers["Idempotency-Key"] for r in receiver.to("crm")) == Counter(
+        {a.key: 1 for a in alerts}
+    )
+    assert 1 <= len(connections) <= 6, "the black hole got at most two alerts' attempts"
+
+
+async def _send_raw(
+    bootstrap: str, topic: str, values: list[bytes | None], key: bytes
+) -> list[int]:
+    """Messages straight onto the topic, no alert API in the way; their offsets."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        return [(await producer.send_and_wait(topic, value, key=key)).offset for value in values]
+    finally:
+        await producer.stop()
+
+
+async def test_undecodable_alerts_are_dead_lettered_and_committed(
+    receiver: Receiver, redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    assert settings.kafka_bootstrap
+    path = write_config(tmp_path, webhook(receiver, "crm"))
+    topic = alerts_topic(settings)
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    first, last = make_alert("c-1", occasion="before"), make_alert("c-1", occasion="after")
+    bad: list[bytes | None] = [
+        b"{not json",
+        b"\xff\xfe\x00",
+        None,  # a tombstone
+        # valid JSON and ISO 8601, but past year 9999 in UTC: OverflowError in decoding
+        first.encode().replace(b"2026-03-01T12:00:00Z", b"9999-12-31T23:30:00-01:00"),
+        b"[" * 50_000 + b"]" * 50_000,  # deeper than the JSON parser goes
+        first.encode().replace(b'"risk_score": 0.73', b'"risk_score": "high"'),
+    ]
+    # all on the customer's partition, between two good alerts
+    offsets = await _send_raw(
+        settings.kafka_bootstrap, topic, [first.encode(), *bad, last.encode()], key=b"c-1"
+    )
+    async with running(settings, path):
+
+        async def both_delivered() -> bool:
+            return len(receiver.to("crm")) == 2
+
+        await wait_until(both_delivered, 30, "the alert after the bad ones")
+        await asyncio.sleep(3 * COMMIT_INTERVAL_SECONDS)
+    assert [r.json()["occasion"] for r in receiver.requests] == ["before", "after"]
+    dead = await dead_letters(redis, settings.key_prefix)
+    assert [d["offset"] for d in dead] == offsets[1:-1]
+    assert {d["reason"] for d in dead} == {"undecodable"}
+    assert dead[0]["value"] == "{not json" and "JSONDecodeError" in dead[0]["error"]
+    assert dead[1]["value_base64"] == "//4A"
+    assert "OverflowError" in dead[3]["error"] and "RecursionError" in dead[4]["error"]
+    assert "risk_score" in dead[5]["error"]
+    assert (await notify_stats(redis, settings.key_prefix))["bad"] == len(bad)
+    # the partition's committed position is past the last alert: nothing blocks it
+    [partition] = {d["partition"] for d in dead}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=notifier_group(settings)
+    )
+    await consumer.start()
+    try:
+        committed = await consumer.committed(TopicPartition(topic, partition))
+    finally:
+        await consumer.stop()
+    assert committed == offsets[-1] + 1
+
+
+async def test_an_error_for_one_subscriber_is_dead_lettered_and_its_lane_goes_on(
+    receiver: Receiver, redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    assert settings.kafka_bootstrap
+    prefix = settings.key_prefix
+    # a key of the wrong type: every Redis call on it fails for subscriber "a"
+    await redis.set(f"{prefix}notify:delivered:a", "not a sorted set")
+    path = write_config(tmp_path, webhook(receiver, "a"), webhook(receiver, "b"))
+    topic = alerts_topic(settings)
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    broken = [make_alert(f"c-{i}", occasion="broken") for i in range(3)]
+    fixed = [make_alert(f"c-{i}", occasion="fixed") for i in range(2)]
+    async with running(settings, path) as task:
+        await publish_alerts(settings.kafka_bootstrap, topic, broken)
+
+        async def b_has(count: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                stats = await notify_stats(redis, prefix)
+                return len(receiver.to("b")) == count and stats.get("internal_error", 0) == 3
+
+            return check
+
+        await wait_until(await b_has(3), 30, "b's alerts and a's errors")
+        await redis.delete(f"{prefix}notify:delivered:a")
+        await publish_alerts(settings.kafka_bootstrap, topic, fixed)
+
+        async def a_resumed() -> bool:
+            return len(receiver.to("a")) == 2 and len(receiver.to("b")) == 5
+
+        await wait_until(a_resumed, 30, "a's lane to go on")
+        assert not task.done()
+    dead = await dead_letters(redis, prefix)
+    assert [(d["reason"], d["subscriber"]) for d in dead] == [("internal_error", "a")] * 3
+    assert all("WRONGTYPE" in d["error"] for d in dead)
+    assert sorted(d["alert"]["key"] for d in dead) == sorted(a.key for a in broken)
+    assert {r.json()["occasion"] for r in receiver.to("a")} == {"fixed"}
+    stats = await notify_stats(redis, prefix)
+    assert stats == {"internal_error": 3, "failed|webhook": 3, "sent|webhook": 7}
+
+
+async def test_a_failing_subscriber_with_a_full_queue_sends_its_overflow_to_the_dead_letters(
+    receiver: Receiver,
+    black_hole: tuple[str, list[asyncio.StreamWriter]],
+    redis: Redis,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    assert settings.kafka_bootstrap
+    url, _ = black_hole
+    path = write_config(
+        tmp_path,
+        {"name": "void", "type": "webhook", "url": url, "secret": SECRET},
+        webhook(receiver, "crm"),
+        retry={"attempts": 1, "timeout": 1, "breaker_after": 1, "breaker_cooloff": 60},
+        queue_limit=2,
+    )
+    alerts = [make_alert(f"c-{i}") for i in range(12)]
+    topic = alerts_topic(settings)
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    async with running(settings, path):
+        await publish_alerts(settings.kafka_bootstrap, topic, alerts)
+
+        async def crm_has_all() -> bool:
+            return len(receiver.to("crm")) == len(alerts)
+
+        await wait_until(crm_has_all, 20, "every alert at the healthy subscriber")
+    dead = await dead_letters(redis, settings.key_prefix)
+    reasons = Counter(d["reason"] for d in dead)
+    # the first alert timed out and opened the breaker; then at most two waited in the
+    # queue, and the rest went straight to the dead letters
+    assert reasons["delivery_failed"] >= 1 and reasons["backlog"] >= 6, reasons
+    assert {d["subscriber"] for d in dead} == {"void"}
+    backlog = [d for d in dead if d["reason"] == "backlog"]
+    assert all("keeps failing" in d["error"] for d in backlog)

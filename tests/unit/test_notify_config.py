@@ -1,9 +1,7 @@
-"""The notifications file, and the pure pieces of delivery: signature, status, backoff."""
+"""The notifications file, and the pure pieces of delivery: rendering, status, backoff."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,20 +10,22 @@ import pytest
 
 from processors.alerts import ALERT_KINDS, Alert
 from processors.notify import (
+    BadAlert,
     EmailSubscriber,
     NotifyConfigError,
     RetryPolicy,
     SlackSubscriber,
     WebhookSubscriber,
     classify_status,
+    decode_alert,
     email_message,
+    header_key,
+    header_text,
     load_config,
     parse_config,
     parse_duration,
     retry_delay,
-    sign,
     slack_message,
-    verify,
     webhook_body,
 )
 
@@ -91,7 +91,8 @@ def test_full_file_parses_with_secrets_from_the_environment(tmp_path: Path) -> N
     assert mail.sender == "retention@example.com"
     assert mail.to == ("am@example.com", "lead@example.com")
     assert mail.password is not None and mail.password.get_secret_value() == "pw"
-    assert mail.starttls and mail.smtp_port == 587
+    # `starttls: true`, as older files say it
+    assert mail.tls == "starttls" and mail.starttls and mail.smtp_port == 587
     assert config.retry == RetryPolicy(attempts=3, base_delay=0.5, max_delay=10, timeout=5)
     assert config.cooldown_for("at_risk") == 3600
     assert config.cooldown_for("milestone") == 0
@@ -214,6 +215,13 @@ def test_bad_subscribers_are_named_in_the_error(
             {"subscribers": [{"name": "a", "type": "slack", "url": "http://h"}], "retry": {"x": 1}},
             "retry.x",
         ),
+        (
+            {
+                "subscribers": [{"name": "a", "type": "slack", "url": "http://h"}],
+                "retry": {"attempts": 101},
+            },
+            "retry.attempts",
+        ),
     ],
 )
 def test_bad_files_are_explained(data: object, message: str) -> None:
@@ -242,24 +250,6 @@ def test_durations(value: object, seconds: float) -> None:
 def test_bad_durations(value: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(value)
-
-
-def test_signature_is_hmac_sha256_of_the_exact_body() -> None:
-    body = b'{"customer_id":"c-42","kind":"at_risk"}'
-    # computed independently: the sha256 HMAC of these bytes under key "topsecret"
-    expected = hmac.new(b"topsecret", body, hashlib.sha256).hexdigest()
-    assert sign(body, "topsecret") == f"sha256={expected}"
-    assert sign(body, b"topsecret") == f"sha256={expected}"
-    assert verify(body, "topsecret", f"sha256={expected}")
-    assert not verify(body + b" ", "topsecret", f"sha256={expected}")
-    assert not verify(body, "other", f"sha256={expected}")
-
-
-def test_signature_pinned_value() -> None:
-    # RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?"
-    assert sign(b"what do ya want for nothing?", "Jefe") == (
-        "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-    )
 
 
 def test_webhook_body_is_the_alert_plus_subscriber() -> None:
@@ -298,7 +288,7 @@ def test_backoff_doubles_up_to_the_cap_and_honours_retry_after() -> None:
 def test_slack_message_reads_as_a_sentence() -> None:
     message = slack_message(alert(reasons=("silent <60 days> & more",)))
     assert message["text"] == (
-        "At risk: customer c-42 (risk 0.81, high value) - silent <60 days> & more"
+        "At risk: customer c-42 (risk 0.81, high value) - silent &lt;60 days&gt; &amp; more"
     )
     blocks = json.dumps(message["blocks"])
     assert "silent &lt;60 days&gt; &amp; more" in blocks
@@ -322,3 +312,159 @@ def test_email_has_customer_and_reasons_and_a_stable_message_id() -> None:
     assert msg["Message-ID"] == email_message(alert(), subscriber, now)["Message-ID"]
     assert msg["Message-ID"].endswith("@x.org>")
     assert msg["Idempotency-Key"] == alert().key
+
+
+def test_limits_default_and_can_be_set() -> None:
+    hook = {"name": "h", "type": "slack", "url": "http://h"}
+    default = parse_config([hook])
+    assert default.dead_letter_limit == 10_000 and default.queue_limit == 10_000
+    small = parse_config({"subscribers": [hook], "dead_letter_limit": 5, "queue_limit": 2})
+    assert small.dead_letter_limit == 5 and small.queue_limit == 2
+    for key in ("dead_letter_limit", "queue_limit"):
+        with pytest.raises(NotifyConfigError, match=key):
+            parse_config({"subscribers": [hook], key: 0})
+
+
+MAIL = {"name": "m", "type": "email", "smtp_host": "h", "from": "a@b.org", "to": ["c@d.org"]}
+LOGIN = {"username": "u", "password_env": "PW"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "tls", "insecure"),
+    [
+        ({}, "none", False),  # a relay on a trusted network, no login
+        ({"tls": "starttls", **LOGIN}, "starttls", False),
+        ({"tls": "implicit", "smtp_port": 465, **LOGIN}, "implicit", False),
+        ({"starttls": True, **LOGIN}, "starttls", False),  # the older spelling
+        ({"starttls": False}, "none", False),
+        ({"tls": "starttls", "starttls": True}, "starttls", False),
+        # clear-text login only when asked for by name
+        ({"allow_insecure_login": True, **LOGIN}, "none", True),
+        ({"tls": "implicit", "ca_file": "/etc/ssl/private-ca.pem"}, "implicit", False),
+    ],
+)
+def test_smtp_tls_modes(fields: dict[str, object], tls: str, insecure: bool) -> None:
+    [mail] = parse_config([{**MAIL, **fields}], environ={"PW": "pw"}).subscribers
+    assert isinstance(mail, EmailSubscriber)
+    assert mail.tls == tls and mail.allow_insecure_login is insecure
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        # the password would cross the network in clear text
+        (LOGIN, "login without TLS sends the password in clear text"),
+        ({"tls": "none", **LOGIN}, "login without TLS"),
+        ({"starttls": False, **LOGIN}, "login without TLS"),
+        ({"tls": "ssl"}, "tls"),
+        ({"tls": "implicit", "starttls": True}, "starttls and tls disagree"),
+        ({"starttls": "yes"}, "starttls is true or false"),
+        ({"ca_file": "/etc/ssl/ca.pem"}, "ca_file is only used with tls"),
+    ],
+)
+def test_smtp_tls_mistakes_are_refused(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(NotifyConfigError) as info:
+        parse_config([{**MAIL, **fields}], environ={"PW": "pw"})
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("c-42", "c-42"),
+        ("Jürgen Ø", "Jürgen Ø"),  # letters of any script stay as they are
+        ("c-1\r\nBcc: x@y", "c-1\\r\\nBcc: x@y"),
+        ("a\nb", "a\\nb"),
+        ("nul\x00", "nul\\x00"),
+        ("tab\there", "tab\\there"),
+        ("del\x7f", "del\\x7f"),
+        ("next\x85line", "next\\x85line"),  # C1 control NEL
+        ("sep\u2028line", "sep\\u2028line"),  # Unicode line separator
+        ("evil\u202egpj.exe", "evil\\u202egpj.exe"),  # right-to-left override
+        ("lone\ud800", "lone\\ud800"),  # a surrogate from JSON "\ud800"
+    ],
+)
+def test_header_text_never_splits_a_line(text: str, shown: str) -> None:
+    assert header_text(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("key", "encoded"),
+    [
+        ("at_risk:c-1:o1", "at_risk:c-1:o1"),
+        ("at_risk:<!channel>:o1", "at_risk:<!channel>:o1"),
+        ("at_risk:c-1\r\nX: y:o1", "at_risk:c-1%0D%0AX:%20y:o1"),
+        ("at_risk:100%:o1", "at_risk:100%25:o1"),
+        ("at_risk:Jürgen:o1", "at_risk:J%C3%BCrgen:o1"),
+        ("at_risk:\ud800:o1", "at_risk:%ED%A0%80:o1"),
+    ],
+)
+def test_header_key_is_one_printable_line(key: str, encoded: str) -> None:
+    assert header_key(key) == encoded
+
+
+def test_slack_shows_ids_with_markup_as_text() -> None:
+    message = slack_message(alert(customer_id="<!channel> <http://evil.example|bank> & co"))
+    escaped = "&lt;!channel&gt; &lt;http://evil.example|bank&gt; &amp; co"
+    assert escaped in message["text"]
+    blocks = json.dumps(message["blocks"])
+    assert escaped in blocks
+    # nothing Slack would parse as a mention or a link is left in mrkdwn text
+    mrkdwn = [message["text"]] + [
+        f["text"] for b in message["blocks"] for f in b.get("fields", []) + b.get("elements", [])
+    ]
+    assert not any("<" in t or ">" in t for t in mrkdwn)
+
+
+def test_email_with_an_injected_header_in_the_id_stays_one_message() -> None:
+    [subscriber] = parse_config([MAIL]).subscribers
+    assert isinstance(subscriber, EmailSubscriber)
+    hostile = alert(customer_id="c-1\r\nBcc: x@y.example\r\n\r\nfake body\ud800")
+    msg = email_message(hostile, subscriber, datetime(2026, 3, 1, 13, 0, tzinfo=UTC))
+    raw = msg.as_bytes()  # would raise if a header held a line break
+    headers = raw.split(b"\n\n", 1)[0]
+    assert b"Bcc" not in headers.replace(b"\\r\\nBcc", b"")
+    assert msg["Bcc"] is None
+    assert (
+        msg["Subject"]
+        == "[retention] At risk: customer c-1\\r\\nBcc: x@y.example\\r\\n\\r\\nfake body\\ud800 [high value]"
+    )
+    assert "Customer:   c-1\\r\\nBcc: x@y.example" in msg.get_content()
+
+
+GOOD = alert().encode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        b"",
+        b"{not json",
+        b"\xff\xfe",
+        b"null",
+        b"[]",
+        b'"text"',
+        b'{"kind": "at_risk"}',
+        GOOD.replace(b'"at_risk"', b'"angry"'),
+        GOOD.replace(b'"at_risk"', b'["at_risk"]'),
+        GOOD.replace(b'"2026-03-01T12:00:00Z"', b'"yesterday"'),
+        GOOD.replace(b'"2026-03-01T12:00:00Z"', b"17"),
+        # valid ISO 8601, but UTC is past year 9999
+        GOOD.replace(b'"2026-03-01T12:00:00Z"', b'"9999-12-31T23:30:00-01:00"'),
+        GOOD.replace(b'"details": {}', b'"details": "x"'),
+        GOOD.replace(b'"reasons": [', b'"reasons": 5, "r": ['),
+        GOOD.replace(b'"risk_score": 0.8125', b'"risk_score": "high"'),
+        GOOD.replace(b'"risk_score": 0.8125', b'"risk_score": NaN'),
+        GOOD.replace(b'"risk_score": 0.8125', b'"risk_score": true'),
+        GOOD.replace(b'"c-42"', b'""'),
+        b"[" * 100_000 + b"]" * 100_000,  # too deep for the JSON parser's recursion
+    ],
+)
+def test_any_bad_bytes_raise_bad_alert_only(raw: bytes | None) -> None:
+    with pytest.raises(BadAlert):
+        decode_alert(raw)
+
+
+def test_a_good_alert_decodes() -> None:
+    assert decode_alert(GOOD) == alert()
