@@ -14,7 +14,8 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,108 +163,102 @@ async def test_rebuild_command_wipes_and_replays(
     assert await redis.hget(f"{settings.key_prefix}notify:stats", "sent") == "7"
 
 
+@dataclass
+class OwnRedis:
+    """A Redis of the drill's own, with AOF, that the drill may kill and start again, and
+    the settings, store and workers that use it."""
+
+    data: Path
+    log_dir: Path
+    url: str
+    process: runtime.Process
+    settings: Settings
+    store: Store
+    workers: Workers
+
+    def start_again(self) -> None:
+        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        self.process, _ = runtime.start_redis(self.data, self.log_dir, port=port, durable=True)
+
+
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[runtime.Process, str, Path]]:
-    """A Redis of the drill's own, with AOF, that the drill may kill and restart."""
+async def own_redis(settings: Settings, tmp_path: Path) -> AsyncIterator[OwnRedis]:
     data = tmp_path / "redis-data"
     process, url = runtime.start_redis(data, tmp_path, durable=True)
-    yield process, url, data
-    process.stop()
-
-
-def restart_redis(url: str, data: Path, log_dir: Path) -> runtime.Process:
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    process, _ = runtime.start_redis(data, log_dir, port=port, durable=True)
-    return process
+    own = settings.model_copy(update={"redis_url": url})
+    redis = Redis.from_url(url, decode_responses=True)
+    assert own.kafka_bootstrap
+    scope = await cluster_id(own.kafka_bootstrap)
+    drill = OwnRedis(
+        data,
+        tmp_path,
+        url,
+        process,
+        own,
+        Store(redis, own.key_prefix, offsets_scope=scope),
+        Workers(own, tmp_path),
+    )
+    yield drill
+    drill.workers.stop_all()
+    await redis.aclose()
+    drill.process.stop()
 
 
 async def test_redis_killed_mid_stream_restarts_from_its_aof(
-    settings: Settings, producer: EventProducer, tmp_path: Path, own_redis: Any
+    own_redis: OwnRedis, producer: EventProducer
 ) -> None:
-    process, url, data = own_redis
-    settings = settings.model_copy(update={"redis_url": url})
-    workers = Workers(settings, tmp_path)
-    redis = Redis.from_url(url, decode_responses=True)
-    assert settings.kafka_bootstrap
-    store = Store(
-        redis, settings.key_prefix, offsets_scope=await cluster_id(settings.kafka_bootstrap)
+    store, workers = own_redis.store, own_redis.workers
+    rng = random.Random(4)
+    events = with_duplicates(rng, random_events(rng, customers=300, count=20_000), share=0.03)
+    workers.start()
+    await send_all(producer, events)
+    await producer.flush()
+
+    async def midway() -> bool:
+        return await applied(store) >= distinct(events) // 3
+
+    await wait_until(midway, 120, "a third of the stream", workers.logs)
+    own_redis.process.proc.send_signal(signal.SIGKILL)
+    own_redis.process.proc.wait()
+    await asyncio.sleep(2)
+    own_redis.start_again()
+    recovery = await settle(store, distinct(events), workers, timeout=180)
+    doubled = await assert_exact(store, own_redis.settings, events)
+    assert all(p.poll() is None for p in workers.procs), workers.logs()
+    report(
+        "redis-sigkill-aof", sent=len(events), lost=0, doubled=doubled, recover_s=f"{recovery:.1f}"
     )
-    restarted: runtime.Process | None = None
-    try:
-        rng = random.Random(4)
-        events = with_duplicates(rng, random_events(rng, customers=300, count=20_000), share=0.03)
-        workers.start()
-        await send_all(producer, events)
-        await producer.flush()
-
-        async def midway() -> bool:
-            return await applied(store) >= distinct(events) // 3
-
-        await wait_until(midway, 120, "a third of the stream", workers.logs)
-        process.proc.send_signal(signal.SIGKILL)
-        process.proc.wait()
-        await asyncio.sleep(2)
-        restarted = restart_redis(url, data, tmp_path)
-        recovery = await settle(store, distinct(events), workers, timeout=180)
-        doubled = await assert_exact(store, settings, events)
-        assert all(p.poll() is None for p in workers.procs), workers.logs()
-        report(
-            "redis-sigkill-aof",
-            sent=len(events),
-            lost=0,
-            doubled=doubled,
-            recover_s=f"{recovery:.1f}",
-        )
-    finally:
-        workers.stop_all()
-        await redis.aclose()
-        if restarted is not None:
-            restarted.stop()
 
 
 async def test_redis_unreachable_for_30_seconds_under_load(
-    settings: Settings, producer: EventProducer, tmp_path: Path, own_redis: Any
+    own_redis: OwnRedis, producer: EventProducer
 ) -> None:
-    process, url, data = own_redis
-    settings = settings.model_copy(update={"redis_url": url})
-    workers = Workers(settings, tmp_path)
-    redis = Redis.from_url(url, decode_responses=True)
-    assert settings.kafka_bootstrap
-    store = Store(
-        redis, settings.key_prefix, offsets_scope=await cluster_id(settings.kafka_bootstrap)
-    )
-    restarted: runtime.Process | None = None
-    try:
-        rng = random.Random(5)
-        first = random_events(rng, customers=300, count=5000)
-        workers.start()
-        await send_all(producer, first)
-        await producer.flush()
-        await settle(store, distinct(first), workers)
+    store, workers = own_redis.store, own_redis.workers
+    rng = random.Random(5)
+    first = random_events(rng, customers=300, count=5000)
+    workers.start()
+    await send_all(producer, first)
+    await producer.flush()
+    await settle(store, distinct(first), workers)
 
-        process.stop()  # Redis goes away; traffic goes on
-        later = [dict(e, event_id=f"late-{e['event_id']}") for e in random_events(rng, 300, 10_000)]
-        sending = asyncio.create_task(send_all(producer, later))
-        await asyncio.sleep(30)
-        await sending
-        await producer.flush()
-        assert all(p.poll() is None for p in workers.procs), "a worker gave up on Redis"
-        restarted = restart_redis(url, data, tmp_path)
-        events = first + later
-        recovery = await settle(store, distinct(events), workers)
-        doubled = await assert_exact(store, settings, events)
-        report(
-            "redis-unreachable-30s",
-            sent=len(events),
-            lost=0,
-            doubled=doubled,
-            recover_s=f"{recovery:.1f}",
-        )
-    finally:
-        workers.stop_all()
-        await redis.aclose()
-        if restarted is not None:
-            restarted.stop()
+    own_redis.process.stop()  # Redis goes away; traffic goes on
+    later = [dict(e, event_id=f"late-{e['event_id']}") for e in random_events(rng, 300, 10_000)]
+    sending = asyncio.create_task(send_all(producer, later))
+    await asyncio.sleep(30)
+    await sending
+    await producer.flush()
+    assert all(p.poll() is None for p in workers.procs), "a worker gave up on Redis"
+    own_redis.start_again()
+    events = first + later
+    recovery = await settle(store, distinct(events), workers)
+    doubled = await assert_exact(store, own_redis.settings, events)
+    report(
+        "redis-unreachable-30s",
+        sent=len(events),
+        lost=0,
+        doubled=doubled,
+        recover_s=f"{recovery:.1f}",
+    )
 
 
 async def test_worker_killed_at_ten_random_moments_of_50k_events(
