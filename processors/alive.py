@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, cast
@@ -65,6 +66,14 @@ def stats_from_days(days: list[int], as_of: int) -> tuple[int, float, float] | N
         return None
     first, last = min(kept), max(kept)
     return len(set(kept)) - 1, (last - first) / DAYS_PER_WEEK, (as_of - first) / DAYS_PER_WEEK
+
+
+def spend_from_days(amounts: Mapping[int, float], as_of: int) -> float:
+    """Mean value of the repeat purchases: amounts summed per day, the first day left out,
+    days after ``as_of`` ignored; 0 without a repeat purchase (the Gamma-Gamma data)."""
+    kept = sorted(d for d in amounts if d <= as_of)
+    repeat = [amounts[d] for d in kept[1:]]
+    return sum(repeat) / len(repeat) if repeat else 0.0
 
 
 async def sufficient_stats(
