@@ -1,9 +1,19 @@
-"""BG/NBD on the store: sufficient statistics from Redis, refits, per-customer outlook.
+"""P(alive), expected purchases, expected spend and predicted CLTV on the store.
 
-The statistics come from each customer's placed orders per day (``od:<id>``), which the
-batch script keeps live: x = days with an order − 1, t_x and T in weeks from the first
-order day (METRICS.md, BG/NBD). A fit is stored under ``bgnbd`` with its as-of day, so every
-reader computes P(alive) and expected purchases against the same parameters.
+The purchase statistics come from each customer's placed orders per day (``od:<id>``),
+which the batch script keeps live: x = days with an order − 1, t_x and T in weeks from the
+first order day (README, "P(alive) and predicted CLTV"). The leader refits the P(alive)
+model chosen by ``RETENTION_ALIVE_MODEL`` and the Gamma-Gamma spend model together and
+stores both in one document under ``bgnbd`` (the key keeps its first model's name), with
+the as-of day and the CLTV horizon and discount, so every reader computes P(alive),
+expected purchases, spend and CLTV against the same parameters.
+
+Spend per purchase. Gamma-Gamma wants each repeat buyer's mean value of its repeat purchase
+days (the first day left out), which needs the amount of every order day. The store keeps
+order counts per day and the customer's placed and refunded totals only, so live fits use
+an approximation: the customer's net revenue over its order days, first day included
+(:func:`approximate_spend`). A backtest has the events and passes the exact values
+(:func:`spend_from_days`) instead, so its figures are the model's own.
 """
 
 from __future__ import annotations
@@ -12,39 +22,121 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from processors.bgnbd import BgNbdParams, FitError, expected_purchases, fit, p_alive
-from processors.state import CustomerState
+from processors.alive_models import MODELS, ModelName
+from processors.cltv import cltv
+from processors.fitting import FitError, Floats
+from processors.gamma_gamma import GammaGammaParams, correlation, expected_spend, repeat_buyers
+from processors.gamma_gamma import fit as fit_spend
+from processors.state import MICROS, CustomerState
 from processors.store import Store
 
 logger = logging.getLogger(__name__)
 
 _EPOCH = date(1970, 1, 1)
 DAYS_PER_WEEK = 7.0
+#: MBG/NBD: as cheap and on CDNOW as good a fit as BG/NBD, and it does not certify every
+#: one-time buyer alive (README, "Choosing the P(alive) model").
+DEFAULT_MODEL: ModelName = "mbgnbd"
 
 
 @dataclass(frozen=True, slots=True)
-class Fit:
-    params: BgNbdParams
-    as_of: date
+class ModelOptions:
+    """What a refit fits and how CLTV is summed (``RETENTION_ALIVE_MODEL``,
+    ``RETENTION_CLTV_MONTHS``, ``RETENTION_CLTV_DISCOUNT_MONTHLY``)."""
+
+    alive_model: ModelName = DEFAULT_MODEL
+    cltv_months: int = 12
+    cltv_discount_monthly: float = 0.01
+
+
+class _ModelSettings(Protocol):
+    @property
+    def alive_model(self) -> ModelName: ...
+    @property
+    def cltv_months(self) -> int: ...
+    @property
+    def cltv_discount_monthly(self) -> float: ...
+
+
+def model_options(settings: _ModelSettings) -> ModelOptions:
+    """The options a settings object (``retention.config.Settings``) asks for."""
+    return ModelOptions(settings.alive_model, settings.cltv_months, settings.cltv_discount_monthly)
+
+
+@dataclass(frozen=True, slots=True)
+class SpendFit:
+    """The Gamma-Gamma fit, the repeat buyers it used and their frequency/spend correlation."""
+
+    params: GammaGammaParams
+    correlation: float | None
     customers: int
 
     def as_dict(self) -> dict[str, Any]:
         return {
             **self.params.as_dict(),
-            "as_of": self.as_of.isoformat(),
+            "correlation": self.correlation,
             "customers": self.customers,
         }
 
     @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SpendFit:
+        params = GammaGammaParams(float(raw["p"]), float(raw["q"]), float(raw["v"]))
+        return cls(params, raw.get("correlation"), int(raw["customers"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    params: Any
+    as_of: date
+    customers: int
+    model: ModelName = "bgnbd"
+    log_likelihood: float | None = None
+    spend: SpendFit | None = None
+    cltv_months: int = 12
+    cltv_discount_monthly: float = 0.01
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.params.as_dict(),
+            "model": self.model,
+            "as_of": self.as_of.isoformat(),
+            "customers": self.customers,
+            "log_likelihood": self.log_likelihood,
+            "gamma_gamma": None if self.spend is None else self.spend.as_dict(),
+            "cltv_months": self.cltv_months,
+            "cltv_discount_monthly": self.cltv_discount_monthly,
+        }
+
+    def alive_block(self) -> dict[str, Any]:
+        """The backtest report's ``alive_model``."""
+        return {
+            "name": self.model,
+            "params": self.params.as_dict(),
+            "log_likelihood": self.log_likelihood,
+        }
+
+    @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Fit:
-        params = BgNbdParams(raw["r"], raw["alpha"], raw["a"], raw["b"])
-        return cls(params, date.fromisoformat(raw["as_of"]), int(raw["customers"]))
+        # a fit stored before the model choice existed is a BG/NBD fit without spend
+        model = cast(ModelName, raw.get("model", "bgnbd"))
+        spend = raw.get("gamma_gamma")
+        return cls(
+            MODELS[model].params(raw),
+            date.fromisoformat(raw["as_of"]),
+            int(raw["customers"]),
+            model,
+            raw.get("log_likelihood"),
+            None if spend is None else SpendFit.from_dict(spend),
+            int(raw.get("cltv_months", 12)),
+            float(raw.get("cltv_discount_monthly", 0.01)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +144,26 @@ class Outlook:
     p_alive: float
     expected_purchases_30d: float
     expected_purchases_90d: float
+    expected_spend: float | None = None
+    cltv: float | None = None
+
+    def value_fields(self) -> dict[str, float | None]:
+        """The customer JSON's value fields."""
+        return {"expected_spend": self.expected_spend, "cltv": self.cltv}
+
+
+NO_VALUE: dict[str, float | None] = {"expected_spend": None, "cltv": None}
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """One buyer's purchase statistics as of a day, with its approximate spend."""
+
+    customer_id: str
+    x: int
+    t_x: float
+    T: float
+    spend: float
 
 
 def day_number(day: date) -> int:
@@ -67,41 +179,133 @@ def stats_from_days(days: list[int], as_of: int) -> tuple[int, float, float] | N
     return len(set(kept)) - 1, (last - first) / DAYS_PER_WEEK, (as_of - first) / DAYS_PER_WEEK
 
 
-async def sufficient_stats(
-    store: Store, as_of: date, chunk: int = 1000
-) -> list[tuple[int, float, float]]:
-    """Every buyer's (x, t_x, T) as of the end of ``as_of``, read in pipelined chunks."""
+def spend_from_days(amounts: Mapping[int, float], as_of: int) -> float:
+    """Mean value of the repeat purchases: amounts summed per day, the first day left out,
+    days after ``as_of`` ignored; 0 without a repeat purchase (the Gamma-Gamma data)."""
+    kept = sorted(d for d in amounts if d <= as_of)
+    repeat = [amounts[d] for d in kept[1:]]
+    return sum(repeat) / len(repeat) if repeat else 0.0
+
+
+def approximate_spend(revenue_micros: int, order_days: int) -> float:
+    """The live stand-in for :func:`spend_from_days`: net revenue per order day, the first
+    day included (the store keeps no amount per day); never below 0."""
+    if order_days <= 0:
+        return 0.0
+    return max(revenue_micros, 0) / MICROS / order_days
+
+
+async def read_histories(store: Store, as_of: date, chunk: int = 1000) -> list[History]:
+    """Every buyer's statistics as of the end of ``as_of``, read in pipelined chunks."""
     ids = await store.customer_ids()
     limit = day_number(as_of)
-    stats: list[tuple[int, float, float]] = []
+    found: list[History] = []
     for i in range(0, len(ids), chunk):
+        part = ids[i : i + chunk]
         async with store.redis.pipeline(transaction=False) as pipe:
-            for customer_id in ids[i : i + chunk]:
+            for customer_id in part:
                 pipe.hkeys(store.key("od", customer_id))
+                pipe.hmget(store.key("c", customer_id), ["pm", "rm"])
             replies = await pipe.execute()
-        for days in replies:
-            found = stats_from_days([int(d) for d in days], limit)
-            if found is not None:
-                stats.append(found)
-    return stats
+        for n, customer_id in enumerate(part):
+            days, (placed, refunded) = replies[2 * n], replies[2 * n + 1]
+            stats = stats_from_days([int(d) for d in days], limit)
+            if stats is not None:
+                revenue = int(placed or 0) - int(refunded or 0)
+                spend = approximate_spend(revenue, len(days))
+                found.append(History(customer_id, *stats, spend))
+    return found
 
 
-async def refit(store: Store, as_of: date) -> Fit | None:
-    """Fit the model to the store's buyers and keep the result; None without buyers."""
-    stats = await sufficient_stats(store, as_of)
-    if not stats:
+async def sufficient_stats(store: Store, as_of: date) -> list[tuple[int, float, float]]:
+    """Every buyer's (x, t_x, T) as of the end of ``as_of``."""
+    return [(h.x, h.t_x, h.T) for h in await read_histories(store, as_of)]
+
+
+def _columns(histories: list[History]) -> tuple[Floats, Floats, Floats]:
+    x, t_x, T = (
+        np.array(c, dtype=np.float64)
+        for c in zip(*((h.x, h.t_x, h.T) for h in histories), strict=True)
+    )
+    return x, t_x, T
+
+
+def _spends(histories: list[History], exact: Mapping[str, float] | None) -> Floats:
+    if exact is None:
+        return np.array([h.spend for h in histories], dtype=np.float64)
+    return np.array([exact.get(h.customer_id, 0.0) for h in histories], dtype=np.float64)
+
+
+def fit_spend_model(x: Floats, spend: Floats) -> SpendFit | None:
+    """Gamma-Gamma over the repeat buyers; None without one, or when the fit has no finite
+    population mean (q <= 1): a spend forecast from it would be infinite."""
+    buyers, _ = repeat_buyers(x, spend)
+    if buyers.size == 0:
         return None
-    x, t_x, T = (np.array(column, dtype=np.float64) for column in zip(*stats, strict=True))
-    # the fit is CPU-bound for a moment: keep the event loop (and the worker) responsive
     try:
-        params = await asyncio.get_running_loop().run_in_executor(None, fit, x, t_x, T)
+        params = fit_spend(x, spend)
+    except FitError as exc:
+        logger.warning("Gamma-Gamma fit did not converge", extra={"error": str(exc)})
+        params = exc.best
+    if params.q <= 1:
+        logger.warning("Gamma-Gamma fit has no finite mean spend", extra=params.as_dict())
+        return None
+    return SpendFit(params, correlation(x, spend), int(buyers.size))
+
+
+def fit_histories(
+    histories: list[History],
+    as_of: date,
+    options: ModelOptions,
+    spend: Mapping[str, float] | None = None,
+) -> Fit:
+    """Fit the chosen P(alive) model and the spend model (pure, CPU-bound)."""
+    model = MODELS[options.alive_model]
+    x, t_x, T = _columns(histories)
+    try:
+        params = model.fit(x, t_x, T)
     except FitError as exc:
         # data far from the model's assumptions: keep the best point found, and say so
-        logger.warning("BG/NBD fit did not converge", extra={"error": str(exc)})
+        logger.warning(f"{model.title} fit did not converge", extra={"error": str(exc)})
         params = exc.best
-    result = Fit(params, as_of, len(stats))
-    await store.redis.set(store.key("bgnbd"), json.dumps(result.as_dict()))
+    with np.errstate(all="ignore"):
+        total = float(np.sum(model.log_likelihood(params, x, t_x, T)))
+    return Fit(
+        params,
+        as_of,
+        len(histories),
+        options.alive_model,
+        total if np.isfinite(total) else None,
+        fit_spend_model(x, _spends(histories, spend)),
+        options.cltv_months,
+        options.cltv_discount_monthly,
+    )
+
+
+async def save_fit(store: Store, fit: Fit) -> None:
+    await store.redis.set(store.key("bgnbd"), json.dumps(fit.as_dict()))
     await store.redis.set(store.key("bgnbd:at"), str(time.time()))
+
+
+async def refit(
+    store: Store,
+    as_of: date,
+    options: ModelOptions | None = None,
+    spend: Mapping[str, float] | None = None,
+) -> Fit | None:
+    """Fit the models to the store's buyers and keep the result; None without buyers.
+
+    ``spend`` gives exact repeat-purchase means by customer (a backtest has them); without
+    it each customer's :func:`approximate_spend` is used.
+    """
+    histories = await read_histories(store, as_of)
+    if not histories:
+        return None
+    # the fit is CPU-bound for a moment: keep the event loop (and the worker) responsive
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, fit_histories, histories, as_of, options or ModelOptions(), spend
+    )
+    await save_fit(store, result)
     return result
 
 
@@ -116,19 +320,53 @@ async def stored_fit(store: Store) -> Fit | None:
     return None if raw is None else Fit.from_dict(json.loads(raw))
 
 
-def outlook(state: CustomerState, model: Fit, as_of: date) -> Outlook | None:
-    """P(alive) and purchases expected in 30 and 90 days, for a customer who has ordered."""
-    stats = stats_from_days(list(state.orders_by_day), day_number(as_of))
+def values(fit: Fit, x: Floats, t_x: Floats, T: Floats, spend: Floats) -> tuple[Floats, Floats]:
+    """Per customer, expected spend per purchase and predicted CLTV (NaN without a spend
+    model or where the numbers overflow)."""
+    if fit.spend is None:
+        nan = np.full_like(x, np.nan)
+        return nan, nan.copy()
+    model = MODELS[fit.model]
+    with np.errstate(all="ignore"):
+        spends = expected_spend(fit.spend.params, x, spend)
+        totals = cltv(
+            lambda t: model.expected_purchases(fit.params, t, x, t_x, T),
+            spends,
+            fit.cltv_months,
+            fit.cltv_discount_monthly,
+        )
+    return spends, totals
+
+
+def customer_spend(state: CustomerState, as_of: int) -> float:
+    """The live spend input of one customer (see :func:`approximate_spend`)."""
+    days = [d for d in state.orders_by_day if d <= as_of]
+    return approximate_spend(state.revenue_micros, len(days))
+
+
+def outlook(
+    state: CustomerState, model: Fit, as_of: date, spend: float | None = None
+) -> Outlook | None:
+    """P(alive), purchases expected in 30 and 90 days, expected spend and predicted CLTV,
+    for a customer who has ordered; ``spend`` overrides the live approximation."""
+    limit = day_number(as_of)
+    stats = stats_from_days(list(state.orders_by_day), limit)
     if stats is None:
         return None
-    x, t_x, T = stats
-    p = model.params
+    x, t_x, T = ([float(v)] for v in stats)
+    p, alive = model.params, MODELS[model.model]
     with np.errstate(all="ignore"):
-        values = (
-            float(p_alive(p, [x], [t_x], [T])[0]),
-            float(expected_purchases(p, 30 / DAYS_PER_WEEK, [x], [t_x], [T])[0]),
-            float(expected_purchases(p, 90 / DAYS_PER_WEEK, [x], [t_x], [T])[0]),
+        numbers = (
+            float(alive.p_alive(p, x, t_x, T)[0]),
+            float(alive.expected_purchases(p, 30 / DAYS_PER_WEEK, x, t_x, T)[0]),
+            float(alive.expected_purchases(p, 90 / DAYS_PER_WEEK, x, t_x, T)[0]),
         )
-    if not all(np.isfinite(values)):
+    if not all(np.isfinite(numbers)):
         return None  # parameters from a fit that went astray: no number beats a wrong one
-    return Outlook(*values)
+    m = customer_spend(state, limit) if spend is None else spend
+    arrays = (np.array(v) for v in (x, t_x, T, [m]))
+    spends, totals = values(model, *arrays)
+    money = (float(spends[0]), float(totals[0]))
+    if not all(np.isfinite(money)):
+        return Outlook(*numbers)
+    return Outlook(*numbers, *money)

@@ -19,7 +19,11 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize
 from scipy.special import betaln, gammaln, hyp2f1
 
+from processors.fitting import FitError
+
 Floats = NDArray[np.float64]
+
+__all__ = ["BgNbdParams", "FitError", "expected_purchases", "fit", "log_likelihood", "p_alive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +76,6 @@ def negative_log_likelihood(
         total = float(np.sum(weights * log_likelihood(p, x, t_x, T)))
     # far from the data the terms overflow; tell the optimiser that this is a bad place
     return -total / float(np.sum(weights)) if np.isfinite(total) else np.inf
-
-
-class FitError(RuntimeError):
-    """The search stopped before converging; ``best`` is where it stopped."""
-
-    def __init__(self, message: str, best: BgNbdParams) -> None:
-        super().__init__(message)
-        self.best = best
 
 
 def fit(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbdParams:

@@ -3,13 +3,20 @@
 Due customers come from the ``due`` index (score = when to look, 0 = now): the batch script
 puts every customer it changed there, and each evaluation puts the customer back at its
 next threshold, so a customer who goes silent is noticed without any event. Results live
-in ``ev:<customer>``; ``life:counts``, ``risk:reasons``, ``risk:high_value`` and the
-``atrisk`` ranking are kept in step for readers (CLI, exporter).
+in ``ev:<customer>``; ``life:counts``, ``risk:reasons``, ``risk:high_value``, the
+``atrisk`` ranking and the CLTV totals are kept in step for readers (CLI, exporter).
+
+CLTV totals, in integer micros so that adding and taking back is exact:
+``cltv:total`` sums every evaluated customer's predicted CLTV, and the hash
+``cltv:at_risk`` sums, per risk reason, CLTV × risk score over the customers at risk with
+that reason (a customer with two reasons counts under both, as in ``risk:reasons``). Each
+evaluation takes back what the customer's previous evaluation added, so a scrape reads
+totals instead of scanning customers; they follow a refit as customers come due again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib.resources import files
@@ -18,7 +25,7 @@ from typing import cast
 import numpy as np
 
 from processors.alerts import Alert
-from processors.alive import Fit, outlook, stored_fit
+from processors.alive import Fit, outlook, read_histories, stored_fit, values
 from processors.lifecycle import (
     LifecyclePolicy,
     Status,
@@ -28,7 +35,7 @@ from processors.lifecycle import (
     next_due_ms,
 )
 from processors.risk import Assessment, RiskPolicy, assess, value
-from processors.state import CustomerState, iso
+from processors.state import MICROS, CustomerState, iso
 from processors.store import Store
 
 Publish = Callable[[Sequence[Alert]], Awaitable[None]]
@@ -42,6 +49,12 @@ class Evaluation:
     risk: Assessment
     p_alive: float | None
     expected_purchases_90d: float | None
+    expected_spend: float | None = None
+    cltv: float | None = None
+
+    def cltv_at_risk(self) -> float:
+        """Predicted CLTV × risk score; 0 without a predicted CLTV."""
+        return 0.0 if self.cltv is None else self.cltv * self.risk.score
 
 
 def evaluate(
@@ -50,18 +63,34 @@ def evaluate(
     risk_policy: RiskPolicy,
     lifecycle: LifecyclePolicy,
     model: Fit | None,
-    high_value_micros: int | None,
+    high_value_cltv: float | None,
     active_before: bool = True,
+    spend: float | None = None,
 ) -> Evaluation:
-    """Status and risk of one customer at ``now`` (pure; the backtest uses it directly)."""
+    """Status and risk of one customer at ``now`` (pure; the backtest uses it directly).
+
+    ``spend`` is the customer's exact mean repeat-purchase value when the caller has it
+    (a backtest); otherwise the outlook uses the live approximation.
+    """
     now_ms = int(now.timestamp() * 1000)
-    seen = (
-        None if model is None else outlook(state, model, (now - timedelta(milliseconds=1)).date())
-    )
+    as_of = (now - timedelta(milliseconds=1)).date()
+    seen = None if model is None else outlook(state, model, as_of, spend)
     p_alive = None if seen is None else seen.p_alive
-    risk = assess(state, now_ms, risk_policy, p_alive, high_value_micros)
+    cltv = None if seen is None else seen.cltv
+    risk = assess(state, now_ms, risk_policy, p_alive, high_value_cltv, cltv)
     status = classify(state, now_ms, risk, risk_policy, lifecycle, active_before)
-    return Evaluation(status, risk, p_alive, None if seen is None else seen.expected_purchases_90d)
+    return Evaluation(
+        status,
+        risk,
+        p_alive,
+        None if seen is None else seen.expected_purchases_90d,
+        None if seen is None else seen.expected_spend,
+        cltv,
+    )
+
+
+def to_micros(amount: float | None) -> int:
+    return 0 if amount is None else round(amount * MICROS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +100,8 @@ class Previous:
     high_value: bool
     at_ms: int | None
     orders: int
+    cltv_micros: int = 0
+    cltv_at_risk_micros: int = 0
 
 
 def _previous(raw: dict[str, str]) -> Previous:
@@ -80,6 +111,8 @@ def _previous(raw: dict[str, str]) -> Previous:
         high_value=raw.get("hv") == "1",
         at_ms=int(raw["at"]) if "at" in raw else None,
         orders=int(raw.get("no", 0)),
+        cltv_micros=int(raw.get("cl", 0)),
+        cltv_at_risk_micros=int(raw.get("cr", 0)),
     )
 
 
@@ -101,9 +134,8 @@ class Evaluator:
         self.lifecycle = lifecycle
         self.publish = publish
 
-    async def high_value_micros(self) -> int | None:
-        raw = await self.store.redis.get(self.store.key("hv:threshold"))
-        return None if raw is None else int(raw)
+    async def high_value_threshold(self) -> float | None:
+        return await high_value_threshold(self.store)
 
     async def run_once(self, now: datetime, limit: int = 1000) -> int:
         """Evaluate up to ``limit`` due customers as of ``now``; returns how many."""
@@ -128,7 +160,7 @@ class Evaluator:
                 pipe.hgetall(key("ev", state.customer_id))
             previous = [_previous(raw) for raw in await pipe.execute()]
         model = await stored_fit(self.store)
-        threshold = await self.high_value_micros()
+        threshold = await self.high_value_threshold()
         before = await active_before(self.store, states, now_ms, self.lifecycle)
         alerts: list[Alert] = []
         results = []
@@ -183,6 +215,8 @@ class Evaluator:
             for state, prev, ev in results:
                 cid = state.customer_id
                 at_risk = ev.status == "at_risk"
+                cltv = to_micros(ev.cltv)
+                cltv_at_risk = to_micros(ev.cltv_at_risk()) if at_risk else 0
                 pipe.hset(
                     key("ev", cid),
                     mapping={
@@ -192,49 +226,83 @@ class Evaluator:
                         "hv": "1" if ev.risk.high_value else "0",
                         "at": str(now_ms),
                         "no": str(state.orders),
+                        "cl": str(cltv),
+                        "cr": str(cltv_at_risk),
                     },
                 )
+                if cltv != prev.cltv_micros:
+                    pipe.incrby(key("cltv:total"), cltv - prev.cltv_micros)
                 if prev.status is not None:
                     pipe.hincrby(key("life:counts"), prev.status, -1)
                 pipe.hincrby(key("life:counts"), ev.status, 1)
                 if prev.status == "at_risk":
                     for reason in prev.reasons:
                         pipe.hincrby(key("risk:reasons"), reason, -1)
+                        if prev.cltv_at_risk_micros:
+                            pipe.hincrby(key("cltv:at_risk"), reason, -prev.cltv_at_risk_micros)
                     if prev.high_value:
                         pipe.decr(key("risk:high_value"))
                 if at_risk:
                     for reason in ev.risk.reasons:
                         pipe.hincrby(key("risk:reasons"), reason, 1)
+                        if cltv_at_risk:
+                            pipe.hincrby(key("cltv:at_risk"), reason, cltv_at_risk)
                     if ev.risk.high_value:
                         pipe.incr(key("risk:high_value"))
-                    pipe.zadd(key("atrisk"), {cid: ev.risk.score * max(value(state), 1.0)})
+                    pipe.zadd(key("atrisk"), {cid: at_risk_rank(state, ev)})
                 else:
                     pipe.zrem(key("atrisk"), cid)
             await pipe.execute()
 
 
+def at_risk_rank(state: CustomerState, ev: Evaluation) -> float:
+    """CLTV at risk: predicted CLTV × risk score. Until a fit gives a CLTV, revenue to
+    date stands in for it, so the list is still ordered by value."""
+    worth = ev.cltv if ev.cltv is not None else max(value(state), 0.0)
+    return ev.risk.score * worth
+
+
+async def high_value_threshold(store: Store) -> float | None:
+    raw = await store.redis.get(store.key("hv:cltv"))
+    return None if raw is None else float(raw)
+
+
 async def update_high_value_threshold(
-    store: Store, quantile: float, chunk: int = 1000
-) -> int | None:
-    """Revenue at ``quantile`` over buyers: customers at or above it are high-value."""
-    ids = await store.customer_ids()
-    revenues: list[int] = []
-    for i in range(0, len(ids), chunk):
-        async with store.redis.pipeline(transaction=False) as pipe:
-            for cid in ids[i : i + chunk]:
-                pipe.hmget(store.key("c", cid), ["pm", "rm"])
-            for placed, refunded in await pipe.execute():
-                if placed:
-                    revenues.append(int(placed) - int(refunded or 0))
-    if not revenues:
+    store: Store, quantile: float, spend: Mapping[str, float] | None = None
+) -> float | None:
+    """Predicted CLTV at ``quantile`` over buyers: customers at or above it are high-value.
+
+    Computed from the stored fit as of its own day; None (and no threshold kept) without
+    a fit, a spend model or a positive CLTV. ``spend`` gives exact repeat-purchase means by
+    customer (a backtest), else the live approximation is used.
+    """
+    model = await stored_fit(store)
+    found = [] if model is None else await read_histories(store, model.as_of)
+    threshold: float | None = None
+    if model is not None and found:
+        x, t_x, T, means = (
+            np.array(column, dtype=np.float64)
+            for column in zip(
+                *(
+                    (h.x, h.t_x, h.T, h.spend if spend is None else spend.get(h.customer_id, 0.0))
+                    for h in found
+                ),
+                strict=True,
+            )
+        )
+        _, totals = values(model, x, t_x, T, means)
+        totals = totals[np.isfinite(totals)]
+        if totals.size:
+            threshold = float(np.quantile(totals, quantile))
+    if threshold is None or threshold <= 0:
+        await store.redis.delete(store.key("hv:cltv"))
         return None
-    threshold = int(np.quantile(np.array(revenues), quantile))
-    await store.redis.set(store.key("hv:threshold"), str(max(threshold, 1)))
+    await store.redis.set(store.key("hv:cltv"), repr(threshold))
     return threshold
 
 
 async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
-    """At-risk customers by risk × value (revenue to date), with their reasons."""
+    """At-risk customers by CLTV at risk (predicted CLTV × risk score), with reasons."""
     ranked = cast(
         list[tuple[str, float]],
         await store.redis.zrevrange(store.key("atrisk"), 0, limit - 1, withscores=True),
@@ -251,6 +319,8 @@ async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
                 "risk_score": float(ev.get("sc", 0)),
                 "risk_reasons": [r for r in ev.get("rr", "").split(",") if r],
                 "high_value": ev.get("hv") == "1",
+                "cltv": int(ev["cl"]) / MICROS if "cl" in ev else None,
+                "cltv_at_risk": int(ev["cr"]) / MICROS if "cr" in ev else None,
                 "revenue": None if state is None else value(state),
                 "last_activity_at": None if state is None else iso(state.last_activity_ms),
             }

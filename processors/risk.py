@@ -87,7 +87,7 @@ class Rules(BaseModel):
 class RiskPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     threshold: float = Field(default=0.5, gt=0, le=1)
-    #: customers at or above this quantile of revenue are high-value (top CLTV to date)
+    #: customers at or above this quantile of predicted CLTV are high-value
     high_value_quantile: float = Field(default=0.9, gt=0, lt=1)
     rules: Rules = Rules()
 
@@ -190,9 +190,14 @@ def assess(
     now_ms: int,
     policy: RiskPolicy,
     p_alive: float | None = None,
-    high_value_micros: int | None = None,
+    high_value_cltv: float | None = None,
+    cltv: float | None = None,
 ) -> Assessment:
-    """Apply every enabled rule; reasons come out in the order of the policy's rules."""
+    """Apply every enabled rule; reasons come out in the order of the policy's rules.
+
+    The customer is high-value when its predicted CLTV is positive and reaches
+    ``high_value_cltv``, the policy's quantile over all buyers (the leader keeps it).
+    """
     r = policy.rules
     checks: list[tuple[str, _Rule, dict[str, float] | None]] = [
         ("silence", r.silence, _silence(state, now_ms, r.silence)),
@@ -211,10 +216,13 @@ def assess(
             reasons.append(name)
             details.update(found)
             keep *= 1.0 - rule.weight
-    high_value = bool(high_value_micros) and state.revenue_micros >= (high_value_micros or 0)
+    high_value = (
+        high_value_cltv is not None and cltv is not None and cltv > 0 and cltv >= high_value_cltv
+    )
     return Assessment(round(1.0 - keep, 6), tuple(reasons), details, high_value)
 
 
 def value(state: CustomerState) -> float:
-    """Customer lifetime value to date: revenue, placed minus refunded."""
+    """Customer value to date: revenue, placed minus refunded (ranks at-risk customers
+    until a fit gives a predicted CLTV)."""
     return state.revenue_micros / MICROS

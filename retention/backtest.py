@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +23,23 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from processors.alive import Fit, outlook, refit
+from processors.alive import (
+    NO_VALUE,
+    Fit,
+    ModelOptions,
+    fit_histories,
+    model_options,
+    outlook,
+    read_histories,
+    save_fit,
+    spend_from_days,
+)
+from processors.alive_models import MODELS
 from processors.evaluator import active_before, evaluate, update_high_value_threshold
 from processors.lifecycle import LifecyclePolicy
 from processors.periods import Periods
 from processors.risk import load_policy
-from processors.state import to_public
+from processors.state import MICROS, MS_PER_DAY, to_public
 from processors.store import Store
 from processors.windows import Period, next_period, period_start
 from retention import runtime
@@ -36,7 +48,14 @@ from retention.produce import Progress, dead_letter_headers
 from retention.stack import EMBEDDED_TIMEOUTS
 from retention.worker import cluster_id
 from streams.cdnow import read_cdnow
-from streams.events import Event, InvalidEvent, Rejection, build_event, parse_event
+from streams.events import (
+    Event,
+    InvalidEvent,
+    OrderEvent,
+    Rejection,
+    build_event,
+    parse_event,
+)
 from streams.producer import EventProducer
 from streams.topics import Topics, ensure_topics
 
@@ -244,8 +263,9 @@ class Backtest:
                 if r.period in wanted
             ]
         stats = await store.stats()
-        # BG/NBD as of the end of the data: the --until day, or the last event's day
-        model = await refit(store, last.date()) if last is not None else None
+        # the models as of the end of the data: the --until day, or the last event's day
+        spend = repeat_spend(events, last.date()) if last is not None else {}
+        model, bgnbd = (None, None) if last is None else await self._fit(store, last, spend)
         report: dict[str, Any] = {
             "events": sum(stats.accepted.values()),
             "rejected": sum(stats.rejected.values()) + len(bad),
@@ -255,12 +275,63 @@ class Backtest:
             "activity_kinds": list(o.activity_kinds),
             "periods": rows,
             "cohorts": {k: c.as_dict() for k, c in (await periods.cohorts(o.period, last)).items()},
-            "bgnbd": None if model is None else model.as_dict(),
+            "bgnbd": bgnbd,
+            "alive_model": None if model is None else model.alive_block(),
+            "gamma_gamma": None if model is None or model.spend is None else model.spend.as_dict(),
         }
         if o.customers is not None and last is not None:
             as_of_end = datetime.combine(last.date(), datetime.min.time(), UTC) + timedelta(days=1)
-            await write_customers(store, o.customers, model, as_of_end, self.settings)
+            await write_customers(store, o.customers, model, as_of_end, self.settings, spend)
         return report
+
+    async def _fit(
+        self, store: Store, last: datetime, spend: dict[str, float]
+    ) -> tuple[Fit | None, dict[str, Any] | None]:
+        """The configured models, fitted and stored as the leader does (with exact spend),
+        and the BG/NBD block of the report (fitted too when another model is chosen)."""
+        started = time.monotonic()
+        as_of = last.date()
+        histories = await read_histories(store, as_of)
+        if not histories:
+            return None, None
+        options = model_options(self.settings)
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(None, fit_histories, histories, as_of, options, spend)
+        await save_fit(store, model)
+        logger.info(
+            "models fitted",
+            extra={
+                "model": model.model,
+                "customers": model.customers,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+        bg = model
+        if model.model != "bgnbd":
+            only_bgnbd = ModelOptions("bgnbd", options.cltv_months, options.cltv_discount_monthly)
+            bg = await loop.run_in_executor(None, fit_histories, histories, as_of, only_bgnbd)
+        params = MODELS["bgnbd"].params(bg.params.as_dict())
+        block = {**params.as_dict(), "as_of": as_of.isoformat(), "customers": bg.customers}
+        return model, block
+
+
+def repeat_spend(events: list[Event], as_of: date) -> dict[str, float]:
+    """Per buyer, the exact mean value of its repeat purchase days through ``as_of``
+    (placed amounts summed per day, the first day left out; 0 for a one-time buyer), as the
+    Gamma-Gamma model wants it. Each event id counts once, the first one, as in the store."""
+    seen: set[tuple[str, str]] = set()
+    by_day: dict[str, dict[int, float]] = {}
+    for event in events:
+        if not isinstance(event, OrderEvent) or event.status != "placed":
+            continue
+        if (event.customer_id, event.event_id) in seen:
+            continue
+        seen.add((event.customer_id, event.event_id))
+        days = by_day.setdefault(event.customer_id, {})
+        day = event.ts_ms // MS_PER_DAY
+        days[day] = days.get(day, 0.0) + event.amount_micros / MICROS
+    limit = (as_of - date(1970, 1, 1)).days
+    return {c: spend_from_days(days, limit) for c, days in by_day.items()}
 
 
 async def write_customers(
@@ -269,12 +340,15 @@ async def write_customers(
     model: Fit | None,
     at: datetime,
     settings: Settings,
+    spend: dict[str, float] | None = None,
     chunk: int = 500,
 ) -> int:
-    """Every customer's state as of ``at``, with P(alive), lifecycle and risk reasons."""
+    """Every customer's state as of ``at``, with P(alive), expected spend, predicted CLTV,
+    lifecycle and risk reasons; ``spend`` holds exact repeat-purchase means by customer."""
     policy = load_policy(settings.risk_file)
     lifecycle = LifecyclePolicy(churn_after_days=settings.churn_after_days)
-    threshold = await update_high_value_threshold(store, policy.high_value_quantile)
+    threshold = await update_high_value_threshold(store, policy.high_value_quantile, spend)
+    exact = spend or {}
     ids = await store.customer_ids()
     at_ms = int(at.timestamp() * 1000)
     with path.open("w") as out:
@@ -282,11 +356,12 @@ async def write_customers(
             states = await store.read_customers(ids[i : i + chunk])
             before = await active_before(store, states, at_ms, lifecycle)
             for state in states:
-                seen = None if model is None else outlook(state, model, model.as_of)
-                ev = evaluate(
-                    state, at, policy, lifecycle, model, threshold, before[state.customer_id]
-                )
-                out.write(json.dumps(to_public(state, seen, ev)) + "\n")
+                mean = exact.get(state.customer_id)
+                seen = None if model is None else outlook(state, model, model.as_of, mean)
+                cid = state.customer_id
+                ev = evaluate(state, at, policy, lifecycle, model, threshold, before[cid], mean)
+                money = NO_VALUE if seen is None else seen.value_fields()
+                out.write(json.dumps({**to_public(state, seen, ev), **money}) + "\n")
     return len(ids)
 
 

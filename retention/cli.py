@@ -164,11 +164,20 @@ def cmd_at_risk(args: argparse.Namespace) -> int:
     if not rows:
         print("no customer at risk")
         return 0
-    print(f"{'customer':<24} {'risk':>5} {'revenue':>10}  {'hv':<3} {'last activity':<24} reasons")
+    # ranked by CLTV at risk: predicted CLTV x risk score
+    print(
+        f"{'customer':<24} {'risk':>5} {'CLTV':>10} {'at risk':>10} {'revenue':>10}  "
+        f"{'hv':<3} {'last activity':<24} reasons"
+    )
+
+    def money(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.2f}"
+
     for r in rows:
         hv = "yes" if r["high_value"] else ""
         print(
-            f"{r['customer_id']:<24} {r['risk_score']:>5.2f} {r['revenue'] or 0:>10,.2f}  "
+            f"{r['customer_id']:<24} {r['risk_score']:>5.2f} {money(r['cltv']):>10} "
+            f"{money(r['cltv_at_risk']):>10} {r['revenue'] or 0:>10,.2f}  "
             f"{hv:<3} {r['last_activity_at'] or '-':<24} {', '.join(r['risk_reasons'])}"
         )
     return 0
@@ -181,7 +190,7 @@ def cmd_customer(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any] | None:
         from datetime import UTC, datetime
 
-        from processors.alive import outlook, stored_fit
+        from processors.alive import NO_VALUE, outlook, stored_fit
         from processors.evaluator import active_before, evaluate
 
         redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
@@ -190,7 +199,7 @@ def cmd_customer(args: argparse.Namespace) -> int:
             state = await store.read_customer(args.id)
             model = await stored_fit(store)
             evaluator = _evaluator(settings, store)
-            threshold = await evaluator.high_value_micros()
+            threshold = await evaluator.high_value_threshold()
             now = datetime.now(UTC)
             before = (
                 {}
@@ -207,7 +216,8 @@ def cmd_customer(args: argparse.Namespace) -> int:
         seen = None if model is None else outlook(state, model, now.date())
         lifecycle, policy = evaluator.lifecycle, evaluator.risk_policy
         ev = evaluate(state, now, policy, lifecycle, model, threshold, before[args.id])
-        return to_public(state, seen, ev)
+        # expected spend per purchase and predicted CLTV over the fit's horizon
+        return {**to_public(state, seen, ev), **(NO_VALUE if seen is None else seen.value_fields())}
 
     data = asyncio.run(go())
     if data is None:

@@ -9,6 +9,9 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ActivityKind = Literal["order", "login", "support"]
+#: The P(alive) models of processors/alive_models.py (kept here so that reading settings
+#: does not load the numerics)
+AliveModelName = Literal["bgnbd", "mbgnbd", "paretonbd"]
 
 
 class Settings(BaseSettings):
@@ -60,8 +63,16 @@ class Settings(BaseSettings):
     clock: Literal["wall", "watermark"] = "wall"
     lateness_seconds: float = Field(default=3600.0, ge=0)
     close_every_seconds: float = Field(default=5.0, gt=0)
-    # How often the leader refits BG/NBD to all buyers (it also refits on demand)
+    # How often the leader refits the P(alive) and spend models to all buyers (it also
+    # refits on demand)
     refit_every_seconds: float = Field(default=3600.0, gt=0)
+    # The P(alive) model: bgnbd | mbgnbd | paretonbd. MBG/NBD by default: as cheap to fit
+    # as BG/NBD and as good a fit on CDNOW, but it does not give every one-time buyer
+    # P(alive) = 1, so a silent one-time buyer can be found at risk; Pareto/NBD fits slower.
+    alive_model: AliveModelName = "mbgnbd"
+    # Predicted CLTV: months ahead (of 30 days) and the monthly discount rate
+    cltv_months: int = Field(default=12, ge=0, le=1200)
+    cltv_discount_monthly: float = Field(default=0.01, ge=0, lt=1)
     # Lifecycle and risk: the rules file (defaults in processors/risk.py) and how often the
     # leader looks at customers that are due
     risk_file: Path | None = None

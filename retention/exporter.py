@@ -49,6 +49,7 @@ from redis.asyncio import Redis
 
 from processors.metrics import Cohort, PeriodRow
 from processors.periods import Periods
+from processors.state import MICROS
 from processors.store import Stats, Store
 from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
@@ -95,6 +96,10 @@ class Snapshot:
     cohorts: dict[str, Cohort] = field(default_factory=dict)
     at_risk: dict[str, int] = field(default_factory=dict)
     high_value_at_risk: int = 0
+    #: predicted CLTV summed over evaluated customers, and CLTV x risk score summed over
+    #: at-risk customers by reason (the evaluator keeps both as it goes)
+    predicted_cltv: float = 0.0
+    cltv_at_risk: dict[str, float] = field(default_factory=dict)
     notifications: dict[tuple[str, str], int] = field(default_factory=dict)
     lag: dict[str, int] | None = None
     surveys: dict[str, int] = field(default_factory=dict)
@@ -197,6 +202,21 @@ def _risk_families(snap: Snapshot) -> Iterator[Metric]:
     high = _gauge("retention_high_value_at_risk_customers", "High-value customers at risk.")
     high.add_metric([], snap.high_value_at_risk)
     yield high
+    cltv = _gauge(
+        "retention_predicted_cltv",
+        "Predicted customer lifetime value summed over customers (reporting currency).",
+    )
+    cltv.add_metric([], snap.predicted_cltv)
+    yield cltv
+    exposed = _gauge(
+        "retention_cltv_at_risk",
+        "Predicted CLTV times risk score, summed over at-risk customers by risk reason "
+        "(a customer counts under each of its reasons).",
+        ("reason",),
+    )
+    for reason, amount in sorted(snap.cltv_at_risk.items()):
+        exposed.add_metric([reason], amount)
+    yield exposed
     sent = CounterMetricFamily(
         "retention_notifications",
         "Customer notifications by channel and outcome.",
@@ -489,6 +509,8 @@ async def read_snapshot(
             beats, ends, applied, now.timestamp(), settings.worker_stalled_after_seconds, progress
         )
     high_value = cast(str | None, await redis.get(prefix + "risk:high_value"))
+    cltv_total = cast(str | None, await redis.get(prefix + "cltv:total"))
+    cltv_at_risk = await _int_hash(redis, prefix + "cltv:at_risk")
     return Snapshot(
         tracked_customers=await store.customer_count(),
         topics=topics,
@@ -500,6 +522,9 @@ async def read_snapshot(
         cohorts=await _recent_cohorts(periods, now, COHORT_MONTHS),
         at_risk=await _int_hash(redis, prefix + "risk:reasons"),
         high_value_at_risk=int(float(high_value)) if high_value else 0,
+        # kept in micros by the evaluator, so that its additions and take-backs are exact
+        predicted_cltv=int(cltv_total) / MICROS if cltv_total else 0.0,
+        cltv_at_risk={r: n / MICROS for r, n in cltv_at_risk.items() if n},
         notifications=_notification_counts(notify),
         surveys=await store.survey_totals(),
         responses=await store.response_histogram(),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.alive import day_number, stats_from_days
+from processors.alive import day_number, spend_from_days, stats_from_days
 from streams.cdnow import read_cdnow
 from streams.events import Rejection
 
@@ -38,3 +38,28 @@ def sample_stats(as_of: date = CALIBRATION_END) -> dict[str, tuple[int, float, f
         if found is not None:
             out[customer] = found
     return out
+
+
+#: Fader and Hardie (2013), "The Gamma-Gamma Model of Monetary Value": the CDNOW sample's
+#: repeat buyers in the calibration period.
+PUBLISHED_GAMMA_GAMMA = {"p": 6.25, "q": 3.74, "v": 15.44}
+#: Batislam, Denizel and Filiztekin (2007), Table 2: MBG/NBD on the same data.
+PUBLISHED_MBGNBD = {"r": 0.525, "alpha": 6.183, "a": 0.891, "b": 1.614}
+#: Fader, Hardie and Lee (2005), section 4: Pareto/NBD on the same data, and its
+#: log-likelihood.
+PUBLISHED_PARETO_NBD = {"r": 0.553, "alpha": 10.578, "s": 0.606, "beta": 11.669}
+PUBLISHED_PARETO_NBD_LL = -9595.0
+
+
+def sample_spend(as_of: date = CALIBRATION_END) -> dict[str, float]:
+    """Per customer the mean value of its repeat purchase days through ``as_of`` (0 for a
+    one-time buyer): amounts summed per day, the first day left out, as lifetimes'
+    ``summary_data_from_transaction_data`` computes ``monetary_value``."""
+    amounts: dict[str, dict[int, float]] = {}
+    for _, item in read_cdnow(cdnow_file("CDNOW_sample.txt")):
+        assert not isinstance(item, Rejection)
+        day = day_number(date.fromisoformat(item["ts"][:10]))
+        by_day = amounts.setdefault(item["customer_id"], {})
+        by_day[day] = by_day.get(day, 0.0) + float(item["amount"])
+    limit = day_number(as_of)
+    return {c: spend_from_days(days, limit) for c, days in amounts.items() if min(days) <= limit}

@@ -117,34 +117,69 @@ def test_synthetic_jsonl_weekly_with_late_events_and_duplicates(
 
 
 def test_cdnow_sample_calibration_fit_and_customer_outlook(tmp_path: Path) -> None:
-    """METRICS.md: a fit from the tracker's own state reproduces the published estimates."""
+    """METRICS.md: a fit from the tracker's own state reproduces the published estimates;
+    the customer file's P(alive), expectations, spend and CLTV are lifetimes' own."""
     import numpy as np
     import pandas as pd
-    from lifetimes import BetaGeoFitter
+    from lifetimes import GammaGammaFitter, ModifiedBetaGeoFitter
 
-    from tests.cdnow_data import PUBLISHED, sample_stats
+    from tests.cdnow_data import (
+        PUBLISHED,
+        PUBLISHED_GAMMA_GAMMA,
+        PUBLISHED_MBGNBD,
+        sample_spend,
+        sample_stats,
+    )
 
     out, customers = tmp_path / "r.json", tmp_path / "c.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+    env.update(RETENTION_ALIVE_MODEL="mbgnbd", RETENTION_CLTV_MONTHS="12")
     result = backtest(
         str(cdnow_file("CDNOW_sample.txt")), "--format", "cdnow", "--until", "1997-09-30",
         "--report", str(out), "--customers", str(customers), env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    block = json.loads(out.read_text())["bgnbd"]
+    report = json.loads(out.read_text())
+    block = report["bgnbd"]
     assert (block["as_of"], block["customers"]) == ("1997-09-30", 2357)
     for name, value in PUBLISHED.items():
         assert block[name] == pytest.approx(value, rel=0.01), name
+    alive = report["alive_model"]
+    assert alive["name"] == "mbgnbd" and alive["log_likelihood"] < 0
+    for name, value in PUBLISHED_MBGNBD.items():
+        assert alive["params"][name] == pytest.approx(value, rel=0.01), name
+    spend = report["gamma_gamma"]
+    assert spend["customers"] == 946 and abs(spend["correlation"]) < 0.2
+    for name, value in PUBLISHED_GAMMA_GAMMA.items():
+        assert spend[name] == pytest.approx(value, rel=0.01), name
 
-    model = BetaGeoFitter()
-    model.params_ = pd.Series({k: block[k] for k in ("r", "alpha", "a", "b")})
-    stats = sample_stats()
+    model = ModifiedBetaGeoFitter()
+    model.params_ = pd.Series(alive["params"])
+    stats, means = sample_stats(), sample_spend()
     rows = [json.loads(line) for line in customers.read_text().splitlines()]
     assert len(rows) == 2357
     x, t_x, T = (
         np.array(c, dtype=float) for c in zip(*(stats[r["customer_id"]] for r in rows), strict=True)
     )
+    m = np.array([means[r["customer_id"]] for r in rows])
     got = np.array([r["p_alive"] for r in rows])
     assert np.max(np.abs(got - model.conditional_probability_alive(x, t_x, T))) < 1e-9
     want = model.conditional_expected_number_of_purchases_up_to_time(90 / 7, x, t_x, T)
     assert np.max(np.abs(np.array([r["expected_purchases_90d"] for r in rows]) - want)) < 1e-9
+
+    money = GammaGammaFitter()
+    money.params_ = pd.Series({k: spend[k] for k in ("p", "q", "v")})
+    want = money.conditional_expected_average_profit(x, m)
+    assert np.max(np.abs(np.array([r["expected_spend"] for r in rows]) - want)) < 1e-6
+    # lifetimes counts time in days (freq="D", a month is 30 days): rescale alpha to days
+    in_days = ModifiedBetaGeoFitter()
+    in_days.params_ = pd.Series({**alive["params"], "alpha": alive["params"]["alpha"] * 7})
+    in_days.predict = in_days.conditional_expected_number_of_purchases_up_to_time
+    series = [pd.Series(v) for v in (x, t_x * 7, T * 7, m)]
+    want = money.customer_lifetime_value(in_days, *series, time=12, discount_rate=0.01, freq="D")
+    assert np.max(np.abs(np.array([r["cltv"] for r in rows]) - want.to_numpy())) < 1e-6
+    # high value is the top tenth by predicted CLTV, not by revenue
+    high = [r for r in rows if r["high_value"]]
+    cut = np.quantile([r["cltv"] for r in rows], 0.9)
+    assert high and all(r["cltv"] >= cut for r in high)
+    assert len(high) == sum(r["cltv"] >= cut and r["cltv"] > 0 for r in rows)

@@ -219,6 +219,7 @@ async def seed_stage_keys(redis: Redis, prefix: str) -> None:
     )
     await redis.hset(prefix + "risk:reasons", mapping={"no_recent_order": 3, "open_ticket": 1})
     await redis.set(prefix + "risk:high_value", 1)
+    await redis.hset(prefix + "cltv:at_risk", mapping={"no_recent_order": 1_250_000_000})
     await redis.hset(prefix + "notify:stats", mapping={"sent|email": 3, "failed|webhook": 1})
 
 

@@ -39,6 +39,8 @@ GAUGE_NOUNS = {
     "retention_period_orders",
     "retention_period_revenue",
     "retention_average_order_value",
+    "retention_predicted_cltv",  # money, like revenue: no base unit
+    "retention_cltv_at_risk",
     "retention_purchase_frequency",
     "retention_survey_responses",
     "retention_nps_score",
@@ -73,6 +75,8 @@ def snapshot(customers: int) -> Snapshot:
         },
         at_risk={"no_recent_order": customers // 7, "open_ticket": 3},
         high_value_at_risk=4,
+        predicted_cltv=123_456.75,
+        cltv_at_risk={"silence": 2_000.5, "low_p_alive": 750.25},
         notifications={("email", "sent"): 5},
         surveys={
             "nps|sum": 40,
@@ -133,6 +137,9 @@ def test_values_land_on_their_labels() -> None:
     assert get("retention_notifications_total", {"channel": "slack", "outcome": "failed"}) == 0
     assert get("retention_at_risk_customers", {"reason": "open_ticket"}) == 3
     assert get("retention_high_value_at_risk_customers") == 4
+    assert get("retention_predicted_cltv") == 123_456.75
+    assert get("retention_cltv_at_risk", {"reason": "silence"}) == 2_000.5
+    assert get("retention_cltv_at_risk", {"reason": "low_p_alive"}) == 750.25
     assert get("retention_consumer_lag_messages", {"topic": "support"}) == 10
     assert get("retention_watermark_delay_seconds") == 12.5
     assert get("retention_workers_alive") == 2
@@ -151,6 +158,7 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
     get = registry.get_sample_value
     assert all(get("retention_customers", {"state": s}) == 0 for s in LIFECYCLE_STATES)
     assert get("retention_high_value_at_risk_customers") == 0
+    assert get("retention_predicted_cltv") == 0
     assert all(
         get("retention_notifications_total", {"channel": c, "outcome": o}) == 0
         for c in CHANNELS
@@ -161,6 +169,7 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
     for missing in (
         "retention_crr_ratio",  # no row: |S| unknown
         "retention_at_risk_customers",
+        "retention_cltv_at_risk",
         "retention_consumer_lag_messages",
         "retention_watermark_delay_seconds",
         "retention_last_event_age_seconds",

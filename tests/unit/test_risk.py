@@ -99,11 +99,24 @@ def test_unknown_yaml_keys_are_refused(tmp_path: Path) -> None:
         load_policy(path)
 
 
-def test_high_value_flag_uses_the_threshold() -> None:
-    state = history(order(0, 500))
-    assert assess(state, at(1), POLICY, high_value_micros=400_000_000).high_value
-    assert not assess(state, at(1), POLICY, high_value_micros=600_000_000).high_value
-    assert not assess(state, at(1), POLICY, high_value_micros=None).high_value
+@pytest.mark.parametrize(
+    ("threshold", "cltv", "high"),
+    [
+        (400.0, 500.0, True),
+        (500.0, 500.0, True),  # at the quantile counts
+        (600.0, 500.0, False),
+        (None, 500.0, False),  # no threshold yet (no fit)
+        (400.0, None, False),  # no predicted CLTV for this customer
+        (0.0, 0.0, False),  # a CLTV of nothing is never high value
+    ],
+)
+def test_high_value_means_predicted_cltv_at_the_threshold(
+    threshold: float | None, cltv: float | None, high: bool
+) -> None:
+    # revenue to date no longer decides: a big past buyer with a small outlook is not high value
+    state = history(order(0, 5000))
+    result = assess(state, at(1), POLICY, high_value_cltv=threshold, cltv=cltv)
+    assert result.high_value is high
 
 
 def test_rhythm_is_the_mean_gap_between_order_days() -> None:

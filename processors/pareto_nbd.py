@@ -1,0 +1,137 @@
+"""The Pareto/NBD model: purchases at a gamma-mixed Poisson rate until an exponential death.
+
+References
+----------
+Schmittlein, D. C., Morrison, D. G. and Colombo, R. (1987), "Counting Your Customers: Who
+Are They and What Will They Do Next?", Management Science 33(1), 1-24.
+Fader, P. S. and Hardie, B. G. S. (2005), "A Note on Deriving the Pareto/NBD Model and
+Related Expressions", http://brucehardie.com/notes/009/; equation numbers below are the
+note's: likelihood (18)-(20), P(alive) (36)-(37), conditional expectation (41).
+
+Unlike BG/NBD, a customer may die at any moment, not only after a purchase, so a silent
+one-time buyer's P(alive) falls with time. Its likelihood needs the Gauss hypergeometric
+function, which makes a fit slower than BG/NBD's. Data as in :mod:`processors.bgnbd`:
+``x`` repeat purchase days, ``t_x`` and ``T`` in weeks since the first purchase.
+
+Pure: numpy and scipy only, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.special import gammaln, hyp2f1
+
+from processors.bgnbd import _arrays
+from processors.fitting import Floats, mean_negative, search, weighted_rows
+
+
+@dataclass(frozen=True, slots=True)
+class ParetoNbdParams:
+    r: float
+    alpha: float
+    s: float
+    beta: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _log_a0(p: ParetoNbdParams, xs: Floats, txs: Floats, Ts: Floats) -> Floats:
+    """log A_0, equations (19) and (20).
+
+    With the larger of α and β called M and z(u) = |α-β| / (M+u):
+    A_0 = 2F1(r+s+x, c; r+s+x+1; z(t_x)) / (M+t_x)^(r+s+x) - 2F1(...; z(T)) / (M+T)^(r+s+x),
+    where c = r+x when α < β and s+1 otherwise. The difference is taken in log space; it is
+    0 (log -inf) when t_x = T.
+    """
+    r, alpha, s, beta = p.r, p.alpha, p.s, p.beta
+    if alpha < beta:
+        low, high, c = alpha, beta, r + xs
+    else:
+        low, high, c = beta, alpha, np.full_like(xs, s + 1)
+    rsx = r + s + xs
+    first = np.log(hyp2f1(rsx, c, rsx + 1, (high - low) / (high + txs))) - rsx * np.log(high + txs)
+    second = np.log(hyp2f1(rsx, c, rsx + 1, (high - low) / (high + Ts))) - rsx * np.log(high + Ts)
+    # log(e^first - e^second), with first >= second since t_x <= T
+    with np.errstate(divide="ignore"):
+        result: Floats = first + np.log1p(-np.exp(second - first))
+    return result
+
+
+def _log_alive_part(p: ParetoNbdParams, xs: Floats, Ts: Floats) -> Floats:
+    """log[(α+T)^-(r+x) (β+T)^-s]: the likelihood's term for a customer still alive at T."""
+    result: Floats = -(p.r + xs) * np.log(p.alpha + Ts) - p.s * np.log(p.beta + Ts)
+    return result
+
+
+def log_likelihood(p: ParetoNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Floats:
+    """Each customer's log-likelihood, equation (18) in logs:
+
+    L = Γ(r+x) α^r β^s / Γ(r) · [(α+T)^-(r+x) (β+T)^-s + s/(r+s+x) A_0]
+    """
+    xs, txs, Ts = _arrays(x, t_x, T)
+    r, alpha, s, beta = p.r, p.alpha, p.s, p.beta
+    head = gammaln(r + xs) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+    died = np.log(s) - np.log(r + s + xs) + _log_a0(p, xs, txs, Ts)
+    result: Floats = head + np.logaddexp(_log_alive_part(p, xs, Ts), died)
+    return result
+
+
+def negative_log_likelihood(
+    log_params: Floats, x: Floats, t_x: Floats, T: Floats, weights: Floats
+) -> float:
+    """Mean negative log-likelihood over customers, of log-parameters."""
+    p = ParetoNbdParams(*np.exp(log_params))
+    with np.errstate(all="ignore"):
+        total = float(np.sum(weights * log_likelihood(p, x, t_x, T)))
+    return mean_negative(total, weights)
+
+
+def fit(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> ParetoNbdParams:
+    """Maximum-likelihood estimates of (r, α, s, β), equation (18) summed over customers."""
+    xs, txs, Ts = _arrays(x, t_x, T)
+    rows, weights = weighted_rows(xs, txs, Ts)
+    params: ParetoNbdParams = search(
+        negative_log_likelihood,
+        4,
+        (*rows, weights),
+        "Pareto/NBD",
+        lambda v: ParetoNbdParams(*(float(e) for e in v)),
+    )
+    return params
+
+
+def p_alive(p: ParetoNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> Floats:
+    """P(alive | x, t_x, T), equation (36):
+
+    1 / (1 + s/(r+s+x) · (α+T)^(r+x) (β+T)^s · A_0)
+    """
+    xs, txs, Ts = _arrays(x, t_x, T)
+    log_odds = (
+        np.log(p.s) - np.log(p.r + p.s + xs) - _log_alive_part(p, xs, Ts) + _log_a0(p, xs, txs, Ts)
+    )
+    result: Floats = 1.0 / (1.0 + np.exp(log_odds))
+    return result
+
+
+def expected_purchases(
+    p: ParetoNbdParams, t: float, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
+) -> Floats:
+    """E[Y(t) | x, t_x, T]: purchases expected in the next ``t`` weeks, equation (41):
+
+    P(alive) · (r+x)(β+T) / ((α+T)(s-1)) · [1 - ((β+T)/(β+T+t))^(s-1)]
+
+    where P(alive) is written as the alive term of the likelihood over the likelihood.
+    """
+    xs, txs, Ts = _arrays(x, t_x, T)
+    r, alpha, s, beta = p.r, p.alpha, p.s, p.beta
+    head = gammaln(r + xs) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+    alive = head + _log_alive_part(p, xs, Ts) - log_likelihood(p, xs, txs, Ts)
+    rate = np.log(r + xs) + np.log(beta + Ts) - np.log(alpha + Ts)
+    horizon = (1 - ((beta + Ts) / (beta + Ts + t)) ** (s - 1)) / (s - 1)
+    result: Floats = np.exp(alive + rate) * horizon
+    return result
