@@ -45,10 +45,12 @@ class FrequencyDrop(_Rule):
 
 
 class LowPAlive(_Rule):
-    """BG/NBD P(alive) below ``threshold`` for a customer who was valuable."""
+    """P(alive) (of the configured model) below ``threshold`` for a customer with at least
+    ``min_orders`` orders. One order is enough by default: the default model, MBG/NBD,
+    lets a one-time buyer who went silent drop below the threshold, as BG/NBD cannot."""
 
     threshold: float = Field(default=0.3, gt=0, lt=1)
-    min_orders: int = Field(default=2, ge=1)
+    min_orders: int = Field(default=1, ge=1)
     weight: float = 0.6
 
 

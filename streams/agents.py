@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from processors.alerts import Alert
-from processors.alive import fit_age_seconds, refit
+from processors.alive import fit_age_seconds, model_options, refit
 from processors.currency import Rates, UnknownCurrency
 from processors.evaluator import Evaluator, update_high_value_threshold
 from processors.lifecycle import LifecyclePolicy
@@ -565,7 +565,7 @@ def _clock_timers(app: faust.App, parts: Parts) -> None:
         age = await fit_age_seconds(parts.store)
         if age is not None and age < settings.refit_every_seconds:
             return
-        model = await refit(parts.store, clock.date())
+        model = await refit(parts.store, clock.date(), model_options(settings))
         quantile = load_policy(settings.risk_file).high_value_quantile
         await update_high_value_threshold(parts.store, quantile)
         if model is not None:
