@@ -2,7 +2,7 @@
 
 Fader, P. S., Hardie, B. G. S. and Lee, K. L. (2005), "'Counting Your Customers' the Easy
 Way: An Alternative to the Pareto/NBD Model", Marketing Science 24(2), 275-284. Equation
-numbers below are the paper's. Per METRICS.md the data are per customer: ``x`` repeat
+numbers below are the paper's. Per docs/metrics.md the data are per customer: ``x`` repeat
 purchases (distinct order days minus one), ``t_x`` the time of the last purchase and ``T``
 the age, both since the first purchase, in weeks.
 

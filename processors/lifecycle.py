@@ -50,7 +50,7 @@ def _reference_ms(state: CustomerState) -> int:
 def lookback_days(now_ms: int, p: LifecyclePolicy) -> tuple[int, int]:
     """Days ``[from, to)`` in which activity made the customer active ``new_days`` ago.
 
-    Active at t means activity in ``[t - W, t)`` (METRICS.md); with t = now - new_days, at
+    Active at t means activity in ``[t - W, t)`` (docs/metrics.md); with t = now - new_days, at
     day granularity. A customer active now but not then has come back within ``new_days``.
     """
     then = now_ms // MS_PER_DAY - p.new_days

@@ -1,6 +1,6 @@
 """Period retention metrics and cohorts, computed plainly from a batch of events.
 
-This is the reference for METRICS.md, "Activity and churn" and "Cohorts": it reads the
+This is the reference for docs/metrics.md, "Activity and churn" and "Cohorts": it reads the
 definitions literally, with no incremental state, so that the streaming computation can be
 checked against it over the same events. It favours being obviously right over being fast,
 but stays linear in the events plus the (customer, active boundary) pairs, so a whole CDNOW
@@ -32,7 +32,7 @@ ActivityKinds = frozenset[str]
 
 @dataclass(frozen=True, slots=True)
 class PeriodRow:
-    """One entry of the backtest report's ``periods`` list (METRICS.md, Backtest report)."""
+    """One entry of the backtest report's ``periods`` list (docs/metrics.md, Backtest report)."""
 
     period: str
     start_customers: int
@@ -90,7 +90,7 @@ class _Sales:
 
 
 def is_activity(event: Event, kinds: ActivityKinds) -> bool:
-    """Whether ``event`` counts as activity (METRICS.md: only placed orders are activity).
+    """Whether ``event`` counts as activity (docs/metrics.md: only placed orders are activity).
 
     The same rule as :func:`processors.state.apply_event`, so per-customer state and these
     metrics agree on who was active when.
@@ -146,7 +146,7 @@ def _active_boundaries(
 
 
 def _tally(flow: _Flow, in_start: bool, in_end: bool, is_new: bool) -> None:
-    """Add one customer to a period's counts (METRICS.md, Activity and churn).
+    """Add one customer to a period's counts (docs/metrics.md, Activity and churn).
 
     ``N`` = new ∩ E; lost = S \\ E; reactivated = E \\ S \\ N. A new customer cannot be in S
     (its first activity lies after the start), so the three sets never overlap.
@@ -196,7 +196,7 @@ def _sales(events: Iterable[Event], starts: Sequence[datetime], period: Period) 
 
 
 def _ratio(numerator: float, denominator: int) -> float | None:
-    """METRICS.md: a ratio is null where its divisor is 0."""
+    """docs/metrics.md: a ratio is null where its divisor is 0."""
     return numerator / denominator if denominator else None
 
 
@@ -217,7 +217,7 @@ class PeriodCounts:
 
 
 def row_from_counts(start: datetime, c: PeriodCounts) -> PeriodRow:
-    """The ratios of METRICS.md, Activity and churn, in one place for batch and stream."""
+    """The ratios of docs/metrics.md, Activity and churn, in one place for batch and stream."""
     return PeriodRow(
         period=start.date().isoformat(),
         start_customers=c.start,
@@ -259,7 +259,7 @@ def period_rows(
     activity_kinds: ActivityKinds,
     until: datetime | None = None,
 ) -> list[PeriodRow]:
-    """The report's ``periods`` (METRICS.md, Activity and churn; Backtest report).
+    """The report's ``periods`` (docs/metrics.md, Activity and churn; Backtest report).
 
     Each period ``[s, e)`` is evaluated at its end: S is who was active at ``s``, E who was
     active at ``e``, with ``churn_after`` as the window W. ``crr`` is (|E| - |N|) / |S| as
@@ -283,7 +283,7 @@ def cohorts(
     activity_kinds: ActivityKinds,
     until: datetime | None = None,
 ) -> dict[str, Cohort]:
-    """The report's ``cohorts``, keyed by the cohort period's start date (METRICS.md, Cohorts).
+    """The report's ``cohorts``, keyed by the cohort period's start date (docs/metrics.md, Cohorts).
 
     A customer's cohort is the period of its first activity; customers without activity
     belong to none. Every row runs through the last period of the observed span, the same

@@ -185,7 +185,7 @@ class Periods:
     async def cohorts(
         self, period: Period, through: datetime | None = None, last: int | None = None
     ) -> dict[str, Cohort]:
-        """The cohort matrix (METRICS.md, Cohorts); empty cohorts are left out.
+        """The cohort matrix (docs/metrics.md, Cohorts); empty cohorts are left out.
 
         ``last`` keeps only the newest cohorts, so that a frequent reader's cost stays
         bounded as history grows.

@@ -1,4 +1,4 @@
-"""Calendar periods in UTC (METRICS.md, Time).
+"""Calendar periods in UTC (docs/metrics.md, Time).
 
 A period is ``[start, end)``: a ``day`` starts at 00:00 UTC, a ``week`` is the ISO week
 starting Monday 00:00 UTC, a ``month`` starts on the 1st at 00:00 UTC. Calendar periods,
@@ -59,7 +59,7 @@ def period_bounds(ts: datetime, period: Period) -> tuple[datetime, datetime]:
 def period_index(start: datetime, period: Period) -> int:
     """A dense number for the period that holds ``start``: consecutive periods differ by 1.
 
-    Cohort offsets are differences of these numbers (METRICS.md, Cohorts: period ``c + k``).
+    Cohort offsets are differences of these numbers (docs/metrics.md, Cohorts: period ``c + k``).
     Days and weeks count from 0001-01-01, which is a Monday, so a week index never straddles
     an ISO week; months count as ``12 * year + month - 1``.
     """

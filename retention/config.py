@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(default=30.0, gt=0)
     heartbeat_interval_seconds: float = Field(default=3.0, gt=0)
     worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
-    # Periods: W of METRICS.md (whole days, since periods start at midnight), which clock
+    # Periods: W of docs/metrics.md (whole days, since periods start at midnight), which clock
     # closes them, and how long after its end a period waits for late events.
     # uvloop lowers Faust's per-message cost, the worker's ceiling (bench/README.md)
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"

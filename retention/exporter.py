@@ -15,7 +15,7 @@ authentication (:mod:`retention.metrics_http`). A scrape of the exporter costs R
 work, so its result is reused for ``metrics_cache_seconds``: a storm of scrapes reads Redis
 once per interval, not once per request.
 
-Definitions of the period numbers are those of METRICS.md ("Activity and churn"). Labels
+Definitions of the period numbers are those of docs/metrics.md ("Activity and churn"). Labels
 are closed sets (period, window, state, channel, outcome, topic, reason, cohort offset);
 no label ever holds a customer id, so the series count does not grow with customers.
 """

@@ -1,4 +1,4 @@
-"""Text tables and a heatmap for period metrics and cohorts (METRICS.md, Backtest report).
+"""Text tables and a heatmap for period metrics and cohorts (docs/metrics.md, Backtest report).
 
 Pure presentation: the inputs are the report's JSON shapes (``periods`` entries and the
 ``cohorts`` map), so the same code renders a live store, a backtest and a saved report.

@@ -304,7 +304,7 @@ class Ingest:
 
 
 async def period_clock(settings: Settings, periods: Periods, scope: str) -> datetime | None:
-    """Wall time in live mode; the event-time watermark in backtests (METRICS.md, Time)."""
+    """Wall time in live mode; the event-time watermark in backtests (docs/metrics.md, Time)."""
     if settings.clock == "wall":
         return datetime.now(UTC)
     sources = Topics.from_settings(settings).sources

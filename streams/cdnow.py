@@ -1,4 +1,4 @@
-"""Reader for the CDNOW transaction files (METRICS.md, Input formats for backtest).
+"""Reader for the CDNOW transaction files (docs/metrics.md, Input formats for backtest).
 
 Two layouts, as shipped in the ``lifetimes`` package, told apart per line by the number of
 whitespace-separated columns:
@@ -8,7 +8,7 @@ whitespace-separated columns:
   sample id is ignored).
 
 Each row is one placed order. Dates are ``YYYYMMDD`` and mean 00:00 UTC of that date
-(METRICS.md, Time). Event ids come from the line number (``cdnow-<line>``), so reading the
+(docs/metrics.md, Time). Event ids come from the line number (``cdnow-<line>``), so reading the
 same file twice yields the same ids and a replay is deduplicated like any other.
 
 A bad line does not stop the read: it is yielded as a :class:`~streams.events.Rejection`

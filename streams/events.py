@@ -1,4 +1,4 @@
-"""The producer contract (METRICS.md, Events and Time), in one place.
+"""The producer contract (docs/metrics.md, Events and Time), in one place.
 
 The same models validate an event in a producing app, in ``retention produce`` and in the
 worker, so an event the producer API accepts is one the worker accepts.

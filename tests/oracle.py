@@ -1,4 +1,4 @@
-"""An independent batch computation of METRICS.md's period metrics and cohorts, in pandas.
+"""An independent batch computation of docs/metrics.md's period metrics and cohorts, in pandas.
 
 Written from the definitions alone, without the project's period or metrics code, so that
 the streaming numbers and the project's own reference are both checked against it. Times

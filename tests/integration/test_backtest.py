@@ -117,7 +117,7 @@ def test_synthetic_jsonl_weekly_with_late_events_and_duplicates(
 
 
 def test_cdnow_sample_calibration_fit_and_customer_outlook(tmp_path: Path) -> None:
-    """METRICS.md: a fit from the tracker's own state reproduces the published estimates;
+    """docs/metrics.md: a fit from the tracker's own state reproduces the published estimates;
     the customer file's P(alive), expectations, spend and CLTV are lifetimes' own."""
     import numpy as np
     import pandas as pd

@@ -187,7 +187,7 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
 
 
 def test_null_ratios_are_left_out() -> None:
-    """|S| = 0 makes CRR and churn null (METRICS.md); a null is no sample, not a 0."""
+    """|S| = 0 makes CRR and churn null (docs/metrics.md); a null is no sample, not a 0."""
     snap = snapshot(10)
     empty = PeriodRow("2024-03-01", 0, 3, 3, 0, 0, None, None, 0, 0.0, None, None, None)
     registry = registry_for(replace(snap, rows={("day", "current"): empty}))

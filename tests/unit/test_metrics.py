@@ -252,7 +252,7 @@ def _random(rng: random.Random) -> list[Event]:
 
 
 def _brute_force_active(events: list[Event], at_: datetime, window: timedelta) -> set[str]:
-    """METRICS.md read literally: an activity with at_ - W <= ts < at_."""
+    """docs/metrics.md read literally: an activity with at_ - W <= ts < at_."""
     return {
         e.customer_id
         for e in events
