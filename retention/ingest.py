@@ -126,9 +126,9 @@ class Sink:
             raise BrokerUnavailable(repr(failed[0]))
 
     async def close(self) -> None:
-        if self._started:
-            with contextlib.suppress(Exception):
-                await self.producer.stop()
+        # stopped even when it never started: aiokafka warns about any producer left open
+        with contextlib.suppress(Exception):
+            await self.producer.stop()
 
 
 class IngestStats:
@@ -236,7 +236,7 @@ class Ingest:
         raw = await _read_body(request, limit)
         payload = inflate(raw, request.headers.get("Content-Encoding"), limit)
         items = event_items(payload, endpoint, self.settings.ingest_max_batch_events)
-        judged = verdicts(items, self.sink.producer.validate)
+        judged = verdicts(items, self.sink.producer.validate, len(payload))
         accepted = judged.accepted
         if accepted:
             try:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.events import Event, InvalidEvent, Rejection
+from streams.events import MAX_EVENT_BYTES, Event, InvalidEvent, Rejection
 
 Endpoint = Literal["events", "batch"]
 ENDPOINTS: tuple[Endpoint, ...] = ("events", "batch")
@@ -158,8 +158,25 @@ class Verdicts:
         }
 
 
-def verdicts(items: list[Any], validate: Callable[[Mapping[str, Any]], Event]) -> Verdicts:
-    return Verdicts(items, [judge(item, validate) for item in items])
+def _oversized(item: Any) -> Rejection | None:
+    """An item over :data:`MAX_EVENT_BYTES` as compact JSON, as the topics would refuse it
+    (the model would drop unknown fields and shrink it, hiding the size from the check)."""
+    size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
+    if size <= MAX_EVENT_BYTES:
+        return None
+    return Rejection("too_large", f"{size} bytes, more than {MAX_EVENT_BYTES}")
+
+
+def verdicts(
+    items: list[Any], validate: Callable[[Mapping[str, Any]], Event], payload_size: int
+) -> Verdicts:
+    """Each item's verdict. Sizes are measured only when the whole body could hold an
+    item over the limit, which small requests cannot."""
+    sized = payload_size > MAX_EVENT_BYTES
+    return Verdicts(
+        items,
+        [(sized and _oversized(item)) or judge(item, validate) for item in items],
+    )
 
 
 @dataclass
