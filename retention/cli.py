@@ -47,6 +47,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         notifications=args.notifications or _settings(args).notifications_file,
         metrics_port=args.metrics_port,
         with_prometheus=args.with_prometheus,
+        ingest_port=args.ingest_port,
     )
 
 
@@ -479,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--with-prometheus", action="store_true", help="also run Debian's prometheus on it"
     )
+    up.add_argument("--ingest-port", type=int, help="serve the HTTP ingest API here")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("worker", parents=[common], help="run one worker").set_defaults(func=cmd_worker)
@@ -555,12 +557,16 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--port", type=int, default=8088)
     ingest.set_defaults(func=cmd_ingest)
 
-    keys = sub.add_parser("keys", parents=[common], help="write keys of the HTTP ingest API")
+    keys = sub.add_parser("keys", help="write keys of the HTTP ingest API")
     key_actions = keys.add_subparsers(dest="action", required=True)
-    create = key_actions.add_parser("create", help="make a key and print it, once")
+    create = key_actions.add_parser(
+        "create", parents=[common], help="make a key and print it, once"
+    )
     create.add_argument("name")
-    key_actions.add_parser("list", help="key names and when they were made")
-    revoke = key_actions.add_parser("revoke", help="delete a key: it stops working")
+    key_actions.add_parser("list", parents=[common], help="key names and when they were made")
+    revoke = key_actions.add_parser(
+        "revoke", parents=[common], help="delete a key: it stops working"
+    )
     revoke.add_argument("name")
     keys.set_defaults(func=cmd_keys)
 

@@ -458,3 +458,32 @@ def test_ingest_command_serves_until_terminated(settings: Settings, tmp_path: Pa
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+async def test_up_serves_ingest_and_records_its_url(tmp_path: Path) -> None:
+    from tests.integration.test_cli import retention
+    from tests.integration.test_up import Up, customer_orders
+
+    data_dir = tmp_path / "data"
+    up = Up(data_dir)
+    try:
+        lines = up.until("ready in", timeout=60)
+        status = json.loads(retention(data_dir, "status", "--json").stdout)
+        url = status["ingest_url"]
+        assert url.startswith("http://127.0.0.1:") and any(url in line for line in lines)
+        created = retention(data_dir, "keys", "create", "web")
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip().splitlines()[-1]
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, url, key)
+            status_code, _, _ = await client.post("/v1/events", order(1, "C9", amount=2.5))
+            assert status_code == 202
+        redis_url = up.recorded().redis_url
+        deadline = time.monotonic() + 60
+        while (await customer_orders(redis_url)).get("C9") != (1, 2.5):
+            assert time.monotonic() < deadline, "the event sent over HTTP was not applied"
+            await asyncio.sleep(0.3)
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(40) == 0
+    finally:
+        up.kill_all()
