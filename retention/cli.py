@@ -1,4 +1,4 @@
-"""The ``retention`` command: up | worker | produce | customer | status | rebuild | demo."""
+"""The ``retention`` command: up | worker | produce | ingest | keys | status | demo | ..."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         notifications=args.notifications or _settings(args).notifications_file,
         metrics_port=args.metrics_port,
         with_prometheus=args.with_prometheus,
+        ingest_port=args.ingest_port,
     )
 
 
@@ -425,6 +426,46 @@ def cmd_metrics_server(args: argparse.Namespace) -> int:
         return 2
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from retention.ingest import run_ingest
+
+    return run_ingest(_services(args), args.host, args.port)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from retention.keys import KeyNameError, KeyStore
+
+    settings = _services(args)
+
+    async def go() -> int:
+        redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+        try:
+            keys = KeyStore(redis, settings.key_prefix)
+            if args.action == "create":
+                key = await keys.create(args.name)
+                print(f"write key {args.name!r} created; it is shown only now, store it safely:")
+                print(key)
+            elif args.action == "revoke":
+                if not await keys.revoke(args.name):
+                    print(f"retention: no key named {args.name!r}", file=sys.stderr)
+                    return 1
+                print(f"write key {args.name!r} revoked")
+            else:
+                for info in await keys.listing():
+                    created = datetime.fromtimestamp(info.created_at, UTC).isoformat()
+                    print(f"{info.name}\t{created}")
+            return 0
+        except KeyNameError as exc:
+            print(f"retention: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(go())
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, help="where `up` keeps data and records services")
@@ -449,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--with-prometheus", action="store_true", help="also run Debian's prometheus on it"
     )
+    up.add_argument("--ingest-port", type=int, help="serve the HTTP ingest API here")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("worker", parents=[common], help="run one worker").set_defaults(func=cmd_worker)
@@ -517,6 +559,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ms.add_argument("--port", type=int, default=9465)
     ms.set_defaults(func=cmd_metrics_server)
+
+    ingest = sub.add_parser("ingest", parents=[common], help="serve the HTTP ingest API")
+    ingest.add_argument(
+        "--host", default="127.0.0.1", help="bind address; 0.0.0.0 to be reached from elsewhere"
+    )
+    ingest.add_argument("--port", type=int, default=8088)
+    ingest.set_defaults(func=cmd_ingest)
+
+    keys = sub.add_parser("keys", help="write keys of the HTTP ingest API")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser(
+        "create", parents=[common], help="make a key and print it, once"
+    )
+    create.add_argument("name")
+    key_actions.add_parser("list", parents=[common], help="key names and when they were made")
+    revoke = key_actions.add_parser(
+        "revoke", parents=[common], help="delete a key: it stops working"
+    )
+    revoke.add_argument("name")
+    keys.set_defaults(func=cmd_keys)
 
     demo = sub.add_parser("demo", parents=[common], help="send demo traffic")
     demo.add_argument("--customers", type=int, default=60)

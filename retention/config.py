@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     metrics_cache_seconds: float = Field(default=5.0, ge=0)
     # a worker whose partitions have lag and that applied nothing for this long is stalled
     worker_stalled_after_seconds: float = Field(default=60.0, gt=0)
+    # HTTP ingest (`retention ingest`): the decompressed body limit (a gzip body counts as
+    # what it inflates to), events per batch, each write key's token bucket (requests per
+    # second and burst, per server process), how long a request waits for the broker's
+    # acknowledgement before it gets a 503, and how long a key lookup is reused (so also
+    # how long a revoked key may still write)
+    ingest_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    ingest_max_batch_events: int = Field(default=1000, ge=1)
+    ingest_rate_per_second: float = Field(default=100.0, gt=0)
+    ingest_burst: int = Field(default=200, ge=1)
+    ingest_broker_timeout_seconds: float = Field(default=5.0, gt=0)
+    ingest_key_cache_seconds: float = Field(default=5.0, ge=0)
 
     @field_validator("activity_kinds", mode="before")
     @classmethod

@@ -53,9 +53,11 @@ from processors.state import MICROS
 from processors.store import Stats, Store
 from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
+from retention.ingest_rules import ENDPOINTS as INGEST_ENDPOINTS
+from retention.ingest_rules import STATUSES as INGEST_STATUSES
 from retention.metrics_http import ScrapeAuth, guarded, serve
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
-from streams.events import REJECT_REASONS
+from streams.events import EVENT_TYPES, REJECT_REASONS
 from streams.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -111,6 +113,9 @@ class Snapshot:
     worker_last_applied: dict[str, float] = field(default_factory=dict)
     #: live workers with lag and no progress for a while; None when the lag is unknown
     workers_stalled: int | None = None
+    #: the HTTP ingest servers' counters (``request|endpoint|status``, ``accepted|type``,
+    #: ``rejected|reason``), summed over servers in Redis
+    ingest: dict[str, int] = field(default_factory=dict)
 
 
 # --- pure: snapshot -> metric families -------------------------------------------------
@@ -331,6 +336,37 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
     yield stalled
 
 
+def _ingest_families(snap: Snapshot) -> Iterator[Metric]:
+    """HTTP ingest, every known label from 0 so that a first increase is seen by rate()."""
+    requests = CounterMetricFamily(
+        "retention_ingest_requests",
+        "HTTP ingest requests by endpoint and response status.",
+        labels=["endpoint", "status"],
+    )
+    accepted = CounterMetricFamily(
+        "retention_ingest_events_accepted",
+        "Events taken over HTTP and acknowledged by the broker, by type.",
+        labels=["type"],
+    )
+    rejected = CounterMetricFamily(
+        "retention_ingest_events_rejected",
+        "Events refused over HTTP (told to the client, not sent), by reason.",
+        labels=["reason"],
+    )
+    grid = {f"request|{e}|{s}": 0 for e in INGEST_ENDPOINTS for s in INGEST_STATUSES}
+    grid |= {f"accepted|{t}": 0 for t in EVENT_TYPES}
+    grid |= {f"rejected|{r}": 0 for r in REJECT_REASONS}
+    for name, n in sorted((grid | snap.ingest).items()):
+        kind, _, rest = name.partition("|")
+        if kind == "request" and "|" in rest:
+            requests.add_metric(rest.split("|", 1), n)
+        elif kind == "accepted":
+            accepted.add_metric([rest], n)
+        elif kind == "rejected":
+            rejected.add_metric([rest], n)
+    yield from (requests, accepted, rejected)
+
+
 def _exporter_families(redis_up: bool, kafka_up: bool, seconds: float) -> Iterator[Metric]:
     for name, doc, value in (
         ("retention_exporter_redis_up", "Whether the last scrape read Redis.", redis_up),
@@ -351,6 +387,7 @@ def families(snap: Snapshot) -> list[Metric]:
         *_risk_families(snap),
         *_service_families(snap),
         *_pipeline_families(snap),
+        *_ingest_families(snap),
         *_exporter_families(True, snap.lag is not None, snap.collect_seconds),
     ]
 
@@ -536,6 +573,7 @@ async def read_snapshot(
             b.worker: b.last_applied_at for b in beats if b.last_applied_at is not None
         },
         workers_stalled=None if stalled is None else len(stalled),
+        ingest=await _int_hash(redis, prefix + "ingest:stats"),
     )
 
 

@@ -26,6 +26,8 @@ class Services:
     log_dir: str | None = None
     metrics_url: str | None = None
     prometheus_url: str | None = None
+    # the HTTP ingest API (retention ingest)
+    ingest_url: str | None = None
     # each worker's own /metrics, by process name (worker-1, ...)
     worker_metrics_urls: dict[str, str] = field(default_factory=dict)
     # how often `up` restarted each process since it started

@@ -57,6 +57,7 @@ class Stack:
         self.embedded = not (settings.kafka_bootstrap and settings.redis_url)
         self.started = time.monotonic()
         self.worker_metrics_urls: dict[str, str] = {}
+        self.ingest_url: str | None = None
 
     def check_not_running(self) -> None:
         previous = Services.read(self.settings.data_dir)
@@ -169,6 +170,14 @@ class Stack:
         self.supervisor.start("prometheus", prometheus)
         return metrics_url, urls["prometheus"]
 
+    def start_ingest(self, child_env: dict[str, str], port: int | None) -> str:
+        """The HTTP ingest API on loopback; the same port across restarts."""
+        port = port or runtime.free_port()
+        argv = _cli("ingest", "--host", "127.0.0.1", "--port", str(port))
+        self.supervisor.start("ingest", self._spawner("ingest", argv, child_env, port))
+        self.ingest_url = f"http://127.0.0.1:{port}"
+        return self.ingest_url
+
     def record(
         self, settings: Settings, metrics_url: str | None, prometheus_url: str | None
     ) -> Path:
@@ -184,6 +193,7 @@ class Stack:
             worker_metrics_urls=dict(self.worker_metrics_urls),
             restarts=self.supervisor.restarts(),
             supervisor_pid=os.getpid(),
+            ingest_url=self.ingest_url,
         )
         return services.write(settings.data_dir)
 
@@ -231,6 +241,7 @@ def run_up(
     notifications: Path | None = None,
     metrics_port: int | None = None,
     with_prometheus: bool = False,
+    ingest_port: int | None = None,
 ) -> int:
     """Run until Ctrl-C (or SIGTERM); everything started here is stopped on the way out."""
     write = print
@@ -255,6 +266,7 @@ def run_up(
         live = stack.start_services(broker_port, redis_port)
         env = stack.start_children(live, workers, demo, notifications)
         metrics_url, prometheus_url = stack.start_metrics(env, metrics_port, with_prometheus)
+        ingest_url = stack.start_ingest(env, ingest_port)
         where = stack.record(live, metrics_url, prometheus_url)
         write(f"kafka    {live.kafka_bootstrap}" + ("  (embedded Tansu)" if stack.embedded else ""))
         redis_note = "  (embedded, AOF, password in the data directory)" if stack.embedded else ""
@@ -264,6 +276,7 @@ def run_up(
             write(f"         {url}  ({name})")
         if prometheus_url:
             write(f"prometheus {prometheus_url}  (the project's rules loaded)")
+        write(f"ingest   {ingest_url}  (HTTP API; keys: retention keys create NAME)")
         write(f"logs     {log_dir}/")
         write(f"recorded {where}  (other shells find the services there)")
         write("try      retention status | retention customer ID --json | Ctrl-C to stop")

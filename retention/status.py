@@ -40,6 +40,7 @@ class Status:
     errors: list[str] = field(default_factory=list)
     metrics_url: str | None = None
     prometheus_url: str | None = None
+    ingest_url: str | None = None
     # workers whose partitions have lag but that applied nothing for a while
     stalled: list[str] = field(default_factory=list)
     # recorded by `retention up`: each worker's own /metrics, and restarts per process
@@ -60,6 +61,7 @@ class Status:
         """What only the running ``retention up`` knows, from its services.json."""
         self.metrics_url, self.prometheus_url = recorded.metrics_url, recorded.prometheus_url
         self.worker_metrics_urls = dict(recorded.worker_metrics_urls)
+        self.ingest_url = recorded.ingest_url
         self.restarts = dict(recorded.restarts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -186,6 +188,8 @@ def render(status: Status) -> str:
         lines.append(f"  {name}: {url}")
     if status.prometheus_url:
         lines.append(f"prometheus {status.prometheus_url}")
+    if status.ingest_url:
+        lines.append(f"ingest   {status.ingest_url}")
     if status.restarts:
         restarts = ", ".join(f"{name} {n}" for name, n in sorted(status.restarts.items()))
         lines.append(f"restarts {restarts}")

@@ -37,6 +37,8 @@ class EventProducer:
 
     ``max_future_seconds`` is how far ahead of this machine's clock an event may be dated,
     as the worker checks it (``None``: no limit, for replaying a data set of any date).
+    ``request_timeout_ms`` bounds how long a send waits for the broker before it fails
+    (aiokafka's default; a server that must answer quickly passes less).
     """
 
     def __init__(
@@ -46,12 +48,16 @@ class EventProducer:
         default_currency: str | None = None,
         linger_ms: int = 5,
         max_future_seconds: float | None = DEFAULT_MAX_FUTURE_SECONDS,
+        request_timeout_ms: int = 40_000,
     ) -> None:
         self.topics = topics or Topics()
         self.default_currency = default_currency
         self.max_future_seconds = max_future_seconds
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=linger_ms,
+            request_timeout_ms=request_timeout_ms,
         )
 
     async def start(self) -> None:

@@ -1,0 +1,169 @@
+"""Write keys for the HTTP ingest API: made here, kept in Redis only as SHA-256 digests.
+
+A write key is 32 random bytes (256 bits, from :mod:`secrets`) shown once when it is
+created. Redis holds, per key name, the key's SHA-256 digest and its creation time; the key
+itself is stored nowhere. A fast unsalted hash is enough here: the keys are random, not
+passwords a person chose, so no dictionary guesses them and a stolen digest cannot be
+turned back into a key.
+
+A key authorises one thing, writing events through ``/v1/events`` and ``/v1/batch``; it
+reads nothing and manages nothing (creating and revoking keys takes Redis access, through
+``retention keys``).
+
+Layout, under the key prefix ``P``:
+
+- ``P keys``  hash ``name`` -> ``{"sha256": hex digest, "created_at": unix seconds}``
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import cast
+
+from redis.asyncio import Redis
+
+#: Every key starts so: a leaked one is recognisable in a log or a secret scanner.
+KEY_PREFIX = "rtk_"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class KeyNameError(ValueError):
+    """A key name that cannot be used, or a name already taken."""
+
+
+def new_key() -> str:
+    """A fresh write key: the prefix and 256 random bits, URL-safe."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def digest(key: str) -> str:
+    """The SHA-256 digest of a key, in hex: what Redis keeps instead of the key."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def presented_key(authorization: str | None) -> str | None:
+    """The write key an ``Authorization`` header carries, or None.
+
+    ``Bearer KEY``, or ``Basic`` with the key as user name and an empty password (what
+    ``curl -u KEY:`` sends, and what tools that only know basic auth can send).
+    """
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode()
+    except (binascii.Error, ValueError):
+        return None
+    user, _, password = decoded.partition(":")
+    # the password is ignored rather than required empty: a key is the whole secret
+    del password
+    return user or None
+
+
+def match(candidate: str, digests: dict[str, str]) -> str | None:
+    """The name whose digest is ``candidate``'s, compared in constant time.
+
+    Every stored digest is compared, with no early exit, so the response time says nothing
+    about which key, or how much of a guess, matched.
+    """
+    found: str | None = None
+    wanted = candidate.encode()
+    for name, stored in digests.items():
+        if hmac.compare_digest(wanted, stored.encode()):
+            found = name
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    name: str
+    created_at: float
+
+
+class KeyStore:
+    """The only code that reads or writes write keys in Redis."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.key = f"{prefix}keys"
+
+    async def create(self, name: str) -> str:
+        """Make a key named ``name``; returns the key, which is not stored anywhere."""
+        if not NAME_PATTERN.match(name):
+            raise KeyNameError(
+                f"bad key name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        key = new_key()
+        record = json.dumps({"sha256": digest(key), "created_at": round(time.time(), 3)})
+        if not await self.redis.hsetnx(self.key, name, record):
+            raise KeyNameError(f"a key named {name!r} exists already; revoke it first")
+        return key
+
+    async def revoke(self, name: str) -> bool:
+        """Delete the key named ``name``; whether there was one."""
+        return bool(await self.redis.hdel(self.key, name))
+
+    async def _records(self) -> dict[str, dict[str, object]]:
+        raw = cast(dict[str, str], await self.redis.hgetall(self.key))
+        out: dict[str, dict[str, object]] = {}
+        for name, value in raw.items():
+            try:
+                record = json.loads(value)
+            except ValueError:
+                continue  # not ours: never a credential
+            if isinstance(record, dict) and isinstance(record.get("sha256"), str):
+                out[name] = record
+        return out
+
+    async def listing(self) -> list[KeyInfo]:
+        records = await self._records()
+        return sorted(
+            (
+                KeyInfo(name, float(cast(float, r.get("created_at", 0))))
+                for name, r in records.items()
+            ),
+            key=lambda info: info.name,
+        )
+
+    async def digests(self) -> dict[str, str]:
+        """Every key's digest by name, in one read."""
+        return {name: cast(str, r["sha256"]) for name, r in (await self._records()).items()}
+
+
+class KeyCache:
+    """The digests of :class:`KeyStore`, read again once they are ``max_age`` old.
+
+    A revoked key therefore keeps writing for at most ``max_age`` seconds on a server that
+    had read it; 0 reads Redis on every request.
+    """
+
+    def __init__(self, store: KeyStore, max_age: float) -> None:
+        self.store = store
+        self.max_age = max_age
+        self._digests: dict[str, str] = {}
+        self._read_at: float | None = None
+
+    async def authenticate(self, authorization: str | None) -> str | None:
+        """The name of the key the header presents, or None; Redis errors propagate."""
+        key = presented_key(authorization)
+        if key is None:
+            return None
+        now = time.monotonic()
+        if self._read_at is None or now - self._read_at >= self.max_age:
+            self._digests = await self.store.digests()
+            self._read_at = now
+        return match(digest(key), self._digests)
