@@ -18,6 +18,7 @@ WORKDIR /usr/src/retention-tracker
 COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY processors ./processors
+COPY store ./store
 COPY retention ./retention
 RUN pip install . \
     && rm -rf build ./*.egg-info

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from processors.store import dedupe_id
 from retention import runtime
+from store.store import dedupe_id
 from streams.events import build_event
 
 HORIZON_SECONDS = 7 * 86400

@@ -37,10 +37,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from redis.asyncio import Redis
 
-from processors.store import Store
 from retention import runtime
 from retention.config import Settings
 from retention.worker import cluster_id
+from store.store import Store
 from streams.events import Rejection, parse_event
 from streams.topics import Topics, ensure_topics
 

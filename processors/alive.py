@@ -1,4 +1,4 @@
-"""P(alive), expected purchases, expected spend and predicted CLTV on the store.
+"""P(alive), expected purchases, expected spend and predicted CLTV: the models, pure.
 
 The purchase statistics come from each customer's placed orders per day (``od:<id>``),
 which the batch script keeps live: x = days with an order − 1, t_x and T in weeks from the
@@ -18,10 +18,7 @@ an approximation: the customer's net revenue over its order days, first day incl
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -35,7 +32,6 @@ from processors.fitting import FitError, Floats
 from processors.gamma_gamma import GammaGammaParams, correlation, expected_spend, repeat_buyers
 from processors.gamma_gamma import fit as fit_spend
 from processors.state import MICROS, CustomerState
-from processors.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -195,33 +191,6 @@ def approximate_spend(revenue_micros: int, order_days: int) -> float:
     return max(revenue_micros, 0) / MICROS / order_days
 
 
-async def read_histories(store: Store, as_of: date, chunk: int = 1000) -> list[History]:
-    """Every buyer's statistics as of the end of ``as_of``, read in pipelined chunks."""
-    ids = await store.customer_ids()
-    limit = day_number(as_of)
-    found: list[History] = []
-    for i in range(0, len(ids), chunk):
-        part = ids[i : i + chunk]
-        async with store.redis.pipeline(transaction=False) as pipe:
-            for customer_id in part:
-                pipe.hkeys(store.key("od", customer_id))
-                pipe.hmget(store.key("c", customer_id), ["pm", "rm"])
-            replies = await pipe.execute()
-        for n, customer_id in enumerate(part):
-            days, (placed, refunded) = replies[2 * n], replies[2 * n + 1]
-            stats = stats_from_days([int(d) for d in days], limit)
-            if stats is not None:
-                revenue = int(placed or 0) - int(refunded or 0)
-                spend = approximate_spend(revenue, len(days))
-                found.append(History(customer_id, *stats, spend))
-    return found
-
-
-async def sufficient_stats(store: Store, as_of: date) -> list[tuple[int, float, float]]:
-    """Every buyer's (x, t_x, T) as of the end of ``as_of``."""
-    return [(h.x, h.t_x, h.T) for h in await read_histories(store, as_of)]
-
-
 def _columns(histories: list[History]) -> tuple[Floats, Floats, Floats]:
     x, t_x, T = (
         np.array(c, dtype=np.float64)
@@ -280,44 +249,6 @@ def fit_histories(
         options.cltv_months,
         options.cltv_discount_monthly,
     )
-
-
-async def save_fit(store: Store, fit: Fit) -> None:
-    await store.redis.set(store.key("bgnbd"), json.dumps(fit.as_dict()))
-    await store.redis.set(store.key("bgnbd:at"), str(time.time()))
-
-
-async def refit(
-    store: Store,
-    as_of: date,
-    options: ModelOptions | None = None,
-    spend: Mapping[str, float] | None = None,
-) -> Fit | None:
-    """Fit the models to the store's buyers and keep the result; None without buyers.
-
-    ``spend`` gives exact repeat-purchase means by customer (a backtest has them); without
-    it each customer's :func:`approximate_spend` is used.
-    """
-    histories = await read_histories(store, as_of)
-    if not histories:
-        return None
-    # the fit is CPU-bound for a moment: keep the event loop (and the worker) responsive
-    result = await asyncio.get_running_loop().run_in_executor(
-        None, fit_histories, histories, as_of, options or ModelOptions(), spend
-    )
-    await save_fit(store, result)
-    return result
-
-
-async def fit_age_seconds(store: Store) -> float | None:
-    """Wall seconds since the last refit, None when there was none."""
-    raw = await store.redis.get(store.key("bgnbd:at"))
-    return None if raw is None else time.time() - float(raw)
-
-
-async def stored_fit(store: Store) -> Fit | None:
-    raw = cast(str | None, await store.redis.get(store.key("bgnbd")))
-    return None if raw is None else Fit.from_dict(json.loads(raw))
 
 
 def values(fit: Fit, x: Floats, t_x: Floats, T: Floats, spend: Floats) -> tuple[Floats, Floats]:

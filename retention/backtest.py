@@ -30,23 +30,23 @@ from processors.alive import (
     fit_histories,
     model_options,
     outlook,
-    read_histories,
-    save_fit,
     spend_from_days,
 )
 from processors.alive_models import MODELS
-from processors.evaluator import active_before, evaluate, update_high_value_threshold
+from processors.evaluator import evaluate
 from processors.lifecycle import LifecyclePolicy
-from processors.periods import Periods
 from processors.risk import load_policy
 from processors.state import MICROS, MS_PER_DAY, to_public
-from processors.store import Store
 from processors.windows import Period, next_period, period_start
 from retention import runtime
 from retention.config import ActivityKind, Settings
 from retention.produce import Progress, dead_letter_headers
 from retention.stack import EMBEDDED_TIMEOUTS
 from retention.worker import cluster_id
+from store.evaluations import active_before, update_high_value_threshold
+from store.models import read_histories, save_fit
+from store.periods import Periods
+from store.store import Store
 from streams.cdnow import read_cdnow
 from streams.events import (
     Event,

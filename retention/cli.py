@@ -14,10 +14,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from processors.state import to_public
-from processors.store import Store
 from retention import logs
 from retention.config import Settings
 from retention.services import NoServices, resolve
+from store.store import Store
 
 logger = logging.getLogger("retention")
 
@@ -138,9 +138,9 @@ def _format_customer(data: dict[str, Any]) -> str:
 
 
 def _evaluator(settings: Settings, store: Store) -> Any:
-    from processors.evaluator import Evaluator
     from processors.lifecycle import LifecyclePolicy
     from processors.risk import load_policy
+    from store.evaluations import Evaluator
 
     lifecycle = LifecyclePolicy(churn_after_days=settings.churn_after_days)
     return Evaluator(store, load_policy(settings.risk_file), lifecycle)
@@ -150,7 +150,7 @@ def cmd_at_risk(args: argparse.Namespace) -> int:
     settings = _services(args)
 
     async def go() -> list[dict[str, Any]]:
-        from processors.evaluator import ranked_at_risk
+        from store.evaluations import ranked_at_risk
 
         redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         try:
@@ -191,8 +191,10 @@ def cmd_customer(args: argparse.Namespace) -> int:
     async def go() -> dict[str, Any] | None:
         from datetime import UTC, datetime
 
-        from processors.alive import NO_VALUE, outlook, stored_fit
-        from processors.evaluator import active_before, evaluate
+        from processors.alive import NO_VALUE, outlook
+        from processors.evaluator import evaluate
+        from store.evaluations import active_before
+        from store.models import stored_fit
 
         redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         try:
@@ -274,8 +276,8 @@ async def _live_periods(
     and the distinct active customers of the current day, week and month."""
     from datetime import UTC, datetime
 
-    from processors.periods import Periods
     from processors.windows import PERIODS
+    from store.periods import Periods
 
     redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
     try:
@@ -318,7 +320,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 async def _live_cohorts(settings: Settings, period: Any) -> dict[str, dict[str, Any]]:
     from datetime import UTC, datetime
 
-    from processors.periods import Periods
+    from store.periods import Periods
 
     redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
     try:

@@ -48,15 +48,15 @@ from prometheus_client.core import (
 from redis.asyncio import Redis
 
 from processors.metrics import Cohort, PeriodRow
-from processors.periods import Periods
 from processors.state import MICROS
-from processors.store import Stats, Store
 from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
 from retention.ingest_rules import ENDPOINTS as INGEST_ENDPOINTS
 from retention.ingest_rules import STATUSES as INGEST_STATUSES
 from retention.metrics_http import ScrapeAuth, guarded, serve
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
+from store.periods import Periods
+from store.store import Stats, Store
 from streams.events import EVENT_TYPES, REJECT_REASONS
 from streams.topics import Topics
 

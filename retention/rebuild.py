@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from processors.store import Store
 from retention.config import Settings
 from retention.status import _end_offsets
 from retention.worker import cluster_id
+from store.store import Store
 from streams.topics import Topics
 
 BAR_WIDTH = 30

@@ -11,11 +11,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
-from processors.store import Store
 from retention.config import Settings
 from retention.services import Services, mask_url, scrub
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from retention.worker import cluster_id
+from store.store import Store
 from streams.topics import Topics
 
 #: A worker whose heartbeat is older than this many heartbeat intervals counts as gone.

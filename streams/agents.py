@@ -33,16 +33,17 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from processors.alerts import Alert
-from processors.alive import fit_age_seconds, model_options, refit
+from processors.alive import model_options
 from processors.currency import Rates, UnknownCurrency
-from processors.evaluator import Evaluator, update_high_value_threshold
 from processors.lifecycle import LifecyclePolicy
-from processors.periods import Periods
 from processors.risk import load_policy
-from processors.store import BatchResult, Store, accepted_record, rejected_record
 from processors.windows import PERIODS
 from retention.config import Settings
 from retention.exporter import WorkerMetrics, start_worker_metrics
+from store.evaluations import Evaluator, update_high_value_threshold
+from store.models import fit_age_seconds, refit
+from store.periods import Periods
+from store.store import BatchResult, Store, accepted_record, rejected_record
 from streams.events import Rejection, parse_event
 from streams.offsets import TP, store_positions, wait_for_store
 from streams.topics import Topics

@@ -24,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.exceptions import RedisError
 
-from processors.store import Store
+from store.store import Store
 
 logger = logging.getLogger(__name__)
 

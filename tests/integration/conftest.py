@@ -22,10 +22,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
-from processors.store import Store
 from retention import runtime
 from retention.config import Settings
 from retention.worker import cluster_id
+from store.store import Store
 from streams.producer import EventProducer
 from streams.topics import Topics, ensure_topics
 

@@ -8,16 +8,17 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
-from processors.alive import ModelOptions, refit, stored_fit
-from processors.evaluator import (
+from processors.alive import ModelOptions
+from processors.lifecycle import LifecyclePolicy
+from processors.risk import RiskPolicy
+from store.evaluations import (
     Evaluator,
     high_value_threshold,
     ranked_at_risk,
     update_high_value_threshold,
 )
-from processors.lifecycle import LifecyclePolicy
-from processors.risk import RiskPolicy
-from processors.store import Store, accepted_record
+from store.models import refit, stored_fit
+from store.store import Store, accepted_record
 from streams.events import build_event
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

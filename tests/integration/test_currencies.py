@@ -14,9 +14,9 @@ import currency_converter
 import pandas as pd
 import pytest
 
-from processors.periods import Periods
-from processors.store import Store
 from retention.config import Settings
+from store.periods import Periods
+from store.store import Store
 from streams.producer import EventProducer
 from tests.integration.conftest import Workers, read_topic, wait_until
 from tests.integration.test_pipeline import send_all

@@ -24,10 +24,10 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from processors.store import Store
 from retention import runtime
 from retention.config import Settings
 from retention.worker import cluster_id
+from store.store import Store
 from streams.events import REJECT_REASONS
 from streams.producer import EventProducer
 from streams.topics import Topics, ensure_topics

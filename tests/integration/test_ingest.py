@@ -26,11 +26,11 @@ from redis.asyncio import Redis
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from processors.store import Store
 from retention import runtime
 from retention.config import Settings
 from retention.ingest import IngestServer, loads_document
 from retention.keys import KeyStore
+from store.store import Store
 from streams.topics import Topics, ensure_topics
 from tests.integration.conftest import Workers, read_topic, settings_env, wait_until
 

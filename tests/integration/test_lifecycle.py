@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
-from processors.evaluator import Evaluator, ranked_at_risk
 from processors.lifecycle import LifecyclePolicy
 from processors.risk import RiskPolicy
-from processors.store import Store, accepted_record
 from retention.config import Settings
+from store.evaluations import Evaluator, ranked_at_risk
+from store.store import Store, accepted_record
 from streams.events import build_event
 from streams.producer import EventProducer
 from streams.topics import Topics

@@ -10,9 +10,9 @@ import pytest
 from redis.asyncio import Redis
 
 from processors.metrics import cohorts, is_activity, period_rows
-from processors.periods import Periods
-from processors.store import Store, accepted_record
 from processors.windows import Period, next_period, period_start
+from store.periods import Periods
+from store.store import Store, accepted_record
 from streams.events import Event, build_event
 from tests.eventgen import random_events, with_duplicates
 

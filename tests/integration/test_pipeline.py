@@ -8,8 +8,8 @@ from collections import Counter
 from typing import Any
 
 from processors.state import to_public
-from processors.store import Store
 from retention.config import Settings
+from store.store import Store
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.eventgen import fold, random_events, with_duplicates, worker_rates

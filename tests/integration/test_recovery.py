@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from processors.store import Store
 from retention.config import Settings
+from store.store import Store
 from streams.producer import EventProducer
 from tests.eventgen import fold, random_events, with_duplicates, worker_rates
 from tests.integration.conftest import Workers, wait_until

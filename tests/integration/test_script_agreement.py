@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from processors.store import Store, accepted_record, rejected_record
+from store.store import Store, accepted_record, rejected_record
 from streams.events import REJECT_REASONS, Event, build_event
 from tests.eventgen import fold
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from processors.store import Store
 from retention import status
 from retention.config import Settings
+from store.store import Store
 from streams.producer import EventProducer
 from streams.topics import Topics
 

@@ -7,7 +7,7 @@ import random
 import pytest
 from redis.asyncio import Redis
 
-from processors.store import DEDUPE_BUCKETS, Store, accepted_record, rejected_record
+from store.store import DEDUPE_BUCKETS, Store, accepted_record, rejected_record
 from streams.events import build_event
 from tests.eventgen import fold, random_events, with_duplicates
 

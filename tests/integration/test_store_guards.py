@@ -11,8 +11,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from processors.store import Store, accepted_record
 from retention.config import Settings
+from store.store import Store, accepted_record
 from streams.events import MAX_AMOUNT, build_event
 from streams.offsets import find_recreated, store_positions
 

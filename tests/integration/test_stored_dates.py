@@ -21,11 +21,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from processors.periods import MAX_CLOSED_PER_CALL, VALID_UNTIL, Periods
-from processors.store import Store, accepted_record
 from processors.windows import PERIOD_LETTERS, PERIODS, Period, epoch_day, period_start
 from retention.config import Settings
 from retention.exporter import RetentionCollector
+from store.periods import MAX_CLOSED_PER_CALL, VALID_UNTIL, Periods
+from store.store import Store, accepted_record
 from streams.events import build_event
 from tests.integration.conftest import Stack, settings_env
 

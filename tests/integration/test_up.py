@@ -24,9 +24,9 @@ from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
 from processors.state import MICROS
-from processors.store import Store
 from retention.runtime import REDIS_PASSWORD_FILE
 from retention.services import Services
+from store.store import Store
 from tests.integration.test_cli import read_until, retention
 
 CUSTOMERS = 10

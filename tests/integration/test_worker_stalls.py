@@ -12,9 +12,9 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from processors.store import Store
 from retention.config import Settings
 from retention.exporter import RetentionCollector
+from store.store import Store
 from streams.producer import EventProducer
 
 AFTER = 1.5

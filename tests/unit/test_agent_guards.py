@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from processors.store import Store
 from retention.config import Settings
+from store.store import Store
 from streams.agents import AGENT_DIED_EXIT, Ingest, WorkerCounters, exit_if_fails, surviving
 from streams.topics import Topics
 

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.store import FIELDS_PER_RECORD, accepted_record
+from store.store import FIELDS_PER_RECORD, accepted_record
 from streams.events import (
     EPOCH,
     EVENT_CLASSES,

@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
 from processors.metrics import Cohort, PeriodRow
-from processors.store import Stats
 from processors.windows import PERIODS
 from retention.config import Settings
 from retention.exporter import (
@@ -29,6 +28,7 @@ from retention.exporter import (
     lag_per_topic,
 )
 from retention.metrics_http import ScrapeAuth
+from store.store import Stats
 from streams.events import REJECT_REASONS
 
 TOPICS = ("orders", "logins", "support")

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
-from processors.store import Stats
 from retention.exporter import Snapshot, families
 from retention.ingest_rules import ENDPOINTS, STATUSES
+from store.store import Stats
 from streams.events import EVENT_TYPES, REJECT_REASONS
 
 

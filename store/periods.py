@@ -37,8 +37,8 @@ from processors.windows import (
 
 logger = logging.getLogger(__name__)
 
-_COUNTS = files("processors").joinpath("period_counts.lua").read_text()
-_COHORT = files("processors").joinpath("cohort_row.lua").read_text()
+_COUNTS = files("store").joinpath("period_counts.lua").read_text()
+_COHORT = files("store").joinpath("cohort_row.lua").read_text()
 
 #: Event times the readers take into account; anything else is left out with a warning.
 VALID_FROM = datetime(1970, 1, 1, tzinfo=UTC)

@@ -58,7 +58,7 @@ KEEP_ON_REBUILD = ("notify:",)
 #: A heartbeat this old belongs to a worker that died without saying so: it is dropped.
 FORGET_WORKER_SECONDS = 3600
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
-_SCRIPT = files("processors").joinpath("apply_batch.lua").read_text()
+_SCRIPT = files("store").joinpath("apply_batch.lua").read_text()
 
 
 def dedupe_id(event: Event) -> str:

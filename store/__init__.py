@@ -1,0 +1,1 @@
+"""The Redis edge: the key layout, the Lua scripts, and every read and write of the store."""
