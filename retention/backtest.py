@@ -42,7 +42,6 @@ from retention import runtime
 from retention.config import ActivityKind, Settings
 from retention.produce import Progress, dead_letter_headers
 from retention.stack import EMBEDDED_TIMEOUTS
-from retention.worker import cluster_id
 from store.evaluations import active_before, update_high_value_threshold
 from store.models import read_histories, save_fit
 from store.periods import Periods
@@ -57,7 +56,7 @@ from streams.events import (
     parse_event,
 )
 from streams.producer import EventProducer
-from streams.topics import Topics, ensure_topics
+from streams.topics import Topics, cluster_id, ensure_topics
 
 logger = logging.getLogger(__name__)
 

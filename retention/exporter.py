@@ -30,7 +30,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeVar, cast
 from wsgiref.simple_server import WSGIServer
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -50,15 +50,19 @@ from redis.asyncio import Redis
 from processors.metrics import Cohort, PeriodRow
 from processors.state import MICROS
 from processors.windows import PERIODS, Period, period_start
+from retention import logs
 from retention.config import Settings
 from retention.ingest_rules import ENDPOINTS as INGEST_ENDPOINTS
 from retention.ingest_rules import STATUSES as INGEST_STATUSES
 from retention.metrics_http import ScrapeAuth, guarded, serve
+from retention.services import resolve
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
+from retention.status import STALE_HEARTBEATS
 from store.periods import Periods
 from store.store import Stats, Store
 from streams.events import EVENT_TYPES, REJECT_REASONS
-from streams.topics import Topics
+from streams.topics import Topics, cluster_id
+from streams.worker_metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +81,6 @@ OUTCOMES = ("sent", "failed", "suppressed")
 #: Monthly cohorts exported for the cohort table: at most 12 * 13 / 2 = 78 cells.
 COHORT_MONTHS = 12
 
-#: Batch latency buckets: a Redis round trip of a small batch up to a stalled store.
-BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-BATCH_SIZE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 T = TypeVar("T")
 
@@ -406,10 +407,6 @@ class BrokerOffsets:
         self._lock = asyncio.Lock()
 
     async def _start(self) -> AIOKafkaConsumer:
-        # imported here: workers import this module for WorkerMetrics, and retention.worker
-        # imports the agents, so a module-level import would be circular
-        from retention.worker import cluster_id
-
         if self.cluster is None:
             self.cluster = await cluster_id(self.bootstrap)
         if self._consumer is None:
@@ -508,8 +505,6 @@ async def read_snapshot(
     ``progress`` remembers workers' applied counts between reads, for heartbeats without
     ``last_applied_at`` (see :mod:`retention.stalls`).
     """
-    from retention.status import STALE_HEARTBEATS  # see BrokerOffsets._start
-
     started = time.monotonic()
     prefix = settings.key_prefix
     topics = Topics.from_settings(settings).sources
@@ -666,77 +661,6 @@ class RetentionCollector:
 # --- per-worker process metrics ---------------------------------------------------------
 
 
-class WorkerMetrics:
-    """What one worker process measures itself; the registry is injected.
-
-    ``topics`` are the source topics: their applied and rejected counters (every reject
-    reason) are exported from 0, so that the first increase is seen by ``rate()``.
-    """
-
-    def __init__(self, registry: CollectorRegistry, topics: Sequence[str] = ()) -> None:
-        self.batch_duration = Histogram(
-            "retention_batch_duration_seconds",
-            "Time to apply one batch to Redis, retries included.",
-            buckets=BATCH_SECONDS_BUCKETS,
-            registry=registry,
-        )
-        self.batch_size = Histogram(
-            "retention_batch_size_messages",
-            "Messages per applied batch.",
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=registry,
-        )
-        self.redis_errors = Counter(
-            "retention_redis_errors", "Failed Redis calls (each one retried).", registry=registry
-        )
-        # named apart from the exporter's cluster-wide retention_events_*_total, so that a
-        # sum over all targets does not count a message twice
-        self.events_applied = Counter(
-            "retention_worker_events_applied",
-            "Messages this worker applied to the store, by source topic.",
-            ["topic"],
-            registry=registry,
-        )
-        self.events_rejected = Counter(
-            "retention_worker_events_rejected",
-            "Messages this worker sent to the dead-letter topic, by source topic and reason.",
-            ["topic", "reason"],
-            registry=registry,
-        )
-        self.internal_errors = Counter(
-            "retention_worker_internal_errors",
-            "Unexpected exceptions this worker caught, logged and went on after.",
-            registry=registry,
-        )
-        self.last_batch = Gauge(
-            "retention_worker_last_batch_timestamp_seconds",
-            "Unix time of this worker's last applied batch; 0 until the first one.",
-            registry=registry,
-        )
-        for topic in topics:
-            self.events_applied.labels(topic)
-            for reason in REJECT_REASONS:
-                self.events_rejected.labels(topic, reason)
-
-    def observe_batch(self, seconds: float, size: int) -> None:
-        """A batch of ``size`` messages was applied in ``seconds`` (retries included)."""
-        self.batch_duration.observe(seconds)
-        self.batch_size.observe(size)
-        self.last_batch.set(time.time())
-
-    def redis_error(self) -> None:
-        self.redis_errors.inc()
-
-    def applied(self, topic: str, n: int = 1) -> None:
-        self.events_applied.labels(topic).inc(n)
-
-    def rejected(self, topic: str, reason: str, n: int = 1) -> None:
-        self.events_rejected.labels(topic, reason).inc(n)
-
-    def internal_error(self) -> None:
-        self.internal_errors.inc()
-
-
 def serve_worker_metrics(
     port: int,
     registry: CollectorRegistry,
@@ -830,9 +754,6 @@ def run_exporter(settings: Settings, host: str = DEFAULT_HOST, port: int = EXPOR
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m retention.exporter``: the same as ``retention metrics-server``."""
-    from retention import logs
-    from retention.services import resolve
-
     parser = argparse.ArgumentParser(prog="retention-exporter", description=__doc__)
     parser.add_argument("--host", default=DEFAULT_HOST, help="bind address (compose: 0.0.0.0)")
     parser.add_argument("--port", type=int, default=EXPORTER_PORT)

@@ -18,9 +18,8 @@ from redis.asyncio import Redis
 
 from retention.config import Settings
 from retention.status import _end_offsets
-from retention.worker import cluster_id
 from store.store import Store
-from streams.topics import Topics
+from streams.topics import Topics, cluster_id
 
 BAR_WIDTH = 30
 NO_WORKER_GRACE_SECONDS = 10.0

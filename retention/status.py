@@ -14,9 +14,8 @@ from redis.asyncio import Redis
 from retention.config import Settings
 from retention.services import Services, mask_url, scrub
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
-from retention.worker import cluster_id
 from store.store import Store
-from streams.topics import Topics
+from streams.topics import Topics, cluster_id
 
 #: A worker whose heartbeat is older than this many heartbeat intervals counts as gone.
 STALE_HEARTBEATS = 5

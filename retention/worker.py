@@ -6,27 +6,16 @@ import asyncio
 import logging
 
 import faust
-from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from retention.config import Settings
+from retention.exporter import start_worker_metrics
 from retention.logs import log_config
 from streams import agents
 from streams.app import create_app
-from streams.topics import Topics, ensure_topics
+from streams.topics import Topics, cluster_id, ensure_topics
 
 logger = logging.getLogger(__name__)
-
-
-async def cluster_id(bootstrap: str) -> str:
-    """The broker's cluster id scopes stored offsets: a new cluster starts again at 0."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_cluster()
-        return str(described.get("cluster_id") or "default")
-    finally:
-        await admin.close()
 
 
 class UnsafeRedis(RuntimeError):
@@ -80,7 +69,7 @@ def run(settings: Settings, loglevel: str = "warn") -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     new_event_loop(settings)
     app = create_app(settings)
-    agents.register(app, settings, cluster)
+    agents.register(app, settings, cluster, start_worker_metrics(settings))
     worker = faust.Worker(
         app,
         loglevel=loglevel,

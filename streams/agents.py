@@ -38,8 +38,6 @@ from processors.currency import Rates, UnknownCurrency
 from processors.lifecycle import LifecyclePolicy
 from processors.risk import load_policy
 from processors.windows import PERIODS
-from retention.config import Settings
-from retention.exporter import WorkerMetrics, start_worker_metrics
 from store.evaluations import Evaluator, update_high_value_threshold
 from store.models import fit_age_seconds, refit
 from store.periods import Periods
@@ -47,6 +45,8 @@ from store.store import BatchResult, Store, accepted_record, rejected_record
 from streams.events import Rejection, parse_event
 from streams.offsets import TP, store_positions, wait_for_store
 from streams.topics import Topics
+from streams.worker_metrics import WorkerMetrics
+from streams.worker_settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Ingest:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         topics: Topics,
         store: Store,
         dlq: Any,
@@ -304,7 +304,7 @@ class Ingest:
         return {tp: self.floors.get(tp, 0) for tp in tps}
 
 
-async def period_clock(settings: Settings, periods: Periods, scope: str) -> datetime | None:
+async def period_clock(settings: WorkerSettings, periods: Periods, scope: str) -> datetime | None:
     """Wall time in live mode; the event-time watermark in backtests (docs/metrics.md, Time)."""
     if settings.clock == "wall":
         return datetime.now(UTC)
@@ -312,7 +312,7 @@ async def period_clock(settings: Settings, periods: Periods, scope: str) -> date
     return await periods.watermark(scope, {topic: settings.partitions for topic in sources})
 
 
-async def close_periods(settings: Settings, periods: Periods, scope: str) -> int:
+async def close_periods(settings: WorkerSettings, periods: Periods, scope: str) -> int:
     """Write the rows of periods the clock has passed, after the allowed lateness."""
     clock = await period_clock(settings, periods, scope)
     if clock is None:
@@ -332,7 +332,7 @@ def worker_id() -> str:
 class Parts:
     """What the agent and the timers of one worker share."""
 
-    settings: Settings
+    settings: WorkerSettings
     topics: Topics
     redis: Redis
     store: Store
@@ -342,7 +342,12 @@ class Parts:
     worker_id: str
 
 
-def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
+def register(
+    app: faust.App,
+    settings: WorkerSettings,
+    cluster_id: str,
+    metrics: WorkerMetrics | None = None,
+) -> Ingest:
     """Declare the topics, the ingest agent and the timers on ``app``."""
     topics = Topics.from_settings(settings)
     dlq = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
@@ -355,7 +360,6 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
         dedupe_horizon_seconds=settings.dedupe_horizon_seconds,
         offsets_scope=cluster_id,
     )
-    metrics = start_worker_metrics(settings)
     parts = Parts(
         settings,
         topics,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import faust
 
-from retention.config import Settings
+from streams.worker_settings import WorkerSettings
 
 
-def group_id(settings: Settings) -> str:
+def group_id(settings: WorkerSettings) -> str:
     return f"{settings.topic_prefix}{settings.app_id}"
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: WorkerSettings) -> faust.App:
     """One Faust app per worker process.
 
     State lives in Redis, so the app declares no tables: a worker is ready as soon as it

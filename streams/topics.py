@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from retention.config import Settings
 from streams.events import EVENT_TYPES, EventType
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,11 @@ SOURCE_BASENAMES: dict[EventType, str] = {
 SOURCE_TOPIC_CONFIG = {"retention.ms": "-1"}
 DLQ_BASENAME = "events-dlq"
 ALERTS_BASENAME = "customer-alerts"
+
+
+class _Prefixed(Protocol):
+    @property
+    def topic_prefix(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +58,7 @@ class Topics:
         return None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Topics:
+    def from_settings(cls, settings: _Prefixed) -> Topics:
         return cls(settings.topic_prefix)
 
 
@@ -79,5 +84,16 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 await admin.create_topics(new)
             logger.info("created topics", extra={"topics": [t.name for t in new]})
+    finally:
+        await admin.close()
+
+
+async def cluster_id(bootstrap: str) -> str:
+    """The broker's cluster id scopes stored offsets: a new cluster starts again at 0."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_cluster()
+        return str(described.get("cluster_id") or "default")
     finally:
         await admin.close()

@@ -24,10 +24,9 @@ from redis.asyncio import Redis
 
 from retention import runtime
 from retention.config import Settings
-from retention.worker import cluster_id
 from store.store import Store
 from streams.producer import EventProducer
-from streams.topics import Topics, ensure_topics
+from streams.topics import Topics, cluster_id, ensure_topics
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from retention import runtime
 from retention.config import Settings
-from retention.worker import cluster_id
 from store.store import Store
 from streams.events import REJECT_REASONS
 from streams.producer import EventProducer
-from streams.topics import Topics, ensure_topics
+from streams.topics import Topics, cluster_id, ensure_topics
 from tests.eventgen import fold, random_events, with_duplicates, worker_rates
 from tests.integration.conftest import Workers, read_topic, wait_until
 from tests.integration.test_pipeline import send_all

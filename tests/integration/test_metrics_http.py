@@ -18,8 +18,9 @@ from redis.asyncio import Redis
 
 from retention import runtime
 from retention.config import Settings
-from retention.exporter import Exporter, WorkerMetrics, serve_worker_metrics, start_exporter
+from retention.exporter import Exporter, serve_worker_metrics, start_exporter
 from retention.metrics_http import AuthConfigError, ScrapeAuth
+from streams.worker_metrics import WorkerMetrics
 from tests.integration.conftest import settings_env
 
 TOKEN = "s3cret-token"

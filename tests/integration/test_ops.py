@@ -31,11 +31,12 @@ from redis.asyncio import Redis
 
 from retention import runtime
 from retention.config import Settings
-from retention.exporter import RetentionCollector, WorkerMetrics, serve_worker_metrics
+from retention.exporter import RetentionCollector, serve_worker_metrics
 from retention.metrics_http import ScrapeAuth
 from store.store import Store, accepted_record
 from streams.events import build_event
 from streams.producer import EventProducer
+from streams.worker_metrics import WorkerMetrics
 from tests.integration.conftest import Workers, settings_env, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

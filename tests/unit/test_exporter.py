@@ -23,13 +23,13 @@ from retention.exporter import (
     OUTCOMES,
     WINDOWS,
     Snapshot,
-    WorkerMetrics,
     families,
     lag_per_topic,
 )
 from retention.metrics_http import ScrapeAuth
 from store.store import Stats
 from streams.events import REJECT_REASONS
+from streams.worker_metrics import WorkerMetrics
 
 TOPICS = ("orders", "logins", "support")
 NAME = re.compile(r"^retention_[a-z][a-z0-9_]*$")
