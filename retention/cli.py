@@ -381,7 +381,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def cmd_notify(args: argparse.Namespace) -> int:
     import signal
 
-    from processors.notify import NotifyConfigError, load_config
+    from processors.notify_config import NotifyConfigError, load_config
     from retention.notifier import run_notifier
 
     settings = _settings(args)

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     risk_file: Path | None = None
     evaluate_every_seconds: float = Field(default=2.0, gt=0)
     evaluate_batch: int = Field(default=500, ge=1)
-    # Notifications: the subscribers file (see processors/notify.py); cool-downs, retries
+    # Notifications: the subscribers file (see processors/notify_config.py); cool-downs, retries
     # and secrets (as *_env variable names) are set there
     notifications_file: Path | None = None
     # port for a worker's own /metrics (batch latency, Redis errors); None = not served

@@ -46,8 +46,10 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
-from processors.notify import BadAlert, Notifier, Outcome, Subscriber, decode_alert, load_config
+from processors.notify_config import Outcome, Subscriber, load_config
+from processors.notify_messages import BadAlert, decode_alert
 from retention.config import Settings
+from retention.delivery import Notifier
 from streams.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -396,7 +398,7 @@ async def run_notifier(
     settings: Settings, config_path: Path, stop: asyncio.Event | None = None
 ) -> None:
     """Deliver alerts until ``stop`` is set (forever without one); config errors raise
-    :class:`processors.notify.NotifyConfigError` before anything connects."""
+    :class:`retention.delivery.NotifyConfigError` before anything connects."""
     config = load_config(config_path)
     if not settings.kafka_bootstrap or not settings.redis_url:
         raise ValueError("the notifier needs KAFKA_BOOTSTRAP and REDIS_URL")

@@ -30,16 +30,10 @@ from aiosmtpd.smtp import AuthResult
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
-from processors.notify import (
-    Notifier,
-    NotifyConfig,
-    NotifyConfigError,
-    dead_letters,
-    notify_stats,
-    parse_config,
-)
+from processors.notify_config import NotifyConfig, NotifyConfigError, parse_config
 from processors.webhook_signature import InvalidSignature, is_valid_request, sign, verify_request
 from retention.config import Settings
+from retention.delivery import Notifier, dead_letters, notify_stats
 from retention.notifier import (
     COMMIT_INTERVAL_SECONDS,
     alerts_topic,

@@ -21,9 +21,9 @@ import yaml
 from aiohttp import web
 from redis.asyncio import Redis
 
-from processors.notify import dead_letters, notify_stats
 from processors.webhook_signature import is_valid_request
 from retention.config import Settings
+from retention.delivery import dead_letters, notify_stats
 from retention.notifier import alerts_topic, ensure_alerts_topic, publish_alerts, run_notifier
 from tests.integration.conftest import wait_until
 from tests.integration.test_notify import SECRET, free_port, make_alert

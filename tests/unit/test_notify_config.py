@@ -9,21 +9,23 @@ from pathlib import Path
 import pytest
 
 from processors.alerts import ALERT_KINDS, Alert
-from processors.notify import (
-    BadAlert,
+from processors.notify_config import (
     EmailSubscriber,
     NotifyConfigError,
     RetryPolicy,
     SlackSubscriber,
     WebhookSubscriber,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from processors.notify_messages import (
+    BadAlert,
     classify_status,
     decode_alert,
     email_message,
     header_key,
     header_text,
-    load_config,
-    parse_config,
-    parse_duration,
     retry_delay,
     slack_message,
     webhook_body,

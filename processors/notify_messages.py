@@ -1,0 +1,186 @@
+"""What a subscriber receives, and what an alert on the topic must be: pure formatting
+and decoding, escaped for each channel so that a customer id always stays text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+import urllib.parse
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Any
+
+from processors.alerts import Alert
+from processors.notify_config import IDEMPOTENCY_HEADER, EmailSubscriber, RetryPolicy, Verdict
+
+
+def utf8_bytes(text: str) -> bytes:
+    """UTF-8 that also carries lone surrogates (JSON allows ``"\\ud800"``); equal to
+    ``text.encode()`` for every other string."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def header_text(text: str) -> str:
+    """``text`` fit for a mail header: control, format and line-separator characters are
+    shown as escapes (``\\r``, ``\\u202e``), so a customer id cannot end a header line
+    and start another (``Bcc: ...``), nor make the message fail to build."""
+    out = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category[0] == "C" or category in ("Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+#: printable ASCII but ``%``, which starts an escape
+_KEY_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
+def header_key(key: str) -> str:
+    """The alert key as an ``Idempotency-Key`` header value: percent-encoded (UTF-8) where it
+    has anything but printable ASCII, so it is one valid header line for any customer id.
+    Keys of plain ids pass unchanged."""
+    return urllib.parse.quote(key, safe=_KEY_SAFE, errors="surrogatepass")
+
+
+def webhook_body(alert: Alert, subscriber: str) -> bytes:
+    return json.dumps(
+        {**alert.as_dict(), "subscriber": subscriber}, sort_keys=True, separators=(",", ":")
+    ).encode()
+
+
+def classify_status(status: int) -> Verdict:
+    """2xx delivered; 408, 429 and 5xx are worth retrying; anything else will not change."""
+    if 200 <= status < 300:
+        return "delivered"
+    if status in (408, 429) or status >= 500:
+        return "retry"
+    return "permanent"
+
+
+def retry_delay(attempt: int, policy: RetryPolicy, retry_after: float | None = None) -> float:
+    """Wait after failed attempt ``attempt`` (1-based); a server's Retry-After is honoured
+    up to ``max_delay``."""
+    backoff: float = policy.base_delay * 2.0 ** (attempt - 1)
+    return min(policy.max_delay, max(backoff, retry_after or 0.0))
+
+
+def title(alert: Alert) -> str:
+    return _TITLES.get(alert.kind, alert.kind.replace("_", " ").capitalize())
+
+
+def _risk(alert: Alert) -> str:
+    return "-" if alert.risk_score is None else f"{alert.risk_score:.2f}"
+
+
+def summary(alert: Alert) -> str:
+    """One line: kind, customer, risk score, high value, reasons."""
+    facts = [f"risk {_risk(alert)}"] + (["high value"] if alert.high_value else [])
+    reasons = "; ".join(alert.reasons) or "no reasons given"
+    return f"{title(alert)}: customer {alert.customer_id} ({', '.join(facts)}) - {reasons}"
+
+
+def _mrkdwn(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_message(alert: Alert) -> dict[str, Any]:
+    """An incoming-webhook payload: ``text`` for notifications, ``blocks`` for the channel."""
+    reasons = "\n".join(f"• {_mrkdwn(r)}" for r in alert.reasons) or "_no reasons given_"
+    fields = {
+        "Customer": f"`{_mrkdwn(alert.customer_id)}`",
+        "Kind": alert.kind,
+        "Risk score": _risk(alert),
+        "High value": "yes" if alert.high_value else "no",
+    }
+    at = alert.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return {
+        # the notification text is mrkdwn too: `<!channel>` in an id must stay text
+        "text": _mrkdwn(summary(alert)),
+        "blocks": [
+            # plain_text is not parsed for mentions or links
+            {"type": "header", "text": {"type": "plain_text", "text": summary_head(alert)}},
+            {
+                "type": "section",
+                "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields.items()],
+            },
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Reasons*\n{reasons}"}},
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": f"{at} · key `{_mrkdwn(alert.key)}`"}],
+            },
+        ],
+    }
+
+
+def summary_head(alert: Alert) -> str:
+    """Short enough for Slack's header block (150) and a mail subject."""
+    return f"{title(alert)}: customer {alert.customer_id}"[:150]
+
+
+def email_message(alert: Alert, subscriber: EmailSubscriber, now: datetime) -> EmailMessage:
+    """A plain-text email; its Message-ID derives from the alert key, so a resend after a
+    crash threads with, and can be dropped as, the first."""
+    msg = EmailMessage()
+    star = " [high value]" if alert.high_value else ""
+    msg["Subject"] = header_text(f"[retention] {summary_head(alert)}{star}")
+    msg["From"] = subscriber.sender
+    msg["To"] = ", ".join(subscriber.to)
+    msg["Date"] = format_datetime(now.astimezone(UTC))
+    digest = hashlib.sha256(utf8_bytes(f"{subscriber.name}|{alert.key}")).hexdigest()[:32]
+    msg["Message-ID"] = f"<{digest}@{subscriber.sender.split('@', 1)[1]}>"
+    msg[IDEMPOTENCY_HEADER] = header_key(alert.key)
+    reasons = "\n".join(f"  - {r}" for r in alert.reasons) or "  (none given)"
+    details = "\n".join(f"  {k}: {v}" for k, v in sorted(alert.details.items())) or "  -"
+    text = (
+        f"{title(alert)}\n\n"
+        f"Customer:   {header_text(alert.customer_id)}\n"
+        f"Kind:       {alert.kind}\n"
+        f"Raised at:  {alert.as_dict()['at']}\n"
+        f"Risk score: {_risk(alert)}\n"
+        f"High value: {'yes' if alert.high_value else 'no'}\n\n"
+        f"Reasons:\n{reasons}\n\nDetails:\n{details}\n\n"
+        f"Alert key: {header_text(alert.key)}\n"
+    )
+    # lone surrogates (from a JSON "\\ud800") cannot be encoded; show them as escapes
+    msg.set_content(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    return msg
+
+
+class BadAlert(ValueError):
+    """A message on the alerts topic that is not an alert the notifier can render."""
+
+
+def decode_alert(raw: bytes | None) -> Alert:
+    """Decode and check that every channel can render the alert; anything else raises
+    :class:`BadAlert` (never another exception), whatever the bytes."""
+    try:
+        alert = Alert.decode(raw or b"")
+        if alert.risk_score is not None and (
+            isinstance(alert.risk_score, bool)
+            or not isinstance(alert.risk_score, int | float)
+            or alert.risk_score != alert.risk_score
+        ):
+            raise ValueError(f"risk_score {alert.risk_score!r} is not a number")
+        if not alert.customer_id:
+            raise ValueError("empty customer_id")
+        webhook_body(alert, "check")
+        slack_message(alert)
+    except Exception as exc:
+        raise BadAlert(f"{type(exc).__name__}: {exc}"[:500]) from exc
+    return alert
+
+
+_TITLES: dict[str, str] = {
+    "at_risk": "At risk",
+    "churned": "Churned",
+    "reactivated": "Reactivated",
+    "winback_due": "Win-back due",
+    "cold_customer": "Cold customer",
+    "post_purchase_followup": "Post-purchase follow-up",
+    "milestone": "Milestone",
+}

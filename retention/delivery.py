@@ -1,0 +1,473 @@
+"""Delivering customer alerts to subscribers: signed webhooks, Slack and email.
+
+Subscribers are listed in a YAML file (``notifications.yml``)::
+
+    cooldown: 24h                 # default for every kind; numbers are seconds
+    cooldowns: {milestone: 0}     # per-kind overrides
+    retry: {attempts: 5, base_delay: 1, max_delay: 60}
+    subscribers:
+      - name: crm
+        type: webhook
+        url: https://crm.example.com/hooks/retention
+        secret_env: CRM_WEBHOOK_SECRET
+        kinds: [at_risk, churned]
+      - name: success-team
+        type: slack
+        url: https://hooks.slack.com/services/T000/B000/XXX
+      - name: account-managers
+        type: email
+        smtp_host: smtp.example.com
+        smtp_port: 587
+        tls: starttls             # or implicit (port 465), or none
+        username: retention
+        password_env: SMTP_PASSWORD
+        from: retention@example.com
+        to: [am@example.com]
+
+Delivery is at least once. State in Redis, under the key prefix ``P``:
+
+- ``P notify:delivered:<subscriber>``  sorted set, alert key → delivery time (ms); an alert
+  found there is a duplicate (a redelivery after a restart, or the tracker raising it twice)
+- ``P notify:last:<subscriber>:<kind>:<customer>``  the ``at`` (ms) of the last alert of that
+  kind delivered for that customer; it expires with the cool-down
+- ``P notify:dead``   list of JSON dead letters ``{reason, subscriber, alert, error,
+  attempts, at}``, oldest first, trimmed to the newest ``dead_letter_limit`` entries
+- ``P notify:stats``  hash of counters ``sent|<channel>``, ``failed|<channel>``,
+  ``suppressed|<channel>``, ``duplicate|<channel>``; ``bad`` (undecodable alerts),
+  ``internal_error`` (unexpected exceptions) and ``dead_trimmed`` (dead letters dropped by
+  the limit)
+
+A crash between a successful send and the Redis write sends that alert again after the
+restart; webhook receivers drop it by its ``Idempotency-Key``, email by its ``Message-ID``.
+Calls of :meth:`Notifier.deliver_to` for the same subscriber and customer must not
+overlap: the service loop gives each subscriber one task that handles its alerts in turn,
+and Kafka gives each customer's partition to one consumer.
+
+Customer ids are free text from producers. Each channel renders them so that they stay
+text: escaped for Slack's mrkdwn, control characters shown as escapes in email headers,
+percent-encoded in the ``Idempotency-Key`` header, and JSON-encoded in webhook bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import smtplib
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from functools import partial
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from processors import webhook_signature
+from processors.alerts import Alert
+from processors.notify_config import (
+    IDEMPOTENCY_HEADER,
+    DeadReason,
+    EmailSubscriber,
+    NotifyConfig,
+    Outcome,
+    SlackSubscriber,
+    Subscriber,
+    WebhookSubscriber,
+)
+from processors.notify_messages import (
+    classify_status,
+    email_message,
+    header_key,
+    retry_delay,
+    slack_message,
+    utf8_bytes,
+    webhook_body,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+# --- pure pieces of delivery ---------------------------------------------------------------
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def smtp_error(exc: BaseException) -> DeliveryError:
+    """4xx SMTP replies and lost connections are transient; 5xx replies are not."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        transient = bool(codes) and all(400 <= c < 500 for c in codes)
+        return DeliveryError(f"recipients refused: {exc.recipients}", transient)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else ""
+        transient = 400 <= exc.smtp_code < 500 or exc.smtp_code < 0
+        return DeliveryError(f"SMTP {exc.smtp_code} {text}".strip(), transient)
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return DeliveryError(f"SMTP server disconnected: {exc}", retryable=True)
+    if isinstance(exc, smtplib.SMTPException):
+        return DeliveryError(f"SMTP: {exc}", retryable=False)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # the same certificate will not verify on the next attempt either
+        return DeliveryError(f"TLS certificate not trusted: {exc}", retryable=False)
+    if isinstance(exc, OSError):
+        return DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True)
+    return DeliveryError(repr(exc), retryable=False)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After", "")
+    return float(value) if value.strip().isdigit() else None
+
+
+def _smtp_connect(subscriber: EmailSubscriber, timeout: float) -> smtplib.SMTP:
+    if subscriber.tls == "implicit":
+        return smtplib.SMTP_SSL(
+            subscriber.smtp_host,
+            subscriber.smtp_port,
+            timeout=timeout,
+            context=subscriber.ssl_context(),
+        )
+    return smtplib.SMTP(subscriber.smtp_host, subscriber.smtp_port, timeout=timeout)
+
+
+def _smtp_send(subscriber: EmailSubscriber, msg: EmailMessage, timeout: float) -> None:
+    login = subscriber.username is not None and subscriber.password is not None
+    if login and subscriber.tls == "none" and not subscriber.allow_insecure_login:
+        # the config refuses this already; a config built in code must not slip through
+        raise DeliveryError("refusing to log in without TLS", retryable=False)
+    with _smtp_connect(subscriber, timeout) as smtp:
+        if subscriber.tls == "starttls":
+            # raises SMTPNotSupportedError when the server does not offer it: the
+            # password is then never sent
+            smtp.starttls(context=subscriber.ssl_context())
+        if subscriber.username is not None and subscriber.password is not None:
+            smtp.login(subscriber.username, subscriber.password.get_secret_value())
+        # the envelope comes from the config, never from the message's headers
+        refused = smtp.send_message(msg, from_addr=subscriber.sender, to_addrs=list(subscriber.to))
+    if refused:
+        # the others have it already; sending again would repeat it to them
+        logger.warning(
+            "some recipients refused",
+            extra={"subscriber": subscriber.name, "refused": sorted(refused)},
+        )
+
+
+# --- the notifier --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attempts:
+    error: str | None
+    count: int
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+class Notifier:
+    """Send each alert to every subscriber that wants it, at most once per subscriber.
+
+    Use as ``async with Notifier(config, redis, prefix) as notifier``: it owns one HTTP
+    session. ``redis`` may decode responses or not.
+    """
+
+    def __init__(
+        self,
+        config: NotifyConfig,
+        redis: Redis,
+        key_prefix: str,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.config = config
+        self.redis = redis
+        self.prefix = key_prefix
+        self.clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._failures: dict[str, int] = {}
+        self._open_until: dict[str, float] = {}
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + "notify:" + ":".join(parts)
+
+    @property
+    def stats_key(self) -> str:
+        return self.key("stats")
+
+    @property
+    def dead_key(self) -> str:
+        return self.key("dead")
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Notifier:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def deliver(self, alert: Alert) -> dict[str, Outcome]:
+        """Per subscriber, concurrently: a slow or failing one does not hold up the rest.
+
+        A failure to reach Redis is raised after every subscriber had its turn, so that
+        the caller does not commit the alert; the subscribers that got it are recorded and
+        will see it as a duplicate next time.
+        """
+        subscribers = self.config.subscribers
+        results = await asyncio.gather(
+            *(self._deliver_one(s, alert) for s in subscribers), return_exceptions=True
+        )
+        outcomes: dict[str, Outcome] = {}
+        for subscriber, result in zip(subscribers, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            outcomes[subscriber.name] = result
+        return outcomes
+
+    async def _deliver_one(self, subscriber: Subscriber, alert: Alert) -> Outcome:
+        return await self.deliver_to(subscriber, alert)
+
+    def breaker_open(self, subscriber: Subscriber) -> bool:
+        """Whether the subscriber's recent alerts kept failing (see ``retry.breaker_after``)."""
+        return time.monotonic() < self._open_until.get(subscriber.name, 0.0)
+
+    async def deliver_to(self, subscriber: Subscriber, alert: Alert) -> Outcome:
+        """One subscriber's turn: dedupe, cool-down, attempts, record or dead-letter.
+
+        Failures of the subscriber end in the dead letters; a Redis error is raised, and
+        the alert is then neither recorded nor dead-lettered for this subscriber."""
+        if not subscriber.wants(alert):
+            return "filtered"
+        delivered = self.key("delivered", subscriber.name)
+        last = utf8_bytes(self.key("last", subscriber.name, alert.kind, alert.customer_id))
+        member = utf8_bytes(alert.key)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(delivered, member)
+            pipe.get(last)
+            seen, last_at = await pipe.execute()
+        if seen is not None:
+            await self.redis.hincrby(self.stats_key, f"duplicate|{subscriber.type}", 1)
+            return "duplicate"
+        cooldown_ms = int(self.config.cooldown_for(alert.kind) * 1000)
+        if last_at is not None and _ms(alert.at) - int(last_at) < cooldown_ms:
+            await self.redis.hincrby(self.stats_key, f"suppressed|{subscriber.type}", 1)
+            logger.info(
+                "alert cooled down",
+                extra={"subscriber": subscriber.name, "alert": alert.key},
+            )
+            return "cooled_down"
+        attempts = await self._attempt(subscriber, alert)
+        self._record(subscriber, failed=attempts.error is not None)
+        if attempts.error is not None:
+            await self._dead_letter(subscriber, alert, attempts)
+            return "failed"
+        now_ms = _ms(self.clock())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(delivered, {member: now_ms})
+            pipe.zremrangebyscore(delivered, "-inf", now_ms - self.config.dedupe_horizon * 1000)
+            if cooldown_ms > 0:
+                pipe.set(last, _ms(alert.at), px=cooldown_ms)
+            pipe.hincrby(self.stats_key, f"sent|{subscriber.type}", 1)
+            await pipe.execute()
+        return "delivered"
+
+    def _record(self, subscriber: Subscriber, failed: bool) -> None:
+        """Count consecutive failed alerts; open the breaker at ``breaker_after``."""
+        policy = self.config.retry
+        if not failed:
+            self._failures.pop(subscriber.name, None)
+            self._open_until.pop(subscriber.name, None)
+            return
+        failures = self._failures.get(subscriber.name, 0) + 1
+        self._failures[subscriber.name] = failures
+        if failures >= policy.breaker_after:
+            self._open_until[subscriber.name] = time.monotonic() + policy.breaker_cooloff
+            logger.warning(
+                "subscriber keeps failing: one attempt per alert for a while",
+                extra={"subscriber": subscriber.name, "failed_alerts": failures},
+            )
+
+    def _allowed_attempts(self, subscriber: Subscriber) -> int:
+        return 1 if self.breaker_open(subscriber) else self.config.retry.attempts
+
+    async def _attempt(self, subscriber: Subscriber, alert: Alert) -> Attempts:
+        policy = self.config.retry
+        allowed = self._allowed_attempts(subscriber)
+        for attempt in range(1, allowed + 1):
+            try:
+                await self._send(subscriber, alert)
+                return Attempts(None, attempt)
+            except DeliveryError as exc:
+                error = exc
+            except Exception as exc:
+                # a message that cannot even be built will not build next time either
+                logger.exception("cannot send", extra={"subscriber": subscriber.name})
+                error = DeliveryError(repr(exc), retryable=False)
+            if not error.retryable or attempt == allowed:
+                return Attempts(str(error), attempt)
+            delay = retry_delay(attempt, policy, error.retry_after)
+            logger.warning(
+                "delivery failed, retrying",
+                extra={
+                    "subscriber": subscriber.name,
+                    "alert": alert.key,
+                    "attempt": attempt,
+                    "error": str(error),
+                    "delay_seconds": delay,
+                },
+            )
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: attempts >= 1")
+
+    async def _dead_letter(self, subscriber: Subscriber, alert: Alert, attempts: Attempts) -> None:
+        await self.push_dead_letter(
+            "delivery_failed",
+            {
+                "subscriber": subscriber.name,
+                "alert": alert.as_dict(),
+                "error": attempts.error,
+                "attempts": attempts.count,
+            },
+            counters=(f"failed|{subscriber.type}",),
+        )
+        logger.error(
+            "alert dead-lettered",
+            extra={"subscriber": subscriber.name, "alert": alert.key, "error": attempts.error},
+        )
+
+    async def push_dead_letter(
+        self, reason: DeadReason, record: Mapping[str, Any], counters: tuple[str, ...] = ()
+    ) -> None:
+        """Append to the dead-letter list, keep its newest ``dead_letter_limit`` entries,
+        and count what the trim dropped, so that the list stays bounded and no drop is
+        silent."""
+        entry = {
+            "reason": reason,
+            **record,
+            "at": self.clock().astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        limit = self.config.dead_letter_limit
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.dead_key, json.dumps(entry, sort_keys=True, default=repr))
+            pipe.ltrim(self.dead_key, -limit, -1)
+            for counter in counters:
+                pipe.hincrby(self.stats_key, counter, 1)
+            length, *_ = await pipe.execute()
+        if int(length) > limit:
+            await self.redis.hincrby(self.stats_key, "dead_trimmed", int(length) - limit)
+
+    async def internal_error(
+        self, subscriber: Subscriber | None, alert: Alert | None, exc: BaseException
+    ) -> None:
+        """An exception nobody expected, while handling ``alert`` for ``subscriber``: logged,
+        counted and dead-lettered, so that the alert is not lost and the service goes on."""
+        logger.error(
+            "unexpected error handling an alert",
+            exc_info=exc,
+            extra={
+                "subscriber": subscriber.name if subscriber else None,
+                "alert": alert.key if alert else None,
+            },
+        )
+        counters = ("internal_error",) + ((f"failed|{subscriber.type}",) if subscriber else ())
+        await self.push_dead_letter(
+            "internal_error",
+            {
+                "subscriber": subscriber.name if subscriber else None,
+                "alert": alert.as_dict() if alert else None,
+                "error": f"{type(exc).__name__}: {exc}"[:1000],
+                "attempts": 0,
+            },
+            counters=counters,
+        )
+
+    async def _send(self, subscriber: Subscriber, alert: Alert) -> None:
+        if isinstance(subscriber, WebhookSubscriber):
+            body = webhook_body(alert, subscriber.name)
+            # a fresh timestamp per attempt: a retry after minutes is not taken for a replay
+            signed = webhook_signature.signature_headers(
+                subscriber.secret.get_secret_value(), int(self.clock().timestamp()), body
+            )
+            headers = {
+                **subscriber.headers,
+                "Content-Type": "application/json",
+                **signed,
+                IDEMPOTENCY_HEADER: header_key(alert.key),
+            }
+            await self._post(subscriber.url, body, headers)
+        elif isinstance(subscriber, SlackSubscriber):
+            body = json.dumps(slack_message(alert)).encode()
+            await self._post(subscriber.url, body, {"Content-Type": "application/json"})
+        else:
+            msg = email_message(alert, subscriber, self.clock())
+            send = partial(_smtp_send, subscriber, msg, self.config.retry.timeout)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, send)
+            except (smtplib.SMTPException, OSError) as exc:
+                raise smtp_error(exc) from exc
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        if self._session is None:
+            raise RuntimeError("Notifier used outside `async with`")
+        timeout = aiohttp.ClientTimeout(total=self.config.retry.timeout)
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                text = await resp.text(errors="replace")
+                verdict = classify_status(resp.status)
+                retry_after = _retry_after(resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        if verdict != "delivered":
+            raise DeliveryError(
+                f"HTTP {resp.status}: {text[:200]}", verdict == "retry", retry_after
+            )
+
+
+async def dead_letters(redis: Redis, key_prefix: str) -> list[dict[str, Any]]:
+    """The dead-letter records, oldest first."""
+    raw = await redis.lrange(f"{key_prefix}notify:dead", 0, -1)
+    return [json.loads(r) for r in raw]
+
+
+async def notify_stats(redis: Redis, key_prefix: str) -> dict[str, int]:
+    raw = await redis.hgetall(f"{key_prefix}notify:stats")
+    out: dict[str, int] = {}
+    for field_name, value in raw.items():
+        name = field_name.decode() if isinstance(field_name, bytes) else str(field_name)
+        with contextlib.suppress(ValueError):
+            out[name] = int(value)
+    return out
