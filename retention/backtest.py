@@ -46,7 +46,7 @@ from store.evaluations import active_before, update_high_value_threshold
 from store.models import read_histories, save_fit
 from store.periods import Periods
 from store.store import Store
-from streams.cdnow import read_cdnow
+from retention.cdnow import read_cdnow
 from streams.events import (
     Event,
     InvalidEvent,

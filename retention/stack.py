@@ -211,7 +211,9 @@ class Stack:
         remove_record(self.settings.data_dir)
 
 
-def summary_line(st: status.Status, elapsed: float, restarts: dict[str, int] | None = None) -> str:
+def summary_line(
+    st: status.StackStatus, elapsed: float, restarts: dict[str, int] | None = None
+) -> str:
     seen = sum(st.seen.values())
     rejected = sum(st.rejected.values())
     lag = "?" if st.lag is None else str(sum(st.lag.values()))
@@ -226,7 +228,7 @@ def summary_line(st: status.Status, elapsed: float, restarts: dict[str, int] | N
     return line
 
 
-def _ready(st: status.Status) -> bool:
+def _ready(st: status.StackStatus) -> bool:
     return st.ok and any(w.get("partitions") for w in st.workers.values())
 
 

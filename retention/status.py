@@ -22,7 +22,7 @@ STALE_HEARTBEATS = 5
 
 
 @dataclass
-class Status:
+class StackStatus:
     kafka_bootstrap: str
     redis_url: str
     broker_ok: bool = False
@@ -91,10 +91,10 @@ async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition
         await consumer.stop()
 
 
-async def gather(settings: Settings, timeout: float = 10.0) -> Status:
+async def gather(settings: Settings, timeout: float = 10.0) -> StackStatus:
     assert settings.kafka_bootstrap and settings.redis_url
     # the password never leaves: not in the report, not in an error message
-    status = Status(settings.kafka_bootstrap, mask_url(settings.redis_url) or "")
+    status = StackStatus(settings.kafka_bootstrap, mask_url(settings.redis_url) or "")
     try:
         await _gather(settings, status, timeout)
     finally:
@@ -102,7 +102,7 @@ async def gather(settings: Settings, timeout: float = 10.0) -> Status:
     return status
 
 
-async def _gather(settings: Settings, status: Status, timeout: float) -> None:
+async def _gather(settings: Settings, status: StackStatus, timeout: float) -> None:
     assert settings.kafka_bootstrap and settings.redis_url
     topics = Topics.from_settings(settings)
     scope = "default"
@@ -160,7 +160,7 @@ async def _gather(settings: Settings, status: Status, timeout: float) -> None:
             await redis.aclose()
 
 
-def render(status: Status) -> str:
+def render(status: StackStatus) -> str:
     def mark(ok: bool) -> str:
         return "up" if ok else "DOWN"
 

@@ -41,7 +41,7 @@ async def check_eviction_policy(redis_url: str) -> None:
         )
 
 
-async def prepare(settings: Settings) -> str:
+async def prepare_services(settings: Settings) -> str:
     assert settings.kafka_bootstrap is not None
     assert settings.redis_url is not None
     await check_eviction_policy(settings.redis_url)
@@ -65,7 +65,7 @@ def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
 
 def run(settings: Settings, loglevel: str = "warn") -> None:
     """Block until the worker is stopped (SIGINT/SIGTERM)."""
-    cluster = asyncio.run(prepare(settings))
+    cluster = asyncio.run(prepare_services(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     new_event_loop(settings)
     app = create_app(settings)

@@ -96,7 +96,7 @@ def _tp(message: Any) -> TP:
 
 
 @dataclass(frozen=True)
-class Prepared:
+class DecodedBatch:
     records: list[list[str]]
     dead_letters: list[Any]
     messages: list[Any]
@@ -176,7 +176,7 @@ class Ingest:
             ), rejection
         return record, None
 
-    async def prepare(self, events: Sequence[Any]) -> Prepared:
+    async def decode(self, events: Sequence[Any]) -> DecodedBatch:
         """Validate a batch and start sending its rejects to the dead-letter topic."""
         records: list[list[str]] = []
         pending = []
@@ -202,9 +202,9 @@ class Ingest:
                 pending.append(await self._dead_letter(message, rejection))
             records.append(record)
             messages.append(message)
-        return Prepared(records, pending, messages)
+        return DecodedBatch(records, pending, messages)
 
-    async def store_batch(self, batch: Prepared) -> None:
+    async def store_batch(self, batch: DecodedBatch) -> None:
         # The dead letters must be stored by Kafka before their offsets may be committed.
         if batch.dead_letters:
             await asyncio.gather(*batch.dead_letters)
@@ -212,9 +212,9 @@ class Ingest:
         await self._after(batch, result)
 
     async def handle(self, events: Sequence[Any]) -> None:
-        await self.store_batch(await self.prepare(events))
+        await self.store_batch(await self.decode(events))
 
-    async def _after(self, batch: Prepared, result: BatchResult) -> None:
+    async def _after(self, batch: DecodedBatch, result: BatchResult) -> None:
         by_offset = {(*_tp(m), m.offset): m for m in batch.messages}
         sent = []
         for topic, partition, offset in result.overflows:
@@ -329,7 +329,7 @@ def worker_id() -> str:
 
 
 @dataclass(frozen=True)
-class Parts:
+class WorkerParts:
     """What the agent and the timers of one worker share."""
 
     settings: WorkerSettings
@@ -360,7 +360,7 @@ def register(
         dedupe_horizon_seconds=settings.dedupe_horizon_seconds,
         offsets_scope=cluster_id,
     )
-    parts = Parts(
+    parts = WorkerParts(
         settings,
         topics,
         redis,
@@ -398,7 +398,7 @@ async def exit_if_fails(work: Awaitable[None], exit: Callable[[int], Any] = os._
         exit(AGENT_DIED_EXIT)
 
 
-def _position_partitions(app: faust.App, parts: Parts) -> None:
+def _position_partitions(app: faust.App, parts: WorkerParts) -> None:
     """Make Faust start each source partition where the store is, not where Kafka says."""
     settings, ingest, sources = parts.settings, parts.ingest, set(parts.topics.sources)
     assert settings.kafka_bootstrap is not None
@@ -449,7 +449,7 @@ def _position_partitions(app: faust.App, parts: Parts) -> None:
         installed = True
 
 
-def _ingest_agent(app: faust.App, parts: Parts) -> None:
+def _ingest_agent(app: faust.App, parts: WorkerParts) -> None:
     settings, ingest = parts.settings, parts.ingest
     source = app.topic(*parts.topics.sources, key_serializer="raw", value_serializer="raw")
 
@@ -467,13 +467,13 @@ def _ingest_agent(app: faust.App, parts: Parts) -> None:
         # order (one in flight at a time) and each batch is acked only once it is stored.
         in_flight: asyncio.Task[None] | None = None
 
-        async def store_and_ack(batch: Prepared, events: Sequence[Any]) -> None:
+        async def store_and_ack(batch: DecodedBatch, events: Sequence[Any]) -> None:
             await ingest.store_batch(batch)
             for event in events:
                 await raw_stream.ack(event)
 
         async for events in batches:
-            batch = await ingest.prepare(events)
+            batch = await ingest.decode(events)
             if in_flight is not None:
                 await in_flight
             in_flight = asyncio.create_task(store_and_ack(batch, events))
@@ -508,7 +508,7 @@ def surviving(
     return wrap
 
 
-def _heartbeat(app: faust.App, parts: Parts) -> None:
+def _heartbeat(app: faust.App, parts: WorkerParts) -> None:
     store, me, ingest = parts.store, parts.worker_id, parts.ingest
 
     @app.timer(interval=parts.settings.worker_heartbeat_seconds)  # type: ignore[untyped-decorator]
@@ -546,7 +546,7 @@ def _heartbeat(app: faust.App, parts: Parts) -> None:
         await parts.redis.aclose()
 
 
-def _clock_timers(app: faust.App, parts: Parts) -> None:
+def _clock_timers(app: faust.App, parts: WorkerParts) -> None:
     """The leader's periodic work: closing periods and refitting BG/NBD."""
     settings, periods = parts.settings, parts.periods
 
@@ -577,7 +577,7 @@ def _clock_timers(app: faust.App, parts: Parts) -> None:
             logger.info("BG/NBD refitted", extra=model.as_dict())
 
 
-def _evaluator(app: faust.App, parts: Parts) -> None:
+def _evaluator(app: faust.App, parts: WorkerParts) -> None:
     """The leader evaluates due customers: lifecycle, risk, alerts to ``customer-alerts``."""
     settings = parts.settings
     alerts_topic = app.topic(parts.topics.alerts, key_serializer="raw", value_serializer="raw")

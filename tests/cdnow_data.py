@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from processors.alive import day_number, spend_from_days, stats_from_days
-from streams.cdnow import read_cdnow
+from retention.cdnow import read_cdnow
 from streams.events import Rejection
 
 #: Fader, Hardie and Lee (2005), Table 1 / section 4: the CDNOW sample, 2,357 customers,

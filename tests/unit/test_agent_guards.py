@@ -44,7 +44,7 @@ class DeadLetters:
 
 
 def ingest(dlq: DeadLetters) -> Ingest:
-    store = Store.__new__(Store)  # prepare() never touches Redis
+    store = Store.__new__(Store)  # decode() never touches Redis
     return Ingest(Settings(), Topics(), store, dlq)
 
 
@@ -56,7 +56,7 @@ async def test_a_message_that_breaks_record_building_is_dead_lettered() -> None:
         Event(Message("logins", 0, 0, b"c", good)),
         Event(Message("logins", 0, 1, b"c", good, timestamp=float("nan"))),
     ]
-    batch = await ingest(dlq).prepare(events)
+    batch = await ingest(dlq).decode(events)
     assert [r[0] for r in batch.records] == ["l", "x"]
     assert batch.records[1][10] == "internal_error"
     assert len(dlq.sent) == 1
@@ -73,7 +73,7 @@ async def test_a_rejected_message_is_not_dead_lettered_again_when_redelivered() 
         Event(Message("logins", 0, 4, b"c", b"{not json")),
         Event(Message("logins", 0, 6, b"c", b"{")),
     ]
-    await handler.prepare(events)
+    await handler.decode(events)
     assert [dict(s["headers"])["x-source-offset"] for s in dlq.sent] == [b"6"]
 
 

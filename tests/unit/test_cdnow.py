@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.cdnow import CdnowLine, parse_lines, read_cdnow
+from retention.cdnow import CdnowLine, parse_lines, read_cdnow
 from streams.events import OrderEvent, Rejection, build_event
 
 # as shipped: leading blanks, runs of spaces, CRLF line ends
