@@ -31,11 +31,11 @@ from processors.cltv import cltv
 from processors.fitting import FitError, Floats
 from processors.gamma_gamma import GammaGammaParams, correlation, expected_spend, repeat_buyers
 from processors.gamma_gamma import fit as fit_spend
-from processors.state import MICROS, CustomerState
+from processors.state import CustomerState
+from streams.events import EPOCH, MICROS
 
 logger = logging.getLogger(__name__)
 
-_EPOCH = date(1970, 1, 1)
 DAYS_PER_WEEK = 7.0
 #: MBG/NBD: as cheap and on CDNOW as good a fit as BG/NBD, and it does not certify every
 #: one-time buyer alive (README, "Choosing the P(alive) model").
@@ -163,7 +163,7 @@ class History:
 
 
 def day_number(day: date) -> int:
-    return (day - _EPOCH).days
+    return (day - EPOCH.date()).days
 
 
 def stats_from_days(days: list[int], as_of: int) -> tuple[int, float, float] | None:

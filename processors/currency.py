@@ -23,9 +23,10 @@ from pathlib import Path
 
 from currency_converter import CurrencyConverter, RateNotFoundError
 
+from streams.events import MICROS as UNITS_MICROS
 from streams.events import OrderEvent
 
-MICROS = Decimal(1_000_000)
+MICROS = Decimal(UNITS_MICROS)
 
 
 class UnknownCurrency(ValueError):

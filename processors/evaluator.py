@@ -29,7 +29,8 @@ from processors.lifecycle import (
     classify,
 )
 from processors.risk import Assessment, RiskPolicy, assess, value
-from processors.state import MICROS, CustomerState
+from processors.state import CustomerState
+from streams.events import MICROS
 
 Publish = Callable[[Sequence[Alert]], Awaitable[None]]
 

@@ -19,7 +19,8 @@ from typing import Literal
 
 from processors.alerts import Alert, AlertKind
 from processors.risk import Assessment, RiskPolicy, silence_limit_days
-from processors.state import MS_PER_DAY, CustomerState, day_iso
+from processors.state import CustomerState, day_iso
+from streams.events import MS_PER_DAY
 
 Status = Literal["new", "active", "at_risk", "churned", "reactivated"]
 STATUSES: tuple[Status, ...] = ("new", "active", "at_risk", "churned", "reactivated")

@@ -24,9 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from processors.windows import Period, next_period, period_index, periods_between
-from streams.events import Event, LoginEvent, OrderEvent
+from streams.events import MICROS, Event, LoginEvent, OrderEvent
 
-MICROS = 1_000_000
 ActivityKinds = frozenset[str]
 
 

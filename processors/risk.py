@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from processors.state import MICROS, MS_PER_DAY, CustomerState
+from processors.state import CustomerState
+from streams.events import MICROS, MS_PER_DAY
 
 MS_PER_HOUR = 3_600_000
 

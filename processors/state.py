@@ -18,10 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from processors.currency import Rates
-from streams.events import Event, LoginEvent, OrderEvent, SupportEvent
+from streams.events import MICROS, MS_PER_DAY, Event, LoginEvent, OrderEvent, SupportEvent
 
-MS_PER_DAY = 86_400_000
-MICROS = 1_000_000
 #: Tickets a customer's state tracks at most (apply_batch.lua keeps the same), so that a
 #: producer cannot grow one customer's state, read whole on every evaluation, without end.
 MAX_TICKETS = 1000

@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from streams.events import EPOCH, MS_PER_DAY
+
 Period = Literal["day", "week", "month"]
 PERIODS: tuple[Period, ...] = ("day", "week", "month")
 
@@ -85,8 +87,7 @@ def periods_between(first: datetime, last: datetime, period: Period) -> list[dat
     return out
 
 
-_EPOCH_ORDINAL = datetime(1970, 1, 1, tzinfo=UTC).toordinal()
-_MS_PER_DAY = 86_400_000
+_EPOCH_ORDINAL = EPOCH.toordinal()
 PERIOD_LETTERS: dict[Period, str] = {"day": "d", "week": "w", "month": "m"}
 
 
@@ -105,7 +106,7 @@ def period_days(ts_ms: int) -> tuple[int, int, int]:
     Computed per event on the hot path, so it avoids building datetimes where it can:
     1970-01-01 was a Thursday, hence the shift by 3 to reach Monday.
     """
-    day = ts_ms // _MS_PER_DAY
+    day = ts_ms // MS_PER_DAY
     week = day - (day + 3) % 7
     month = day - (datetime.fromordinal(day + _EPOCH_ORDINAL).day - 1)
     return day, week, month

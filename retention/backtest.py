@@ -36,18 +36,20 @@ from processors.alive_models import MODELS
 from processors.evaluator import evaluate
 from processors.lifecycle import LifecyclePolicy
 from processors.risk import load_policy
-from processors.state import MICROS, MS_PER_DAY, to_public
+from processors.state import to_public
 from processors.windows import Period, next_period, period_start
 from retention import runtime
+from retention.cdnow import read_cdnow
 from retention.config import ActivityKind, Settings
-from retention.produce import Progress, dead_letter_headers
+from retention.produce import Progress, file_dead_letter_headers
 from retention.stack import EMBEDDED_TIMEOUTS
 from store.evaluations import active_before, update_high_value_threshold
 from store.models import read_histories, save_fit
 from store.periods import Periods
 from store.store import Store
-from retention.cdnow import read_cdnow
 from streams.events import (
+    MICROS,
+    MS_PER_DAY,
     Event,
     InvalidEvent,
     OrderEvent,
@@ -219,7 +221,7 @@ class Backtest:
             self.settings.kafka_bootstrap, topics, linger_ms=20, max_future_seconds=None
         ) as producer:
             for line_no, rejection in bad:
-                headers = dead_letter_headers(self.options.path, line_no, rejection)
+                headers = file_dead_letter_headers(self.options.path, line_no, rejection)
                 await producer.send_raw(topics.dlq, rejection.detail.encode(), None, headers)
             for n, event in enumerate(events, start=1):
                 await producer.send(event)

@@ -8,7 +8,9 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ActivityKind = Literal["order", "login", "support"]
+from streams.events import EventType
+
+ActivityKind = EventType  # the event types that can count as activity
 #: The P(alive) models of processors/alive_models.py (kept here so that reading settings
 #: does not load the numerics)
 AliveModelName = Literal["bgnbd", "mbgnbd", "paretonbd"]

@@ -47,8 +47,8 @@ from prometheus_client.core import (
 )
 from redis.asyncio import Redis
 
+from processors.lifecycle import STATUSES
 from processors.metrics import Cohort, PeriodRow
-from processors.state import MICROS
 from processors.windows import PERIODS, Period, period_start
 from retention import logs
 from retention.config import Settings
@@ -60,7 +60,7 @@ from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from retention.status import STALE_HEARTBEATS
 from store.periods import Periods
 from store.store import Stats, Store
-from streams.events import EVENT_TYPES, REJECT_REASONS
+from streams.events import EVENT_TYPES, MICROS, REJECT_REASONS
 from streams.topics import Topics, cluster_id
 from streams.worker_metrics import WorkerMetrics
 
@@ -75,7 +75,6 @@ Window = Literal["current", "last_closed", "previous_closed"]
 #: ``current`` is the open period holding now; ``last_closed`` the newest row the leader
 #: wrote, ``previous_closed`` the one before it, so a spike is one comparison in PromQL.
 WINDOWS: tuple[Window, ...] = ("current", "last_closed", "previous_closed")
-LIFECYCLE_STATES = ("new", "active", "at_risk", "churned", "reactivated")
 CHANNELS = ("webhook", "slack", "email")
 OUTCOMES = ("sent", "failed", "suppressed")
 #: Monthly cohorts exported for the cohort table: at most 12 * 13 / 2 = 78 cells.
@@ -128,7 +127,7 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFami
 
 def _customer_families(snap: Snapshot) -> Iterator[Metric]:
     states = _gauge("retention_customers", "Customers by lifecycle state.", ("state",))
-    for state in LIFECYCLE_STATES:
+    for state in STATUSES:
         states.add_metric([state], snap.lifecycle.get(state, 0))
     yield states
     tracked = _gauge("retention_tracked_customers", "Customers the tracker has ever seen.")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from streams.events import MAX_EVENT_BYTES, Rejection, parse_event
 from streams.producer import EventProducer
+from streams.topics import dead_letter_headers
 
 #: The source label of rejections that never reached a source topic.
 PRODUCE_SOURCE = "produce"
@@ -29,14 +30,10 @@ class ProduceResult:
         return Counter(r.reason for _, r in self.bad)
 
 
-def dead_letter_headers(path: Path, line_no: int, rejection: Rejection) -> list[tuple[str, bytes]]:
-    return [
-        ("x-reason", rejection.reason.encode()),
-        ("x-error", rejection.detail.encode()),
-        ("x-source-topic", PRODUCE_SOURCE.encode()),
-        ("x-source-file", str(path).encode("utf-8", "surrogateescape")),
-        ("x-source-line", str(line_no).encode()),
-    ]
+def file_dead_letter_headers(
+    path: Path, line_no: int, rejection: Rejection
+) -> list[tuple[str, bytes]]:
+    return dead_letter_headers(rejection, PRODUCE_SOURCE, file=path, line=line_no)
 
 
 def dead_letter_value(line: bytes, headers: list[tuple[str, bytes]]) -> bytes:
@@ -90,7 +87,7 @@ async def publish_file(
                 result.bad.append((line_no, parsed))
                 if on_bad is not None:
                     on_bad(line_no, parsed)
-                headers = dead_letter_headers(path, line_no, parsed)
+                headers = file_dead_letter_headers(path, line_no, parsed)
                 value = dead_letter_value(line, headers)
                 dlq = producer.topics.dlq
                 pending.append(await producer.send_raw(dlq, value, None, headers))

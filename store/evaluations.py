@@ -31,9 +31,10 @@ from processors.evaluator import (
 )
 from processors.lifecycle import LifecyclePolicy, alerts_for, lookback_days, next_due_ms
 from processors.risk import RiskPolicy, value
-from processors.state import MICROS, CustomerState, iso
+from processors.state import CustomerState, iso
 from store.models import read_histories, stored_fit
 from store.store import Store
+from streams.events import MICROS
 
 _RETURNED = files("store").joinpath("returned.lua").read_text()
 

@@ -44,7 +44,7 @@ from store.periods import Periods
 from store.store import BatchResult, Store, accepted_record, rejected_record
 from streams.events import Rejection, parse_event
 from streams.offsets import TP, store_positions, wait_for_store
-from streams.topics import Topics
+from streams.topics import Topics, dead_letter_headers
 from streams.worker_metrics import WorkerMetrics
 from streams.worker_settings import WorkerSettings
 
@@ -77,13 +77,9 @@ class WorkerCounters:
 
 
 def dlq_headers(message: Any, rejection: Rejection) -> list[tuple[str, bytes]]:
-    return [
-        ("x-reason", rejection.reason.encode()),
-        ("x-error", rejection.detail.encode(errors="replace")),
-        ("x-source-topic", message.topic.encode()),
-        ("x-source-partition", str(message.partition).encode()),
-        ("x-source-offset", str(message.offset).encode()),
-    ]
+    return dead_letter_headers(
+        rejection, message.topic, partition=message.partition, offset=message.offset
+    )
 
 
 def _stamp_ms(message: Any) -> int | None:

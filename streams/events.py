@@ -27,7 +27,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+#: The units every stored number is in: times in milliseconds since the epoch, days
+#: counted from it, money in millionths (one home for them, at the bottom of the layers).
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MS_PER_DAY = 86_400_000
+MICROS = 1_000_000
 #: Event times lie in [EPOCH, TS_CEILING): every period and date computed from them stays
 #: far inside what ``datetime`` and the store's day numbers can hold.
 TS_CEILING = datetime(2100, 1, 1, tzinfo=UTC)

@@ -10,7 +10,7 @@ from typing import Protocol
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.events import EVENT_TYPES, EventType
+from streams.events import EVENT_TYPES, EventType, Rejection
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,21 @@ class Topics:
     @classmethod
     def from_settings(cls, settings: _Prefixed) -> Topics:
         return cls(settings.topic_prefix)
+
+
+def dead_letter_headers(
+    rejection: Rejection, source_topic: str, **source: object
+) -> list[tuple[str, bytes]]:
+    """The headers every dead letter carries: why, and where it came from (``source``
+    adds ``x-source-<name>`` headers: a partition and offset, or a file and line)."""
+    headers = [
+        ("x-reason", rejection.reason.encode()),
+        ("x-error", rejection.detail.encode(errors="replace")),
+        ("x-source-topic", source_topic.encode()),
+    ]
+    for name, value in source.items():
+        headers.append((f"x-source-{name}", str(value).encode("utf-8", "surrogateescape")))
+    return headers
 
 
 async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None:

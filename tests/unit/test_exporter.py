@@ -14,12 +14,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
+from processors.lifecycle import STATUSES
 from processors.metrics import Cohort, PeriodRow
 from processors.windows import PERIODS
 from retention.config import Settings
 from retention.exporter import (
     CHANNELS,
-    LIFECYCLE_STATES,
     OUTCOMES,
     WINDOWS,
     Snapshot,
@@ -66,7 +66,7 @@ def snapshot(customers: int) -> Snapshot:
             rejected={("orders", "invalid_json"): 2, ("produce", "missing_field"): 1},
         ),
         workers_alive=2,
-        lifecycle=dict.fromkeys(LIFECYCLE_STATES, customers // 5),
+        lifecycle=dict.fromkeys(STATUSES, customers // 5),
         active={p: customers // 2 for p in PERIODS},
         rows={(p, w): row(customers) for p in PERIODS for w in WINDOWS},
         cohorts={
@@ -156,7 +156,7 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
     empty = Snapshot(tracked_customers=0, topics=TOPICS, stats=Stats({}, {}, {}), workers_alive=0)
     registry = registry_for(empty)
     get = registry.get_sample_value
-    assert all(get("retention_customers", {"state": s}) == 0 for s in LIFECYCLE_STATES)
+    assert all(get("retention_customers", {"state": s}) == 0 for s in STATUSES)
     assert get("retention_high_value_at_risk_customers") == 0
     assert get("retention_predicted_cltv") == 0
     assert all(

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from processors.risk import RiskPolicy, assess, load_policy, rhythm_days
-from processors.state import MS_PER_DAY, CustomerState
+from processors.state import CustomerState
+from streams.events import MS_PER_DAY
 from tests.eventgen import fold
 
 DAY = 86_400
