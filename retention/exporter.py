@@ -58,6 +58,7 @@ from retention.ingest_rules import STATUSES as INGEST_STATUSES
 from retention.metrics_http import ScrapeAuth, guarded, serve
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from streams.events import EVENT_TYPES, REJECT_REASONS
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -398,8 +399,9 @@ def families(snap: Snapshot) -> list[Metric]:
 class BrokerOffsets:
     """End offsets from one long-lived consumer, instead of a new client per scrape."""
 
-    def __init__(self, bootstrap: str, timeout: float) -> None:
+    def __init__(self, bootstrap: str, timeout: float, security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.timeout = timeout
         self.cluster: str | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -411,9 +413,13 @@ class BrokerOffsets:
         from retention.worker import cluster_id
 
         if self.cluster is None:
-            self.cluster = await cluster_id(self.bootstrap)
+            self.cluster = await cluster_id(self.bootstrap, self.security)
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                **self.security.client_kwargs(),
+            )
             await consumer.start()
             self._consumer = consumer
         return self._consumer
@@ -620,7 +626,7 @@ class RetentionCollector:
         self._loop = _LoopThread()
         self._redis: Redis | None = None
         self._broker = (
-            BrokerOffsets(settings.kafka_bootstrap, timeout / 2)
+            BrokerOffsets(settings.kafka_bootstrap, timeout / 2, settings.kafka_security())
             if settings.kafka_bootstrap
             else None
         )

@@ -16,6 +16,7 @@ from retention.config import Settings
 from retention.services import Services, mask_url, scrub
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from retention.worker import cluster_id
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics
 
 #: A worker whose heartbeat is older than this many heartbeat intervals counts as gone.
@@ -70,8 +71,12 @@ class Status:
         return out
 
 
-async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def _end_offsets(
+    bootstrap: str, topics: list[str], security: KafkaSecurity = PLAINTEXT
+) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **security.client_kwargs()
+    )
     await consumer.start()
     try:
         partitions = [
@@ -108,7 +113,9 @@ async def _gather(settings: Settings, status: Status, timeout: float) -> None:
     topics = Topics.from_settings(settings)
     scope = "default"
     try:
-        scope = await asyncio.wait_for(cluster_id(settings.kafka_bootstrap), timeout)
+        scope = await asyncio.wait_for(
+            cluster_id(settings.kafka_bootstrap, settings.kafka_security()), timeout
+        )
         status.broker_ok = True
     except Exception as exc:
         status.errors.append(f"broker: {exc!r}")
@@ -133,7 +140,10 @@ async def _gather(settings: Settings, status: Status, timeout: float) -> None:
         if status.broker_ok:
             try:
                 ends = await asyncio.wait_for(
-                    _end_offsets(settings.kafka_bootstrap, list(topics.sources)), timeout
+                    _end_offsets(
+                        settings.kafka_bootstrap, list(topics.sources), settings.kafka_security()
+                    ),
+                    timeout,
                 )
             except Exception as exc:
                 status.errors.append(f"lag: {exc!r}")

@@ -13,14 +13,15 @@ from retention.config import Settings
 from retention.logs import log_config
 from streams import agents
 from streams.app import create_app
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, ensure_topics
 
 logger = logging.getLogger(__name__)
 
 
-async def cluster_id(bootstrap: str) -> str:
+async def cluster_id(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> str:
     """The broker's cluster id scopes stored offsets: a new cluster starts again at 0."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_kwargs())
     await admin.start()
     try:
         described = await admin.describe_cluster()
@@ -57,9 +58,12 @@ async def prepare(settings: Settings) -> str:
     assert settings.redis_url is not None
     await check_eviction_policy(settings.redis_url)
     await ensure_topics(
-        settings.kafka_bootstrap, Topics.from_settings(settings), settings.partitions
+        settings.kafka_bootstrap,
+        Topics.from_settings(settings),
+        settings.partitions,
+        settings.kafka_security(),
     )
-    return await cluster_id(settings.kafka_bootstrap)
+    return await cluster_id(settings.kafka_bootstrap, settings.kafka_security())
 
 
 def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
@@ -79,8 +83,8 @@ def run(settings: Settings, loglevel: str = "warn") -> None:
     cluster = asyncio.run(prepare(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     new_event_loop(settings)
-    app = create_app(settings)
-    agents.register(app, settings, cluster)
+    app = create_app(settings, settings.kafka_security())
+    agents.register(app, settings, cluster, settings.kafka_security())
     worker = faust.Worker(
         app,
         loglevel=loglevel,

@@ -44,6 +44,7 @@ from processors.windows import PERIODS
 from retention.config import Settings
 from retention.exporter import WorkerMetrics, start_worker_metrics
 from streams.events import Rejection, parse_event
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.offsets import TP, store_positions, wait_for_store
 from streams.topics import Topics
 
@@ -341,7 +342,9 @@ class Parts:
     worker_id: str
 
 
-def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
+def register(
+    app: faust.App, settings: Settings, cluster_id: str, security: KafkaSecurity = PLAINTEXT
+) -> Ingest:
     """Declare the topics, the ingest agent and the timers on ``app``."""
     topics = Topics.from_settings(settings)
     dlq = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
@@ -365,7 +368,7 @@ def register(app: faust.App, settings: Settings, cluster_id: str) -> Ingest:
         cluster_id,
         worker_id(),
     )
-    _position_partitions(app, parts)
+    _position_partitions(app, parts, security)
     _ingest_agent(app, parts)
     _heartbeat(app, parts)
     _clock_timers(app, parts)
@@ -393,7 +396,7 @@ async def exit_if_fails(work: Awaitable[None], exit: Callable[[int], Any] = os._
         exit(AGENT_DIED_EXIT)
 
 
-def _position_partitions(app: faust.App, parts: Parts) -> None:
+def _position_partitions(app: faust.App, parts: Parts, security: KafkaSecurity) -> None:
     """Make Faust start each source partition where the store is, not where Kafka says."""
     settings, ingest, sources = parts.settings, parts.ingest, set(parts.topics.sources)
     assert settings.kafka_bootstrap is not None
@@ -426,7 +429,7 @@ def _position_partitions(app: faust.App, parts: Parts) -> None:
                 return committed
             floors = await earliest(tps)
             positions = await wait_for_store(
-                lambda: store_positions(parts.store, bootstrap, tps, floors)
+                lambda: store_positions(parts.store, bootstrap, tps, floors, security)
             )
             await consumer.seek_wait({FaustTP(*tp): o for tp, o in positions.items()})
             ingest.positioned(positions, floors)

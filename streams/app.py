@@ -5,13 +5,14 @@ from __future__ import annotations
 import faust
 
 from retention.config import Settings
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 
 def group_id(settings: Settings) -> str:
     return f"{settings.topic_prefix}{settings.app_id}"
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, security: KafkaSecurity = PLAINTEXT) -> faust.App:
     """One Faust app per worker process.
 
     State lives in Redis, so the app declares no tables: a worker is ready as soon as it
@@ -35,4 +36,5 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=settings.heartbeat_interval_seconds,
         broker_rebalance_timeout=max(settings.session_timeout_seconds, 10.0),
+        **security.faust_options(),
     )

@@ -11,6 +11,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from retention.config import Settings
 from streams.events import EVENT_TYPES, EventType
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,12 @@ class Topics:
         return cls(settings.topic_prefix)
 
 
-async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None:
+async def ensure_topics(
+    bootstrap: str, topics: Topics, partitions: int, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Create the source topics (kept forever) and the DLQ when missing; existing ones are
     left alone."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
