@@ -181,7 +181,7 @@ class Backtest:
         assert s.kafka_bootstrap and s.redis_url
         events, bad = load(o)
         topics = Topics.from_settings(s)
-        await ensure_topics(s.kafka_bootstrap, topics, s.partitions)
+        await ensure_topics(s.kafka_bootstrap, topics, s.partitions, s.kafka_security())
         self.group.add(
             runtime.spawn(
                 "worker",
@@ -196,7 +196,7 @@ class Backtest:
             before = await used_memory(redis)
             sent = await self._produce(topics, events, bad)
             logger.info("backtest input produced", extra={"messages": sum(sent.values())})
-            scope = await cluster_id(s.kafka_bootstrap)
+            scope = await cluster_id(s.kafka_bootstrap, s.kafka_security())
             store = Store(redis, s.key_prefix, s.activity_kinds, offsets_scope=scope)
             await self._wait(store, sent, work)
             customers = await store.customer_count()
@@ -218,7 +218,11 @@ class Backtest:
         progress = Progress(len(events) + len(bad))
         # a backtest judges event times by its own data, not by today's clock
         async with EventProducer(
-            self.settings.kafka_bootstrap, topics, linger_ms=20, max_future_seconds=None
+            self.settings.kafka_bootstrap,
+            topics,
+            linger_ms=20,
+            max_future_seconds=None,
+            security=self.settings.kafka_security(),
         ) as producer:
             for line_no, rejection in bad:
                 headers = file_dead_letter_headers(self.options.path, line_no, rejection)

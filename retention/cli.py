@@ -72,6 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run_demo(
             settings.kafka_bootstrap,
             Topics.from_settings(settings),
+            security=settings.kafka_security(),
             customers=args.customers,
             seed=args.seed,
             rate_per_second=args.rate,
@@ -111,9 +112,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         topics = Topics.from_settings(settings)
-        await ensure_topics(bootstrap, topics, settings.partitions)
+        security = settings.kafka_security()
+        await ensure_topics(bootstrap, topics, settings.partitions, security)
         async with EventProducer(
-            bootstrap, topics, settings.default_currency, max_future_seconds=margin
+            bootstrap,
+            topics,
+            settings.default_currency,
+            max_future_seconds=margin,
+            security=security,
         ) as producer:
             result = await publish_file(Path(args.file), producer, on_bad=report)
         await _count_bad(settings, dict(result.reasons()))

@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streams.events import EventType
+from streams.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol
 
 ActivityKind = EventType  # the event types that can count as activity
 #: The P(alive) models of processors/alive_models.py (kept here so that reading settings
@@ -31,6 +32,38 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url")
+    )
+    # Kafka SASL and TLS (streams/kafka_security.py), named as Kafka clients name them;
+    # PLAINTEXT (the default) adds nothing to the clients. The password may come from a
+    # file instead (a compose or Kubernetes secret).
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT",
+        validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"),
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        default="PLAIN",
+        validation_alias=AliasChoices("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism"),
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SASL_USERNAME", "kafka_sasl_username"),
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SASL_PASSWORD", "kafka_sasl_password"),
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SASL_PASSWORD_FILE", "kafka_sasl_password_file"),
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CAFILE", "kafka_ssl_cafile")
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CERTFILE", "kafka_ssl_certfile")
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_KEYFILE", "kafka_ssl_keyfile")
     )
     data_dir: Path = Path(".retention")
     topic_prefix: str = ""
@@ -131,7 +164,7 @@ class Settings(BaseSettings):
                 continue
             key = (
                 name.upper()
-                if name in ("kafka_bootstrap", "redis_url")
+                if name == "redis_url" or name.startswith("kafka_")
                 else f"RETENTION_{name.upper()}"
             )
             if isinstance(value, SecretStr):
@@ -139,5 +172,28 @@ class Settings(BaseSettings):
             out[key] = ",".join(value) if isinstance(value, tuple) else str(value)
         return out
 
+    def kafka_security(self) -> KafkaSecurity:
+        """SASL and TLS for every Kafka client; raises ValueError when incomplete."""
+        password = self.kafka_sasl_password
+        if password is None and self.kafka_sasl_password_file is not None:
+            try:
+                text = self.kafka_sasl_password_file.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"KAFKA_SASL_PASSWORD_FILE cannot be read: {exc}") from exc
+            password = SecretStr(text)
+        return KafkaSecurity(
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_sasl_username,
+            password=None if password is None else password.get_secret_value(),
+            ssl_cafile=_path(self.kafka_ssl_cafile),
+            ssl_certfile=_path(self.kafka_ssl_certfile),
+            ssl_keyfile=_path(self.kafka_ssl_keyfile),
+        )
+
     def with_services(self, kafka_bootstrap: str, redis_url: str) -> Settings:
         return self.model_copy(update={"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url})
+
+
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -61,6 +61,7 @@ from retention.status import STALE_HEARTBEATS
 from store.periods import Periods
 from store.store import Stats, Store
 from streams.events import EVENT_TYPES, MICROS, REJECT_REASONS
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, cluster_id
 from streams.worker_metrics import WorkerMetrics
 
@@ -398,8 +399,9 @@ def families(snap: Snapshot) -> list[Metric]:
 class BrokerOffsets:
     """End offsets from one long-lived consumer, instead of a new client per scrape."""
 
-    def __init__(self, bootstrap: str, timeout: float) -> None:
+    def __init__(self, bootstrap: str, timeout: float, security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap = bootstrap
+        self.security = security
         self.timeout = timeout
         self.cluster: str | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -407,9 +409,13 @@ class BrokerOffsets:
 
     async def _start(self) -> AIOKafkaConsumer:
         if self.cluster is None:
-            self.cluster = await cluster_id(self.bootstrap)
+            self.cluster = await cluster_id(self.bootstrap, self.security)
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                **self.security.client_kwargs(),
+            )
             await consumer.start()
             self._consumer = consumer
         return self._consumer
@@ -614,7 +620,7 @@ class RetentionCollector:
         self._loop = _LoopThread()
         self._redis: Redis | None = None
         self._broker = (
-            BrokerOffsets(settings.kafka_bootstrap, timeout / 2)
+            BrokerOffsets(settings.kafka_bootstrap, timeout / 2, settings.kafka_security())
             if settings.kafka_bootstrap
             else None
         )

@@ -80,6 +80,7 @@ class Sink:
             self.settings.default_currency,
             max_future_seconds=self.settings.max_future_seconds,
             request_timeout_ms=int(self.timeout * 1000),
+            security=self.settings.kafka_security(),
         )
 
     async def ensure_started(self) -> None:

@@ -50,6 +50,7 @@ from processors.notify_config import Outcome, Subscriber, load_config
 from processors.notify_messages import BadAlert, decode_alert
 from retention.config import Settings
 from retention.delivery import Notifier
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,11 @@ def notifier_group(settings: Settings) -> str:
     return f"{settings.topic_prefix}retention-notifier"
 
 
-async def ensure_alerts_topic(bootstrap: str, topic: str, partitions: int) -> None:
+async def ensure_alerts_topic(
+    bootstrap: str, topic: str, partitions: int, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Create the alerts topic when missing, as ``streams.topics.ensure_topics`` does."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_kwargs())
     await admin.start()
     try:
         if topic not in set(await admin.list_topics()):
@@ -98,10 +101,14 @@ async def ensure_alerts_topic(bootstrap: str, topic: str, partitions: int) -> No
         await admin.close()
 
 
-async def publish_alerts(bootstrap: str, topic: str, alerts: Iterable[Alert]) -> int:
+async def publish_alerts(
+    bootstrap: str, topic: str, alerts: Iterable[Alert], security: KafkaSecurity = PLAINTEXT
+) -> int:
     """Send alerts keyed by customer id, so one customer's alerts stay in order; returns
     how many the broker stored."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, **security.client_kwargs()
+    )
     await producer.start()
     try:
         futures = [
@@ -404,7 +411,8 @@ async def run_notifier(
         raise ValueError("the notifier needs KAFKA_BOOTSTRAP and REDIS_URL")
     stop = stop or asyncio.Event()
     topic = alerts_topic(settings)
-    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    security = settings.kafka_security()
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions, security)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=notifier_group(settings),
@@ -413,6 +421,7 @@ async def run_notifier(
         session_timeout_ms=int(settings.session_timeout_seconds * 1000),
         heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
         rebalance_timeout_ms=int(max(settings.session_timeout_seconds, 10.0) * 1000),
+        **security.client_kwargs(),
     )
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     try:

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from retention.config import Settings
 from retention.status import _end_offsets
 from store.store import Store
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, cluster_id
 
 BAR_WIDTH = 30
@@ -41,9 +42,11 @@ class Progress:
         return f"[{bar}] {share:6.1%}  {self.applied}/{self.total}"
 
 
-async def progress(store: Store, bootstrap: str, topics: Topics) -> Progress:
+async def progress(
+    store: Store, bootstrap: str, topics: Topics, security: KafkaSecurity = PLAINTEXT
+) -> Progress:
     """Messages the store has taken account of, against what the topics hold."""
-    ends = await _end_offsets(bootstrap, list(topics.sources))
+    ends = await _end_offsets(bootstrap, list(topics.sources), security)
     applied = await store.applied_offsets()
     total = sum(ends.values())
     done = sum(min(applied.get((tp.topic, tp.partition), -1) + 1, end) for tp, end in ends.items())
@@ -64,7 +67,9 @@ async def rebuild(
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     try:
         store = Store(
-            redis, settings.key_prefix, offsets_scope=await cluster_id(settings.kafka_bootstrap)
+            redis,
+            settings.key_prefix,
+            offsets_scope=await cluster_id(settings.kafka_bootstrap, settings.kafka_security()),
         )
         deleted = await store.wipe()
         write(f"deleted {deleted} keys under {settings.key_prefix!r}")
@@ -72,7 +77,7 @@ async def rebuild(
             return 0
         started = time.monotonic()
         while True:
-            now = await progress(store, settings.kafka_bootstrap, topics)
+            now = await progress(store, settings.kafka_bootstrap, topics, settings.kafka_security())
             elapsed = time.monotonic() - started
             sys.stdout.write(f"\rreplaying {now.bar()}  {elapsed:5.0f} s")
             sys.stdout.flush()

@@ -124,12 +124,20 @@ def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None 
 
 
 def start_broker(
-    log_dir: Path, port: int | None = None, cluster_id: str | None = None
+    log_dir: Path,
+    port: int | None = None,
+    cluster_id: str | None = None,
+    *,
+    advertised: str | None = None,
+    authentication: bool = False,
 ) -> tuple[Process, str]:
     """Start Tansu; returns the process and its bootstrap address.
 
     Tansu keeps topics in memory, so each start is a new cluster; a fresh cluster id lets
     the store tell offsets of this incarnation from those of an earlier one.
+    ``advertised`` (host:port) is the address clients are told to use, when they reach
+    the broker through something in front of it (a TLS terminator); ``authentication``
+    makes Tansu require SASL (SCRAM) from every client.
     """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
@@ -140,11 +148,12 @@ def start_broker(
         "--listener-url",
         url,
         "--advertised-listener-url",
-        url,
+        f"tcp://{advertised}" if advertised else url,
         "--cluster-id",
         cluster,
         "--storage-engine",
         "memory://tansu/",
+        *(["--authentication"] if authentication else []),
     ]
     process = spawn("broker", argv, log_dir)
     _await_listening(process, port, 15)

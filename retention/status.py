@@ -15,6 +15,7 @@ from retention.config import Settings
 from retention.services import Services, mask_url, scrub
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from store.store import Store
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, cluster_id
 
 #: A worker whose heartbeat is older than this many heartbeat intervals counts as gone.
@@ -69,8 +70,12 @@ class StackStatus:
         return out
 
 
-async def _end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def _end_offsets(
+    bootstrap: str, topics: list[str], security: KafkaSecurity = PLAINTEXT
+) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **security.client_kwargs()
+    )
     await consumer.start()
     try:
         partitions = [
@@ -107,7 +112,9 @@ async def _gather(settings: Settings, status: StackStatus, timeout: float) -> No
     topics = Topics.from_settings(settings)
     scope = "default"
     try:
-        scope = await asyncio.wait_for(cluster_id(settings.kafka_bootstrap), timeout)
+        scope = await asyncio.wait_for(
+            cluster_id(settings.kafka_bootstrap, settings.kafka_security()), timeout
+        )
         status.broker_ok = True
     except Exception as exc:
         status.errors.append(f"broker: {exc!r}")
@@ -132,7 +139,10 @@ async def _gather(settings: Settings, status: StackStatus, timeout: float) -> No
         if status.broker_ok:
             try:
                 ends = await asyncio.wait_for(
-                    _end_offsets(settings.kafka_bootstrap, list(topics.sources)), timeout
+                    _end_offsets(
+                        settings.kafka_bootstrap, list(topics.sources), settings.kafka_security()
+                    ),
+                    timeout,
                 )
             except Exception as exc:
                 status.errors.append(f"lag: {exc!r}")

@@ -46,9 +46,12 @@ async def prepare_services(settings: Settings) -> str:
     assert settings.redis_url is not None
     await check_eviction_policy(settings.redis_url)
     await ensure_topics(
-        settings.kafka_bootstrap, Topics.from_settings(settings), settings.partitions
+        settings.kafka_bootstrap,
+        Topics.from_settings(settings),
+        settings.partitions,
+        settings.kafka_security(),
     )
-    return await cluster_id(settings.kafka_bootstrap)
+    return await cluster_id(settings.kafka_bootstrap, settings.kafka_security())
 
 
 def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
@@ -68,8 +71,10 @@ def run(settings: Settings, loglevel: str = "warn") -> None:
     cluster = asyncio.run(prepare_services(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     new_event_loop(settings)
-    app = create_app(settings)
-    agents.register(app, settings, cluster, start_worker_metrics(settings))
+    app = create_app(settings, settings.kafka_security())
+    agents.register(
+        app, settings, cluster, start_worker_metrics(settings), settings.kafka_security()
+    )
     worker = faust.Worker(
         app,
         loglevel=loglevel,

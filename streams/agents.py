@@ -43,6 +43,7 @@ from store.models import fit_age_seconds, refit
 from store.periods import Periods
 from store.store import BatchResult, Store, accepted_record, rejected_record
 from streams.events import Rejection, parse_event
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.offsets import TP, store_positions, wait_for_store
 from streams.topics import Topics, dead_letter_headers
 from streams.worker_metrics import WorkerMetrics
@@ -343,6 +344,7 @@ def register(
     settings: WorkerSettings,
     cluster_id: str,
     metrics: WorkerMetrics | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> Ingest:
     """Declare the topics, the ingest agent and the timers on ``app``."""
     topics = Topics.from_settings(settings)
@@ -366,7 +368,7 @@ def register(
         cluster_id,
         worker_id(),
     )
-    _position_partitions(app, parts)
+    _position_partitions(app, parts, security)
     _ingest_agent(app, parts)
     _heartbeat(app, parts)
     _clock_timers(app, parts)
@@ -394,7 +396,7 @@ async def exit_if_fails(work: Awaitable[None], exit: Callable[[int], Any] = os._
         exit(AGENT_DIED_EXIT)
 
 
-def _position_partitions(app: faust.App, parts: WorkerParts) -> None:
+def _position_partitions(app: faust.App, parts: WorkerParts, security: KafkaSecurity) -> None:
     """Make Faust start each source partition where the store is, not where Kafka says."""
     settings, ingest, sources = parts.settings, parts.ingest, set(parts.topics.sources)
     assert settings.kafka_bootstrap is not None
@@ -427,7 +429,7 @@ def _position_partitions(app: faust.App, parts: WorkerParts) -> None:
                 return committed
             floors = await earliest(tps)
             positions = await wait_for_store(
-                lambda: store_positions(parts.store, bootstrap, tps, floors)
+                lambda: store_positions(parts.store, bootstrap, tps, floors, security)
             )
             await consumer.seek_wait({FaustTP(*tp): o for tp, o in positions.items()})
             ingest.positioned(positions, floors)

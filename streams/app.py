@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.worker_settings import WorkerSettings
 
 
@@ -11,7 +12,7 @@ def group_id(settings: WorkerSettings) -> str:
     return f"{settings.topic_prefix}{settings.app_id}"
 
 
-def create_app(settings: WorkerSettings) -> faust.App:
+def create_app(settings: WorkerSettings, security: KafkaSecurity = PLAINTEXT) -> faust.App:
     """One Faust app per worker process.
 
     State lives in Redis, so the app declares no tables: a worker is ready as soon as it
@@ -35,4 +36,5 @@ def create_app(settings: WorkerSettings) -> faust.App:
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=settings.heartbeat_interval_seconds,
         broker_rebalance_timeout=max(settings.session_timeout_seconds, 10.0),
+        **security.faust_options(),
     )

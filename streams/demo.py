@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from streams.events import SURVEY_RANGES
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.producer import EventProducer
 from streams.topics import Topics
 
@@ -723,6 +724,7 @@ async def run_demo(
     history_days: int = 180,
     stop: asyncio.Event | None = None,
     max_live_events: int | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> DemoStats:
     """Send the demo history to Kafka, then live events at about ``rate_per_second`` until
     ``stop`` is set or ``max_live_events`` live events went out.
@@ -730,7 +732,7 @@ async def run_demo(
     Every :data:`EXTRAS_EVERY` live events one duplicate and one malformed message follow
     (not counted as live events), so the dedupe and dead-letter paths have something to show.
     """
-    async with EventProducer(bootstrap, topics) as producer:
+    async with EventProducer(bootstrap, topics, security=security) as producer:
         return await drive_demo(
             producer,
             topics,

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.exceptions import RedisError
 
 from store.store import Store
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,11 @@ STORE_WAIT_SECONDS = 60.0
 READ_BACK_SECONDS = 3.0
 
 
-async def find_recreated(bootstrap: str, expected: Mapping[TP, tuple[int, int]]) -> set[TP]:
+async def find_recreated(
+    bootstrap: str,
+    expected: Mapping[TP, tuple[int, int]],
+    security: KafkaSecurity = PLAINTEXT,
+) -> set[TP]:
     """Partitions where the message at the stored offset is not the one the store saw.
 
     ``expected`` maps a partition to (stored offset, Kafka timestamp of that message).
@@ -44,7 +49,10 @@ async def find_recreated(bootstrap: str, expected: Mapping[TP, tuple[int, int]])
     if not expected:
         return set()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="none"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        **security.client_kwargs(),
     )
     await consumer.start()
     try:
@@ -85,13 +93,14 @@ async def store_positions(
     bootstrap: str,
     partitions: Iterable[TP],
     earliest: Mapping[TP, int],
+    security: KafkaSecurity = PLAINTEXT,
 ) -> dict[TP, int]:
     """The offset each partition should be read from, after the store's own."""
     wanted = list(partitions)
     stored = await store.applied_offsets()
     stamps = await store.applied_stamps()
     check = {tp: (stored[tp], stamps[tp]) for tp in wanted if tp in stored and tp in stamps}
-    stale = await find_recreated(bootstrap, check)
+    stale = await find_recreated(bootstrap, check, security)
     if stale:
         logger.warning(
             "stored offsets belong to an earlier topic of the same name; reading these "

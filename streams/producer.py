@@ -29,6 +29,7 @@ from streams.events import (
     check_event,
     encode_event,
 )
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics
 
 
@@ -49,6 +50,7 @@ class EventProducer:
         linger_ms: int = 5,
         max_future_seconds: float | None = DEFAULT_MAX_FUTURE_SECONDS,
         request_timeout_ms: int = 40_000,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self.topics = topics or Topics()
         self.default_currency = default_currency
@@ -58,6 +60,7 @@ class EventProducer:
             acks="all",
             linger_ms=linger_ms,
             request_timeout_ms=request_timeout_ms,
+            **security.client_kwargs(),
         )
 
     async def start(self) -> None:

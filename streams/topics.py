@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.events import EVENT_TYPES, EventType, Rejection
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +78,12 @@ def dead_letter_headers(
     return headers
 
 
-async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None:
+async def ensure_topics(
+    bootstrap: str, topics: Topics, partitions: int, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Create the source topics (kept forever) and the DLQ when missing; existing ones are
     left alone."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -103,9 +106,9 @@ async def ensure_topics(bootstrap: str, topics: Topics, partitions: int) -> None
         await admin.close()
 
 
-async def cluster_id(bootstrap: str) -> str:
+async def cluster_id(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> str:
     """The broker's cluster id scopes stored offsets: a new cluster starts again at 0."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_kwargs())
     await admin.start()
     try:
         described = await admin.describe_cluster()
