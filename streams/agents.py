@@ -408,7 +408,9 @@ def _position_partitions(app: faust.App, parts: WorkerParts, security: KafkaSecu
         return {(tp.topic, tp.partition): int(offset) for tp, offset in found.items()}
 
     async def seek(tp: TP, offset: int) -> None:
-        await app.consumer.seek(FaustTP(*tp), offset)
+        # seek_wait runs in the consumer's own thread; Faust's plain seek touches the
+        # aiokafka consumer from this one and can race its fetcher
+        await app.consumer.seek_wait({FaustTP(*tp): offset})
 
     ingest.seek, ingest.earliest = seek, earliest
 
