@@ -33,11 +33,20 @@ class MissingBinary(RuntimeError):
     """A server binary the embedded stack needs is not installed; the message says how."""
 
 
+#: Ports this process handed out: a child may bind its port only seconds later, and the
+#: system would gladly offer the same free port again in the meantime.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port free now and not handed out before by this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -111,10 +111,15 @@ async def test_redis_rolled_back_mid_stream_replays_what_it_lost(
     await producer.flush()
     await settle(store, 8000, workers)
 
-    await redis.delete(*await prefixed_keys(redis, settings.key_prefix))
-    for key, value in snapshot.items():
-        await redis.restore(key, 0, value)
-    assert await applied(store) == 4000, "the restore did not take the store back"
+    # one transaction, as a failover is: the worker never sees a half-restored store
+    async with redis.pipeline(transaction=True) as restore:
+        restore.delete(*await prefixed_keys(redis, settings.key_prefix))
+        for key, value in snapshot.items():
+            restore.restore(key, 0, value)
+        restore.hgetall(store.key("stats"))
+        stats = (await restore.execute())[-1]
+    restored = sum(int(n) for name, n in stats.items() if name.startswith("accepted|"))
+    assert restored == 4000, "the restore did not take the store back"
     await send_all(producer, batches[2])
     await producer.flush()
     recovery = await settle(store, 12000, workers)
