@@ -35,12 +35,10 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaError,
-    TopicAlreadyExistsError,
 )
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -51,7 +49,7 @@ from processors.notify_messages import BadAlert, decode_alert
 from retention.config import Settings
 from retention.delivery import Notifier
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
-from streams.topics import Topics
+from streams.topics import Topics, create_missing
 
 logger = logging.getLogger(__name__)
 
@@ -87,18 +85,8 @@ def notifier_group(settings: Settings) -> str:
 async def ensure_alerts_topic(
     bootstrap: str, topic: str, partitions: int, security: KafkaSecurity = PLAINTEXT
 ) -> None:
-    """Create the alerts topic when missing, as ``streams.topics.ensure_topics`` does."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_kwargs())
-    await admin.start()
-    try:
-        if topic not in set(await admin.list_topics()):
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
-                await admin.create_topics(
-                    [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
-                )
-            logger.info("created topic", extra={"topic": topic})
-    finally:
-        await admin.close()
+    """Create the alerts topic when missing (a notifier may start before any worker)."""
+    await create_missing(bootstrap, {topic: {}}, partitions, security)
 
 
 async def publish_alerts(

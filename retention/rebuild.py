@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from retention.config import Settings
-from retention.status import _end_offsets
 from store.store import Store
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
-from streams.topics import Topics, cluster_id
+from streams.topics import Topics, cluster_id, end_offsets
 
 BAR_WIDTH = 30
 NO_WORKER_GRACE_SECONDS = 10.0
@@ -46,7 +45,7 @@ async def progress(
     store: Store, bootstrap: str, topics: Topics, security: KafkaSecurity = PLAINTEXT
 ) -> Progress:
     """Messages the store has taken account of, against what the topics hold."""
-    ends = await _end_offsets(bootstrap, list(topics.sources), security)
+    ends = await end_offsets(bootstrap, list(topics.sources), security)
     applied = await store.applied_offsets()
     total = sum(ends.values())
     done = sum(min(applied.get((tp.topic, tp.partition), -1) + 1, end) for tp, end in ends.items())

@@ -8,15 +8,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from retention.config import Settings
 from retention.services import Services, mask_url, scrub
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from store.store import Store
-from streams.kafka_security import PLAINTEXT, KafkaSecurity
-from streams.topics import Topics, cluster_id
+from streams.topics import Topics, cluster_id, end_offsets
 
 #: A worker whose heartbeat is older than this many heartbeat intervals counts as gone.
 STALE_HEARTBEATS = 5
@@ -70,32 +68,6 @@ class StackStatus:
         return out
 
 
-async def _end_offsets(
-    bootstrap: str, topics: list[str], security: KafkaSecurity = PLAINTEXT
-) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, **security.client_kwargs()
-    )
-    await consumer.start()
-    try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        if not partitions:
-            await consumer.topics()  # refresh metadata once
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in topics
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-        result: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
-        return result
-    finally:
-        await consumer.stop()
-
-
 async def gather(settings: Settings, timeout: float = 10.0) -> StackStatus:
     assert settings.kafka_bootstrap and settings.redis_url
     # the password never leaves: not in the report, not in an error message
@@ -139,7 +111,7 @@ async def _gather(settings: Settings, status: StackStatus, timeout: float) -> No
         if status.broker_ok:
             try:
                 ends = await asyncio.wait_for(
-                    _end_offsets(
+                    end_offsets(
                         settings.kafka_bootstrap, list(topics.sources), settings.kafka_security()
                     ),
                     timeout,

@@ -11,6 +11,7 @@ What an evaluation concludes is pure (``processors/evaluator.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from typing import cast
@@ -174,6 +175,30 @@ class Evaluator:
                 else:
                     pipe.zrem(key("atrisk"), cid)
             await pipe.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationTotals:
+    """What the evaluator keeps in step over all customers, for readers (the exporter)."""
+
+    lifecycle: dict[str, int]
+    at_risk: dict[str, int]
+    high_value_at_risk: int
+    #: in the reporting currency's millionths, so additions and take-backs stay exact
+    predicted_cltv_micros: int
+    cltv_at_risk_micros: dict[str, int]
+
+
+async def evaluation_totals(store: Store) -> EvaluationTotals:
+    high_value = cast(str | None, await store.redis.get(store.key("risk:high_value")))
+    cltv_total = cast(str | None, await store.redis.get(store.key("cltv:total")))
+    return EvaluationTotals(
+        lifecycle=await store.counters("life:counts"),
+        at_risk=await store.counters("risk:reasons"),
+        high_value_at_risk=int(float(high_value)) if high_value else 0,
+        predicted_cltv_micros=int(cltv_total) if cltv_total else 0,
+        cltv_at_risk_micros=await store.counters("cltv:at_risk"),
+    )
 
 
 async def high_value_threshold(store: Store) -> float | None:

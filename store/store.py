@@ -33,6 +33,7 @@ Key layout under the configured prefix ``P``:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import time
@@ -236,6 +237,15 @@ class Store:
                 topic, _, reason = rest.rpartition("|")
                 rejected[(topic, reason)] = int(value)
         return Stats(accepted, duplicates, rejected)
+
+    async def counters(self, family: str) -> dict[str, int]:
+        """A hash of counters another part keeps under the prefix (``notify:stats``,
+        ``ingest:stats``, ``life:counts``, ...); values that are not numbers are skipped."""
+        out: dict[str, int] = {}
+        for name, value in (await self._hash(family)).items():
+            with contextlib.suppress(ValueError):
+                out[name] = int(float(value))
+        return out
 
     async def survey_totals(self) -> dict[str, int]:
         """Over customers' latest scores: ``<survey>|sum``, ``<survey>|n``, and

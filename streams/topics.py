@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -81,21 +82,27 @@ def dead_letter_headers(
 async def ensure_topics(
     bootstrap: str, topics: Topics, partitions: int, security: KafkaSecurity = PLAINTEXT
 ) -> None:
-    """Create the source topics (kept forever) and the DLQ when missing; existing ones are
-    left alone."""
+    """Create the source topics (kept forever), the DLQ and the alerts topic when missing;
+    existing ones are left alone."""
+    wanted = {name: SOURCE_TOPIC_CONFIG for name in topics.sources}
+    wanted |= {topics.dlq: {}, topics.alerts: {}}
+    await create_missing(bootstrap, wanted, partitions, security)
+
+
+async def create_missing(
+    bootstrap: str,
+    wanted: dict[str, dict[str, str]],
+    partitions: int,
+    security: KafkaSecurity = PLAINTEXT,
+) -> None:
+    """Create the ``wanted`` topics (name -> topic config) that do not exist yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **security.client_kwargs())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [*topics.sources, topics.dlq, topics.alerts]
         new = [
-            NewTopic(
-                name,
-                num_partitions=partitions,
-                replication_factor=1,
-                topic_configs=SOURCE_TOPIC_CONFIG if name in topics.sources else {},
-            )
-            for name in wanted
+            NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=config)
+            for name, config in wanted.items()
             if name not in existing
         ]
         if new:
@@ -115,3 +122,31 @@ async def cluster_id(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> str
         return str(described.get("cluster_id") or "default")
     finally:
         await admin.close()
+
+
+async def end_offsets(
+    bootstrap: str, topics: list[str], security: KafkaSecurity = PLAINTEXT
+) -> dict[TopicPartition, int]:
+    """Each partition's end offset (the next offset to be written), one short-lived
+    consumer; some brokers report it short (Tansu by up to a batch)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **security.client_kwargs()
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            await consumer.topics()  # refresh metadata once
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+        result: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        return result
+    finally:
+        await consumer.stop()

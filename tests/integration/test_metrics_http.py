@@ -46,11 +46,11 @@ def basic(user: str, password: str) -> str:
 
 @contextmanager
 def exporter_process(settings: Settings, tmp_path: Path, name: str) -> Iterator[str]:
-    """`python -m retention.exporter`, the process behind `retention metrics-server`."""
+    """The exporter process, as `retention metrics-server` runs it."""
     port = runtime.free_port()
     process = runtime.spawn(
         name,
-        [sys.executable, "-m", "retention.exporter", "--port", str(port)],
+        [sys.executable, "-m", "retention.cli", "metrics-server", "--port", str(port)],
         tmp_path,
         settings_env(settings),
     )

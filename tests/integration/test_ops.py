@@ -256,12 +256,21 @@ class Prometheus:
 
 @pytest.fixture
 def exporter(settings: Settings, tmp_path: Path) -> Iterator[str]:
-    """`python -m retention.exporter`, the process behind `retention metrics-server`."""
+    """The exporter process, as `retention metrics-server` runs it."""
     port = runtime.free_port()
     secured = Settings(**{**settings.model_dump(), "metrics_bearer_token": TOKEN})
     process = runtime.spawn(
         "exporter",
-        [sys.executable, "-m", "retention.exporter", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "retention.cli",
+            "metrics-server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         tmp_path,
         settings_env(secured),
     )

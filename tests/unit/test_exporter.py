@@ -18,15 +18,9 @@ from processors.lifecycle import STATUSES
 from processors.metrics import Cohort, PeriodRow
 from processors.windows import PERIODS
 from retention.config import Settings
-from retention.exporter import (
-    CHANNELS,
-    OUTCOMES,
-    WINDOWS,
-    Snapshot,
-    families,
-    lag_per_topic,
-)
+from retention.metric_families import CHANNELS, OUTCOMES, WINDOWS, Snapshot, families
 from retention.metrics_http import ScrapeAuth
+from retention.snapshot import lag_per_topic
 from store.store import Stats
 from streams.events import REJECT_REASONS
 from streams.worker_metrics import WorkerMetrics
@@ -288,7 +282,7 @@ def test_worker_counts_and_last_batch_time(monkeypatch: pytest.MonkeyPatch) -> N
     metrics.rejected("logins", "invalid_json")
     metrics.rejected("logins", "internal_error", 3)  # a reason outside the list still counts
     metrics.internal_error()
-    monkeypatch.setattr("retention.exporter.time.time", lambda: 1_700_000_000.5)
+    monkeypatch.setattr("streams.worker_metrics.time.time", lambda: 1_700_000_000.5)
     metrics.observe_batch(0.01, 45)
     get = registry.get_sample_value
     assert get("retention_worker_events_applied_total", {"topic": "orders"}) == 41

@@ -1,0 +1,349 @@
+"""The exporter's numbers as Prometheus metric families, built from one snapshot.
+
+Pure: a :class:`Snapshot` in, families out, so the exporter's naming and labels are
+tested without Redis (``tests/unit/test_exporter.py``). Definitions of the period numbers
+are those of docs/metrics.md ("Activity and churn"); no label carries a customer id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from processors.lifecycle import STATUSES
+from processors.metrics import Cohort, PeriodRow
+from processors.windows import PERIODS, Period
+from retention.ingest_rules import ENDPOINTS as INGEST_ENDPOINTS
+from retention.ingest_rules import STATUSES as INGEST_STATUSES
+from store.store import Stats
+from streams.events import EVENT_TYPES, REJECT_REASONS
+
+Window = Literal["current", "last_closed", "previous_closed"]
+
+
+#: ``current`` is the open period holding now; ``last_closed`` the newest row the leader
+#: wrote, ``previous_closed`` the one before it, so a spike is one comparison in PromQL.
+WINDOWS: tuple[Window, ...] = ("current", "last_closed", "previous_closed")
+
+
+CHANNELS = ("webhook", "slack", "email")
+
+
+OUTCOMES = ("sent", "failed", "suppressed")
+
+
+#: Monthly cohorts exported for the cohort table: at most 12 * 13 / 2 = 78 cells.
+COHORT_MONTHS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one scrape reports, read from Redis (and Kafka for the lag) at once."""
+
+    tracked_customers: int
+    topics: tuple[str, ...]
+    stats: Stats
+    workers_alive: int
+    lifecycle: dict[str, int] = field(default_factory=dict)
+    active: dict[Period, int] = field(default_factory=dict)
+    rows: dict[tuple[Period, Window], PeriodRow] = field(default_factory=dict)
+    cohorts: dict[str, Cohort] = field(default_factory=dict)
+    at_risk: dict[str, int] = field(default_factory=dict)
+    high_value_at_risk: int = 0
+    #: predicted CLTV summed over evaluated customers, and CLTV x risk score summed over
+    #: at-risk customers by reason (the evaluator keeps both as it goes)
+    predicted_cltv: float = 0.0
+    cltv_at_risk: dict[str, float] = field(default_factory=dict)
+    notifications: dict[tuple[str, str], int] = field(default_factory=dict)
+    lag: dict[str, int] | None = None
+    surveys: dict[str, int] = field(default_factory=dict)
+    responses: tuple[list[tuple[float, int]], int, float] = ([], 0, 0.0)
+    watermark_delay_seconds: float | None = None
+    last_event_age_seconds: float | None = None
+    collect_seconds: float = 0.0
+    #: live workers' last applied batch (unix s), for those whose heartbeat says it
+    worker_last_applied: dict[str, float] = field(default_factory=dict)
+    #: live workers with lag and no progress for a while; None when the lag is unknown
+    workers_stalled: int | None = None
+    #: the HTTP ingest servers' counters (``request|endpoint|status``, ``accepted|type``,
+    #: ``rejected|reason``), summed over servers in Redis
+    ingest: dict[str, int] = field(default_factory=dict)
+
+
+def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def _customer_families(snap: Snapshot) -> Iterator[Metric]:
+    states = _gauge("retention_customers", "Customers by lifecycle state.", ("state",))
+    for state in STATUSES:
+        states.add_metric([state], snap.lifecycle.get(state, 0))
+    yield states
+    tracked = _gauge("retention_tracked_customers", "Customers the tracker has ever seen.")
+    tracked.add_metric([], snap.tracked_customers)
+    yield tracked
+    active = _gauge(
+        "retention_active_customers",
+        "Distinct customers with activity in the period holding now (DAU, WAU, MAU).",
+        ("period",),
+    )
+    for period in PERIODS:
+        active.add_metric([period], snap.active.get(period, 0))
+    yield active
+
+
+def _period_families(snap: Snapshot) -> Iterator[Metric]:
+    for name, doc, attr in _ROW_METRICS:
+        family = _gauge(name, doc, ("period", "window"))
+        for (period, window), row in sorted(snap.rows.items()):
+            value = getattr(row, attr)
+            if value is not None:
+                family.add_metric([period, window], float(value))
+        yield family
+
+
+def _cohort_families(snap: Snapshot) -> Iterator[Metric]:
+    labels = ("period", "cohort", "offset")
+    active = _gauge(
+        "retention_cohort_active_customers",
+        f"Customers of a monthly cohort active k months later (last {COHORT_MONTHS} cohorts).",
+        labels,
+    )
+    ratio = _gauge(
+        "retention_cohort_retention_ratio", "Cohort active customers over cohort size.", labels
+    )
+    for cohort, cells in sorted(snap.cohorts.items()):
+        for offset, n in enumerate(cells.active):
+            key = ["month", cohort[:7], str(offset)]
+            active.add_metric(key, n)
+            ratio.add_metric(key, n / cells.size)
+    yield active
+    yield ratio
+
+
+def _risk_families(snap: Snapshot) -> Iterator[Metric]:
+    reasons = _gauge(
+        "retention_at_risk_customers", "At-risk customers by risk reason.", ("reason",)
+    )
+    for reason, n in sorted(snap.at_risk.items()):
+        reasons.add_metric([reason], n)
+    yield reasons
+    high = _gauge("retention_high_value_at_risk_customers", "High-value customers at risk.")
+    high.add_metric([], snap.high_value_at_risk)
+    yield high
+    cltv = _gauge(
+        "retention_predicted_cltv",
+        "Predicted customer lifetime value summed over customers (reporting currency).",
+    )
+    cltv.add_metric([], snap.predicted_cltv)
+    yield cltv
+    exposed = _gauge(
+        "retention_cltv_at_risk",
+        "Predicted CLTV times risk score, summed over at-risk customers by risk reason "
+        "(a customer counts under each of its reasons).",
+        ("reason",),
+    )
+    for reason, amount in sorted(snap.cltv_at_risk.items()):
+        exposed.add_metric([reason], amount)
+    yield exposed
+    sent = CounterMetricFamily(
+        "retention_notifications",
+        "Customer notifications by channel and outcome.",
+        labels=["channel", "outcome"],
+    )
+    grid = {(c, o): 0 for c in CHANNELS for o in OUTCOMES} | snap.notifications
+    for (channel, outcome), n in sorted(grid.items()):
+        sent.add_metric([channel, outcome], n)
+    yield sent
+
+
+def _service_families(snap: Snapshot) -> Iterator[Metric]:
+    """NPS, CSAT, CES over customers' latest scores, and first-response times."""
+    totals = snap.surveys
+    responses = _gauge(
+        "retention_survey_responses", "Customers with a latest score, by survey.", ("survey",)
+    )
+    for survey in ("nps", "csat", "ces"):
+        responses.add_metric([survey], totals.get(f"{survey}|n", 0))
+    yield responses
+    n = totals.get("nps|n", 0)
+    if n:
+        nps = _gauge("retention_nps_score", "Net promoter score: % promoters - % detractors.")
+        promoters, detractors = totals.get("nps|promoters", 0), totals.get("nps|detractors", 0)
+        nps.add_metric([], 100.0 * (promoters - detractors) / n)
+        yield nps
+    for survey, name, doc in (
+        ("csat", "retention_csat_average", "Mean of customers' latest CSAT (1-5)."),
+        ("ces", "retention_ces_average", "Mean of customers' latest CES (1-7)."),
+    ):
+        if totals.get(f"{survey}|n", 0):
+            family = _gauge(name, doc)
+            family.add_metric([], totals[f"{survey}|sum"] / totals[f"{survey}|n"])
+            yield family
+    buckets, _count, total = snap.responses
+    histogram = HistogramMetricFamily(
+        "retention_first_response_seconds",
+        "Time from a ticket's opening to the first agent reply.",
+    )
+    histogram.add_metric(
+        [],
+        buckets=[("+Inf" if b == float("inf") else str(b), n) for b, n in buckets] or [("+Inf", 0)],
+        sum_value=total,
+    )
+    yield histogram
+
+
+def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
+    processed = CounterMetricFamily(
+        "retention_events_processed", "Events accepted and applied.", labels=["topic"]
+    )
+    duplicate = CounterMetricFamily(
+        "retention_events_duplicate", "Events dropped as duplicates.", labels=["topic"]
+    )
+    for topic in sorted(set(snap.topics) | set(snap.stats.accepted)):
+        processed.add_metric([topic], snap.stats.accepted.get(topic, 0))
+    for topic in sorted(set(snap.topics) | set(snap.stats.duplicates)):
+        duplicate.add_metric([topic], snap.stats.duplicates.get(topic, 0))
+    rejected = CounterMetricFamily(
+        "retention_events_rejected",
+        "Events sent to the dead-letter topic, by reason.",
+        labels=["topic", "reason"],
+    )
+    # every reason of every source topic from 0: a first rejection is then an increase
+    # that rate() sees, not a series appearing at 1
+    grid = {(t, r): 0 for t in snap.topics for r in REJECT_REASONS} | snap.stats.rejected
+    for (topic, reason), n in sorted(grid.items()):
+        rejected.add_metric([topic, reason], n)
+    yield from (processed, duplicate, rejected)
+
+    lag = _gauge(
+        "retention_consumer_lag_messages",
+        "Broker end offsets minus offsets the store applied.",
+        ("topic",),
+    )
+    for topic, n in sorted((snap.lag or {}).items()):
+        lag.add_metric([topic], n)
+    yield lag
+    for name, doc, value in (
+        (
+            "retention_watermark_delay_seconds",
+            "Now minus the event-time watermark (oldest of the partitions' newest events).",
+            snap.watermark_delay_seconds,
+        ),
+        (
+            "retention_last_event_age_seconds",
+            "Now minus the newest event time applied.",
+            snap.last_event_age_seconds,
+        ),
+    ):
+        family = _gauge(name, doc)
+        if value is not None:
+            family.add_metric([], value)
+        yield family
+    workers = _gauge("retention_workers_alive", "Workers with a recent heartbeat.")
+    workers.add_metric([], snap.workers_alive)
+    yield workers
+    last = _gauge(
+        "retention_worker_last_applied_timestamp_seconds",
+        "Unix time of a live worker's last applied batch, from its heartbeat.",
+        ("worker",),
+    )
+    for worker, at in sorted(snap.worker_last_applied.items()):
+        last.add_metric([worker], at)
+    yield last
+    stalled = _gauge(
+        "retention_workers_stalled",
+        "Live workers whose partitions have lag but that applied nothing for a while.",
+    )
+    if snap.workers_stalled is not None:
+        stalled.add_metric([], snap.workers_stalled)
+    yield stalled
+
+
+def _ingest_families(snap: Snapshot) -> Iterator[Metric]:
+    """HTTP ingest, every known label from 0 so that a first increase is seen by rate()."""
+    requests = CounterMetricFamily(
+        "retention_ingest_requests",
+        "HTTP ingest requests by endpoint and response status.",
+        labels=["endpoint", "status"],
+    )
+    accepted = CounterMetricFamily(
+        "retention_ingest_events_accepted",
+        "Events taken over HTTP and acknowledged by the broker, by type.",
+        labels=["type"],
+    )
+    rejected = CounterMetricFamily(
+        "retention_ingest_events_rejected",
+        "Events refused over HTTP (told to the client, not sent), by reason.",
+        labels=["reason"],
+    )
+    grid = {f"request|{e}|{s}": 0 for e in INGEST_ENDPOINTS for s in INGEST_STATUSES}
+    grid |= {f"accepted|{t}": 0 for t in EVENT_TYPES}
+    grid |= {f"rejected|{r}": 0 for r in REJECT_REASONS}
+    for name, n in sorted((grid | snap.ingest).items()):
+        kind, _, rest = name.partition("|")
+        if kind == "request" and "|" in rest:
+            requests.add_metric(rest.split("|", 1), n)
+        elif kind == "accepted":
+            accepted.add_metric([rest], n)
+        elif kind == "rejected":
+            rejected.add_metric([rest], n)
+    yield from (requests, accepted, rejected)
+
+
+def exporter_families(redis_up: bool, kafka_up: bool, seconds: float) -> Iterator[Metric]:
+    for name, doc, value in (
+        ("retention_exporter_redis_up", "Whether the last scrape read Redis.", redis_up),
+        ("retention_exporter_kafka_up", "Whether the last scrape read broker offsets.", kafka_up),
+        ("retention_exporter_collect_duration_seconds", "Time the last scrape took.", seconds),
+    ):
+        family = _gauge(name, doc)
+        family.add_metric([], float(value))
+        yield family
+
+
+def families(snap: Snapshot) -> list[Metric]:
+    """Every metric family of one scrape; a pure function of the snapshot."""
+    return [
+        *_customer_families(snap),
+        *_period_families(snap),
+        *_cohort_families(snap),
+        *_risk_families(snap),
+        *_service_families(snap),
+        *_pipeline_families(snap),
+        *_ingest_families(snap),
+        *exporter_families(True, snap.lag is not None, snap.collect_seconds),
+    ]
+
+
+#: (metric name, help, PeriodRow attribute); a null value (divisor 0) is left out.
+_ROW_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("retention_crr_ratio", "Customer retention rate (|E| - |N|) / |S|.", "crr"),
+    ("retention_churn_ratio", "Churn rate |S \\ E| / |S|.", "churn_rate"),
+    ("retention_period_start_customers", "Customers active at the start (S).", "start_customers"),
+    ("retention_period_end_customers", "Customers active at the period end (E).", "end_customers"),
+    ("retention_new_customers", "New customers still active at the end (N).", "new_customers"),
+    ("retention_lost_customers", "Customers active at the start, not the end.", "lost_customers"),
+    (
+        "retention_reactivated_customers",
+        "Customers active at the end, neither at the start nor new.",
+        "reactivated_customers",
+    ),
+    ("retention_period_orders", "Placed orders in the period.", "orders"),
+    ("retention_period_revenue", "Placed minus refunded amounts in the period.", "revenue"),
+    ("retention_average_order_value", "Placed amount per placed order.", "aov"),
+    ("retention_purchase_frequency", "Placed orders per distinct buyer.", "purchase_frequency"),
+    (
+        "retention_repeat_customer_ratio",
+        "Share of buyers with two or more orders in the period.",
+        "repeat_customer_rate",
+    ),
+)  # fmt: skip

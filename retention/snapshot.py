@@ -1,0 +1,199 @@
+"""One scrape's reading: everything the exporter reports, read from Redis (and the
+broker's end offsets, for the lag) at once, into a :class:`Snapshot`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any, cast
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from processors.metrics import Cohort, PeriodRow
+from processors.windows import PERIODS, Period, period_start
+from retention.config import Settings
+from retention.metric_families import COHORT_MONTHS, Snapshot, Window
+from retention.stalls import Progress, parse_heartbeat, stalled_workers
+from retention.status import STALE_HEARTBEATS
+from store.evaluations import evaluation_totals
+from store.periods import Periods
+from store.store import Store
+from streams.events import MICROS
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
+from streams.topics import Topics, cluster_id
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerOffsets:
+    """End offsets from one long-lived consumer, instead of a new client per scrape."""
+
+    def __init__(self, bootstrap: str, timeout: float, security: KafkaSecurity = PLAINTEXT) -> None:
+        self.bootstrap = bootstrap
+        self.security = security
+        self.timeout = timeout
+        self.cluster: str | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _start(self) -> AIOKafkaConsumer:
+        if self.cluster is None:
+            self.cluster = await cluster_id(self.bootstrap, self.security)
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                enable_auto_commit=False,
+                **self.security.client_kwargs(),
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def end_offsets(self, topics: tuple[str, ...]) -> dict[tuple[str, int], int]:
+        async with self._lock:
+            try:
+                return await asyncio.wait_for(self._ends(topics), self.timeout)
+            except Exception:
+                await self.close()  # a fresh client next time, after a broker restart
+                raise
+
+    async def _ends(self, topics: tuple[str, ...]) -> dict[tuple[str, int], int]:
+        consumer = await self._start()
+
+        def partitions() -> list[TopicPartition]:
+            return [
+                TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+            ]
+
+        found = partitions()
+        if len(found) < len(topics):
+            await consumer.topics()  # topics created after start: refresh metadata
+            found = partitions()
+        ends = cast(dict[TopicPartition, int], await consumer.end_offsets(found))
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+
+def lag_per_topic(
+    ends: dict[tuple[str, int], int], applied: dict[tuple[str, int], int]
+) -> dict[str, int]:
+    """Per topic, the sum over partitions of end offset minus next offset to apply."""
+    lag: dict[str, int] = {}
+    for (topic, partition), end in ends.items():
+        done = applied.get((topic, partition), -1) + 1
+        lag[topic] = lag.get(topic, 0) + max(0, end - done)
+    return lag
+
+
+async def _closed_rows(
+    periods: Periods, period: Period, churn_days: int, now: datetime
+) -> dict[Window, PeriodRow]:
+    """The two newest closed rows; only their keys are listed, two values read."""
+    rows = await periods.latest_closed(period, churn_days, 2, now)
+    closed: tuple[Window, Window] = ("previous_closed", "last_closed")
+    return dict(zip(closed[-len(rows) :], rows, strict=True)) if rows else {}
+
+
+def _loads(value: str) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(value))
+
+
+def _notification_counts(raw: dict[str, int]) -> dict[tuple[str, str], int]:
+    """``outcome|channel`` fields as (channel, outcome) pairs."""
+    out: dict[tuple[str, str], int] = {}
+    for name, n in raw.items():
+        outcome, sep, channel = name.partition("|")
+        if sep:
+            out[(channel, outcome)] = n
+    return out
+
+
+async def _recent_cohorts(periods: Periods, now: datetime, limit: int) -> dict[str, Cohort]:
+    """The last ``limit`` monthly cohorts: the cost stays bounded as history grows."""
+    return await periods.cohorts("month", now, last=limit)
+
+
+async def read_snapshot(
+    settings: Settings,
+    redis: Redis,
+    broker: BrokerOffsets | None,
+    now: datetime,
+    progress: Progress | None = None,
+) -> Snapshot:
+    """Read one scrape's numbers. Redis errors propagate; a broker error only drops lag.
+
+    ``progress`` remembers workers' applied counts between reads, for heartbeats without
+    ``last_applied_at`` (see :mod:`retention.stalls`).
+    """
+    started = time.monotonic()
+    prefix = settings.key_prefix
+    topics = Topics.from_settings(settings).sources
+    periods = Periods(redis, prefix)
+    ends: dict[tuple[str, int], int] | None = None
+    if broker is not None:
+        try:
+            ends = await broker.end_offsets(topics)
+        except Exception as exc:
+            logger.warning("broker offsets unavailable", extra={"error": repr(exc)})
+    scope = broker.cluster if broker is not None and broker.cluster else "default"
+    store = Store(redis, prefix, settings.activity_kinds, offsets_scope=scope)
+
+    rows: dict[tuple[Period, Window], PeriodRow] = {}
+    for period in PERIODS:
+        current = await periods.row(period, period_start(now, period), settings.churn_after_days)
+        rows[(period, "current")] = current
+        for window, row in (
+            await _closed_rows(periods, period, settings.churn_after_days, now)
+        ).items():
+            rows[(period, window)] = row
+
+    watermark = await periods.watermark(scope, dict.fromkeys(topics, settings.partitions))
+    last_event = await periods.last_event()
+    notify = await store.counters("notify:stats")
+    alive = await store.workers(STALE_HEARTBEATS * settings.worker_heartbeat_seconds)
+    beats = [parse_heartbeat(worker, info) for worker, info in alive.items()]
+    applied = await store.applied_offsets()
+    stalled = None
+    if ends is not None:
+        progress = progress or Progress()
+        progress.keep_only(alive)
+        stalled = stalled_workers(
+            beats, ends, applied, now.timestamp(), settings.worker_stalled_after_seconds, progress
+        )
+    totals = await evaluation_totals(store)
+    return Snapshot(
+        tracked_customers=await store.customer_count(),
+        topics=topics,
+        stats=await store.stats(),
+        workers_alive=len(alive),
+        lifecycle=totals.lifecycle,
+        active={p: await periods.active(p, now) for p in PERIODS},
+        rows=rows,
+        cohorts=await _recent_cohorts(periods, now, COHORT_MONTHS),
+        at_risk=totals.at_risk,
+        high_value_at_risk=totals.high_value_at_risk,
+        predicted_cltv=totals.predicted_cltv_micros / MICROS,
+        cltv_at_risk={r: n / MICROS for r, n in totals.cltv_at_risk_micros.items() if n},
+        notifications=_notification_counts(notify),
+        surveys=await store.survey_totals(),
+        responses=await store.response_histogram(),
+        lag=None if ends is None else lag_per_topic(ends, applied),
+        watermark_delay_seconds=None if watermark is None else (now - watermark).total_seconds(),
+        last_event_age_seconds=None if last_event is None else (now - last_event).total_seconds(),
+        collect_seconds=time.monotonic() - started,
+        worker_last_applied={
+            b.worker: b.last_applied_at for b in beats if b.last_applied_at is not None
+        },
+        workers_stalled=None if stalled is None else len(stalled),
+        ingest=await store.counters("ingest:stats"),
+    )
