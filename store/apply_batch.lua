@@ -200,8 +200,10 @@ local function room_for_ticket(ckey, tkey, ts)
   local tickets = {}
   for i = 1, #fields, 2 do
     local name, attr = string.match(fields[i], '^(.*)|(%a)$')
-    tickets[name] = tickets[name] or {}
-    tickets[name][attr] = fields[i + 1]
+    if name then  -- every field is "<ticket>|<letter>"; anything else is left alone
+      tickets[name] = tickets[name] or {}
+      tickets[name][attr] = fields[i + 1]
+    end
   end
   tracked = 0
   local horizon = tonumber(ts) - TICKET_HORIZON_MS
