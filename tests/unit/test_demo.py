@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 
-from streams.demo import (
-    EXTRAS_EVERY,
+from streams.demo import EXTRAS_EVERY, drive_demo
+from streams.demo_plan import (
     PROFILES,
     QUIET_DAYS,
     Profile,
     customers_by_profile,
-    drive_demo,
     malformed_order,
     plan_history,
     plan_live,
