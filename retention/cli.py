@@ -13,7 +13,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from processors.state import to_public
 from retention import logs
 from retention.config import Settings
 from retention.services import NoServices, resolve
@@ -143,28 +142,10 @@ def _format_customer(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _evaluator(settings: Settings, store: Store) -> Any:
-    from processors.lifecycle import LifecyclePolicy
-    from processors.risk import load_policy
-    from store.evaluations import Evaluator
-
-    lifecycle = LifecyclePolicy(churn_after_days=settings.churn_after_days)
-    return Evaluator(store, load_policy(settings.risk_file), lifecycle)
-
-
 def cmd_at_risk(args: argparse.Namespace) -> int:
-    settings = _services(args)
+    from retention.queries import at_risk
 
-    async def go() -> list[dict[str, Any]]:
-        from store.evaluations import ranked_at_risk
-
-        redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
-        try:
-            return await ranked_at_risk(Store(redis, settings.key_prefix), args.limit)
-        finally:
-            await redis.aclose()
-
-    rows = asyncio.run(go())
+    rows = asyncio.run(at_risk(_services(args), args.limit))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -191,44 +172,9 @@ def cmd_at_risk(args: argparse.Namespace) -> int:
 
 
 def cmd_customer(args: argparse.Namespace) -> int:
-    settings = _services(args)
-    assert settings.redis_url
+    from retention.queries import customer
 
-    async def go() -> dict[str, Any] | None:
-        from datetime import UTC, datetime
-
-        from processors.alive import NO_VALUE, outlook
-        from processors.evaluator import evaluate
-        from store.evaluations import active_before
-        from store.models import stored_fit
-
-        redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
-        try:
-            store = Store(redis, settings.key_prefix)
-            state = await store.read_customer(args.id)
-            model = await stored_fit(store)
-            evaluator = _evaluator(settings, store)
-            threshold = await evaluator.high_value_threshold()
-            now = datetime.now(UTC)
-            before = (
-                {}
-                if state is None
-                else await active_before(
-                    store, [state], int(now.timestamp() * 1000), evaluator.lifecycle
-                )
-            )
-        finally:
-            await redis.aclose()
-        if state is None:
-            return None
-        # as of now: the last fit's parameters, the customer's history up to this moment
-        seen = None if model is None else outlook(state, model, now.date())
-        lifecycle, policy = evaluator.lifecycle, evaluator.risk_policy
-        ev = evaluate(state, now, policy, lifecycle, model, threshold, before[args.id])
-        # expected spend per purchase and predicted CLTV over the fit's horizon
-        return {**to_public(state, seen, ev), **(NO_VALUE if seen is None else seen.value_fields())}
-
-    data = asyncio.run(go())
+    data = asyncio.run(customer(_services(args), args.id))
     if data is None:
         print(f"no customer {args.id!r}", file=sys.stderr)
         return 1
@@ -275,45 +221,13 @@ def _redacted(url: str | None) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-async def _live_periods(
-    settings: Settings, period: Any, churn_days: int
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Closed rows as stored, then the periods not closed yet through now, marked open;
-    and the distinct active customers of the current day, week and month."""
-    from datetime import UTC, datetime
-
-    from processors.windows import PERIODS
-    from store.periods import Periods
-
-    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
-    try:
-        periods = Periods(redis, settings.key_prefix)
-        now = datetime.now(UTC)
-        active: dict[str, int] = {p: await periods.active(p, now) for p in PERIODS}
-        rows: list[dict[str, Any]] = []
-        span = await periods.span()
-        through = max(now, span[1]) if span else None
-        starts = await periods.starts(period, through)
-        # only the rows of these periods: whatever else an older version stored is not read
-        closed = await periods.stored_rows(period, churn_days, starts)
-        for start in starts:
-            key = start.date().isoformat()
-            if key in closed:
-                rows.append(closed[key].as_dict())
-            else:
-                row = await periods.row(period, start, churn_days)
-                rows.append({**row.as_dict(), "open": True})
-        return rows, active
-    finally:
-        await redis.aclose()
-
-
 def cmd_metrics(args: argparse.Namespace) -> int:
+    from retention.queries import live_periods
     from retention.report import render_periods
 
     settings = _services(args)
     churn = args.churn_after or settings.churn_after_days
-    rows, active = asyncio.run(_live_periods(settings, args.period, churn))
+    rows, active = asyncio.run(live_periods(settings, args.period, churn))
     if args.json:
         out = {"period": args.period, "churn_after_days": churn, "periods": rows}
         print(json.dumps({**out, "active_customers": active}))
@@ -323,26 +237,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _live_cohorts(settings: Settings, period: Any) -> dict[str, dict[str, Any]]:
-    from datetime import UTC, datetime
-
-    from store.periods import Periods
-
-    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
-    try:
-        periods = Periods(redis, settings.key_prefix)
-        span = await periods.span()
-        through = max(datetime.now(UTC), span[1]) if span else None
-        return {k: c.as_dict() for k, c in (await periods.cohorts(period, through)).items()}
-    finally:
-        await redis.aclose()
-
-
 def cmd_cohorts(args: argparse.Namespace) -> int:
+    from retention.queries import live_cohorts
     from retention.report import plot_cohorts, render_cohorts
 
     settings = _services(args)
-    matrix = asyncio.run(_live_cohorts(settings, args.period))
+    matrix = asyncio.run(live_cohorts(settings, args.period))
     if args.plot:
         plot_cohorts(matrix, args.period, Path(args.plot))
     if args.json:

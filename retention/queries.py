@@ -1,0 +1,106 @@
+"""What the read commands show (`customer`, `at-risk`, `metrics`, `cohorts`), as data.
+
+Each query opens its own Redis connection from the settings and closes it; the command
+line only formats what comes back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from processors.alive import NO_VALUE, outlook
+from processors.evaluator import evaluate
+from processors.lifecycle import LifecyclePolicy
+from processors.risk import load_policy
+from processors.state import to_public
+from processors.windows import PERIODS, Period
+from retention.config import Settings
+from store.evaluations import Evaluator, active_before, ranked_at_risk
+from store.models import stored_fit
+from store.periods import Periods
+from store.store import Store
+
+
+@asynccontextmanager
+async def _redis(settings: Settings) -> AsyncIterator[Redis]:
+    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+def evaluator(settings: Settings, store: Store) -> Evaluator:
+    """An evaluator with the configured rules, for reading (it publishes nothing)."""
+    lifecycle = LifecyclePolicy(churn_after_days=settings.churn_after_days)
+    return Evaluator(store, load_policy(settings.risk_file), lifecycle)
+
+
+async def customer(settings: Settings, customer_id: str) -> dict[str, Any] | None:
+    """One customer as of now: state, lifecycle, risk, P(alive), spend and CLTV."""
+    async with _redis(settings) as redis:
+        store = Store(redis, settings.key_prefix)
+        state = await store.read_customer(customer_id)
+        model = await stored_fit(store)
+        rules = evaluator(settings, store)
+        threshold = await rules.high_value_threshold()
+        now = datetime.now(UTC)
+        before = (
+            {}
+            if state is None
+            else await active_before(store, [state], int(now.timestamp() * 1000), rules.lifecycle)
+        )
+    if state is None:
+        return None
+    # as of now: the last fit's parameters, the customer's history up to this moment
+    seen = None if model is None else outlook(state, model, now.date())
+    ev = evaluate(
+        state, now, rules.risk_policy, rules.lifecycle, model, threshold, before[customer_id]
+    )
+    # expected spend per purchase and predicted CLTV over the fit's horizon
+    return {**to_public(state, seen, ev), **(NO_VALUE if seen is None else seen.value_fields())}
+
+
+async def at_risk(settings: Settings, limit: int) -> list[dict[str, Any]]:
+    """Customers at risk, ranked by CLTV at risk (predicted CLTV x risk score)."""
+    async with _redis(settings) as redis:
+        return await ranked_at_risk(Store(redis, settings.key_prefix), limit)
+
+
+async def live_periods(
+    settings: Settings, period: Period, churn_days: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Closed rows as stored, then the periods not closed yet through now, marked open;
+    and the distinct active customers of the current day, week and month."""
+    async with _redis(settings) as redis:
+        periods = Periods(redis, settings.key_prefix)
+        now = datetime.now(UTC)
+        active: dict[str, int] = {p: await periods.active(p, now) for p in PERIODS}
+        rows: list[dict[str, Any]] = []
+        span = await periods.span()
+        through = max(now, span[1]) if span else None
+        starts = await periods.starts(period, through)
+        # only the rows of these periods: whatever else an older version stored is not read
+        closed = await periods.stored_rows(period, churn_days, starts)
+        for start in starts:
+            key = start.date().isoformat()
+            if key in closed:
+                rows.append(closed[key].as_dict())
+            else:
+                row = await periods.row(period, start, churn_days)
+                rows.append({**row.as_dict(), "open": True})
+        return rows, active
+
+
+async def live_cohorts(settings: Settings, period: Period) -> dict[str, dict[str, Any]]:
+    """The cohort matrix through now."""
+    async with _redis(settings) as redis:
+        periods = Periods(redis, settings.key_prefix)
+        span = await periods.span()
+        through = max(datetime.now(UTC), span[1]) if span else None
+        return {k: c.as_dict() for k, c in (await periods.cohorts(period, through)).items()}
