@@ -52,7 +52,7 @@ class ModelOptions:
     cltv_discount_monthly: float = 0.01
 
 
-class _ModelSettings(Protocol):
+class ModelSettings(Protocol):
     @property
     def alive_model(self) -> ModelName: ...
     @property
@@ -61,7 +61,7 @@ class _ModelSettings(Protocol):
     def cltv_discount_monthly(self) -> float: ...
 
 
-def model_options(settings: _ModelSettings) -> ModelOptions:
+def model_options(settings: ModelSettings) -> ModelOptions:
     """The options a settings object (``retention.config.Settings``) asks for."""
     return ModelOptions(settings.alive_model, settings.cltv_months, settings.cltv_discount_monthly)
 

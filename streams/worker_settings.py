@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from processors.alive_models import ModelName
+from processors.alive import ModelSettings
 
 
-class WorkerSettings(Protocol):
+class WorkerSettings(ModelSettings, Protocol):
+    """Besides these, the models' options (:class:`processors.alive.ModelSettings`)."""
+
     @property
     def kafka_bootstrap(self) -> str | None: ...
     @property
@@ -68,9 +70,3 @@ class WorkerSettings(Protocol):
     def evaluate_every_seconds(self) -> float: ...
     @property
     def evaluate_batch(self) -> int: ...
-    @property
-    def alive_model(self) -> ModelName: ...
-    @property
-    def cltv_months(self) -> int: ...
-    @property
-    def cltv_discount_monthly(self) -> float: ...
