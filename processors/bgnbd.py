@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.optimize import minimize
 from scipy.special import betaln, gammaln, hyp2f1
 
-from processors.fitting import FitError
+from processors.fitting import FitError, mean_negative
 
 Floats = NDArray[np.float64]
 
@@ -74,8 +74,7 @@ def negative_log_likelihood(
     p = BgNbdParams(*np.exp(log_params))
     with np.errstate(all="ignore"):
         total = float(np.sum(weights * log_likelihood(p, x, t_x, T)))
-    # far from the data the terms overflow; tell the optimiser that this is a bad place
-    return -total / float(np.sum(weights)) if np.isfinite(total) else np.inf
+    return mean_negative(total, weights)
 
 
 def fit(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbdParams:

@@ -78,6 +78,18 @@ async def settle(store: Store, expected: int, workers: Workers, timeout: float =
     return time.monotonic() - started
 
 
+async def send_and_settle(
+    producer: EventProducer,
+    store: Store,
+    workers: Workers,
+    events: list[dict[str, Any]],
+    expected: int,
+) -> float:
+    await send_all(producer, events)
+    await producer.flush()
+    return await settle(store, expected, workers)
+
+
 async def assert_exact(store: Store, settings: Settings, events: list[dict[str, Any]]) -> int:
     """State equals the reference fold; returns events counted twice (must be 0)."""
     expected = fold(events, frozenset(settings.activity_kinds), worker_rates(settings))
@@ -100,16 +112,12 @@ async def test_redis_rolled_back_mid_stream_replays_what_it_lost(
     rng = random.Random(1)
     batches = [orders(rng, 300, 4000, n * 4000) for n in range(3)]
     workers.start()
-    await send_all(producer, batches[0])
-    await producer.flush()
-    await settle(store, 4000, workers)
+    await send_and_settle(producer, store, workers, batches[0], 4000)
 
     snapshot = {
         key: await redis.dump(key) for key in await prefixed_keys(redis, settings.key_prefix)
     }
-    await send_all(producer, batches[1])
-    await producer.flush()
-    await settle(store, 8000, workers)
+    await send_and_settle(producer, store, workers, batches[1], 8000)
 
     # one transaction, as a failover is: the worker never sees a half-restored store
     async with redis.pipeline(transaction=True) as restore:
@@ -122,7 +130,7 @@ async def test_redis_rolled_back_mid_stream_replays_what_it_lost(
     assert restored == 4000, "the restore did not take the store back"
     await send_all(producer, batches[2])
     await producer.flush()
-    recovery = await settle(store, 12000, workers)
+    recovery = await settle(store, 12000, workers)  # from the moment the batch is sent
 
     events = [e for batch in batches for e in batch]
     doubled = await assert_exact(store, settings, events)
@@ -135,9 +143,7 @@ async def test_redis_emptied_is_rebuilt_from_the_topics(
     rng = random.Random(2)
     events = with_duplicates(rng, random_events(rng, customers=200, count=6000), share=0.05)
     workers.start()
-    await send_all(producer, events)
-    await producer.flush()
-    await settle(store, distinct(events), workers)
+    await send_and_settle(producer, store, workers, events, distinct(events))
 
     await redis.delete(*await prefixed_keys(redis, settings.key_prefix))
     # no new event arrives: the worker notices the loss by itself
@@ -154,9 +160,7 @@ async def test_rebuild_command_wipes_and_replays(
     rng = random.Random(3)
     events = random_events(rng, customers=100, count=3000)
     workers.start()
-    await send_all(producer, events)
-    await producer.flush()
-    await settle(store, distinct(events), workers)
+    await send_and_settle(producer, store, workers, events, distinct(events))
     await redis.hset(f"{settings.key_prefix}notify:stats", "sent", 7)
 
     lines: list[str] = []
@@ -241,9 +245,7 @@ async def test_redis_unreachable_for_30_seconds_under_load(
     rng = random.Random(5)
     first = random_events(rng, customers=300, count=5000)
     workers.start()
-    await send_all(producer, first)
-    await producer.flush()
-    await settle(store, distinct(first), workers)
+    await send_and_settle(producer, store, workers, first, distinct(first))
 
     own_redis.process.stop()  # Redis goes away; traffic goes on
     later = [dict(e, event_id=f"late-{e['event_id']}") for e in random_events(rng, 300, 10_000)]
