@@ -341,7 +341,11 @@ for _, r in ipairs(records) do
   local offset = tonumber(r[4])
   local tp = topic .. '|' .. partition
   local last = last_offsets[tp]
-  if last == nil then last = tonumber(redis.call('HGET', offsets_key, tp) or '-1') end
+  if last == nil then
+    -- read once per partition and batch, also when every record is a redelivery
+    last = tonumber(redis.call('HGET', offsets_key, tp) or '-1')
+    last_offsets[tp] = last
+  end
   local wanted = last + 1
   if floors then wanted = math.max(wanted, tonumber(floors[tp] or 0)) end
   if gaps[tp] then
