@@ -35,7 +35,6 @@ from processors.alive import (
 from processors.alive_models import MODELS
 from processors.evaluator import evaluate
 from processors.lifecycle import LifecyclePolicy
-from processors.risk import load_policy
 from processors.state import to_public
 from processors.windows import Period, next_period, period_start
 from retention import runtime
@@ -58,6 +57,7 @@ from streams.events import (
     parse_event,
 )
 from streams.producer import EventProducer
+from streams.risk_file import load_policy
 from streams.topics import Topics, cluster_id, ensure_topics
 
 logger = logging.getLogger(__name__)

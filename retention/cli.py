@@ -287,8 +287,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def cmd_notify(args: argparse.Namespace) -> int:
     import signal
 
-    from processors.notify_config import NotifyConfigError, load_config
+    from processors.notify_config import NotifyConfigError
     from retention.notifier import run_notifier
+    from retention.notify_file import load_config
 
     settings = _settings(args)
     path: Path | None = args.config or settings.notifications_file

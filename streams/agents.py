@@ -36,7 +36,6 @@ from processors.alerts import Alert
 from processors.alive import model_options
 from processors.currency import Rates, UnknownCurrency
 from processors.lifecycle import LifecyclePolicy
-from processors.risk import load_policy
 from processors.windows import PERIODS
 from store.evaluations import Evaluator, update_high_value_threshold
 from store.models import fit_age_seconds, refit
@@ -45,6 +44,7 @@ from store.store import BatchResult, Store, accepted_record, rejected_record
 from streams.events import Rejection, parse_event
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.offsets import TP, store_positions, wait_for_store
+from streams.risk_file import load_policy
 from streams.topics import Topics, dead_letter_headers
 from streams.worker_metrics import WorkerMetrics
 from streams.worker_settings import WorkerSettings
