@@ -81,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _count_bad(settings: Settings, reasons: dict[str, int]) -> None:
-    from retention.produce import PRODUCE_SOURCE
+    from retention.publish_file import PRODUCE_SOURCE
 
     if not settings.redis_url or not reasons:
         return
@@ -97,7 +97,7 @@ async def _count_bad(settings: Settings, reasons: dict[str, int]) -> None:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from retention.produce import publish_file
+    from retention.publish_file import publish_file
     from streams.producer import EventProducer
     from streams.topics import Topics, ensure_topics
 

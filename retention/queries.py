@@ -13,8 +13,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from processors.alive import NO_VALUE, outlook
 from processors.evaluator import evaluate
+from processors.forecast import NO_VALUE, outlook
 from processors.lifecycle import LifecyclePolicy
 from processors.state import to_public
 from processors.windows import PERIODS, Period

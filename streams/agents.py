@@ -33,8 +33,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from processors.alerts import Alert
-from processors.alive import model_options
 from processors.currency import Rates, UnknownCurrency
+from processors.forecast import model_options
 from processors.lifecycle import LifecyclePolicy
 from processors.windows import PERIODS
 from store.evaluations import Evaluator, update_high_value_threshold
