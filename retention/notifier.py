@@ -44,10 +44,11 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
-from processors.notify_config import Outcome, Subscriber, load_config
+from processors.notify_config import Outcome, Subscriber
 from processors.notify_messages import BadAlert, decode_alert
 from retention.config import Settings
 from retention.delivery import Notifier
+from retention.notify_file import load_config
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, create_missing
 

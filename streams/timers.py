@@ -17,14 +17,14 @@ import faust
 from redis.exceptions import RedisError
 
 from processors.alerts import Alert
-from processors.alive import model_options
+from processors.forecast import model_options
 from processors.lifecycle import LifecyclePolicy
-from processors.risk import load_policy
 from processors.windows import PERIODS
 from store.evaluations import Evaluator, update_high_value_threshold
 from store.models import fit_age_seconds, refit
 from store.periods import Periods
 from streams.ingest_batch import WorkerCounters
+from streams.risk_file import load_policy
 from streams.topics import Topics
 from streams.worker_parts import WorkerParts
 from streams.worker_settings import WorkerSettings
