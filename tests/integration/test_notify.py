@@ -33,7 +33,7 @@ from processors.alerts import Alert
 from processors.notify_config import NotifyConfig, NotifyConfigError, parse_config
 from processors.webhook_signature import InvalidSignature, is_valid_request, sign, verify_request
 from retention.config import Settings
-from retention.delivery import Notifier, dead_letters, notify_stats
+from retention.delivery import Notifier
 from retention.notifier import (
     COMMIT_INTERVAL_SECONDS,
     alerts_topic,
@@ -42,6 +42,7 @@ from retention.notifier import (
     publish_alerts,
     run_notifier,
 )
+from store.deliveries import Deliveries
 from tests.integration.conftest import wait_until
 
 SECRET = "whsec-test-key"
@@ -203,7 +204,7 @@ async def test_signed_webhook_is_delivered_once_and_verifiable(
     assert req.headers["X-Tenant"] == "shop-1"
     assert abs(int(req.headers["X-Retention-Timestamp"]) - datetime.now(UTC).timestamp()) < 60
     assert req.json() == {**alert.as_dict(), "subscriber": "crm"}
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"sent|webhook": 1, "duplicate|webhook": 1}
 
 
@@ -216,7 +217,7 @@ async def test_a_tampered_body_would_not_verify(
         assert await notifier.deliver(make_alert()) == {"crm": "failed"}
     [req] = receiver.requests
     assert req.signature_ok is False
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert dead["error"].startswith("HTTP 401")
 
 
@@ -231,8 +232,8 @@ async def test_retries_after_500_then_success(
     assert len(receiver.requests) == 3
     assert {r.headers["Idempotency-Key"] for r in receiver.requests} == {alert.key}
     assert all(r.signature_ok for r in receiver.requests)
-    assert await notify_stats(redis, settings.key_prefix) == {"sent|webhook": 1}
-    assert await dead_letters(redis, settings.key_prefix) == []
+    assert await Deliveries(redis, settings.key_prefix).stats() == {"sent|webhook": 1}
+    assert await Deliveries(redis, settings.key_prefix).dead_letters() == []
 
 
 async def test_retries_run_out_into_the_dead_letters(
@@ -248,11 +249,11 @@ async def test_retries_run_out_into_the_dead_letters(
     async with Notifier(cfg, redis, settings.key_prefix) as notifier:
         assert await notifier.deliver(alert) == {"down": "failed", "gone": "failed"}
     assert len(receiver.to("down")) == 3
-    dead = {d["subscriber"]: d for d in await dead_letters(redis, settings.key_prefix)}
+    dead = {d["subscriber"]: d for d in await Deliveries(redis, settings.key_prefix).dead_letters()}
     assert dead["down"]["attempts"] == 3 and dead["down"]["error"].startswith("HTTP 503")
     assert dead["gone"]["attempts"] == 3 and "Connect" in dead["gone"]["error"]
     assert dead["down"]["alert"] == alert.as_dict()
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"failed|webhook": 1, "failed|slack": 1}
 
 
@@ -276,7 +277,7 @@ async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert
         "managers": "delivered",
     }
     assert len(receiver.to("strict")) == 1  # no retry of a 400
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert dead["subscriber"] == "strict"
     assert dead["alert"] == alert.as_dict()
     assert dead["error"] == "HTTP 400: planned failure"
@@ -288,7 +289,7 @@ async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert
     assert "risk 0.73" in slack["text"] and "high value" in slack["text"]
     assert "silent_for_45_days; csat_low" in slack["text"]
     assert slack["blocks"][0]["type"] == "header"
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"failed|webhook": 1, "sent|webhook": 1, "sent|slack": 1, "sent|email": 1}
 
 
@@ -313,7 +314,7 @@ async def test_cooldown_suppresses_the_same_kind_for_the_same_customer(
         assert await outcome(make_alert("c-1", kind="milestone", occasion="10")) == "delivered"
         assert await outcome(make_alert("c-1", kind="milestone", occasion="20")) == "delivered"
     assert len(receiver.requests) == 6
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"sent|webhook": 6, "suppressed|webhook": 1}
 
 
@@ -342,7 +343,7 @@ async def test_email_carries_customer_and_reasons(
     assert "silent_for_45_days" in body and "csat_low" in body
     assert "Risk score: 0.73" in body
     assert msg["Idempotency-Key"] == alert.key
-    assert await notify_stats(redis, settings.key_prefix) == {"sent|email": 1}
+    assert await Deliveries(redis, settings.key_prefix).stats() == {"sent|email": 1}
 
 
 async def test_smtp_server_down_is_retried_then_dead_lettered(
@@ -352,9 +353,9 @@ async def test_smtp_server_down_is_retried_then_dead_lettered(
     cfg = config(mailbox(down))
     async with Notifier(cfg, redis, settings.key_prefix) as notifier:
         assert await notifier.deliver(make_alert()) == {"managers": "failed"}
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert dead["attempts"] == 3 and "ConnectionRefused" in dead["error"]
-    assert await notify_stats(redis, settings.key_prefix) == {"failed|email": 1}
+    assert await Deliveries(redis, settings.key_prefix).stats() == {"failed|email": 1}
 
 
 async def _run_until(
@@ -390,7 +391,7 @@ async def test_no_duplicate_delivery_across_a_notifier_restart(
     prefix = settings.key_prefix
 
     async def stats() -> dict[str, int]:
-        return await notify_stats(redis, prefix)
+        return await Deliveries(redis, prefix).stats()
 
     async def first_done() -> bool:
         return (await stats()).get("sent|webhook", 0) == 5
@@ -440,7 +441,7 @@ async def test_a_dead_endpoint_gets_one_attempt_per_alert_after_repeated_failure
             "down": "delivered",
             "crm": "delivered",
         }
-    assert len(await dead_letters(redis, settings.key_prefix)) == 4  # none lost
+    assert len(await Deliveries(redis, settings.key_prefix).dead_letters()) == 4  # none lost
 
 
 # --- signatures, injection, dead-letter bound ---------------------------------------------
@@ -494,7 +495,7 @@ async def test_ids_that_look_like_markup_or_headers_stay_text_on_every_channel(
             }
         # none of it counts against the subscribers' breakers
         assert notifier._failures == {}
-    assert await dead_letters(redis, settings.key_prefix) == []
+    assert await Deliveries(redis, settings.key_prefix).dead_letters() == []
 
     # Slack: escaped wherever mrkdwn is parsed, so neither a mention nor a link; the header
     # is plain_text, which Slack shows as it is
@@ -532,10 +533,10 @@ async def test_the_dead_letter_list_keeps_the_newest_entries_up_to_its_limit(
     async with Notifier(cfg, redis, settings.key_prefix) as notifier:
         for n in range(5):
             assert await notifier.deliver(make_alert(f"c-{n}")) == {"strict": "failed"}
-    dead = await dead_letters(redis, settings.key_prefix)
+    dead = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert [d["alert"]["customer_id"] for d in dead] == ["c-2", "c-3", "c-4"]
     assert {d["reason"] for d in dead} == {"delivery_failed"}
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     # every failure counted, and what the trim dropped as well
     assert stats == {"failed|webhook": 5, "dead_trimmed": 2}
 
@@ -637,7 +638,7 @@ async def test_an_untrusted_certificate_fails_without_sending_the_password(
         async with Notifier(cfg, redis, settings.key_prefix) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     assert box.logins == [] and box.received == []
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert "certificate" in dead["error"] and dead["attempts"] == 1  # not worth retrying
 
 
@@ -649,7 +650,7 @@ async def test_a_server_without_starttls_never_sees_the_password(
         async with Notifier(cfg, redis, settings.key_prefix) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     assert box.logins == [] and box.received == []
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert "STARTTLS" in dead["error"]
 
 
@@ -791,14 +792,14 @@ async def test_undecodable_alerts_are_dead_lettered_and_committed(
         await wait_until(both_delivered, 30, "the alert after the bad ones")
         await asyncio.sleep(3 * COMMIT_INTERVAL_SECONDS)
     assert [r.json()["occasion"] for r in receiver.requests] == ["before", "after"]
-    dead = await dead_letters(redis, settings.key_prefix)
+    dead = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert [d["offset"] for d in dead] == offsets[1:-1]
     assert {d["reason"] for d in dead} == {"undecodable"}
     assert dead[0]["value"] == "{not json" and "JSONDecodeError" in dead[0]["error"]
     assert dead[1]["value_base64"] == "//4A"
     assert "OverflowError" in dead[3]["error"] and "RecursionError" in dead[4]["error"]
     assert "risk_score" in dead[5]["error"]
-    assert (await notify_stats(redis, settings.key_prefix))["bad"] == len(bad)
+    assert (await Deliveries(redis, settings.key_prefix).stats())["bad"] == len(bad)
     # the partition's committed position is past the last alert: nothing blocks it
     [partition] = {d["partition"] for d in dead}
     consumer = AIOKafkaConsumer(
@@ -829,7 +830,7 @@ async def test_an_error_for_one_subscriber_is_dead_lettered_and_its_lane_goes_on
 
         async def b_has(count: int) -> Callable[[], Awaitable[bool]]:
             async def check() -> bool:
-                stats = await notify_stats(redis, prefix)
+                stats = await Deliveries(redis, prefix).stats()
                 return len(receiver.to("b")) == count and stats.get("internal_error", 0) == 3
 
             return check
@@ -843,12 +844,12 @@ async def test_an_error_for_one_subscriber_is_dead_lettered_and_its_lane_goes_on
 
         await wait_until(a_resumed, 30, "a's lane to go on")
         assert not task.done()
-    dead = await dead_letters(redis, prefix)
+    dead = await Deliveries(redis, prefix).dead_letters()
     assert [(d["reason"], d["subscriber"]) for d in dead] == [("internal_error", "a")] * 3
     assert all("WRONGTYPE" in d["error"] for d in dead)
     assert sorted(d["alert"]["key"] for d in dead) == sorted(a.key for a in broken)
     assert {r.json()["occasion"] for r in receiver.to("a")} == {"fixed"}
-    stats = await notify_stats(redis, prefix)
+    stats = await Deliveries(redis, prefix).stats()
     assert stats == {"internal_error": 3, "failed|webhook": 3, "sent|webhook": 7}
 
 
@@ -878,7 +879,7 @@ async def test_a_failing_subscriber_with_a_full_queue_sends_its_overflow_to_the_
             return len(receiver.to("crm")) == len(alerts)
 
         await wait_until(crm_has_all, 20, "every alert at the healthy subscriber")
-    dead = await dead_letters(redis, settings.key_prefix)
+    dead = await Deliveries(redis, settings.key_prefix).dead_letters()
     reasons = Counter(d["reason"] for d in dead)
     # the first alert timed out and opened the breaker; then at most two waited in the
     # queue, and the rest went straight to the dead letters
