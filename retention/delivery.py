@@ -56,7 +56,6 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-from redis.asyncio import Redis
 
 from processors import webhook_signature
 from processors.alerts import Alert
@@ -176,20 +175,19 @@ def _ms(ts: datetime) -> int:
 class Notifier:
     """Send each alert to every subscriber that wants it, at most once per subscriber.
 
-    Use as ``async with Notifier(config, redis, prefix) as notifier``: it owns one HTTP
-    session. ``redis`` may decode responses or not.
+    Use as ``async with Notifier(config, Deliveries(redis, prefix)) as notifier``: it owns
+    one HTTP session; ``state`` keeps what was delivered, and the dead letters.
     """
 
     def __init__(
         self,
         config: NotifyConfig,
-        redis: Redis,
-        key_prefix: str,
+        state: Deliveries,
         *,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.config = config
-        self.state = Deliveries(redis, key_prefix)
+        self.state = state
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._failures: dict[str, int] = {}

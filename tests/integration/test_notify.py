@@ -192,7 +192,7 @@ async def test_signed_webhook_is_delivered_once_and_verifiable(
 ) -> None:
     cfg = config(webhook(receiver, "crm", headers={"X-Tenant": "shop-1"}))
     alert = make_alert()
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(alert) == {"crm": "delivered"}
         # the same alert again, as after a redelivery: not sent twice
         assert await notifier.deliver(alert) == {"crm": "duplicate"}
@@ -213,7 +213,7 @@ async def test_a_tampered_body_would_not_verify(
 ) -> None:
     """The receiver's check is real: a different secret fails it, and 401 is permanent."""
     cfg = config({**webhook(receiver, "crm"), "secret": "not-the-secret"})
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(make_alert()) == {"crm": "failed"}
     [req] = receiver.requests
     assert req.signature_ok is False
@@ -227,7 +227,7 @@ async def test_retries_after_500_then_success(
     receiver.fail["flaky"] = [500, 503]
     cfg = config(webhook(receiver, "flaky"))
     alert = make_alert()
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(alert) == {"flaky": "delivered"}
     assert len(receiver.requests) == 3
     assert {r.headers["Idempotency-Key"] for r in receiver.requests} == {alert.key}
@@ -246,7 +246,7 @@ async def test_retries_run_out_into_the_dead_letters(
         {"name": "gone", "type": "slack", "url": closed},
     )
     alert = make_alert()
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(alert) == {"down": "failed", "gone": "failed"}
     assert len(receiver.to("down")) == 3
     dead = {d["subscriber"]: d for d in await Deliveries(redis, settings.key_prefix).dead_letters()}
@@ -268,7 +268,7 @@ async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert
         mailbox(inbox),
     )
     alert = make_alert("c-9")
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         outcomes = await notifier.deliver(alert)
     assert outcomes == {
         "strict": "failed",
@@ -297,7 +297,7 @@ async def test_cooldown_suppresses_the_same_kind_for_the_same_customer(
     receiver: Receiver, redis: Redis, settings: Settings
 ) -> None:
     cfg = config(webhook(receiver, "crm"), cooldown="24h", cooldowns={"milestone": 0})
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
 
         async def outcome(alert: Alert) -> str:
             return (await notifier.deliver(alert))["crm"]
@@ -322,7 +322,7 @@ async def test_kind_filter_skips_subscribers_that_did_not_ask(
     receiver: Receiver, redis: Redis, settings: Settings
 ) -> None:
     cfg = config(webhook(receiver, "all"), webhook(receiver, "risk", kinds=["churned"]))
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(make_alert()) == {"all": "delivered", "risk": "filtered"}
     assert [r.path for r in receiver.requests] == ["/hook/all"]
 
@@ -332,7 +332,7 @@ async def test_email_carries_customer_and_reasons(
 ) -> None:
     cfg = config(mailbox(inbox))
     alert = make_alert("cust-777")
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(alert) == {"managers": "delivered"}
     [(sender, recipients, msg)] = inbox.received
     assert sender == "retention@shop.example"
@@ -351,7 +351,7 @@ async def test_smtp_server_down_is_retried_then_dead_lettered(
 ) -> None:
     down = Inbox(port=free_port())  # nothing listens there
     cfg = config(mailbox(down))
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert dead["attempts"] == 3 and "ConnectionRefused" in dead["error"]
@@ -430,7 +430,7 @@ async def test_a_dead_endpoint_gets_one_attempt_per_alert_after_repeated_failure
     receiver.fail["down"] = [503] * 100
     cfg = config(webhook(receiver, "down"), webhook(receiver, "crm"))
     cfg = cfg.model_copy(update={"retry": cfg.retry.model_copy(update={"breaker_after": 2})})
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         for n in range(4):
             outcome = await notifier.deliver(make_alert(customer=f"c-{n}"))
             assert outcome == {"down": "failed", "crm": "delivered"}
@@ -451,7 +451,7 @@ async def test_a_captured_request_replayed_later_or_altered_fails_verification(
     receiver: Receiver, redis: Redis, settings: Settings
 ) -> None:
     cfg = config(webhook(receiver, "crm"))
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(make_alert()) == {"crm": "delivered"}
     [req] = receiver.requests
     assert req.signature_ok  # fresh: the receiver accepted it
@@ -486,7 +486,7 @@ async def test_ids_that_look_like_markup_or_headers_stay_text_on_every_channel(
     )
     mention, injected = "<!channel>", "c-1\r\nBcc: x@y.example"
     alerts = [make_alert(mention), make_alert(injected)]
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         for a in alerts:
             assert await notifier.deliver(a) == {
                 "crm": "delivered",
@@ -530,7 +530,7 @@ async def test_the_dead_letter_list_keeps_the_newest_entries_up_to_its_limit(
 ) -> None:
     receiver.fail["strict"] = [400] * 10
     cfg = config(webhook(receiver, "strict"), dead_letter_limit=3)
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         for n in range(5):
             assert await notifier.deliver(make_alert(f"c-{n}")) == {"strict": "failed"}
     dead = await Deliveries(redis, settings.key_prefix).dead_letters()
@@ -614,7 +614,7 @@ async def test_starttls_login_sends_the_password_only_over_tls(
 ) -> None:
     with smtp_server(Inbox(), tls_context=tls.server_context(), require_starttls=True) as box:
         cfg = mail_config(login_mailbox(box, tls="starttls", ca_file=str(tls.cert)))
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
     assert box.logins == [("retention", "pw-123", True)]
     assert len(box.received) == 1
@@ -624,7 +624,7 @@ async def test_implicit_tls_on_its_own_port(tls: Tls, redis: Redis, settings: Se
     # the whole session is TLS; aiosmtpd's own check only knows STARTTLS, hence the flag
     with smtp_server(Inbox(), ssl_context=tls.server_context(), auth_require_tls=False) as box:
         cfg = mail_config(login_mailbox(box, tls="implicit", ca_file=str(tls.cert)))
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
     assert box.logins == [("retention", "pw-123", True)]
     assert len(box.received) == 1
@@ -635,7 +635,7 @@ async def test_an_untrusted_certificate_fails_without_sending_the_password(
 ) -> None:
     with smtp_server(Inbox(), tls_context=tls.server_context()) as box:
         cfg = mail_config(login_mailbox(box, tls="starttls"))  # system CAs only
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     assert box.logins == [] and box.received == []
     [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
@@ -647,7 +647,7 @@ async def test_a_server_without_starttls_never_sees_the_password(
 ) -> None:
     with smtp_server(Inbox(), auth_require_tls=False) as box:
         cfg = mail_config(login_mailbox(box, tls="starttls"))
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     assert box.logins == [] and box.received == []
     [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
@@ -659,14 +659,14 @@ async def test_clear_text_login_only_when_allowed_by_name(redis: Redis, settings
         with pytest.raises(NotifyConfigError, match="clear text"):
             mail_config(login_mailbox(box))
         cfg = mail_config(login_mailbox(box, allow_insecure_login=True))
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
         # a config built in code, past validation, is refused at send time
         [allowed] = cfg.subscribers
         unsafe = cfg.model_copy(
             update={"subscribers": (allowed.model_copy(update={"allow_insecure_login": False}),)}
         )
-        async with Notifier(unsafe, redis, settings.key_prefix + "x:") as notifier:
+        async with Notifier(unsafe, Deliveries(redis, settings.key_prefix + "x:")) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     assert box.logins == [("retention", "pw-123", False)]
     assert len(box.received) == 1
