@@ -345,13 +345,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from retention.keys import KeyNameError, KeyStore
+    from store.ingest_state import IngestState
 
     settings = _services(args)
 
     async def go() -> int:
         redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         try:
-            keys = KeyStore(redis, settings.key_prefix)
+            keys = KeyStore(IngestState(redis, settings.key_prefix))
             if args.action == "create":
                 key = await keys.create(args.name)
                 print(f"write key {args.name!r} created; it is shown only now, store it safely:")

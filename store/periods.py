@@ -34,6 +34,7 @@ from processors.windows import (
     period_start,
     periods_between,
 )
+from store.layout import Keys
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +78,13 @@ class Periods:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self._counts = redis.register_script(_COUNTS)
         self._cohort = redis.register_script(_COHORT)
         self._warned: dict[str, float] = {}
 
     def key(self, *parts: str) -> str:
-        return self.prefix + ":".join(parts)
+        return self.keys.key(*parts)
 
     def _warn(self, kind: str, message: str, **fields: Any) -> None:
         """Log ``message`` once per read: not again for the same kind within a minute."""
