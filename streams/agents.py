@@ -38,6 +38,7 @@ from processors.currency import Rates, UnknownCurrency
 from processors.lifecycle import LifecyclePolicy
 from processors.risk import load_policy
 from processors.windows import PERIODS
+from store.connect import connect
 from store.evaluations import Evaluator, update_high_value_threshold
 from store.models import fit_age_seconds, refit
 from store.periods import Periods
@@ -350,7 +351,7 @@ def register(
     topics = Topics.from_settings(settings)
     dlq = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
     assert settings.redis_url is not None
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect(settings.redis_url, decode_responses=True)
     store = Store(
         redis,
         settings.key_prefix,
