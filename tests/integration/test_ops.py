@@ -305,8 +305,7 @@ def start_prometheus(
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}",
     ]
-    process = runtime.spawn("prometheus", argv, tmp_path)
-    runtime.wait_for_port(port, 20, process.proc)
+    process = runtime.start_listening("prometheus", argv, tmp_path, None, port, 20)
     process.port = port  # type: ignore[attr-defined]
     return process
 
