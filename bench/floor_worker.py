@@ -1,9 +1,9 @@
 """The throughput floor: the worker's Faust app with an agent that only counts.
 
 Started by ``bench/throughput.py`` with the same environment as ``retention worker``, plus
-``BENCH_EXPECTED_EVENTS`` (and optionally ``BENCH_LOG_LEVEL``). It writes two JSON lines to
-stdout: one when the first batch arrives and one when the count reaches the expected number.
-Everything else goes to stderr.
+``BENCH_EXPECTED_EVENTS``, ``BENCH_REPORT_FILE`` (and optionally ``BENCH_LOG_LEVEL``). It
+appends two JSON lines to the report file: one when the first batch arrives and one when the
+count reaches the expected number. Its log goes where a worker's goes.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any, cast
 
@@ -26,14 +25,18 @@ from streams.topics import Topics
 logger = logging.getLogger(__name__)
 
 EXPECTED_ENV = "BENCH_EXPECTED_EVENTS"
+REPORT_FILE_ENV = "BENCH_REPORT_FILE"
 LOG_LEVEL_ENV = "BENCH_LOG_LEVEL"
 
 
 def report(kind: str, **fields: Any) -> None:
-    """One JSON line: wall-clock time for the parent, CPU time to tell how busy this was."""
+    """One JSON line: wall-clock time for the parent, CPU time to tell how busy this was.
+
+    A file of its own, not stdout: the parent reads it while the log gets everything else.
+    """
     line = {"bench": kind, "at": time.time(), "cpu": time.process_time(), **fields}
-    sys.stdout.write(json.dumps(line) + "\n")
-    sys.stdout.flush()
+    with open(os.environ[REPORT_FILE_ENV], "a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 def register_counter(app: faust.App, settings: Settings, expected: int) -> None:
@@ -72,8 +75,6 @@ def main() -> None:
         logging_config=log_config(level.upper().replace("WARN", "WARNING")),
         quiet=True,
         redirect_stdouts=False,
-        # The startup spinner would write to stdout, which carries the reports.
-        stdout=sys.stderr,
     )
     logger.info("floor worker starting", extra={"expected": expected})
     worker.execute_from_commandline()

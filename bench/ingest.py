@@ -124,10 +124,8 @@ async def run_phase(
 async def bench(args: argparse.Namespace, work: Path) -> list[Phase]:
     group = runtime.ProcessGroup()
     try:
-        broker, bootstrap = runtime.start_broker(work)
-        group.add(broker)
-        redis_proc, redis_url = runtime.start_redis(work / "redis", work, durable=False)
-        group.add(redis_proc)
+        services = runtime.start_services(work, group)
+        bootstrap, redis_url = services.kafka_bootstrap, services.redis_url
         tag = uuid.uuid4().hex[:6]
         settings = Settings(
             kafka_bootstrap=bootstrap,
@@ -144,9 +142,10 @@ async def bench(args: argparse.Namespace, work: Path) -> list[Phase]:
         finally:
             await redis.aclose()
         port = runtime.free_port()
-        argv = [sys.executable, "-m", "retention.cli", "ingest", "--port", str(port)]
-        server = group.add(runtime.spawn("ingest", argv, work, runtime.child_env(**settings.env())))
-        runtime.wait_for_port(port, 30, server.proc)
+        argv = runtime.retention_argv("ingest", "--port", str(port))
+        group.add(
+            runtime.start_listening("ingest", argv, work, runtime.settings_env(settings), port)
+        )
         url = f"http://127.0.0.1:{port}"
         # a short warm-up: producer metadata, connections, the first key read
         await run_phase("warm-up", url, key, args.clients, args.batch, 1.0)

@@ -6,7 +6,8 @@
 Every run produces its own copy of N order events into fresh topics, then starts one worker
 process cold and times it from its first event to its last:
 
-- ``floor``: the worker's Faust app with an agent that only counts (``bench/floor_worker.py``);
+- ``floor``: the worker's Faust app with an agent that only counts (``bench/floor_worker.py``),
+  done when it reports (in a file of its own) that it has counted N;
 - ``pipeline``: the real ``python -m retention.cli worker``, done when the store has seen N.
 
 Both run with Faust's defaults and with the tuned settings (``TUNED``, or ``--tuned``). After
@@ -27,8 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from asyncio.subprocess import Process
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 
 from retention import runtime
 from retention.config import Settings
+from retention.runtime import Process
 from store.store import Store
 from streams.events import Rejection, parse_event
 from streams.topics import Topics, cluster_id, ensure_topics
@@ -63,12 +64,6 @@ FAUST_DEFAULTS: dict[str, str] = {
 TUNED: dict[str, str] = {
     "STREAM_BUFFER_MAXSIZE": "16384",
     "RETENTION_EVENT_LOOP": "uvloop",
-}
-
-#: The embedded stack's group timeouts, as the integration tests set them.
-STACK_ENV: dict[str, str] = {
-    "RETENTION_SESSION_TIMEOUT_SECONDS": "2",
-    "RETENTION_HEARTBEAT_INTERVAL_SECONDS": "0.5",
 }
 
 PRODUCE_BATCH_BYTES = 64 * 1024
@@ -275,50 +270,27 @@ class Bench:
             partitions=self.options.partitions,
         )
 
-    def env(self, variant: Variant, settings: Settings) -> dict[str, str]:
-        # later entries win: the stack's timeouts, then the variant's tuning
-        env = {
-            **settings.env(),
-            "PYTHONUNBUFFERED": "1",
-            "BENCH_EXPECTED_EVENTS": str(self.options.events),
-            **STACK_ENV,
+    def env(self, variant: Variant, settings: Settings, reports: Path) -> dict[str, str]:
+        # later entries win: the embedded stack's group timeouts, then the variant's tuning
+        return runtime.settings_env(
+            settings,
+            embedded=True,
+            PYTHONUNBUFFERED="1",
+            BENCH_EXPECTED_EVENTS=str(self.options.events),
+            BENCH_REPORT_FILE=str(reports),
             **variant.env,
-        }
-        return runtime.child_env(**env)
+        )
 
     @property
     def timeout(self) -> float:
         return 60.0 + self.options.events / 1000
 
 
-def argv_for(kind: Kind) -> list[str]:
+def start(kind: Kind, env: dict[str, str], log_dir: Path, name: str) -> Process:
+    """Start a worker of ``kind``; its output goes to ``log_dir/NAME.log``."""
     if kind == "floor":
-        return [sys.executable, str(FLOOR_SCRIPT)]
-    return [sys.executable, "-m", "retention.cli", "worker"]
-
-
-async def spawn(kind: Kind, env: dict[str, str], log_path: Path) -> Process:
-    """Start a worker; the floor's stdout is piped for its reports, the rest goes to the log."""
-    with log_path.open("wb") as log:
-        return await asyncio.create_subprocess_exec(
-            *argv_for(kind),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if kind == "floor" else log,
-            stderr=log,
-            start_new_session=True,
-        )
-
-
-async def stop(proc: Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        return runtime.spawn(name, [sys.executable, str(FLOOR_SCRIPT)], log_dir, env)
+    return runtime.start_worker(env, log_dir, name)
 
 
 def log_tail(path: Path, chars: int = 2000) -> str:
@@ -340,36 +312,32 @@ def cpu_seconds(pid: int) -> float | None:
 # --- floor ----------------------------------------------------------------------------
 
 
-async def next_report(proc: Process, deadline: float) -> dict[str, Any]:
-    """The next JSON report line on the floor worker's stdout."""
-    assert proc.stdout is not None
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BenchError("the floor worker did not count every event in time")
-        try:
-            raw = await asyncio.wait_for(proc.stdout.readline(), remaining)
-        except TimeoutError:
-            continue
-        if not raw:
-            raise BenchError(f"the floor worker exited with code {await proc.wait()}")
-        with contextlib.suppress(ValueError):
-            line = json.loads(raw)
-            if isinstance(line, dict) and "bench" in line:
-                return line
+def read_reports(path: Path) -> dict[str, dict[str, Any]]:
+    """The floor worker's reports so far, by kind; a line still being written is skipped."""
+    reports: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for raw in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                line = json.loads(raw)
+                if isinstance(line, dict) and "bench" in line:
+                    reports[line["bench"]] = line
+    return reports
 
 
-async def floor_timing(proc: Process, timeout: float) -> Timing:
+async def floor_timing(process: Process, reports: Path, timeout: float) -> Timing:
+    """From the floor worker's reports, which carry their own times: polling adds no error."""
     deadline = time.monotonic() + timeout
-    first: dict[str, Any] | None = None
-    while True:
-        line = await next_report(proc, deadline)
-        if line["bench"] == "first":
-            first = line
-        elif line["bench"] == "done" and first is not None:
-            wall = line["at"] - first["at"]
-            cpu = (line["cpu"] - first["cpu"]) / wall if wall > 0 else None
-            return Timing(float(first["at"]), float(line["at"]), cpu)
+    while time.monotonic() < deadline:
+        lines = read_reports(reports)
+        first, done = lines.get("first"), lines.get("done")
+        if first is not None and done is not None:
+            wall = done["at"] - first["at"]
+            cpu = (done["cpu"] - first["cpu"]) / wall if wall > 0 else None
+            return Timing(float(first["at"]), float(done["at"]), cpu)
+        if process.proc.poll() is not None:
+            raise BenchError(f"the floor worker exited with code {process.proc.returncode}")
+        await asyncio.sleep(POLL_SECONDS)
+    raise BenchError("the floor worker did not count every event in time")
 
 
 # --- pipeline -------------------------------------------------------------------------
@@ -381,7 +349,7 @@ async def seen_total(store: Store, topics: Topics) -> int:
 
 
 async def wait_seen(
-    store: Store, topics: Topics, expected: int, proc: Process, timeout: float
+    store: Store, topics: Topics, expected: int, process: Process, timeout: float
 ) -> list[tuple[float, float | None]]:
     """Poll the store's counters until they reach ``expected``.
 
@@ -391,11 +359,11 @@ async def wait_seen(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         count = await seen_total(store, topics)
-        samples.append((time.time(), cpu_seconds(proc.pid)))
+        samples.append((time.time(), cpu_seconds(process.pid)))
         if count >= expected:
             return samples
-        if proc.returncode is not None:
-            raise BenchError(f"the worker exited with code {proc.returncode}")
+        if process.proc.poll() is not None:
+            raise BenchError(f"the worker exited with code {process.proc.returncode}")
         await asyncio.sleep(POLL_SECONDS)
     raise BenchError(f"the store saw fewer than {expected} events after {timeout:.0f} s")
 
@@ -421,9 +389,11 @@ def cpu_share(samples: Sequence[tuple[float, float | None]], first: float) -> fl
     return (end[1] - start[1]) / (end[0] - start[0])
 
 
-async def pipeline_timing(bench: Bench, store: Store, settings: Settings, proc: Process) -> Timing:
+async def pipeline_timing(
+    bench: Bench, store: Store, settings: Settings, process: Process
+) -> Timing:
     topics = Topics.from_settings(settings)
-    samples = await wait_seen(store, topics, bench.options.events, proc, bench.timeout)
+    samples = await wait_seen(store, topics, bench.options.events, process, bench.timeout)
     first = await heartbeat_first_event(store, settings)
     return Timing(first, samples[-1][0], cpu_share(samples, first))
 
@@ -498,18 +468,20 @@ async def run_once(bench: Bench, variant: Variant, index: int, redis: Redis) -> 
     store = Store(redis, settings.key_prefix, settings.activity_kinds, offsets_scope=scope)
     before = await used_memory(redis)
     scripts_before = await script_seconds(redis)
-    log_path = bench.log_dir / f"{variant.name}-{index}.log"
+    name = f"{variant.name}-{index}"
+    reports = bench.log_dir / f"{name}.reports"
     spawned_at = time.time()
-    proc = await spawn(variant.kind, bench.env(variant, settings), log_path)
+    process = start(variant.kind, bench.env(variant, settings, reports), bench.log_dir, name)
     try:
         if variant.kind == "floor":
-            timing = await floor_timing(proc, bench.timeout)
+            timing = await floor_timing(process, reports, bench.timeout)
         else:
-            timing = await pipeline_timing(bench, store, settings, proc)
+            timing = await pipeline_timing(bench, store, settings, process)
     except BenchError as exc:
+        log_path = process.log_path
         raise BenchError(f"{variant.name}: {exc}\n--- {log_path}\n{log_tail(log_path)}") from exc
     finally:
-        await stop(proc)
+        process.stop(15)
     memory, redis_busy = None, None
     if variant.kind == "pipeline":
         busy = await script_seconds(redis) - scripts_before
@@ -548,19 +520,6 @@ def variants(options: Options) -> list[Variant]:
 
 
 # --- the whole bench ------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def embedded_stack(log_dir: Path) -> Iterator[tuple[str, str]]:
-    group = runtime.ProcessGroup()
-    try:
-        broker, bootstrap = runtime.start_broker(log_dir)
-        group.add(broker)
-        redis, redis_url = runtime.start_redis(log_dir / "redis", log_dir, durable=False)
-        group.add(redis)
-        yield bootstrap, redis_url
-    finally:
-        group.stop()
 
 
 async def run_all(options: Options, bootstrap: str, redis_url: str, log_dir: Path) -> list[Run]:
@@ -771,8 +730,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     keep = options.keep_logs
     try:
-        with embedded_stack(log_dir) as (bootstrap, redis_url):
-            runs = asyncio.run(run_all(options, bootstrap, redis_url, log_dir))
+        with runtime.start_services(log_dir) as services:
+            runs = asyncio.run(
+                run_all(options, services.kafka_bootstrap, services.redis_url, log_dir)
+            )
     except (BenchError, runtime.MissingBinary) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         keep = True

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import re
-import sys
 import tempfile
 import time
 import uuid
@@ -41,7 +40,6 @@ from retention import runtime
 from retention.cdnow import read_cdnow
 from retention.config import ActivityKind, Settings
 from retention.publish_file import Progress, file_dead_letter_headers
-from retention.stack import EMBEDDED_TIMEOUTS
 from store.connect import connect
 from store.evaluations import active_before, update_high_value_threshold
 from store.models import read_histories, save_fit
@@ -157,10 +155,8 @@ class Backtest:
         self.bytes_per_customer: float | None = None
 
     def _worker_env(self, data_dir: Path, embedded: bool) -> dict[str, str]:
-        env = self.settings.model_copy(update={"data_dir": data_dir}).env()
-        if embedded:
-            env.update(EMBEDDED_TIMEOUTS)
-        return runtime.child_env(**env)
+        own = self.settings.model_copy(update={"data_dir": data_dir})
+        return runtime.settings_env(own, embedded=embedded)
 
     def run(self) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="retention-backtest-") as tmp:
@@ -168,11 +164,10 @@ class Backtest:
             embedded = not (self.settings.kafka_bootstrap and self.settings.redis_url)
             try:
                 if embedded:
-                    broker, bootstrap = runtime.start_broker(work)
-                    self.group.add(broker)
-                    redis, redis_url = runtime.start_redis(work / "redis", work, durable=False)
-                    self.group.add(redis)
-                    self.settings = self.settings.with_services(bootstrap, redis_url)
+                    services = runtime.start_services(work, self.group)
+                    self.settings = self.settings.with_services(
+                        services.kafka_bootstrap, services.redis_url
+                    )
                 return asyncio.run(self._run(work, embedded))
             finally:
                 self.group.stop()
@@ -183,14 +178,7 @@ class Backtest:
         events, bad = load(o)
         topics = Topics.from_settings(s)
         await ensure_topics(s.kafka_bootstrap, topics, s.partitions, s.kafka_security())
-        self.group.add(
-            runtime.spawn(
-                "worker",
-                [sys.executable, "-m", "retention.cli", "worker"],
-                work,
-                self._worker_env(work, embedded),
-            )
-        )
+        self.group.add(runtime.start_worker(self._worker_env(work, embedded), work))
         logger.info("backtest input read", extra={"events": len(events), "bad": len(bad)})
         redis = connect(s.redis_url, decode_responses=True)
         try:

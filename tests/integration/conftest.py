@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -40,17 +39,12 @@ class Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("stack")
-    group = runtime.ProcessGroup()
     try:
-        broker, bootstrap = runtime.start_broker(log_dir)
-        group.add(broker)
-        redis, redis_url = runtime.start_redis(log_dir / "redis", log_dir, durable=False)
-        group.add(redis)
+        services = runtime.start_services(log_dir)
     except runtime.MissingBinary as exc:
-        group.stop()
         pytest.fail(f"cannot start the embedded stack: {exc}", pytrace=False)
-    yield Stack(bootstrap, redis_url, log_dir)
-    group.stop()
+    yield Stack(services.kafka_bootstrap, services.redis_url, log_dir)
+    services.stop()
 
 
 @pytest.fixture
@@ -94,7 +88,7 @@ async def producer(settings: Settings) -> AsyncIterator[EventProducer]:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    return runtime.child_env(**settings.env())
+    return runtime.settings_env(settings)
 
 
 @dataclass
@@ -103,21 +97,17 @@ class Workers:
 
     settings: Settings
     log_dir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[runtime.Process] = field(default_factory=list)
+
+    @property
+    def procs(self) -> list[subprocess.Popen[bytes]]:
+        return [process.proc for process in self.processes]
 
     def start(self) -> subprocess.Popen[bytes]:
-        n = len(self.procs) + 1
-        log = (self.log_dir / f"worker-{n}.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "retention.cli", "worker"],
-            env={**settings_env(self.settings), "RETENTION_DATA_DIR": str(self.log_dir)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.procs.append(proc)
-        return proc
+        env = runtime.settings_env(self.settings, RETENTION_DATA_DIR=str(self.log_dir))
+        name = f"worker-{len(self.processes) + 1}"
+        self.processes.append(runtime.start_worker(env, self.log_dir, name))
+        return self.processes[-1].proc
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         proc.send_signal(signal.SIGKILL)
@@ -130,15 +120,7 @@ class Workers:
         )
 
     def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        runtime.stop_all(self.processes, timeout=15)
 
 
 @pytest.fixture

@@ -443,15 +443,9 @@ def test_keys_command_prints_the_key_once_and_revokes(settings: Settings, tmp_pa
 def test_ingest_command_serves_until_terminated(settings: Settings, tmp_path: Path) -> None:
     port = runtime.free_port()
     env = {**settings_env(settings), "RETENTION_DATA_DIR": str(tmp_path)}
-    with (tmp_path / "ingest.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "retention.cli", "ingest", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    argv = runtime.retention_argv("ingest", "--port", str(port))
+    proc = runtime.start_listening("ingest", argv, tmp_path, env, port).proc
     try:
-        runtime.wait_for_port(port, 30, proc)
         import urllib.request
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5) as resp:

@@ -48,14 +48,9 @@ def basic(user: str, password: str) -> str:
 def exporter_process(settings: Settings, tmp_path: Path, name: str) -> Iterator[str]:
     """The exporter process, as `retention metrics-server` runs it."""
     port = runtime.free_port()
-    process = runtime.spawn(
-        name,
-        [sys.executable, "-m", "retention.cli", "metrics-server", "--port", str(port)],
-        tmp_path,
-        settings_env(settings),
-    )
+    argv = runtime.retention_argv("metrics-server", "--port", str(port))
+    process = runtime.start_listening(name, argv, tmp_path, settings_env(settings), port, 15)
     try:
-        runtime.wait_for_port(port, 15, process.proc)
         yield f"http://127.0.0.1:{port}/metrics"
     finally:
         process.stop()

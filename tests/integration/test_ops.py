@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -259,23 +258,9 @@ def exporter(settings: Settings, tmp_path: Path) -> Iterator[str]:
     """The exporter process, as `retention metrics-server` runs it."""
     port = runtime.free_port()
     secured = Settings(**{**settings.model_dump(), "metrics_bearer_token": TOKEN})
-    process = runtime.spawn(
-        "exporter",
-        [
-            sys.executable,
-            "-m",
-            "retention.cli",
-            "metrics-server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        tmp_path,
-        settings_env(secured),
-    )
+    argv = runtime.retention_argv("metrics-server", "--host", "127.0.0.1", "--port", str(port))
+    process = runtime.start_listening("exporter", argv, tmp_path, settings_env(secured), port, 15)
     try:
-        runtime.wait_for_port(port, 15, process.proc)
         yield f"127.0.0.1:{port}"
     finally:
         process.stop()
@@ -320,8 +305,7 @@ def start_prometheus(
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}",
     ]
-    process = runtime.spawn("prometheus", argv, tmp_path)
-    runtime.wait_for_port(port, 20, process.proc)
+    process = runtime.start_listening("prometheus", argv, tmp_path, None, port, 20)
     process.port = port  # type: ignore[attr-defined]
     return process
 
