@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from retention import runtime  # noqa: E402
 from retention.config import Settings  # noqa: E402
 from retention.keys import KeyStore  # noqa: E402
+from store.ingest_state import IngestState  # noqa: E402
 from streams.topics import Topics, ensure_topics  # noqa: E402
 
 
@@ -139,7 +140,7 @@ async def bench(args: argparse.Namespace, work: Path) -> list[Phase]:
         await ensure_topics(bootstrap, Topics.from_settings(settings), settings.partitions)
         redis = Redis.from_url(redis_url, decode_responses=True)
         try:
-            key = await KeyStore(redis, settings.key_prefix).create("bench")
+            key = await KeyStore(IngestState(redis, settings.key_prefix)).create("bench")
         finally:
             await redis.aclose()
         port = runtime.free_port()

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from processors.alerts import Alert
-from processors.alive import Fit, outlook
+from processors.forecast import Fit, outlook
 from processors.lifecycle import (
     LifecyclePolicy,
     Status,

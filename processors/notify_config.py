@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -329,16 +328,3 @@ def parse_config(
     except ValidationError as exc:
         message = f"{source}: invalid notifications config\n{_format_errors(exc)}"
         raise NotifyConfigError(message) from None
-
-
-def load_config(path: Path, environ: Mapping[str, str] | None = None) -> NotifyConfig:
-    """Read ``notifications.yml``; secrets named by ``*_env`` come from ``environ``."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise NotifyConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise NotifyConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_config(data, environ, str(path))

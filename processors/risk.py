@@ -1,18 +1,17 @@
 """Explainable churn risk: rules over a customer's own history, each with a reason code.
 
-Rules and thresholds come from a YAML file (``RETENTION_RISK_FILE``) over the defaults
-below. Each rule that holds adds a reason and a weight; the score combines the weights as
-independent signals, ``1 - Π(1 - w)``, so it stays in [0, 1] and more reasons mean more risk.
-A customer is at risk when the score reaches ``threshold``.
+Rules and thresholds come from a YAML file (``RETENTION_RISK_FILE``, read by
+``streams/risk_file.py``) over the defaults below. Each rule that holds adds a reason and a
+weight; the score combines the weights as independent signals, ``1 - Π(1 - w)``, so it
+stays in [0, 1] and more reasons mean more risk. A customer is at risk when the score
+reaches ``threshold``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from processors.state import CustomerState
@@ -95,12 +94,13 @@ class RiskPolicy(BaseModel):
     rules: Rules = Rules()
 
 
-def load_policy(path: Path | None) -> RiskPolicy:
-    """The defaults, overridden by whatever the YAML file sets."""
-    if path is None:
-        return RiskPolicy()
-    raw: Any = yaml.safe_load(path.read_text()) or {}
-    return RiskPolicy.model_validate(raw)
+def parse_policy(data: Mapping[str, object] | None) -> RiskPolicy:
+    """The defaults, overridden by whatever the parsed rules file sets.
+
+    ``None`` (an empty file) keeps every default; an unknown key or an out-of-range value
+    raises :class:`pydantic.ValidationError` (a ``ValueError``).
+    """
+    return RiskPolicy.model_validate(data or {})
 
 
 @dataclass(frozen=True, slots=True)

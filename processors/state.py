@@ -253,7 +253,7 @@ def _latest(state: CustomerState, survey: str) -> int | None:
 def to_public(state: CustomerState, outlook: Any = None, evaluation: Any = None) -> dict[str, Any]:
     """The customer JSON of docs/metrics.md (Customer state), plus a few support details.
 
-    ``outlook`` (a :class:`processors.alive.Outlook`) fills P(alive) and expected
+    ``outlook`` (a :class:`processors.forecast.Outlook`) fills P(alive) and expected
     purchases, ``evaluation`` (a :class:`processors.evaluator.Evaluation`) the lifecycle
     status and the risk; without them those fields are null.
     """

@@ -23,7 +23,9 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from processors.alive import (
+from processors.alive_models import MODELS
+from processors.evaluator import evaluate
+from processors.forecast import (
     NO_VALUE,
     Fit,
     ModelOptions,
@@ -32,16 +34,13 @@ from processors.alive import (
     outlook,
     spend_from_days,
 )
-from processors.alive_models import MODELS
-from processors.evaluator import evaluate
 from processors.lifecycle import LifecyclePolicy
-from processors.risk import load_policy
 from processors.state import to_public
 from processors.windows import Period, next_period, period_start
 from retention import runtime
 from retention.cdnow import read_cdnow
 from retention.config import ActivityKind, Settings
-from retention.produce import Progress, file_dead_letter_headers
+from retention.publish_file import Progress, file_dead_letter_headers
 from retention.stack import EMBEDDED_TIMEOUTS
 from store.evaluations import active_before, update_high_value_threshold
 from store.models import read_histories, save_fit
@@ -58,6 +57,7 @@ from streams.events import (
     parse_event,
 )
 from streams.producer import EventProducer
+from streams.risk_file import load_policy
 from streams.topics import Topics, cluster_id, ensure_topics
 
 logger = logging.getLogger(__name__)

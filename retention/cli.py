@@ -81,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _count_bad(settings: Settings, reasons: dict[str, int]) -> None:
-    from retention.produce import PRODUCE_SOURCE
+    from retention.publish_file import PRODUCE_SOURCE
 
     if not settings.redis_url or not reasons:
         return
@@ -97,7 +97,7 @@ async def _count_bad(settings: Settings, reasons: dict[str, int]) -> None:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from retention.produce import publish_file
+    from retention.publish_file import publish_file
     from streams.producer import EventProducer
     from streams.topics import Topics, ensure_topics
 
@@ -287,8 +287,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def cmd_notify(args: argparse.Namespace) -> int:
     import signal
 
-    from processors.notify_config import NotifyConfigError, load_config
+    from processors.notify_config import NotifyConfigError
     from retention.notifier import run_notifier
+    from retention.notify_file import load_config
 
     settings = _settings(args)
     path: Path | None = args.config or settings.notifications_file
@@ -344,13 +345,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from retention.keys import KeyNameError, KeyStore
+    from store.ingest_state import IngestState
 
     settings = _services(args)
 
     async def go() -> int:
         redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
         try:
-            keys = KeyStore(redis, settings.key_prefix)
+            keys = KeyStore(IngestState(redis, settings.key_prefix))
             if args.action == "create":
                 key = await keys.create(args.name)
                 print(f"write key {args.name!r} created; it is shown only now, store it safely:")

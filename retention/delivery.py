@@ -24,18 +24,9 @@ Subscribers are listed in a YAML file (``notifications.yml``)::
         from: retention@example.com
         to: [am@example.com]
 
-Delivery is at least once. State in Redis, under the key prefix ``P``:
-
-- ``P notify:delivered:<subscriber>``  sorted set, alert key → delivery time (ms); an alert
-  found there is a duplicate (a redelivery after a restart, or the tracker raising it twice)
-- ``P notify:last:<subscriber>:<kind>:<customer>``  the ``at`` (ms) of the last alert of that
-  kind delivered for that customer; it expires with the cool-down
-- ``P notify:dead``   list of JSON dead letters ``{reason, subscriber, alert, error,
-  attempts, at}``, oldest first, trimmed to the newest ``dead_letter_limit`` entries
-- ``P notify:stats``  hash of counters ``sent|<channel>``, ``failed|<channel>``,
-  ``suppressed|<channel>``, ``duplicate|<channel>``; ``bad`` (undecodable alerts),
-  ``internal_error`` (unexpected exceptions) and ``dead_trimmed`` (dead letters dropped by
-  the limit)
+Delivery is at least once. What was delivered, the cool-downs, the dead letters and the
+counters are kept in Redis by :class:`store.deliveries.Deliveries` (the ``notify:`` keys
+of :mod:`store.layout`).
 
 A crash between a successful send and the Redis write sends that alert again after the
 restart; webhook receivers drop it by its ``Idempotency-Key``, email by its ``Message-ID``.
@@ -51,7 +42,6 @@ percent-encoded in the ``Idempotency-Key`` header, and JSON-encoded in webhook b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import smtplib
@@ -66,7 +56,6 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-from redis.asyncio import Redis
 
 from processors import webhook_signature
 from processors.alerts import Alert
@@ -86,9 +75,9 @@ from processors.notify_messages import (
     header_key,
     retry_delay,
     slack_message,
-    utf8_bytes,
     webhook_body,
 )
+from store.deliveries import Deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -186,36 +175,23 @@ def _ms(ts: datetime) -> int:
 class Notifier:
     """Send each alert to every subscriber that wants it, at most once per subscriber.
 
-    Use as ``async with Notifier(config, redis, prefix) as notifier``: it owns one HTTP
-    session. ``redis`` may decode responses or not.
+    Use as ``async with Notifier(config, Deliveries(redis, prefix)) as notifier``: it owns
+    one HTTP session; ``state`` keeps what was delivered, and the dead letters.
     """
 
     def __init__(
         self,
         config: NotifyConfig,
-        redis: Redis,
-        key_prefix: str,
+        state: Deliveries,
         *,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.config = config
-        self.redis = redis
-        self.prefix = key_prefix
+        self.state = state
         self.clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._failures: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
-
-    def key(self, *parts: str) -> str:
-        return self.prefix + "notify:" + ":".join(parts)
-
-    @property
-    def stats_key(self) -> str:
-        return self.key("stats")
-
-    @property
-    def dead_key(self) -> str:
-        return self.key("dead")
 
     async def start(self) -> None:
         if self._session is None:
@@ -270,19 +246,13 @@ class Notifier:
         the alert is then neither recorded nor dead-lettered for this subscriber."""
         if not subscriber.wants(alert):
             return "filtered"
-        delivered = self.key("delivered", subscriber.name)
-        last = utf8_bytes(self.key("last", subscriber.name, alert.kind, alert.customer_id))
-        member = utf8_bytes(alert.key)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(delivered, member)
-            pipe.get(last)
-            seen, last_at = await pipe.execute()
-        if seen is not None:
-            await self.redis.hincrby(self.stats_key, f"duplicate|{subscriber.type}", 1)
+        seen = await self.state.seen(subscriber.name, alert.kind, alert.customer_id, alert.key)
+        if seen.delivered:
+            await self.state.count(f"duplicate|{subscriber.type}")
             return "duplicate"
         cooldown_ms = int(self.config.cooldown_for(alert.kind) * 1000)
-        if last_at is not None and _ms(alert.at) - int(last_at) < cooldown_ms:
-            await self.redis.hincrby(self.stats_key, f"suppressed|{subscriber.type}", 1)
+        if seen.last_at_ms is not None and _ms(alert.at) - seen.last_at_ms < cooldown_ms:
+            await self.state.count(f"suppressed|{subscriber.type}")
             logger.info(
                 "alert cooled down",
                 extra={"subscriber": subscriber.name, "alert": alert.key},
@@ -293,14 +263,17 @@ class Notifier:
         if attempts.error is not None:
             await self._dead_letter(subscriber, alert, attempts)
             return "failed"
-        now_ms = _ms(self.clock())
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(delivered, {member: now_ms})
-            pipe.zremrangebyscore(delivered, "-inf", now_ms - self.config.dedupe_horizon * 1000)
-            if cooldown_ms > 0:
-                pipe.set(last, _ms(alert.at), px=cooldown_ms)
-            pipe.hincrby(self.stats_key, f"sent|{subscriber.type}", 1)
-            await pipe.execute()
+        await self.state.record(
+            subscriber.name,
+            subscriber.type,
+            alert.kind,
+            alert.customer_id,
+            alert.key,
+            delivered_ms=_ms(self.clock()),
+            alert_ms=_ms(alert.at),
+            cooldown_ms=cooldown_ms,
+            horizon_ms=self.config.dedupe_horizon * 1000,
+        )
         return "delivered"
 
     def _record(self, subscriber: Subscriber, failed: bool) -> None:
@@ -378,15 +351,7 @@ class Notifier:
             **record,
             "at": self.clock().astimezone(UTC).isoformat().replace("+00:00", "Z"),
         }
-        limit = self.config.dead_letter_limit
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self.dead_key, json.dumps(entry, sort_keys=True, default=repr))
-            pipe.ltrim(self.dead_key, -limit, -1)
-            for counter in counters:
-                pipe.hincrby(self.stats_key, counter, 1)
-            length, *_ = await pipe.execute()
-        if int(length) > limit:
-            await self.redis.hincrby(self.stats_key, "dead_trimmed", int(length) - limit)
+        await self.state.push_dead_letter(entry, self.config.dead_letter_limit, counters)
 
     async def internal_error(
         self, subscriber: Subscriber | None, alert: Alert | None, exc: BaseException
@@ -455,19 +420,3 @@ class Notifier:
             raise DeliveryError(
                 f"HTTP {resp.status}: {text[:200]}", verdict == "retry", retry_after
             )
-
-
-async def dead_letters(redis: Redis, key_prefix: str) -> list[dict[str, Any]]:
-    """The dead-letter records, oldest first."""
-    raw = await redis.lrange(f"{key_prefix}notify:dead", 0, -1)
-    return [json.loads(r) for r in raw]
-
-
-async def notify_stats(redis: Redis, key_prefix: str) -> dict[str, int]:
-    raw = await redis.hgetall(f"{key_prefix}notify:stats")
-    out: dict[str, int] = {}
-    for field_name, value in raw.items():
-        name = field_name.decode() if isinstance(field_name, bytes) else str(field_name)
-        with contextlib.suppress(ValueError):
-            out[name] = int(value)
-    return out

@@ -11,8 +11,9 @@ the worker drops repeats of an event id. The rules themselves are in
 describes the API and is served at ``/openapi.json``.
 
 Requests and events are counted in this process and added to the Redis hash
-``<prefix>ingest:stats`` once a second, where the exporter reads them:
-``request|<endpoint>|<status>``, ``accepted|<type>`` and ``rejected|<reason>``.
+``ingest:stats`` (:class:`store.ingest_state.IngestState`) once a second, where the
+exporter reads them: ``request|<endpoint>|<status>``, ``accepted|<type>`` and
+``rejected|<reason>``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from retention.ingest_rules import (
     verdicts,
 )
 from retention.keys import KeyCache, KeyStore
+from store.ingest_state import IngestState
 from streams.events import Event, encode_event
 from streams.producer import EventProducer
 from streams.topics import Topics
@@ -135,9 +137,8 @@ class Sink:
 class IngestStats:
     """Counters of this process, added to Redis in one pipeline per flush."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
-        self.redis = redis
-        self.key = f"{prefix}ingest:stats"
+    def __init__(self, state: IngestState) -> None:
+        self.state = state
         self.pending: Counter[str] = Counter()
 
     def request(self, endpoint: Endpoint, status: int) -> None:
@@ -154,10 +155,7 @@ class IngestStats:
         if not batch:
             return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for field_name, n in batch.items():
-                    pipe.hincrby(self.key, field_name, n)
-                await pipe.execute()
+            await self.state.add_counts(batch)
         except Exception as exc:
             self.pending.update(batch)  # counted next time instead of lost
             logger.warning("ingest stats not written", extra={"error": repr(exc)})
@@ -186,15 +184,12 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 class Ingest:
     """The request handlers and what they share."""
 
-    def __init__(self, settings: Settings, redis: Redis, sink: Sink) -> None:
+    def __init__(self, settings: Settings, state: IngestState, sink: Sink) -> None:
         self.settings = settings
-        self.redis = redis
         self.sink = sink
-        self.keys = KeyCache(
-            KeyStore(redis, settings.key_prefix), settings.ingest_key_cache_seconds
-        )
+        self.keys = KeyCache(KeyStore(state), settings.ingest_key_cache_seconds)
         self.limiter = RateLimiter(settings.ingest_rate_per_second, settings.ingest_burst)
-        self.stats = IngestStats(redis, settings.key_prefix)
+        self.stats = IngestStats(state)
 
     def handler(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
@@ -279,7 +274,7 @@ class IngestServer:
         self.host, self.port = host, port
         self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
         self.sink = Sink(settings)
-        self.ingest = Ingest(settings, self.redis, self.sink)
+        self.ingest = Ingest(settings, IngestState(self.redis, settings.key_prefix), self.sink)
         # gzip is inflated by the handlers, within the body limit, not by aiohttp
         self.runner = web.AppRunner(build_app(self.ingest), auto_decompress=False, access_log=None)
         self._flusher: asyncio.Task[None] | None = None

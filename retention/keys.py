@@ -10,9 +10,8 @@ A key authorises one thing, writing events through ``/v1/events`` and ``/v1/batc
 reads nothing and manages nothing (creating and revoking keys takes Redis access, through
 ``retention keys``).
 
-Layout, under the key prefix ``P``:
-
-- ``P keys``  hash ``name`` -> ``{"sha256": hex digest, "created_at": unix seconds}``
+The records are kept by :class:`store.ingest_state.IngestState`, in the hash ``keys`` of
+:mod:`store.layout`.
 """
 
 from __future__ import annotations
@@ -21,14 +20,13 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from typing import cast
 
-from redis.asyncio import Redis
+from store.ingest_state import IngestState
 
 #: Every key starts so: a leaked one is recognisable in a log or a secret scanner.
 KEY_PREFIX = "rtk_"
@@ -94,11 +92,10 @@ class KeyInfo:
 
 
 class KeyStore:
-    """The only code that reads or writes write keys in Redis."""
+    """Making, revoking and reading write keys; their records live in ``state``."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
-        self.redis = redis
-        self.key = f"{prefix}keys"
+    def __init__(self, state: IngestState) -> None:
+        self.state = state
 
     async def create(self, name: str) -> str:
         """Make a key named ``name``; returns the key, which is not stored anywhere."""
@@ -108,29 +105,17 @@ class KeyStore:
                 "starting with a letter or digit"
             )
         key = new_key()
-        record = json.dumps({"sha256": digest(key), "created_at": round(time.time(), 3)})
-        if not await self.redis.hsetnx(self.key, name, record):
+        record = {"sha256": digest(key), "created_at": round(time.time(), 3)}
+        if not await self.state.add_key(name, record):
             raise KeyNameError(f"a key named {name!r} exists already; revoke it first")
         return key
 
     async def revoke(self, name: str) -> bool:
         """Delete the key named ``name``; whether there was one."""
-        return bool(await self.redis.hdel(self.key, name))
-
-    async def _records(self) -> dict[str, dict[str, object]]:
-        raw = cast(dict[str, str], await self.redis.hgetall(self.key))
-        out: dict[str, dict[str, object]] = {}
-        for name, value in raw.items():
-            try:
-                record = json.loads(value)
-            except ValueError:
-                continue  # not ours: never a credential
-            if isinstance(record, dict) and isinstance(record.get("sha256"), str):
-                out[name] = record
-        return out
+        return await self.state.remove_key(name)
 
     async def listing(self) -> list[KeyInfo]:
-        records = await self._records()
+        records = await self.state.key_records()
         return sorted(
             (
                 KeyInfo(name, float(cast(float, r.get("created_at", 0))))
@@ -141,7 +126,9 @@ class KeyStore:
 
     async def digests(self) -> dict[str, str]:
         """Every key's digest by name, in one read."""
-        return {name: cast(str, r["sha256"]) for name, r in (await self._records()).items()}
+        return {
+            name: cast(str, r["sha256"]) for name, r in (await self.state.key_records()).items()
+        }
 
 
 class KeyCache:

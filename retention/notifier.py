@@ -44,10 +44,12 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
-from processors.notify_config import Outcome, Subscriber, load_config
+from processors.notify_config import Outcome, Subscriber
 from processors.notify_messages import BadAlert, decode_alert
 from retention.config import Settings
 from retention.delivery import Notifier
+from retention.notify_file import load_config
+from store.deliveries import Deliveries
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, create_missing
 
@@ -413,7 +415,7 @@ async def run_notifier(
     )
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        async with Notifier(config, redis, settings.key_prefix) as notifier:
+        async with Notifier(config, Deliveries(redis, settings.key_prefix)) as notifier:
             dispatcher = Dispatcher(consumer, notifier, stop)
             consumer.subscribe([topic], listener=dispatcher)
             await consumer.start()

@@ -13,10 +13,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from processors.alive import NO_VALUE, outlook
 from processors.evaluator import evaluate
+from processors.forecast import NO_VALUE, outlook
 from processors.lifecycle import LifecyclePolicy
-from processors.risk import load_policy
 from processors.state import to_public
 from processors.windows import PERIODS, Period
 from retention.config import Settings
@@ -24,6 +23,7 @@ from store.evaluations import Evaluator, active_before, ranked_at_risk
 from store.models import stored_fit
 from store.periods import Periods
 from store.store import Store
+from streams.risk_file import load_policy
 
 
 @asynccontextmanager

@@ -20,7 +20,6 @@ from typing import Any, cast
 import numpy as np
 
 from processors.alerts import Alert
-from processors.alive import values
 from processors.evaluator import (
     Evaluation,
     Previous,
@@ -30,6 +29,7 @@ from processors.evaluator import (
     parse_previous,
     to_micros,
 )
+from processors.forecast import values
 from processors.lifecycle import LifecyclePolicy, alerts_for, lookback_days, next_due_ms
 from processors.risk import RiskPolicy, value
 from processors.state import CustomerState, iso

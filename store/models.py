@@ -3,7 +3,7 @@
 The statistics come from each customer's placed orders per day (``od:<id>``) and money
 totals, which the batch script keeps live; the fit is stored under ``bgnbd`` with its
 as-of day, so every reader computes P(alive), spend and CLTV against the same parameters.
-The models themselves are pure (``processors/alive.py``).
+The models themselves are pure (``processors/forecast.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import cast
 
-from processors.alive import (
+from processors.forecast import (
     Fit,
     History,
     ModelOptions,

@@ -35,6 +35,7 @@ from processors.windows import (
     period_start,
     periods_between,
 )
+from store.layout import Keys
 from store.shards import ShardLayout, load_layout
 
 logger = logging.getLogger(__name__)
@@ -81,12 +82,13 @@ class Periods:
         self.prefix = prefix
         self._shards = shards
         self._layout: ShardLayout | None = None
+        self.keys = Keys(prefix)
         self._counts = redis.register_script(_COUNTS)
         self._cohort = redis.register_script(_COHORT)
         self._warned: dict[str, float] = {}
 
     def key(self, *parts: str) -> str:
-        return self.prefix + ":".join(parts)
+        return self.keys.key(*parts)
 
     async def homes(self) -> tuple[str, ...]:
         """The shards' key prefixes: every count below is summed over them."""

@@ -1,33 +1,6 @@
 """Redis side of the tracker: one atomic Lua call per batch, and the readers.
 
-Key layout under the configured prefix ``P``:
-
-- ``P c:<customer>``       hash, the customer's counters and times (field names below);
-                            money in the reporting currency, and per original currency
-                            in ``pm:<CUR>`` (placed) and ``rm:<CUR>`` (refunded)
-- ``P od:<customer>``      hash, placed orders per day (day number since the epoch → count)
-- ``P tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
-                            open flag, status time), at most MAX_TICKETS tickets; the
-                            customer hash counts them in ``tn``
-- ``P ids``, ``P ids:next`` dense customer numbers, for per-period bitmaps
-- ``P seen:<bucket>``      sets of dedupe digests (event type, customer, event id), each
-                            set expiring after the dedupe horizon
-- ``P offsets:<cluster>``  hash ``topic|partition`` → last applied offset, written in the
-                            same script as the state: the truth a worker seeks to
-- ``P stamps:<cluster>``   hash ``topic|partition`` → Kafka timestamp (ms) of that message,
-                            to recognise a topic deleted and created again
-- ``P act:<p>:<day>``       bitmap of customers active in a period (p = d|w|m, day = the
-                            period's first day, counted from 1970-01-01)
-- ``P coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
-- ``P sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros
-- ``P buy:<p>:<day>``, ``P rep:<p>:<day>`` bitmaps of buyers and of repeat buyers
-- ``P meta``               hash: ``first`` and ``last`` event time (ms)
-- ``P newest:<cluster>``   hash ``topic|partition`` → newest event time applied (ms)
-- ``P stats``              hash of counters: ``accepted|topic``, ``duplicate|topic``,
-                            ``rejected|topic|reason``
-- ``P workers``            hash worker id → JSON heartbeat
-- ``P rebuilding``         set while ``retention rebuild`` wipes the store; the batch
-                            script refuses to write while it exists
+The key layout is documented in :mod:`store.layout`.
 """
 
 from __future__ import annotations
@@ -48,6 +21,7 @@ from redis.asyncio import Redis
 from processors.currency import Rates
 from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
+from store.layout import Keys
 from store.shards import SHARDS_KEY, ShardLayout, load_layout, setup_layout
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
@@ -151,6 +125,7 @@ class Store:
         self.prefix = prefix
         self._shards = shards
         self._layout: ShardLayout | None = None
+        self.keys = Keys(prefix)
         self.kind_letters = "".join(sorted(_KIND_LETTERS[k] for k in activity_kinds))
         # The horizon is split into buckets so that ids expire a bucket at a time.
         self.bucket_ms = max(1, dedupe_horizon_seconds * 1000 // DEDUPE_BUCKETS)
@@ -159,7 +134,7 @@ class Store:
         self._read = redis.register_script(_READ)
 
     def key(self, *parts: str) -> str:
-        return self.prefix + ":".join(parts)
+        return self.keys.key(*parts)
 
     async def layout(self) -> ShardLayout:
         """The shards, as configured or as the store was set up (read once)."""

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from processors.alive import ModelSettings
+from processors.forecast import ModelSettings
 
 
 class WorkerSettings(ModelSettings, Protocol):
-    """Besides these, the models' options (:class:`processors.alive.ModelSettings`)."""
+    """Besides these, the models' options (:class:`processors.forecast.ModelSettings`)."""
 
     @property
     def kafka_bootstrap(self) -> str | None: ...

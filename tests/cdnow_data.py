@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.alive import day_number, spend_from_days, stats_from_days
+from processors.forecast import day_number, spend_from_days, stats_from_days
 from retention.cdnow import read_cdnow
 from streams.events import Rejection
 

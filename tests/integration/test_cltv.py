@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
-from processors.alive import ModelOptions
+from processors.forecast import ModelOptions
 from processors.lifecycle import LifecyclePolicy
 from processors.risk import RiskPolicy
 from store.evaluations import (

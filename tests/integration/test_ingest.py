@@ -30,6 +30,7 @@ from retention import runtime
 from retention.config import Settings
 from retention.ingest import IngestServer, loads_document
 from retention.keys import KeyStore
+from store.ingest_state import IngestState
 from store.store import Store
 from streams.topics import Topics, ensure_topics
 from tests.integration.conftest import Workers, read_topic, settings_env, wait_until
@@ -110,7 +111,7 @@ async def start_server(settings: Settings, topics: Topics) -> AsyncIterator[Serv
 
 @pytest.fixture
 async def key(settings: Settings, redis: Redis) -> str:
-    return await KeyStore(redis, settings.key_prefix).create("shop")
+    return await KeyStore(IngestState(redis, settings.key_prefix)).create("shop")
 
 
 @pytest.fixture
@@ -265,7 +266,7 @@ async def test_a_revoked_key_stops_working_within_the_cache_time(
     async with aiohttp.ClientSession() as session:
         client = Client(session, server.url, key)
         assert (await client.post("/v1/events", order(1)))[0] == 202
-        assert await KeyStore(redis, settings.key_prefix).revoke("shop")
+        assert await KeyStore(IngestState(redis, settings.key_prefix)).revoke("shop")
         await asyncio.sleep(0.6)
         status, body, _ = await client.post("/v1/events", order(2))
         assert (status, body["error"]) == (401, "unauthorized")
@@ -275,7 +276,7 @@ async def test_over_the_rate_a_key_gets_429_with_retry_after(
     start_server: ServerFactory, key: str, settings: Settings, redis: Redis
 ) -> None:
     server = await start_server(ingest_rate_per_second=0.5, ingest_burst=2)
-    other = await KeyStore(redis, settings.key_prefix).create("other")
+    other = await KeyStore(IngestState(redis, settings.key_prefix)).create("other")
     async with aiohttp.ClientSession() as session:
         client = Client(session, server.url, key)
         statuses = [(await client.post("/v1/events", order(n)))[0] for n in range(2)]

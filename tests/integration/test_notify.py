@@ -33,7 +33,7 @@ from processors.alerts import Alert
 from processors.notify_config import NotifyConfig, NotifyConfigError, parse_config
 from processors.webhook_signature import InvalidSignature, is_valid_request, sign, verify_request
 from retention.config import Settings
-from retention.delivery import Notifier, dead_letters, notify_stats
+from retention.delivery import Notifier
 from retention.notifier import (
     COMMIT_INTERVAL_SECONDS,
     alerts_topic,
@@ -42,6 +42,7 @@ from retention.notifier import (
     publish_alerts,
     run_notifier,
 )
+from store.deliveries import Deliveries
 from tests.integration.conftest import wait_until
 
 SECRET = "whsec-test-key"
@@ -191,7 +192,7 @@ async def test_signed_webhook_is_delivered_once_and_verifiable(
 ) -> None:
     cfg = config(webhook(receiver, "crm", headers={"X-Tenant": "shop-1"}))
     alert = make_alert()
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(alert) == {"crm": "delivered"}
         # the same alert again, as after a redelivery: not sent twice
         assert await notifier.deliver(alert) == {"crm": "duplicate"}
@@ -203,7 +204,7 @@ async def test_signed_webhook_is_delivered_once_and_verifiable(
     assert req.headers["X-Tenant"] == "shop-1"
     assert abs(int(req.headers["X-Retention-Timestamp"]) - datetime.now(UTC).timestamp()) < 60
     assert req.json() == {**alert.as_dict(), "subscriber": "crm"}
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"sent|webhook": 1, "duplicate|webhook": 1}
 
 
@@ -212,11 +213,11 @@ async def test_a_tampered_body_would_not_verify(
 ) -> None:
     """The receiver's check is real: a different secret fails it, and 401 is permanent."""
     cfg = config({**webhook(receiver, "crm"), "secret": "not-the-secret"})
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(make_alert()) == {"crm": "failed"}
     [req] = receiver.requests
     assert req.signature_ok is False
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert dead["error"].startswith("HTTP 401")
 
 
@@ -226,13 +227,13 @@ async def test_retries_after_500_then_success(
     receiver.fail["flaky"] = [500, 503]
     cfg = config(webhook(receiver, "flaky"))
     alert = make_alert()
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(alert) == {"flaky": "delivered"}
     assert len(receiver.requests) == 3
     assert {r.headers["Idempotency-Key"] for r in receiver.requests} == {alert.key}
     assert all(r.signature_ok for r in receiver.requests)
-    assert await notify_stats(redis, settings.key_prefix) == {"sent|webhook": 1}
-    assert await dead_letters(redis, settings.key_prefix) == []
+    assert await Deliveries(redis, settings.key_prefix).stats() == {"sent|webhook": 1}
+    assert await Deliveries(redis, settings.key_prefix).dead_letters() == []
 
 
 async def test_retries_run_out_into_the_dead_letters(
@@ -245,14 +246,14 @@ async def test_retries_run_out_into_the_dead_letters(
         {"name": "gone", "type": "slack", "url": closed},
     )
     alert = make_alert()
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(alert) == {"down": "failed", "gone": "failed"}
     assert len(receiver.to("down")) == 3
-    dead = {d["subscriber"]: d for d in await dead_letters(redis, settings.key_prefix)}
+    dead = {d["subscriber"]: d for d in await Deliveries(redis, settings.key_prefix).dead_letters()}
     assert dead["down"]["attempts"] == 3 and dead["down"]["error"].startswith("HTTP 503")
     assert dead["gone"]["attempts"] == 3 and "Connect" in dead["gone"]["error"]
     assert dead["down"]["alert"] == alert.as_dict()
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"failed|webhook": 1, "failed|slack": 1}
 
 
@@ -267,7 +268,7 @@ async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert
         mailbox(inbox),
     )
     alert = make_alert("c-9")
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         outcomes = await notifier.deliver(alert)
     assert outcomes == {
         "strict": "failed",
@@ -276,7 +277,7 @@ async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert
         "managers": "delivered",
     }
     assert len(receiver.to("strict")) == 1  # no retry of a 400
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert dead["subscriber"] == "strict"
     assert dead["alert"] == alert.as_dict()
     assert dead["error"] == "HTTP 400: planned failure"
@@ -288,7 +289,7 @@ async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert
     assert "risk 0.73" in slack["text"] and "high value" in slack["text"]
     assert "silent_for_45_days; csat_low" in slack["text"]
     assert slack["blocks"][0]["type"] == "header"
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"failed|webhook": 1, "sent|webhook": 1, "sent|slack": 1, "sent|email": 1}
 
 
@@ -296,7 +297,7 @@ async def test_cooldown_suppresses_the_same_kind_for_the_same_customer(
     receiver: Receiver, redis: Redis, settings: Settings
 ) -> None:
     cfg = config(webhook(receiver, "crm"), cooldown="24h", cooldowns={"milestone": 0})
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
 
         async def outcome(alert: Alert) -> str:
             return (await notifier.deliver(alert))["crm"]
@@ -313,7 +314,7 @@ async def test_cooldown_suppresses_the_same_kind_for_the_same_customer(
         assert await outcome(make_alert("c-1", kind="milestone", occasion="10")) == "delivered"
         assert await outcome(make_alert("c-1", kind="milestone", occasion="20")) == "delivered"
     assert len(receiver.requests) == 6
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"sent|webhook": 6, "suppressed|webhook": 1}
 
 
@@ -321,7 +322,7 @@ async def test_kind_filter_skips_subscribers_that_did_not_ask(
     receiver: Receiver, redis: Redis, settings: Settings
 ) -> None:
     cfg = config(webhook(receiver, "all"), webhook(receiver, "risk", kinds=["churned"]))
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(make_alert()) == {"all": "delivered", "risk": "filtered"}
     assert [r.path for r in receiver.requests] == ["/hook/all"]
 
@@ -331,7 +332,7 @@ async def test_email_carries_customer_and_reasons(
 ) -> None:
     cfg = config(mailbox(inbox))
     alert = make_alert("cust-777")
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(alert) == {"managers": "delivered"}
     [(sender, recipients, msg)] = inbox.received
     assert sender == "retention@shop.example"
@@ -342,7 +343,7 @@ async def test_email_carries_customer_and_reasons(
     assert "silent_for_45_days" in body and "csat_low" in body
     assert "Risk score: 0.73" in body
     assert msg["Idempotency-Key"] == alert.key
-    assert await notify_stats(redis, settings.key_prefix) == {"sent|email": 1}
+    assert await Deliveries(redis, settings.key_prefix).stats() == {"sent|email": 1}
 
 
 async def test_smtp_server_down_is_retried_then_dead_lettered(
@@ -350,11 +351,11 @@ async def test_smtp_server_down_is_retried_then_dead_lettered(
 ) -> None:
     down = Inbox(port=free_port())  # nothing listens there
     cfg = config(mailbox(down))
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(make_alert()) == {"managers": "failed"}
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert dead["attempts"] == 3 and "ConnectionRefused" in dead["error"]
-    assert await notify_stats(redis, settings.key_prefix) == {"failed|email": 1}
+    assert await Deliveries(redis, settings.key_prefix).stats() == {"failed|email": 1}
 
 
 async def _run_until(
@@ -390,7 +391,7 @@ async def test_no_duplicate_delivery_across_a_notifier_restart(
     prefix = settings.key_prefix
 
     async def stats() -> dict[str, int]:
-        return await notify_stats(redis, prefix)
+        return await Deliveries(redis, prefix).stats()
 
     async def first_done() -> bool:
         return (await stats()).get("sent|webhook", 0) == 5
@@ -429,7 +430,7 @@ async def test_a_dead_endpoint_gets_one_attempt_per_alert_after_repeated_failure
     receiver.fail["down"] = [503] * 100
     cfg = config(webhook(receiver, "down"), webhook(receiver, "crm"))
     cfg = cfg.model_copy(update={"retry": cfg.retry.model_copy(update={"breaker_after": 2})})
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         for n in range(4):
             outcome = await notifier.deliver(make_alert(customer=f"c-{n}"))
             assert outcome == {"down": "failed", "crm": "delivered"}
@@ -440,7 +441,7 @@ async def test_a_dead_endpoint_gets_one_attempt_per_alert_after_repeated_failure
             "down": "delivered",
             "crm": "delivered",
         }
-    assert len(await dead_letters(redis, settings.key_prefix)) == 4  # none lost
+    assert len(await Deliveries(redis, settings.key_prefix).dead_letters()) == 4  # none lost
 
 
 # --- signatures, injection, dead-letter bound ---------------------------------------------
@@ -450,7 +451,7 @@ async def test_a_captured_request_replayed_later_or_altered_fails_verification(
     receiver: Receiver, redis: Redis, settings: Settings
 ) -> None:
     cfg = config(webhook(receiver, "crm"))
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         assert await notifier.deliver(make_alert()) == {"crm": "delivered"}
     [req] = receiver.requests
     assert req.signature_ok  # fresh: the receiver accepted it
@@ -485,7 +486,7 @@ async def test_ids_that_look_like_markup_or_headers_stay_text_on_every_channel(
     )
     mention, injected = "<!channel>", "c-1\r\nBcc: x@y.example"
     alerts = [make_alert(mention), make_alert(injected)]
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         for a in alerts:
             assert await notifier.deliver(a) == {
                 "crm": "delivered",
@@ -494,7 +495,7 @@ async def test_ids_that_look_like_markup_or_headers_stay_text_on_every_channel(
             }
         # none of it counts against the subscribers' breakers
         assert notifier._failures == {}
-    assert await dead_letters(redis, settings.key_prefix) == []
+    assert await Deliveries(redis, settings.key_prefix).dead_letters() == []
 
     # Slack: escaped wherever mrkdwn is parsed, so neither a mention nor a link; the header
     # is plain_text, which Slack shows as it is
@@ -529,13 +530,13 @@ async def test_the_dead_letter_list_keeps_the_newest_entries_up_to_its_limit(
 ) -> None:
     receiver.fail["strict"] = [400] * 10
     cfg = config(webhook(receiver, "strict"), dead_letter_limit=3)
-    async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
         for n in range(5):
             assert await notifier.deliver(make_alert(f"c-{n}")) == {"strict": "failed"}
-    dead = await dead_letters(redis, settings.key_prefix)
+    dead = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert [d["alert"]["customer_id"] for d in dead] == ["c-2", "c-3", "c-4"]
     assert {d["reason"] for d in dead} == {"delivery_failed"}
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     # every failure counted, and what the trim dropped as well
     assert stats == {"failed|webhook": 5, "dead_trimmed": 2}
 
@@ -613,7 +614,7 @@ async def test_starttls_login_sends_the_password_only_over_tls(
 ) -> None:
     with smtp_server(Inbox(), tls_context=tls.server_context(), require_starttls=True) as box:
         cfg = mail_config(login_mailbox(box, tls="starttls", ca_file=str(tls.cert)))
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
     assert box.logins == [("retention", "pw-123", True)]
     assert len(box.received) == 1
@@ -623,7 +624,7 @@ async def test_implicit_tls_on_its_own_port(tls: Tls, redis: Redis, settings: Se
     # the whole session is TLS; aiosmtpd's own check only knows STARTTLS, hence the flag
     with smtp_server(Inbox(), ssl_context=tls.server_context(), auth_require_tls=False) as box:
         cfg = mail_config(login_mailbox(box, tls="implicit", ca_file=str(tls.cert)))
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
     assert box.logins == [("retention", "pw-123", True)]
     assert len(box.received) == 1
@@ -634,10 +635,10 @@ async def test_an_untrusted_certificate_fails_without_sending_the_password(
 ) -> None:
     with smtp_server(Inbox(), tls_context=tls.server_context()) as box:
         cfg = mail_config(login_mailbox(box, tls="starttls"))  # system CAs only
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     assert box.logins == [] and box.received == []
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert "certificate" in dead["error"] and dead["attempts"] == 1  # not worth retrying
 
 
@@ -646,10 +647,10 @@ async def test_a_server_without_starttls_never_sees_the_password(
 ) -> None:
     with smtp_server(Inbox(), auth_require_tls=False) as box:
         cfg = mail_config(login_mailbox(box, tls="starttls"))
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     assert box.logins == [] and box.received == []
-    [dead] = await dead_letters(redis, settings.key_prefix)
+    [dead] = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert "STARTTLS" in dead["error"]
 
 
@@ -658,14 +659,14 @@ async def test_clear_text_login_only_when_allowed_by_name(redis: Redis, settings
         with pytest.raises(NotifyConfigError, match="clear text"):
             mail_config(login_mailbox(box))
         cfg = mail_config(login_mailbox(box, allow_insecure_login=True))
-        async with Notifier(cfg, redis, settings.key_prefix) as notifier:
+        async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "delivered"}
         # a config built in code, past validation, is refused at send time
         [allowed] = cfg.subscribers
         unsafe = cfg.model_copy(
             update={"subscribers": (allowed.model_copy(update={"allow_insecure_login": False}),)}
         )
-        async with Notifier(unsafe, redis, settings.key_prefix + "x:") as notifier:
+        async with Notifier(unsafe, Deliveries(redis, settings.key_prefix + "x:")) as notifier:
             assert await notifier.deliver(make_alert()) == {"managers": "failed"}
     assert box.logins == [("retention", "pw-123", False)]
     assert len(box.received) == 1
@@ -791,14 +792,14 @@ async def test_undecodable_alerts_are_dead_lettered_and_committed(
         await wait_until(both_delivered, 30, "the alert after the bad ones")
         await asyncio.sleep(3 * COMMIT_INTERVAL_SECONDS)
     assert [r.json()["occasion"] for r in receiver.requests] == ["before", "after"]
-    dead = await dead_letters(redis, settings.key_prefix)
+    dead = await Deliveries(redis, settings.key_prefix).dead_letters()
     assert [d["offset"] for d in dead] == offsets[1:-1]
     assert {d["reason"] for d in dead} == {"undecodable"}
     assert dead[0]["value"] == "{not json" and "JSONDecodeError" in dead[0]["error"]
     assert dead[1]["value_base64"] == "//4A"
     assert "OverflowError" in dead[3]["error"] and "RecursionError" in dead[4]["error"]
     assert "risk_score" in dead[5]["error"]
-    assert (await notify_stats(redis, settings.key_prefix))["bad"] == len(bad)
+    assert (await Deliveries(redis, settings.key_prefix).stats())["bad"] == len(bad)
     # the partition's committed position is past the last alert: nothing blocks it
     [partition] = {d["partition"] for d in dead}
     consumer = AIOKafkaConsumer(
@@ -829,7 +830,7 @@ async def test_an_error_for_one_subscriber_is_dead_lettered_and_its_lane_goes_on
 
         async def b_has(count: int) -> Callable[[], Awaitable[bool]]:
             async def check() -> bool:
-                stats = await notify_stats(redis, prefix)
+                stats = await Deliveries(redis, prefix).stats()
                 return len(receiver.to("b")) == count and stats.get("internal_error", 0) == 3
 
             return check
@@ -843,12 +844,12 @@ async def test_an_error_for_one_subscriber_is_dead_lettered_and_its_lane_goes_on
 
         await wait_until(a_resumed, 30, "a's lane to go on")
         assert not task.done()
-    dead = await dead_letters(redis, prefix)
+    dead = await Deliveries(redis, prefix).dead_letters()
     assert [(d["reason"], d["subscriber"]) for d in dead] == [("internal_error", "a")] * 3
     assert all("WRONGTYPE" in d["error"] for d in dead)
     assert sorted(d["alert"]["key"] for d in dead) == sorted(a.key for a in broken)
     assert {r.json()["occasion"] for r in receiver.to("a")} == {"fixed"}
-    stats = await notify_stats(redis, prefix)
+    stats = await Deliveries(redis, prefix).stats()
     assert stats == {"internal_error": 3, "failed|webhook": 3, "sent|webhook": 7}
 
 
@@ -878,7 +879,7 @@ async def test_a_failing_subscriber_with_a_full_queue_sends_its_overflow_to_the_
             return len(receiver.to("crm")) == len(alerts)
 
         await wait_until(crm_has_all, 20, "every alert at the healthy subscriber")
-    dead = await dead_letters(redis, settings.key_prefix)
+    dead = await Deliveries(redis, settings.key_prefix).dead_letters()
     reasons = Counter(d["reason"] for d in dead)
     # the first alert timed out and opened the breaker; then at most two waited in the
     # queue, and the rest went straight to the dead letters

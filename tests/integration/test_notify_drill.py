@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 
 from processors.webhook_signature import is_valid_request
 from retention.config import Settings
-from retention.delivery import dead_letters, notify_stats
 from retention.notifier import alerts_topic, ensure_alerts_topic, publish_alerts, run_notifier
+from store.deliveries import Deliveries
 from tests.integration.conftest import wait_until
 from tests.integration.test_notify import SECRET, free_port, make_alert
 
@@ -166,7 +166,7 @@ async def test_a_webhook_down_for_two_minutes_gets_every_alert_exactly_once(
         "lost": len(set(published) - set(counts)),
         "recovered_in_seconds": round(recovered_in, 1),
         "other_subscriber_max_lag_seconds": round(ops_lag, 2),
-        "dead_letters": len(await dead_letters(redis, settings.key_prefix)),
+        "dead_letters": len(await Deliveries(redis, settings.key_prefix).dead_letters()),
     }
     logger.warning("webhook outage drill: %s", figures)
     record_property("webhook_outage_drill", figures)  # type: ignore[operator]
@@ -180,5 +180,5 @@ async def test_a_webhook_down_for_two_minutes_gets_every_alert_exactly_once(
     # backlog drains at once
     assert recovered_in < 15, figures
     assert ops_lag < 5, figures
-    stats = await notify_stats(redis, settings.key_prefix)
+    stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"sent|webhook": 2 * len(published)}, figures

@@ -11,7 +11,9 @@ import pytest
 
 from retention.config import Settings
 from store.store import Store
-from streams.agents import AGENT_DIED_EXIT, Ingest, WorkerCounters, exit_if_fails, surviving
+from streams.agents import AGENT_DIED_EXIT, exit_if_fails
+from streams.ingest_batch import Ingest, WorkerCounters
+from streams.timers import surviving
 from streams.topics import Topics
 
 

@@ -15,7 +15,6 @@ from processors.notify_config import (
     RetryPolicy,
     SlackSubscriber,
     WebhookSubscriber,
-    load_config,
     parse_config,
     parse_duration,
 )
@@ -30,6 +29,7 @@ from processors.notify_messages import (
     slack_message,
     webhook_body,
 )
+from retention.notify_file import load_config
 
 FULL = """
 cooldown: 12h

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from retention.produce import DLQ_MAX_BYTES, publish_file
+from retention.publish_file import DLQ_MAX_BYTES, publish_file
 from streams.events import InvalidEvent, build_event
 from streams.producer import EventProducer
 from streams.topics import Topics

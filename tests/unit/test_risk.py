@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from processors.risk import RiskPolicy, assess, load_policy, rhythm_days
+from processors.risk import RiskPolicy, assess, parse_policy, rhythm_days
 from processors.state import CustomerState
 from streams.events import MS_PER_DAY
+from streams.risk_file import load_policy
 from tests.eventgen import fold
 
 DAY = 86_400
@@ -82,23 +84,32 @@ def test_score_combines_weights_as_independent_signals() -> None:
     assert not assess(state, at(7), POLICY, p_alive=0.9).at_risk(POLICY)  # csat alone: 0.3
 
 
-def test_yaml_overrides_defaults(tmp_path: Path) -> None:
-    path = tmp_path / "risk.yml"
-    path.write_text(
-        "threshold: 0.2\nrules:\n  low_csat: {max_score: 3, weight: 0.25}\n  silence: {enabled: false}\n"
+def test_yaml_overrides_defaults() -> None:
+    policy = parse_policy(
+        yaml.safe_load(
+            "threshold: 0.2\nrules:\n  low_csat: {max_score: 3, weight: 0.25}\n  silence: {enabled: false}\n"
+        )
     )
-    policy = load_policy(path)
     assert policy.threshold == 0.2 and policy.rules.low_csat.max_score == 3
     state = history(order(0), support(1, "rated", survey="csat", score=3))
     result = assess(state, at(200), policy)
     assert result.reasons == ("low_csat",) and result.at_risk(policy)
 
 
-def test_unknown_yaml_keys_are_refused(tmp_path: Path) -> None:
-    path = tmp_path / "risk.yml"
-    path.write_text("rules:\n  silense: {factor: 3}\n")
+def test_unknown_yaml_keys_are_refused() -> None:
     with pytest.raises(ValueError):
-        load_policy(path)
+        parse_policy(yaml.safe_load("rules:\n  silense: {factor: 3}\n"))
+
+
+def test_rules_file_is_read_over_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "risk.yml"
+    assert load_policy(None) == RiskPolicy()
+    path.write_text("")
+    assert load_policy(path) == RiskPolicy()  # an empty file keeps every default
+    path.write_text("threshold: 0.2\nrules:\n  refunds: {min_count: 3}\n")
+    policy = load_policy(path)
+    assert (policy.threshold, policy.rules.refunds.min_count) == (0.2, 3)
+    assert policy.rules.silence == RiskPolicy().rules.silence
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,15 @@ from typing import get_args
 
 import pytest
 
-from processors.alive import DEFAULT_MODEL, Fit, approximate_spend, model_options, spend_from_days
 from processors.alive_models import MODEL_NAMES
 from processors.bgnbd import BgNbdParams
+from processors.forecast import (
+    DEFAULT_MODEL,
+    Fit,
+    approximate_spend,
+    model_options,
+    spend_from_days,
+)
 from retention.config import AliveModelName, Settings
 
 

@@ -1,4 +1,6 @@
-"""P(alive), expected purchases, expected spend and predicted CLTV: the models, pure.
+"""Each customer's forecast: P(alive), expected purchases, expected spend and predicted
+CLTV, from the chosen P(alive) model (:mod:`processors.alive_models`) and the spend model
+fitted together. Pure.
 
 The purchase statistics come from each customer's placed orders per day (``od:<id>``),
 which the batch script keeps live: x = days with an order − 1, t_x and T in weeks from the

@@ -1,0 +1,109 @@
+"""Every Redis key the project uses, in one place: how a key is named, and what it holds.
+
+A key is the configured prefix ``P`` followed by its parts joined with ``:`` (``P c:42``
+for customer 42); :class:`Keys` builds them, and every module of the Redis edge asks it.
+The Lua scripts receive ``P`` as an argument and join their keys the same way. Several
+deployments (or test runs) share one Redis by using different prefixes.
+
+Customers are spread over the store's shards (:mod:`store.shards`). Every family marked
+``S`` below lives once per shard, under the shard's prefix ``S``: ``P`` itself for a store
+of one shard on a single Redis, else ``P{<tag>}:`` (``rt:{3.0}:c:42``), the hash tag
+keeping a shard's keys in one Redis Cluster slot. Totals over customers kept per shard are
+summed by their readers. Families marked ``P`` exist once, under the prefix.
+
+- ``P shards``             the store's shard count, recorded when it is set up
+
+The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
+
+- ``S c:<customer>``       hash, the customer's counters and times (field names in
+                            :mod:`store.store`); money in the reporting currency, and per
+                            original currency in ``pm:<CUR>`` (placed) and ``rm:<CUR>``
+                            (refunded)
+- ``S od:<customer>``      hash, placed orders per day (day number since the epoch → count)
+- ``S tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
+                            open flag, status time), at most MAX_TICKETS tickets; the
+                            customer hash counts them in ``tn``
+- ``S ids``, ``S ids:next`` dense customer numbers, for per-period bitmaps
+- ``S seen:<bucket>``      sets of dedupe digests (event type, customer, event id), each
+                            set expiring after the dedupe horizon
+- ``S offsets:<cluster>``  hash ``topic|partition`` → last applied offset, written in the
+                            same script as the state: the truth a worker seeks to
+- ``S stamps:<cluster>``   hash ``topic|partition`` → Kafka timestamp (ms) of that message,
+                            to recognise a topic deleted and created again
+- ``S act:<p>:<day>``       bitmap of customers active in a period (p = d|w|m, day = the
+                            period's first day, counted from 1970-01-01)
+- ``S coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
+- ``S sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros
+- ``S buy:<p>:<day>``, ``S rep:<p>:<day>`` bitmaps of buyers and of repeat buyers
+- ``S meta``               hash: ``first`` and ``last`` event time (ms)
+- ``S newest:<cluster>``   hash ``topic|partition`` → newest event time applied (ms)
+- ``S stats``              hash of counters: ``accepted|topic``, ``duplicate|topic``,
+                            ``rejected|topic|reason``
+- ``S surveys``            hash of survey totals over customers' latest scores:
+                            ``<survey>|sum``, ``<survey>|n``, ``nps|promoters``,
+                            ``nps|detractors``
+- ``S responses``          hash, first-response histogram buckets of all tickets
+- ``P workers``            hash worker id → JSON heartbeat
+- ``S rebuilding``         set while ``retention rebuild`` wipes the store; the batch
+                            script refuses to write while it exists
+- ``S tmp:<name>``         scratch bitmaps of the period and cohort scripts, deleted by
+                            the script that made them
+
+Periods (:mod:`store.periods`):
+
+- ``P rows:<p>:<W>``       hash, closed period rows for churn window ``W`` days (the
+                            period's first date → JSON row), each written once
+
+Evaluations and models (:mod:`store.evaluations`, :mod:`store.models`):
+
+- ``S due``                sorted set of changed customers, customer → batch time (ms) of
+                            the first change since their last evaluation
+- ``S sched``              sorted set, customer → when to evaluate next (ms, evaluation
+                            clock); customers being evaluated sit there at their lease's end
+- ``S ev:<customer>``      hash, the customer's last evaluation
+- ``S atrisk``             sorted set of at-risk customers, ranked
+- ``S life:counts``, ``S risk:reasons``, ``S cltv:at_risk`` hashes, and ``S
+  risk:high_value``, ``S cltv:total`` counters, kept in step with the evaluations
+- ``P hv:cltv``            the high-value CLTV threshold in use
+- ``P bgnbd``, ``P bgnbd:at`` the fitted BG/NBD parameters (JSON) and when they were fitted
+
+Notifications (:mod:`store.deliveries`; a rebuild keeps the ``notify:`` family, since what
+was delivered is not derived from the events):
+
+- ``P notify:delivered:<subscriber>``  sorted set, alert key → delivery time (ms); an alert
+                            found there is a duplicate (a redelivery after a restart, or the
+                            tracker raising it twice); entries older than the dedupe
+                            horizon are dropped
+- ``P notify:last:<subscriber>:<kind>:<customer>``  the ``at`` (ms) of the last alert of
+                            that kind delivered for that customer; it expires with the
+                            cool-down
+- ``P notify:dead``        list of JSON dead letters ``{reason, subscriber, alert, error,
+                            attempts, at}``, oldest first, trimmed to the newest
+                            ``dead_letter_limit`` entries
+- ``P notify:stats``       hash of counters ``sent|<channel>``, ``failed|<channel>``,
+                            ``suppressed|<channel>``, ``duplicate|<channel>``; ``bad``
+                            (undecodable alerts), ``internal_error`` (unexpected exceptions)
+                            and ``dead_trimmed`` (dead letters dropped by the limit)
+
+HTTP ingest (:mod:`store.ingest_state`):
+
+- ``P keys``               hash, write key name → ``{"sha256": hex digest, "created_at":
+                            unix seconds}``; the keys themselves are stored nowhere
+- ``P ingest:stats``       hash of counters ``request|<endpoint>|<status>``,
+                            ``accepted|<type>``, ``rejected|<reason>``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix; the prefix is used as given (it usually ends in ``:``)."""
+
+    prefix: str
+
+    def key(self, *parts: str) -> str:
+        """A ``P`` family's key; ``S`` families are named under a shard's prefix."""
+        return self.prefix + ":".join(parts)

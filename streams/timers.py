@@ -1,0 +1,178 @@
+"""The worker's timers: its heartbeat, and the leader's period closing, refit and evaluation.
+
+A timer body that raises costs one tick, never the timer (``surviving``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+from redis.exceptions import RedisError
+
+from processors.alerts import Alert
+from processors.forecast import model_options
+from processors.lifecycle import LifecyclePolicy
+from processors.windows import PERIODS
+from store.evaluations import Evaluator, update_high_value_threshold
+from store.models import fit_age_seconds, refit
+from store.periods import Periods
+from streams.ingest_batch import WorkerCounters
+from streams.risk_file import load_policy
+from streams.topics import Topics
+from streams.worker_parts import WorkerParts
+from streams.worker_settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+async def period_clock(settings: WorkerSettings, periods: Periods, scope: str) -> datetime | None:
+    """Wall time in live mode; the event-time watermark in backtests (docs/metrics.md, Time)."""
+    if settings.clock == "wall":
+        return datetime.now(UTC)
+    sources = Topics.from_settings(settings).sources
+    return await periods.watermark(scope, {topic: settings.partitions for topic in sources})
+
+
+async def close_periods(settings: WorkerSettings, periods: Periods, scope: str) -> int:
+    """Write the rows of periods the clock has passed, after the allowed lateness."""
+    clock = await period_clock(settings, periods, scope)
+    if clock is None:
+        return 0
+    cutoff = clock - timedelta(seconds=settings.lateness_seconds)
+    written = 0
+    for period in PERIODS:
+        written += len(await periods.close(period, settings.churn_after_days, cutoff))
+    return written
+
+
+def surviving(
+    name: str, counters: WorkerCounters
+) -> Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]]:
+    """A timer body that logs and counts any exception and runs again next tick.
+
+    Faust stops a timer whose body raises, silently; a Redis outage, a Kafka timeout while
+    publishing alerts or a risk file broken by an edit must cost one tick, not the timer.
+    """
+
+    def wrap(body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        async def guarded() -> None:
+            try:
+                await body()
+            except asyncio.CancelledError:
+                raise
+            except RedisError as exc:
+                counters.timer_errors += 1
+                logger.warning(f"{name} failed", extra={"error": repr(exc)})
+            except Exception:
+                counters.timer_errors += 1
+                logger.exception(f"{name} failed")
+
+        guarded.__name__ = body.__name__
+        guarded.__qualname__ = body.__qualname__
+        return guarded
+
+    return wrap
+
+
+def heartbeat_timer(app: faust.App, parts: WorkerParts) -> None:
+    store, me, ingest = parts.store, parts.worker_id, parts.ingest
+
+    @app.timer(interval=parts.settings.worker_heartbeat_seconds)  # type: ignore[untyped-decorator]
+    @surviving("heartbeat", ingest.counters)
+    async def heartbeat() -> None:
+        assigned = sorted(
+            (tp.topic, tp.partition)
+            for tp in app.consumer.assignment()
+            if tp.topic in parts.topics.sources
+        )
+        c = ingest.counters
+        info = {
+            "pid": os.getpid(),
+            "partitions": [f"{t}|{p}" for t, p in assigned],
+            "applied": c.applied,
+            "duplicates": c.duplicates,
+            "redelivered": c.redelivered,
+            "rejected": c.rejected,
+            "internal_errors": c.internal_errors,
+            "redis_errors": c.redis_errors,
+            "rewinds": c.rewinds,
+            "timer_errors": c.timer_errors,
+            "started_at": c.started_at,
+            "first_event_at": c.first_event_at,
+            "last_applied_at": c.last_applied_at,
+        }
+        await store.heartbeat(me, info)
+        # a store that went back in time while no message arrived is noticed here
+        await ingest.check_store(assigned)
+
+    @app.on_before_shutdown.connect
+    async def forget(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(RedisError):
+            await store.forget_worker(me)
+        await parts.redis.aclose()
+
+
+def clock_timers(app: faust.App, parts: WorkerParts) -> None:
+    """The leader's periodic work: closing periods and refitting BG/NBD."""
+    settings, periods = parts.settings, parts.periods
+
+    counters = parts.ingest.counters
+
+    @app.timer(interval=settings.close_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    @surviving("closing periods", counters)
+    async def close() -> None:
+        written = await close_periods(settings, periods, parts.cluster_id)
+        if written:
+            logger.info("periods closed", extra={"rows": written})
+
+    # Checked often, done rarely: a fresh worker (or a new leader) fits soon after it
+    # starts instead of a whole interval later.
+    @app.timer(interval=min(10.0, settings.refit_every_seconds), on_leader=True)  # type: ignore[untyped-decorator]
+    @surviving("BG/NBD refit", counters)
+    async def refit_model() -> None:
+        clock = await period_clock(settings, periods, parts.cluster_id)
+        if clock is None:
+            return
+        age = await fit_age_seconds(parts.store)
+        if age is not None and age < settings.refit_every_seconds:
+            return
+        model = await refit(parts.store, clock.date(), model_options(settings))
+        quantile = load_policy(settings.risk_file).high_value_quantile
+        await update_high_value_threshold(parts.store, quantile)
+        if model is not None:
+            logger.info("BG/NBD refitted", extra=model.as_dict())
+
+
+def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
+    """The leader evaluates due customers: lifecycle, risk, alerts to ``customer-alerts``."""
+    settings = parts.settings
+    alerts_topic = app.topic(parts.topics.alerts, key_serializer="raw", value_serializer="raw")
+
+    async def publish(alerts: Sequence[Alert]) -> None:
+        sent = [
+            await alerts_topic.send(key=a.customer_id.encode(), value=a.encode()) for a in alerts
+        ]
+        await asyncio.gather(*sent)
+
+    evaluator = Evaluator(
+        parts.store,
+        load_policy(settings.risk_file),
+        LifecyclePolicy(churn_after_days=settings.churn_after_days),
+        publish,
+    )
+
+    @app.timer(interval=settings.evaluate_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    @surviving("evaluating customers", parts.ingest.counters)
+    async def evaluate_due() -> None:
+        clock = await period_clock(settings, parts.periods, parts.cluster_id)
+        if clock is None:
+            return
+        # a bounded share per tick: evaluation shares the worker's core with ingestion
+        await evaluator.run_once(clock, settings.evaluate_batch)
