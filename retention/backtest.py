@@ -42,6 +42,7 @@ from retention.cdnow import read_cdnow
 from retention.config import ActivityKind, Settings
 from retention.publish_file import Progress, file_dead_letter_headers
 from retention.stack import EMBEDDED_TIMEOUTS
+from store.connect import connect
 from store.evaluations import active_before, update_high_value_threshold
 from store.models import read_histories, save_fit
 from store.periods import Periods
@@ -191,7 +192,7 @@ class Backtest:
             )
         )
         logger.info("backtest input read", extra={"events": len(events), "bad": len(bad)})
-        redis = Redis.from_url(s.redis_url, decode_responses=True)
+        redis = connect(s.redis_url, decode_responses=True)
         try:
             before = await used_memory(redis)
             sent = await self._produce(topics, events, bad)

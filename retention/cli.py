@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from retention import logs
 from retention.config import Settings
 from retention.services import NoServices, resolve
+from store.connect import connect
 from store.store import Store
 
 logger = logging.getLogger("retention")
@@ -85,7 +84,7 @@ async def _count_bad(settings: Settings, reasons: dict[str, int]) -> None:
 
     if not settings.redis_url or not reasons:
         return
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect(settings.redis_url, decode_responses=True)
     try:
         store = Store(redis, settings.key_prefix)
         async with redis.pipeline(transaction=True) as pipe:
@@ -350,7 +349,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     settings = _services(args)
 
     async def go() -> int:
-        redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+        redis = connect(settings.redis_url or "", decode_responses=True)
         try:
             keys = KeyStore(IngestState(redis, settings.key_prefix))
             if args.action == "create":

@@ -43,6 +43,7 @@ from retention.metric_families import Snapshot, exporter_families, families
 from retention.metrics_http import ScrapeAuth, guarded, serve
 from retention.snapshot import BrokerOffsets, read_snapshot
 from retention.stalls import Progress
+from store.connect import connect
 from streams.topics import Topics
 from streams.worker_metrics import WorkerMetrics
 
@@ -113,7 +114,7 @@ class RetentionCollector:
 
     async def _read(self) -> Snapshot:
         if self._redis is None:
-            self._redis = Redis.from_url(
+            self._redis = connect(
                 self.settings.redis_url or "", decode_responses=True, socket_timeout=self.timeout
             )
         return await read_snapshot(

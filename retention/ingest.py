@@ -30,7 +30,6 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from retention.config import Settings
 from retention.ingest_rules import (
@@ -43,6 +42,7 @@ from retention.ingest_rules import (
     verdicts,
 )
 from retention.keys import KeyCache, KeyStore
+from store.connect import connect
 from store.ingest_state import IngestState
 from streams.events import Event, encode_event
 from streams.producer import EventProducer
@@ -272,7 +272,7 @@ class IngestServer:
         assert settings.redis_url and settings.kafka_bootstrap
         self.settings = settings
         self.host, self.port = host, port
-        self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=5)
+        self.redis = connect(settings.redis_url, decode_responses=True, socket_timeout=5)
         self.sink = Sink(settings)
         self.ingest = Ingest(settings, IngestState(self.redis, settings.key_prefix), self.sink)
         # gzip is inflated by the handlers, within the body limit, not by aiohttp

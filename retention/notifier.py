@@ -41,7 +41,6 @@ from aiokafka.errors import (
     KafkaError,
 )
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from processors.alerts import Alert
 from processors.notify_config import Outcome, Subscriber
@@ -49,6 +48,7 @@ from processors.notify_messages import BadAlert, decode_alert
 from retention.config import Settings
 from retention.delivery import Notifier
 from retention.notify_file import load_config
+from store.connect import connect
 from store.deliveries import Deliveries
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, create_missing
@@ -413,7 +413,7 @@ async def run_notifier(
         rebalance_timeout_ms=int(max(settings.session_timeout_seconds, 10.0) * 1000),
         **security.client_kwargs(),
     )
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect(settings.redis_url, decode_responses=True)
     try:
         async with Notifier(config, Deliveries(redis, settings.key_prefix)) as notifier:
             dispatcher = Dispatcher(consumer, notifier, stop)

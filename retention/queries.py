@@ -19,6 +19,7 @@ from processors.lifecycle import LifecyclePolicy
 from processors.state import to_public
 from processors.windows import PERIODS, Period
 from retention.config import Settings
+from store.connect import connect
 from store.evaluations import Evaluator, active_before, ranked_at_risk
 from store.models import stored_fit
 from store.periods import Periods
@@ -28,7 +29,7 @@ from streams.risk_file import load_policy
 
 @asynccontextmanager
 async def _redis(settings: Settings) -> AsyncIterator[Redis]:
-    redis = Redis.from_url(settings.redis_url or "", decode_responses=True)
+    redis = connect(settings.redis_url or "", decode_responses=True)
     try:
         yield redis
     finally:

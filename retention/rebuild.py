@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from retention.config import Settings
+from store.connect import connect
 from store.store import Store
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, cluster_id, end_offsets
@@ -63,7 +62,7 @@ async def rebuild(
     """Wipe the key prefix, then (with ``wait``) show the replay until it has caught up."""
     assert settings.kafka_bootstrap and settings.redis_url
     topics = Topics.from_settings(settings)
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect(settings.redis_url, decode_responses=True)
     try:
         store = Store(
             redis,

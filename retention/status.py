@@ -8,11 +8,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
-
 from retention.config import Settings
 from retention.services import Services, mask_url, scrub
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
+from store.connect import connect
 from store.store import Store
 from streams.topics import Topics, cluster_id, end_offsets
 
@@ -90,7 +89,11 @@ async def _gather(settings: Settings, status: StackStatus, timeout: float) -> No
         status.broker_ok = True
     except Exception as exc:
         status.errors.append(f"broker: {exc!r}")
-    redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=timeout)
+    try:  # connecting asks the node whether it is a cluster node, so it may fail here
+        redis = connect(settings.redis_url, decode_responses=True, socket_timeout=timeout)
+    except Exception as exc:
+        status.errors.append(f"redis: {exc!r}")
+        return
     try:
         store = Store(redis, settings.key_prefix, offsets_scope=scope)
         try:

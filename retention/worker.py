@@ -6,11 +6,11 @@ import asyncio
 import logging
 
 import faust
-from redis.asyncio import Redis
 
 from retention.config import Settings
 from retention.exporter import start_worker_metrics
 from retention.logs import log_config
+from store.connect import connect
 from streams import agents
 from streams.app import create_app
 from streams.topics import Topics, cluster_id, ensure_topics
@@ -28,7 +28,7 @@ async def check_eviction_policy(redis_url: str) -> None:
     With ``noeviction`` a full Redis refuses the batch script whole; the worker waits and
     retries, and nothing is counted twice or lost.
     """
-    redis = Redis.from_url(redis_url, decode_responses=True)
+    redis = connect(redis_url, decode_responses=True)
     try:
         info = await redis.info("memory")
     finally:

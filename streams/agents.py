@@ -19,8 +19,8 @@ from typing import Any, cast
 
 import faust
 from faust.streams import Stream
-from redis.asyncio import Redis
 
+from store.connect import connect
 from store.periods import Periods
 from store.store import Store
 from streams.ingest_batch import DecodedBatch, Ingest
@@ -53,7 +53,7 @@ def register(
     topics = Topics.from_settings(settings)
     dlq = app.topic(topics.dlq, key_serializer="raw", value_serializer="raw")
     assert settings.redis_url is not None
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect(settings.redis_url, decode_responses=True)
     store = Store(
         redis,
         settings.key_prefix,

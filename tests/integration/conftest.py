@@ -27,6 +27,7 @@ from retention.config import Settings
 from store.store import Store
 from streams.producer import EventProducer
 from streams.topics import Topics, cluster_id, ensure_topics
+from tests.integration.cluster import redis_cluster  # noqa: F401  (a fixture)
 
 
 @dataclass(frozen=True)

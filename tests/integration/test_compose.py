@@ -21,6 +21,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+CLUSTER_NODES = ("redis-node-1", "redis-node-2", "redis-node-3")
+CLUSTER_SERVICES = (*CLUSTER_NODES, "redis-cluster-init")
 INSTALL_HINT = (
     "docker-compose is not installed: `apt-get install docker-compose` "
     "(or run `make install` as root)"
@@ -34,8 +36,12 @@ def compose_binary() -> str:
     return found
 
 
-def run_compose(*args: str, profiles: tuple[str, ...] = ()) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+def run_compose(
+    *args: str, profiles: tuple[str, ...] = (), extra_env: dict[str, str] | None = None
+) -> str:
+    # REDIS_URL from the caller's shell would be interpolated into the app services
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_") and k != "REDIS_URL"}
+    env.update(extra_env or {})
     argv = [compose_binary(), "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE)]
     for profile in profiles:
         argv += ["--profile", profile]
@@ -161,10 +167,10 @@ def test_worker_can_be_scaled() -> None:
 def test_demo_only_in_demo_profile() -> None:
     default_config = load_config()
     demo_config = load_config(profiles=("demo",))
-    assert run_compose("--profiles").split() == ["demo"]
+    assert run_compose("--profiles").split() == ["cluster", "demo"]
 
     for name, service in default_config["services"].items():
-        if name != "demo":
+        if name != "demo" and name not in CLUSTER_SERVICES:
             assert not service.get("profiles"), f"{name} must start without a profile"
     hidden_or_tagged = default_config["services"].get("demo")
     if hidden_or_tagged is not None:
@@ -179,3 +185,53 @@ def test_demo_only_in_demo_profile() -> None:
     env = as_env(demo.get("environment"))
     assert env.get("KAFKA_BOOTSTRAP") == "kafka:9092"
     assert "demo" in run_compose("--services", profiles=("demo",)).split()
+
+
+def test_cluster_only_in_cluster_profile() -> None:
+    default_config = load_config()
+    for name in CLUSTER_SERVICES:
+        hidden_or_tagged = default_config["services"].get(name)
+        if hidden_or_tagged is not None:
+            assert hidden_or_tagged.get("profiles") == ["cluster"], name
+    assert set(CLUSTER_SERVICES) <= set(run_compose("--services", profiles=("cluster",)).split())
+
+
+def test_cluster_nodes_run_in_cluster_mode_on_their_own_volumes() -> None:
+    cluster_config = load_config(profiles=("cluster",))
+    services = cluster_config["services"]
+    data_volumes = set()
+    for name in CLUSTER_NODES:
+        node = services[name]
+        assert node.get("profiles") == ["cluster"], name
+        assert str(node["image"]).split(":", 1)[-1].startswith("7"), node["image"]
+        argv = as_argv(node.get("command"))
+        assert argv[argv.index("--cluster-enabled") + 1] == "yes", argv
+        assert "--cluster-config-file" in argv, argv
+        assert argv[argv.index("--cluster-announce-hostname") + 1] == name, argv
+        assert argv[argv.index("--appendonly") + 1] == "yes", argv
+        mounts = dict(as_mount(v) for v in node.get("volumes") or [])
+        assert mounts.get("/data") in (cluster_config.get("volumes") or {}), node.get("volumes")
+        data_volumes.add(mounts["/data"])
+        assert node["healthcheck"]["test"], f"{name} needs a healthcheck"
+    assert len(data_volumes) == len(CLUSTER_NODES), "each node needs its own volume"
+
+
+def test_cluster_init_joins_all_nodes_once_they_are_healthy() -> None:
+    init = load_config(profiles=("cluster",))["services"]["redis-cluster-init"]
+    assert init.get("profiles") == ["cluster"]
+    assert as_depends(init.get("depends_on")) == dict.fromkeys(CLUSTER_NODES, "service_healthy")
+    script = (
+        " ".join(as_argv(init.get("entrypoint"))) + " " + " ".join(as_argv(init.get("command")))
+    )
+    assert "--cluster create" in script, script
+    assert "--cluster-replicas 0" in script and "--cluster-yes" in script, script
+    for name in CLUSTER_NODES:
+        assert f"ip {name})" in script, f"{name} missing from the create command: {script}"
+    assert str(init.get("restart", "no")) == "no", "a one-shot service must not restart"
+
+
+def test_redis_url_can_point_the_apps_at_a_cluster_node() -> None:
+    url = "redis://redis-node-1:6379/0"
+    config = yaml.safe_load(run_compose(profiles=("cluster",), extra_env={"REDIS_URL": url}))
+    for name in ("worker", "exporter", "ingest"):
+        assert as_env(config["services"][name].get("environment")).get("REDIS_URL") == url, name

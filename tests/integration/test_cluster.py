@@ -1,0 +1,79 @@
+"""Opening Redis from a URL: the cluster client on a Redis Cluster node, the plain one else."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from retention import runtime
+from store.connect import connect
+from tests.integration.cluster import NODES, cluster_binaries, start_cluster
+from tests.integration.conftest import Stack
+
+# The key set of one tag: the script is given one key and builds the others from its tag,
+# which keeps them all in the slot the cluster client routed the call to.
+TAGGED_SCRIPT = """
+local tag = string.match(KEYS[1], '^(.-})')
+redis.call('HSET', tag .. ':state', 'n', ARGV[1])
+redis.call('SADD', tag .. ':seen', ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return {redis.call('GET', KEYS[1]), redis.call('SCARD', tag .. ':seen')}
+"""
+
+
+async def test_cluster_url_gives_the_cluster_client(redis_cluster: str) -> None:
+    client = connect(redis_cluster, decode_responses=True)
+    try:
+        assert isinstance(client, RedisCluster)
+        assert await client.ping()
+        await client.initialize()
+        assert len(client.get_primaries()) == NODES
+    finally:
+        await client.aclose()
+
+
+async def test_single_redis_url_gives_the_plain_client(stack: Stack) -> None:
+    client = connect(stack.redis_url, decode_responses=True)
+    try:
+        assert type(client) is Redis
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_script_on_a_hash_tagged_key_set_runs_on_every_node(redis_cluster: str) -> None:
+    client = connect(redis_cluster, decode_responses=True)
+    assert isinstance(client, RedisCluster)
+    run = uuid.uuid4().hex[:8]
+    tags = [f"{{{run}s{n}}}" for n in range(12)]
+    try:
+        script = client.register_script(TAGGED_SCRIPT)
+        for amount, total, seen in ((2, "2", 1), (3, "5", 2)):
+            replies = [await script(keys=[f"{tag}:total"], args=[amount]) for tag in tags]
+            assert replies == [[total, seen]] * len(tags)
+        owners = {client.get_node_from_key(f"{tag}:total").name for tag in tags}
+        assert len(owners) == NODES, f"the tags should spread over all nodes, got {owners}"
+        for tag in tags:
+            assert await client.hget(f"{tag}:state", "n") == "3"
+            found = sorted([k async for k in client.scan_iter(match=f"{tag}:*")])
+            assert found == [f"{tag}:{name}" for name in ("seen", "state", "total")]
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{{{run}s*")]
+        if keys:
+            await client.unlink(*keys)
+        await client.aclose()
+
+
+def test_missing_binaries_fail_with_install_hint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None)
+    with pytest.raises(runtime.MissingBinary, match=r"apt-get install redis-server"):
+        cluster_binaries()
+    with pytest.raises(runtime.MissingBinary, match=r"apt-get install redis-server"):
+        start_cluster(tmp_path)
