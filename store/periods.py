@@ -36,7 +36,7 @@ from processors.windows import (
     periods_between,
 )
 from store.layout import Keys
-from store.shards import ShardLayout, load_layout
+from store.shards import LayoutSource
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ class Periods:
     def __init__(self, redis: Redis, prefix: str, shards: int | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._shards = shards
-        self._layout: ShardLayout | None = None
+        self._layouts = LayoutSource(redis, prefix, shards, writer=False)
         self.keys = Keys(prefix)
         self._counts = redis.register_script(_COUNTS)
         self._cohort = redis.register_script(_COHORT)
@@ -92,9 +91,7 @@ class Periods:
 
     async def homes(self) -> tuple[str, ...]:
         """The shards' key prefixes: every count below is summed over them."""
-        if self._layout is None:
-            self._layout = await load_layout(self.redis, self.prefix, self._shards)
-        return self._layout.prefixes
+        return (await self._layouts.get()).prefixes
 
     async def _meta(self) -> tuple[str | None, str | None]:
         """The first and last event times over the shards, as stored."""

@@ -100,18 +100,35 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+class LayoutSource:
+    """The layout one reader or writer uses, looked up once it is known.
+
+    A writer records it (:func:`setup_layout`); a reader takes the configured count or
+    the recorded one, and keeps asking while neither exists (a store not set up yet),
+    so it never holds on to a guess."""
+
+    def __init__(
+        self, redis: Redis | RedisCluster, prefix: str, configured: int | None, writer: bool
+    ) -> None:
+        self.redis, self.prefix, self.configured, self.writer = redis, prefix, configured, writer
+        self._known: ShardLayout | None = None
+
+    async def get(self) -> ShardLayout:
+        if self._known is not None:
+            return self._known
+        if self.writer:
+            self._known = await setup_layout(self.redis, self.prefix, self.configured)
+            return self._known
+        count = self.configured or await stored_count(self.redis, self.prefix)
+        layout = ShardLayout.of(self.prefix, count or 1, is_cluster(self.redis))
+        if count:
+            self._known = layout
+        return layout
+
+
 async def stored_count(redis: Redis | RedisCluster, prefix: str) -> int | None:
     raw = await redis.get(prefix + SHARDS_KEY)
     return None if raw is None else int(raw)
-
-
-async def load_layout(
-    redis: Redis | RedisCluster, prefix: str, configured: int | None = None
-) -> ShardLayout:
-    """The layout readers use: the configured count, else the one the store was set up
-    with, else one shard."""
-    count = configured or await stored_count(redis, prefix) or 1
-    return ShardLayout.of(prefix, count, is_cluster(redis))
 
 
 async def setup_layout(

@@ -22,7 +22,7 @@ from processors.currency import Rates
 from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
 from store.layout import Keys
-from store.shards import SHARDS_KEY, ShardLayout, load_layout, setup_layout
+from store.shards import SHARDS_KEY, LayoutSource, ShardLayout
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
 FIELDS_PER_RECORD = 15
@@ -120,11 +120,14 @@ class Store:
         dedupe_horizon_seconds: int = 7 * 86400,
         offsets_scope: str = "default",
         shards: int | None = None,
+        writer: bool = False,
     ) -> None:
+        """``shards``: the configured count (``RETENTION_SHARDS``), else the recorded one.
+        A ``writer`` (the worker) records the count on a new store and refuses to run
+        with another."""
         self.redis = redis
         self.prefix = prefix
-        self._shards = shards
-        self._layout: ShardLayout | None = None
+        self._layouts = LayoutSource(redis, prefix, shards, writer)
         self.keys = Keys(prefix)
         self.kind_letters = "".join(sorted(_KIND_LETTERS[k] for k in activity_kinds))
         # The horizon is split into buckets so that ids expire a bucket at a time.
@@ -138,14 +141,7 @@ class Store:
 
     async def layout(self) -> ShardLayout:
         """The shards, as configured or as the store was set up (read once)."""
-        if self._layout is None:
-            self._layout = await load_layout(self.redis, self.prefix, self._shards)
-        return self._layout
-
-    async def setup_layout(self) -> ShardLayout:
-        """For a writer: record the shard count on a new store, refuse a different one."""
-        self._layout = await setup_layout(self.redis, self.prefix, self._shards)
-        return self._layout
+        return await self._layouts.get()
 
     async def _hash(self, *parts: str) -> dict[str, str]:
         # the client is made with decode_responses=True, so replies are text
