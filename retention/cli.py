@@ -206,7 +206,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    return asyncio.run(rebuild(settings, wait=not args.no_wait))
+    return asyncio.run(rebuild(settings, wait=not args.no_wait, shards=args.shards))
 
 
 def _redacted(url: str | None) -> str:
@@ -422,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rb.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     rb.add_argument("--no-wait", action="store_true", help="wipe, then return at once")
+    rb.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="record a new shard count for the replay (stop the workers first; start them"
+        " with the same RETENTION_SHARDS or none)",
+    )
     rb.set_defaults(func=cmd_rebuild)
 
     at_risk = sub.add_parser("at-risk", parents=[common], help="customers at risk, with reasons")

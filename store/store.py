@@ -17,12 +17,13 @@ from importlib.resources import files
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from processors.currency import Rates
 from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
 from store.layout import Keys
-from store.shards import SHARDS_KEY, LayoutSource, ShardLayout
+from store.shards import SHARDS_KEY, LayoutSource, ShardLayout, is_cluster
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
 FIELDS_PER_RECORD = 15
@@ -336,7 +337,9 @@ class Store:
                 pipe.hdel(home + "stamps:" + self.offsets_scope, *fields)
                 await pipe.execute()
 
-    async def wipe(self, keep: Sequence[str] = KEEP_ON_REBUILD, page: int = 1000) -> int:
+    async def wipe(
+        self, keep: Sequence[str] = KEEP_ON_REBUILD, page: int = 1000, shards: int | None = None
+    ) -> int:
         """Delete every key under the prefix but the ``keep`` families; returns the count.
 
         Batches are refused while it runs (the ``rebuilding`` marker), so no worker writes
@@ -353,12 +356,22 @@ class Store:
             pattern = _glob_escape(self.prefix) + "*"
             async for batch in _pages(self.redis.scan_iter(match=pattern, count=page), page):
                 doomed = [k for k in batch if not k.startswith(kept)]
-                if doomed:
-                    # one key per command: on a cluster the keys lie in many slots
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for key in doomed:
-                            pipe.unlink(key)
-                        deleted += sum(int(n) for n in await pipe.execute())
+                if not doomed:
+                    continue
+                if is_cluster(self.redis):
+                    # one command per slot: a shard's keys share one, the others are few
+                    by_slot: dict[int, list[str]] = {}
+                    for name in doomed:
+                        by_slot.setdefault(key_slot(name.encode()), []).append(name)
+                    for names in by_slot.values():
+                        deleted += int(await self.redis.unlink(*names))
+                else:
+                    deleted += int(await self.redis.unlink(*doomed))
+            if shards is not None:
+                # the replay fills the store in the new layout
+                ShardLayout.of(self.prefix, shards)  # refuses a count out of range
+                await self.redis.set(self.key(SHARDS_KEY), str(shards))
+                self._layouts = LayoutSource(self.redis, self.prefix, shards, writer=False)
         finally:
             for marker in markers:
                 await self.redis.delete(marker)

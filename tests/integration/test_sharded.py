@@ -128,3 +128,18 @@ async def test_shard_count_is_recorded_and_a_different_one_refused(
     assert (await Store(redis, prefix).layout()).count == 12  # readers find it
     with pytest.raises(LayoutMismatch, match="12 shard"):
         await Store(redis, prefix, shards=4, writer=True).layout()
+
+
+async def test_a_rebuild_can_change_the_shard_count(redis: Redis, rng: random.Random) -> None:
+    prefix = f"re{rng.randrange(1 << 30)}:"
+    events = random_events(rng, customers=30, count=500)
+    records = records_for(events, partitions=2)
+    old = Store(redis, prefix, KINDS, shards=3, writer=True)
+    await old.apply_batch(records)
+    assert await old.wipe(shards=5) > 0
+    assert await old.customer_count() == 0
+    # workers started afterwards without a count find the new one, and replay into it
+    new = Store(redis, prefix, KINDS, writer=True)
+    assert (await new.layout()).count == 5
+    await new.apply_batch(records)
+    await assert_fold(new, events)
