@@ -86,11 +86,7 @@ async def _count_bad(settings: Settings, reasons: dict[str, int]) -> None:
         return
     redis = connect(settings.redis_url, decode_responses=True)
     try:
-        store = Store(redis, settings.key_prefix)
-        async with redis.pipeline(transaction=True) as pipe:
-            for reason, n in reasons.items():
-                pipe.hincrby(store.key("stats"), f"rejected|{PRODUCE_SOURCE}|{reason}", n)
-            await pipe.execute()
+        await Store(redis, settings.key_prefix).count_rejected(PRODUCE_SOURCE, reasons)
     finally:
         await redis.aclose()
 

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, cast
@@ -277,6 +277,14 @@ class Store:
                 topic, _, reason = rest.rpartition("|")
                 rejected[(topic, reason)] = int(value)
         return Stats(accepted, duplicates, rejected)
+
+    async def count_rejected(self, source: str, reasons: Mapping[str, int]) -> None:
+        """Count messages rejected before they reached Kafka (a file's bad lines) with
+        the store's own rejections, under ``source`` in place of a topic."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for reason, n in reasons.items():
+                pipe.hincrby(self.key("stats"), f"rejected|{source}|{reason}", n)
+            await pipe.execute()
 
     async def counters(self, family: str) -> dict[str, int]:
         """A hash of counters another part keeps under the prefix (``notify:stats``,
