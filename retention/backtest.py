@@ -186,14 +186,21 @@ class Backtest:
             sent = await self._produce(topics, events, bad)
             logger.info("backtest input produced", extra={"messages": sum(sent.values())})
             scope = await cluster_id(s.kafka_bootstrap, s.kafka_security())
-            store = Store(redis, s.key_prefix, s.activity_kinds, offsets_scope=scope)
+            store = Store(
+                redis,
+                s.key_prefix,
+                s.activity_kinds,
+                offsets_scope=scope,
+                shards=s.shards,
+                writer=True,
+            )
             await self._wait(store, sent, work)
             customers = await store.customer_count()
             if customers:
                 grown = await used_memory(redis) - before
                 self.bytes_per_customer = grown / customers
             logger.info("backtest input processed")
-            report = await self._report(store, Periods(redis, s.key_prefix), events, bad)
+            report = await self._report(store, Periods(redis, s.key_prefix, s.shards), events, bad)
             logger.info("backtest report ready")
             return report
         finally:

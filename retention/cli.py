@@ -86,11 +86,7 @@ async def _count_bad(settings: Settings, reasons: dict[str, int]) -> None:
         return
     redis = connect(settings.redis_url, decode_responses=True)
     try:
-        store = Store(redis, settings.key_prefix)
-        async with redis.pipeline(transaction=True) as pipe:
-            for reason, n in reasons.items():
-                pipe.hincrby(store.key("stats"), f"rejected|{PRODUCE_SOURCE}|{reason}", n)
-            await pipe.execute()
+        await Store(redis, settings.key_prefix).count_rejected(PRODUCE_SOURCE, reasons)
     finally:
         await redis.aclose()
 
@@ -206,7 +202,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    return asyncio.run(rebuild(settings, wait=not args.no_wait))
+    return asyncio.run(rebuild(settings, wait=not args.no_wait, shards=args.shards))
 
 
 def _redacted(url: str | None) -> str:
@@ -422,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rb.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     rb.add_argument("--no-wait", action="store_true", help="wipe, then return at once")
+    rb.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="record a new shard count for the replay (stop the workers first; start them"
+        " with the same RETENTION_SHARDS or none)",
+    )
     rb.set_defaults(func=cmd_rebuild)
 
     at_risk = sub.add_parser("at-risk", parents=[common], help="customers at risk, with reasons")

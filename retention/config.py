@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".retention")
     topic_prefix: str = ""
     key_prefix: str = "rt:"
+    #: customers are spread over this many shards of the store, chosen when it is set up
+    #: (None: the recorded count, else 1 on a single Redis and 12 on a Redis Cluster)
+    shards: int | None = Field(default=None, ge=1, le=1024)
     partitions: int = Field(default=4, ge=1)
     app_id: str = "retention-tracker"
     activity_kinds: Annotated[tuple[ActivityKind, ...], NoDecode] = ("order", "login")

@@ -58,8 +58,11 @@ async def rebuild(
     write: Callable[[str], object] = print,
     poll_seconds: float = 1.0,
     timeout: float | None = None,
+    shards: int | None = None,
 ) -> int:
-    """Wipe the key prefix, then (with ``wait``) show the replay until it has caught up."""
+    """Wipe the key prefix, then (with ``wait``) show the replay until it has caught up.
+
+    ``shards`` records a new shard count for the store the workers replay into."""
     assert settings.kafka_bootstrap and settings.redis_url
     topics = Topics.from_settings(settings)
     redis = connect(settings.redis_url, decode_responses=True)
@@ -69,8 +72,10 @@ async def rebuild(
             settings.key_prefix,
             offsets_scope=await cluster_id(settings.kafka_bootstrap, settings.kafka_security()),
         )
-        deleted = await store.wipe()
+        deleted = await store.wipe(shards=shards)
         write(f"deleted {deleted} keys under {settings.key_prefix!r}")
+        if shards is not None:
+            write(f"the store now has {shards} shard(s)")
         if not wait:
             return 0
         started = time.monotonic()

@@ -7,10 +7,13 @@
 -- Nothing in here may fail halfway (Redis keeps the writes made before an error): inputs
 -- are bounded by validation, and sums are checked against SUM_LIMIT before they are made.
 --
--- ARGV[1] key prefix        ARGV[2] offsets scope (broker cluster id)
+-- KEYS[1] the shard's offsets hash (P .. 'offsets:' .. scope): declared so that a Redis
+--   Cluster routes the call to the node holding the shard; every key the script builds
+--   carries the same hash tag, so they all lie in that slot
+-- ARGV[1] the shard's key prefix   ARGV[2] offsets scope (broker cluster id)
 -- ARGV[3] now (ms)          ARGV[4] dedupe bucket width (ms)   ARGV[5] buckets kept
 -- ARGV[6] activity kinds, letters: o=order l=login s=support
--- ARGV[7] the records, a JSON array of arrays of 15 strings:
+-- ARGV[7] the shard's records, a JSON array of arrays of 15 strings:
 --   kind(o|l|s|x) topic partition offset dedupe_id customer_id ts_ms d w m a1 a2 a3 a4 stamp
 --   dedupe_id: a digest of event type, customer and event id (the worker computes it)
 --   d w m: epoch-day numbers of the start of the event's day, ISO week and month
@@ -24,6 +27,12 @@
 --   take any offset above the stored one. With it, offsets must follow the stored one
 --   without a gap: a gap means the store lost what it had applied (restore, failover,
 --   flush), and the records of that partition are refused so the worker can seek back.
+-- ARGV[9] JSON object topic|partition -> {first offset, last offset, stamp of the last}
+--   of the whole batch, over every shard: a shard's records of a partition are not
+--   contiguous, so the gap check and the stored offset use the batch's range. Every shard
+--   is called for every batch, with or without records, and stores the batch's last
+--   offset: a batch spread over shards stays exactly-once when the worker stops between
+--   two shards, since each shard skips what it has already applied.
 -- Returns {applied, duplicates, redelivered, rejected, gaps, overflows}: gaps is a flat
 -- list {tp, next offset wanted, ...}; overflows lists the offsets ("tp|offset") of events
 -- refused because a sum would leave the exact range.
@@ -33,7 +42,7 @@ local P = ARGV[1]
 if redis.call('EXISTS', P .. 'rebuilding') == 1 then
   return redis.error_reply('REBUILDING the store is being wiped for a rebuild')
 end
-local offsets_key = P .. 'offsets:' .. ARGV[2]
+local offsets_key = KEYS[1]
 local stats_key = P .. 'stats'
 local meta_key = P .. 'meta'
 local newest_key = P .. 'newest:' .. ARGV[2]
@@ -51,7 +60,6 @@ local seen_ttl = math.ceil(width * (nbuckets + 1) / 1000)
 
 local applied, duplicates, redelivered, rejected = 0, 0, 0, 0
 local last_offsets = {}
-local touched = {}
 local newest = {}
 local batch_first, batch_last
 
@@ -334,32 +342,30 @@ end
 local records = cjson.decode(ARGV[7])
 local floors = nil
 if ARGV[8] ~= '' then floors = cjson.decode(ARGV[8]) end
+local ranges = cjson.decode(ARGV[9])
+-- each partition's fate for this batch is decided once, from the stored offset
 local gaps, gap_list, overflows = {}, {}, {}
-local stamps = {}
+for tp, range in pairs(ranges) do
+  local last = tonumber(redis.call('HGET', offsets_key, tp) or '-1')
+  last_offsets[tp] = last
+  local wanted = last + 1
+  if floors then wanted = math.max(wanted, tonumber(floors[tp] or 0)) end
+  if floors and tonumber(range[1]) > wanted then
+    -- the partition's records wait for the worker to seek back
+    gaps[tp] = true
+    gap_list[#gap_list + 1] = tp
+    gap_list[#gap_list + 1] = wanted
+  end
+end
 for _, r in ipairs(records) do
   local kind, topic, partition = r[1], r[2], r[3]
   local offset = tonumber(r[4])
   local tp = topic .. '|' .. partition
-  local last = last_offsets[tp]
-  if last == nil then
-    -- read once per partition and batch, also when every record is a redelivery
-    last = tonumber(redis.call('HGET', offsets_key, tp) or '-1')
-    last_offsets[tp] = last
-  end
-  local wanted = last + 1
-  if floors then wanted = math.max(wanted, tonumber(floors[tp] or 0)) end
   if gaps[tp] then
-    -- the partition's records after a gap wait for the worker to seek back
-  elseif offset <= last then
+    -- refused with its partition
+  elseif offset <= last_offsets[tp] then
     redelivered = redelivered + 1
-  elseif floors and offset > wanted then
-    gaps[tp] = true
-    gap_list[#gap_list + 1] = tp
-    gap_list[#gap_list + 1] = wanted
   else
-    last_offsets[tp] = offset
-    stamps[tp] = r[15]
-    touched[tp] = true
     local days = {d = r[8], w = r[9], m = r[10]}
     if kind == 'x' then
       count('rejected|' .. topic .. '|' .. r[11])
@@ -385,15 +391,17 @@ for name, n in pairs(counts) do
   redis.call('HINCRBY', stats_key, name, n)
 end
 if applied + duplicates > 0 then redis.call('EXPIRE', current_seen, seen_ttl) end
--- customers whose state changed are due for a lifecycle and risk evaluation now; the
--- score (minus this batch's wall time) differs from batch to batch, so the evaluator can
--- tell that a customer changed while it was being evaluated
+-- customers whose state changed are due for a lifecycle and risk evaluation: NX keeps
+-- the time of the first change since their last evaluation, and the evaluator serves
+-- that queue oldest first (take_due.lua)
 for cid, _ in pairs(touched_customers) do
-  redis.call('ZADD', P .. 'due', -now, cid)
+  redis.call('ZADD', P .. 'due', 'NX', now, cid)
 end
-for tp, _ in pairs(touched) do
-  redis.call('HSET', offsets_key, tp, last_offsets[tp])
-  if stamps[tp] and stamps[tp] ~= '' then redis.call('HSET', stamps_key, tp, stamps[tp]) end
+for tp, range in pairs(ranges) do
+  if not gaps[tp] and tonumber(range[2]) > last_offsets[tp] then
+    redis.call('HSET', offsets_key, tp, range[2])
+    if range[3] ~= '' then redis.call('HSET', stamps_key, tp, range[3]) end
+  end
 end
 if batch_first then
   set_min(meta_key, 'first', batch_first)

@@ -1,5 +1,6 @@
 -- One cohort's row: its size, then how many of its customers were active in each period.
--- ARGV: prefix, period letter (d|w|m), then the first days of the cohort's period and of
+-- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
+-- ARGV: the shard's prefix, period letter (d|w|m), then the first days of the cohort's period and of
 -- every later period to report.
 local P, p = ARGV[1], ARGV[2]
 local cohort = P .. 'coh:' .. p .. ':' .. ARGV[3]

@@ -10,11 +10,12 @@ What an evaluation concludes is pure (``processors/evaluator.py``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -23,7 +24,6 @@ from processors.evaluator import (
     Evaluation,
     Previous,
     Publish,
-    as_text,
     at_risk_rank,
     evaluate,
     parse_previous,
@@ -41,6 +41,9 @@ _RETURNED = files("store").joinpath("returned.lua").read_text()
 
 
 _RESCHEDULE = files("store").joinpath("reschedule.lua").read_text()
+_TAKE = files("store").joinpath("take_due.lua").read_text()
+#: How long taken customers are left to their evaluator before others may take them.
+LEASE_MS = 60_000
 
 
 class Evaluator:
@@ -59,27 +62,36 @@ class Evaluator:
     async def high_value_threshold(self) -> float | None:
         return await high_value_threshold(self.store)
 
-    async def run_once(self, now: datetime, limit: int = 1000) -> int:
-        """Evaluate up to ``limit`` due customers as of ``now``; returns how many."""
-        key = self.store.key
+    async def run_once(
+        self, now: datetime, limit: int = 1000, shards: Iterable[int] | None = None
+    ) -> int:
+        """Evaluate up to ``limit`` due customers of each of ``shards`` (default: all) as
+        of ``now``, oldest due first; returns how many."""
+        layout = await self.store.layout()
+        chosen = range(layout.count) if shards is None else shards
+        done = 0
+        for shard in chosen:
+            done += await self._run_shard(layout.prefixes[shard], now, limit)
+        return done
+
+    async def _run_shard(self, home: str, now: datetime, limit: int) -> int:
+        redis = self.store.redis
         now_ms = int(now.timestamp() * 1000)
-        read = cast(
-            list[tuple[str, float]],
-            await self.store.redis.zrangebyscore(
-                key("due"), "-inf", now_ms, 0, limit, withscores=True, score_cast_func=as_text
-            ),
-        )
-        if not read:
+        lease = now_ms + LEASE_MS
+        queues = [home + "due", home + "sched"]
+        take = redis.register_script(_TAKE)
+        taken = cast(list[str], await take(keys=queues, args=[now_ms, limit, lease]))
+        if not taken:
             return 0
-        # they stay on the index until rescheduled: a crash here leaves them due, not lost
-        seen = dict(read)
-        states = await self.store.read_customers(list(seen))
-        gone = set(seen) - {s.customer_id for s in states}
+        # leased until rescheduled: a crash here leaves them due again when the lease
+        # ends, never lost
+        states = await self.store.read_customers(taken)
+        gone = set(taken) - {s.customer_id for s in states}
         if gone:  # no state any more: nothing to evaluate, ever
-            await self.store.redis.zrem(key("due"), *gone)
-        async with self.store.redis.pipeline(transaction=False) as pipe:
+            await redis.zrem(home + "sched", *gone)
+        async with redis.pipeline(transaction=False) as pipe:
             for state in states:
-                pipe.hgetall(key("ev", state.customer_id))
+                pipe.hgetall(home + "ev:" + state.customer_id)
             previous = [parse_previous(raw) for raw in await pipe.execute()]
         model = await stored_fit(self.store)
         threshold = await self.high_value_threshold()
@@ -113,26 +125,30 @@ class Evaluator:
         # again with the same keys, which subscribers drop; never the other way round
         if alerts and self.publish is not None:
             await self.publish(alerts)
-        await self._store(results, now_ms)
-        await self._reschedule(results, seen, now_ms)
+        await self._store(home, results, now_ms)
+        await self._reschedule(home, results, lease, now_ms)
         return len(states)
 
     async def _reschedule(
         self,
+        home: str,
         results: list[tuple[CustomerState, Previous, Evaluation]],
-        seen: dict[str, float],
+        lease: int,
         now_ms: int,
     ) -> None:
-        args = [self.store.key("due")]
+        args: list[str | int] = [lease]
         for state, _, _ in results:
             nxt = next_due_ms(state, now_ms, self.risk_policy, self.lifecycle)
-            args.extend([state.customer_id, str(seen[state.customer_id]), str(nxt)])
-        await self.store.redis.register_script(_RESCHEDULE)(args=args)
+            args.extend([state.customer_id, nxt])
+        await self.store.redis.register_script(_RESCHEDULE)(keys=[home + "sched"], args=args)
 
-    async def _store(
-        self, results: list[tuple[CustomerState, Previous, Evaluation]], now_ms: int
+    async def _store(  # noqa: C901 - one straight list of the totals kept in step
+        self, home: str, results: list[tuple[CustomerState, Previous, Evaluation]], now_ms: int
     ) -> None:
-        key = self.store.key
+        # the totals are kept per shard, beside its customers: one slot, one transaction
+        def key(*parts: str) -> str:
+            return home + ":".join(parts)
+
         async with self.store.redis.pipeline(transaction=True) as pipe:
             for state, prev, ev in results:
                 cid = state.customer_id
@@ -190,15 +206,39 @@ class EvaluationTotals:
 
 
 async def evaluation_totals(store: Store) -> EvaluationTotals:
-    high_value = cast(str | None, await store.redis.get(store.key("risk:high_value")))
-    cltv_total = cast(str | None, await store.redis.get(store.key("cltv:total")))
     return EvaluationTotals(
         lifecycle=await store.counters("life:counts"),
         at_risk=await store.counters("risk:reasons"),
-        high_value_at_risk=int(float(high_value)) if high_value else 0,
-        predicted_cltv_micros=int(cltv_total) if cltv_total else 0,
+        high_value_at_risk=await _summed_number(store, "risk:high_value"),
+        predicted_cltv_micros=await _summed_number(store, "cltv:total"),
         cltv_at_risk_micros=await store.counters("cltv:at_risk"),
     )
+
+
+async def _summed_number(store: Store, name: str) -> int:
+    """A number kept per shard, summed."""
+    homes = (await store.layout()).prefixes
+    raw = await asyncio.gather(*(store.redis.get(home + name) for home in homes))
+    return sum(int(float(value)) for value in raw if value)
+
+
+async def due_backlog(store: Store, now_ms: int) -> tuple[int, float]:
+    """Customers waiting for an evaluation (changed, or with a recheck due by ``now``),
+    and how long the one waiting longest has waited (s)."""
+    homes = (await store.layout()).prefixes
+    waiting, oldest = 0, float(now_ms)
+    for home in homes:
+        async with store.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(home + "due")
+            pipe.zrange(home + "due", 0, 0, withscores=True)
+            pipe.zcount(home + "sched", "-inf", now_ms)
+            pipe.zrange(home + "sched", 0, 0, withscores=True)
+            changed, first_changed, scheduled, first_scheduled = await pipe.execute()
+        waiting += int(changed) + int(scheduled)
+        for count, first in ((changed, first_changed), (scheduled, first_scheduled)):
+            if int(count) and first:
+                oldest = min(oldest, float(first[0][1]))
+    return waiting, max(0.0, (now_ms - oldest) / 1000) if waiting else 0.0
 
 
 async def high_value_threshold(store: Store) -> float | None:
@@ -242,14 +282,21 @@ async def update_high_value_threshold(
 
 async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
     """At-risk customers by CLTV at risk (predicted CLTV × risk score), with reasons."""
-    ranked = cast(
-        list[tuple[str, float]],
-        await store.redis.zrevrange(store.key("atrisk"), 0, limit - 1, withscores=True),
+    layout = await store.layout()
+    tops = await asyncio.gather(
+        *(
+            store.redis.zrevrange(home + "atrisk", 0, limit - 1, withscores=True)
+            for home in layout.prefixes
+        )
     )
+    # each shard's best, merged: the overall best are among them
+    pairs = [(str(pair[0]), float(pair[1])) for top in tops for pair in cast(list[Any], top)]
+    ranked = sorted(pairs, key=lambda p: (-p[1], p[0]))[:limit]
     states = {s.customer_id: s for s in await store.read_customers([c for c, _ in ranked])}
     rows: list[dict[str, object]] = []
     for cid, rank in ranked:
-        ev = cast(dict[str, str], await store.redis.hgetall(store.key("ev", cid)))
+        ev_key = layout.prefix_of(cid) + "ev:" + cid
+        ev = cast(dict[str, str], await store.redis.hgetall(ev_key))
         state = states.get(cid)
         rows.append(
             {
@@ -273,12 +320,19 @@ async def active_before(
     """Per customer, whether it was active ``new_days`` before ``now`` (day bitmaps)."""
     if not states:
         return {}
-    async with store.redis.pipeline(transaction=False) as pipe:
-        for state in states:
-            pipe.hget(store.key("c", state.customer_id), "ix")
-        indexes = [ix or "" for ix in await pipe.execute()]
+    layout = await store.layout()
+    by_shard: dict[str, list[CustomerState]] = {}
+    for state in states:
+        by_shard.setdefault(layout.prefix_of(state.customer_id), []).append(state)
     start, stop = lookback_days(now_ms, lifecycle)
-    flags = await store.redis.register_script(_RETURNED)(
-        args=[store.prefix, str(start), str(stop), *indexes]
-    )
-    return {s.customer_id: bool(f) for s, f in zip(states, flags, strict=True)}
+    found: dict[str, bool] = {}
+    for home, members in by_shard.items():
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for state in members:
+                pipe.hget(home + "c:" + state.customer_id, "ix")
+            indexes = [ix or "" for ix in await pipe.execute()]
+        flags = await store.redis.register_script(_RETURNED)(
+            keys=[home + "ids"], args=[home, str(start), str(stop), *indexes]
+        )
+        found.update((s.customer_id, bool(f)) for s, f in zip(members, flags, strict=True))
+    return found

@@ -5,40 +5,48 @@ for customer 42); :class:`Keys` builds them, and every module of the Redis edge 
 The Lua scripts receive ``P`` as an argument and join their keys the same way. Several
 deployments (or test runs) share one Redis by using different prefixes.
 
+Customers are spread over the store's shards (:mod:`store.shards`). Every family marked
+``S`` below lives once per shard, under the shard's prefix ``S``: ``P`` itself for a store
+of one shard on a single Redis, else ``P{<tag>}:`` (``rt:{3.0}:c:42``), the hash tag
+keeping a shard's keys in one Redis Cluster slot. Totals over customers kept per shard are
+summed by their readers. Families marked ``P`` exist once, under the prefix.
+
+- ``P shards``             the store's shard count, recorded when it is set up
+
 The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
 
-- ``P c:<customer>``       hash, the customer's counters and times (field names in
+- ``S c:<customer>``       hash, the customer's counters and times (field names in
                             :mod:`store.store`); money in the reporting currency, and per
                             original currency in ``pm:<CUR>`` (placed) and ``rm:<CUR>``
                             (refunded)
-- ``P od:<customer>``      hash, placed orders per day (day number since the epoch → count)
-- ``P tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
+- ``S od:<customer>``      hash, placed orders per day (day number since the epoch → count)
+- ``S tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
                             open flag, status time), at most MAX_TICKETS tickets; the
                             customer hash counts them in ``tn``
-- ``P ids``, ``P ids:next`` dense customer numbers, for per-period bitmaps
-- ``P seen:<bucket>``      sets of dedupe digests (event type, customer, event id), each
+- ``S ids``, ``S ids:next`` dense customer numbers, for per-period bitmaps
+- ``S seen:<bucket>``      sets of dedupe digests (event type, customer, event id), each
                             set expiring after the dedupe horizon
-- ``P offsets:<cluster>``  hash ``topic|partition`` → last applied offset, written in the
+- ``S offsets:<cluster>``  hash ``topic|partition`` → last applied offset, written in the
                             same script as the state: the truth a worker seeks to
-- ``P stamps:<cluster>``   hash ``topic|partition`` → Kafka timestamp (ms) of that message,
+- ``S stamps:<cluster>``   hash ``topic|partition`` → Kafka timestamp (ms) of that message,
                             to recognise a topic deleted and created again
-- ``P act:<p>:<day>``       bitmap of customers active in a period (p = d|w|m, day = the
+- ``S act:<p>:<day>``       bitmap of customers active in a period (p = d|w|m, day = the
                             period's first day, counted from 1970-01-01)
-- ``P coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
-- ``P sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros
-- ``P buy:<p>:<day>``, ``P rep:<p>:<day>`` bitmaps of buyers and of repeat buyers
-- ``P meta``               hash: ``first`` and ``last`` event time (ms)
-- ``P newest:<cluster>``   hash ``topic|partition`` → newest event time applied (ms)
-- ``P stats``              hash of counters: ``accepted|topic``, ``duplicate|topic``,
+- ``S coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
+- ``S sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros
+- ``S buy:<p>:<day>``, ``S rep:<p>:<day>`` bitmaps of buyers and of repeat buyers
+- ``S meta``               hash: ``first`` and ``last`` event time (ms)
+- ``S newest:<cluster>``   hash ``topic|partition`` → newest event time applied (ms)
+- ``S stats``              hash of counters: ``accepted|topic``, ``duplicate|topic``,
                             ``rejected|topic|reason``
-- ``P surveys``            hash of survey totals over customers' latest scores:
+- ``S surveys``            hash of survey totals over customers' latest scores:
                             ``<survey>|sum``, ``<survey>|n``, ``nps|promoters``,
                             ``nps|detractors``
-- ``P responses``          hash, first-response histogram buckets of all tickets
+- ``S responses``          hash, first-response histogram buckets of all tickets
 - ``P workers``            hash worker id → JSON heartbeat
-- ``P rebuilding``         set while ``retention rebuild`` wipes the store; the batch
+- ``S rebuilding``         set while ``retention rebuild`` wipes the store; the batch
                             script refuses to write while it exists
-- ``P tmp:<name>``         scratch bitmaps of the period and cohort scripts, deleted by
+- ``S tmp:<name>``         scratch bitmaps of the period and cohort scripts, deleted by
                             the script that made them
 
 Periods (:mod:`store.periods`):
@@ -48,11 +56,14 @@ Periods (:mod:`store.periods`):
 
 Evaluations and models (:mod:`store.evaluations`, :mod:`store.models`):
 
-- ``P due``                sorted set, customer → when to evaluate next (ms; 0 = now)
-- ``P ev:<customer>``      hash, the customer's last evaluation
-- ``P atrisk``             sorted set of at-risk customers, ranked
-- ``P life:counts``, ``P risk:reasons``, ``P cltv:at_risk`` hashes, and ``P
-  risk:high_value``, ``P cltv:total`` counters, kept in step with the evaluations
+- ``S due``                sorted set of changed customers, customer → batch time (ms) of
+                            the first change since their last evaluation
+- ``S sched``              sorted set, customer → when to evaluate next (ms, evaluation
+                            clock); customers being evaluated sit there at their lease's end
+- ``S ev:<customer>``      hash, the customer's last evaluation
+- ``S atrisk``             sorted set of at-risk customers, ranked
+- ``S life:counts``, ``S risk:reasons``, ``S cltv:at_risk`` hashes, and ``S
+  risk:high_value``, ``S cltv:total`` counters, kept in step with the evaluations
 - ``P hv:cltv``            the high-value CLTV threshold in use
 - ``P bgnbd``, ``P bgnbd:at`` the fitted BG/NBD parameters (JSON) and when they were fitted
 
@@ -94,4 +105,5 @@ class Keys:
     prefix: str
 
     def key(self, *parts: str) -> str:
+        """A ``P`` family's key; ``S`` families are named under a shard's prefix."""
         return self.prefix + ":".join(parts)

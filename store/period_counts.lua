@@ -1,5 +1,6 @@
 -- Counts of one period [start, stop) for its retention row, from the day bitmaps.
--- ARGV: prefix, period letter (d|w|m), start day, stop day, churn window W in days
+-- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
+-- ARGV: the shard's prefix, period letter (d|w|m), start day, stop day, churn window W in days
 -- (all days counted from 1970-01-01). Active at t = an activity day in [t - W, t), since
 -- periods start at midnight and W is whole days.
 -- Returns {S, E, S and E, N, orders, placed micros, refunded micros, buyers, repeaters}.

@@ -15,10 +15,11 @@ first, then the days of the first and last of them).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any, cast
@@ -35,6 +36,7 @@ from processors.windows import (
     periods_between,
 )
 from store.layout import Keys
+from store.shards import LayoutSource
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +77,10 @@ def _months_in_range() -> list[datetime]:
 
 
 class Periods:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, shards: int | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
+        self._layouts = LayoutSource(redis, prefix, shards, writer=False)
         self.keys = Keys(prefix)
         self._counts = redis.register_script(_COUNTS)
         self._cohort = redis.register_script(_COHORT)
@@ -85,6 +88,20 @@ class Periods:
 
     def key(self, *parts: str) -> str:
         return self.keys.key(*parts)
+
+    async def homes(self) -> tuple[str, ...]:
+        """The shards' key prefixes: every count below is summed over them."""
+        return (await self._layouts.get()).prefixes
+
+    async def _meta(self) -> tuple[str | None, str | None]:
+        """The first and last event times over the shards, as stored."""
+        homes = await self.homes()
+        replies = await asyncio.gather(
+            *(self.redis.hmget(home + "meta", ["first", "last"]) for home in homes)
+        )
+        firsts = [str(r[0]) for r in replies if r[0] is not None]
+        lasts = [str(r[1]) for r in replies if r[1] is not None]
+        return _extreme(firsts, min), _extreme(lasts, max)
 
     def _warn(self, kind: str, message: str, **fields: Any) -> None:
         """Log ``message`` once per read: not again for the same kind within a minute."""
@@ -96,7 +113,7 @@ class Periods:
 
     async def last_event(self) -> datetime | None:
         """Event time of the last applied event, None when unknown or out of range."""
-        last = valid_ms(await self.redis.hget(self.key("meta"), "last"))
+        last = valid_ms((await self._meta())[1])
         return None if last is None else _from_ms(last)
 
     async def span(self) -> tuple[datetime, datetime] | None:
@@ -105,7 +122,7 @@ class Periods:
         A bound stored out of range (by an older version that accepted any date) is
         replaced by the first or last month in range that holds activity or sales.
         """
-        raw = cast(list[str | None], await self.redis.hmget(self.key("meta"), ["first", "last"]))
+        raw = await self._meta()
         if raw[0] is None or raw[1] is None:
             return None
         first, last = valid_ms(raw[0]), valid_ms(raw[1])
@@ -136,12 +153,19 @@ class Periods:
 
     async def _with_data(self, letter: str, starts: Sequence[datetime]) -> list[datetime]:
         """Those of the period ``starts`` whose activity or sales keys exist, in order."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for start in starts:
-                day = str(epoch_day(start))
-                pipe.exists(self.key("act", letter, day), self.key("sales", letter, day))
-            found = await pipe.execute()
-        return sorted({s for s, n in zip(starts, found, strict=True) if int(n)})
+        found: set[datetime] = set()
+        for home in await self.homes():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for start in starts:
+                    day = str(epoch_day(start))
+                    # one key per command: on a cluster the two lie in different slots
+                    pipe.exists(f"{home}act:{letter}:{day}")
+                    pipe.exists(f"{home}sales:{letter}:{day}")
+                flags = await pipe.execute()
+            found.update(
+                s for i, s in enumerate(starts) if int(flags[2 * i]) + int(flags[2 * i + 1])
+            )
+        return sorted(found)
 
     async def starts(self, period: Period, through: datetime | None = None) -> list[datetime]:
         """Periods from the one of the first event through the one holding ``through``
@@ -154,14 +178,18 @@ class Periods:
     async def row(self, period: Period, start: datetime, churn_days: int) -> PeriodRow:
         stop = next_period(start, period)
         args = [
-            self.prefix,
             PERIOD_LETTERS[period],
             str(epoch_day(start)),
             str(epoch_day(stop)),
             str(churn_days),
         ]
-        s, e, s_and_e, n, orders, placed, refunded, buyers, repeaters = await self._counts(
-            args=args
+        homes = await self.homes()
+        # each customer lives in one shard: every count is the sum of the shards' counts
+        replies = await asyncio.gather(
+            *(self._counts(keys=[home + "meta"], args=[home, *args]) for home in homes)
+        )
+        s, e, s_and_e, n, orders, placed, refunded, buyers, repeaters = (
+            sum(int(reply[i]) for reply in replies) for i in range(9)
         )
         counts = PeriodCounts(
             start=int(s),
@@ -196,18 +224,24 @@ class Periods:
         if last is not None:
             starts = starts[-last:]
         out: dict[str, Cohort] = {}
+        homes = await self.homes()
         for i, start in enumerate(starts):
             days = [str(epoch_day(s)) for s in starts[i:]]
-            size, *active = await self._cohort(args=[self.prefix, PERIOD_LETTERS[period], *days])
-            if int(size):
-                out[start.date().isoformat()] = Cohort(int(size), [int(a) for a in active])
+            args = [PERIOD_LETTERS[period], *days]
+            replies = await asyncio.gather(
+                *(self._cohort(keys=[home + "meta"], args=[home, *args]) for home in homes)
+            )
+            size, *active = (sum(int(reply[i]) for reply in replies) for i in range(len(days) + 1))
+            if size:
+                out[start.date().isoformat()] = Cohort(size, active)
         return out
 
     async def active(self, period: Period, at: datetime) -> int:
         """Distinct active customers in the period holding ``at`` (DAU, WAU, MAU)."""
         start = period_start(at, period)
-        key = self.key("act", PERIOD_LETTERS[period], str(epoch_day(start)))
-        return int(await self.redis.bitcount(key))
+        name = f"act:{PERIOD_LETTERS[period]}:{epoch_day(start)}"
+        homes = await self.homes()
+        return sum(await asyncio.gather(*(self.redis.bitcount(home + name) for home in homes)))
 
     def _rows_key(self, period: Period, churn_days: int) -> str:
         return self.key("rows", PERIOD_LETTERS[period], str(churn_days))
@@ -333,7 +367,13 @@ class Periods:
         data at all is idle and does not hold the watermark back; one that carries data
         counts only once every one of its partitions has some.
         """
-        newest = cast(dict[str, str], await self.redis.hgetall(self.key("newest", scope)))
+        newest: dict[str, str] = {}
+        for home in await self.homes():
+            shard = cast(dict[str, str], await self.redis.hgetall(f"{home}newest:{scope}"))
+            for tp, ts in shard.items():
+                # a partition's newest time is the newest any shard applied
+                if tp not in newest or _as_float(ts) > _as_float(newest[tp]):
+                    newest[tp] = ts
         by_topic: dict[str, list[int]] = {}
         skipped = 0
         for tp, ts in newest.items():
@@ -352,6 +392,22 @@ class Periods:
                 return None
             lows.append(min(times))
         return _from_ms(min(lows)) if lows else None
+
+
+def _as_float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return float("-inf")
+
+
+def _extreme(values: list[str], pick: Callable[[Iterable[float]], float]) -> str | None:
+    """The smallest or largest of stored times, as stored; unreadable ones only when
+    nothing else is there (the readers then warn about them)."""
+    numbers = {_as_float(v): v for v in values if _as_float(v) != float("-inf")}
+    if numbers:
+        return numbers[pick(numbers)]
+    return values[0] if values else None
 
 
 def _from_ms(ms: int) -> datetime:

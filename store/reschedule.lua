@@ -1,11 +1,13 @@
--- Put evaluated customers back on the due index at their next time, unless a batch has
--- touched them since they were read (their score changed): then they stay due now.
--- ARGV: the index key, then (customer, score read, next due) triples.
-local key = ARGV[1]
-for i = 2, #ARGV, 3 do
-  local current = redis.call('ZSCORE', key, ARGV[i])
-  if current and current == ARGV[i + 1] then
-    redis.call('ZADD', key, ARGV[i + 2], ARGV[i])
+-- Schedule evaluated customers' next recheck, unless their lease has ended and another
+-- evaluator took them since (the score is no longer this lease's). A customer changed
+-- while it was evaluated is back in the changed queue, so it is evaluated again anyway.
+-- KEYS[1] the shard's scheduled rechecks. ARGV: the lease score, then (customer, next
+-- due) pairs.
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local current = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if current and tonumber(current) == lease then
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
   end
 end
 return 0

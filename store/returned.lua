@@ -1,5 +1,6 @@
 -- Whether customers had any activity day in [from, to), read from the day bitmaps.
--- ARGV: prefix, from day, to day, then customer indexes. Returns 1 or 0 per customer.
+-- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
+-- ARGV: the shard's prefix, from day, to day, then customer indexes. Returns 1 or 0 per customer.
 local P = ARGV[1]
 local from, to = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}

@@ -5,22 +5,25 @@ The key layout is documented in :mod:`store.layout`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from processors.currency import Rates
 from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
 from store.layout import Keys
+from store.shards import SHARDS_KEY, LayoutSource, ShardLayout, is_cluster
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
 FIELDS_PER_RECORD = 15
@@ -29,11 +32,12 @@ RESPONSE_BOUNDS = (300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
 DEDUPE_BUCKETS = 8
 #: Key families a rebuild keeps: what notifications were delivered is not derived from
 #: the events, and forgetting it would notify subscribers again.
-KEEP_ON_REBUILD = ("notify:",)
+KEEP_ON_REBUILD = ("notify:", SHARDS_KEY)
 #: A heartbeat this old belongs to a worker that died without saying so: it is dropped.
 FORGET_WORKER_SECONDS = 3600
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
 _SCRIPT = files("store").joinpath("apply_batch.lua").read_text()
+_READ = files("store").joinpath("read_customers.lua").read_text()
 
 
 def dedupe_id(event: Event) -> str:
@@ -116,22 +120,50 @@ class Store:
         activity_kinds: Iterable[str] = ("order", "login"),
         dedupe_horizon_seconds: int = 7 * 86400,
         offsets_scope: str = "default",
+        shards: int | None = None,
+        writer: bool = False,
     ) -> None:
+        """``shards``: the configured count (``RETENTION_SHARDS``), else the recorded one.
+        A ``writer`` (the worker) records the count on a new store and refuses to run
+        with another."""
         self.redis = redis
         self.prefix = prefix
+        self._layouts = LayoutSource(redis, prefix, shards, writer)
         self.keys = Keys(prefix)
         self.kind_letters = "".join(sorted(_KIND_LETTERS[k] for k in activity_kinds))
         # The horizon is split into buckets so that ids expire a bucket at a time.
         self.bucket_ms = max(1, dedupe_horizon_seconds * 1000 // DEDUPE_BUCKETS)
         self.offsets_scope = offsets_scope
         self._script = redis.register_script(_SCRIPT)
+        self._read = redis.register_script(_READ)
 
     def key(self, *parts: str) -> str:
         return self.keys.key(*parts)
 
+    async def layout(self) -> ShardLayout:
+        """The shards, as configured or as the store was set up (read once)."""
+        return await self._layouts.get()
+
     async def _hash(self, *parts: str) -> dict[str, str]:
         # the client is made with decode_responses=True, so replies are text
         return cast(dict[str, str], await self.redis.hgetall(self.key(*parts)))
+
+    async def shard_hashes(self, family: str) -> list[dict[str, str]]:
+        """A hash family kept per shard, one dict per shard (and the store's own key
+        when it is not a shard's: families written outside the shards live there)."""
+        homes = (await self.layout()).homes()
+        replies = await asyncio.gather(*(self.redis.hgetall(home + family) for home in homes))
+        return [cast(dict[str, str], reply) for reply in replies]
+
+    async def summed(self, family: str) -> dict[str, int]:
+        """A hash of counters summed over its homes; values that are not numbers are
+        skipped."""
+        out: dict[str, int] = {}
+        for raw in await self.shard_hashes(family):
+            for name, value in raw.items():
+                with contextlib.suppress(ValueError):
+                    out[name] = out.get(name, 0) + int(float(value))
+        return out
 
     async def apply_batch(
         self,
@@ -148,27 +180,54 @@ class Store:
         """
         if not records:
             return BatchResult(0, 0, 0, 0)
+        layout = await self.layout()
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        args: list[str] = [
-            self.prefix,
-            self.offsets_scope,
-            str(now),
-            str(self.bucket_ms),
-            str(DEDUPE_BUCKETS),
-            self.kind_letters,
+        # the batch's range of offsets per partition, over every shard
+        ranges: dict[str, list[int | str]] = {}
+        parts: list[list[Sequence[str]]] = [[] for _ in layout.prefixes]
+        for record in records:
+            tp, offset = f"{record[1]}|{record[2]}", int(record[3])
+            known = ranges.get(tp)
+            if known is None:
+                ranges[tp] = [offset, offset, record[14]]
+            else:
+                if offset < cast(int, known[0]):
+                    known[0] = offset
+                if offset >= cast(int, known[1]):
+                    known[1], known[2] = offset, record[14]
+            parts[layout.shard_of(record[5])].append(record)
+        common = [str(now), str(self.bucket_ms), str(DEDUPE_BUCKETS), self.kind_letters]
+        tail = [
+            "" if floors is None else json.dumps({_tp(*tp): o for tp, o in floors.items()}),
+            json.dumps(ranges),
         ]
-        # one JSON argument: far cheaper for the client to send than 14 arguments a record
-        args.append(json.dumps(records))
-        args.append("" if floors is None else json.dumps({_tp(*tp): o for tp, o in floors.items()}))
-        reply = await self._script(args=args)
-        applied, duplicates, redelivered, rejected, gap_list, overflow_list = reply
-        gaps = {_split_tp(gap_list[i]): int(gap_list[i + 1]) for i in range(0, len(gap_list), 2)}
+        scope = self.offsets_scope
+        replies = await asyncio.gather(
+            *(
+                # one JSON argument: far cheaper for the client to send than 14 a record
+                self._script(
+                    keys=[home + "offsets:" + scope],
+                    args=[home, scope, *common, json.dumps(part), *tail],
+                )
+                for home, part in zip(layout.prefixes, parts, strict=True)
+            )
+        )
+        applied, duplicates, redelivered, rejected = (
+            sum(int(reply[i]) for reply in replies) for i in range(4)
+        )
+        gaps: dict[tuple[str, int], int] = {}
         overflows = []
-        for item in overflow_list:
-            tp, _, offset = str(item).rpartition("|")
-            overflows.append((*_split_tp(tp), int(offset)))
+        for reply in replies:
+            gap_list, overflow_list = reply[4], reply[5]
+            for i in range(0, len(gap_list), 2):
+                tp_key, wanted = _split_tp(gap_list[i]), int(gap_list[i + 1])
+                # the lowest offset any shard still needs
+                gaps[tp_key] = min(wanted, gaps.get(tp_key, wanted))
+            for item in overflow_list:
+                where, _, at = str(item).rpartition("|")
+                overflows.append((*_split_tp(where), int(at)))
         return BatchResult(
-            int(applied), int(duplicates), int(redelivered), int(rejected), gaps, tuple(overflows)
+            applied, duplicates, redelivered, rejected, gaps, tuple(sorted(overflows))
         )
 
     async def read_customer(self, customer_id: str) -> CustomerState | None:
@@ -176,29 +235,35 @@ class Store:
         return found[0] if found else None
 
     async def read_customers(self, customer_ids: Sequence[str]) -> list[CustomerState]:
-        """States of the given customers that exist, in one round trip."""
-        # MULTI, so the three hashes of a customer come from one moment
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for customer_id in customer_ids:
-                pipe.hgetall(self.key("c", customer_id))
-                pipe.hgetall(self.key("od", customer_id))
-                pipe.hgetall(self.key("tk", customer_id))
-            replies = await pipe.execute()
-        states = []
-        for n, customer_id in enumerate(customer_ids):
-            fields, days, tickets = replies[3 * n : 3 * n + 3]
-            if fields:
-                states.append(_state_from_hashes(customer_id, fields, days, tickets))
-        return states
+        """States of the given customers that exist, one script call per shard: a
+        customer's three hashes come from one moment."""
+        layout = await self.layout()
+        by_shard: dict[str, list[str]] = {}
+        for customer_id in customer_ids:
+            by_shard.setdefault(layout.prefix_of(customer_id), []).append(customer_id)
+        homes = list(by_shard)
+        replies = await asyncio.gather(
+            *(self._read(keys=[home + "ids"], args=[home, *by_shard[home]]) for home in homes)
+        )
+        found: dict[str, CustomerState] = {}
+        for home, reply in zip(homes, replies, strict=True):
+            for n, customer_id in enumerate(by_shard[home]):
+                fields, days, tickets = (_pairs(reply[3 * n + i]) for i in range(3))
+                if fields:
+                    found[customer_id] = _state_from_hashes(customer_id, fields, days, tickets)
+        return [found[c] for c in customer_ids if c in found]
 
     async def customer_count(self) -> int:
-        return int(await self.redis.hlen(self.key("ids")))
+        homes = (await self.layout()).prefixes
+        return sum(await asyncio.gather(*(self.redis.hlen(home + "ids") for home in homes)))
 
     async def customer_ids(self) -> list[str]:
-        return sorted(cast(list[str], await self.redis.hkeys(self.key("ids"))))
+        homes = (await self.layout()).prefixes
+        replies = await asyncio.gather(*(self.redis.hkeys(home + "ids") for home in homes))
+        return sorted(str(customer) for reply in replies for customer in reply)
 
     async def stats(self) -> Stats:
-        raw = await self._hash("stats")
+        raw = await self.summed("stats")
         accepted: dict[str, int] = {}
         duplicates: dict[str, int] = {}
         rejected: dict[tuple[str, str], int] = {}
@@ -213,66 +278,111 @@ class Store:
                 rejected[(topic, reason)] = int(value)
         return Stats(accepted, duplicates, rejected)
 
+    async def count_rejected(self, source: str, reasons: Mapping[str, int]) -> None:
+        """Count messages rejected before they reached Kafka (a file's bad lines) with
+        the store's own rejections, under ``source`` in place of a topic."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for reason, n in reasons.items():
+                pipe.hincrby(self.key("stats"), f"rejected|{source}|{reason}", n)
+            await pipe.execute()
+
     async def counters(self, family: str) -> dict[str, int]:
         """A hash of counters another part keeps under the prefix (``notify:stats``,
         ``ingest:stats``, ``life:counts``, ...); values that are not numbers are skipped."""
-        out: dict[str, int] = {}
-        for name, value in (await self._hash(family)).items():
-            with contextlib.suppress(ValueError):
-                out[name] = int(float(value))
-        return out
+        return await self.summed(family)
 
     async def survey_totals(self) -> dict[str, int]:
         """Over customers' latest scores: ``<survey>|sum``, ``<survey>|n``, and
         ``nps|promoters`` / ``nps|detractors``."""
-        return {k: int(v) for k, v in (await self._hash("surveys")).items()}
+        return await self.summed("surveys")
 
     async def response_histogram(self) -> tuple[list[tuple[float, int]], int, float]:
         """First-response times of all tickets: cumulative (upper bound s, count) buckets
         ending with +Inf, the count, and the sum in seconds."""
-        raw = {k: int(v) for k, v in (await self._hash("responses")).items()}
+        raw = await self.summed("responses")
         buckets, running = [], 0
         for bound in (*RESPONSE_BOUNDS, float("inf")):
             running += raw.get("+Inf" if bound == float("inf") else str(int(bound)), 0)
             buckets.append((bound, running))
         return buckets, raw.get("count", 0), raw.get("sum_ms", 0) / 1000
 
+    async def _offsets_and_stamps(self) -> dict[tuple[str, int], tuple[int, int | None]]:
+        """Per partition, the lowest offset its shards applied and that message's stamp.
+
+        Every shard stores each batch's last offset, so they differ only when a worker
+        stopped between two shards' calls; the lowest is where reading must resume. A
+        partition some shard has never stored resumes from its start."""
+        homes = (await self.layout()).prefixes
+        scope = self.offsets_scope
+        offsets = await asyncio.gather(*(self.redis.hgetall(h + "offsets:" + scope) for h in homes))
+        stamps = await asyncio.gather(*(self.redis.hgetall(h + "stamps:" + scope) for h in homes))
+        lowest: dict[tuple[str, int], tuple[int, int | None]] = {}
+        common = set.intersection(*(set(cast(dict[str, str], o)) for o in offsets))
+        for shard_offsets, shard_stamps in zip(offsets, stamps, strict=True):
+            for tp in common:
+                offset, stamp = int(shard_offsets[tp]), shard_stamps.get(tp)
+                key = _split_tp(tp)
+                if key not in lowest or offset < lowest[key][0]:
+                    lowest[key] = (offset, int(stamp) if stamp else None)
+        return lowest
+
     async def applied_offsets(self) -> dict[tuple[str, int], int]:
-        raw = await self._hash("offsets", self.offsets_scope)
-        return {_split_tp(tp): int(offset) for tp, offset in raw.items()}
+        return {tp: offset for tp, (offset, _) in (await self._offsets_and_stamps()).items()}
 
     async def applied_stamps(self) -> dict[tuple[str, int], int]:
         """Kafka timestamps (ms) of the messages at the applied offsets."""
-        raw = await self._hash("stamps", self.offsets_scope)
-        return {_split_tp(tp): int(stamp) for tp, stamp in raw.items() if stamp}
+        found = await self._offsets_and_stamps()
+        return {tp: stamp for tp, (_, stamp) in found.items() if stamp is not None}
 
     async def forget_offsets(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Drop stored offsets that belong to an earlier incarnation of their topic."""
         fields = [_tp(*tp) for tp in partitions]
-        if fields:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(self.key("offsets", self.offsets_scope), *fields)
-                pipe.hdel(self.key("stamps", self.offsets_scope), *fields)
+        if not fields:
+            return
+        for home in (await self.layout()).prefixes:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(home + "offsets:" + self.offsets_scope, *fields)
+                pipe.hdel(home + "stamps:" + self.offsets_scope, *fields)
                 await pipe.execute()
 
-    async def wipe(self, keep: Sequence[str] = KEEP_ON_REBUILD, page: int = 1000) -> int:
+    async def wipe(
+        self, keep: Sequence[str] = KEEP_ON_REBUILD, page: int = 1000, shards: int | None = None
+    ) -> int:
         """Delete every key under the prefix but the ``keep`` families; returns the count.
 
         Batches are refused while it runs (the ``rebuilding`` marker), so no worker writes
         into a half-deleted store; afterwards they find the offsets gone and replay.
         """
-        marker = self.key("rebuilding")
-        await self.redis.set(marker, "1", ex=3600)
-        kept = (*(self.key(family) for family in keep), marker)
+        homes = (await self.layout()).prefixes
+        markers = tuple(home + "rebuilding" for home in homes)
+        # one marker per shard, in the shard's slot, where its batch script looks
+        for marker in markers:
+            await self.redis.set(marker, "1", ex=3600)
+        kept = (*(self.key(family) for family in keep), *markers)
         deleted = 0
         try:
             pattern = _glob_escape(self.prefix) + "*"
             async for batch in _pages(self.redis.scan_iter(match=pattern, count=page), page):
                 doomed = [k for k in batch if not k.startswith(kept)]
-                if doomed:
+                if not doomed:
+                    continue
+                if is_cluster(self.redis):
+                    # one command per slot: a shard's keys share one, the others are few
+                    by_slot: dict[int, list[str]] = {}
+                    for name in doomed:
+                        by_slot.setdefault(key_slot(name.encode()), []).append(name)
+                    for names in by_slot.values():
+                        deleted += int(await self.redis.unlink(*names))
+                else:
                     deleted += int(await self.redis.unlink(*doomed))
+            if shards is not None:
+                # the replay fills the store in the new layout
+                ShardLayout.of(self.prefix, shards)  # refuses a count out of range
+                await self.redis.set(self.key(SHARDS_KEY), str(shards))
+                self._layouts = LayoutSource(self.redis, self.prefix, shards, writer=False)
         finally:
-            await self.redis.delete(marker)
+            for marker in markers:
+                await self.redis.delete(marker)
         return deleted
 
     async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
@@ -330,6 +440,10 @@ def _tp(topic: str, partition: int) -> str:
 def _split_tp(tp: str) -> tuple[str, int]:
     topic, _, partition = tp.rpartition("|")
     return topic, int(partition)
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
 def _opt_int(value: str | None) -> int | None:

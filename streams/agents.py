@@ -60,13 +60,15 @@ def register(
         activity_kinds=settings.activity_kinds,
         dedupe_horizon_seconds=settings.dedupe_horizon_seconds,
         offsets_scope=cluster_id,
+        shards=settings.shards,
+        writer=True,
     )
     parts = WorkerParts(
         settings,
         topics,
         redis,
         store,
-        Periods(redis, settings.key_prefix),
+        Periods(redis, settings.key_prefix, settings.shards),
         Ingest(settings, topics, store, dlq, metrics),
         cluster_id,
         worker_id(),

@@ -9,7 +9,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -150,8 +151,20 @@ def clock_timers(app: faust.App, parts: WorkerParts) -> None:
             logger.info("BG/NBD refitted", extra=model.as_dict())
 
 
+def owned_shards(
+    assigned: Iterable[tuple[str, int]], topic: str, partitions: int, shards: int
+) -> list[int]:
+    """The store shards a worker evaluates: those whose number, modulo the partition count,
+    is one of its partitions of ``topic``. Every worker in the group evaluates its own
+    share, each shard has one owner once the group is balanced, and a shard moves with
+    its partition; in the moment two workers both hold it, leases keep them apart."""
+    mine = {partition for name, partition in assigned if name == topic}
+    return [shard for shard in range(shards) if shard % max(1, partitions) in mine]
+
+
 def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
-    """The leader evaluates due customers: lifecycle, risk, alerts to ``customer-alerts``."""
+    """Every worker evaluates the due customers of the shards it owns: lifecycle, risk,
+    alerts to ``customer-alerts``."""
     settings = parts.settings
     alerts_topic = app.topic(parts.topics.alerts, key_serializer="raw", value_serializer="raw")
 
@@ -168,11 +181,22 @@ def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
         publish,
     )
 
-    @app.timer(interval=settings.evaluate_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
+    topic = parts.topics.source("order")
+
+    @app.timer(interval=settings.evaluate_every_seconds)  # type: ignore[untyped-decorator]
     @surviving("evaluating customers", parts.ingest.counters)
     async def evaluate_due() -> None:
         clock = await period_clock(settings, parts.periods, parts.cluster_id)
         if clock is None:
             return
-        # a bounded share per tick: evaluation shares the worker's core with ingestion
-        await evaluator.run_once(clock, settings.evaluate_batch)
+        layout = await parts.store.layout()
+        assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
+        shards = owned_shards(assigned, topic, settings.partitions, layout.count)
+        # evaluation shares the worker's core with ingestion: while customers wait, it
+        # takes up to half of each tick, a bounded step at a time
+        budget = time.monotonic() + settings.evaluate_every_seconds / 2
+        while shards and time.monotonic() < budget:
+            done = await evaluator.run_once(clock, settings.evaluate_batch, shards)
+            if done < settings.evaluate_batch:
+                break
+            await asyncio.sleep(0)

@@ -151,7 +151,11 @@ async def test_a_customer_changed_during_evaluation_stays_due(redis: Redis) -> N
     evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy(), publish)
     await store.apply_batch(late[:5])  # the 5th order raises a milestone: publish runs
     assert await evaluator.run_once(T0 + timedelta(days=6)) == 1
-    assert float(await redis.zscore("life4:due", "busy")) < 0  # still due, not rescheduled
+    # changed while evaluated: back in the changed queue, taken again at any clock
+    assert await redis.zscore("life4:due", "busy") is not None
     assert await evaluator.run_once(T0 + timedelta(days=6)) == 1
-    assert float(await redis.zscore("life4:due", "busy")) > 0  # now scheduled ahead
+    assert await redis.zscore("life4:due", "busy") is None
+    # now only its next recheck is scheduled, ahead of the evaluation clock
+    recheck = float(await redis.zscore("life4:sched", "busy"))
+    assert recheck > (T0 + timedelta(days=6)).timestamp() * 1000
     assert await redis.hget("life4:ev:busy", "no") == "6"

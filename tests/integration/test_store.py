@@ -24,8 +24,12 @@ def records_for(events: list[dict[str, object]], partitions: int) -> list[list[s
     return out
 
 
-async def test_random_batches_with_replays_equal_the_fold(redis: Redis, rng: random.Random) -> None:
-    store = Store(redis, f"st{rng.randrange(1 << 30)}:", ("order", "login", "support"))
+@pytest.mark.parametrize("shards", [None, 4])
+async def test_random_batches_with_replays_equal_the_fold(
+    redis: Redis, rng: random.Random, shards: int | None
+) -> None:
+    prefix = f"st{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, ("order", "login", "support"), shards=shards, writer=True)
     events = with_duplicates(rng, random_events(rng, customers=40, count=3000), share=0.1)
     records = records_for(events, partitions=3)
     i = 0
@@ -59,8 +63,13 @@ async def test_random_batches_with_replays_equal_the_fold(redis: Redis, rng: ran
     buckets, count, total = await store.response_histogram()
     assert (count, total) == (len(seconds), pytest.approx(sum(seconds)))
     assert buckets == [(b, sum(s <= b for s in seconds)) for b, _ in buckets]
-    ids = await redis.hgetall(store.key("ids"))
-    assert sorted(int(n) for n in ids.values()) == list(range(len(expected)))
+    # dense customer numbers per shard, for its bitmaps: 0..n-1 in each
+    customers = 0
+    for home in (await store.layout()).prefixes:
+        ids = await redis.hgetall(home + "ids")
+        assert sorted(int(n) for n in ids.values()) == list(range(len(ids)))
+        customers += len(ids)
+    assert customers == len(expected)
 
 
 async def test_duplicate_ids_are_forgotten_after_the_horizon(redis: Redis) -> None:

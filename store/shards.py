@@ -1,0 +1,153 @@
+"""Where each customer's keys live: the store's shards.
+
+Customers are spread over a fixed number of shards, chosen when the store is set up
+(``RETENTION_SHARDS``) and recorded under ``<prefix>shards``. Every key the batch script
+writes for a customer, and every total it keeps across customers (period bitmaps, sales,
+stats, offsets, the due index), lives under its shard's own prefix; readers sum or merge
+the shards. Each customer lives in exactly one shard, so the sums are exact.
+
+A shard's prefix carries a Redis Cluster hash tag (``rt:{3.17}:`` for shard 3), so all of
+a shard's keys fall in one slot and its script can run on a cluster node. The tags are
+picked so that shard ``i`` of ``n`` lands in the ``i``-th ``n``-th of the slot range:
+a cluster whose nodes own equal ranges of slots gets equal numbers of shards. With one
+shard on a single Redis the prefix is the store's prefix itself, the layout of stores
+made before shards existed, which keeps working unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+#: Shards a store may have; more only add calls per batch.
+MAX_SHARDS = 1024
+#: Shards of a new store on a Redis Cluster when none are configured: a few per node of
+#: a small cluster, and room to add nodes.
+DEFAULT_CLUSTER_SHARDS = 12
+#: The key (under the store's prefix) recording the store's shard count.
+SHARDS_KEY = "shards"
+
+
+class LayoutMismatch(RuntimeError):
+    """The configured shard count differs from the one the store was set up with."""
+
+
+def shard_of(customer_id: str, count: int) -> int:
+    """The shard a customer belongs to, stable across processes and versions."""
+    if count == 1:
+        return 0
+    return zlib.crc32(customer_id.encode()) % count
+
+
+def _tag(shard: int, count: int) -> str:
+    low = shard * REDIS_CLUSTER_HASH_SLOTS // count
+    high = (shard + 1) * REDIS_CLUSTER_HASH_SLOTS // count
+    n = 0
+    while True:
+        tag = f"{shard}.{n}"
+        if low <= key_slot(tag.encode()) < high:
+            return tag
+        n += 1
+
+
+@functools.cache
+def _prefixes(prefix: str, count: int, tagged: bool) -> tuple[str, ...]:
+    if not tagged:
+        return (prefix,)
+    return tuple(f"{prefix}{{{_tag(s, count)}}}:" for s in range(count))
+
+
+@dataclass(frozen=True, slots=True)
+class ShardLayout:
+    prefix: str
+    count: int = 1
+    #: whether shard prefixes carry hash tags: always with more than one shard, and on a
+    #: cluster; one untagged shard is the layout of a single Redis without shards
+    tagged: bool = False
+    #: each shard's key prefix, by shard number
+    prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= MAX_SHARDS:
+            raise ValueError(f"shards must be between 1 and {MAX_SHARDS}, not {self.count}")
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("the key prefix may not contain braces (Redis Cluster hash tags)")
+        object.__setattr__(self, "prefixes", _prefixes(self.prefix, self.count, self.tagged))
+
+    @classmethod
+    def of(cls, prefix: str, count: int, cluster: bool = False) -> ShardLayout:
+        return cls(prefix, count, tagged=cluster or count > 1)
+
+    def shard_of(self, customer_id: str) -> int:
+        return shard_of(customer_id, self.count)
+
+    def prefix_of(self, customer_id: str) -> str:
+        return self.prefixes[self.shard_of(customer_id)]
+
+    def homes(self) -> tuple[str, ...]:
+        """Every prefix a family of keys may live under: the shards' and the store's own
+        (global keys), each once."""
+        return tuple(dict.fromkeys((self.prefix, *self.prefixes)))
+
+
+def is_cluster(redis: object) -> bool:
+    """Whether the client talks to a Redis Cluster (and so needs hash-tagged shards)."""
+    return isinstance(redis, RedisCluster)
+
+
+class LayoutSource:
+    """The layout one reader or writer uses, looked up once it is known.
+
+    A writer records it (:func:`setup_layout`); a reader takes the configured count or
+    the recorded one, and keeps asking while neither exists (a store not set up yet),
+    so it never holds on to a guess."""
+
+    def __init__(
+        self, redis: Redis | RedisCluster, prefix: str, configured: int | None, writer: bool
+    ) -> None:
+        self.redis, self.prefix, self.configured, self.writer = redis, prefix, configured, writer
+        self._known: ShardLayout | None = None
+
+    async def get(self) -> ShardLayout:
+        if self._known is not None:
+            return self._known
+        if self.writer:
+            self._known = await setup_layout(self.redis, self.prefix, self.configured)
+            return self._known
+        count = self.configured or await stored_count(self.redis, self.prefix)
+        layout = ShardLayout.of(self.prefix, count or 1, is_cluster(self.redis))
+        if count:
+            self._known = layout
+        return layout
+
+
+async def stored_count(redis: Redis | RedisCluster, prefix: str) -> int | None:
+    raw = await redis.get(prefix + SHARDS_KEY)
+    return None if raw is None else int(raw)
+
+
+async def setup_layout(
+    redis: Redis | RedisCluster, prefix: str, configured: int | None = None
+) -> ShardLayout:
+    """The layout a writer uses, recorded on first use; a configured count that differs
+    from the recorded one is refused, since customers would be looked for in the wrong
+    shards. A store holding data from before shards were recorded has one shard."""
+    cluster = is_cluster(redis)
+    recorded = await stored_count(redis, prefix)
+    if recorded is None:
+        legacy = not cluster and await redis.exists(prefix + "ids")
+        recorded = 1 if legacy else configured or (DEFAULT_CLUSTER_SHARDS if cluster else 1)
+        await redis.set(prefix + SHARDS_KEY, str(recorded), nx=True)
+        recorded = await stored_count(redis, prefix) or recorded
+    if configured is not None and configured != recorded:
+        raise LayoutMismatch(
+            f"the store under {prefix!r} has {recorded} shard(s), not {configured}: "
+            "leave RETENTION_SHARDS unset, or rebuild the store with the new count "
+            "(retention rebuild --shards N)"
+        )
+    return ShardLayout.of(prefix, recorded, cluster)
