@@ -150,7 +150,9 @@ async def read_snapshot(
 
     rows: dict[tuple[Period, Window], PeriodRow] = {}
     for period in PERIODS:
-        current = await periods.row(period, period_start(now, period), settings.churn_after_days)
+        current = await periods.row(
+            period, period_start(now, period), settings.churn_after_days, cached=True
+        )
         rows[(period, "current")] = current
         for window, row in (
             await _closed_rows(periods, period, settings.churn_after_days, now)

@@ -78,7 +78,10 @@ end
 -- earlier activity arrives late.
 local function activity(ckey, idx, ts, days)
   for p, day in pairs(days) do
-    redis.call('SETBIT', P .. 'act:' .. p .. ':' .. day, idx, 1)
+    local was = redis.call('SETBIT', P .. 'act:' .. p .. ':' .. day, idx, 1)
+    -- a day's count of active customers moves with every bit its bitmap gains, which
+    -- tells the period readers' window unions (period_counts.lua) which days to OR again
+    if was == 0 and p == 'd' then redis.call('HINCRBY', P .. 'act:n', day, 1) end
   end
   local first = redis.call('HGET', ckey, 'fa')
   if not first or tonumber(ts) < tonumber(first) then

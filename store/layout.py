@@ -32,6 +32,13 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             to recognise a topic deleted and created again
 - ``S act:<p>:<day>``       bitmap of customers active in a period (p = d|w|m, day = the
                             period's first day, counted from 1970-01-01)
+- ``S act:n``               hash, day → customers active that day (the bits of
+                            ``act:d:<day>``), raised with each bit set; the period readers
+                            learn from it which days changed
+- ``S win:<from>:<to>``     bitmap, union of the day bitmaps of days [from, to) (customers
+                            active in a churn window), kept for a repeated reader (the
+                            exporter) and expiring an hour after its last use;
+                            ``S win:<from>:<to>:n`` holds the ``act:n`` counts it includes
 - ``S coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
 - ``S sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros
 - ``S buy:<p>:<day>``, ``S rep:<p>:<day>`` bitmaps of buyers and of repeat buyers

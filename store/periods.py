@@ -51,6 +51,10 @@ _VALID_MS = (0, int(VALID_UNTIL.timestamp() * 1000))
 #: leader that was down) is worked off a bounded step per tick instead of in one long burst
 #: of Redis work. A day row costs two unions of W day bitmaps.
 MAX_CLOSED_PER_CALL = 100
+#: How long a churn-window union kept for a repeated reader outlives its last use. The
+#: exporter uses its current periods' unions every scrape; a union left unused this long
+#: (a period that ended, an exporter that stopped) goes, and is rebuilt if asked again.
+WINDOW_KEEP_SECONDS = 3600
 #: Names checked per round trip when looking rows up in a period's rows hash.
 _CHUNK = 500
 #: A warning of one kind is repeated at most this often by one reader.
@@ -175,13 +179,25 @@ class Periods:
             return []
         return periods_between(span[0], clamp(through or span[1]), period)
 
-    async def row(self, period: Period, start: datetime, churn_days: int) -> PeriodRow:
+    async def row(
+        self, period: Period, start: datetime, churn_days: int, cached: bool = False
+    ) -> PeriodRow:
+        """The period's row, counted now from the bitmaps.
+
+        ``cached`` keeps the two churn-window unions (active at the start, active at the
+        end) in the store for :data:`WINDOW_KEEP_SECONDS` after each use, and brings them
+        up to date by ORing in only the days whose activity count moved since: a reader
+        that asks for the same period again and again (the exporter, for the current
+        periods) then does a few bitmap operations per call instead of 2 × W. Without it
+        (closing past periods, read once) the unions are computed and dropped.
+        """
         stop = next_period(start, period)
         args = [
             PERIOD_LETTERS[period],
             str(epoch_day(start)),
             str(epoch_day(stop)),
             str(churn_days),
+            str(WINDOW_KEEP_SECONDS if cached else 0),
         ]
         homes = await self.homes()
         # each customer lives in one shard: every count is the sum of the shards' counts

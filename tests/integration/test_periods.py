@@ -10,11 +10,12 @@ import pytest
 from redis.asyncio import Redis
 
 from processors.metrics import cohorts, is_activity, period_rows
-from processors.windows import Period, next_period, period_start
+from processors.windows import PERIODS, Period, next_period, period_start
 from store.periods import Periods
 from store.store import Store, accepted_record
 from streams.events import Event, build_event
 from tests.eventgen import random_events, with_duplicates
+from tests.integration.test_store import records_for
 
 KINDS = ("order", "login")
 
@@ -123,3 +124,49 @@ async def test_active_customers_per_day_week_and_month(redis: Redis, rng: random
             if start <= e.ts < end and is_activity(e, frozenset(KINDS))
         }
         assert await periods.active(period, at) == len(want)
+
+
+async def assert_kept_windows_follow_late_events(
+    store: Store, events: list[dict[str, Any]], rng: random.Random, churn_days: int = 30
+) -> None:
+    """Rows read with the kept window unions equal rows counted afresh, after every batch,
+    while a third of the events arrive late (into windows already kept)."""
+    timed = sorted(events, key=lambda raw: build_event(raw).ts_ms)
+    late = [raw for raw in timed if rng.random() < 0.3]
+    ordered = [raw for raw in timed if raw not in late]
+    for raw in late:  # each late event lands somewhere after its time
+        ordered.insert(rng.randrange(len(ordered) + 1), raw)
+    records = records_for(ordered, partitions=3)
+    periods = Periods(store.redis, store.prefix)
+    stamps = [build_event(raw).ts for raw in rng.sample(events, 3)]
+    fixed = {p: {period_start(ts, p) for ts in stamps} for p in PERIODS}
+    compared, i = 0, 0
+    while i < len(records):
+        size = rng.randint(100, 400)
+        await store.apply_batch(records[i : i + size])
+        i += size
+        last = await periods.last_event()
+        assert last is not None
+        for period in PERIODS:
+            for start in fixed[period] | {period_start(last, period)}:
+                kept = await periods.row(period, start, churn_days, cached=True)
+                fresh = await periods.row(period, start, churn_days)
+                assert kept.as_dict() == fresh.as_dict(), (period, start)
+                compared += 1
+    assert compared > 0
+    # the day counts that tell which days moved are the days' active customers
+    for home in await periods.homes():
+        counts = await store.redis.hgetall(home + "act:n")
+        assert counts
+        for day, n in counts.items():
+            assert int(n) == await store.redis.bitcount(f"{home}act:d:{day}")
+
+
+@pytest.mark.parametrize("shards", [None, 4])
+async def test_kept_window_unions_follow_late_events(
+    redis: Redis, rng: random.Random, shards: int | None
+) -> None:
+    store = Store(redis, f"kept{rng.randrange(1 << 30)}:", KINDS, shards=shards, writer=True)
+    await assert_kept_windows_follow_late_events(
+        store, random_events(rng, customers=80, count=1500), rng
+    )

@@ -20,6 +20,7 @@ from tests.integration.conftest import Stack
 from tests.integration.test_backtest import (
     test_synthetic_jsonl_weekly_with_late_events_and_duplicates as test_backtest_on_the_cluster,
 )
+from tests.integration.test_periods import assert_kept_windows_follow_late_events
 from tests.integration.test_pipeline import (
     test_known_mix_gives_exact_state_and_dead_letters as test_pipeline_on_the_cluster,
 )
@@ -143,3 +144,12 @@ async def test_a_rebuild_can_change_the_shard_count(redis: Redis, rng: random.Ra
     assert (await new.layout()).count == 5
     await new.apply_batch(records)
     await assert_fold(new, events)
+
+
+async def test_kept_window_unions_follow_late_events_in_cluster_shards(
+    redis: Redis, rng: random.Random
+) -> None:
+    store = Store(redis, f"kw{rng.randrange(1 << 30)}:", KINDS, shards=3, writer=True)
+    await assert_kept_windows_follow_late_events(
+        store, random_events(rng, customers=60, count=1000), rng
+    )
