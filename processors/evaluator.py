@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import cast
 
 from processors.alerts import Alert
-from processors.forecast import Fit, outlook
+from processors.forecast import Fit, Outlook, outlook
 from processors.lifecycle import (
     LifecyclePolicy,
     Status,
@@ -64,9 +64,28 @@ def evaluate(
     ``spend`` is the customer's exact mean repeat-purchase value when the caller has it
     (a backtest); otherwise the outlook uses the live approximation.
     """
+    seen = None if model is None else outlook(state, model, as_of_day(now), spend)
+    return evaluate_seen(state, now, risk_policy, lifecycle, seen, high_value_cltv, active_before)
+
+
+def as_of_day(now: datetime) -> date:
+    """The last whole day before ``now``: the day forecasts are made as of."""
+    return (now - timedelta(milliseconds=1)).date()
+
+
+def evaluate_seen(
+    state: CustomerState,
+    now: datetime,
+    risk_policy: RiskPolicy,
+    lifecycle: LifecyclePolicy,
+    seen: Outlook | None,
+    high_value_cltv: float | None,
+    active_before: bool = True,
+) -> Evaluation:
+    """:func:`evaluate` with the customer's outlook already computed (None without a model
+    or an order), as the evaluator does for a whole chunk at once
+    (:func:`processors.forecast.outlooks`)."""
     now_ms = int(now.timestamp() * 1000)
-    as_of = (now - timedelta(milliseconds=1)).date()
-    seen = None if model is None else outlook(state, model, as_of, spend)
     p_alive = None if seen is None else seen.p_alive
     cltv = None if seen is None else seen.cltv
     risk = assess(state, now_ms, risk_policy, p_alive, high_value_cltv, cltv)

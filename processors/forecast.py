@@ -21,7 +21,7 @@ an approximation: the customer's net revenue over its order days, first day incl
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Protocol, cast
@@ -303,3 +303,35 @@ def outlook(
     if not all(np.isfinite(money)):
         return Outlook(*numbers)
     return Outlook(*numbers, *money)
+
+
+def outlooks(states: Sequence[CustomerState], model: Fit, as_of: date) -> list[Outlook | None]:
+    """:func:`outlook` of many customers (live spend), computed on arrays: the same
+    numbers element by element, for a fraction of the per-customer cost of numpy calls on
+    one-element arrays. None where :func:`outlook` gives None."""
+    limit = day_number(as_of)
+    rows: list[tuple[int, float, float, float, float]] = []
+    for i, state in enumerate(states):
+        stats = stats_from_days(list(state.orders_by_day), limit)
+        if stats is not None:
+            rows.append((i, *stats, customer_spend(state, limit)))
+    out: list[Outlook | None] = [None] * len(states)
+    if not rows:
+        return out
+    index = [row[0] for row in rows]
+    x, t_x, T, m = (
+        np.array(column, dtype=np.float64) for column in list(zip(*rows, strict=True))[1:]
+    )
+    p, alive = model.params, MODELS[model.model]
+    with np.errstate(all="ignore"):
+        alive_now = alive.p_alive(p, x, t_x, T)
+        in_30 = alive.expected_purchases(p, 30 / DAYS_PER_WEEK, x, t_x, T)
+        in_90 = alive.expected_purchases(p, 90 / DAYS_PER_WEEK, x, t_x, T)
+    spends, totals = values(model, x, t_x, T, m)
+    for k, i in enumerate(index):
+        numbers = (float(alive_now[k]), float(in_30[k]), float(in_90[k]))
+        if not all(np.isfinite(numbers)):
+            continue
+        money = (float(spends[k]), float(totals[k]))
+        out[i] = Outlook(*numbers, *money) if all(np.isfinite(money)) else Outlook(*numbers)
+    return out

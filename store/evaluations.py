@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, cast
 
 import numpy as np
+from redis.commands.core import AsyncScript
 
 from processors.alerts import Alert
 from processors.evaluator import (
     Evaluation,
     Previous,
     Publish,
+    as_of_day,
     at_risk_rank,
-    evaluate,
+    evaluate_seen,
     parse_previous,
     to_micros,
 )
-from processors.forecast import values
+from processors.forecast import outlooks, values
 from processors.lifecycle import LifecyclePolicy, alerts_for, lookback_days, next_due_ms
 from processors.risk import RiskPolicy, value
 from processors.state import CustomerState, iso
@@ -58,6 +60,9 @@ class Evaluator:
         self.risk_policy = risk_policy
         self.lifecycle = lifecycle
         self.publish = publish
+        self._take = store.redis.register_script(_TAKE)
+        self._reschedule_script = store.redis.register_script(_RESCHEDULE)
+        self._returned = store.redis.register_script(_RETURNED)
 
     async def high_value_threshold(self) -> float | None:
         return await high_value_threshold(self.store)
@@ -79,8 +84,7 @@ class Evaluator:
         now_ms = int(now.timestamp() * 1000)
         lease = now_ms + LEASE_MS
         queues = [home + "due", home + "sched"]
-        take = redis.register_script(_TAKE)
-        taken = cast(list[str], await take(keys=queues, args=[now_ms, limit, lease]))
+        taken = cast(list[str], await self._take(keys=queues, args=[now_ms, limit, lease]))
         if not taken:
             return 0
         # leased until rescheduled: a crash here leaves them due again when the lease
@@ -95,16 +99,20 @@ class Evaluator:
             previous = [parse_previous(raw) for raw in await pipe.execute()]
         model = await stored_fit(self.store)
         threshold = await self.high_value_threshold()
-        before = await active_before(self.store, states, now_ms, self.lifecycle)
+        before = await active_before(
+            self.store, states, now_ms, self.lifecycle, script=self._returned
+        )
+        # the model's numbers for the whole chunk at once, on arrays
+        seen = [None] * len(states) if model is None else outlooks(states, model, as_of_day(now))
         alerts: list[Alert] = []
         results = []
-        for state, prev in zip(states, previous, strict=True):
-            ev = evaluate(
+        for state, prev, outlook in zip(states, previous, seen, strict=True):
+            ev = evaluate_seen(
                 state,
                 now,
                 self.risk_policy,
                 self.lifecycle,
-                model,
+                outlook,
                 threshold,
                 before[state.customer_id],
             )
@@ -140,15 +148,19 @@ class Evaluator:
         for state, _, _ in results:
             nxt = next_due_ms(state, now_ms, self.risk_policy, self.lifecycle)
             args.extend([state.customer_id, nxt])
-        await self.store.redis.register_script(_RESCHEDULE)(keys=[home + "sched"], args=args)
+        await self._reschedule_script(keys=[home + "sched"], args=args)
 
-    async def _store(  # noqa: C901 - one straight list of the totals kept in step
+    async def _store(
         self, home: str, results: list[tuple[CustomerState, Previous, Evaluation]], now_ms: int
     ) -> None:
+        """Each customer's result, and the totals moved by the chunk's results: summed here
+        first, so each total costs one command per chunk rather than per customer."""
+
         # the totals are kept per shard, beside its customers: one slot, one transaction
         def key(*parts: str) -> str:
             return home + ":".join(parts)
 
+        moved = _Moved()
         async with self.store.redis.pipeline(transaction=True) as pipe:
             for state, prev, ev in results:
                 cid = state.customer_id
@@ -168,29 +180,61 @@ class Evaluator:
                         "cr": str(cltv_at_risk),
                     },
                 )
-                if cltv != prev.cltv_micros:
-                    pipe.incrby(key("cltv:total"), cltv - prev.cltv_micros)
-                if prev.status is not None:
-                    pipe.hincrby(key("life:counts"), prev.status, -1)
-                pipe.hincrby(key("life:counts"), ev.status, 1)
-                if prev.status == "at_risk":
-                    for reason in prev.reasons:
-                        pipe.hincrby(key("risk:reasons"), reason, -1)
-                        if prev.cltv_at_risk_micros:
-                            pipe.hincrby(key("cltv:at_risk"), reason, -prev.cltv_at_risk_micros)
-                    if prev.high_value:
-                        pipe.decr(key("risk:high_value"))
+                moved.add(prev, ev, cltv, cltv_at_risk)
                 if at_risk:
-                    for reason in ev.risk.reasons:
-                        pipe.hincrby(key("risk:reasons"), reason, 1)
-                        if cltv_at_risk:
-                            pipe.hincrby(key("cltv:at_risk"), reason, cltv_at_risk)
-                    if ev.risk.high_value:
-                        pipe.incr(key("risk:high_value"))
                     pipe.zadd(key("atrisk"), {cid: at_risk_rank(state, ev)})
                 else:
                     pipe.zrem(key("atrisk"), cid)
+            if moved.cltv_total is not None:
+                pipe.incrby(key("cltv:total"), moved.cltv_total)
+            if moved.high_value is not None:
+                pipe.incrby(key("risk:high_value"), moved.high_value)
+            for family, fields in (
+                ("life:counts", moved.lifecycle),
+                ("risk:reasons", moved.reasons),
+                ("cltv:at_risk", moved.cltv_at_risk),
+            ):
+                for name, delta in fields.items():
+                    pipe.hincrby(key(family), name, delta)
             await pipe.execute()
+
+
+@dataclass(slots=True)
+class _Moved:
+    """How a chunk of evaluations moves the totals kept in step: each customer's new
+    result added, its previous one taken back. A total the chunk touched is written even
+    when its moves cancel out, as one command per customer would have left it."""
+
+    lifecycle: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    cltv_at_risk: dict[str, int] = field(default_factory=dict)
+    cltv_total: int | None = None
+    high_value: int | None = None
+
+    def add(self, prev: Previous, ev: Evaluation, cltv: int, cltv_at_risk: int) -> None:
+        if cltv != prev.cltv_micros:
+            self.cltv_total = (self.cltv_total or 0) + cltv - prev.cltv_micros
+        if prev.status is not None:
+            _bump(self.lifecycle, prev.status, -1)
+        _bump(self.lifecycle, ev.status, 1)
+        if prev.status == "at_risk":
+            for reason in prev.reasons:
+                _bump(self.reasons, reason, -1)
+                if prev.cltv_at_risk_micros:
+                    _bump(self.cltv_at_risk, reason, -prev.cltv_at_risk_micros)
+            if prev.high_value:
+                self.high_value = (self.high_value or 0) - 1
+        if ev.status == "at_risk":
+            for reason in ev.risk.reasons:
+                _bump(self.reasons, reason, 1)
+                if cltv_at_risk:
+                    _bump(self.cltv_at_risk, reason, cltv_at_risk)
+            if ev.risk.high_value:
+                self.high_value = (self.high_value or 0) + 1
+
+
+def _bump(counts: dict[str, int], name: str, delta: int) -> None:
+    counts[name] = counts.get(name, 0) + delta
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +359,11 @@ async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
 
 
 async def active_before(
-    store: Store, states: Sequence[CustomerState], now_ms: int, lifecycle: LifecyclePolicy
+    store: Store,
+    states: Sequence[CustomerState],
+    now_ms: int,
+    lifecycle: LifecyclePolicy,
+    script: AsyncScript | None = None,
 ) -> dict[str, bool]:
     """Per customer, whether it was active ``new_days`` before ``now`` (day bitmaps)."""
     if not states:
@@ -331,8 +379,7 @@ async def active_before(
             for state in members:
                 pipe.hget(home + "c:" + state.customer_id, "ix")
             indexes = [ix or "" for ix in await pipe.execute()]
-        flags = await store.redis.register_script(_RETURNED)(
-            keys=[home + "ids"], args=[home, str(start), str(stop), *indexes]
-        )
+        returned = script or store.redis.register_script(_RETURNED)
+        flags = await returned(keys=[home + "ids"], args=[home, str(start), str(stop), *indexes])
         found.update((s.customer_id, bool(f)) for s, f in zip(members, flags, strict=True))
     return found

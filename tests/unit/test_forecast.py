@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import random
+from datetime import date
 from typing import get_args
 
 import pytest
 
-from processors.alive_models import MODEL_NAMES
+from processors.alive_models import MODEL_NAMES, ModelName
 from processors.bgnbd import BgNbdParams
 from processors.forecast import (
     DEFAULT_MODEL,
     Fit,
+    SpendFit,
     approximate_spend,
     model_options,
+    outlook,
+    outlooks,
     spend_from_days,
 )
+from processors.gamma_gamma import GammaGammaParams
+from processors.mbgnbd import MbgNbdParams
+from processors.pareto_nbd import ParetoNbdParams
+from processors.state import CustomerState
 from retention.config import AliveModelName, Settings
 
 
@@ -53,3 +62,43 @@ def test_live_spend_is_net_revenue_per_order_day() -> None:
     assert approximate_spend(30_000_000, 3) == pytest.approx(10.0)
     assert approximate_spend(-5_000_000, 2) == 0.0  # refunds beyond purchases: no spend
     assert approximate_spend(10_000_000, 0) == 0.0
+
+
+def _states(rng: random.Random, n: int) -> list[CustomerState]:
+    out = []
+    for i in range(n):
+        days = {rng.randrange(19_000, 19_400): 1 for _ in range(rng.randrange(0, 6))}
+        placed = rng.randrange(0, 500_000_000)
+        out.append(
+            CustomerState(
+                customer_id=f"c{i}",
+                orders=sum(days.values()),
+                placed_micros=placed,
+                refunded_micros=rng.choice([0, placed // 3, placed * 2]),
+                orders_by_day=days,
+            )
+        )
+    return out
+
+
+PARAMS = {
+    "bgnbd": BgNbdParams(0.24, 4.4, 0.79, 2.4),
+    "mbgnbd": MbgNbdParams(0.5, 6.0, 1.3, 3.0),
+    "paretonbd": ParetoNbdParams(0.55, 10.6, 0.61, 11.7),
+}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("spend", [None, SpendFit(GammaGammaParams(6.2, 3.7, 15.4), 0.1, 9)])
+def test_outlooks_of_a_chunk_equal_each_customers_outlook(
+    model: ModelName, spend: SpendFit | None
+) -> None:
+    rng = random.Random(7)
+    states = _states(rng, 300)
+    fit = Fit(PARAMS[model], date(2023, 3, 1), 9, model, spend=spend)
+    as_of = date(2023, 2, 1)  # some customers' orders all come later: no outlook
+    got = outlooks(states, fit, as_of)
+    want = [outlook(state, fit, as_of) for state in states]
+    assert got == want
+    assert any(o is None for o in want) and any(o is not None for o in want)
+    assert spend is None or any(o is not None and o.cltv is not None for o in want)
