@@ -11,6 +11,7 @@ What an evaluation concludes is pure (``processors/evaluator.py``).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +19,6 @@ from importlib.resources import files
 from typing import Any, cast
 
 import numpy as np
-from redis.commands.core import AsyncScript
 
 from processors.alerts import Alert
 from processors.evaluator import (
@@ -44,6 +44,8 @@ _RETURNED = files("store").joinpath("returned.lua").read_text()
 
 _RESCHEDULE = files("store").joinpath("reschedule.lua").read_text()
 _TAKE = files("store").joinpath("take_due.lua").read_text()
+_PREVIOUS = files("store").joinpath("read_previous.lua").read_text()
+_STORE = files("store").joinpath("store_evaluations.lua").read_text()
 #: How long taken customers are left to their evaluator before others may take them.
 LEASE_MS = 60_000
 
@@ -63,6 +65,8 @@ class Evaluator:
         self._take = store.redis.register_script(_TAKE)
         self._reschedule_script = store.redis.register_script(_RESCHEDULE)
         self._returned = store.redis.register_script(_RETURNED)
+        self._previous = store.redis.register_script(_PREVIOUS)
+        self._store_script = store.redis.register_script(_STORE)
 
     async def high_value_threshold(self) -> float | None:
         return await high_value_threshold(self.store)
@@ -93,15 +97,19 @@ class Evaluator:
         gone = set(taken) - {s.customer_id for s in states}
         if gone:  # no state any more: nothing to evaluate, ever
             await redis.zrem(home + "sched", *gone)
-        async with redis.pipeline(transaction=False) as pipe:
-            for state in states:
-                pipe.hgetall(home + "ev:" + state.customer_id)
-            previous = [parse_previous(raw) for raw in await pipe.execute()]
+        ids = [state.customer_id for state in states]
+        reply = await self._previous(keys=[home + "ids"], args=[home, *ids]) if ids else []
+        previous = [parse_previous(_as_dict(reply[2 * n])) for n in range(len(ids))]
         model = await stored_fit(self.store)
         threshold = await self.high_value_threshold()
-        before = await active_before(
-            self.store, states, now_ms, self.lifecycle, script=self._returned
+        start, stop = lookback_days(now_ms, self.lifecycle)
+        indexes = [reply[2 * n + 1] or "" for n in range(len(ids))]
+        flags = (
+            await self._returned(keys=[home + "ids"], args=[home, str(start), str(stop), *indexes])
+            if ids
+            else []
         )
+        before = {cid: bool(flag) for cid, flag in zip(ids, flags, strict=True)}
         # the model's numbers for the whole chunk at once, on arrays
         seen = [None] * len(states) if model is None else outlooks(states, model, as_of_day(now))
         alerts: list[Alert] = []
@@ -153,50 +161,42 @@ class Evaluator:
     async def _store(
         self, home: str, results: list[tuple[CustomerState, Previous, Evaluation]], now_ms: int
     ) -> None:
-        """Each customer's result, and the totals moved by the chunk's results: summed here
-        first, so each total costs one command per chunk rather than per customer."""
-
-        # the totals are kept per shard, beside its customers: one slot, one transaction
-        def key(*parts: str) -> str:
-            return home + ":".join(parts)
-
+        """Each customer's result, and the totals moved by the chunk's results, in one
+        script call: the totals are summed here first, so each costs one command per chunk
+        rather than one per customer, and the totals stay in step with the results."""
         moved = _Moved()
-        async with self.store.redis.pipeline(transaction=True) as pipe:
-            for state, prev, ev in results:
-                cid = state.customer_id
-                at_risk = ev.status == "at_risk"
-                cltv = to_micros(ev.cltv)
-                cltv_at_risk = to_micros(ev.cltv_at_risk()) if at_risk else 0
-                pipe.hset(
-                    key("ev", cid),
-                    mapping={
-                        "st": ev.status,
-                        "sc": str(ev.risk.score),
-                        "rr": ",".join(ev.risk.reasons),
-                        "hv": "1" if ev.risk.high_value else "0",
-                        "at": str(now_ms),
-                        "no": str(state.orders),
-                        "cl": str(cltv),
-                        "cr": str(cltv_at_risk),
-                    },
-                )
-                moved.add(prev, ev, cltv, cltv_at_risk)
-                if at_risk:
-                    pipe.zadd(key("atrisk"), {cid: at_risk_rank(state, ev)})
-                else:
-                    pipe.zrem(key("atrisk"), cid)
-            if moved.cltv_total is not None:
-                pipe.incrby(key("cltv:total"), moved.cltv_total)
-            if moved.high_value is not None:
-                pipe.incrby(key("risk:high_value"), moved.high_value)
-            for family, fields in (
-                ("life:counts", moved.lifecycle),
-                ("risk:reasons", moved.reasons),
-                ("cltv:at_risk", moved.cltv_at_risk),
-            ):
-                for name, delta in fields.items():
-                    pipe.hincrby(key(family), name, delta)
-            await pipe.execute()
+        rows: list[list[str]] = []
+        ranks: list[list[str]] = []
+        cleared: list[str] = []
+        for state, prev, ev in results:
+            cid = state.customer_id
+            at_risk = ev.status == "at_risk"
+            cltv = to_micros(ev.cltv)
+            cltv_at_risk = to_micros(ev.cltv_at_risk()) if at_risk else 0
+            rows.append(
+                [
+                    cid,
+                    ev.status,
+                    str(ev.risk.score),
+                    ",".join(ev.risk.reasons),
+                    "1" if ev.risk.high_value else "0",
+                    str(now_ms),
+                    str(state.orders),
+                    str(cltv),
+                    str(cltv_at_risk),
+                ]
+            )
+            moved.add(prev, ev, cltv, cltv_at_risk)
+            # a customer is taken once per chunk: its ranking changes once
+            if at_risk:
+                ranks.append([cid, repr(at_risk_rank(state, ev))])
+            else:
+                cleared.append(cid)
+        moves = {**moved.commands(), "rank": ranks, "unrank": cleared}
+        # the totals are kept per shard, beside its customers: one slot, one script
+        await self._store_script(
+            keys=[home + "ids"], args=[home, json.dumps(rows), json.dumps(moves)]
+        )
 
 
 @dataclass(slots=True)
@@ -210,6 +210,27 @@ class _Moved:
     cltv_at_risk: dict[str, int] = field(default_factory=dict)
     cltv_total: int | None = None
     high_value: int | None = None
+
+    def commands(self) -> dict[str, list[list[str]]]:
+        """The moves as the store script takes them, numbers as text."""
+        incr = [
+            [name, str(delta)]
+            for name, delta in (
+                ("cltv:total", self.cltv_total),
+                ("risk:high_value", self.high_value),
+            )
+            if delta is not None
+        ]
+        hincr = [
+            [family, name, str(delta)]
+            for family, fields in (
+                ("life:counts", self.lifecycle),
+                ("risk:reasons", self.reasons),
+                ("cltv:at_risk", self.cltv_at_risk),
+            )
+            for name, delta in fields.items()
+        ]
+        return {"incr": incr, "hincr": hincr}
 
     def add(self, prev: Previous, ev: Evaluation, cltv: int, cltv_at_risk: int) -> None:
         if cltv != prev.cltv_micros:
@@ -231,6 +252,10 @@ class _Moved:
                     _bump(self.cltv_at_risk, reason, cltv_at_risk)
             if ev.risk.high_value:
                 self.high_value = (self.high_value or 0) + 1
+
+
+def _as_dict(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _bump(counts: dict[str, int], name: str, delta: int) -> None:
@@ -359,11 +384,7 @@ async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
 
 
 async def active_before(
-    store: Store,
-    states: Sequence[CustomerState],
-    now_ms: int,
-    lifecycle: LifecyclePolicy,
-    script: AsyncScript | None = None,
+    store: Store, states: Sequence[CustomerState], now_ms: int, lifecycle: LifecyclePolicy
 ) -> dict[str, bool]:
     """Per customer, whether it was active ``new_days`` before ``now`` (day bitmaps)."""
     if not states:
@@ -379,7 +400,8 @@ async def active_before(
             for state in members:
                 pipe.hget(home + "c:" + state.customer_id, "ix")
             indexes = [ix or "" for ix in await pipe.execute()]
-        returned = script or store.redis.register_script(_RETURNED)
-        flags = await returned(keys=[home + "ids"], args=[home, str(start), str(stop), *indexes])
+        flags = await store.redis.register_script(_RETURNED)(
+            keys=[home + "ids"], args=[home, str(start), str(stop), *indexes]
+        )
         found.update((s.customer_id, bool(f)) for s, f in zip(members, flags, strict=True))
     return found

@@ -1,0 +1,19 @@
+-- Store an evaluation chunk's results and move the totals kept in step, atomically.
+-- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
+-- ARGV[1] the shard's prefix; ARGV[2] JSON list of results, each
+--   [customer, st, sc, rr, hv, at, no, cl, cr] (the ev:<customer> fields, as text);
+-- ARGV[3] JSON of the moves: {"hincr": [[family, field, delta], ...], "incr": [[name, delta], ...],
+--   "rank": [[customer, score], ...], "unrank": [customer, ...]}, numbers as text.
+-- One JSON argument each: far cheaper for the client to send than a command per customer.
+local P = ARGV[1]
+local results = cjson.decode(ARGV[2])
+local moves = cjson.decode(ARGV[3])
+for _, r in ipairs(results) do
+  redis.call('HSET', P .. 'ev:' .. r[1], 'st', r[2], 'sc', r[3], 'rr', r[4], 'hv', r[5],
+    'at', r[6], 'no', r[7], 'cl', r[8], 'cr', r[9])
+end
+for _, m in ipairs(moves.incr) do redis.call('INCRBY', P .. m[1], m[2]) end
+for _, m in ipairs(moves.hincr) do redis.call('HINCRBY', P .. m[1], m[2], m[3]) end
+for _, m in ipairs(moves.rank) do redis.call('ZADD', P .. 'atrisk', m[2], m[1]) end
+for _, cid in ipairs(moves.unrank) do redis.call('ZREM', P .. 'atrisk', cid) end
+return #results
