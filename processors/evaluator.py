@@ -16,6 +16,7 @@ totals instead of scanning customers; they follow a refit as customers come due 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -73,6 +74,19 @@ def as_of_day(now: datetime) -> date:
     return (now - timedelta(milliseconds=1)).date()
 
 
+#: A predicted CLTV above this (in the reporting currency) is not a prediction but a model
+#: gone wrong (a fit on too little data can give 1e56): it is taken as no prediction, so
+#: the totals kept in integer micros stay within Redis's 64-bit range.
+MAX_PLAUSIBLE_CLTV = 1e9
+
+
+def plausible_cltv(cltv: float | None) -> float | None:
+    """``cltv`` when it is a finite amount within ``[0, MAX_PLAUSIBLE_CLTV]``, else None."""
+    if cltv is None or not math.isfinite(cltv) or not 0 <= cltv <= MAX_PLAUSIBLE_CLTV:
+        return None
+    return cltv
+
+
 def evaluate_seen(
     state: CustomerState,
     now: datetime,
@@ -87,7 +101,7 @@ def evaluate_seen(
     (:func:`processors.forecast.outlooks`)."""
     now_ms = int(now.timestamp() * 1000)
     p_alive = None if seen is None else seen.p_alive
-    cltv = None if seen is None else seen.cltv
+    cltv = None if seen is None else plausible_cltv(seen.cltv)
     risk = assess(state, now_ms, risk_policy, p_alive, high_value_cltv, cltv)
     status = classify(state, now_ms, risk, risk_policy, lifecycle, active_before)
     return Evaluation(

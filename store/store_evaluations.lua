@@ -1,3 +1,4 @@
+#!lua
 -- Store an evaluation chunk's results and move the totals kept in step, atomically.
 -- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
 -- ARGV[1] the shard's prefix; ARGV[2] JSON list of results, each
@@ -8,6 +9,23 @@
 local P = ARGV[1]
 local results = cjson.decode(ARGV[2])
 local moves = cjson.decode(ARGV[3])
+-- nothing may fail halfway (Redis keeps the writes made before an error): a total that
+-- would leave the 64-bit range refuses the whole call before anything is written
+local LIMIT = 9.2e18
+local function fits(current, delta)
+  local sum = tonumber(current or '0') + tonumber(delta)
+  return math.abs(tonumber(delta)) < LIMIT and math.abs(sum) < LIMIT
+end
+for _, m in ipairs(moves.incr) do
+  if not fits(redis.call('GET', P .. m[1]), m[2]) then
+    return redis.error_reply('OVERFLOW ' .. m[1] .. ' would leave the 64-bit range')
+  end
+end
+for _, m in ipairs(moves.hincr) do
+  if not fits(redis.call('HGET', P .. m[1], m[2]), m[3]) then
+    return redis.error_reply('OVERFLOW ' .. m[1] .. ' would leave the 64-bit range')
+  end
+end
 for _, r in ipairs(results) do
   redis.call('HSET', P .. 'ev:' .. r[1], 'st', r[2], 'sc', r[3], 'rr', r[4], 'hv', r[5],
     'at', r[6], 'no', r[7], 'cl', r[8], 'cr', r[9])

@@ -6,7 +6,9 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from processors.alerts import Alert
 from processors.lifecycle import LifecyclePolicy
@@ -159,3 +161,18 @@ async def test_a_customer_changed_during_evaluation_stays_due(redis: Redis) -> N
     recheck = float(await redis.zscore("life4:sched", "busy"))
     assert recheck > (T0 + timedelta(days=6)).timestamp() * 1000
     assert await redis.hget("life4:ev:busy", "no") == "6"
+
+
+async def test_a_total_that_would_overflow_refuses_the_whole_store_call(redis: Redis) -> None:
+    store = Store(redis, "life9:", ("order",))
+    evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy())
+    await redis.set("life9:cltv:total", str(5 * 10**18))
+    row = ["c", "active", "0", "", "0", "1", "1", "0", "0"]
+    moves = {"incr": [["cltv:total", str(5 * 10**18)]], "hincr": [], "rank": [], "unrank": []}
+    with pytest.raises(ResponseError, match="OVERFLOW"):
+        await evaluator._store_script(
+            keys=["life9:ids"], args=["life9:", json.dumps([row]), json.dumps(moves)]
+        )
+    # refused before anything was written
+    assert await redis.exists("life9:ev:c") == 0
+    assert await redis.get("life9:cltv:total") == str(5 * 10**18)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from processors.evaluator import evaluate_seen, plausible_cltv
+from processors.forecast import Outlook
 from processors.lifecycle import LifecyclePolicy, alerts_for, classify, lookback_days, next_due_ms
 from processors.risk import Assessment, RiskPolicy, assess
 from processors.state import CustomerState
@@ -224,3 +227,19 @@ def test_first_evaluation_raises_only_recent_news() -> None:
         p=P,
     )
     assert [a.kind for a in risky] == ["at_risk"]
+
+
+@pytest.mark.parametrize(
+    ("cltv", "kept"),
+    [(1234.5, 1234.5), (0.0, 0.0), (1e9, 1e9), (1e56, None), (float("inf"), None),
+     (float("nan"), None), (-3.0, None), (None, None)],
+)  # fmt: skip
+def test_an_implausible_predicted_cltv_is_no_prediction(
+    cltv: float | None, kept: float | None
+) -> None:
+    state = history(order(0), order(10))
+    seen = Outlook(p_alive=0.9, expected_purchases_30d=1.0, expected_purchases_90d=2.0, cltv=cltv)
+    ev = evaluate_seen(state, datetime.fromtimestamp(at(20) / 1000, UTC), RiskPolicy(),
+                       LifecyclePolicy(), seen, high_value_cltv=None)  # fmt: skip
+    assert ev.cltv == kept
+    assert plausible_cltv(cltv) == kept
