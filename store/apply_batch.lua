@@ -27,12 +27,15 @@
 --   take any offset above the stored one. With it, offsets must follow the stored one
 --   without a gap: a gap means the store lost what it had applied (restore, failover,
 --   flush), and the records of that partition are refused so the worker can seek back.
--- ARGV[9] JSON object topic|partition -> {first offset, last offset, stamp of the last}
---   of the whole batch, over every shard: a shard's records of a partition are not
---   contiguous, so the gap check and the stored offset use the batch's range. Every shard
---   is called for every batch, with or without records, and stores the batch's last
---   offset: a batch spread over shards stays exactly-once when the worker stops between
---   two shards, since each shard skips what it has already applied.
+-- ARGV[9] JSON object topic|partition -> the runs of consecutive offsets of the whole
+--   batch, over every shard, in order: {{first, last, stamp of the last}, ...}. A shard's
+--   own records of a partition are not consecutive, so the gap check and the stored offset
+--   follow the batch's runs, as if the records came one by one: a run that does not
+--   continue the stored offset (or what the runs before it reached) is a gap, and the
+--   partition's records from there on are refused. Every shard is called for every batch,
+--   with or without records, and stores the offset the runs reached: a batch spread over
+--   shards stays exactly-once when the worker stops between two shards, since each shard
+--   skips what it has already applied.
 -- Returns {applied, duplicates, redelivered, rejected, gaps, overflows}: gaps is a flat
 -- list {tp, next offset wanted, ...}; overflows lists the offsets ("tp|offset") of events
 -- refused because a sum would leave the exact range.
@@ -346,28 +349,40 @@ local records = cjson.decode(ARGV[7])
 local floors = nil
 if ARGV[8] ~= '' then floors = cjson.decode(ARGV[8]) end
 local ranges = cjson.decode(ARGV[9])
--- each partition's fate for this batch is decided once, from the stored offset
+-- each partition's fate for this batch is decided once, from the stored offset: records
+-- up to `reach` are taken, those above it wait for the worker to seek back
 local gaps, gap_list, overflows = {}, {}, {}
-for tp, range in pairs(ranges) do
-  local last = tonumber(redis.call('HGET', offsets_key, tp) or '-1')
-  last_offsets[tp] = last
-  local wanted = last + 1
-  if floors then wanted = math.max(wanted, tonumber(floors[tp] or 0)) end
-  if floors and tonumber(range[1]) > wanted then
-    -- the partition's records wait for the worker to seek back
-    gaps[tp] = true
-    gap_list[#gap_list + 1] = tp
-    gap_list[#gap_list + 1] = wanted
+local reach, reach_stamp = {}, {}
+for tp, runs in pairs(ranges) do
+  local stored = tonumber(redis.call('HGET', offsets_key, tp) or '-1')
+  last_offsets[tp] = stored
+  local last = stored
+  for _, run in ipairs(runs) do
+    local first, stop = tonumber(run[1]), tonumber(run[2])
+    if floors then
+      local wanted = math.max(last + 1, tonumber(floors[tp] or 0))
+      if first > wanted then
+        gaps[tp] = true
+        gap_list[#gap_list + 1] = tp
+        gap_list[#gap_list + 1] = wanted
+        break
+      end
+    end
+    if stop > last then
+      last = stop
+      reach_stamp[tp] = run[3]
+    end
   end
+  reach[tp] = last
 end
 for _, r in ipairs(records) do
   local kind, topic, partition = r[1], r[2], r[3]
   local offset = tonumber(r[4])
   local tp = topic .. '|' .. partition
-  if gaps[tp] then
-    -- refused with its partition
-  elseif offset <= last_offsets[tp] then
+  if offset <= last_offsets[tp] then
     redelivered = redelivered + 1
+  elseif offset > reach[tp] then
+    -- beyond a gap: refused with the rest of its partition
   else
     local days = {d = r[8], w = r[9], m = r[10]}
     if kind == 'x' then
@@ -400,10 +415,10 @@ if applied + duplicates > 0 then redis.call('EXPIRE', current_seen, seen_ttl) en
 for cid, _ in pairs(touched_customers) do
   redis.call('ZADD', P .. 'due', 'NX', now, cid)
 end
-for tp, range in pairs(ranges) do
-  if not gaps[tp] and tonumber(range[2]) > last_offsets[tp] then
-    redis.call('HSET', offsets_key, tp, range[2])
-    if range[3] ~= '' then redis.call('HSET', stamps_key, tp, range[3]) end
+for tp, last in pairs(reach) do
+  if last > last_offsets[tp] then
+    redis.call('HSET', offsets_key, tp, last)
+    if reach_stamp[tp] ~= '' then redis.call('HSET', stamps_key, tp, reach_stamp[tp]) end
   end
 end
 if batch_first then

@@ -182,20 +182,14 @@ class Store:
             return BatchResult(0, 0, 0, 0)
         layout = await self.layout()
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        # the batch's range of offsets per partition, over every shard
-        ranges: dict[str, list[int | str]] = {}
+        # each partition's runs of consecutive offsets over the whole batch, and each
+        # shard's own records
+        stamps: dict[str, dict[int, str]] = {}
         parts: list[list[Sequence[str]]] = [[] for _ in layout.prefixes]
         for record in records:
-            tp, offset = f"{record[1]}|{record[2]}", int(record[3])
-            known = ranges.get(tp)
-            if known is None:
-                ranges[tp] = [offset, offset, record[14]]
-            else:
-                if offset < cast(int, known[0]):
-                    known[0] = offset
-                if offset >= cast(int, known[1]):
-                    known[1], known[2] = offset, record[14]
+            stamps.setdefault(f"{record[1]}|{record[2]}", {})[int(record[3])] = record[14]
             parts[layout.shard_of(record[5])].append(record)
+        ranges = {tp: _runs(by_offset) for tp, by_offset in stamps.items()}
         common = [str(now), str(self.bucket_ms), str(DEDUPE_BUCKETS), self.kind_letters]
         tail = [
             "" if floors is None else json.dumps({_tp(*tp): o for tp, o in floors.items()}),
@@ -440,6 +434,17 @@ def _tp(topic: str, partition: int) -> str:
 def _split_tp(tp: str) -> tuple[str, int]:
     topic, _, partition = tp.rpartition("|")
     return topic, int(partition)
+
+
+def _runs(stamps: dict[int, str]) -> list[list[int | str]]:
+    """Runs of consecutive offsets, in order: ``[first, last, stamp of last]`` each."""
+    runs: list[list[int | str]] = []
+    for offset in sorted(stamps):
+        if runs and offset == cast(int, runs[-1][1]) + 1:
+            runs[-1][1], runs[-1][2] = offset, stamps[offset]
+        else:
+            runs.append([offset, offset, stamps[offset]])
+    return runs
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:

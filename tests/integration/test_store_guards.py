@@ -32,6 +32,24 @@ def order(
     return accepted_record(event, "orders", 0, n, stamp_ms=1_700_000_000_000 + n)
 
 
+@pytest.mark.parametrize("shards", [1, 4])
+async def test_a_batch_with_a_hole_applies_up_to_the_hole(
+    redis: Redis, settings: Settings, shards: int
+) -> None:
+    """Messages still buffered from before a seek can follow the re-read ones in a batch:
+    only the consecutive part is taken, and the rest waits for the worker to seek."""
+    store = Store(redis, settings.key_prefix, shards=shards, writer=True)
+    floors = {("orders", 0): 0}
+    customers = ["a", "b", "c", "d", "e", "f", "g"]
+    batch = [order(n, customers[n]) for n in (0, 1, 2, 5, 6)]
+    result = await store.apply_batch(batch, floors=floors)
+    assert (result.applied, result.gaps) == (3, {("orders", 0): 3})
+    assert await store.applied_offsets() == {("orders", 0): 2}
+    again = await store.apply_batch([order(n, customers[n]) for n in range(2, 7)], floors=floors)
+    assert (again.applied, again.redelivered, again.gaps) == (4, 1, {})
+    assert await store.customer_count() == 7
+
+
 async def test_a_batch_that_skips_past_the_stored_offset_is_refused(store: Store) -> None:
     floors = {("orders", 0): 0}
     first = await store.apply_batch([order(0), order(1)], floors=floors)
