@@ -34,6 +34,17 @@ def weighted_rows(*columns: Floats) -> tuple[list[Floats], Floats]:
     return [rows[:, i] for i in range(rows.shape[1])], counts.astype(np.float64)
 
 
+def merged_rows(columns: list[Floats], weights: Floats) -> tuple[list[Floats], Floats]:
+    """:func:`weighted_rows` for rows that already stand for several customers: equal
+    rows merged, their weights summed, in the same sorted order, so a fit over them takes
+    the same steps as one over the customers they stand for."""
+    if weights.size == 0:
+        return [np.empty(0, dtype=np.float64) for _ in columns], np.empty(0, dtype=np.float64)
+    rows, inverse = np.unique(np.column_stack(columns), axis=0, return_inverse=True)
+    summed = np.bincount(inverse.ravel(), weights=weights, minlength=rows.shape[0])
+    return [rows[:, i] for i in range(rows.shape[1])], summed.astype(np.float64)
+
+
 def mean_negative(total: float, weights: Floats) -> float:
     """Minus the mean log-likelihood, or +inf where the terms overflowed, which tells the
     optimiser that this is a bad place rather than stopping it."""

@@ -303,6 +303,34 @@ local function sums_overflow(cid, days, status, amount, currency, original)
   return false
 end
 
+-- The fit grid: buyers counted by (first order day, last order day, distinct order days),
+-- all a P(alive) fit needs, so a refit reads this small hash per shard instead of every
+-- customer (store/models.py). Called when a placed order adds a distinct day to the
+-- customer's orders per day, the only change that moves those three; the buyer's previous
+-- cell comes from its other days.
+local function fit_grid_day(cid, day)
+  local grid = P .. 'fitgrid'
+  local d = tonumber(day)
+  local days = redis.call('HKEYS', P .. 'od:' .. cid)
+  local first, last
+  for _, k in ipairs(days) do
+    local v = tonumber(k)
+    if v ~= d then
+      if not first or v < tonumber(first) then first = k end
+      if not last or v > tonumber(last) then last = k end
+    end
+  end
+  if first then
+    local old = first .. ':' .. last .. ':' .. (#days - 1)
+    if redis.call('HINCRBY', grid, old, -1) <= 0 then redis.call('HDEL', grid, old) end
+    if d < tonumber(first) then first = day end
+    if d > tonumber(last) then last = day end
+  else
+    first, last = day, day
+  end
+  redis.call('HINCRBY', grid, first .. ':' .. last .. ':' .. #days, 1)
+end
+
 local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   local ckey = P .. 'c:' .. cid
   local idx = customer_index(ckey, cid, ts)
@@ -316,7 +344,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
       redis.call('HINCRBY', ckey, 'pm', a2)
       if a3 ~= '' then redis.call('HINCRBY', ckey, 'pm:' .. a3, a4) end
       set_max(ckey, 'lo', ts)
-      redis.call('HINCRBY', P .. 'od:' .. cid, days.d, 1)
+      if redis.call('HINCRBY', P .. 'od:' .. cid, days.d, 1) == 1 then fit_grid_day(cid, days.d) end
       period_sales(idx, days, a1, a2)
       if string.find(kinds, 'o', 1, true) then activity(ckey, idx, ts, days) end
     elseif a1 == 'refunded' then

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, cast
-
-import numpy as np
 
 from processors.alerts import Alert
 from processors.evaluator import (
@@ -31,13 +30,16 @@ from processors.evaluator import (
     parse_previous,
     to_micros,
 )
-from processors.forecast import outlooks, values
+from processors.fit_grid import cltv_quantile
+from processors.forecast import outlooks
 from processors.lifecycle import LifecyclePolicy, alerts_for, lookback_days, next_due_ms
 from processors.risk import RiskPolicy, value
 from processors.state import CustomerState, iso
-from store.models import read_histories, stored_fit
+from store.models import SAMPLE_CUSTOMERS, read_histories, read_sample, stored_fit
 from store.store import Store
 from streams.events import MICROS
+
+logger = logging.getLogger(__name__)
 
 _RETURNED = files("store").joinpath("returned.lua").read_text()
 
@@ -316,32 +318,32 @@ async def high_value_threshold(store: Store) -> float | None:
 
 
 async def update_high_value_threshold(
-    store: Store, quantile: float, spend: Mapping[str, float] | None = None
+    store: Store,
+    quantile: float,
+    spend: Mapping[str, float] | None = None,
+    sample: int = SAMPLE_CUSTOMERS,
 ) -> float | None:
     """Predicted CLTV at ``quantile`` over buyers: customers at or above it are high-value.
 
-    Computed from the stored fit as of its own day; None (and no threshold kept) without
-    a fit, a spend model or a positive CLTV. ``spend`` gives exact repeat-purchase means by
-    customer (a backtest), else the live approximation is used.
+    Computed from the stored fit as of its own day over the buyers among about ``sample``
+    customers (a uniform sample, :func:`store.models.read_sample`; every buyer in a store
+    that small); None (and no threshold kept) without a fit, a spend model or a positive
+    CLTV. ``spend`` gives exact repeat-purchase means by customer (a backtest), which
+    reads every customer instead.
     """
     model = await stored_fit(store)
-    found = [] if model is None else await read_histories(store, model.as_of)
     threshold: float | None = None
-    if model is not None and found:
-        x, t_x, T, means = (
-            np.array(column, dtype=np.float64)
-            for column in zip(
-                *(
-                    (h.x, h.t_x, h.T, h.spend if spend is None else spend.get(h.customer_id, 0.0))
-                    for h in found
-                ),
-                strict=True,
-            )
+    if model is not None:
+        if spend is None:
+            found, sampled = await read_sample(store, model.as_of, sample)
+        else:
+            found = await read_histories(store, model.as_of)
+            sampled = await store.customer_count()
+        threshold = cltv_quantile(model, found, quantile, spend)
+        logger.info(
+            "high-value threshold",
+            extra={"threshold": threshold, "customers": sampled, "buyers": len(found)},
         )
-        _, totals = values(model, x, t_x, T, means)
-        totals = totals[np.isfinite(totals)]
-        if totals.size:
-            threshold = float(np.quantile(totals, quantile))
     if threshold is None or threshold <= 0:
         await store.redis.delete(store.key("hv:cltv"))
         return None

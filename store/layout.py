@@ -71,8 +71,13 @@ Evaluations and models (:mod:`store.evaluations`, :mod:`store.models`):
 - ``S atrisk``             sorted set of at-risk customers, ranked
 - ``S life:counts``, ``S risk:reasons``, ``S cltv:at_risk`` hashes, and ``S
   risk:high_value``, ``S cltv:total`` counters, kept in step with the evaluations
+- ``S fitgrid``            hash ``first:last:days`` → buyers in that cell: first and last
+                            order day (day numbers), distinct order days; written by the
+                            batch script when a placed order adds a distinct day, summed
+                            over shards by a refit (:mod:`processors.fit_grid`)
 - ``P hv:cltv``            the high-value CLTV threshold in use
-- ``P bgnbd``, ``P bgnbd:at`` the fitted BG/NBD parameters (JSON) and when they were fitted
+- ``P bgnbd``, ``P bgnbd:at`` the fitted models (JSON, with what the refit read and how
+                            long it took) and when they were fitted
 
 Notifications (:mod:`store.deliveries`; a rebuild keeps the ``notify:`` family, since what
 was delivered is not derived from the events):
