@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # redis-server is preferred over the bundled Valkey binary when present.
 APT_PACKAGES := docker-compose redis-server prometheus prometheus-alertmanager
 
-.PHONY: install demo test unit integration lint format bench clean
+.PHONY: install demo test unit integration lint format bench bench-scale clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ format: install
 
 bench: install
 	$(BIN)/python bench/throughput.py
+
+# workers, shards and a Redis Cluster, and synthetic stores of growing size (minutes)
+bench-scale: install
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .retention .pytest_cache .mypy_cache .ruff_cache *.egg-info

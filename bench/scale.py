@@ -1,0 +1,797 @@
+"""How the tracker scales: more workers, more Redis, more customers.
+
+    .venv/bin/python bench/scale.py [--events 60000] [--pipeline-customers 20000]
+                                    [--partitions 4] [--customers 250000,500000,1000000]
+                                    [--evaluate-sample 50000] [--skip pipeline|synthetic]
+                                    [--json] [--keep-logs]
+
+Two parts, measured in one run and printed as one report (or JSON with ``--json``):
+
+1. Pipeline: the real ``python -m retention.cli worker``, 1 and then 2 processes in one
+   consumer group, with the tuned Faust settings of ``bench/throughput.py``, against one
+   redis-server holding the store in 1 and in 4 shards (``RETENTION_SHARDS``) and against
+   a three-node Redis Cluster (default shard count). The workers are started on empty
+   topics and the N order events are produced once every worker holds its partitions,
+   so the figure is the group's steady rate, not its start-up. events/s is N divided by
+   the time from the first applied batch to the last event. Redis µs per event: the time
+   Redis spent in scripts (INFO commandstats, summed over every node) divided by N.
+2. Synthetic customers, written straight through ``Store.apply_batch`` (no Kafka) into a
+   fresh one-shard store on one redis-server, at each ``--customers`` size: Redis bytes
+   per customer (used_memory growth, and MEMORY USAGE of a sample of keys by family), one
+   exporter scrape (``retention.snapshot.read_snapshot``, as the exporter reads Redis),
+   the BG/NBD refit (``store.models.refit``), and evaluation of the due customers
+   (``Evaluator.run_once`` until none are due). Evaluation is timed over the first
+   ``--evaluate-sample`` due customers; the time for all of them is the count divided by
+   that rate. Each figure's growth between the smallest and the largest size is shown as a
+   ratio and as a slope per customer, and the slope extrapolates it to 10M customers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import redis as redis_sync
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import throughput as tp
+
+from processors.forecast import model_options
+from processors.lifecycle import LifecyclePolicy
+from processors.windows import period_days
+from retention import runtime
+from retention.config import Settings
+from retention.snapshot import read_snapshot
+from store.connect import connect
+from store.evaluations import Evaluator
+from store.models import refit
+from store.store import Store
+from streams.risk_file import load_policy
+from streams.topics import Topics, cluster_id, ensure_topics
+from tests.integration.cluster import start_cluster
+
+logger = logging.getLogger("bench.scale")
+
+TARGET_CUSTOMERS = 10_000_000
+DAY_MS = 86_400_000
+LOAD_BATCH = 2000
+MEMORY_SAMPLE_KEYS = 50_000
+SCRAPE_REPEATS = 3
+JOIN_TIMEOUT = 90.0
+WARM_UP_CUSTOMERS = 2000
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Options:
+    events: int
+    pipeline_customers: int
+    partitions: int
+    sizes: tuple[int, ...]
+    evaluate_sample: int
+    seed: int
+    skip: tuple[str, ...]
+    as_json: bool
+    keep_logs: bool
+
+
+# --- Redis nodes ----------------------------------------------------------------------
+
+
+def node_clients(url: str) -> list[redis_sync.Redis]:
+    """One plain client per primary behind ``url`` (one for a single server)."""
+    probe = redis_sync.Redis.from_url(url, decode_responses=True)
+    if str(probe.info("cluster").get("cluster_enabled", "0")) != "1":
+        return [probe]
+    slots = probe.cluster("SLOTS")
+    probe.close()
+    primaries = sorted({(str(entry[2][0]), int(entry[2][1])) for entry in slots})
+    return [redis_sync.Redis(host=h, port=p, decode_responses=True) for h, p in primaries]
+
+
+@dataclass(frozen=True)
+class NodeCounters:
+    script_seconds: float
+    cpu_seconds: float
+    used_memory: int
+
+
+def node_counters(nodes: Sequence[redis_sync.Redis]) -> NodeCounters:
+    """Summed over the nodes: time in scripts, Redis CPU time, used memory."""
+    script = cpu = 0.0
+    memory = 0
+    for node in nodes:
+        stats = node.info("commandstats")
+        script += sum(
+            float(stats[n]["usec"]) for n in ("cmdstat_evalsha", "cmdstat_eval") if n in stats
+        )
+        info = node.info("cpu")
+        cpu += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        memory += int(node.info("memory")["used_memory"])
+    return NodeCounters(script / 1e6, cpu, memory)
+
+
+# --- part 1: pipeline -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    shards: int | None
+
+
+@dataclass
+class PipelineRun:
+    target: str
+    shards: str
+    workers: int
+    events: int
+    seconds: float
+    redis_script_seconds: float
+    redis_cpu_seconds: float
+    join_seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / max(1e-9, self.seconds)
+
+    @property
+    def script_us_per_event(self) -> float:
+        return self.redis_script_seconds * 1e6 / max(1, self.events)
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.redis_cpu_seconds * 1e6 / max(1, self.events)
+
+
+async def wait_joined(store: Store, topic: str, workers: int, partitions: int) -> None:
+    """Until ``workers`` heartbeats share the order topic's partitions, each holding some."""
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    while time.monotonic() < deadline:
+        beats = await store.workers(max_age_seconds=30)
+        held = [
+            {p for p in info.get("partitions", []) if p.rpartition("|")[0] == topic}
+            for info in beats.values()
+        ]
+        every = set().union(*held) if held else set()
+        if (
+            len(held) == workers
+            and all(held)
+            and len(every) == partitions
+            and sum(map(len, held)) == partitions
+        ):
+            return
+        await asyncio.sleep(0.25)
+    raise BenchError(f"{workers} worker(s) did not share {topic}'s partitions in time")
+
+
+async def first_event(store: Store, heartbeat_seconds: float) -> float:
+    deadline = time.monotonic() + 10 * heartbeat_seconds + 5
+    while time.monotonic() < deadline:
+        beats = await store.workers(max_age_seconds=60)
+        firsts = [b["first_event_at"] for b in beats.values() if b.get("first_event_at")]
+        if firsts:
+            return float(min(firsts))
+        await asyncio.sleep(heartbeat_seconds / 4)
+    raise BenchError("no worker heartbeat reported a first event")
+
+
+async def pipeline_run(
+    options: Options,
+    bootstrap: str,
+    target: Target,
+    workers: int,
+    by_partition: dict[int, list[tuple[bytes, bytes]]],
+    log_dir: Path,
+) -> PipelineRun:
+    tag = f"s-{target.name}-{target.shards or 'd'}-{workers}-{uuid.uuid4().hex[:6]}"
+    base = Settings(
+        kafka_bootstrap=bootstrap,
+        redis_url=target.url,
+        data_dir=log_dir / tag,
+        topic_prefix=f"{tag}-",
+        key_prefix=f"{tag}:",
+        partitions=options.partitions,
+        shards=target.shards,
+    )
+    topics = Topics.from_settings(base)
+    await ensure_topics(bootstrap, topics, options.partitions)
+    scope = await cluster_id(bootstrap)
+    redis = connect(target.url, decode_responses=True)
+    nodes = node_clients(target.url)
+    store = Store(redis, base.key_prefix, base.activity_kinds, offsets_scope=scope)
+    env_extra = {
+        "PYTHONUNBUFFERED": "1",
+        **tp.STACK_ENV,
+        **{k: v for k, v in tp.TUNED.items() if v},
+    }
+    procs = []
+    logs = []
+    try:
+        spawned = time.monotonic()
+        for n in range(workers):
+            settings = base.model_copy(update={"data_dir": log_dir / f"{tag}-w{n}"})
+            env = runtime.child_env(**{**settings.env(), **env_extra})
+            logs.append(log_dir / f"{tag}-w{n}.log")
+            procs.append(await tp.spawn("pipeline", env, logs[-1]))
+        try:
+            await wait_joined(store, topics.source("order"), workers, options.partitions)
+            joined = time.monotonic() - spawned
+            before = node_counters(nodes)
+            await tp.produce(bootstrap, topics.source("order"), by_partition)
+            deadline = time.monotonic() + 120 + options.events / 500
+            while True:
+                if await tp.seen_total(store, topics) >= options.events:
+                    done = time.time()
+                    break
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the store saw fewer than {options.events} events")
+                for proc in procs:
+                    if proc.returncode is not None:
+                        raise BenchError(f"a worker exited with code {proc.returncode}")
+                await asyncio.sleep(tp.POLL_SECONDS)
+            after = node_counters(nodes)
+            first = await first_event(store, base.worker_heartbeat_seconds)
+        except BenchError as exc:
+            tails = "\n".join(f"--- {p}\n{tp.log_tail(p)}" for p in logs)
+            raise BenchError(f"{tag}: {exc}\n{tails}") from exc
+    finally:
+        await asyncio.gather(*(tp.stop(p) for p in procs))
+        await redis.aclose()
+        for node in nodes:
+            node.close()
+    return PipelineRun(
+        target=target.name,
+        shards=str(target.shards) if target.shards else "default",
+        workers=workers,
+        events=options.events,
+        seconds=done - first,
+        redis_script_seconds=after.script_seconds - before.script_seconds,
+        redis_cpu_seconds=after.cpu_seconds - before.cpu_seconds,
+        join_seconds=joined,
+    )
+
+
+async def run_pipeline(
+    options: Options, bootstrap: str, single_url: str, cluster_url: str, log_dir: Path
+) -> list[PipelineRun]:
+    messages = tp.build_messages(options.events, options.pipeline_customers, options.seed)
+    tp.check_sample(messages)
+    by_partition = tp.split_by_partition(messages, options.partitions)
+    targets = [
+        Target("one redis", single_url, 1),
+        Target("one redis", single_url, 4),
+        Target("cluster x3", cluster_url, None),
+    ]
+    runs = []
+    for target in targets:
+        for workers in (1, 2):
+            logger.warning(
+                "pipeline: %s, shards %s, %d worker(s)", target.name, target.shards, workers
+            )
+            runs.append(
+                await pipeline_run(options, bootstrap, target, workers, by_partition, log_dir)
+            )
+    return runs
+
+
+# --- part 2: synthetic customers ------------------------------------------------------
+
+
+def order_records(
+    rng: random.Random, customer: str, now_ms: int, offset: int, partition: int
+) -> list[list[str]]:
+    """A customer's orders over the last year, in the batch script's 15 fields (the same
+    fields ``store.store.accepted_record`` makes from a parsed event)."""
+    count = rng.choice((1, 1, 1, 2, 2, 3, 4, 6))
+    out = []
+    for k in range(count):
+        ts_ms = now_ms - rng.randrange(365 * DAY_MS)
+        digest = hashlib.blake2b(f"order\x1f{customer}\x1fo-{k}".encode(), digest_size=8)
+        dedupe = base64.b64encode(digest.digest()).decode()[:11]
+        amount = str(rng.randrange(5_000_000, 250_000_000))
+        day, week, month = period_days(ts_ms)
+        out.append(
+            [
+                "o", "orders", str(partition), str(offset + k),
+                dedupe, customer, str(ts_ms), str(day), str(week), str(month),
+                "placed", amount, "USD", amount, "",
+            ]
+        )  # fmt: skip
+    return out
+
+
+async def load_customers(store: Store, customers: int, seed: int) -> tuple[int, float]:
+    """Write ``customers`` customers through apply_batch; returns (events, seconds)."""
+    rng = random.Random(seed)
+    now_ms = int(time.time() * 1000)
+    started = time.monotonic()
+    events = 0
+    offset = 0
+    pending: asyncio.Task[Any] | None = None
+    batch: list[list[str]] = []
+    for n in range(customers):
+        records = order_records(rng, f"c-{n:08d}", now_ms, offset, 0)
+        offset += len(records)
+        batch.extend(records)
+        if len(batch) >= LOAD_BATCH or n == customers - 1:
+            if pending is not None:
+                result = await pending
+                events += result.applied
+            pending = asyncio.ensure_future(store.apply_batch(batch, now_ms=now_ms))
+            batch = []
+    if pending is not None:
+        events += (await pending).applied
+    if events != offset:
+        raise BenchError(f"apply_batch applied {events} of {offset} synthetic orders")
+    return events, time.monotonic() - started
+
+
+async def sampled_families(redis: Redis, prefix: str, seed: int) -> dict[str, dict[str, float]]:
+    """Keys by family (counted exactly) and their bytes, from MEMORY USAGE of a sample."""
+    keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=10_000)]
+    sample = random.Random(seed).sample(keys, min(MEMORY_SAMPLE_KEYS, len(keys)))
+    sizes = await tp.memory_usage(redis, sample)
+
+    def family(key: str) -> str:
+        return key[len(prefix) :].split(":", 1)[0]
+
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[family(key)] = counts.get(family(key), 0) + 1
+    sampled: dict[str, list[int]] = {}
+    for key, size in zip(sample, sizes, strict=True):
+        sampled.setdefault(family(key), []).append(size)
+    out = {}
+    for name, count in sorted(counts.items(), key=lambda item: -item[1]):
+        mean = statistics.fmean(sampled[name]) if name in sampled else 0.0
+        out[name] = {"keys": count, "bytes": count * mean}
+    return dict(sorted(out.items(), key=lambda item: -item[1]["bytes"]))
+
+
+@dataclass
+class SizeRun:
+    customers: int
+    events: int
+    load_seconds: float
+    used_memory_growth: int
+    families: dict[str, dict[str, float]]
+    scrape_seconds: list[float]
+    refit_seconds: float
+    refit_buyers: int
+    evaluated: int
+    evaluate_seconds: float
+    evaluate_memory_growth: int
+    due_left: int
+    evaluate_error: str = ""
+
+    @property
+    def bytes_per_customer(self) -> float:
+        return self.used_memory_growth / self.customers
+
+    @property
+    def evaluated_memory(self) -> float:
+        """used_memory once every customer has been evaluated once: each evaluation keeps
+        a little state per customer (its last result, its next time), measured on those
+        evaluated and scaled to all."""
+        return self.used_memory_growth + self.evaluate_memory_growth * self.customers / max(
+            1, self.evaluated
+        )
+
+    @property
+    def evaluated_bytes_per_customer(self) -> float:
+        return self.evaluated_memory / self.customers
+
+    @property
+    def scrape_best(self) -> float:
+        return min(self.scrape_seconds)
+
+    @property
+    def evaluate_rate(self) -> float:
+        return self.evaluated / max(1e-9, self.evaluate_seconds)
+
+    @property
+    def evaluate_all_seconds(self) -> float:
+        return self.customers / max(1e-9, self.evaluate_rate)
+
+
+async def size_run(options: Options, url: str, customers: int) -> SizeRun:
+    redis = Redis.from_url(url, decode_responses=True)
+    try:
+        await redis.flushall()
+        prefix = f"syn-{customers}:"
+        settings = Settings(redis_url=url, key_prefix=prefix)
+        store = Store(redis, prefix, settings.activity_kinds, writer=True)
+        before = int((await redis.info("memory"))["used_memory"])
+        events, load_seconds = await load_customers(store, customers, options.seed)
+        growth = int((await redis.info("memory"))["used_memory"]) - before
+        if await store.customer_count() != customers:
+            raise BenchError(f"the store tracks {await store.customer_count()} customers")
+        logger.warning("synthetic %d: loaded %d orders in %.0f s", customers, events, load_seconds)
+        families = await sampled_families(redis, prefix, options.seed)
+
+        # the exporter's read, as one scrape does it (no broker: lag is not read)
+        scrapes = []
+        for _ in range(SCRAPE_REPEATS):
+            started = time.monotonic()
+            snap = await read_snapshot(settings, redis, None, datetime.now(UTC))
+            scrapes.append(time.monotonic() - started)
+            if snap.tracked_customers != customers:
+                raise BenchError(f"a scrape saw {snap.tracked_customers} customers")
+
+        started = time.monotonic()
+        fit = await refit(store, date.today(), model_options(settings))
+        refit_seconds = time.monotonic() - started
+        if fit is None:
+            raise BenchError("refit found no buyers")
+        buyers = fit.customers
+
+        # evaluation with the fit in place, as a worker evaluates after its first refit
+        evaluator = Evaluator(
+            store,
+            load_policy(settings.risk_file),
+            LifecyclePolicy(churn_after_days=settings.churn_after_days),
+        )
+        evaluated = 0
+        before_evaluation = int((await redis.info("memory"))["used_memory"])
+        started = time.monotonic()
+        now = datetime.now(UTC)
+        evaluate_error = ""
+        try:
+            while evaluated < options.evaluate_sample:
+                done = await evaluator.run_once(now, settings.evaluate_batch)
+                if done == 0:
+                    break
+                evaluated += done
+        except RedisError as exc:  # reported with the figures, not hidden
+            evaluate_error = repr(exc)
+            logger.warning("synthetic %d: evaluation failed: %r", customers, exc)
+        evaluate_seconds = time.monotonic() - started
+        after_evaluation = int((await redis.info("memory"))["used_memory"])
+        due_left = int(await redis.zcard(prefix + "due"))
+        return SizeRun(
+            customers=customers,
+            events=events,
+            load_seconds=load_seconds,
+            used_memory_growth=growth,
+            families=families,
+            scrape_seconds=scrapes,
+            refit_seconds=refit_seconds,
+            refit_buyers=buyers,
+            evaluated=evaluated,
+            evaluate_seconds=evaluate_seconds,
+            evaluate_memory_growth=after_evaluation - before_evaluation,
+            evaluate_error=evaluate_error,
+            due_left=due_left,
+        )
+    finally:
+        await redis.flushall()
+        await redis.aclose()
+
+
+async def run_synthetic(options: Options, url: str) -> list[SizeRun]:
+    # a small store first, thrown away: the fit's first call pays for imports and warm-up
+    await size_run(replace(options, evaluate_sample=WARM_UP_CUSTOMERS), url, WARM_UP_CUSTOMERS)
+    return [await size_run(options, url, n) for n in options.sizes]
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Growth:
+    name: str
+    unit: str
+    values: list[float]
+    small: float
+    large: float
+    slope: float  # per customer
+    at_target: float
+
+    @property
+    def ratio(self) -> float:
+        return self.large / self.small if self.small else float("nan")
+
+
+def growth(name: str, unit: str, sizes: Sequence[int], values: Sequence[float]) -> Growth:
+    """Least-squares line through (customers, value); extrapolated to TARGET_CUSTOMERS."""
+    if len(sizes) > 1:
+        slope, intercept = statistics.linear_regression(sizes, values)
+    else:
+        slope, intercept = values[0] / sizes[0], 0.0
+    return Growth(
+        name,
+        unit,
+        list(values),
+        values[0],
+        values[-1],
+        slope,
+        intercept + slope * TARGET_CUSTOMERS,
+    )
+
+
+def growths(sizes: Sequence[SizeRun]) -> list[Growth]:
+    n = [s.customers for s in sizes]
+    memory = growth("Redis used_memory", "MB", n, [s.used_memory_growth / 1e6 for s in sizes])
+    evaluated = growth(
+        "Redis used_memory, evaluated", "MB", n, [s.evaluated_memory / 1e6 for s in sizes]
+    )
+    evaluate_all = growth("evaluate all due", "s", n, [s.evaluate_all_seconds for s in sizes])
+    per_customer = growth("Redis B / customer", "B", n, [s.bytes_per_customer for s in sizes])
+    per_evaluated = growth(
+        "Redis B / customer, evaluated", "B", n, [s.evaluated_bytes_per_customer for s in sizes]
+    )
+    rate = growth("evaluation rate", "cust/s", n, [s.evaluate_rate for s in sizes])
+    # figures per customer are extrapolated from the line through their totals
+    target = TARGET_CUSTOMERS
+    per_customer = replace(per_customer, at_target=memory.at_target * 1e6 / target)
+    per_evaluated = replace(per_evaluated, at_target=evaluated.at_target * 1e6 / target)
+    rate = replace(rate, at_target=target / evaluate_all.at_target)
+    return [
+        per_customer,
+        per_evaluated,
+        memory,
+        growth("exporter scrape (best of 3)", "s", n, [s.scrape_best for s in sizes]),
+        growth("BG/NBD refit", "s", n, [s.refit_seconds for s in sizes]),
+        rate,
+        evaluate_all,
+        growth("direct load (apply_batch)", "ord/s", n, [s.events / s.load_seconds for s in sizes]),
+    ]
+
+
+def fmt(value: float) -> str:
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def render_pipeline(runs: Sequence[PipelineRun]) -> list[str]:
+    lines = [
+        f"{'store':<12}{'shards':>8}{'workers':>8}{'events/s':>10}{'2w/1w':>7}"
+        f"{'script µs/ev':>14}{'Redis CPU µs/ev':>17}{'join s':>8}"
+    ]
+    one: dict[tuple[str, str], float] = {}
+    for run in runs:
+        key = (run.target, run.shards)
+        ratio = ""
+        if run.workers == 1:
+            one[key] = run.events_per_second
+        elif key in one:
+            ratio = f"{run.events_per_second / one[key]:.2f}x"
+        lines.append(
+            f"{run.target:<12}{run.shards:>8}{run.workers:>8}{run.events_per_second:>10,.0f}"
+            f"{ratio:>7}{run.script_us_per_event:>14.1f}{run.cpu_us_per_event:>17.1f}"
+            f"{run.join_seconds:>8.1f}"
+        )
+    return lines
+
+
+def render_sizes(sizes: Sequence[SizeRun]) -> list[str]:
+    heads = "".join(f"{s.customers:>13,}" for s in sizes)
+    lines = [f"{'figure':<30}{'unit':<9}{heads}{'ratio':>8}{'slope / 1M cust':>17}{'at 10M':>12}"]
+    for g in growths(sizes):
+        values = "".join(f"{fmt(v):>13}" for v in g.values)
+        lines.append(
+            f"{g.name:<30}{g.unit:<9}{values}{g.ratio:>7.2f}x"
+            f"{fmt(g.slope * 1e6):>17}{fmt(g.at_target):>12}"
+        )
+    last = sizes[-1]
+    lines += ["", f"MEMORY USAGE by key family at {last.customers:,} customers (sampled):"]
+    for name, fam in last.families.items():
+        lines.append(
+            f"  {name + ':':<10}{int(fam['keys']):>10,} keys"
+            f"{fam['bytes'] / last.customers:>8,.0f} B per customer"
+        )
+    lines.append("  (used_memory also counts the keyspace's own tables, outside MEMORY USAGE)")
+    lines.append(
+        "evaluation timed over "
+        + ", ".join(f"{s.evaluated:,} of {s.customers:,}" for s in sizes)
+        + " due customers; 'evaluate all due' = customers / that rate"
+    )
+    for size in sizes:
+        if size.evaluate_error:
+            lines.append(
+                f"EVALUATION FAILED at {size.customers:,} after {size.evaluated:,}: "
+                f"{size.evaluate_error}"
+            )
+    lines.append(
+        "orders per customer: "
+        + ", ".join(f"{s.events / s.customers:.2f}" for s in sizes)
+        + "; refit buyers: "
+        + ", ".join(f"{s.refit_buyers:,}" for s in sizes)
+    )
+    return lines
+
+
+def render(
+    options: Options, pipeline: Sequence[PipelineRun], sizes: Sequence[SizeRun], elapsed: float
+) -> str:
+    lines = [f"bench/scale.py: {elapsed:.0f} s in all, {runtime_cores()} CPU core(s)"]
+    if pipeline:
+        lines += [
+            "",
+            f"Pipeline: {options.events:,} order events over {options.pipeline_customers:,}"
+            f" customers, {options.partitions} partitions, Tansu + redis-server, tuned Faust"
+            f" settings ({', '.join(f'{k}={v}' for k, v in tp.TUNED.items())})",
+            *render_pipeline(pipeline),
+            "events/s: N / (last event - first applied batch), workers joined before producing;",
+            "script µs/ev: EVAL/EVALSHA usec (commandstats, all nodes) / N, evaluation scripts",
+            "included; Redis CPU µs/ev: used_cpu_user+sys (all nodes) / N; join s: start-up",
+            "until every worker held its partitions (not in events/s)",
+        ]
+    if sizes:
+        lines += [
+            "",
+            "Synthetic customers via Store.apply_batch into one redis-server, one shard;"
+            " slope: least-squares line over the sizes, extrapolated to 10M",
+            "(per-customer figures and the rate at 10M come from the line through the totals;"
+            " 'evaluated': used_memory once each customer has been evaluated, scaled from those"
+            " evaluated)",
+            *render_sizes(sizes),
+        ]
+    return "\n".join(lines)
+
+
+def runtime_cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def as_json(
+    options: Options, pipeline: Sequence[PipelineRun], sizes: Sequence[SizeRun], elapsed: float
+) -> str:
+    def row(obj: Any, extra: Callable[[Any], dict[str, float]]) -> dict[str, Any]:
+        return {**asdict(obj), **extra(obj)}
+
+    doc = {
+        "options": asdict(options),
+        "elapsed_seconds": elapsed,
+        "tuned_env": tp.TUNED,
+        "pipeline": [
+            row(
+                r,
+                lambda r: {
+                    "events_per_second": r.events_per_second,
+                    "script_us_per_event": r.script_us_per_event,
+                    "redis_cpu_us_per_event": r.cpu_us_per_event,
+                },
+            )
+            for r in pipeline
+        ],
+        "synthetic": [
+            row(
+                s,
+                lambda s: {
+                    "bytes_per_customer": s.bytes_per_customer,
+                    "scrape_best_seconds": s.scrape_best,
+                    "evaluate_customers_per_second": s.evaluate_rate,
+                    "evaluate_all_seconds": s.evaluate_all_seconds,
+                },
+            )
+            for s in sizes
+        ],
+        "growth": [
+            {**asdict(g), "ratio": g.ratio, "target_customers": TARGET_CUSTOMERS}
+            for g in (growths(sizes) if sizes else [])
+        ],
+    }
+    return json.dumps(doc, indent=2)
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(sorted(int(part.replace("_", "")) for part in text.split(",") if part))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 250000,500000: {text!r}") from exc
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return sizes
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--pipeline-customers", type=int, default=20_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--customers", type=parse_sizes, default=(250_000, 500_000, 1_000_000))
+    parser.add_argument("--evaluate-sample", type=int, default=50_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--skip", action="append", choices=("pipeline", "synthetic"), default=[])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep-logs", action="store_true")
+    args = parser.parse_args(argv)
+    if min(args.events, args.pipeline_customers, args.partitions, args.evaluate_sample) < 1:
+        parser.error("counts must be positive")
+    return Options(
+        events=args.events,
+        pipeline_customers=min(args.pipeline_customers, args.events),
+        partitions=args.partitions,
+        sizes=args.customers,
+        evaluate_sample=args.evaluate_sample,
+        seed=args.seed,
+        skip=tuple(args.skip),
+        as_json=args.json,
+        keep_logs=args.keep_logs,
+    )
+
+
+@contextlib.contextmanager
+def servers(log_dir: Path, cluster: bool) -> Iterator[tuple[str, str, str]]:
+    """Tansu, one redis-server and (when wanted) a three-node cluster."""
+    group = runtime.ProcessGroup()
+    cluster_group = None
+    try:
+        broker, bootstrap = runtime.start_broker(log_dir)
+        group.add(broker)
+        redis, redis_url = runtime.start_redis(log_dir / "redis", log_dir, durable=False)
+        group.add(redis)
+        cluster_url = ""
+        if cluster:
+            cluster_group, cluster_url = start_cluster(log_dir / "cluster")
+        yield bootstrap, redis_url, cluster_url
+    finally:
+        if cluster_group is not None:
+            cluster_group.stop()
+        group.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log_dir = Path(tempfile.mkdtemp(prefix="retention-scale-"))
+    started = time.monotonic()
+    keep = options.keep_logs
+    pipeline: list[PipelineRun] = []
+    sizes: list[SizeRun] = []
+    try:
+        with servers(log_dir, "pipeline" not in options.skip) as (bootstrap, single, cluster):
+            if "pipeline" not in options.skip:
+                pipeline = asyncio.run(run_pipeline(options, bootstrap, single, cluster, log_dir))
+            if "synthetic" not in options.skip:
+                sizes = asyncio.run(run_synthetic(options, single))
+    except (BenchError, runtime.MissingBinary) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        keep = True
+        return 1
+    finally:
+        if keep:
+            print(f"logs in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    output = as_json if options.as_json else render
+    print(output(options, pipeline, sizes, time.monotonic() - started))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
