@@ -10,7 +10,7 @@ import faust
 from retention.config import Settings
 from retention.exporter import start_worker_metrics
 from retention.logs import log_config
-from store.connect import connect
+from store.connect import connect, eviction_policies
 from streams import agents
 from streams.app import create_app
 from streams.topics import Topics, cluster_id, ensure_topics
@@ -30,14 +30,16 @@ async def check_eviction_policy(redis_url: str) -> None:
     """
     redis = connect(redis_url, decode_responses=True)
     try:
-        info = await redis.info("memory")
+        policies = await eviction_policies(redis)
     finally:
         await redis.aclose()
-    policy = str(info.get("maxmemory_policy", "noeviction"))
-    if policy != "noeviction":
+    evicting = {node: policy for node, policy in policies.items() if policy != "noeviction"}
+    if evicting:
+        where = ", ".join(f"{node}: {policy}" for node, policy in sorted(evicting.items()))
         raise UnsafeRedis(
-            f"Redis maxmemory-policy is {policy}: the tracker needs noeviction, or evicted "
-            "keys would make it count events twice (`CONFIG SET maxmemory-policy noeviction`)"
+            f"Redis maxmemory-policy is not noeviction ({where}): the tracker needs "
+            "noeviction on every node, or evicted keys would make it count events twice "
+            "(`CONFIG SET maxmemory-policy noeviction`)"
         )
 
 

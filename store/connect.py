@@ -53,3 +53,16 @@ def connect(url: str, **options: Any) -> Redis:
     if is_cluster_node(url, **options):
         return cast(Redis, RedisCluster.from_url(url, **options))
     return Redis.from_url(url, **options)
+
+
+async def eviction_policies(client: Redis) -> dict[str, str]:
+    """``maxmemory-policy`` of every node that holds data: the one node of a single Redis,
+    every primary of a cluster (a plain ``INFO`` would ask one node only)."""
+    if isinstance(client, RedisCluster):
+        replies = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return {
+            str(node): str(info.get("maxmemory_policy", "noeviction"))
+            for node, info in cast(dict[str, dict[str, Any]], replies).items()
+        }
+    info = await client.info("memory")
+    return {"redis": str(info.get("maxmemory_policy", "noeviction"))}

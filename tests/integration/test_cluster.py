@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from retention import runtime
+from retention.worker import UnsafeRedis, check_eviction_policy
 from store.connect import connect
 from tests.integration.cluster import NODES, cluster_binaries, start_cluster
 from tests.integration.conftest import Stack
@@ -77,3 +78,29 @@ def test_missing_binaries_fail_with_install_hint(
         cluster_binaries()
     with pytest.raises(runtime.MissingBinary, match=r"apt-get install redis-server"):
         start_cluster(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["single", "cluster"])
+async def test_a_worker_refuses_redis_that_evicts_on_any_node(
+    stack: Stack, redis_cluster: str, where: str
+) -> None:
+    url = stack.redis_url if where == "single" else redis_cluster
+    client = connect(url, decode_responses=True)
+    try:
+        await check_eviction_policy(url)  # noeviction everywhere: accepted
+        # one node evicting is enough to refuse: on a cluster, the last primary
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            node = client.get_primaries()[-1]
+            target = Redis(host=node.host, port=node.port, decode_responses=True)
+        else:
+            target = Redis.from_url(url, decode_responses=True)
+        await target.config_set("maxmemory-policy", "allkeys-lru")
+        try:
+            with pytest.raises(UnsafeRedis, match="allkeys-lru"):
+                await check_eviction_policy(url)
+        finally:
+            await target.config_set("maxmemory-policy", "noeviction")
+            await target.aclose()
+    finally:
+        await client.aclose()
