@@ -73,6 +73,10 @@ class Snapshot:
     worker_last_applied: dict[str, float] = field(default_factory=dict)
     #: live workers with lag and no progress for a while; None when the lag is unknown
     workers_stalled: int | None = None
+    #: customers waiting for an evaluation (changed, or with a recheck due), and how long
+    #: the one waiting longest has waited
+    evaluation_waiting: int = 0
+    evaluation_wait_seconds: float = 0.0
     #: the HTTP ingest servers' counters (``request|endpoint|status``, ``accepted|type``,
     #: ``rejected|reason``), summed over servers in Redis
     ingest: dict[str, int] = field(default_factory=dict)
@@ -266,6 +270,18 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
     if snap.workers_stalled is not None:
         stalled.add_metric([], snap.workers_stalled)
     yield stalled
+    waiting = _gauge(
+        "retention_evaluation_waiting_customers",
+        "Customers waiting for an evaluation: changed since their last one, or due a recheck.",
+    )
+    waiting.add_metric([], snap.evaluation_waiting)
+    yield waiting
+    wait = _gauge(
+        "retention_evaluation_wait_seconds",
+        "How long the customer waiting longest for an evaluation has waited.",
+    )
+    wait.add_metric([], snap.evaluation_wait_seconds)
+    yield wait
 
 
 def _ingest_families(snap: Snapshot) -> Iterator[Metric]:

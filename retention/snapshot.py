@@ -20,7 +20,7 @@ from retention.config import Settings
 from retention.metric_families import COHORT_MONTHS, Snapshot, Window
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from retention.status import STALE_HEARTBEATS
-from store.evaluations import evaluation_totals
+from store.evaluations import due_backlog, evaluation_totals
 from store.periods import Periods
 from store.store import Store
 from streams.events import MICROS
@@ -173,6 +173,7 @@ async def read_snapshot(
             beats, ends, applied, now.timestamp(), settings.worker_stalled_after_seconds, progress
         )
     totals = await evaluation_totals(store)
+    waiting, wait_seconds = await due_backlog(store, int(now.timestamp() * 1000))
     return Snapshot(
         tracked_customers=await store.customer_count(),
         topics=topics,
@@ -197,5 +198,7 @@ async def read_snapshot(
             b.worker: b.last_applied_at for b in beats if b.last_applied_at is not None
         },
         workers_stalled=None if stalled is None else len(stalled),
+        evaluation_waiting=waiting,
+        evaluation_wait_seconds=wait_seconds,
         ingest=await store.counters("ingest:stats"),
     )

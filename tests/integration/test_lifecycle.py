@@ -14,7 +14,7 @@ from processors.alerts import Alert
 from processors.lifecycle import LifecyclePolicy
 from processors.risk import RiskPolicy
 from retention.config import Settings
-from store.evaluations import Evaluator, ranked_at_risk
+from store.evaluations import Evaluator, due_backlog, ranked_at_risk
 from store.store import Store, accepted_record
 from streams.events import build_event
 from streams.producer import EventProducer
@@ -176,3 +176,27 @@ async def test_a_total_that_would_overflow_refuses_the_whole_store_call(redis: R
     # refused before anything was written
     assert await redis.exists("life9:ev:c") == 0
     assert await redis.get("life9:cltv:total") == str(5 * 10**18)
+
+
+async def test_rechecks_are_not_starved_by_a_stream_of_changes(redis: Redis) -> None:
+    """Half of each evaluation round goes to rechecks that are due, however many changed
+    customers wait; and the backlog says how many wait and for how long."""
+    store = Store(redis, "life10:", ("order",))
+    evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy())
+    quiet = [c for n in range(10) for c in orders(f"quiet{n}", [0], first_offset=n)]
+    await store.apply_batch(quiet)
+    assert await evaluator.run_once(T0 + timedelta(days=1)) == 10
+    # their rechecks fall due later; meanwhile a stream of changes arrives
+    busy = [c for n in range(200) for c in orders(f"busy{n}", [40], first_offset=10 + n)]
+    await store.apply_batch(busy)
+    later = T0 + timedelta(days=60)
+    waiting, waited = await due_backlog(store, int(later.timestamp() * 1000))
+    assert waiting == 210 and waited > 0
+    taken = await redis.zrange("life10:sched", 0, -1, withscores=True)
+    assert await evaluator.run_once(later, limit=10) == 10
+    # five of the ten places went to the quiet customers' rechecks
+    rechecked = [
+        c for c, score in await redis.zrange("life10:sched", 0, -1, withscores=True)
+        if c.startswith("quiet") and (c, score) not in taken
+    ]  # fmt: skip
+    assert len(rechecked) == 5
