@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import minimize
 from scipy.special import betaln, gammaln, hyp2f1
 
-from processors.fitting import FitError, mean_negative
+from processors.fitting import FitError, Rows, mean_negative, search, weighted_rows
 
 Floats = NDArray[np.float64]
 
@@ -77,27 +76,61 @@ def negative_log_likelihood(
     return mean_negative(total, weights)
 
 
-def fit(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> BgNbdParams:
-    """Maximum-likelihood estimates of (r, α, a, b), equation (6) summed over customers.
+class Likelihood:
+    """:func:`negative_log_likelihood` over fixed weighted rows, prepared once per fit.
+
+    Equation (6) in logs is the part of x alone, plus -(r+x) log(α+T), plus
+    log(1 + e^d) with d = log a - log(b+x-1) + (r+x) (log(α+T) - log(α+t_x)) the log-odds
+    of having died (d = -inf for x = 0, where the bracket has one term). The first two
+    are summed per distinct x and T (:class:`processors.fitting.Rows`); only d and its
+    softplus are computed per row. The same value as the per-row sum, up to rounding.
+    """
+
+    def __init__(self, x: Floats, t_x: Floats, T: Floats, weights: Floats) -> None:
+        self.rows = Rows(x, t_x, T, weights)
+        self.repeat = self.rows.xs.values > 0
+
+    def __call__(self, log_params: Floats) -> float:
+        rows = self.rows
+        ux = rows.xs.values
+        with np.errstate(all="ignore"):
+            r, alpha, a, b = (float(v) for v in np.exp(log_params))
+            head = gammaln(r + ux) - gammaln(r) + r * np.log(alpha) + betaln(a, b + ux)
+            head -= betaln(a, b)
+            log_T = np.log(alpha + rows.Ts.values)
+            log_tx = np.log(alpha + rows.txs.values)
+            alive = float(np.dot(rows.w_by_x, head))
+            alive -= r * float(np.dot(rows.w_by_T, log_T)) + float(np.dot(rows.wx_by_T, log_T))
+            odds = np.where(self.repeat, np.log(a) - np.log(b + ux - 1), -np.inf)
+            d = rows.Ts.gather(log_T, rows.work)
+            np.subtract(d, rows.txs.gather(log_tx, rows.spare), out=d)
+            np.multiply(d, np.add(rows.x, r, out=rows.spare), out=d)
+            np.add(d, rows.xs.gather(odds, rows.spare), out=d)
+            total = alive + rows.softplus_sum(d)
+        return rows.mean_negative(total)
+
+
+def fit(
+    x: ArrayLike, t_x: ArrayLike, T: ArrayLike, start: BgNbdParams | None = None
+) -> BgNbdParams:
+    """Maximum-likelihood estimates of (r, α, a, b), equation (6) summed over customers;
+    ``start`` warm-starts the search from a previous fit.
 
     Customers with equal (x, t_x, T) are folded into one weighted row, which makes a refit
     over a large customer base cheap. The search runs over log-parameters, so every step
     stays in the valid region.
     """
     xs, txs, Ts = _arrays(x, t_x, T)
-    rows, weights = np.unique(np.column_stack([xs, txs, Ts]), axis=0, return_counts=True)
-    args = (rows[:, 0], rows[:, 1], rows[:, 2], weights.astype(np.float64))
-    result = minimize(
-        negative_log_likelihood,
-        x0=np.zeros(4),
-        args=args,
-        method="Nelder-Mead",
-        options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20_000, "maxfev": 40_000},
+    (rx, rtx, rT), weights = weighted_rows(xs, txs, Ts)
+    params: BgNbdParams = search(
+        Likelihood(rx, rtx, rT, weights),
+        4,
+        (),
+        "BG/NBD",
+        lambda v: BgNbdParams(*(float(e) for e in v)),
+        None if start is None else np.array([start.r, start.alpha, start.a, start.b]),
     )
-    best = BgNbdParams(*(float(v) for v in np.exp(result.x)))
-    if not result.success:
-        raise FitError(f"BG/NBD fit did not converge: {result.message}", best)
-    return best
+    return params
 
 
 def _death_odds(p: BgNbdParams, xs: Floats, txs: Floats, Ts: Floats) -> Floats:

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,12 +44,14 @@ from processors.forecast import (
 
 logger = logging.getLogger(__name__)
 
-#: Each model's mean negative log-likelihood over weighted rows: the objective its own
-#: ``fit`` minimises, from the same start with the same options (:func:`search`).
-_OBJECTIVES: dict[ModelName, Callable[..., float]] = {
-    "bgnbd": bgnbd.negative_log_likelihood,
-    "mbgnbd": mbgnbd.negative_log_likelihood,
-    "paretonbd": pareto_nbd.negative_log_likelihood,
+#: Each model's mean negative log-likelihood over weighted rows, prepared once per fit:
+#: the objective its own ``fit`` minimises, with the same options (:func:`search`).
+_OBJECTIVES: dict[
+    ModelName, Callable[[Floats, Floats, Floats, Floats], Callable[[Floats], float]]
+] = {
+    "bgnbd": bgnbd.Likelihood,
+    "mbgnbd": mbgnbd.Likelihood,
+    "paretonbd": pareto_nbd.Likelihood,
 }
 
 
@@ -142,23 +145,64 @@ def grid_rows(cells: Mapping[Cell, int], as_of: int, malformed: int = 0) -> Grid
     return GridRows(x, t_x, T, weights, len(kept), left_out, malformed)
 
 
-def fit_alive(rows: GridRows, options: ModelOptions) -> tuple[object, float | None]:
-    """The chosen P(alive) model over the weighted rows, and its total log-likelihood."""
+def warm_start(previous: Fit | None, options: ModelOptions) -> Floats | None:
+    """Where a refit's search starts: the previous fit's parameters when it is of the same
+    model and they are usable (all finite and > 0), else None (a cold start)."""
+    if previous is None or previous.model != options.alive_model:
+        return None
     model = MODELS[options.alive_model]
-    try:
-        params = search(
-            _OBJECTIVES[options.alive_model],
-            len(model.param_names),
-            (rows.x, rows.t_x, rows.T, rows.weights),
-            model.title,
-            lambda v: model.params_type(*(float(e) for e in v)),
-        )
-    except FitError as exc:
-        logger.warning(f"{model.title} fit did not converge", extra={"error": str(exc)})
-        params = exc.best
+    raw = previous.params.as_dict()
+    start = np.array([float(raw[name]) for name in model.param_names], dtype=np.float64)
+    return start if bool(np.all(np.isfinite(start)) and np.all(start > 0)) else None
+
+
+def fit_alive(
+    rows: GridRows, options: ModelOptions, start: Floats | None = None
+) -> tuple[object, float | None]:
+    """The chosen P(alive) model over the weighted rows, and its total log-likelihood.
+
+    ``start`` (from :func:`warm_start`) starts the search from a previous fit; should it
+    not converge from there to a finite likelihood, the fit starts again from scratch."""
+    model = MODELS[options.alive_model]
+    objective = _OBJECTIVES[options.alive_model](rows.x, rows.t_x, rows.T, rows.weights)
+    size = len(model.param_names)
+
+    def build(v: Floats) -> object:
+        return model.params_type(*(float(e) for e in v))
+
+    params = None if start is None else _warm(objective, size, model.title, build, start)
+    if params is None:
+        try:
+            params = search(objective, size, (), model.title, build)
+        except FitError as exc:
+            logger.warning(f"{model.title} fit did not converge", extra={"error": str(exc)})
+            params = exc.best
     with np.errstate(all="ignore"):
         total = float(np.sum(rows.weights * model.log_likelihood(params, rows.x, rows.t_x, rows.T)))
     return params, total if np.isfinite(total) else None
+
+
+def _warm(
+    objective: Callable[[Floats], float],
+    size: int,
+    title: str,
+    build: Callable[[Floats], object],
+    start: Floats,
+) -> object | None:
+    """The search from ``start``; None when it did not converge to a finite likelihood."""
+    try:
+        with np.errstate(all="ignore"):  # a start far off may meet only infinities
+            params: object = search(objective, size, (), title, build, start)
+    except FitError as exc:
+        logger.warning(f"{title} warm fit did not converge", extra={"error": str(exc)})
+        return None
+    values = np.array(list(cast(Any, params).as_dict().values()), dtype=np.float64)
+    with np.errstate(all="ignore"):
+        found = objective(np.log(values))
+    if not np.isfinite(found):
+        logger.warning(f"{title} warm fit ended where the likelihood is not finite")
+        return None
+    return params
 
 
 def sample_spend(sample: list[History]) -> SpendFit | None:
@@ -170,10 +214,16 @@ def sample_spend(sample: list[History]) -> SpendFit | None:
     return fit_spend_model(x, spend)
 
 
-def fit_grid(rows: GridRows, sample: list[History], as_of: date, options: ModelOptions) -> Fit:
+def fit_grid(
+    rows: GridRows,
+    sample: list[History],
+    as_of: date,
+    options: ModelOptions,
+    previous: Fit | None = None,
+) -> Fit:
     """The P(alive) model over the grid and the spend model over the sample (pure,
-    CPU-bound)."""
-    params, total = fit_alive(rows, options)
+    CPU-bound); ``previous``, the stored fit, warm-starts the P(alive) search."""
+    params, total = fit_alive(rows, options, warm_start(previous, options))
     return Fit(
         params,
         as_of,

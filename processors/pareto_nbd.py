@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike
 from scipy.special import gammaln, hyp2f1
 
 from processors.bgnbd import _arrays
-from processors.fitting import Floats, mean_negative, search, weighted_rows
+from processors.fitting import Column, Floats, Rows, mean_negative, search, weighted_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,16 +91,93 @@ def negative_log_likelihood(
     return mean_negative(total, weights)
 
 
-def fit(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> ParetoNbdParams:
-    """Maximum-likelihood estimates of (r, α, s, β), equation (18) summed over customers."""
+def _pairs(first: Column, second: Column) -> tuple[Floats, Floats, Column]:
+    """The distinct (first, second) value pairs of the rows, as two value arrays, and
+    per row the position of its pair."""
+    key = first.index * second.values.size + second.index
+    pairs = Column.of(key.astype(np.float64))
+    codes = pairs.values.astype(np.intp)
+    return (
+        first.values[codes // second.values.size],
+        second.values[codes % second.values.size],
+        pairs,
+    )
+
+
+class Likelihood:
+    """:func:`negative_log_likelihood` over fixed weighted rows, prepared once per fit.
+
+    Equation (18) in logs is the part of x alone, plus the alive term
+    -(r+x) log(α+T) - s log(β+T), plus log(1 + e^d) with d the died term (s/(r+s+x) A_0)
+    minus the alive term, in logs. The first two are summed per distinct x and T
+    (:class:`processors.fitting.Rows`). A_0's two hypergeometric terms depend on (x, t_x)
+    and on (x, T) only, so they are computed once per distinct pair; d and its softplus
+    are computed per row. The same value as the per-row sum, up to rounding.
+    """
+
+    def __init__(self, x: Floats, t_x: Floats, T: Floats, weights: Floats) -> None:
+        self.rows = Rows(x, t_x, T, weights)
+        self.x_tx, self.tx_pair, self.by_tx = _pairs(self.rows.xs, self.rows.txs)
+        self.x_T, self.T_pair, self.by_T = _pairs(self.rows.xs, self.rows.Ts)
+
+    def _hyp_term(self, p: ParetoNbdParams, xs: Floats, ts: Floats) -> Floats:
+        """log[2F1(r+s+x, c; r+s+x+1; z(t)) / (M+t)^(r+s+x)], equation (19)'s terms."""
+        r, alpha, s, beta = p.r, p.alpha, p.s, p.beta
+        if alpha < beta:
+            low, high, c = alpha, beta, r + xs
+        else:
+            low, high, c = beta, alpha, np.full_like(xs, s + 1)
+        rsx = r + s + xs
+        result: Floats = np.log(hyp2f1(rsx, c, rsx + 1, (high - low) / (high + ts)))
+        result -= rsx * np.log(high + ts)
+        return result
+
+    def __call__(self, log_params: Floats) -> float:
+        rows = self.rows
+        ux = rows.xs.values
+        with np.errstate(all="ignore"):
+            p = ParetoNbdParams(*(float(v) for v in np.exp(log_params)))
+            r, alpha, s, beta = p.r, p.alpha, p.s, p.beta
+            head = gammaln(r + ux) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+            log_a = np.log(alpha + rows.Ts.values)
+            log_b = np.log(beta + rows.Ts.values)
+            alive = float(np.dot(rows.w_by_x, head)) - s * float(np.dot(rows.w_by_T, log_b))
+            alive -= r * float(np.dot(rows.w_by_T, log_a)) + float(np.dot(rows.wx_by_T, log_a))
+            first = self._hyp_term(p, self.x_tx, self.tx_pair)
+            second = self._hyp_term(p, self.x_T, self.T_pair)
+            # log A_0 = first + log(1 - e^(second - first)), row by row
+            d = self.by_T.gather(second, rows.work)
+            top = self.by_tx.gather(first, rows.spare)
+            np.subtract(d, top, out=d)
+            np.exp(d, out=d)
+            np.negative(d, out=d)
+            np.log1p(d, out=d)
+            np.add(d, top, out=d)
+            # minus the alive term: + (r+x) log(alpha+T) + s log(beta+T)
+            np.add(d, rows.xs.gather(np.log(s) - np.log(r + s + ux), rows.spare), out=d)
+            np.add(d, rows.Ts.gather(s * log_b, rows.spare), out=d)
+            log_a_rows = rows.Ts.gather(log_a, rows.spare)
+            np.multiply(log_a_rows, rows.x, out=log_a_rows)
+            np.add(d, log_a_rows, out=d)
+            np.add(d, rows.Ts.gather(r * log_a, rows.spare), out=d)
+            total = alive + rows.softplus_sum(d)
+        return rows.mean_negative(total)
+
+
+def fit(
+    x: ArrayLike, t_x: ArrayLike, T: ArrayLike, start: ParetoNbdParams | None = None
+) -> ParetoNbdParams:
+    """Maximum-likelihood estimates of (r, α, s, β), equation (18) summed over customers;
+    ``start`` warm-starts the search from a previous fit."""
     xs, txs, Ts = _arrays(x, t_x, T)
-    rows, weights = weighted_rows(xs, txs, Ts)
+    (rx, rtx, rT), weights = weighted_rows(xs, txs, Ts)
     params: ParetoNbdParams = search(
-        negative_log_likelihood,
+        Likelihood(rx, rtx, rT, weights),
         4,
-        (*rows, weights),
+        (),
         "Pareto/NBD",
         lambda v: ParetoNbdParams(*(float(e) for e in v)),
+        None if start is None else np.array([start.r, start.alpha, start.s, start.beta]),
     )
     return params
 

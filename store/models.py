@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, cast
 
-from processors.fit_grid import GridRows, fit_grid, grid_rows, merge_cells
+from processors.fit_grid import GridRows, fit_grid, grid_rows, merge_cells, warm_start
 from processors.forecast import (
     Fit,
     History,
@@ -183,10 +183,14 @@ async def refit(
         if cells or not found:
             if rows.customers == 0:
                 return None
+            previous = await _previous_fit(store)
             read = time.monotonic() - started
             _check_complete(rows, found, sampled, await store.customer_count())
-            fitted = await loop.run_in_executor(None, fit_grid, rows, found, as_of, options)
+            fitted = await loop.run_in_executor(
+                None, fit_grid, rows, found, as_of, options, previous
+            )
             report = {"source": "grid", "cells": rows.cells, "left_out": rows.left_out}
+            report["start"] = "cold" if warm_start(previous, options) is None else "warm"
             report |= {"sampled": sampled, "sampled_buyers": len(found)}
             return await _keep(store, fitted, report, started, read)
         logger.warning(
@@ -199,9 +203,19 @@ async def refit(
         return None
     read = time.monotonic() - started
     result = await loop.run_in_executor(None, fit_histories, histories, as_of, options, spend)
-    report = {"source": "customers", "cells": None, "left_out": 0}
+    report = {"source": "customers", "cells": None, "left_out": 0, "start": "cold"}
     report |= {"sampled": None, "sampled_buyers": None}
     return await _keep(store, result, report, started, read)
+
+
+async def _previous_fit(store: Store) -> Fit | None:
+    """The stored fit a live refit starts its search from; None when there is none or it
+    cannot be read (the refit then starts cold and overwrites it)."""
+    try:
+        return await stored_fit(store)
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("stored fit unreadable: refitting from scratch", extra={"error": str(exc)})
+        return None
 
 
 def _check_complete(rows: GridRows, found: list[History], sampled: int, customers: int) -> None:
@@ -238,6 +252,7 @@ async def fit_report(store: Store) -> dict[str, Any] | None:
     names = (
         "customers",
         "source",
+        "start",
         "cells",
         "left_out",
         "sampled",

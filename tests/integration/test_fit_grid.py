@@ -132,6 +132,22 @@ async def test_refit_from_the_grid_equals_the_per_customer_refit(
     assert threshold is not None
     assert threshold == cltv_quantile(fit, histories, 0.8)
 
+    # a day later the refit starts from the stored fit, and lands where a cold fit lands:
+    # the same likelihood; parameters as close as so few buyers pin them down
+    assert report["start"] == "cold"
+    later = AS_OF + timedelta(days=1)
+    warm = await refit(store, later, options)
+    cold = fit_histories(await read_histories(store, later), later, options)
+    assert warm is not None and warm.params != fit.params
+    assert warm.log_likelihood is not None and cold.log_likelihood is not None
+    assert warm.log_likelihood >= cold.log_likelihood - 1e-10 * abs(cold.log_likelihood)
+    if model == "mbgnbd":  # the BG/NBD search does not converge on these buyers (it warns)
+        assert warm.log_likelihood == pytest.approx(cold.log_likelihood, rel=1e-10)
+        for name, want in cold.params.as_dict().items():
+            assert warm.params.as_dict()[name] == pytest.approx(want, rel=1e-3), name
+    report = await fit_report(store)
+    assert report is not None and report["start"] == "warm"
+
 
 async def test_a_sample_gives_the_threshold_and_spend_within_sampling_error(
     redis: Redis,
