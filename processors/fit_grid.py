@@ -22,12 +22,14 @@ Pure: numpy only, no I/O.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
 from processors import bgnbd, mbgnbd, pareto_nbd
 from processors.alive_models import MODELS, ModelName
@@ -43,6 +45,8 @@ from processors.forecast import (
 )
 
 logger = logging.getLogger(__name__)
+
+Ints = NDArray[np.int64]
 
 #: Each model's mean negative log-likelihood over weighted rows, prepared once per fit:
 #: the objective its own ``fit`` minimises, with the same options (:func:`search`).
@@ -103,11 +107,78 @@ class GridRows:
         return int(np.sum(self.weights))
 
 
-def merge_cells(shards: Iterable[Mapping[str, str | int]]) -> tuple[dict[Cell, int], int]:
-    """The grid summed over shards: buyers per cell, and how many fields were unreadable.
+#: A cell field as the fast parser takes it: three integers of at most 15 digits (so no
+#: int64 overflows), each field on its own line. Anything else goes field by field.
+_FIELDS = re.compile(r"(?:-?[0-9]{1,15}:-?[0-9]{1,15}:-?[0-9]{1,15}\n)*")
+_COUNTS = re.compile(r"(?:-?[0-9]{1,15}\n)*")
+#: Bits per column of the sort key of a row (days, last - first, as_of - first).
+_KEY_BITS = 21
 
-    Counts of zero or below are skipped (the script deletes a cell it empties; a negative
-    count can only come from a store the grid was added to after it had customers)."""
+
+@dataclass(frozen=True, slots=True)
+class Cells:
+    """Readable cells with a positive count, as columns (a cell may occur more than once:
+    shards count their own buyers), and how many fields were unreadable."""
+
+    first: Ints
+    last: Ints
+    days: Ints
+    count: Ints
+    malformed: int = 0
+
+    @classmethod
+    def of(cls, cells: Mapping[Cell, int], malformed: int = 0) -> Cells:
+        table = np.array(
+            [(c.first, c.last, c.days, n) for c, n in cells.items() if n > 0], dtype=np.int64
+        ).reshape(-1, 4)
+        return cls(table[:, 0], table[:, 1], table[:, 2], table[:, 3], malformed)
+
+    @classmethod
+    def joined(cls, parts: Sequence[Cells]) -> Cells:
+        def column(name: str) -> Ints:
+            return np.concatenate([getattr(p, name) for p in parts] or [_NONE])
+
+        malformed = sum(p.malformed for p in parts)
+        return cls(column("first"), column("last"), column("days"), column("count"), malformed)
+
+    def __len__(self) -> int:
+        return int(self.count.size)
+
+
+_NONE = np.empty(0, dtype=np.int64)
+
+
+def _numbers(text: str, pattern: re.Pattern[str], size: int) -> Ints | None:
+    """``size`` integers from newline-ended lines matching ``pattern``, None otherwise."""
+    if pattern.fullmatch(text) is None:
+        return None
+    flat = np.fromstring(text.replace(":", " ").replace("\n", " "), dtype=np.int64, sep=" ")
+    return flat if flat.size == size else None
+
+
+def parse_cells(fields: Sequence[str], counts: Sequence[str | int]) -> Cells:
+    """One shard's cells from its ``fitgrid`` fields and counts, the same as
+    :meth:`Cell.parse` and ``int`` field by field would read them: the text is checked
+    whole and parsed by numpy, falling back to field by field when anything in it is
+    unusual. Counts of zero or below are skipped (the script deletes a cell it empties; a
+    negative count can only come from a store the grid was added to after it had
+    customers)."""
+    n = len(fields)
+    flat = _numbers("".join(f + "\n" for f in fields), _FIELDS, 3 * n) if n else _NONE
+    number = _numbers("".join(f"{c}\n" for c in counts), _COUNTS, n) if n else _NONE
+    if flat is None or number is None:
+        cells, malformed = merge_cells([dict(zip(fields, counts, strict=True))])
+        return Cells.of(cells, malformed)
+    first, last, days = (flat[i::3] for i in range(3))
+    valid = (days >= 1) & (last >= first) & ((days > 1) | (last == first))
+    valid &= days <= last - first + 1  # no more distinct days than the span holds
+    keep = valid & (number > 0)
+    return Cells(first[keep], last[keep], days[keep], number[keep], int(n - np.sum(valid)))
+
+
+def merge_cells(shards: Iterable[Mapping[str, str | int]]) -> tuple[dict[Cell, int], int]:
+    """The grid summed over shards, field by field: buyers per cell, and how many fields
+    were unreadable. Counts of zero or below are skipped, as in :func:`parse_cells`."""
     summed: dict[Cell, int] = {}
     malformed = 0
     for shard in shards:
@@ -124,25 +195,41 @@ def merge_cells(shards: Iterable[Mapping[str, str | int]]) -> tuple[dict[Cell, i
     return summed, malformed
 
 
-def grid_rows(cells: Mapping[Cell, int], as_of: int, malformed: int = 0) -> GridRows:
-    """The rows of a fit as of the end of day ``as_of`` from buyers per cell."""
-    kept: list[tuple[int, int, int, int]] = []
-    left_out = 0
-    for cell, count in cells.items():
-        if cell.first > as_of:
-            continue  # not a buyer yet on that day
-        if cell.last > as_of:
-            left_out += count
-            continue
-        kept.append((cell.first, cell.last, cell.days, count))
-    columns = np.array(kept, dtype=np.int64).reshape(-1, 4)
-    first, last, days, counts = (columns[:, i] for i in range(4))
+def grid_rows(cells: Mapping[Cell, int] | Cells, as_of: int, malformed: int = 0) -> GridRows:
+    """The rows of a fit as of the end of day ``as_of`` from buyers per cell.
+
+    Rows come sorted as ``np.unique`` sorts (x, t_x, T): a cell's (days, last - first,
+    as_of - first) orders rows the same way, as one integer key when the columns fit."""
+    if not isinstance(cells, Cells):
+        cells = Cells.of(cells, malformed)
+    buyer = cells.first <= as_of  # not a buyer yet on that day otherwise
+    late = buyer & (cells.last > as_of)
+    left_out = int(np.sum(cells.count[late]))
+    kept = buyer & ~late
+    days, span, age = cells.days[kept], (cells.last - cells.first)[kept], as_of - cells.first[kept]
+    counts = cells.count[kept].astype(np.float64)
+    weights: Floats
+    limit = 1 << _KEY_BITS
+    if days.size and max(int(days.max()), int(span.max()), int(age.max())) >= limit:
+        x, t_x, T = _stats(days, span, age)
+        (x, t_x, T), weights = merged_rows([x, t_x, T], counts)
+    else:
+        key = (days << (2 * _KEY_BITS)) | (span << _KEY_BITS) | age
+        unique, inverse = np.unique(key, return_inverse=True)
+        weights = np.bincount(inverse.ravel(), weights=counts, minlength=unique.size).astype(
+            np.float64
+        )
+        mask = limit - 1
+        x, t_x, T = _stats(unique >> (2 * _KEY_BITS), (unique >> _KEY_BITS) & mask, unique & mask)
+    return GridRows(x, t_x, T, weights, x.size, left_out, cells.malformed)
+
+
+def _stats(days: Ints, span: Ints, age: Ints) -> tuple[Floats, Floats, Floats]:
     # the same float operations as processors.forecast.stats_from_days, so equal rows
     x = (days - 1).astype(np.float64)
-    t_x = (last - first).astype(np.float64) / DAYS_PER_WEEK
-    T = (as_of - first).astype(np.float64) / DAYS_PER_WEEK
-    (x, t_x, T), weights = merged_rows([x, t_x, T], counts.astype(np.float64))
-    return GridRows(x, t_x, T, weights, len(kept), left_out, malformed)
+    t_x = span.astype(np.float64) / DAYS_PER_WEEK
+    T = age.astype(np.float64) / DAYS_PER_WEEK
+    return x, t_x, T
 
 
 def warm_start(previous: Fit | None, options: ModelOptions) -> Floats | None:

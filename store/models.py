@@ -26,7 +26,14 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any, cast
 
-from processors.fit_grid import GridRows, fit_grid, grid_rows, merge_cells, warm_start
+from processors.fit_grid import (
+    Cells,
+    GridRows,
+    fit_grid,
+    grid_rows,
+    parse_cells,
+    warm_start,
+)
 from processors.forecast import (
     Fit,
     History,
@@ -72,13 +79,17 @@ def _merged(slices: Sequence[dict[str, str]]) -> dict[str, str]:
 
 
 def _grid_rows(shards: list[list[dict[str, str]]], as_of: int) -> tuple[GridRows, int]:
-    cells, malformed = merge_cells(_merged(slices) for slices in shards)
-    return grid_rows(cells, as_of, malformed), len(cells)
+    parts = []
+    for slices in shards:
+        merged = _merged(slices)
+        parts.append(parse_cells(list(merged), list(merged.values())))
+    cells = Cells.joined(parts)
+    return grid_rows(cells, as_of), len(cells)
 
 
 async def read_grid(store: Store, as_of: date) -> tuple[GridRows, int]:
     """The buyers as of the end of ``as_of`` as weighted rows of the fit grid summed over
-    shards, and how many distinct cells the grid holds."""
+    shards, and how many cells the shards hold (a cell counted once per shard)."""
     homes = (await store.layout()).prefixes
     shards = await asyncio.gather(*(_scan(store, home + GRID) for home in homes))
     loop = asyncio.get_running_loop()

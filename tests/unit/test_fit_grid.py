@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from processors.alive_models import ModelName
-from processors.fit_grid import Cell, cltv_quantile, fit_grid, grid_rows, merge_cells
+from processors.fit_grid import (
+    Cell,
+    Cells,
+    cltv_quantile,
+    fit_grid,
+    grid_rows,
+    merge_cells,
+    parse_cells,
+)
 from processors.fitting import merged_rows
 from processors.forecast import (
     History,
@@ -74,6 +82,65 @@ def test_rows_leave_out_later_buyers() -> None:
     assert rows.t_x.tolist() == [1.0, 2.0]
     assert rows.T.tolist() == [2.0, 2.0]
     assert rows.weights.tolist() == [1.0, 3.0]
+
+
+def random_grid(rng: random.Random, size: int) -> dict[str, str]:
+    """Cells of buyers around the as-of day, some of them later buyers."""
+    limit = day_number(AS_OF)
+    grid: dict[str, str] = {}
+    for _ in range(size):
+        first = limit - rng.randrange(-3, 400)
+        last = first + rng.choice([0, 0, rng.randrange(0, 200)])
+        days = 1 if last == first else rng.randrange(2, last - first + 2)
+        grid[f"{first}:{last}:{days}"] = str(rng.choice([1, 1, 2, rng.randrange(1, 500), 0]))
+    return grid
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {},  # clean: numpy parses the whole text
+        {"19800:19801:3": "2", "19800:19790:2": "1", "5:5:0": "1"},  # well-formed, refused
+        {"junk": "4", "1::3": "1", "1 2:3:4": "1"},  # unreadable fields
+        {"19800:19810:3": "x"},  # an unreadable count
+        {"19800:19810:3:64": "2", "19800:19810": "1"},  # parts too many, too few
+        {"19800:19800:1": "-3"},  # a negative count, skipped
+        {"123456789012345678:123456789012345678:1": "1"},  # too long for the fast path
+    ],
+)
+def test_parsing_a_shard_at_once_reads_what_field_by_field_reads(odd: dict[str, str]) -> None:
+    shards = [{**random_grid(random.Random(n), 300), **(odd if n == 1 else {})} for n in range(3)]
+    by_field, malformed = merge_cells(shards)
+    parsed = Cells.joined([parse_cells(list(g), list(g.values())) for g in shards])
+    assert parsed.malformed == malformed
+    summed: Counter[Cell] = Counter()
+    for first, last, days, count in zip(
+        parsed.first, parsed.last, parsed.days, parsed.count, strict=True
+    ):
+        summed[Cell(int(first), int(last), int(days))] += int(count)
+    assert dict(summed) == by_field
+    # and the rows, their order and weights, bit for bit
+    limit = day_number(AS_OF)
+    want, got = grid_rows(by_field, limit, malformed), grid_rows(parsed, limit)
+    for name in ("x", "t_x", "T", "weights"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    assert (got.cells, got.left_out, got.malformed) == (want.cells, want.left_out, malformed)
+
+
+def test_rows_are_sorted_as_np_unique_sorts_them() -> None:
+    cells = merge_cells([random_grid(random.Random(4), 2000)])[0]
+    limit = day_number(AS_OF)
+    rows = grid_rows(cells, limit)
+    kept = [(c, n) for c, n in cells.items() if c.last <= limit]
+    x = np.array([c.days - 1 for c, _ in kept], dtype=np.float64)
+    t_x = np.array([c.last - c.first for c, _ in kept], dtype=np.float64) / 7
+    T = np.array([limit - c.first for c, _ in kept], dtype=np.float64) / 7
+    (x, t_x, T), weights = merged_rows([x, t_x, T], np.array([n for _, n in kept], dtype=float))
+    assert np.array_equal(rows.x, x) and np.array_equal(rows.t_x, t_x)
+    assert np.array_equal(rows.T, T) and np.array_equal(rows.weights, weights)
+    # cells too far apart for one sort key take the general sort, in the same order
+    far = grid_rows({**cells, Cell(limit - (1 << 22), limit - 5, 3): 2}, limit)
+    assert far.T[far.T.argmax()] == (1 << 22) / 7 and far.cells == rows.cells + 1
 
 
 def test_merged_rows_sum_the_weights_of_equal_rows() -> None:
