@@ -11,7 +11,9 @@ batch script keeps them and loads them straight into each shard's ``fitgrid`` wi
 (replaying events through the batch script would take hours at 10M). It also writes the
 ``ids``, ``od:`` and ``c:`` hashes of ``--stored`` of those buyers, as the batch script
 writes them: the sample reads a fixed number of customers whatever the store's size. Then
-it times :func:`store.models.refit` and prints the report the refit stores.
+it times :func:`store.models.refit` and prints the report the refit stores: first cold
+(no stored fit, the search starts from all parameters 1), then warm (the next day's refit,
+started from the fit just stored).
 
 For ``--old`` buyers it writes every customer's hashes and times the per-customer refit the
 grid replaces (every ``od:`` and ``c:`` read, then the fit), on the same buyers, and prints
@@ -25,7 +27,7 @@ import asyncio
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +136,14 @@ async def measure_size(url: str, n: int, shards: int, stored: int) -> dict[str, 
         memory = sum([await redis.memory_usage(h + GRID, samples=0) or 0 for h in layout.prefixes])
         store = Store(redis, prefix, ("order",))
         fit = await refit(store, AS_OF, ModelOptions())
-        report = await fit_report(store)
-        assert fit is not None and report is not None
-        return {"buyers": n, "grid_fields": cells, "grid_mb": memory / 1e6, **report}
+        cold = await fit_report(store)
+        # the next refit, a day later: every buyer a day older, started from the stored fit
+        later = await refit(store, AS_OF + timedelta(days=1), ModelOptions())
+        warm = await fit_report(store)
+        assert fit is not None and later is not None and cold is not None and warm is not None
+        assert (cold["start"], warm["start"]) == ("cold", "warm")
+        size = {"buyers": n, "grid_fields": cells, "grid_mb": memory / 1e6}
+        return {"cold": {**size, **cold}, "warm": {**size, **warm}}
     finally:
         await redis.aclose()
 
@@ -183,18 +190,20 @@ def main() -> None:
         process, url = runtime.start_redis(Path(tmp), Path(tmp), durable=False)
         try:
             print(
-                f"{'buyers':>11} {'grid fields':>11} {'rows':>8} {'grid MB':>8} {'sampled':>8} "
-                f"{'read s':>7} {'fit s':>6} {'refit s':>8}"
+                f"{'buyers':>11} {'start':>5} {'grid fields':>11} {'rows':>9} {'grid MB':>8} "
+                f"{'sampled':>8} {'read s':>7} {'fit s':>6} {'refit s':>8}"
             )
             results = []
             for n in args.customers:
-                got = asyncio.run(measure_size(url, n, args.shards, args.stored))
-                results.append(got)
-                print(
-                    f"{n:>11,} {got['grid_fields']:>11,} {got['cells']:>8,} "
-                    f"{got['grid_mb']:>8.1f} {got['sampled']:>8,} {got['read_seconds']:>7.2f} "
-                    f"{got['fit_seconds']:>6.2f} {got['seconds']:>8.2f}"
-                )
+                both = asyncio.run(measure_size(url, n, args.shards, args.stored))
+                results.append(both["cold"])
+                for start, got in both.items():
+                    print(
+                        f"{n:>11,} {start:>5} {got['grid_fields']:>11,} {got['cells']:>9,} "
+                        f"{got['grid_mb']:>8.1f} {got['sampled']:>8,} "
+                        f"{got['read_seconds']:>7.2f} {got['fit_seconds']:>6.2f} "
+                        f"{got['seconds']:>8.2f}"
+                    )
             if args.old:
                 old = asyncio.run(measure_old(url, args.old, args.shards))
                 print(

@@ -9,7 +9,7 @@ from datetime import date
 import numpy as np
 import pytest
 
-from processors import bgnbd, mbgnbd, pareto_nbd
+from processors import bgnbd, gamma_gamma, mbgnbd, pareto_nbd
 from processors.alive_models import MODELS, ModelName
 from processors.fit_grid import GridRows, _warm, fit_alive, fit_grid, warm_start
 from processors.fitting import Floats, search, weighted_rows
@@ -174,3 +174,14 @@ def test_a_warm_search_that_converges_is_kept(data: Data) -> None:
     assert isinstance(warm, bgnbd.BgNbdParams)
     for name, value in cold.as_dict().items():
         assert getattr(warm, name) == pytest.approx(value, rel=1e-5), name
+
+
+@pytest.mark.parametrize("params", [(1.0, 1.0, 1.0), (6.25, 3.74, 15.44), (40.0, 0.2, 900.0)])
+def test_the_prepared_spend_likelihood_is_the_per_row_one(params: tuple[float, ...]) -> None:
+    rng = np.random.default_rng(8)
+    x = rng.integers(1, 12, 2000).astype(np.float64)
+    m = np.round(rng.gamma(3.0, 10.0, 2000), 2)
+    (rx, rm), weights = weighted_rows(x, m)
+    logs = np.log(params)
+    want = gamma_gamma.negative_log_likelihood(logs, rx, rm, weights)
+    assert gamma_gamma.Likelihood(rx, rm, weights)(logs) == pytest.approx(want, rel=1e-12)
