@@ -189,8 +189,10 @@ async def refit(
     options = options or ModelOptions()
     loop = asyncio.get_running_loop()
     if spend is None:
-        rows, cells = await read_grid(store, as_of)
-        found, sampled = await read_sample(store, as_of, sample)
+        # both are mostly waiting on Redis: read them side by side
+        (rows, cells), (found, sampled) = await asyncio.gather(
+            read_grid(store, as_of), read_sample(store, as_of, sample)
+        )
         if cells or not found:
             if rows.customers == 0:
                 return None
