@@ -422,6 +422,16 @@ async def script_seconds(redis: Redis) -> float:
     return sum(float(stats[name]["usec"]) for name in names if name in stats) / 1e6
 
 
+async def redis_cpu_seconds(redis: Redis) -> float:
+    """CPU time of Redis's main thread (INFO cpu): unlike the script times, which are wall
+    time, it does not grow when other processes on a busy machine take Redis's core."""
+    info = await redis.info("cpu")
+    names = ("used_cpu_user_main_thread", "used_cpu_sys_main_thread")
+    if all(name in info for name in names):
+        return sum(float(info[name]) for name in names)
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def memory_usage(redis: Redis, keys: Sequence[str]) -> list[int]:
     sizes: list[int] = []
     for start in range(0, len(keys), MEMORY_PIPELINE_CHUNK):
