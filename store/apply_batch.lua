@@ -55,7 +55,6 @@ local width = tonumber(ARGV[4])
 local nbuckets = tonumber(ARGV[5])
 local kinds = ARGV[6]
 local bucket = math.floor(now / width)
-local seen_ttl = math.ceil(width * (nbuckets + 1) / 1000)
 
 local applied, duplicates, redelivered, rejected = 0, 0, 0, 0
 local last_offsets = {}
@@ -185,23 +184,110 @@ local function period_sales(idx, days, status, amount)
   end
 end
 
--- Only buckets that exist can hold an id: look them up once per batch.
-local seen_buckets = {}
-for b = bucket - nbuckets, bucket - 1 do
-  if redis.call('EXISTS', P .. 'seen:' .. b) == 1 then seen_buckets[#seen_buckets + 1] = P .. 'seen:' .. b end
-end
-local current_seen = P .. 'seen:' .. bucket
-
-local function is_duplicate(event_id)
-  -- SADD answers 0 when the id is already in the current bucket
-  if redis.call('SADD', current_seen, event_id) == 0 then return true end
-  for _, key in ipairs(seen_buckets) do
-    if redis.call('SISMEMBER', key, event_id) == 1 then
-      redis.call('SREM', current_seen, event_id)
-      return true
+-- Dedupe digests, by bucket of arrival time. A bucket's digests are spread over small
+-- hashes `dd:<bucket>:<head>`, head = the digest's first w characters, field = the rest:
+-- small hashes stay listpacks (a dozen bytes a digest, where a set costs some 60). w is
+-- chosen when the bucket opens, from how many digests the bucket before it took, so that
+-- a hash holds about 64; the bucket's marker `dd:<bucket>` keeps w and that count, and
+-- `dd:buckets` the buckets with a marker. A bucket older than the horizon is deleted a
+-- slice of hashes per batch. Sets `seen:<bucket>` of earlier versions are still read
+-- until they expire.
+local DIGEST_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local PER_HASH = 64
+local DROP_PER_BATCH = 4096
+local dd_buckets_key = P .. 'dd:buckets'
+local past, old_sets = {}, {}
+local previous_count
+for b = bucket - nbuckets, bucket do
+  if b < bucket then
+    local mark = redis.call('HMGET', P .. 'dd:' .. b, 'w', 'n')
+    if mark[1] then
+      past[#past + 1] = {w = tonumber(mark[1]), key = P .. 'dd:' .. b .. ':'}
+      previous_count = tonumber(mark[2] or '0')
     end
   end
+  if redis.call('EXISTS', P .. 'seen:' .. b) == 1 then old_sets[#old_sets + 1] = P .. 'seen:' .. b end
+end
+local current_mark = P .. 'dd:' .. bucket
+local current_w = tonumber(redis.call('HGET', current_mark, 'w') or '0')
+local function open_bucket()
+  local w = 2  -- without a bucket before it: up to some 250,000 digests stay compact
+  if previous_count then
+    w = 1
+    while w < 3 and previous_count > PER_HASH * 64 ^ w do w = w + 1 end
+  end
+  redis.call('HSET', current_mark, 'w', w, 'n', 0)
+  redis.call('SADD', dd_buckets_key, bucket)
+  return w
+end
+local current_prefix = current_mark .. ':'
+local new_digests = 0
+
+local function is_duplicate(event_id)
+  if current_w == 0 then current_w = open_bucket() end
+  local head, rest = string.sub(event_id, 1, current_w), string.sub(event_id, current_w + 1)
+  -- HSETNX answers 0 when the digest is already in the current bucket
+  if redis.call('HSETNX', current_prefix .. head, rest, '') == 0 then return true end
+  local found = false
+  for _, b in ipairs(past) do
+    local w = b.w
+    if redis.call('HEXISTS', b.key .. string.sub(event_id, 1, w), string.sub(event_id, w + 1)) == 1 then
+      found = true
+      break
+    end
+  end
+  if not found then
+    for _, key in ipairs(old_sets) do
+      if redis.call('SISMEMBER', key, event_id) == 1 then
+        found = true
+        break
+      end
+    end
+  end
+  if found then
+    redis.call('HDEL', current_prefix .. head, rest)
+    return true
+  end
+  new_digests = new_digests + 1
   return false
+end
+
+-- The name of a bucket's n-th hash (0-based), n < 64^w.
+local function head_of(n, w)
+  local chars = {}
+  for i = w, 1, -1 do
+    local digit = n % 64
+    chars[i] = string.sub(DIGEST_CHARS, digit + 1, digit + 1)
+    n = (n - digit) / 64
+  end
+  return table.concat(chars)
+end
+
+-- Deletes up to DROP_PER_BATCH hashes of buckets past the horizon, then their markers.
+local function drop_old_buckets()
+  local budget = DROP_PER_BATCH
+  for _, b in ipairs(redis.call('SMEMBERS', dd_buckets_key)) do
+    if budget <= 0 then return end
+    if tonumber(b) < bucket - nbuckets then
+      local mark = P .. 'dd:' .. b
+      local found = redis.call('HMGET', mark, 'w', 'next')
+      local w, next_head = tonumber(found[1] or '0'), tonumber(found[2] or '0')
+      local total = 64 ^ w
+      local stop = math.min(total, next_head + budget)
+      if w > 0 and stop > next_head then
+        local doomed = {}
+        for n = next_head, stop - 1 do doomed[#doomed + 1] = mark .. ':' .. head_of(n, w) end
+        redis.call('UNLINK', unpack(doomed))
+        budget = budget - (stop - next_head)
+      end
+      if stop >= total then
+        redis.call('UNLINK', mark)
+        redis.call('SREM', dd_buckets_key, b)
+      else
+        redis.call('HSET', mark, 'next', stop)
+      end
+    end
+  end
 end
 
 -- Counters are summed in the script and written once per batch.
@@ -480,7 +566,8 @@ for _, key in ipairs(total_keys) do
     redis.call('HINCRBY', key, field, num(t.fields[field]))
   end
 end
-if applied + duplicates > 0 then redis.call('EXPIRE', current_seen, seen_ttl) end
+if new_digests > 0 then redis.call('HINCRBY', current_mark, 'n', new_digests) end
+drop_old_buckets()
 -- each changed customer's hash in one write; customers whose state changed are due for a
 -- lifecycle and risk evaluation: NX keeps the time of the first change since their last
 -- evaluation, and the evaluator serves that queue oldest first (take_due.lua)

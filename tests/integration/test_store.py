@@ -7,7 +7,7 @@ import random
 import pytest
 from redis.asyncio import Redis
 
-from store.store import DEDUPE_BUCKETS, Store, accepted_record, rejected_record
+from store.store import DEDUPE_BUCKETS, Store, accepted_record, dedupe_id, rejected_record
 from streams.events import build_event
 from tests.eventgen import fold, random_events, with_duplicates
 
@@ -86,8 +86,25 @@ async def test_duplicate_ids_are_forgotten_after_the_horizon(redis: Redis) -> No
         [accepted_record(event, "orders", 0, 2)], now_ms=width_ms * (DEDUPE_BUCKETS + 1)
     )
     assert (first.applied, within.duplicates, after.applied) == (1, 1, 1)
-    ttl = await redis.ttl(store.key("seen", "0"))
-    assert 0 < ttl <= 800 + 100
+    # the bucket past the horizon is deleted, its marker last
+    assert [key async for key in redis.scan_iter(match=store.key("dd", "0*"))] == []
+    assert await redis.smembers(store.key("dd", "buckets")) == {"8", "9"}
+    assert [key async for key in redis.scan_iter(match=store.key("dd", "9:*"))]
+
+
+@pytest.mark.parametrize("bucket", [0, 3])
+async def test_digests_kept_in_sets_by_earlier_versions_still_count(
+    redis: Redis, bucket: int
+) -> None:
+    """A store written before digests moved to small hashes keeps recognising them."""
+    store = Store(redis, f"oldsets{bucket}:", dedupe_horizon_seconds=800)
+    event = build_event({"event_id": "e", "customer_id": "c", "ts": 1, "type": "login"})
+    await redis.sadd(store.key("seen", str(bucket)), dedupe_id(event))
+    now_ms = store.bucket_ms * 4
+    again = await store.apply_batch([accepted_record(event, "logins", 0, 0)], now_ms=now_ms)
+    assert (again.applied, again.duplicates) == (0, 1)
+    # and the digest was not added to the current bucket on the way
+    assert [key async for key in redis.scan_iter(match=store.key("dd", "4:*"))] == []
 
 
 async def test_offsets_are_scoped_by_cluster(redis: Redis) -> None:
