@@ -24,8 +24,16 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             open flag, status time), at most MAX_TICKETS tickets; the
                             customer hash counts them in ``tn``
 - ``S ids``, ``S ids:next`` dense customer numbers, for per-period bitmaps
-- ``S seen:<bucket>``      sets of dedupe digests (event type, customer, event id), each
-                            set expiring after the dedupe horizon
+- ``S dd:<bucket>:<head>`` dedupe digests (event type, customer, event id) that arrived
+                            in a bucket of time, in small hashes: ``head`` the digest's
+                            first ``w`` characters, fields the rest, about 64 a hash so
+                            that they stay listpacks
+- ``S dd:<bucket>``        the bucket's marker, hash: ``w``, digests taken ``n`` (the next
+                            bucket's ``w`` follows from it), and while the bucket is being
+                            deleted past the dedupe horizon, ``next`` hash to delete
+- ``S dd:buckets``         set of the buckets that have a marker
+- ``S seen:<bucket>``      sets of digests written by earlier versions, read until they
+                            expire
 - ``S offsets:<cluster>``  hash ``topic|partition`` → last applied offset, written in the
                             same script as the state: the truth a worker seeks to
 - ``S stamps:<cluster>``   hash ``topic|partition`` → Kafka timestamp (ms) of that message,
