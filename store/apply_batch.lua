@@ -59,7 +59,7 @@ local bucket = math.floor(now / width)
 local applied, duplicates, redelivered, rejected = 0, 0, 0, 0
 local last_offsets = {}
 local newest = {}
-local batch_first, batch_last
+local batch_first, batch_last, batch_first_n, batch_last_n
 local kind_counts_activity = {
   o = string.find(kinds, 'o', 1, true) ~= nil,
   l = string.find(kinds, 'l', 1, true) ~= nil,
@@ -426,10 +426,11 @@ local function customer_index(c, cid, ts)
     -- a dense index per customer, for bitmaps keyed by customer number
     local idx = redis.call('HGET', ids_key, cid)
     if not idx then
-      idx = redis.call('INCR', P .. 'ids:next') - 1
+      -- as text: a number passed to redis.call is formatted again on every call
+      idx = tostring(redis.call('INCR', P .. 'ids:next') - 1)
       redis.call('HSET', ids_key, cid, idx)
     end
-    put(c, 'ix', tostring(idx))
+    put(c, 'ix', idx)
     return idx
   end
   put_min(c, 'fs', ts)
@@ -469,8 +470,8 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   local idx = customer_index(c, cid, ts)
   c.touched = true
   local t = tonumber(ts)
-  if not batch_first or t < tonumber(batch_first) then batch_first = ts end
-  if not batch_last or t > tonumber(batch_last) then batch_last = ts end
+  if not batch_first or t < batch_first_n then batch_first, batch_first_n = ts, t end
+  if not batch_last or t > batch_last_n then batch_last, batch_last_n = ts, t end
   if kind == 'o' then
     if a1 == 'placed' then
       local amount = tonumber(a2)
@@ -552,7 +553,8 @@ for _, r in ipairs(records) do
       apply(kind, r[6], ts, days, r[11], r[12], r[13], r[14])
       count('accepted|' .. topic)
       applied = applied + 1
-      if not newest[tp] or tonumber(ts) > tonumber(newest[tp]) then newest[tp] = ts end
+      local t = tonumber(ts)
+      if not newest[tp] or t > newest[tp][1] then newest[tp] = {t, ts} end
     end
   end
 end
@@ -581,7 +583,7 @@ for _, cid in ipairs(customer_order) do
   end
   if #pairs_out > 0 then redis.call('HSET', c.key, unpack(pairs_out)) end
   if c.touched then
-    due[#due + 1] = now
+    due[#due + 1] = ARGV[3]  -- now, as text
     due[#due + 1] = cid
     if #due >= 400 then
       redis.call('ZADD', P .. 'due', 'NX', unpack(due))
@@ -602,6 +604,6 @@ if batch_first then
 end
 -- the newest event time per partition: the event-time watermark is their minimum
 for tp, ts in pairs(newest) do
-  set_max(newest_key, tp, ts)
+  set_max(newest_key, tp, ts[2])
 end
 return {applied, duplicates, redelivered, rejected, gap_list, overflows}
