@@ -479,7 +479,8 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
       add(c, 'pm', amount)
       if a3 ~= '' then add(c, 'pm:' .. a3, tonumber(a4)) end
       put_max(c, 'lo', ts)
-      redis.call('HINCRBY', P .. 'od:' .. cid, days.d, 1)
+      -- placed orders per day: the field named by the day number (only those are digits)
+      add(c, days.d, 1)
       period_sales(idx, days, a1, amount)
       if kind_counts_activity.o then activity(c, idx, ts, days) end
     elseif a1 == 'refunded' then

@@ -18,8 +18,12 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
 - ``S c:<customer>``       hash, the customer's counters and times (field names in
                             :mod:`store.store`); money in the reporting currency, and per
                             original currency in ``pm:<CUR>`` (placed) and ``rm:<CUR>``
-                            (refunded)
-- ``S od:<customer>``      hash, placed orders per day (day number since the epoch → count)
+                            (refunded); placed orders per day under the day's number since
+                            the epoch (the only field names made of digits). Some 20
+                            fields and the order days: the hash stays a compact listpack
+                            up to about a hundred days with orders
+- ``S od:<customer>``      hash, placed orders per day, where earlier versions kept them
+                            (day number → count); readers add it to the customer hash's
 - ``S tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
                             open flag, status time), at most MAX_TICKETS tickets; the
                             customer hash counts them in ``tn``

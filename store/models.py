@@ -36,12 +36,16 @@ async def read_histories(store: Store, as_of: date, chunk: int = 1000) -> list[H
         part = ids[i : i + chunk]
         async with store.redis.pipeline(transaction=False) as pipe:
             for customer_id in part:
+                # days with orders: the customer hash's fields named by a day number,
+                # and the od: hash of earlier versions
                 pipe.hkeys(store.key("od", customer_id))
+                pipe.hkeys(store.key("c", customer_id))
                 pipe.hmget(store.key("c", customer_id), ["pm", "rm"])
             replies = await pipe.execute()
         for n, customer_id in enumerate(part):
-            days, (placed, refunded) = replies[2 * n], replies[2 * n + 1]
-            stats = stats_from_days([int(d) for d in days], limit)
+            old_days, names, (placed, refunded) = replies[3 * n : 3 * n + 3]
+            days = {int(d) for d in old_days} | {int(d) for d in names if d.isdigit()}
+            stats = stats_from_days(sorted(days), limit)
             if stats is not None:
                 revenue = int(placed or 0) - int(refunded or 0)
                 spend = approximate_spend(revenue, len(days))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import random
+from datetime import date
 
 import pytest
 from redis.asyncio import Redis
 
+from processors.forecast import day_number, stats_from_days
+from store.models import read_histories
 from store.store import DEDUPE_BUCKETS, Store, accepted_record, dedupe_id, rejected_record
 from streams.events import build_event
 from tests.eventgen import fold, random_events, with_duplicates
@@ -127,3 +130,33 @@ async def test_rejections_count_once_per_offset(redis: Redis) -> None:
     await store.apply_batch(batch)
     stats = await store.stats()
     assert stats.rejected == {("orders", "invalid_json"): 1}
+
+
+async def test_orders_per_day_kept_by_earlier_versions_still_count(
+    redis: Redis, rng: random.Random
+) -> None:
+    """Earlier versions counted placed orders per day in an ``od:`` hash beside the
+    customer hash; a store written that way reads the same, and keeps counting."""
+    prefix = f"od{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, ("order", "login", "support"))
+    events = random_events(rng, customers=5, count=400)
+    records = records_for(events, partitions=1)
+    await store.apply_batch(records[:200])
+    # move the day fields to where earlier versions kept them
+    for customer_id in await store.customer_ids():
+        fields = await redis.hgetall(store.key("c", customer_id))
+        days = {name: value for name, value in fields.items() if name.isdigit()}
+        if days:
+            await redis.hdel(store.key("c", customer_id), *days)
+            await redis.hset(store.key("od", customer_id), mapping=days)
+    assert [key async for key in redis.scan_iter(match=store.key("od", "*"))]
+    await store.apply_batch(records[200:])
+    expected = fold(events, frozenset({"order", "login", "support"}))
+    assert {c: await store.read_customer(c) for c in expected} == expected
+    as_of = date(2030, 1, 1)
+    histories = {h.customer_id: h for h in await read_histories(store, as_of)}
+    limit = day_number(as_of)
+    for customer_id, state in expected.items():
+        stats = stats_from_days(sorted(state.orders_by_day), limit)
+        found = histories.get(customer_id)
+        assert (found and (found.x, found.t_x, found.T)) == (stats and tuple(stats))
