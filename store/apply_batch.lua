@@ -142,26 +142,42 @@ local function pending(key, field)
   return t and t.fields[field] or 0
 end
 
+-- Keys per period (family:p:day), named once per batch.
+local PERIODS = {'d', 'w', 'm'}
+local period_keys = {}
+local function period_key(family, p, day)
+  local by_period = period_keys[family]
+  if not by_period then
+    by_period = {d = {}, w = {}, m = {}}
+    period_keys[family] = by_period
+  end
+  local key = by_period[p][day]
+  if not key then
+    key = P .. family .. ':' .. p .. ':' .. day
+    by_period[p][day] = key
+  end
+  return key
+end
+
 -- Activity bitmaps (bit = the customer's dense index) per day, week and month, and the
 -- cohort bitmaps: a customer sits in the cohort of its first activity, and moves when an
--- earlier activity arrives late.
+-- earlier activity arrives late (in the periods that change).
+local FIRST_FIELDS = {d = 'fad', w = 'faw', m = 'fam'}
 local function activity(c, idx, ts, days)
-  for p, day in pairs(days) do
-    redis.call('SETBIT', P .. 'act:' .. p .. ':' .. day, idx, 1)
+  for _, p in ipairs(PERIODS) do
+    redis.call('SETBIT', period_key('act', p, days[p]), idx, '1')
   end
   local first = c.f.fa
   if not first or tonumber(ts) < tonumber(first) then
-    if first then
-      redis.call('SETBIT', P .. 'coh:d:' .. c.f.fad, idx, 0)
-      redis.call('SETBIT', P .. 'coh:w:' .. c.f.faw, idx, 0)
-      redis.call('SETBIT', P .. 'coh:m:' .. c.f.fam, idx, 0)
-    end
     put(c, 'fa', ts)
-    put(c, 'fad', days.d)
-    put(c, 'faw', days.w)
-    put(c, 'fam', days.m)
-    for p, day in pairs(days) do
-      redis.call('SETBIT', P .. 'coh:' .. p .. ':' .. day, idx, 1)
+    for _, p in ipairs(PERIODS) do
+      local field, day = FIRST_FIELDS[p], days[p]
+      local old = first and c.f[field]
+      if old ~= day then
+        if old then redis.call('SETBIT', period_key('coh', p, old), idx, '0') end
+        redis.call('SETBIT', period_key('coh', p, day), idx, '1')
+        put(c, field, day)
+      end
     end
   end
   put_max(c, 'la', ts)
@@ -169,14 +185,14 @@ end
 
 -- Orders and money per period; a second order in a period marks a repeat buyer.
 local function period_sales(idx, days, status, amount)
-  for p, day in pairs(days) do
-    local suffix = p .. ':' .. day
-    local key = P .. 'sales:' .. suffix
+  for _, p in ipairs(PERIODS) do
+    local day = days[p]
+    local key = period_key('sales', p, day)
     if status == 'placed' then
       bump(key, 'o', 1)
       bump(key, 'pm', amount)
-      if redis.call('SETBIT', P .. 'buy:' .. suffix, idx, 1) == 1 then
-        redis.call('SETBIT', P .. 'rep:' .. suffix, idx, 1)
+      if redis.call('SETBIT', period_key('buy', p, day), idx, '1') == 1 then
+        redis.call('SETBIT', period_key('rep', p, day), idx, '1')
       end
     else
       bump(key, 'rm', amount)
@@ -440,13 +456,12 @@ end
 -- Would adding this amount push the customer's or a period's sum out of the exact range?
 -- A day's sum is part of its week's, so the week and the month are the ones to check,
 -- each as stored (read once per batch) plus what this batch adds to it so far.
-local stored_sums = {}
+local stored_sums = {pm = {}, rm = {}}
 local function period_sum(key, field)
-  local name = key .. '|' .. field
-  local value = stored_sums[name]
+  local value = stored_sums[field][key]
   if value == nil then
     value = tonumber(redis.call('HGET', key, field) or '0')
-    stored_sums[name] = value
+    stored_sums[field][key] = value
   end
   return value + pending(key, field)
 end
@@ -456,8 +471,8 @@ local function sums_overflow(c, days, status, amount, currency, original)
   local field = status == 'placed' and 'pm' or 'rm'
   amount = tonumber(amount)
   if tonumber(c.f[field] or '0') + amount > SUM_LIMIT then return true end
-  if period_sum(P .. 'sales:w:' .. days.w, field) + amount > SUM_LIMIT then return true end
-  if period_sum(P .. 'sales:m:' .. days.m, field) + amount > SUM_LIMIT then return true end
+  if period_sum(period_key('sales', 'w', days.w), field) + amount > SUM_LIMIT then return true end
+  if period_sum(period_key('sales', 'm', days.m), field) + amount > SUM_LIMIT then return true end
   if currency ~= '' then
     local sum = c.f[field .. ':' .. currency]
     if tonumber(sum or '0') + tonumber(original) > SUM_LIMIT then return true end
