@@ -164,10 +164,13 @@ end
 -- earlier activity arrives late (in the periods that change).
 local FIRST_FIELDS = {d = 'fad', w = 'faw', m = 'fam'}
 local function activity(c, idx, ts, days)
-  for _, p in ipairs(PERIODS) do
-    redis.call('SETBIT', period_key('act', p, days[p]), idx, '1')
-  end
   local first = c.f.fa
+  for _, p in ipairs(PERIODS) do
+    -- the periods of the first activity have the bit already
+    if not first or c.f[FIRST_FIELDS[p]] ~= days[p] then
+      redis.call('SETBIT', period_key('act', p, days[p]), idx, '1')
+    end
+  end
   if not first or tonumber(ts) < tonumber(first) then
     put(c, 'fa', ts)
     for _, p in ipairs(PERIODS) do
