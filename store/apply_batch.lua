@@ -203,83 +203,87 @@ local function period_sales(idx, days, status, amount)
   end
 end
 
--- Dedupe digests, by bucket of arrival time. A bucket's digests are spread over small
--- hashes `dd:<bucket>:<head>`, head = the digest's first w characters, field = the rest:
--- small hashes stay listpacks (a dozen bytes a digest, where a set costs some 60). w is
--- chosen when the bucket opens, from how many digests the bucket before it took, so that
--- a hash holds about 64; the bucket's marker `dd:<bucket>` keeps w and that count, and
+-- Dedupe digests, by bucket of arrival time. A bucket's digests are spread over 2^k small
+-- hashes `dd:<bucket>:<n>`, n = the top k bits of the digest's first five characters
+-- (base64, 30 bits), field = the digest without the characters n holds whole: small
+-- hashes stay listpacks (a dozen bytes a digest, where a set costs some 60). k is chosen
+-- when the bucket opens, from how many digests the bucket before it took, so that a hash
+-- holds 32 to 64; the bucket's marker `dd:<bucket>` keeps k and that count, and
 -- `dd:buckets` the buckets with a marker. A bucket older than the horizon is deleted a
 -- slice of hashes per batch. Sets `seen:<bucket>` of earlier versions are still read
 -- until they expire.
-local DIGEST_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local DIGEST_VALUES = {}
+do
+  local chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+  for i = 1, 64 do DIGEST_VALUES[string.byte(chars, i)] = i - 1 end
+end
 local PER_HASH = 64
+local DEFAULT_BITS = 12  -- a first bucket: up to some 250,000 digests stay compact
 local DROP_PER_BATCH = 4096
 local dd_buckets_key = P .. 'dd:buckets'
+
+-- Where a digest lives in a bucket of 2^k hashes: the hash's number and the field.
+local function digest_place(digest, k)
+  local v = 0
+  for i = 1, 5 do v = v * 64 + (DIGEST_VALUES[string.byte(digest, i) or 0] or 0) end
+  return math.floor(v / 2 ^ (30 - k)), string.sub(digest, math.floor(k / 6) + 1)
+end
+
 local past, old_sets = {}, {}
 local previous_count
 for b = bucket - nbuckets, bucket do
   if b < bucket then
-    local mark = redis.call('HMGET', P .. 'dd:' .. b, 'w', 'n')
+    local mark = redis.call('HMGET', P .. 'dd:' .. b, 'k', 'n')
     if mark[1] then
-      past[#past + 1] = {w = tonumber(mark[1]), key = P .. 'dd:' .. b .. ':'}
+      past[#past + 1] = {k = tonumber(mark[1]), key = P .. 'dd:' .. b .. ':'}
       previous_count = tonumber(mark[2] or '0')
     end
   end
   if redis.call('EXISTS', P .. 'seen:' .. b) == 1 then old_sets[#old_sets + 1] = P .. 'seen:' .. b end
 end
 local current_mark = P .. 'dd:' .. bucket
-local current_w = tonumber(redis.call('HGET', current_mark, 'w') or '0')
+local current_k = tonumber(redis.call('HGET', current_mark, 'k') or '-1')
 local function open_bucket()
-  local w = 2  -- without a bucket before it: up to some 250,000 digests stay compact
+  local k = DEFAULT_BITS
   if previous_count then
-    w = 1
-    while w < 3 and previous_count > PER_HASH * 64 ^ w do w = w + 1 end
+    k = 0
+    while k < 30 and previous_count > PER_HASH * 2 ^ k do k = k + 1 end
   end
-  redis.call('HSET', current_mark, 'w', w, 'n', 0)
+  redis.call('HSET', current_mark, 'k', k, 'n', '0')
   redis.call('SADD', dd_buckets_key, bucket)
-  return w
+  return k
 end
 local current_prefix = current_mark .. ':'
 local new_digests = 0
 
-local function is_duplicate(event_id)
-  if current_w == 0 then current_w = open_bucket() end
-  local head, rest = string.sub(event_id, 1, current_w), string.sub(event_id, current_w + 1)
+local function is_duplicate(digest)
+  if current_k < 0 then current_k = open_bucket() end
+  local n, field = digest_place(digest, current_k)
+  local key = current_prefix .. n
   -- HSETNX answers 0 when the digest is already in the current bucket
-  if redis.call('HSETNX', current_prefix .. head, rest, '') == 0 then return true end
+  if redis.call('HSETNX', key, field, '') == 0 then return true end
   local found = false
   for _, b in ipairs(past) do
-    local w = b.w
-    if redis.call('HEXISTS', b.key .. string.sub(event_id, 1, w), string.sub(event_id, w + 1)) == 1 then
+    local other, rest = digest_place(digest, b.k)
+    if redis.call('HEXISTS', b.key .. other, rest) == 1 then
       found = true
       break
     end
   end
   if not found then
-    for _, key in ipairs(old_sets) do
-      if redis.call('SISMEMBER', key, event_id) == 1 then
+    for _, set in ipairs(old_sets) do
+      if redis.call('SISMEMBER', set, digest) == 1 then
         found = true
         break
       end
     end
   end
   if found then
-    redis.call('HDEL', current_prefix .. head, rest)
+    redis.call('HDEL', key, field)
     return true
   end
   new_digests = new_digests + 1
   return false
-end
-
--- The name of a bucket's n-th hash (0-based), n < 64^w.
-local function head_of(n, w)
-  local chars = {}
-  for i = w, 1, -1 do
-    local digit = n % 64
-    chars[i] = string.sub(DIGEST_CHARS, digit + 1, digit + 1)
-    n = (n - digit) / 64
-  end
-  return table.concat(chars)
 end
 
 -- Deletes up to DROP_PER_BATCH hashes of buckets past the horizon, then their markers.
@@ -289,15 +293,15 @@ local function drop_old_buckets()
     if budget <= 0 then return end
     if tonumber(b) < bucket - nbuckets then
       local mark = P .. 'dd:' .. b
-      local found = redis.call('HMGET', mark, 'w', 'next')
-      local w, next_head = tonumber(found[1] or '0'), tonumber(found[2] or '0')
-      local total = 64 ^ w
-      local stop = math.min(total, next_head + budget)
-      if w > 0 and stop > next_head then
+      local found = redis.call('HMGET', mark, 'k', 'next')
+      local total = found[1] and 2 ^ tonumber(found[1]) or 0
+      local next_hash = tonumber(found[2] or '0')
+      local stop = math.min(total, next_hash + budget)
+      if stop > next_hash then
         local doomed = {}
-        for n = next_head, stop - 1 do doomed[#doomed + 1] = mark .. ':' .. head_of(n, w) end
+        for n = next_hash, stop - 1 do doomed[#doomed + 1] = mark .. ':' .. n end
         redis.call('UNLINK', unpack(doomed))
-        budget = budget - (stop - next_head)
+        budget = budget - (stop - next_hash)
       end
       if stop >= total then
         redis.call('UNLINK', mark)

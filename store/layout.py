@@ -28,12 +28,13 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             open flag, status time), at most MAX_TICKETS tickets; the
                             customer hash counts them in ``tn``
 - ``S ids``, ``S ids:next`` dense customer numbers, for per-period bitmaps
-- ``S dd:<bucket>:<head>`` dedupe digests (event type, customer, event id) that arrived
-                            in a bucket of time, in small hashes: ``head`` the digest's
-                            first ``w`` characters, fields the rest, about 64 a hash so
-                            that they stay listpacks
-- ``S dd:<bucket>``        the bucket's marker, hash: ``w``, digests taken ``n`` (the next
-                            bucket's ``w`` follows from it), and while the bucket is being
+- ``S dd:<bucket>:<n>``    dedupe digests (event type, customer, event id) that arrived
+                            in a bucket of time, spread over 2^k small hashes: ``n`` the
+                            top k bits of the digest's first five characters, fields the
+                            digest without the characters ``n`` holds whole; 32 to 64 a
+                            hash, so that they stay listpacks
+- ``S dd:<bucket>``        the bucket's marker, hash: ``k``, digests taken ``n`` (the next
+                            bucket's ``k`` follows from it), and while the bucket is being
                             deleted past the dedupe horizon, ``next`` hash to delete
 - ``S dd:buckets``         set of the buckets that have a marker
 - ``S seen:<bucket>``      sets of digests written by earlier versions, read until they

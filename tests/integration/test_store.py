@@ -160,3 +160,29 @@ async def test_orders_per_day_kept_by_earlier_versions_still_count(
         stats = stats_from_days(sorted(state.orders_by_day), limit)
         found = histories.get(customer_id)
         assert (found and (found.x, found.t_x, found.T)) == (stats and tuple(stats))
+
+
+async def test_a_bucket_spreads_its_digests_by_what_the_bucket_before_took(
+    redis: Redis,
+) -> None:
+    """100 digests in the first bucket: the next one opens with 2 hashes (64 a hash at
+    most), and still finds the first bucket's digests."""
+    store = Store(redis, "spread:", dedupe_horizon_seconds=800)
+    events = [
+        build_event({"event_id": f"e{n}", "customer_id": f"c{n % 7}", "ts": 1, "type": "login"})
+        for n in range(200)
+    ]
+    records = [accepted_record(e, "logins", 0, n) for n, e in enumerate(events)]
+    first = await store.apply_batch(records[:100], now_ms=0)
+    width = store.bucket_ms
+    again = await store.apply_batch(records[:100], now_ms=width)  # offsets already applied
+    second = await store.apply_batch(
+        [accepted_record(e, "logins", 1, n) for n, e in enumerate(events)], now_ms=width
+    )
+    assert (first.applied, again.redelivered) == (100, 100)
+    assert (second.duplicates, second.applied) == (100, 100)
+    assert await redis.hget(store.key("dd", "0"), "k") == "12"
+    assert await redis.hgetall(store.key("dd", "1")) == {"k": "1", "n": "100"}
+    hashes = [key async for key in redis.scan_iter(match=store.key("dd", "1:*"))]
+    assert sorted(hashes) == [store.key("dd", "1:0"), store.key("dd", "1:1")]
+    assert sum([await redis.hlen(key) for key in hashes]) == 100
