@@ -551,10 +551,23 @@ for tp, range in pairs(ranges) do
     gap_list[#gap_list + 1] = wanted
   end
 end
+-- 'topic|partition' and the per-topic counter names, built once per batch
+local tp_names, accepted_names, duplicate_names = {}, {}, {}
 for _, r in ipairs(records) do
   local kind, topic, partition = r[1], r[2], r[3]
   local offset = tonumber(r[4])
-  local tp = topic .. '|' .. partition
+  local of_topic = tp_names[topic]
+  if not of_topic then
+    of_topic = {}
+    tp_names[topic] = of_topic
+    accepted_names[topic] = 'accepted|' .. topic
+    duplicate_names[topic] = 'duplicate|' .. topic
+  end
+  local tp = of_topic[partition]
+  if not tp then
+    tp = topic .. '|' .. partition
+    of_topic[partition] = tp
+  end
   if gaps[tp] then
     -- refused with its partition
   elseif offset <= last_offsets[tp] then
@@ -569,12 +582,12 @@ for _, r in ipairs(records) do
       rejected = rejected + 1
       overflows[#overflows + 1] = tp .. '|' .. offset
     elseif is_duplicate(r[5]) then
-      count('duplicate|' .. topic)
+      count(duplicate_names[topic])
       duplicates = duplicates + 1
     else
       local ts = r[7]
       apply(kind, r[6], ts, days, r[11], r[12], r[13], r[14])
-      count('accepted|' .. topic)
+      count(accepted_names[topic])
       applied = applied + 1
       local t = tonumber(ts)
       if not newest[tp] or t > newest[tp][1] then newest[tp] = {t, ts} end
