@@ -139,7 +139,16 @@ class Run:
     cpu_share: float | None
     produce_seconds: float
     redis_busy: float | None = None
+    #: seconds Redis spent running the batch script (INFO commandstats) during the run
+    script_seconds: float | None = None
     memory: Memory | None = None
+
+    @property
+    def redis_us_per_event(self) -> float | None:
+        """Redis's single thread, busy in the script, per event (its own counters)."""
+        if self.script_seconds is None:
+            return None
+        return self.script_seconds * 1e6 / max(1, self.events)
 
     @property
     def events_per_second(self) -> float:
@@ -413,6 +422,16 @@ async def script_seconds(redis: Redis) -> float:
     return sum(float(stats[name]["usec"]) for name in names if name in stats) / 1e6
 
 
+async def redis_cpu_seconds(redis: Redis) -> float:
+    """CPU time of Redis's main thread (INFO cpu): unlike the script times, which are wall
+    time, it does not grow when other processes on a busy machine take Redis's core."""
+    info = await redis.info("cpu")
+    names = ("used_cpu_user_main_thread", "used_cpu_sys_main_thread")
+    if all(name in info for name in names):
+        return sum(float(info[name]) for name in names)
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def memory_usage(redis: Redis, keys: Sequence[str]) -> list[int]:
     sizes: list[int] = []
     for start in range(0, len(keys), MEMORY_PIPELINE_CHUNK):
@@ -482,7 +501,7 @@ async def run_once(bench: Bench, variant: Variant, index: int, redis: Redis) -> 
         raise BenchError(f"{variant.name}: {exc}\n--- {log_path}\n{log_tail(log_path)}") from exc
     finally:
         process.stop(15)
-    memory, redis_busy = None, None
+    memory, redis_busy, busy = None, None, None
     if variant.kind == "pipeline":
         busy = await script_seconds(redis) - scripts_before
         redis_busy = busy / max(1e-9, timing.done - timing.first)
@@ -499,6 +518,7 @@ async def run_once(bench: Bench, variant: Variant, index: int, redis: Redis) -> 
         cpu_share=timing.cpu_share,
         produce_seconds=produce_seconds,
         redis_busy=redis_busy,
+        script_seconds=busy,
         memory=memory,
     )
 
@@ -582,20 +602,28 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def micros(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def render_table(summaries: Sequence[Summary]) -> list[str]:
     base = baseline(summaries)
     lines = [
         f"{'variant':<18}{'events/s':>9}{'vs floor-default':>18}{'first event after':>19}"
-        f"{'worker CPU':>12}{'Redis busy':>12}   all runs (events/s)"
+        f"{'worker CPU':>12}{'Redis busy':>12}{'Redis us/ev':>13}"
+        "   all runs (events/s; Redis us/ev)"
     ]
     for s in summaries:
         best = s.best
         ratio = f"{s.events_per_second / base:.2f}x" if base else "-"
         runs = " ".join(f"{r.events_per_second:,.0f}" for r in s.runs)
+        per_event = [r.redis_us_per_event for r in s.runs if r.redis_us_per_event is not None]
+        script = " ".join(f"{us:.1f}" for us in per_event)
         lines.append(
             f"{s.variant:<18}{s.events_per_second:>9,.0f}{ratio:>18}"
             f"{s.first_event_after:>17.2f} s{percent(best.cpu_share):>12}"
-            f"{percent(best.redis_busy):>12}   {runs}"
+            f"{percent(best.redis_busy):>12}{micros(min(per_event, default=None)):>13}"
+            f"   {runs}{'; ' + script if script else ''}"
         )
     return lines
 
@@ -636,7 +664,8 @@ def render(options: Options, runs: Sequence[Run], elapsed: float) -> str:
         f"tuned:   {describe_env(tuned_env(options))}",
         "events/s: N / (last event - first batch); first event after: from process start",
         "(pipeline: first batch applied, the heartbeat's first_event_at); worker CPU: CPU s",
-        "per wall s of the worker process; Redis busy: share of wall time spent in the script",
+        "per wall s of the worker process; Redis busy: share of wall time spent in the script;",
+        "Redis us/ev: script time (INFO commandstats) / N, lowest of the runs",
     ]
     last_pipeline = next((r for r in reversed(runs) if r.memory is not None), None)
     if last_pipeline is not None:
@@ -652,6 +681,7 @@ def as_json(options: Options, runs: Sequence[Run], elapsed: float) -> str:
         row = asdict(run)
         row["events_per_second"] = run.events_per_second
         row["first_event_after_seconds"] = run.first_event_after
+        row["redis_us_per_event"] = run.redis_us_per_event
         if run.memory is not None:
             row["memory"]["per_customer_bytes"] = run.memory.per_customer
         run_rows.append(row)
@@ -668,6 +698,7 @@ def as_json(options: Options, runs: Sequence[Run], elapsed: float) -> str:
                 "first_event_after_seconds": s.first_event_after,
                 "worker_cpu_share": s.best.cpu_share,
                 "redis_busy_share": s.best.redis_busy,
+                "redis_us_per_event": [r.redis_us_per_event for r in s.runs],
             }
             for s in summaries
         ],

@@ -58,13 +58,23 @@ local width = tonumber(ARGV[4])
 local nbuckets = tonumber(ARGV[5])
 local kinds = ARGV[6]
 local bucket = math.floor(now / width)
-local touched_customers = {}
-local seen_ttl = math.ceil(width * (nbuckets + 1) / 1000)
 
 local applied, duplicates, redelivered, rejected = 0, 0, 0, 0
 local last_offsets = {}
 local newest = {}
-local batch_first, batch_last
+local batch_first, batch_last, batch_first_n, batch_last_n
+local kind_counts_activity = {
+  o = string.find(kinds, 'o', 1, true) ~= nil,
+  l = string.find(kinds, 'l', 1, true) ~= nil,
+  s = string.find(kinds, 's', 1, true) ~= nil,
+}
+
+-- Integers are Lua doubles here, exact below 2^53 (sums are kept below SUM_LIMIT); written
+-- back as plain digits (tostring would round to 14 digits), and never as "-0".
+local function num(x)
+  if x == 0 then return '0' end
+  return string.format('%.0f', x)
+end
 
 local function set_min(key, field, value)
   local cur = redis.call('HGET', key, field)
@@ -76,65 +86,237 @@ local function set_max(key, field, value)
   if not cur or tonumber(value) > tonumber(cur) then redis.call('HSET', key, field, value) end
 end
 
+-- Customers' hashes are read once per batch (on their first event) into Lua tables, changed
+-- there, and written back once at the end with the fields that changed.
+local customers, customer_order = {}, {}
+local function customer(cid)
+  local c = customers[cid]
+  if c then return c end
+  local key = P .. 'c:' .. cid
+  local flat = redis.call('HGETALL', key)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  c = {key = key, f = f, dirty = {}}
+  customers[cid] = c
+  customer_order[#customer_order + 1] = cid
+  return c
+end
+
+local function put(c, name, value)
+  c.f[name] = value
+  c.dirty[name] = true
+end
+
+local function add(c, name, delta)
+  put(c, name, num(tonumber(c.f[name] or '0') + delta))
+end
+
+local function put_min(c, name, value)
+  local cur = c.f[name]
+  if not cur or tonumber(value) < tonumber(cur) then put(c, name, value) end
+end
+
+local function put_max(c, name, value)
+  local cur = c.f[name]
+  if not cur or tonumber(value) > tonumber(cur) then put(c, name, value) end
+end
+
+-- Hashes of totals shared by the batch's customers (per-period sales, survey totals,
+-- response histogram): deltas summed here, one HINCRBY per field at the end. A field
+-- touched by the batch is written even when its delta sums to 0, as one HINCRBY per event
+-- would have created it.
+local totals, total_keys = {}, {}
+local function bump(key, field, delta)
+  local t = totals[key]
+  if not t then
+    t = {fields = {}, order = {}}
+    totals[key] = t
+    total_keys[#total_keys + 1] = key
+  end
+  if t.fields[field] == nil then
+    t.fields[field] = 0
+    t.order[#t.order + 1] = field
+  end
+  t.fields[field] = t.fields[field] + delta
+end
+
+local function pending(key, field)
+  local t = totals[key]
+  return t and t.fields[field] or 0
+end
+
+-- Keys per period (family:p:day), named once per batch.
+local PERIODS = {'d', 'w', 'm'}
+local period_keys = {}
+local function period_key(family, p, day)
+  local by_period = period_keys[family]
+  if not by_period then
+    by_period = {d = {}, w = {}, m = {}}
+    period_keys[family] = by_period
+  end
+  local key = by_period[p][day]
+  if not key then
+    key = P .. family .. ':' .. p .. ':' .. day
+    by_period[p][day] = key
+  end
+  return key
+end
+
 -- Activity bitmaps (bit = the customer's dense index) per day, week and month, and the
 -- cohort bitmaps: a customer sits in the cohort of its first activity, and moves when an
--- earlier activity arrives late.
-local function activity(ckey, idx, ts, days)
-  for p, day in pairs(days) do
-    local was = redis.call('SETBIT', P .. 'act:' .. p .. ':' .. day, idx, 1)
-    -- a day's count of active customers moves with every bit its bitmap gains, which
-    -- tells the period readers' window unions (period_counts.lua) which days to OR again
-    if was == 0 and p == 'd' then redis.call('HINCRBY', P .. 'act:n', day, 1) end
+-- earlier activity arrives late (in the periods that change).
+local FIRST_FIELDS = {d = 'fad', w = 'faw', m = 'fam'}
+local function activity(c, idx, ts, days)
+  local first = c.f.fa
+  for _, p in ipairs(PERIODS) do
+    -- the periods of the first activity have the bit already
+    if not first or c.f[FIRST_FIELDS[p]] ~= days[p] then
+      local was = redis.call('SETBIT', period_key('act', p, days[p]), idx, '1')
+      -- a day's count of active customers moves with every bit its bitmap gains, which
+      -- tells the period readers' window unions (period_counts.lua) which days to OR again
+      if was == 0 and p == 'd' then redis.call('HINCRBY', P .. 'act:n', days.d, 1) end
+    end
   end
-  local first = redis.call('HGET', ckey, 'fa')
   if not first or tonumber(ts) < tonumber(first) then
-    local old = redis.call('HMGET', ckey, 'fad', 'faw', 'fam')
-    if first then
-      redis.call('SETBIT', P .. 'coh:d:' .. old[1], idx, 0)
-      redis.call('SETBIT', P .. 'coh:w:' .. old[2], idx, 0)
-      redis.call('SETBIT', P .. 'coh:m:' .. old[3], idx, 0)
-    end
-    redis.call('HSET', ckey, 'fa', ts, 'fad', days.d, 'faw', days.w, 'fam', days.m)
-    for p, day in pairs(days) do
-      redis.call('SETBIT', P .. 'coh:' .. p .. ':' .. day, idx, 1)
+    put(c, 'fa', ts)
+    for _, p in ipairs(PERIODS) do
+      local field, day = FIRST_FIELDS[p], days[p]
+      local old = first and c.f[field]
+      if old ~= day then
+        if old then redis.call('SETBIT', period_key('coh', p, old), idx, '0') end
+        redis.call('SETBIT', period_key('coh', p, day), idx, '1')
+        put(c, field, day)
+      end
     end
   end
-  set_max(ckey, 'la', ts)
+  put_max(c, 'la', ts)
 end
 
 -- Orders and money per period; a second order in a period marks a repeat buyer.
 local function period_sales(idx, days, status, amount)
-  for p, day in pairs(days) do
-    local suffix = p .. ':' .. day
+  for _, p in ipairs(PERIODS) do
+    local day = days[p]
+    local key = period_key('sales', p, day)
     if status == 'placed' then
-      redis.call('HINCRBY', P .. 'sales:' .. suffix, 'o', 1)
-      redis.call('HINCRBY', P .. 'sales:' .. suffix, 'pm', amount)
-      if redis.call('SETBIT', P .. 'buy:' .. suffix, idx, 1) == 1 then
-        redis.call('SETBIT', P .. 'rep:' .. suffix, idx, 1)
+      bump(key, 'o', 1)
+      bump(key, 'pm', amount)
+      if redis.call('SETBIT', period_key('buy', p, day), idx, '1') == 1 then
+        redis.call('SETBIT', period_key('rep', p, day), idx, '1')
       end
     else
-      redis.call('HINCRBY', P .. 'sales:' .. suffix, 'rm', amount)
+      bump(key, 'rm', amount)
     end
   end
 end
 
--- Only buckets that exist can hold an id: look them up once per batch.
-local seen_buckets = {}
-for b = bucket - nbuckets, bucket - 1 do
-  if redis.call('EXISTS', P .. 'seen:' .. b) == 1 then seen_buckets[#seen_buckets + 1] = P .. 'seen:' .. b end
+-- Dedupe digests, by bucket of arrival time. A bucket's digests are spread over 2^k small
+-- hashes `dd:<bucket>:<n>`, n = the top k bits of the digest's first five characters
+-- (base64, 30 bits), field = the digest without the characters n holds whole: small
+-- hashes stay listpacks (a dozen bytes a digest, where a set costs some 60). k is chosen
+-- when the bucket opens, from how many digests the bucket before it took, so that a hash
+-- holds 32 to 64; the bucket's marker `dd:<bucket>` keeps k and that count, and
+-- `dd:buckets` the buckets with a marker. A bucket older than the horizon is deleted a
+-- slice of hashes per batch. Sets `seen:<bucket>` of earlier versions are still read
+-- until they expire.
+local DIGEST_VALUES = {}
+do
+  local chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+  for i = 1, 64 do DIGEST_VALUES[string.byte(chars, i)] = i - 1 end
 end
-local current_seen = P .. 'seen:' .. bucket
+local PER_HASH = 64
+local DEFAULT_BITS = 12  -- a first bucket: up to some 250,000 digests stay compact
+local DROP_PER_BATCH = 4096
+local dd_buckets_key = P .. 'dd:buckets'
 
-local function is_duplicate(event_id)
-  -- SADD answers 0 when the id is already in the current bucket
-  if redis.call('SADD', current_seen, event_id) == 0 then return true end
-  for _, key in ipairs(seen_buckets) do
-    if redis.call('SISMEMBER', key, event_id) == 1 then
-      redis.call('SREM', current_seen, event_id)
-      return true
+-- Where a digest lives in a bucket of 2^k hashes: the hash's number and the field.
+local function digest_place(digest, k)
+  local v = 0
+  for i = 1, 5 do v = v * 64 + (DIGEST_VALUES[string.byte(digest, i) or 0] or 0) end
+  return math.floor(v / 2 ^ (30 - k)), string.sub(digest, math.floor(k / 6) + 1)
+end
+
+local past, old_sets = {}, {}
+local previous_count
+for b = bucket - nbuckets, bucket do
+  if b < bucket then
+    local mark = redis.call('HMGET', P .. 'dd:' .. b, 'k', 'n')
+    if mark[1] then
+      past[#past + 1] = {k = tonumber(mark[1]), key = P .. 'dd:' .. b .. ':'}
+      previous_count = tonumber(mark[2] or '0')
     end
   end
+  if redis.call('EXISTS', P .. 'seen:' .. b) == 1 then old_sets[#old_sets + 1] = P .. 'seen:' .. b end
+end
+local current_mark = P .. 'dd:' .. bucket
+local current_k = tonumber(redis.call('HGET', current_mark, 'k') or '-1')
+local function open_bucket()
+  local k = DEFAULT_BITS
+  if previous_count then
+    k = 0
+    while k < 30 and previous_count > PER_HASH * 2 ^ k do k = k + 1 end
+  end
+  redis.call('HSET', current_mark, 'k', k, 'n', '0')
+  redis.call('SADD', dd_buckets_key, bucket)
+  return k
+end
+local current_prefix = current_mark .. ':'
+local new_digests = 0
+
+local function is_duplicate(digest)
+  if current_k < 0 then current_k = open_bucket() end
+  local n, field = digest_place(digest, current_k)
+  local key = current_prefix .. n
+  -- HSETNX answers 0 when the digest is already in the current bucket
+  if redis.call('HSETNX', key, field, '') == 0 then return true end
+  local found = false
+  for _, b in ipairs(past) do
+    local other, rest = digest_place(digest, b.k)
+    if redis.call('HEXISTS', b.key .. other, rest) == 1 then
+      found = true
+      break
+    end
+  end
+  if not found then
+    for _, set in ipairs(old_sets) do
+      if redis.call('SISMEMBER', set, digest) == 1 then
+        found = true
+        break
+      end
+    end
+  end
+  if found then
+    redis.call('HDEL', key, field)
+    return true
+  end
+  new_digests = new_digests + 1
   return false
+end
+
+-- Deletes up to DROP_PER_BATCH hashes of buckets past the horizon, then their markers.
+local function drop_old_buckets()
+  local budget = DROP_PER_BATCH
+  for _, b in ipairs(redis.call('SMEMBERS', dd_buckets_key)) do
+    if budget <= 0 then return end
+    if tonumber(b) < bucket - nbuckets then
+      local mark = P .. 'dd:' .. b
+      local found = redis.call('HMGET', mark, 'k', 'next')
+      local total = found[1] and 2 ^ tonumber(found[1]) or 0
+      local next_hash = tonumber(found[2] or '0')
+      local stop = math.min(total, next_hash + budget)
+      if stop > next_hash then
+        local doomed = {}
+        for n = next_hash, stop - 1 do doomed[#doomed + 1] = mark .. ':' .. n end
+        redis.call('UNLINK', unpack(doomed))
+        budget = budget - (stop - next_hash)
+      end
+      if stop >= total then
+        redis.call('UNLINK', mark)
+        redis.call('SREM', dd_buckets_key, b)
+      else
+        redis.call('HSET', mark, 'next', stop)
+      end
+    end
+  end
 end
 
 -- Counters are summed in the script and written once per batch.
@@ -145,8 +327,8 @@ end
 
 -- Totals over all customers, kept as customers' latest scores change: sum and count per
 -- survey, and NPS promoters (9-10) and detractors (0-6), so the averages need no scan.
+local surveys_key = P .. 'surveys'
 local function survey_totals(survey, old, new)
-  local key = P .. 'surveys'
   local function nps_class(score)
     if survey ~= 'nps' or not score then return nil end
     score = tonumber(score)
@@ -154,24 +336,23 @@ local function survey_totals(survey, old, new)
     return nil
   end
   if old then
-    -- 0 - x, not -x: Lua's -0 reaches Redis as "-0", which HINCRBY refuses
-    redis.call('HINCRBY', key, survey .. '|sum', 0 - tonumber(old))
-    redis.call('HINCRBY', key, survey .. '|n', -1)
+    bump(surveys_key, survey .. '|sum', 0 - tonumber(old))
+    bump(surveys_key, survey .. '|n', -1)
     local class = nps_class(old)
-    if class then redis.call('HINCRBY', key, 'nps|' .. class, -1) end
+    if class then bump(surveys_key, 'nps|' .. class, -1) end
   end
-  redis.call('HINCRBY', key, survey .. '|sum', tonumber(new))
-  redis.call('HINCRBY', key, survey .. '|n', 1)
+  bump(surveys_key, survey .. '|sum', tonumber(new))
+  bump(surveys_key, survey .. '|n', 1)
   local class = nps_class(new)
-  if class then redis.call('HINCRBY', key, 'nps|' .. class, 1) end
+  if class then bump(surveys_key, 'nps|' .. class, 1) end
 end
 
 -- First-response times of all tickets, as histogram buckets (upper bounds in seconds)
 -- plus their sum in ms; a ticket's time moves between buckets when an earlier event lands.
 local RESPONSE_BOUNDS = {300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800}
+local responses_key = P .. 'responses'
 local function response_buckets(ms, delta)
   if not ms then return end
-  local key = P .. 'responses'
   local bucket = '+Inf'
   for _, bound in ipairs(RESPONSE_BOUNDS) do
     if ms <= bound * 1000 then
@@ -179,27 +360,27 @@ local function response_buckets(ms, delta)
       break
     end
   end
-  redis.call('HINCRBY', key, bucket, delta)
-  redis.call('HINCRBY', key, 'sum_ms', delta > 0 and ms or 0 - ms)
-  redis.call('HINCRBY', key, 'count', delta)
+  bump(responses_key, bucket, delta)
+  bump(responses_key, 'sum_ms', delta > 0 and ms or 0 - ms)
+  bump(responses_key, 'count', delta)
 end
 
 local function response_ms(tkey, ticket)
-  local opened = redis.call('HGET', tkey, ticket .. '|o')
-  local reply = redis.call('HGET', tkey, ticket .. '|r')
+  local known = redis.call('HMGET', tkey, ticket .. '|o', ticket .. '|r')
+  local opened, reply = known[1], known[2]
   if not opened or not reply then return nil end
   opened, reply = tonumber(opened), tonumber(reply)
   if reply < opened then return nil end
   return reply - opened
 end
 
-local function set_status(ckey, tkey, ticket, is_open, ts)
-  local st = redis.call('HGET', tkey, ticket .. '|t')
+local function set_status(c, tkey, ticket, is_open, ts)
+  local known = redis.call('HMGET', tkey, ticket .. '|t', ticket .. '|s')
+  local st, old = known[1], known[2]
   if st and tonumber(ts) < tonumber(st) then return end
-  local old = redis.call('HGET', tkey, ticket .. '|s')
   redis.call('HSET', tkey, ticket .. '|s', is_open, ticket .. '|t', ts)
-  if is_open == '1' and old ~= '1' then redis.call('HINCRBY', ckey, 'ot', 1) end
-  if is_open == '0' and old == '1' then redis.call('HINCRBY', ckey, 'ot', -1) end
+  if is_open == '1' and old ~= '1' then add(c, 'ot', 1) end
+  if is_open == '0' and old == '1' then add(c, 'ot', -1) end
 end
 
 -- At most MAX_TICKETS tickets per customer (processors/state.py keeps the same rule): at
@@ -207,8 +388,8 @@ end
 -- make room, else the new ticket is counted in 'tu' and not tracked.
 local MAX_TICKETS = 1000
 local TICKET_HORIZON_MS = 90 * 86400000
-local function room_for_ticket(ckey, tkey, ts)
-  local tracked = tonumber(redis.call('HGET', ckey, 'tn') or '0')
+local function room_for_ticket(c, tkey, ts)
+  local tracked = tonumber(c.f.tn or '0')
   if tracked < MAX_TICKETS then return true end
   local fields = redis.call('HGETALL', tkey)
   local tickets = {}
@@ -229,76 +410,85 @@ local function room_for_ticket(ckey, tkey, ts)
       tracked = tracked + 1
     end
   end
-  redis.call('HSET', ckey, 'tn', tracked)
+  put(c, 'tn', num(tracked))
   return tracked < MAX_TICKETS
 end
 
-local function apply_ticket(ckey, cid, ts, action, ticket)
+local function apply_ticket(c, cid, ts, action, ticket)
   local tkey = P .. 'tk:' .. cid
   local known = redis.call('HMGET', tkey, ticket .. '|o', ticket .. '|r', ticket .. '|s')
   if not known[1] and not known[2] and not known[3] then
-    if not room_for_ticket(ckey, tkey, ts) then
-      redis.call('HINCRBY', ckey, 'tu', 1)
+    if not room_for_ticket(c, tkey, ts) then
+      add(c, 'tu', 1)
       return
     end
-    redis.call('HINCRBY', ckey, 'tn', 1)
+    add(c, 'tn', 1)
   end
   local before = response_ms(tkey, ticket)
   if action == 'opened' then
     if redis.call('HSETNX', tkey, ticket .. '|o', ts) == 1 then
-      redis.call('HINCRBY', ckey, 'to', 1)
+      add(c, 'to', 1)
     else
       set_min(tkey, ticket .. '|o', ts)
     end
-    set_status(ckey, tkey, ticket, '1', ts)
+    set_status(c, tkey, ticket, '1', ts)
   elseif action == 'reopened' then
-    set_status(ckey, tkey, ticket, '1', ts)
+    set_status(c, tkey, ticket, '1', ts)
   elseif action == 'resolved' then
-    redis.call('HINCRBY', ckey, 'tr', 1)
-    set_status(ckey, tkey, ticket, '0', ts)
+    add(c, 'tr', 1)
+    set_status(c, tkey, ticket, '0', ts)
   elseif action == 'agent_replied' then
     set_min(tkey, ticket .. '|r', ts)
   end
   local after = response_ms(tkey, ticket)
   if before ~= after then
-    redis.call('HINCRBY', ckey, 'rs', (after or 0) - (before or 0))
-    redis.call('HINCRBY', ckey, 'rn', (after and 1 or 0) - (before and 1 or 0))
+    add(c, 'rs', (after or 0) - (before or 0))
+    add(c, 'rn', (after and 1 or 0) - (before and 1 or 0))
     response_buckets(before, -1)
     response_buckets(after, 1)
   end
 end
 
-local function customer_index(ckey, cid, ts)
-  if redis.call('HSETNX', ckey, 'fs', ts) == 1 then
+local function customer_index(c, cid, ts)
+  if not c.f.fs then
+    put(c, 'fs', ts)
     -- a dense index per customer, for bitmaps keyed by customer number
     local idx = redis.call('HGET', ids_key, cid)
     if not idx then
-      idx = redis.call('INCR', P .. 'ids:next') - 1
+      -- as text: a number passed to redis.call is formatted again on every call
+      idx = tostring(redis.call('INCR', P .. 'ids:next') - 1)
       redis.call('HSET', ids_key, cid, idx)
     end
-    redis.call('HSET', ckey, 'ix', idx)
+    put(c, 'ix', idx)
     return idx
   end
-  set_min(ckey, 'fs', ts)
-  return redis.call('HGET', ckey, 'ix')
+  put_min(c, 'fs', ts)
+  return c.f.ix
 end
 
 -- Would adding this amount push the customer's or a period's sum out of the exact range?
--- A day's sum is part of its week's, so the week and the month are the ones to check.
-local function sums_overflow(cid, days, status, amount, currency, original)
+-- A day's sum is part of its week's, so the week and the month are the ones to check,
+-- each as stored (read once per batch) plus what this batch adds to it so far.
+local stored_sums = {pm = {}, rm = {}}
+local function period_sum(key, field)
+  local value = stored_sums[field][key]
+  if value == nil then
+    value = tonumber(redis.call('HGET', key, field) or '0')
+    stored_sums[field][key] = value
+  end
+  return value + pending(key, field)
+end
+
+local function sums_overflow(c, days, status, amount, currency, original)
   if status ~= 'placed' and status ~= 'refunded' then return false end
   local field = status == 'placed' and 'pm' or 'rm'
-  local ckey = P .. 'c:' .. cid
-  local sums = {
-    {redis.call('HGET', ckey, field), amount},
-    {redis.call('HGET', P .. 'sales:w:' .. days.w, field), amount},
-    {redis.call('HGET', P .. 'sales:m:' .. days.m, field), amount},
-  }
+  amount = tonumber(amount)
+  if tonumber(c.f[field] or '0') + amount > SUM_LIMIT then return true end
+  if period_sum(period_key('sales', 'w', days.w), field) + amount > SUM_LIMIT then return true end
+  if period_sum(period_key('sales', 'm', days.m), field) + amount > SUM_LIMIT then return true end
   if currency ~= '' then
-    sums[#sums + 1] = {redis.call('HGET', ckey, field .. ':' .. currency), original}
-  end
-  for _, sum in ipairs(sums) do
-    if tonumber(sum[1] or '0') + tonumber(sum[2]) > SUM_LIMIT then return true end
+    local sum = c.f[field .. ':' .. currency]
+    if tonumber(sum or '0') + tonumber(original) > SUM_LIMIT then return true end
   end
   return false
 end
@@ -308,68 +498,77 @@ end
 -- customer (store/models.py). Called when a placed order adds a distinct day to the
 -- customer's orders per day, the only change that moves those three; the buyer's previous
 -- cell comes from its other days.
-local function fit_grid_day(cid, day)
-  local grid = P .. 'fitgrid'
+local function fit_grid_day(c, cid, day)
   local d = tonumber(day)
-  local days = redis.call('HKEYS', P .. 'od:' .. cid)
-  local first, last
-  for _, k in ipairs(days) do
-    local v = tonumber(k)
-    if v ~= d then
-      if not first or v < tonumber(first) then first = k end
-      if not last or v > tonumber(last) then last = k end
-    end
+  -- the other days with orders: the customer hash's day fields, and the od: hash of
+  -- earlier versions
+  local other = {}
+  for name, _ in pairs(c.f) do
+    if string.find(name, '^%d+$') then other[tonumber(name)] = true end
   end
+  for _, k in ipairs(redis.call('HKEYS', P .. 'od:' .. cid)) do other[tonumber(k)] = true end
+  if other[d] then return end
+  local first, last, n = nil, nil, 0
+  for v, _ in pairs(other) do
+    n = n + 1
+    if not first or v < first then first = v end
+    if not last or v > last then last = v end
+  end
+  local grid = P .. 'fitgrid'
   if first then
-    local old = first .. ':' .. last .. ':' .. (#days - 1)
+    local old = first .. ':' .. last .. ':' .. n
     if redis.call('HINCRBY', grid, old, -1) <= 0 then redis.call('HDEL', grid, old) end
-    if d < tonumber(first) then first = day end
-    if d > tonumber(last) then last = day end
+    first, last = math.min(first, d), math.max(last, d)
   else
-    first, last = day, day
+    first, last = d, d
   end
-  redis.call('HINCRBY', grid, first .. ':' .. last .. ':' .. #days, 1)
+  redis.call('HINCRBY', grid, string.format('%d:%d:%d', first, last, n + 1), 1)
 end
 
 local function apply(kind, cid, ts, days, a1, a2, a3, a4)
-  local ckey = P .. 'c:' .. cid
-  local idx = customer_index(ckey, cid, ts)
-  touched_customers[cid] = true
+  local c = customer(cid)
+  local idx = customer_index(c, cid, ts)
+  c.touched = true
   local t = tonumber(ts)
-  if not batch_first or t < tonumber(batch_first) then batch_first = ts end
-  if not batch_last or t > tonumber(batch_last) then batch_last = ts end
+  if not batch_first or t < batch_first_n then batch_first, batch_first_n = ts, t end
+  if not batch_last or t > batch_last_n then batch_last, batch_last_n = ts, t end
   if kind == 'o' then
     if a1 == 'placed' then
-      redis.call('HINCRBY', ckey, 'o', 1)
-      redis.call('HINCRBY', ckey, 'pm', a2)
-      if a3 ~= '' then redis.call('HINCRBY', ckey, 'pm:' .. a3, a4) end
-      set_max(ckey, 'lo', ts)
-      if redis.call('HINCRBY', P .. 'od:' .. cid, days.d, 1) == 1 then fit_grid_day(cid, days.d) end
-      period_sales(idx, days, a1, a2)
-      if string.find(kinds, 'o', 1, true) then activity(ckey, idx, ts, days) end
+      local amount = tonumber(a2)
+      add(c, 'o', 1)
+      add(c, 'pm', amount)
+      if a3 ~= '' then add(c, 'pm:' .. a3, tonumber(a4)) end
+      put_max(c, 'lo', ts)
+      -- placed orders per day: the field named by the day number (only those are digits)
+      if c.f[days.d] == nil then fit_grid_day(c, cid, days.d) end
+      add(c, days.d, 1)
+      period_sales(idx, days, a1, amount)
+      if kind_counts_activity.o then activity(c, idx, ts, days) end
     elseif a1 == 'refunded' then
-      redis.call('HINCRBY', ckey, 'rf', 1)
-      redis.call('HINCRBY', ckey, 'rm', a2)
-      if a3 ~= '' then redis.call('HINCRBY', ckey, 'rm:' .. a3, a4) end
-      period_sales(idx, days, a1, a2)
+      local amount = tonumber(a2)
+      add(c, 'rf', 1)
+      add(c, 'rm', amount)
+      if a3 ~= '' then add(c, 'rm:' .. a3, tonumber(a4)) end
+      period_sales(idx, days, a1, amount)
     else
-      redis.call('HINCRBY', ckey, 'cx', 1)
+      add(c, 'cx', 1)
     end
   elseif kind == 'l' then
-    redis.call('HINCRBY', ckey, 'lg', 1)
-    set_max(ckey, 'll', ts)
-    if string.find(kinds, 'l', 1, true) then activity(ckey, idx, ts, days) end
+    add(c, 'lg', 1)
+    put_max(c, 'll', ts)
+    if kind_counts_activity.l then activity(c, idx, ts, days) end
   else
     if a1 == 'rated' then
-      local cur = redis.call('HGET', ckey, a3 .. 't')
+      local cur = c.f[a3 .. 't']
       if not cur or tonumber(ts) >= tonumber(cur) then
-        survey_totals(a3, redis.call('HGET', ckey, a3), a4)
-        redis.call('HSET', ckey, a3, a4, a3 .. 't', ts)
+        survey_totals(a3, c.f[a3], a4)
+        put(c, a3, a4)
+        put(c, a3 .. 't', ts)
       end
     else
-      apply_ticket(ckey, cid, ts, a1, a2)
+      apply_ticket(c, cid, ts, a1, a2)
     end
-    if string.find(kinds, 's', 1, true) then activity(ckey, idx, ts, days) end
+    if kind_counts_activity.s then activity(c, idx, ts, days) end
   end
 end
 
@@ -403,10 +602,23 @@ for tp, runs in pairs(ranges) do
   end
   reach[tp] = last
 end
+-- 'topic|partition' and the per-topic counter names, built once per batch
+local tp_names, accepted_names, duplicate_names = {}, {}, {}
 for _, r in ipairs(records) do
   local kind, topic, partition = r[1], r[2], r[3]
   local offset = tonumber(r[4])
-  local tp = topic .. '|' .. partition
+  local of_topic = tp_names[topic]
+  if not of_topic then
+    of_topic = {}
+    tp_names[topic] = of_topic
+    accepted_names[topic] = 'accepted|' .. topic
+    duplicate_names[topic] = 'duplicate|' .. topic
+  end
+  local tp = of_topic[partition]
+  if not tp then
+    tp = topic .. '|' .. partition
+    of_topic[partition] = tp
+  end
   if offset <= last_offsets[tp] then
     redelivered = redelivered + 1
   elseif offset > reach[tp] then
@@ -416,19 +628,20 @@ for _, r in ipairs(records) do
     if kind == 'x' then
       count('rejected|' .. topic .. '|' .. r[11])
       rejected = rejected + 1
-    elseif kind == 'o' and sums_overflow(r[6], days, r[11], r[12], r[13], r[14]) then
+    elseif kind == 'o' and sums_overflow(customer(r[6]), days, r[11], r[12], r[13], r[14]) then
       count('rejected|' .. topic .. '|sum_overflow')
       rejected = rejected + 1
       overflows[#overflows + 1] = tp .. '|' .. offset
     elseif is_duplicate(r[5]) then
-      count('duplicate|' .. topic)
+      count(duplicate_names[topic])
       duplicates = duplicates + 1
     else
       local ts = r[7]
       apply(kind, r[6], ts, days, r[11], r[12], r[13], r[14])
-      count('accepted|' .. topic)
+      count(accepted_names[topic])
       applied = applied + 1
-      if not newest[tp] or tonumber(ts) > tonumber(newest[tp]) then newest[tp] = ts end
+      local t = tonumber(ts)
+      if not newest[tp] or t > newest[tp][1] then newest[tp] = {t, ts} end
     end
   end
 end
@@ -436,13 +649,36 @@ end
 for name, n in pairs(counts) do
   redis.call('HINCRBY', stats_key, name, n)
 end
-if applied + duplicates > 0 then redis.call('EXPIRE', current_seen, seen_ttl) end
--- customers whose state changed are due for a lifecycle and risk evaluation: NX keeps
--- the time of the first change since their last evaluation, and the evaluator serves
--- that queue oldest first (take_due.lua)
-for cid, _ in pairs(touched_customers) do
-  redis.call('ZADD', P .. 'due', 'NX', now, cid)
+for _, key in ipairs(total_keys) do
+  local t = totals[key]
+  for _, field in ipairs(t.order) do
+    redis.call('HINCRBY', key, field, num(t.fields[field]))
+  end
 end
+if new_digests > 0 then redis.call('HINCRBY', current_mark, 'n', new_digests) end
+drop_old_buckets()
+-- each changed customer's hash in one write; customers whose state changed are due for a
+-- lifecycle and risk evaluation: NX keeps the time of the first change since their last
+-- evaluation, and the evaluator serves that queue oldest first (take_due.lua)
+local due = {}
+for _, cid in ipairs(customer_order) do
+  local c = customers[cid]
+  local pairs_out = {}
+  for name, _ in pairs(c.dirty) do
+    pairs_out[#pairs_out + 1] = name
+    pairs_out[#pairs_out + 1] = c.f[name]
+  end
+  if #pairs_out > 0 then redis.call('HSET', c.key, unpack(pairs_out)) end
+  if c.touched then
+    due[#due + 1] = ARGV[3]  -- now, as text
+    due[#due + 1] = cid
+    if #due >= 400 then
+      redis.call('ZADD', P .. 'due', 'NX', unpack(due))
+      due = {}
+    end
+  end
+end
+if #due > 0 then redis.call('ZADD', P .. 'due', 'NX', unpack(due)) end
 for tp, last in pairs(reach) do
   if last > last_offsets[tp] then
     redis.call('HSET', offsets_key, tp, last)
@@ -455,6 +691,6 @@ if batch_first then
 end
 -- the newest event time per partition: the event-time watermark is their minimum
 for tp, ts in pairs(newest) do
-  set_max(newest_key, tp, ts)
+  set_max(newest_key, tp, ts[2])
 end
 return {applied, duplicates, redelivered, rejected, gap_list, overflows}

@@ -18,14 +18,27 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
 - ``S c:<customer>``       hash, the customer's counters and times (field names in
                             :mod:`store.store`); money in the reporting currency, and per
                             original currency in ``pm:<CUR>`` (placed) and ``rm:<CUR>``
-                            (refunded)
-- ``S od:<customer>``      hash, placed orders per day (day number since the epoch → count)
+                            (refunded); placed orders per day under the day's number since
+                            the epoch (the only field names made of digits). Some 20
+                            fields and the order days: the hash stays a compact listpack
+                            up to about a hundred days with orders
+- ``S od:<customer>``      hash, placed orders per day, where earlier versions kept them
+                            (day number → count); readers add it to the customer hash's
 - ``S tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
                             open flag, status time), at most MAX_TICKETS tickets; the
                             customer hash counts them in ``tn``
 - ``S ids``, ``S ids:next`` dense customer numbers, for per-period bitmaps
-- ``S seen:<bucket>``      sets of dedupe digests (event type, customer, event id), each
-                            set expiring after the dedupe horizon
+- ``S dd:<bucket>:<n>``    dedupe digests (event type, customer, event id) that arrived
+                            in a bucket of time, spread over 2^k small hashes: ``n`` the
+                            top k bits of the digest's first five characters, fields the
+                            digest without the characters ``n`` holds whole; 32 to 64 a
+                            hash, so that they stay listpacks
+- ``S dd:<bucket>``        the bucket's marker, hash: ``k``, digests taken ``n`` (the next
+                            bucket's ``k`` follows from it), and while the bucket is being
+                            deleted past the dedupe horizon, ``next`` hash to delete
+- ``S dd:buckets``         set of the buckets that have a marker
+- ``S seen:<bucket>``      sets of digests written by earlier versions, read until they
+                            expire
 - ``S offsets:<cluster>``  hash ``topic|partition`` → last applied offset, written in the
                             same script as the state: the truth a worker seeks to
 - ``S stamps:<cluster>``   hash ``topic|partition`` → Kafka timestamp (ms) of that message,

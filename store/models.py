@@ -100,11 +100,15 @@ async def read_grid(store: Store, as_of: date) -> tuple[GridRows, int]:
 
 
 def _histories(ids: Sequence[str], replies: Sequence[Any], as_of: int) -> list[History]:
-    """Buyers' statistics from each customer's ``HKEYS od:`` and ``HMGET c: pm rm``."""
+    """Buyers' statistics from each customer's ``HKEYS od:``, ``HKEYS c:`` and
+    ``HMGET c: pm rm``."""
     found: list[History] = []
     for n, customer_id in enumerate(ids):
-        days, (placed, refunded) = replies[2 * n], replies[2 * n + 1]
-        stats = stats_from_days([int(d) for d in days], as_of)
+        old_days, names, (placed, refunded) = replies[3 * n : 3 * n + 3]
+        # days with orders: the customer hash's fields named by a day number, and the
+        # od: hash of earlier versions
+        days = {int(d) for d in old_days} | {int(d) for d in names if d.isdigit()}
+        stats = stats_from_days(sorted(days), as_of)
         if stats is not None:
             revenue = int(placed or 0) - int(refunded or 0)
             found.append(History(customer_id, *stats, approximate_spend(revenue, len(days))))
@@ -117,6 +121,7 @@ async def _read_shard(store: Store, home: str, ids: Sequence[str], as_of: int) -
         async with store.redis.pipeline(transaction=False) as pipe:
             for customer_id in ids[i : i + CHUNK]:
                 pipe.hkeys(home + "od:" + customer_id)
+                pipe.hkeys(home + "c:" + customer_id)
                 pipe.hmget(home + "c:" + customer_id, ["pm", "rm"])
             replies.extend(await pipe.execute())
     loop = asyncio.get_running_loop()

@@ -455,6 +455,17 @@ def _opt_int(value: str | None) -> int | None:
     return None if value is None else int(value)
 
 
+def orders_by_day(fields: Mapping[str, str], old_days: Mapping[str, str]) -> dict[int, int]:
+    """Placed orders per day from a customer hash, whose fields named by a day number
+    (digits only) count that day's orders, plus the ``od:`` hash where earlier versions
+    kept them (a customer may have both)."""
+    days = {int(day): int(n) for day, n in old_days.items()}
+    for name, value in fields.items():
+        if name.isdigit():
+            days[int(name)] = days.get(int(name), 0) + int(value)
+    return days
+
+
 def _tickets_from_hash(raw: dict[str, str]) -> dict[str, TicketState]:
     grouped: dict[str, dict[str, str]] = {}
     for name, value in raw.items():
@@ -501,7 +512,7 @@ def _state_from_hashes(
         response_ms_sum=count("rs"),
         responses=count("rn"),
         tickets_untracked=count("tu"),
-        orders_by_day={int(day): int(n) for day, n in days.items()},
+        orders_by_day=orders_by_day(f, days),
         placed_by_currency=_by_currency(f, "pm:"),
         refunded_by_currency=_by_currency(f, "rm:"),
         tickets=_tickets_from_hash(tickets),

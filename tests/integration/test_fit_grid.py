@@ -20,7 +20,7 @@ from processors.fit_grid import cltv_quantile
 from processors.forecast import ModelOptions, fit_histories
 from store.evaluations import update_high_value_threshold
 from store.models import GRID, fit_report, read_histories, read_sample, refit, stored_fit
-from store.store import Store
+from store.store import Store, orders_by_day
 from tests.eventgen import random_events, with_duplicates
 from tests.integration.test_store import records_for
 
@@ -61,13 +61,16 @@ async def apply_in_batches(store: Store, records: list[list[str]], rng: random.R
 
 
 async def expected_cells(store: Store) -> list[Counter[str]]:
-    """Each shard's cells, computed from its customers' ``od:`` hashes."""
+    """Each shard's cells, computed from its customers' placed orders per day (the day
+    fields of the customer hash, and the ``od:`` hash of earlier versions)."""
     layout = await store.layout()
     want: list[Counter[str]] = [Counter() for _ in layout.prefixes]
     for customer_id in await store.customer_ids():
         shard = layout.shard_of(customer_id)
         home = layout.prefixes[shard]
-        days = [int(d) for d in await store.redis.hkeys(home + "od:" + customer_id)]
+        fields = await store.redis.hgetall(home + "c:" + customer_id)
+        old = await store.redis.hgetall(home + "od:" + customer_id)
+        days = list(orders_by_day(fields, old))
         if days:
             want[shard][f"{min(days)}:{max(days)}:{len(days)}"] += 1
     return want

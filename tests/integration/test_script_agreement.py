@@ -19,8 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from store.store import Store, accepted_record, rejected_record
-from streams.events import REJECT_REASONS, Event, build_event
+from processors.state import CustomerState
+from processors.windows import period_days
+from store.store import RESPONSE_BOUNDS, Store, accepted_record, rejected_record
+from streams.events import REJECT_REASONS, Event, OrderEvent, build_event
 from tests.eventgen import fold
 
 BASE_MS = 1_700_000_000_000  # 2023-11-14
@@ -145,6 +147,69 @@ async def test_script_agrees_with_the_fold(redis: Redis, stream: Stream) -> None
         assert await store.read_customer(customer_id) == state
     for customer_id in set(CUSTOMERS) - set(expected):
         assert await store.read_customer(customer_id) is None
+    assert await stored_totals(redis, prefix) == expected_totals(sent, expected)
     keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
     if keys:
         await redis.delete(*keys)
+
+
+Totals = dict[str, dict[str, int]]
+
+
+def _add(totals: Totals, key: str, field: str, n: int) -> None:
+    row = totals.setdefault(key, {})
+    row[field] = row.get(field, 0) + n
+
+
+def expected_totals(sent: list[Event], states: dict[str, CustomerState]) -> Totals:
+    """What the hashes shared by all customers must hold: sales per period from the
+    distinct orders, survey totals over latest scores, the first-response histogram."""
+    totals: Totals = {}
+    seen: set[tuple[str, str, str]] = set()
+    for event in sent:
+        identity = (event.type, event.customer_id, event.event_id)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        if not isinstance(event, OrderEvent) or event.status == "cancelled":
+            continue
+        for period, day in zip("dwm", period_days(event.ts_ms), strict=True):
+            key = f"sales:{period}:{day}"
+            if event.status == "placed":
+                _add(totals, key, "o", 1)
+                _add(totals, key, "pm", event.amount_micros)
+            else:
+                _add(totals, key, "rm", event.amount_micros)
+    for state in states.values():
+        for survey, score in state.scores.items():
+            _add(totals, "surveys", f"{survey}|sum", score.value)
+            _add(totals, "surveys", f"{survey}|n", 1)
+            if survey == "nps" and score.value >= 9:
+                _add(totals, "surveys", "nps|promoters", 1)
+            elif survey == "nps" and score.value <= 6:
+                _add(totals, "surveys", "nps|detractors", 1)
+        for ticket in state.tickets.values():
+            ms = ticket.response_ms()
+            if ms is None:
+                continue
+            bound = next((str(b) for b in RESPONSE_BOUNDS if ms <= b * 1000), "+Inf")
+            _add(totals, "responses", bound, 1)
+            _add(totals, "responses", "count", 1)
+            _add(totals, "responses", "sum_ms", ms)
+    return _nonzero(totals)
+
+
+async def stored_totals(redis: Redis, prefix: str) -> Totals:
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}sales:*", count=1000)]
+    totals: Totals = {}
+    for key in [*keys, f"{prefix}surveys", f"{prefix}responses"]:
+        raw = await redis.hgetall(key)
+        if raw:
+            totals[key[len(prefix) :]] = {name: int(value) for name, value in raw.items()}
+    return _nonzero(totals)
+
+
+def _nonzero(totals: Totals) -> Totals:
+    """Fields back at 0 (a score replaced, a response time moved) are left out."""
+    kept = {key: {f: n for f, n in row.items() if n != 0} for key, row in totals.items()}
+    return {key: row for key, row in kept.items() if row}

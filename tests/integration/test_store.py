@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from datetime import date
 
 import pytest
 from redis.asyncio import Redis
 
-from store.store import DEDUPE_BUCKETS, Store, accepted_record, rejected_record
+from processors.forecast import day_number, stats_from_days
+from store.models import read_histories
+from store.store import DEDUPE_BUCKETS, Store, accepted_record, dedupe_id, rejected_record
 from streams.events import build_event
 from tests.eventgen import fold, random_events, with_duplicates
 
@@ -86,8 +89,25 @@ async def test_duplicate_ids_are_forgotten_after_the_horizon(redis: Redis) -> No
         [accepted_record(event, "orders", 0, 2)], now_ms=width_ms * (DEDUPE_BUCKETS + 1)
     )
     assert (first.applied, within.duplicates, after.applied) == (1, 1, 1)
-    ttl = await redis.ttl(store.key("seen", "0"))
-    assert 0 < ttl <= 800 + 100
+    # the bucket past the horizon is deleted, its marker last
+    assert [key async for key in redis.scan_iter(match=store.key("dd", "0*"))] == []
+    assert await redis.smembers(store.key("dd", "buckets")) == {"8", "9"}
+    assert [key async for key in redis.scan_iter(match=store.key("dd", "9:*"))]
+
+
+@pytest.mark.parametrize("bucket", [0, 3])
+async def test_digests_kept_in_sets_by_earlier_versions_still_count(
+    redis: Redis, bucket: int
+) -> None:
+    """A store written before digests moved to small hashes keeps recognising them."""
+    store = Store(redis, f"oldsets{bucket}:", dedupe_horizon_seconds=800)
+    event = build_event({"event_id": "e", "customer_id": "c", "ts": 1, "type": "login"})
+    await redis.sadd(store.key("seen", str(bucket)), dedupe_id(event))
+    now_ms = store.bucket_ms * 4
+    again = await store.apply_batch([accepted_record(event, "logins", 0, 0)], now_ms=now_ms)
+    assert (again.applied, again.duplicates) == (0, 1)
+    # and the digest was not added to the current bucket on the way
+    assert [key async for key in redis.scan_iter(match=store.key("dd", "4:*"))] == []
 
 
 async def test_offsets_are_scoped_by_cluster(redis: Redis) -> None:
@@ -110,3 +130,59 @@ async def test_rejections_count_once_per_offset(redis: Redis) -> None:
     await store.apply_batch(batch)
     stats = await store.stats()
     assert stats.rejected == {("orders", "invalid_json"): 1}
+
+
+async def test_orders_per_day_kept_by_earlier_versions_still_count(
+    redis: Redis, rng: random.Random
+) -> None:
+    """Earlier versions counted placed orders per day in an ``od:`` hash beside the
+    customer hash; a store written that way reads the same, and keeps counting."""
+    prefix = f"od{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, ("order", "login", "support"))
+    events = random_events(rng, customers=5, count=400)
+    records = records_for(events, partitions=1)
+    await store.apply_batch(records[:200])
+    # move the day fields to where earlier versions kept them
+    for customer_id in await store.customer_ids():
+        fields = await redis.hgetall(store.key("c", customer_id))
+        days = {name: value for name, value in fields.items() if name.isdigit()}
+        if days:
+            await redis.hdel(store.key("c", customer_id), *days)
+            await redis.hset(store.key("od", customer_id), mapping=days)
+    assert [key async for key in redis.scan_iter(match=store.key("od", "*"))]
+    await store.apply_batch(records[200:])
+    expected = fold(events, frozenset({"order", "login", "support"}))
+    assert {c: await store.read_customer(c) for c in expected} == expected
+    as_of = date(2030, 1, 1)
+    histories = {h.customer_id: h for h in await read_histories(store, as_of)}
+    limit = day_number(as_of)
+    for customer_id, state in expected.items():
+        stats = stats_from_days(sorted(state.orders_by_day), limit)
+        found = histories.get(customer_id)
+        assert (found and (found.x, found.t_x, found.T)) == (stats and tuple(stats))
+
+
+async def test_a_bucket_spreads_its_digests_by_what_the_bucket_before_took(
+    redis: Redis,
+) -> None:
+    """100 digests in the first bucket: the next one opens with 2 hashes (64 a hash at
+    most), and still finds the first bucket's digests."""
+    store = Store(redis, "spread:", dedupe_horizon_seconds=800)
+    events = [
+        build_event({"event_id": f"e{n}", "customer_id": f"c{n % 7}", "ts": 1, "type": "login"})
+        for n in range(200)
+    ]
+    records = [accepted_record(e, "logins", 0, n) for n, e in enumerate(events)]
+    first = await store.apply_batch(records[:100], now_ms=0)
+    width = store.bucket_ms
+    again = await store.apply_batch(records[:100], now_ms=width)  # offsets already applied
+    second = await store.apply_batch(
+        [accepted_record(e, "logins", 1, n) for n, e in enumerate(events)], now_ms=width
+    )
+    assert (first.applied, again.redelivered) == (100, 100)
+    assert (second.duplicates, second.applied) == (100, 100)
+    assert await redis.hget(store.key("dd", "0"), "k") == "12"
+    assert await redis.hgetall(store.key("dd", "1")) == {"k": "1", "n": "100"}
+    hashes = [key async for key in redis.scan_iter(match=store.key("dd", "1:*"))]
+    assert sorted(hashes) == [store.key("dd", "1:0"), store.key("dd", "1:1")]
+    assert sum([await redis.hlen(key) for key in hashes]) == 100
