@@ -226,7 +226,7 @@ async def pipeline_run(
     store = Store(redis, base.key_prefix, base.activity_kinds, offsets_scope=scope)
     env_extra = {
         "PYTHONUNBUFFERED": "1",
-        **tp.STACK_ENV,
+        **runtime.EMBEDDED_TIMEOUTS,
         **{k: v for k, v in tp.TUNED.items() if v},
     }
     procs = []
@@ -237,7 +237,7 @@ async def pipeline_run(
             settings = base.model_copy(update={"data_dir": log_dir / f"{tag}-w{n}"})
             env = runtime.child_env(**{**settings.env(), **env_extra})
             logs.append(log_dir / f"{tag}-w{n}.log")
-            procs.append(await tp.spawn("pipeline", env, logs[-1]))
+            procs.append(runtime.start_worker(env, log_dir, f"{tag}-w{n}"))
         try:
             await wait_joined(store, topics.source("order"), workers, options.partitions)
             joined = time.monotonic() - spawned
@@ -251,8 +251,8 @@ async def pipeline_run(
                 if time.monotonic() > deadline:
                     raise BenchError(f"the store saw fewer than {options.events} events")
                 for proc in procs:
-                    if proc.returncode is not None:
-                        raise BenchError(f"a worker exited with code {proc.returncode}")
+                    if proc.proc.poll() is not None:
+                        raise BenchError(f"a worker exited with code {proc.proc.returncode}")
                 await asyncio.sleep(tp.POLL_SECONDS)
             after = node_counters(nodes)
             first = await first_event(store, base.worker_heartbeat_seconds)
@@ -260,7 +260,7 @@ async def pipeline_run(
             tails = "\n".join(f"--- {p}\n{tp.log_tail(p)}" for p in logs)
             raise BenchError(f"{tag}: {exc}\n{tails}") from exc
     finally:
-        await asyncio.gather(*(tp.stop(p) for p in procs))
+        runtime.stop_all(procs)
         await redis.aclose()
         for node in nodes:
             node.close()

@@ -39,8 +39,10 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
 - ``S dd:buckets``         set of the buckets that have a marker
 - ``S seen:<bucket>``      sets of digests written by earlier versions, read until they
                             expire
-- ``S offsets:<cluster>``  hash ``topic|partition`` → last applied offset, written in the
-                            same script as the state: the truth a worker seeks to
+- ``S offsets:<cluster>``  hash ``topic|partition`` → the last offset the shard has taken
+                            account of (every shard sees every batch's offsets), written
+                            in the same script as the state; the lowest over the shards
+                            is the truth a worker seeks to
 - ``S stamps:<cluster>``   hash ``topic|partition`` → Kafka timestamp (ms) of that message,
                             to recognise a topic deleted and created again
 - ``S act:<p>:<day>``       bitmap of customers active in a period (p = d|w|m, day = the

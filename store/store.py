@@ -171,7 +171,8 @@ class Store:
         now_ms: int | None = None,
         floors: dict[tuple[str, int], int] | None = None,
     ) -> BatchResult:
-        """Apply consumed messages in one atomic script call.
+        """Apply consumed messages: the batch split by shard, one atomic script call per
+        shard (concurrently), every shard told the batch's runs of offsets.
 
         With ``floors`` (the lowest offset the broker still holds per partition), a
         partition's records must continue the stored offset without a gap, else they are
