@@ -7,18 +7,26 @@ cluster client discovers the others from it, as it would in production.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from retention import runtime
+from store.connect import connect
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Stack
 
 NODES = 3
 #: Each node also listens on its cluster bus port, port + 10000, which must stay a port.
@@ -149,3 +157,21 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for node_dir in base_dir.iterdir():
         if node_dir.name != "logs":
             shutil.rmtree(node_dir, ignore_errors=True)
+
+
+# A test module that imports these two runs its tests against the cluster: they take the
+# place of the session's `stack` and `redis` for that module only.
+
+
+@pytest.fixture(name="stack")
+def stack_on_the_cluster(stack: Stack, redis_cluster: str) -> Stack:
+    """The session's broker, with the Redis Cluster in place of the single Redis."""
+    return dataclasses.replace(stack, redis_url=redis_cluster)
+
+
+@pytest.fixture(name="redis")
+async def redis_on_the_cluster(stack: Stack) -> AsyncIterator[AsyncRedis]:
+    client = connect(stack.redis_url, decode_responses=True)
+    assert isinstance(client, RedisCluster)
+    yield client
+    await client.aclose()

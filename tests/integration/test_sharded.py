@@ -3,20 +3,19 @@ Cluster, where the pipeline, recovery and backtest tests run again unchanged."""
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
-from store.connect import connect
 from store.shards import LayoutMismatch
 from store.store import Store
 from tests.eventgen import fold, random_events, with_duplicates
-from tests.integration.conftest import Stack
+from tests.integration.cluster import (  # noqa: F401  (fixtures: the cluster in place of the single Redis)
+    redis_on_the_cluster,
+    stack_on_the_cluster,
+)
 from tests.integration.test_backtest import (
     test_synthetic_jsonl_weekly_with_late_events_and_duplicates as test_backtest_on_the_cluster,
 )
@@ -30,7 +29,7 @@ from tests.integration.test_recovery import (
 from tests.integration.test_recovery import (
     test_two_workers_share_partitions_and_survive_losing_one as test_two_workers_on_the_cluster,
 )
-from tests.integration.test_store import records_for
+from tests.integration.test_store import apply_in_random_batches, records_for
 
 __all__ = [
     "test_backtest_on_the_cluster",
@@ -40,33 +39,6 @@ __all__ = [
 ]
 
 KINDS = ("order", "login", "support")
-
-
-@pytest.fixture
-def stack(stack: Stack, redis_cluster: str) -> Stack:
-    """The session's broker, with the Redis Cluster in place of the single Redis."""
-    return dataclasses.replace(stack, redis_url=redis_cluster)
-
-
-@pytest.fixture
-async def redis(stack: Stack) -> AsyncIterator[Redis]:
-    client = connect(stack.redis_url, decode_responses=True)
-    assert isinstance(client, RedisCluster)
-    yield client
-    await client.aclose()
-
-
-async def apply_in_random_batches(
-    store: Store, records: Sequence[Sequence[str]], rng: random.Random
-) -> None:
-    i = 0
-    while i < len(records):
-        size = rng.randint(1, 400)
-        await store.apply_batch(records[i : i + size])
-        if rng.random() < 0.3:
-            replay = await store.apply_batch(records[max(0, i - 50) : i + size])
-            assert replay.applied == replay.duplicates == 0
-        i += size
 
 
 async def assert_fold(store: Store, events: list[dict[str, Any]]) -> None:

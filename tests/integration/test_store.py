@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import date
 
 import pytest
@@ -27,6 +28,21 @@ def records_for(events: list[dict[str, object]], partitions: int) -> list[list[s
     return out
 
 
+async def apply_in_random_batches(
+    store: Store, records: Sequence[Sequence[str]], rng: random.Random
+) -> None:
+    """Random batch sizes, and now and then a redelivery: the same messages again, as
+    after a crash before the commit, which must change nothing."""
+    i = 0
+    while i < len(records):
+        size = rng.randint(1, 400)
+        await store.apply_batch(records[i : i + size])
+        if rng.random() < 0.3:
+            replay = await store.apply_batch(records[max(0, i - 50) : i + size])
+            assert replay.applied == replay.duplicates == 0
+        i += size
+
+
 @pytest.mark.parametrize("shards", [None, 4])
 async def test_random_batches_with_replays_equal_the_fold(
     redis: Redis, rng: random.Random, shards: int | None
@@ -35,15 +51,7 @@ async def test_random_batches_with_replays_equal_the_fold(
     store = Store(redis, prefix, ("order", "login", "support"), shards=shards, writer=True)
     events = with_duplicates(rng, random_events(rng, customers=40, count=3000), share=0.1)
     records = records_for(events, partitions=3)
-    i = 0
-    while i < len(records):
-        size = rng.randint(1, 400)
-        await store.apply_batch(records[i : i + size])
-        if rng.random() < 0.3:
-            # a redelivery: the same messages again, as after a crash before the commit
-            replay = await store.apply_batch(records[max(0, i - 50) : i + size])
-            assert replay.applied == replay.duplicates == 0
-        i += size
+    await apply_in_random_batches(store, records, rng)
     expected = fold(events, frozenset({"order", "login", "support"}))
     for customer_id, state in expected.items():
         assert await store.read_customer(customer_id) == state
