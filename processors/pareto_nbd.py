@@ -40,6 +40,19 @@ class ParetoNbdParams:
         return asdict(self)
 
 
+def _hyp_term(p: ParetoNbdParams, xs: Floats, ts: Floats) -> Floats:
+    """log[2F1(r+s+x, c; r+s+x+1; z(t)) / (M+t)^(r+s+x)], one of equation (19)'s terms."""
+    r, alpha, s, beta = p.r, p.alpha, p.s, p.beta
+    if alpha < beta:
+        low, high, c = alpha, beta, r + xs
+    else:
+        low, high, c = beta, alpha, np.full_like(xs, s + 1)
+    rsx = r + s + xs
+    result: Floats = np.log(hyp2f1(rsx, c, rsx + 1, (high - low) / (high + ts)))
+    result -= rsx * np.log(high + ts)
+    return result
+
+
 def _log_a0(p: ParetoNbdParams, xs: Floats, txs: Floats, Ts: Floats) -> Floats:
     """log A_0, equations (19) and (20).
 
@@ -48,14 +61,7 @@ def _log_a0(p: ParetoNbdParams, xs: Floats, txs: Floats, Ts: Floats) -> Floats:
     where c = r+x when α < β and s+1 otherwise. The difference is taken in log space; it is
     0 (log -inf) when t_x = T.
     """
-    r, alpha, s, beta = p.r, p.alpha, p.s, p.beta
-    if alpha < beta:
-        low, high, c = alpha, beta, r + xs
-    else:
-        low, high, c = beta, alpha, np.full_like(xs, s + 1)
-    rsx = r + s + xs
-    first = np.log(hyp2f1(rsx, c, rsx + 1, (high - low) / (high + txs))) - rsx * np.log(high + txs)
-    second = np.log(hyp2f1(rsx, c, rsx + 1, (high - low) / (high + Ts))) - rsx * np.log(high + Ts)
+    first, second = _hyp_term(p, xs, txs), _hyp_term(p, xs, Ts)
     # log(e^first - e^second), with first >= second since t_x <= T
     with np.errstate(divide="ignore"):
         result: Floats = first + np.log1p(-np.exp(second - first))
@@ -120,18 +126,6 @@ class Likelihood:
         self.x_tx, self.tx_pair, self.by_tx = _pairs(self.rows.xs, self.rows.txs)
         self.x_T, self.T_pair, self.by_T = _pairs(self.rows.xs, self.rows.Ts)
 
-    def _hyp_term(self, p: ParetoNbdParams, xs: Floats, ts: Floats) -> Floats:
-        """log[2F1(r+s+x, c; r+s+x+1; z(t)) / (M+t)^(r+s+x)], equation (19)'s terms."""
-        r, alpha, s, beta = p.r, p.alpha, p.s, p.beta
-        if alpha < beta:
-            low, high, c = alpha, beta, r + xs
-        else:
-            low, high, c = beta, alpha, np.full_like(xs, s + 1)
-        rsx = r + s + xs
-        result: Floats = np.log(hyp2f1(rsx, c, rsx + 1, (high - low) / (high + ts)))
-        result -= rsx * np.log(high + ts)
-        return result
-
     def __call__(self, log_params: Floats) -> float:
         rows = self.rows
         ux = rows.xs.values
@@ -143,8 +137,8 @@ class Likelihood:
             log_b = np.log(beta + rows.Ts.values)
             alive = float(np.dot(rows.w_by_x, head)) - s * float(np.dot(rows.w_by_T, log_b))
             alive -= r * float(np.dot(rows.w_by_T, log_a)) + float(np.dot(rows.wx_by_T, log_a))
-            first = self._hyp_term(p, self.x_tx, self.tx_pair)
-            second = self._hyp_term(p, self.x_T, self.T_pair)
+            first = _hyp_term(p, self.x_tx, self.tx_pair)
+            second = _hyp_term(p, self.x_T, self.T_pair)
             # log A_0 = first + log(1 - e^(second - first)), row by row
             d = self.by_T.gather(second, rows.work)
             top = self.by_tx.gather(first, rows.spare)
