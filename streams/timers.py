@@ -1,4 +1,5 @@
-"""The worker's timers: its heartbeat, and the leader's period closing, refit and evaluation.
+"""The worker's timers: its heartbeat, the leader's period closing and refit, and every
+worker's evaluation of the shards that follow its partitions.
 
 A timer body that raises costs one tick, never the timer (``surviving``).
 """
