@@ -86,14 +86,24 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFami
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
+def _scalar(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+    """A gauge without labels; without a sample when the value is unknown."""
+    family = _gauge(name, doc)
+    if value is not None:
+        family.add_metric([], value)
+    return family
+
+
 def _customer_families(snap: Snapshot) -> Iterator[Metric]:
     states = _gauge("retention_customers", "Customers by lifecycle state.", ("state",))
     for state in STATUSES:
         states.add_metric([state], snap.lifecycle.get(state, 0))
     yield states
-    tracked = _gauge("retention_tracked_customers", "Customers the tracker has ever seen.")
-    tracked.add_metric([], snap.tracked_customers)
-    yield tracked
+    yield _scalar(
+        "retention_tracked_customers",
+        "Customers the tracker has ever seen.",
+        snap.tracked_customers,
+    )
     active = _gauge(
         "retention_active_customers",
         "Distinct customers with activity in the period holding now (DAU, WAU, MAU).",
@@ -140,15 +150,16 @@ def _risk_families(snap: Snapshot) -> Iterator[Metric]:
     for reason, n in sorted(snap.at_risk.items()):
         reasons.add_metric([reason], n)
     yield reasons
-    high = _gauge("retention_high_value_at_risk_customers", "High-value customers at risk.")
-    high.add_metric([], snap.high_value_at_risk)
-    yield high
-    cltv = _gauge(
+    yield _scalar(
+        "retention_high_value_at_risk_customers",
+        "High-value customers at risk.",
+        snap.high_value_at_risk,
+    )
+    yield _scalar(
         "retention_predicted_cltv",
         "Predicted customer lifetime value summed over customers (reporting currency).",
+        snap.predicted_cltv,
     )
-    cltv.add_metric([], snap.predicted_cltv)
-    yield cltv
     exposed = _gauge(
         "retention_cltv_at_risk",
         "Predicted CLTV times risk score, summed over at-risk customers by risk reason "
@@ -236,25 +247,17 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
     for topic, n in sorted((snap.lag or {}).items()):
         lag.add_metric([topic], n)
     yield lag
-    for name, doc, value in (
-        (
-            "retention_watermark_delay_seconds",
-            "Now minus the event-time watermark (oldest of the partitions' newest events).",
-            snap.watermark_delay_seconds,
-        ),
-        (
-            "retention_last_event_age_seconds",
-            "Now minus the newest event time applied.",
-            snap.last_event_age_seconds,
-        ),
-    ):
-        family = _gauge(name, doc)
-        if value is not None:
-            family.add_metric([], value)
-        yield family
-    workers = _gauge("retention_workers_alive", "Workers with a recent heartbeat.")
-    workers.add_metric([], snap.workers_alive)
-    yield workers
+    yield _scalar(
+        "retention_watermark_delay_seconds",
+        "Now minus the event-time watermark (oldest of the partitions' newest events).",
+        snap.watermark_delay_seconds,
+    )
+    yield _scalar(
+        "retention_last_event_age_seconds",
+        "Now minus the newest event time applied.",
+        snap.last_event_age_seconds,
+    )
+    yield _scalar("retention_workers_alive", "Workers with a recent heartbeat.", snap.workers_alive)
     last = _gauge(
         "retention_worker_last_applied_timestamp_seconds",
         "Unix time of a live worker's last applied batch, from its heartbeat.",
@@ -263,25 +266,21 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
     for worker, at in sorted(snap.worker_last_applied.items()):
         last.add_metric([worker], at)
     yield last
-    stalled = _gauge(
+    yield _scalar(
         "retention_workers_stalled",
         "Live workers whose partitions have lag but that applied nothing for a while.",
+        snap.workers_stalled,
     )
-    if snap.workers_stalled is not None:
-        stalled.add_metric([], snap.workers_stalled)
-    yield stalled
-    waiting = _gauge(
+    yield _scalar(
         "retention_evaluation_waiting_customers",
         "Customers waiting for an evaluation: changed since their last one, or due a recheck.",
+        snap.evaluation_waiting,
     )
-    waiting.add_metric([], snap.evaluation_waiting)
-    yield waiting
-    wait = _gauge(
+    yield _scalar(
         "retention_evaluation_wait_seconds",
         "How long the customer waiting longest for an evaluation has waited.",
+        snap.evaluation_wait_seconds,
     )
-    wait.add_metric([], snap.evaluation_wait_seconds)
-    yield wait
 
 
 def _ingest_families(snap: Snapshot) -> Iterator[Metric]:
