@@ -22,7 +22,7 @@ from store.evaluations import update_high_value_threshold
 from store.models import GRID, fit_report, read_histories, read_sample, refit, stored_fit
 from store.store import Store, orders_by_day
 from tests.eventgen import random_events, with_duplicates
-from tests.integration.test_store import records_for
+from tests.integration.test_store import apply_in_random_batches, records_for
 
 KINDS = ("order", "login", "support")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -50,14 +50,6 @@ def orders(rng: random.Random, customers: int) -> list[dict[str, Any]]:
             )  # fmt: skip
     rng.shuffle(events)
     return with_duplicates(rng, events, share=0.1)
-
-
-async def apply_in_batches(store: Store, records: list[list[str]], rng: random.Random) -> None:
-    at = 0
-    while at < len(records):
-        size = rng.randrange(1, 300)
-        await store.apply_batch(records[at : at + size])
-        at += size
 
 
 async def expected_cells(store: Store) -> list[Counter[str]]:
@@ -90,7 +82,7 @@ async def test_the_grid_follows_every_customers_order_days(
     store = Store(redis, f"fg{rng.randrange(1 << 30)}:", KINDS, shards=shards, writer=True)
     events = with_duplicates(rng, random_events(rng, customers=80, count=2500), share=0.1)
     events += orders(rng, 60)
-    await apply_in_batches(store, records_for(events, partitions=3), rng)
+    await apply_in_random_batches(store, records_for(events, partitions=3), rng)
     got = await stored_cells(store)
     assert got == await expected_cells(store)
     assert all(n > 0 for shard in got for n in shard.values())  # emptied cells go
@@ -104,7 +96,7 @@ async def test_refit_from_the_grid_equals_the_per_customer_refit(
 ) -> None:
     rng = random.Random(5)
     store = Store(redis, f"fgfit{rng.randrange(1 << 30)}:", ("order",), shards=4, writer=True)
-    await apply_in_batches(store, records_for(orders(rng, 300), partitions=2), rng)
+    await apply_in_random_batches(store, records_for(orders(rng, 300), partitions=2), rng)
     options = ModelOptions(model, 12, 0.01)
 
     fit = await refit(store, AS_OF, options)
@@ -157,7 +149,7 @@ async def test_a_sample_gives_the_threshold_and_spend_within_sampling_error(
 ) -> None:
     rng = random.Random(9)
     store = Store(redis, f"fgs{rng.randrange(1 << 30)}:", ("order",), shards=4, writer=True)
-    await apply_in_batches(store, records_for(orders(rng, 2000), partitions=2), rng)
+    await apply_in_random_batches(store, records_for(orders(rng, 2000), partitions=2), rng)
     everyone = await read_histories(store, AS_OF)
     full = fit_histories(everyone, AS_OF, ModelOptions())
     size = 600
@@ -197,7 +189,7 @@ async def test_buyers_with_orders_after_the_as_of_day_are_left_out_and_counted(
 ) -> None:
     rng = random.Random(8)
     store = Store(redis, f"fgl{rng.randrange(1 << 30)}:", ("order",), shards=4, writer=True)
-    await apply_in_batches(store, records_for(orders(rng, 200), partitions=2), rng)
+    await apply_in_random_batches(store, records_for(orders(rng, 200), partitions=2), rng)
     as_of = (T0 + timedelta(days=90)).date()
     limit = (as_of - date(1970, 1, 1)).days
     spans = [
@@ -220,7 +212,7 @@ async def test_a_store_without_a_grid_is_refitted_from_every_customer(
 ) -> None:
     rng = random.Random(3)
     store = Store(redis, f"fgo{rng.randrange(1 << 30)}:", ("order",), shards=4, writer=True)
-    await apply_in_batches(store, records_for(orders(rng, 150), partitions=2), rng)
+    await apply_in_random_batches(store, records_for(orders(rng, 150), partitions=2), rng)
     options = ModelOptions("mbgnbd", 12, 0.01)
     from_grid = await refit(store, AS_OF, options)
     for home in (await store.layout()).prefixes:
@@ -239,7 +231,7 @@ async def test_a_store_without_a_grid_is_refitted_from_every_customer(
 async def test_no_buyers_no_fit(redis: Redis, rng: random.Random) -> None:
     store = Store(redis, f"fgn{rng.randrange(1 << 30)}:", KINDS, shards=4, writer=True)
     events = [e for e in random_events(rng, customers=20, count=200) if e["type"] == "login"]
-    await apply_in_batches(store, records_for(events, partitions=2), rng)
+    await apply_in_random_batches(store, records_for(events, partitions=2), rng)
     assert await store.customer_count() > 0
     assert await refit(store, AS_OF) is None
     assert await stored_fit(store) is None
