@@ -9,7 +9,7 @@ over the lifetime, lognormal order values. For each size the bench spreads the b
 ``--shards`` shards, counts each shard's cells (first day, last day, order days) as the
 batch script keeps them and loads them straight into each shard's ``fitgrid`` with HSET
 (replaying events through the batch script would take hours at 10M). It also writes the
-``ids``, ``od:`` and ``c:`` hashes of ``--stored`` of those buyers, as the batch script
+``od:`` and ``c:`` hashes (and ``ids:next``) of ``--stored`` of those buyers, as the batch script
 writes them: the sample reads a fixed number of customers whatever the store's size. Then
 it times :func:`store.models.refit` and prints the report the refit stores: first cold
 (no stored fit, the search starts from all parameters 1), then warm (the next day's refit,
@@ -97,8 +97,10 @@ async def load_grid(redis: Redis, layout: ShardLayout, b: Buyers, chunk: int = 2
 async def load_customers(
     redis: Redis, layout: ShardLayout, b: Buyers, count: int, seed: int, chunk: int = 2_000
 ) -> None:
-    """The first ``count`` buyers' ``ids``, ``od:`` and ``c:`` entries, in their shards."""
+    """The first ``count`` buyers' ``od:`` and ``c:`` hashes, in their shards, and each
+    shard's ``ids:next``."""
     rng = np.random.default_rng(seed)
+    numbered: dict[str, int] = dict.fromkeys(layout.prefixes, 0)
     for at in range(0, count, chunk):
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(at, min(at + chunk, count)):
@@ -110,9 +112,12 @@ async def load_customers(
                     inner = rng.choice(np.arange(first + 1, last), n - 2, replace=False)
                     days |= set(inner.tolist())
                 pipe.hset(home + "od:" + cid, mapping={str(d): 1 for d in days})
-                pipe.hset(home + "c:" + cid, mapping={"pm": int(b.revenue[i]), "rm": 0})
-                pipe.hset(home + "ids", cid, i)
+                fields = {"pm": int(b.revenue[i]), "rm": 0, "ix": numbered[home]}
+                pipe.hset(home + "c:" + cid, mapping=fields)
+                numbered[home] += 1
             await pipe.execute()
+    for home, n in numbered.items():
+        await redis.set(home + "ids:next", n)
 
 
 def shard_of_name(b: Buyers, layout: ShardLayout, count: int) -> None:

@@ -49,7 +49,6 @@ local offsets_key = KEYS[1]
 local stats_key = P .. 'stats'
 local meta_key = P .. 'meta'
 local newest_key = P .. 'newest:' .. ARGV[2]
-local ids_key = P .. 'ids'
 local stamps_key = P .. 'stamps:' .. ARGV[2]
 -- money sums stay below 2^53 micros, where Lua's doubles still count every unit
 local SUM_LIMIT = 9007199254740991
@@ -166,15 +165,28 @@ end
 -- cohort bitmaps: a customer sits in the cohort of its first activity, and moves when an
 -- earlier activity arrives late (in the periods that change).
 local FIRST_FIELDS = {d = 'fad', w = 'faw', m = 'fam'}
+local act_counts_key = P .. 'act:n'
+-- Whether the customer's latest activity (a day number) lies in the event's period p,
+-- whose bit it then set already. Periods are UTC; an ISO week starts on a Monday (day 0,
+-- 1970-01-01, was a Thursday); a month is known to hold its first 28 days.
+local function latest_in_period(latest, p, days)
+  if not latest then return false end
+  if p == 'd' then return latest == tonumber(days.d) end
+  if p == 'w' then return latest - (latest + 3) % 7 == tonumber(days.w) end
+  local start = tonumber(days.m)
+  return latest >= start and latest < start + 28
+end
+
 local function activity(c, idx, ts, days)
   local first = c.f.fa
+  local latest = c.f.la and math.floor(tonumber(c.f.la) / 86400000)
   for _, p in ipairs(PERIODS) do
-    -- the periods of the first activity have the bit already
-    if not first or c.f[FIRST_FIELDS[p]] ~= days[p] then
+    -- the periods of the first and of the latest activity have the bit already
+    if not (first and c.f[FIRST_FIELDS[p]] == days[p]) and not latest_in_period(latest, p, days) then
       local was = redis.call('SETBIT', period_key('act', p, days[p]), idx, '1')
       -- a day's count of active customers moves with every bit its bitmap gains, which
       -- tells the period readers' window unions (period_counts.lua) which days to OR again
-      if was == 0 and p == 'd' then redis.call('HINCRBY', P .. 'act:n', days.d, 1) end
+      if was == 0 and p == 'd' then bump(act_counts_key, days.d, 1) end
     end
   end
   if not first or tonumber(ts) < tonumber(first) then
@@ -449,21 +461,18 @@ local function apply_ticket(c, cid, ts, action, ticket)
   end
 end
 
-local function customer_index(c, cid, ts)
-  if not c.f.fs then
-    put(c, 'fs', ts)
-    -- a dense index per customer, for bitmaps keyed by customer number
-    local idx = redis.call('HGET', ids_key, cid)
-    if not idx then
-      -- as text: a number passed to redis.call is formatted again on every call
-      idx = tostring(redis.call('INCR', P .. 'ids:next') - 1)
-      redis.call('HSET', ids_key, cid, idx)
-    end
-    put(c, 'ix', idx)
-    return idx
+-- A dense number per customer, for the bitmaps keyed by customer number: the shard's next
+-- free number when the customer is first seen, kept in its hash as `ix`.
+local function customer_index(c, ts)
+  if c.f.fs then
+    put_min(c, 'fs', ts)
+    return c.f.ix
   end
-  put_min(c, 'fs', ts)
-  return c.f.ix
+  put(c, 'fs', ts)
+  -- as text: a number passed to redis.call is formatted again on every call
+  local idx = tostring(redis.call('INCR', P .. 'ids:next') - 1)
+  put(c, 'ix', idx)
+  return idx
 end
 
 -- Would adding this amount push the customer's or a period's sum out of the exact range?
@@ -495,39 +504,70 @@ end
 
 -- The fit grid: buyers counted by (first order day, last order day, distinct order days),
 -- all a P(alive) fit needs, so a refit reads this small hash per shard instead of every
--- customer (store/models.py). Called when a placed order adds a distinct day to the
--- customer's orders per day, the only change that moves those three; the buyer's previous
--- cell comes from its other days.
+-- customer (store/models.py). A placed order on a day new to the customer moves it from
+-- its cell to the next; the moves are summed over the batch and written at its end.
+local grid_key = P .. 'fitgrid'
+local grid_deltas, grid_cells = {}, {}
+local function grid_move(cell, delta)
+  if grid_deltas[cell] == nil then
+    grid_deltas[cell] = 0
+    grid_cells[#grid_cells + 1] = cell
+  end
+  grid_deltas[cell] = grid_deltas[cell] + delta
+end
+
+-- The customer's days with placed orders as {first, last, n}, worked out on its first new
+-- day in the batch and followed from there. The day fields of the customer hash count
+-- every placed order (they sum to `o`) unless some still sit in the od: hash of earlier
+-- versions: those are moved into the customer hash here, once.
+local function order_days(c, cid)
+  if c.days then return c.days end
+  local first, last, n, sum = nil, nil, 0, 0
+  for name, value in pairs(c.f) do
+    local b = string.byte(name, 1)
+    if b >= 48 and b <= 57 then  -- only the day fields' names are digits
+      local d = tonumber(name)
+      n, sum = n + 1, sum + tonumber(value)
+      if not first or d < first then first = d end
+      if not last or d > last then last = d end
+    end
+  end
+  if sum < tonumber(c.f.o or '0') then
+    local key = P .. 'od:' .. cid
+    local flat = redis.call('HGETALL', key)
+    for i = 1, #flat, 2 do
+      local name, d = flat[i], tonumber(flat[i])
+      if c.f[name] == nil then
+        n = n + 1
+        if not first or d < first then first = d end
+        if not last or d > last then last = d end
+      end
+      add(c, name, tonumber(flat[i + 1]))
+    end
+    if #flat > 0 then redis.call('UNLINK', key) end
+  end
+  c.days = {first = first, last = last, n = n}
+  return c.days
+end
+
+-- Called before a placed order is counted, when its day has no field in the customer hash.
 local function fit_grid_day(c, cid, day)
+  local days = order_days(c, cid)
+  if c.f[day] ~= nil then return end  -- a day moved over from od:
   local d = tonumber(day)
-  -- the other days with orders: the customer hash's day fields, and the od: hash of
-  -- earlier versions
-  local other = {}
-  for name, _ in pairs(c.f) do
-    if string.find(name, '^%d+$') then other[tonumber(name)] = true end
-  end
-  for _, k in ipairs(redis.call('HKEYS', P .. 'od:' .. cid)) do other[tonumber(k)] = true end
-  if other[d] then return end
-  local first, last, n = nil, nil, 0
-  for v, _ in pairs(other) do
-    n = n + 1
-    if not first or v < first then first = v end
-    if not last or v > last then last = v end
-  end
-  local grid = P .. 'fitgrid'
-  if first then
-    local old = first .. ':' .. last .. ':' .. n
-    if redis.call('HINCRBY', grid, old, -1) <= 0 then redis.call('HDEL', grid, old) end
-    first, last = math.min(first, d), math.max(last, d)
+  if days.first then
+    grid_move(string.format('%d:%d:%d', days.first, days.last, days.n), -1)
+    days.first, days.last = math.min(days.first, d), math.max(days.last, d)
   else
-    first, last = d, d
+    days.first, days.last = d, d
   end
-  redis.call('HINCRBY', grid, string.format('%d:%d:%d', first, last, n + 1), 1)
+  days.n = days.n + 1
+  grid_move(string.format('%d:%d:%d', days.first, days.last, days.n), 1)
 end
 
 local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   local c = customer(cid)
-  local idx = customer_index(c, cid, ts)
+  local idx = customer_index(c, ts)
   c.touched = true
   local t = tonumber(ts)
   if not batch_first or t < batch_first_n then batch_first, batch_first_n = ts, t end
@@ -535,13 +575,13 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   if kind == 'o' then
     if a1 == 'placed' then
       local amount = tonumber(a2)
+      -- placed orders per day: the field named by the day number (only those are digits)
+      if c.f[days.d] == nil then fit_grid_day(c, cid, days.d) end
+      add(c, days.d, 1)
       add(c, 'o', 1)
       add(c, 'pm', amount)
       if a3 ~= '' then add(c, 'pm:' .. a3, tonumber(a4)) end
       put_max(c, 'lo', ts)
-      -- placed orders per day: the field named by the day number (only those are digits)
-      if c.f[days.d] == nil then fit_grid_day(c, cid, days.d) end
-      add(c, days.d, 1)
       period_sales(idx, days, a1, amount)
       if kind_counts_activity.o then activity(c, idx, ts, days) end
     elseif a1 == 'refunded' then
@@ -653,6 +693,12 @@ for _, key in ipairs(total_keys) do
   local t = totals[key]
   for _, field in ipairs(t.order) do
     redis.call('HINCRBY', key, field, num(t.fields[field]))
+  end
+end
+for _, cell in ipairs(grid_cells) do
+  local delta = grid_deltas[cell]
+  if delta ~= 0 and redis.call('HINCRBY', grid_key, cell, delta) <= 0 then
+    redis.call('HDEL', grid_key, cell)
   end
 end
 if new_digests > 0 then redis.call('HINCRBY', current_mark, 'n', new_digests) end

@@ -23,11 +23,14 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             fields and the order days: the hash stays a compact listpack
                             up to about a hundred days with orders
 - ``S od:<customer>``      hash, placed orders per day, where earlier versions kept them
-                            (day number → count); readers add it to the customer hash's
+                            (day number → count); readers add it to the customer hash's,
+                            and the customer's next placed order moves it there
 - ``S tk:<customer>``      hash, ticket state (``<ticket>|o|r|s|t``: opened, first reply,
                             open flag, status time), at most MAX_TICKETS tickets; the
                             customer hash counts them in ``tn``
-- ``S ids``, ``S ids:next`` dense customer numbers, for per-period bitmaps
+- ``S ids:next``          the shard's next dense customer number (the number is the
+                            customer hash's ``ix``), for the per-period bitmaps; earlier
+                            versions also kept ``S ids`` (customer → number), unread
 - ``S dd:<bucket>:<n>``    dedupe digests (event type, customer, event id) that arrived
                             in a bucket of time, spread over 2^k small hashes: ``n`` the
                             top k bits of the digest's first five characters, fields the

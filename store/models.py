@@ -149,17 +149,16 @@ async def read_sample(
 ) -> tuple[list[History], int]:
     """About ``size`` customers spread evenly over the shards, and the buyers among them.
 
-    Each shard's customers come from the start of an HSCAN of its ``ids``: a hash table
-    is walked in the order of a hash of the customer id, which has nothing to do with how
-    a customer buys, so they are a uniform sample (the whole shard when it holds fewer).
-    Returns the buyers' statistics and how many customers were read."""
+    Each shard's customers are the first found by a SCAN of its customer hashes
+    (:meth:`store.store.Store.shard_customers`): a uniform sample, or the whole shard when
+    it holds fewer. Returns the buyers' statistics and how many customers were read."""
     layout = await store.layout()
     per_shard = max(1, -(-size // layout.count))
     scans = await asyncio.gather(
-        *(_scan(store, home + "ids", per_shard) for home in layout.prefixes)
+        *(store.shard_customers(home, per_shard) for home in layout.prefixes)
     )
     limit = day_number(as_of)
-    picked = [list(_merged(slices))[:per_shard] for slices in scans]
+    picked = [ids[:per_shard] for ids in scans]
     parts = await asyncio.gather(
         *(
             _read_shard(store, home, ids, limit)

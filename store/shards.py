@@ -140,7 +140,7 @@ async def setup_layout(
     cluster = is_cluster(redis)
     recorded = await stored_count(redis, prefix)
     if recorded is None:
-        legacy = not cluster and await redis.exists(prefix + "ids")
+        legacy = not cluster and await redis.exists(prefix + "ids:next")
         recorded = 1 if legacy else configured or (DEFAULT_CLUSTER_SHARDS if cluster else 1)
         await redis.set(prefix + SHARDS_KEY, str(recorded), nx=True)
         recorded = await stored_count(redis, prefix) or recorded

@@ -30,6 +30,8 @@ FIELDS_PER_RECORD = 15
 #: Upper bounds (seconds) of the first-response histogram; apply_batch.lua uses the same.
 RESPONSE_BOUNDS = (300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
 DEDUPE_BUCKETS = 8
+#: Keys a SCAN call looks at (a page of the keyspace).
+SCAN_PAGE = 5_000
 #: Key families a rebuild keeps: what notifications were delivered is not derived from
 #: the events, and forgetting it would notify subscribers again.
 KEEP_ON_REBUILD = ("notify:", SHARDS_KEY)
@@ -249,13 +251,42 @@ class Store:
         return [found[c] for c in customer_ids if c in found]
 
     async def customer_count(self) -> int:
+        """Customers the store has numbered: each shard numbers its customers 0, 1, ...
+        and keeps the next free number in ``ids:next``."""
         homes = (await self.layout()).prefixes
-        return sum(await asyncio.gather(*(self.redis.hlen(home + "ids") for home in homes)))
+        raw = await asyncio.gather(*(self.redis.get(home + "ids:next") for home in homes))
+        return sum(int(value) for value in raw if value)
 
     async def customer_ids(self) -> list[str]:
+        """Every customer's id, sorted; walks the whole keyspace (see :meth:`shard_customers`)."""
         homes = (await self.layout()).prefixes
-        replies = await asyncio.gather(*(self.redis.hkeys(home + "ids") for home in homes))
-        return sorted(str(customer) for reply in replies for customer in reply)
+        found = await asyncio.gather(*(self.shard_customers(home) for home in homes))
+        return sorted(customer for part in found for customer in part)
+
+    async def shard_customers(
+        self, home: str, enough: int | None = None, page: int = SCAN_PAGE
+    ) -> list[str]:
+        """Ids of the customers of the shard under ``home``, from a SCAN for their hashes
+        (``c:<customer>``), one short command per page; with ``enough``, it stops once it
+        has at least that many. SCAN walks the keyspace in the order of a hash of the key
+        names, which has nothing to do with how a customer behaves: the first ones found
+        are a uniform sample. A customer may come twice when Redis resizes its table during
+        the walk; each is returned once."""
+        match = _glob_escape(home + "c:") + "*"
+        start = len(home) + 2
+        redis = cast(Any, self.redis)  # a Redis or a RedisCluster
+        node = redis.get_node_from_key(home + "c:") if is_cluster(redis) else None
+        found: dict[str, None] = {}
+        cursor = 0
+        while True:
+            if node is None:
+                cursor, keys = await redis.scan(cursor, match=match, count=page)
+            else:  # the node holding the shard's slot, not every node
+                cursors, keys = await redis.scan(cursor, match=match, count=page, target_nodes=node)
+                cursor = next(iter(cursors.values()))
+            found.update(dict.fromkeys(str(key)[start:] for key in keys))
+            if int(cursor) == 0 or (enough is not None and len(found) >= enough):
+                return list(found)
 
     async def stats(self) -> Stats:
         raw = await self.summed("stats")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from datetime import date
 
@@ -74,13 +75,17 @@ async def test_random_batches_with_replays_equal_the_fold(
     buckets, count, total = await store.response_histogram()
     assert (count, total) == (len(seconds), pytest.approx(sum(seconds)))
     assert buckets == [(b, sum(s <= b for s in seconds)) for b, _ in buckets]
-    # dense customer numbers per shard, for its bitmaps: 0..n-1 in each
-    customers = 0
-    for home in (await store.layout()).prefixes:
-        ids = await redis.hgetall(home + "ids")
-        assert sorted(int(n) for n in ids.values()) == list(range(len(ids)))
-        customers += len(ids)
-    assert customers == len(expected)
+    # dense customer numbers per shard, for its bitmaps: 0..n-1 in each, kept in the
+    # customer's hash
+    layout = await store.layout()
+    numbers: dict[str, list[int]] = {home: [] for home in layout.prefixes}
+    for customer_id in expected:
+        home = layout.prefix_of(customer_id)
+        numbers[home].append(int(await redis.hget(home + "c:" + customer_id, "ix")))
+    for home, found in numbers.items():
+        assert sorted(found) == list(range(len(found)))
+        assert int(await redis.get(home + "ids:next") or 0) == len(found)
+    assert sorted(await store.customer_ids()) == sorted(expected)
 
 
 async def test_duplicate_ids_are_forgotten_after_the_horizon(redis: Redis) -> None:
@@ -161,6 +166,18 @@ async def test_orders_per_day_kept_by_earlier_versions_still_count(
     await store.apply_batch(records[200:])
     expected = fold(events, frozenset({"order", "login", "support"}))
     assert {c: await store.read_customer(c) for c in expected} == expected
+    # a placed order moves the customer's old days back into its hash, once
+    async for key in redis.scan_iter(match=store.key("od", "*")):
+        fields = await redis.hgetall(store.key("c", key.rpartition(":")[2]))
+        assert not [name for name in fields if name.isdigit()]
+    # and the fit grid followed them
+    cells = Counter(
+        f"{min(s.orders_by_day)}:{max(s.orders_by_day)}:{len(s.orders_by_day)}"
+        for s in expected.values()
+        if s.orders_by_day
+    )
+    grid = await redis.hgetall(store.key("fitgrid"))
+    assert Counter({cell: int(n) for cell, n in grid.items()}) == cells
     as_of = date(2030, 1, 1)
     histories = {h.customer_id: h for h in await read_histories(store, as_of)}
     limit = day_number(as_of)
