@@ -7,7 +7,13 @@ Builds the order events of ``bench/throughput.py`` (same generator and seed), ap
 through :meth:`store.store.Store.apply_batch` in batches of ``--batch`` on a fresh Redis,
 and reads the script's time from Redis's own counters (INFO commandstats), so the figure
 leaves out the client and the evaluations that share the script counters in a worker run.
-Prints µs per event for every repeat, and the memory by key family after the last one.
+
+Each repeat times the events twice: into a fresh store, and into a store that has run for
+a while, whose dedupe already holds ``--history`` digests in each bucket of the horizon
+and in one bucket past it (logins of other customers, written first and not timed), as a
+store does once it has seen a week of traffic: the lookups span the whole horizon and the
+digests past it are swept. Prints µs per event for every repeat, and the memory by key
+family after the last fresh run.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,8 +40,8 @@ from throughput import (
 )
 
 from retention import runtime
-from store.store import Store, accepted_record
-from streams.events import Rejection, parse_event
+from store.store import DEDUPE_BUCKETS, Store, accepted_record
+from streams.events import Rejection, build_event, parse_event
 
 
 def records(events: int, customers: int, seed: int) -> list[list[str]]:
@@ -46,14 +53,38 @@ def records(events: int, customers: int, seed: int) -> list[list[str]]:
     return out
 
 
+def history(per_bucket: int) -> list[list[str]]:
+    """Logins of customers of their own, on a partition of their own."""
+    out = []
+    for n in range(per_bucket * (DEDUPE_BUCKETS + 1)):
+        event = build_event(
+            {"event_id": f"h{n}", "customer_id": f"h-{n % 5000}", "ts": 1, "type": "login"}
+        )
+        out.append(accepted_record(event, "logins", 1, n))
+    return out
+
+
 async def one_run(
-    redis: Redis, recs: Sequence[Sequence[str]], batch: int, shards: int, prefix: str
-) -> tuple[float, Store, int]:
+    redis: Redis,
+    recs: Sequence[Sequence[str]],
+    batch: int,
+    shards: int,
+    prefix: str,
+    past: Sequence[Sequence[str]] = (),
+) -> tuple[float, float, Store, int]:
     store = Store(redis, prefix, shards=shards, writer=True)
+    now_ms = int(time.time() * 1000)
+    buckets = DEDUPE_BUCKETS + 1
+    per_bucket = len(past) // buckets
+    for n in range(buckets):  # the oldest bucket first: it has left the horizon
+        part = past[n * per_bucket : (n + 1) * per_bucket]
+        bucket_ms = now_ms - (buckets - n) * store.bucket_ms
+        for start in range(0, len(part), batch):
+            await store.apply_batch(part[start : start + batch], now_ms=bucket_ms)
     before_mem = await used_memory(redis)
     before, cpu_before = await script_seconds(redis), await redis_cpu_seconds(redis)
     for start in range(0, len(recs), batch):
-        await store.apply_batch(recs[start : start + batch])
+        await store.apply_batch(recs[start : start + batch], now_ms=now_ms)
     busy = await script_seconds(redis) - before
     cpu = await redis_cpu_seconds(redis) - cpu_before
     return busy * 1e6 / len(recs), cpu * 1e6 / len(recs), store, before_mem
@@ -63,9 +94,11 @@ async def main_async(args: argparse.Namespace, redis_url: str) -> None:
     recs = records(args.events, min(args.customers, args.events), args.seed)
     redis = Redis.from_url(redis_url, decode_responses=True)
     try:
-        figures, cpu_figures = [], []
+        past = history(args.history)
+        figures, cpu_figures, running = [], [], []
         store, before_mem = None, 0
         for n in range(args.repeat):
+            running.append((await one_run(redis, recs, args.batch, args.shards, f"h{n}:", past))[0])
             us, cpu_us, store, before_mem = await one_run(
                 redis, recs, args.batch, args.shards, f"s{n}:"
             )
@@ -77,6 +110,10 @@ async def main_async(args: argparse.Namespace, redis_url: str) -> None:
             f"{args.batch}, {args.shards} shard(s)"
         )
         print("Redis us per event, script time / events: " + " ".join(f"{f:.1f}" for f in figures))
+        print(
+            f"  the same, {args.history:,} digests in each bucket of the horizon and one "
+            "past it: " + " ".join(f"{f:.1f}" for f in running)
+        )
         print(
             "Redis us per event, main thread CPU / events: "
             + " ".join(f"{f:.1f}" for f in cpu_figures)
@@ -104,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--history", type=int, default=20_000)
     args = parser.parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="retention-script-bench-"))
     try:

@@ -221,71 +221,92 @@ local function period_sales(idx, days, status, amount)
   end
 end
 
--- Dedupe digests, by bucket of arrival time. A bucket's digests are spread over 2^k small
--- hashes `dd:<bucket>:<n>`, n = the top k bits of the digest's first five characters
--- (base64, 30 bits), field = the digest without the characters n holds whole: small
--- hashes stay listpacks (a dozen bytes a digest, where a set costs some 60). k is chosen
--- when the bucket opens, from how many digests the bucket before it took, so that a hash
--- holds 32 to 64; the bucket's marker `dd:<bucket>` keeps k and that count, and
--- `dd:buckets` the buckets with a marker. A bucket older than the horizon is deleted a
--- slice of hashes per batch. Sets `seen:<bucket>` of earlier versions are still read
--- until they expire.
+-- Dedupe digests (event type, customer, event id: 64 bits in base64, computed by the
+-- worker). Each is kept with the bucket of time it arrived in (bucket = now // width); it
+-- makes a later event a duplicate while that bucket is the current one or one of the
+-- `nbuckets` before it. Digests are spread over 2^k small hashes `dg:<k>:<n>`: n = the
+-- top k bits of the digest's first five characters (30 bits), field = the digest, value =
+-- the bucket. Small hashes stay listpacks (some 16 bytes a digest, where a set costs
+-- some 60), and one command looks a digest up however many buckets the horizon holds.
+-- Digests past the horizon are swept a few hashes per batch: a round over a layout's
+-- hashes for every eighth of its digests that arrive, so none outlives the horizon by much
+-- more than a bucket. k grows with the digests kept (about PER_HASH a hash at most): the
+-- digests of the previous layout are then moved over by a sweep round, while a new digest
+-- is also looked for there. The marker hash `dg` holds k, `old` (the previous k, while it
+-- is being moved) and per layout L: nL digests kept, cL the sweep's next hash, sL the
+-- oldest bucket of the horizon when the sweep's round began, fL a bucket no digest kept is
+-- older than.
+-- Stores written before kept a bucket's digests in hashes of their own, `dd:<bucket>:<n>`
+-- (with a marker `dd:<bucket>` and the set `dd:buckets`), and before that in sets
+-- `seen:<bucket>`: those are still looked at, and deleted past the horizon.
 local DIGEST_VALUES = {}
 do
   local chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
   for i = 1, 64 do DIGEST_VALUES[string.byte(chars, i)] = i - 1 end
 end
 local PER_HASH = 64
-local DEFAULT_BITS = 12  -- a first bucket: up to some 250,000 digests stay compact
-local DROP_PER_BATCH = 4096
+local FIRST_BITS = 10  -- a new store: up to some 65,000 digests before k grows
+local MAX_BITS = 24
+local SWEEP_MAX = 4096  -- hashes swept per batch at most
+local oldest = bucket - nbuckets
+local bucket_text = num(bucket)
 local dd_buckets_key = P .. 'dd:buckets'
+local dg_key = P .. 'dg'
 
--- Where a digest lives in a bucket of 2^k hashes: the hash's number and the field.
-local function digest_place(digest, k)
+-- The top k bits of a digest's first five characters: the number of its hash.
+local function digest_hash(digest, k)
   local v = 0
   for i = 1, 5 do v = v * 64 + (DIGEST_VALUES[string.byte(digest, i) or 0] or 0) end
-  return math.floor(v / 2 ^ (30 - k)), string.sub(digest, math.floor(k / 6) + 1)
+  return math.floor(v / 2 ^ (30 - k))
 end
 
+local dg = {}
+do
+  local flat = redis.call('HGETALL', dg_key)
+  for i = 1, #flat, 2 do dg[flat[i]] = tonumber(flat[i + 1]) end
+end
+local dg_changed = {}
+local function dg_set(name, value)
+  dg[name] = value
+  dg_changed[name] = true
+end
+if not dg.k then
+  dg_set('k', FIRST_BITS)
+  dg_set('f' .. FIRST_BITS, bucket)
+end
+local current_k, old_k = dg.k, dg.old
+local function dg_hash(k, n) return P .. 'dg:' .. k .. ':' .. n end
+
+-- the formats of earlier versions, while they hold digests of the horizon
 local past, old_sets = {}, {}
-local previous_count
-for b = bucket - nbuckets, bucket do
-  if b < bucket then
-    local mark = redis.call('HMGET', P .. 'dd:' .. b, 'k', 'n')
-    if mark[1] then
-      past[#past + 1] = {k = tonumber(mark[1]), key = P .. 'dd:' .. b .. ':'}
-      previous_count = tonumber(mark[2] or '0')
-    end
-  end
+for b = oldest, bucket do
+  local mark = redis.call('HGET', P .. 'dd:' .. b, 'k')
+  if mark then past[#past + 1] = {k = tonumber(mark), key = P .. 'dd:' .. b .. ':'} end
   if redis.call('EXISTS', P .. 'seen:' .. b) == 1 then old_sets[#old_sets + 1] = P .. 'seen:' .. b end
 end
-local current_mark = P .. 'dd:' .. bucket
-local current_k = tonumber(redis.call('HGET', current_mark, 'k') or '-1')
-local function open_bucket()
-  local k = DEFAULT_BITS
-  if previous_count then
-    k = 0
-    while k < 30 and previous_count > PER_HASH * 2 ^ k do k = k + 1 end
-  end
-  redis.call('HSET', current_mark, 'k', k, 'n', '0')
-  redis.call('SADD', dd_buckets_key, bucket)
-  return k
-end
-local current_prefix = current_mark .. ':'
-local new_digests = 0
 
+local new_digests = 0
 local function is_duplicate(digest)
-  if current_k < 0 then current_k = open_bucket() end
-  local n, field = digest_place(digest, current_k)
-  local key = current_prefix .. n
-  -- HSETNX answers 0 when the digest is already in the current bucket
-  if redis.call('HSETNX', key, field, '') == 0 then return true end
+  local key = dg_hash(current_k, digest_hash(digest, current_k))
+  if redis.call('HSETNX', key, digest, bucket_text) == 0 then
+    if tonumber(redis.call('HGET', key, digest)) >= oldest then return true end
+    -- kept from before the horizon, not swept yet: remembered anew (counted already)
+    redis.call('HSET', key, digest, bucket_text)
+    return false
+  end
   local found = false
-  for _, b in ipairs(past) do
-    local other, rest = digest_place(digest, b.k)
-    if redis.call('HEXISTS', b.key .. other, rest) == 1 then
-      found = true
-      break
+  if old_k then
+    local at = redis.call('HGET', dg_hash(old_k, digest_hash(digest, old_k)), digest)
+    found = at and tonumber(at) >= oldest
+  end
+  if not found then
+    for _, b in ipairs(past) do
+      -- those hashes' fields are the digest without the characters the hash number holds
+      local rest = string.sub(digest, math.floor(b.k / 6) + 1)
+      if redis.call('HEXISTS', b.key .. digest_hash(digest, b.k), rest) == 1 then
+        found = true
+        break
+      end
     end
   end
   if not found then
@@ -297,19 +318,109 @@ local function is_duplicate(digest)
     end
   end
   if found then
-    redis.call('HDEL', key, field)
+    redis.call('HDEL', key, digest)
     return true
   end
   new_digests = new_digests + 1
   return false
 end
 
--- Deletes up to DROP_PER_BATCH hashes of buckets past the horizon, then their markers.
+-- Sweeps layout k: up to `budget` hashes from where its sweep stopped, deleting the
+-- digests past the horizon, and with `into` moving the others to layout `into`. Returns
+-- whether a round ended: no digest older than the horizon at its start is left.
+local function sweep(k, budget, into)
+  local n, at = 'n' .. k, 'c' .. k
+  local cursor, total = dg[at] or 0, 2 ^ k
+  if cursor == 0 then dg_set('s' .. k, oldest) end
+  local removed, moved, ended = 0, 0, false
+  for _ = 1, budget do
+    local key = dg_hash(k, cursor)
+    local flat = redis.call('HGETALL', key)
+    local doomed, kept = {}, {}
+    for i = 2, #flat, 2 do
+      if tonumber(flat[i]) < oldest then
+        doomed[#doomed + 1] = flat[i - 1]
+      elseif into then
+        local target = dg_hash(into, digest_hash(flat[i - 1], into))
+        local pairs_out = kept[target]
+        if not pairs_out then
+          pairs_out = {}
+          kept[target] = pairs_out
+        end
+        pairs_out[#pairs_out + 1] = flat[i - 1]
+        pairs_out[#pairs_out + 1] = flat[i]
+      end
+    end
+    if into then
+      for target, pairs_out in pairs(kept) do
+        redis.call('HSET', target, unpack(pairs_out))
+        moved = moved + #pairs_out / 2
+      end
+      if #flat > 0 then redis.call('UNLINK', key) end
+    elseif #doomed > 0 then
+      redis.call('HDEL', key, unpack(doomed))
+    end
+    removed = removed + #doomed
+    cursor = cursor + 1
+    if cursor >= total then
+      cursor, ended = 0, true
+      dg_set('f' .. k, dg['s' .. k])
+      break
+    end
+  end
+  dg_set(at, cursor)
+  dg_set(n, math.max(0, (dg[n] or 0) - removed - moved))
+  if into then dg_set('n' .. into, (dg['n' .. into] or 0) + moved) end
+  return ended
+end
+
+-- After the batch: count its digests; move the previous layout's over; sweep where
+-- digests may have passed the horizon (or a round is under way); grow k when the hashes
+-- fill up.
+local function keep_digests()
+  local n = 'n' .. current_k
+  if new_digests > 0 then dg_set(n, (dg[n] or 0) + new_digests) end
+  local arrived = math.max(new_digests, 1)
+  -- a round over all 2^k hashes for every eighth of the digests kept that arrives
+  local function budget(k)
+    local kept = math.max(dg['n' .. k] or 0, 1)
+    return math.min(SWEEP_MAX, math.ceil(2 ^ k * 8 * arrived / kept))
+  end
+  if old_k and sweep(old_k, budget(old_k), current_k) then
+    redis.call('HDEL', dg_key, 'old', 'n' .. old_k, 'c' .. old_k, 's' .. old_k, 'f' .. old_k)
+    for _, name in ipairs({'old', 'n' .. old_k, 'c' .. old_k, 's' .. old_k, 'f' .. old_k}) do
+      dg[name], dg_changed[name] = nil, nil
+    end
+    old_k = nil
+  end
+  if (dg[n] or 0) > 0 and ((dg['c' .. current_k] or 0) > 0 or oldest > (dg['f' .. current_k] or oldest)) then
+    sweep(current_k, budget(current_k))
+  end
+  local kept = dg[n] or 0
+  if not old_k and current_k < MAX_BITS and kept > PER_HASH * 2 ^ current_k then
+    local k = current_k
+    while k < MAX_BITS and kept > PER_HASH / 2 * 2 ^ k do k = k + 1 end
+    dg_set('old', current_k)
+    dg_set('c' .. current_k, 0)  -- the move is a round of its own, from the first hash
+    dg_set('k', k)
+    dg_set('f' .. k, math.min(bucket, dg['f' .. current_k] or bucket))
+  end
+  local out = {}
+  for name, _ in pairs(dg_changed) do
+    out[#out + 1] = name
+    out[#out + 1] = num(dg[name])
+  end
+  if #out > 0 then redis.call('HSET', dg_key, unpack(out)) end
+end
+
+-- Deletes up to DROP_PER_BATCH hashes of earlier versions' buckets past the horizon, then
+-- their markers.
+local DROP_PER_BATCH = 4096
 local function drop_old_buckets()
   local budget = DROP_PER_BATCH
   for _, b in ipairs(redis.call('SMEMBERS', dd_buckets_key)) do
     if budget <= 0 then return end
-    if tonumber(b) < bucket - nbuckets then
+    if tonumber(b) < oldest then
       local mark = P .. 'dd:' .. b
       local found = redis.call('HMGET', mark, 'k', 'next')
       local total = found[1] and 2 ^ tonumber(found[1]) or 0
@@ -701,7 +812,7 @@ for _, cell in ipairs(grid_cells) do
     redis.call('HDEL', grid_key, cell)
   end
 end
-if new_digests > 0 then redis.call('HINCRBY', current_mark, 'n', new_digests) end
+keep_digests()
 drop_old_buckets()
 -- each changed customer's hash in one write; customers whose state changed are due for a
 -- lifecycle and risk evaluation: NX keeps the time of the first change since their last

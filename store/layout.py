@@ -31,17 +31,23 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
 - ``S ids:next``          the shard's next dense customer number (the number is the
                             customer hash's ``ix``), for the per-period bitmaps; earlier
                             versions also kept ``S ids`` (customer → number), unread
-- ``S dd:<bucket>:<n>``    dedupe digests (event type, customer, event id) that arrived
-                            in a bucket of time, spread over 2^k small hashes: ``n`` the
-                            top k bits of the digest's first five characters, fields the
-                            digest without the characters ``n`` holds whole; 32 to 64 a
-                            hash, so that they stay listpacks
-- ``S dd:<bucket>``        the bucket's marker, hash: ``k``, digests taken ``n`` (the next
-                            bucket's ``k`` follows from it), and while the bucket is being
-                            deleted past the dedupe horizon, ``next`` hash to delete
-- ``S dd:buckets``         set of the buckets that have a marker
-- ``S seen:<bucket>``      sets of digests written by earlier versions, read until they
-                            expire
+- ``S dg:<k>:<n>``         dedupe digests (event type, customer, event id), spread over
+                            2^k small hashes: ``n`` the top k bits of the digest's first
+                            five characters; field the digest, value the bucket of time it
+                            arrived in (the horizon is a number of buckets); up to about 64
+                            a hash, so that they stay listpacks
+- ``S dg``                 the digests' marker, hash: ``k``; ``old``, the previous k while
+                            its digests are moved to the new hashes; per layout L: ``nL``
+                            digests kept, ``cL`` the next hash to sweep, ``sL`` the oldest
+                            bucket of the horizon when the sweep's round began, ``fL`` a
+                            bucket no digest kept is older than
+- ``S dd:<bucket>:<n>``, ``S dd:<bucket>``, ``S dd:buckets``  digests of earlier versions,
+                            a bucket's in hashes of their own (fields without the first
+                            k // 6 characters) with a marker (``k``, ``n``, ``next``) and a
+                            set of the buckets; read until they leave the horizon, then
+                            deleted
+- ``S seen:<bucket>``      sets of digests written by still earlier versions, read until
+                            they expire
 - ``S offsets:<cluster>``  hash ``topic|partition`` → the last offset the shard has taken
                             account of (every shard sees every batch's offsets), written
                             in the same script as the state; the lowest over the shards

@@ -102,10 +102,84 @@ async def test_duplicate_ids_are_forgotten_after_the_horizon(redis: Redis) -> No
         [accepted_record(event, "orders", 0, 2)], now_ms=width_ms * (DEDUPE_BUCKETS + 1)
     )
     assert (first.applied, within.duplicates, after.applied) == (1, 1, 1)
-    # the bucket past the horizon is deleted, its marker last
-    assert [key async for key in redis.scan_iter(match=store.key("dd", "0*"))] == []
-    assert await redis.smembers(store.key("dd", "buckets")) == {"8", "9"}
-    assert [key async for key in redis.scan_iter(match=store.key("dd", "9:*"))]
+    # remembered anew, in the bucket it came back in
+    assert await kept_digests(redis, store) == {dedupe_id(event): "9"}
+
+
+async def kept_digests(redis: Redis, store: Store) -> dict[str, str]:
+    """Every digest the store keeps for dedupe, with its bucket."""
+    kept: dict[str, str] = {}
+    async for key in redis.scan_iter(match=store.key("dg", "*")):
+        kept.update(await redis.hgetall(key))
+    return kept
+
+
+def login_records(
+    count: int, partition: int = 0, first: int = 0, name: str = "e"
+) -> list[list[str]]:
+    events = [
+        build_event(
+            {"event_id": f"{name}{n}", "customer_id": f"c{n % 7}", "ts": 1, "type": "login"}
+        )
+        for n in range(first, first + count)
+    ]
+    return [accepted_record(e, "logins", partition, n) for n, e in enumerate(events, first)]
+
+
+async def test_digests_past_the_horizon_are_swept(redis: Redis) -> None:
+    store = Store(redis, "sweep:", dedupe_horizon_seconds=800)
+    early = login_records(100)
+    await store.apply_batch(early, now_ms=0)
+    late_ms = store.bucket_ms * (DEDUPE_BUCKETS + 1)  # bucket 0 has left the horizon
+    for n in range(3):
+        await store.apply_batch(login_records(10, 1, 10 * n, "late"), now_ms=late_ms)
+    late = {r[4] for n in range(3) for r in login_records(10, 1, 10 * n, "late")}
+    assert await kept_digests(redis, store) == dict.fromkeys(late, str(DEDUPE_BUCKETS + 1))
+    marker = await redis.hgetall(store.key("dg"))
+    # a whole round over the hashes, which began with bucket 1 the oldest of the horizon
+    assert (marker["n10"], marker["c10"], marker["f10"]) == ("30", "0", "1")
+
+
+async def test_the_digest_hashes_grow_and_keep_what_they_knew(redis: Redis) -> None:
+    store = Store(redis, "grow:", dedupe_horizon_seconds=800)
+    # a layout of 2 hashes to start with, so that a few hundred digests fill it
+    await redis.hset(store.key("dg"), mapping={"k": 1, "f1": 0})
+    records = login_records(200)
+    assert (await store.apply_batch(records, now_ms=0)).applied == 200
+    marker = await redis.hgetall(store.key("dg"))
+    # 200 digests: 8 hashes, 32 a hash at most on average
+    assert (marker["k"], marker["old"]) == ("3", "1")
+    again = login_records(200, partition=1)
+    found = [await store.apply_batch(again[i : i + 50], now_ms=0) for i in range(0, 200, 50)]
+    assert sum(r.duplicates for r in found) == 200
+    marker = await redis.hgetall(store.key("dg"))
+    assert "old" not in marker and marker["n3"] == "200"
+    hashes = [key async for key in redis.scan_iter(match=store.key("dg", "*"))]
+    assert {key.rsplit(":", 2)[1] for key in hashes} == {"3"}
+    assert max([await redis.hlen(key) for key in hashes]) <= 64
+    assert await kept_digests(redis, store) == dict.fromkeys((r[4] for r in records), "0")
+
+
+async def test_digests_kept_by_the_previous_version_still_count(redis: Redis) -> None:
+    """The version before kept each bucket's digests in hashes of their own: the digest
+    without its first k // 6 characters, in hash n = the top k bits of the first five."""
+    store = Store(redis, "oldhashes:", dedupe_horizon_seconds=800)
+    record = login_records(1)[0]
+    digest = record[4]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    value = 0
+    for char in digest[:5]:
+        value = value * 64 + alphabet.index(char)
+    await redis.hset(store.key("dd", "2", str(value >> 18)), digest[2:], "")
+    await redis.hset(store.key("dd", "2"), mapping={"k": 12, "n": 1})
+    await redis.sadd(store.key("dd", "buckets"), "2")
+    again = await store.apply_batch([record], now_ms=store.bucket_ms * 5)
+    assert (again.applied, again.duplicates) == (0, 1)
+    assert await kept_digests(redis, store) == {}
+    # deleted once past the horizon
+    later = await store.apply_batch(login_records(1, 1), now_ms=store.bucket_ms * 11)
+    assert later.applied == 1
+    assert [key async for key in redis.scan_iter(match=store.key("dd", "*"))] == []
 
 
 @pytest.mark.parametrize("bucket", [0, 3])
@@ -119,8 +193,8 @@ async def test_digests_kept_in_sets_by_earlier_versions_still_count(
     now_ms = store.bucket_ms * 4
     again = await store.apply_batch([accepted_record(event, "logins", 0, 0)], now_ms=now_ms)
     assert (again.applied, again.duplicates) == (0, 1)
-    # and the digest was not added to the current bucket on the way
-    assert [key async for key in redis.scan_iter(match=store.key("dd", "4:*"))] == []
+    # and the digest was not kept again on the way
+    assert await kept_digests(redis, store) == {}
 
 
 async def test_offsets_are_scoped_by_cluster(redis: Redis) -> None:
@@ -185,29 +259,3 @@ async def test_orders_per_day_kept_by_earlier_versions_still_count(
         stats = stats_from_days(sorted(state.orders_by_day), limit)
         found = histories.get(customer_id)
         assert (found and (found.x, found.t_x, found.T)) == (stats and tuple(stats))
-
-
-async def test_a_bucket_spreads_its_digests_by_what_the_bucket_before_took(
-    redis: Redis,
-) -> None:
-    """100 digests in the first bucket: the next one opens with 2 hashes (64 a hash at
-    most), and still finds the first bucket's digests."""
-    store = Store(redis, "spread:", dedupe_horizon_seconds=800)
-    events = [
-        build_event({"event_id": f"e{n}", "customer_id": f"c{n % 7}", "ts": 1, "type": "login"})
-        for n in range(200)
-    ]
-    records = [accepted_record(e, "logins", 0, n) for n, e in enumerate(events)]
-    first = await store.apply_batch(records[:100], now_ms=0)
-    width = store.bucket_ms
-    again = await store.apply_batch(records[:100], now_ms=width)  # offsets already applied
-    second = await store.apply_batch(
-        [accepted_record(e, "logins", 1, n) for n, e in enumerate(events)], now_ms=width
-    )
-    assert (first.applied, again.redelivered) == (100, 100)
-    assert (second.duplicates, second.applied) == (100, 100)
-    assert await redis.hget(store.key("dd", "0"), "k") == "12"
-    assert await redis.hgetall(store.key("dd", "1")) == {"k": "1", "n": "100"}
-    hashes = [key async for key in redis.scan_iter(match=store.key("dd", "1:*"))]
-    assert sorted(hashes) == [store.key("dd", "1:0"), store.key("dd", "1:1")]
-    assert sum([await redis.hlen(key) for key in hashes]) == 100
