@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 import statistics
@@ -154,6 +155,28 @@ class PipelineRun:
     redis_script_seconds: float
     redis_cpu_seconds: float
     join_seconds: float
+    #: CPU seconds over the measured interval (``wall_seconds``, from before the events
+    #: are produced until the store has seen them all): the workers, the broker, and this
+    #: process (it produces the events and polls the store)
+    wall_seconds: float = 0.0
+    workers_cpu_seconds: float = 0.0
+    broker_cpu_seconds: float = 0.0
+    bench_cpu_seconds: float = 0.0
+
+    def share(self, cpu_seconds: float) -> float:
+        """CPU seconds as a share of one core over the interval."""
+        return cpu_seconds / max(1e-9, self.wall_seconds)
+
+    @property
+    def busy(self) -> float:
+        """Every process's CPU as a share of the machine's cores."""
+        used = (
+            self.workers_cpu_seconds
+            + self.broker_cpu_seconds
+            + self.bench_cpu_seconds
+            + self.redis_cpu_seconds
+        )
+        return self.share(used) / runtime_cores()
 
     @property
     def events_per_second(self) -> float:
@@ -200,6 +223,13 @@ async def first_event(store: Store, heartbeat_seconds: float) -> float:
     raise BenchError("no worker heartbeat reported a first event")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def pipeline_run(
     options: Options,
     bootstrap: str,
@@ -207,6 +237,7 @@ async def pipeline_run(
     workers: int,
     by_partition: dict[int, list[tuple[bytes, bytes]]],
     log_dir: Path,
+    broker_pid: int,
 ) -> PipelineRun:
     tag = f"s-{target.name}-{target.shards or 'd'}-{workers}-{uuid.uuid4().hex[:6]}"
     base = Settings(
@@ -242,6 +273,12 @@ async def pipeline_run(
             await wait_joined(store, topics.source("order"), workers, options.partitions)
             joined = time.monotonic() - spawned
             before = node_counters(nodes)
+            cpu_before = (
+                sum(cpu_seconds(p.pid) for p in procs),
+                cpu_seconds(broker_pid),
+                time.process_time(),
+                time.monotonic(),
+            )
             await tp.produce(bootstrap, topics.source("order"), by_partition)
             deadline = time.monotonic() + 120 + options.events / 500
             while True:
@@ -255,6 +292,12 @@ async def pipeline_run(
                         raise BenchError(f"a worker exited with code {proc.proc.returncode}")
                 await asyncio.sleep(tp.POLL_SECONDS)
             after = node_counters(nodes)
+            cpu_after = (
+                sum(cpu_seconds(p.pid) for p in procs),
+                cpu_seconds(broker_pid),
+                time.process_time(),
+                time.monotonic(),
+            )
             first = await first_event(store, base.worker_heartbeat_seconds)
         except BenchError as exc:
             tails = "\n".join(f"--- {p}\n{tp.log_tail(p)}" for p in logs)
@@ -273,11 +316,20 @@ async def pipeline_run(
         redis_script_seconds=after.script_seconds - before.script_seconds,
         redis_cpu_seconds=after.cpu_seconds - before.cpu_seconds,
         join_seconds=joined,
+        wall_seconds=cpu_after[3] - cpu_before[3],
+        workers_cpu_seconds=cpu_after[0] - cpu_before[0],
+        broker_cpu_seconds=cpu_after[1] - cpu_before[1],
+        bench_cpu_seconds=cpu_after[2] - cpu_before[2],
     )
 
 
 async def run_pipeline(
-    options: Options, bootstrap: str, single_url: str, cluster_url: str, log_dir: Path
+    options: Options,
+    bootstrap: str,
+    single_url: str,
+    cluster_url: str,
+    log_dir: Path,
+    broker_pid: int,
 ) -> list[PipelineRun]:
     messages = tp.build_messages(options.events, options.pipeline_customers, options.seed)
     tp.check_sample(messages)
@@ -294,7 +346,9 @@ async def run_pipeline(
                 "pipeline: %s, shards %s, %d worker(s)", target.name, target.shards, workers
             )
             runs.append(
-                await pipeline_run(options, bootstrap, target, workers, by_partition, log_dir)
+                await pipeline_run(
+                    options, bootstrap, target, workers, by_partition, log_dir, broker_pid
+                )
             )
     return runs
 
@@ -575,6 +629,7 @@ def render_pipeline(runs: Sequence[PipelineRun]) -> list[str]:
     lines = [
         f"{'store':<12}{'shards':>8}{'workers':>8}{'events/s':>10}{'2w/1w':>7}"
         f"{'script µs/ev':>14}{'Redis CPU µs/ev':>17}{'join s':>8}"
+        f"{'CPU: workers':>14}{'broker':>8}{'Redis':>7}{'bench':>7}{'machine':>9}"
     ]
     one: dict[tuple[str, str], float] = {}
     for run in runs:
@@ -588,6 +643,9 @@ def render_pipeline(runs: Sequence[PipelineRun]) -> list[str]:
             f"{run.target:<12}{run.shards:>8}{run.workers:>8}{run.events_per_second:>10,.0f}"
             f"{ratio:>7}{run.script_us_per_event:>14.1f}{run.cpu_us_per_event:>17.1f}"
             f"{run.join_seconds:>8.1f}"
+            f"{run.share(run.workers_cpu_seconds):>14.0%}{run.share(run.broker_cpu_seconds):>8.0%}"
+            f"{run.share(run.redis_cpu_seconds):>7.0%}{run.share(run.bench_cpu_seconds):>7.0%}"
+            f"{run.busy:>9.0%}"
         )
     return lines
 
@@ -643,7 +701,9 @@ def render(
             "events/s: N / (last event - first applied batch), workers joined before producing;",
             "script µs/ev: EVAL/EVALSHA usec (commandstats, all nodes) / N, evaluation scripts",
             "included; Redis CPU µs/ev: used_cpu_user+sys (all nodes) / N; join s: start-up",
-            "until every worker held its partitions (not in events/s)",
+            "until every worker held its partitions (not in events/s); CPU: each part's CPU",
+            "time over the measured interval as a share of one core (bench = this process,",
+            "which produces the events), machine = all of them over all the cores",
         ]
     if sizes:
         lines += [
@@ -659,8 +719,6 @@ def render(
 
 
 def runtime_cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -746,7 +804,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
 
 
 @contextlib.contextmanager
-def servers(log_dir: Path, cluster: bool) -> Iterator[tuple[str, str, str]]:
+def servers(log_dir: Path, cluster: bool) -> Iterator[tuple[str, str, str, int]]:
     """Tansu, one redis-server and (when wanted) a three-node cluster."""
     group = runtime.ProcessGroup()
     cluster_group = None
@@ -758,7 +816,7 @@ def servers(log_dir: Path, cluster: bool) -> Iterator[tuple[str, str, str]]:
         cluster_url = ""
         if cluster:
             cluster_group, cluster_url = start_cluster(log_dir / "cluster")
-        yield bootstrap, redis_url, cluster_url
+        yield bootstrap, redis_url, cluster_url, broker.pid
     finally:
         if cluster_group is not None:
             cluster_group.stop()
@@ -774,9 +832,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipeline: list[PipelineRun] = []
     sizes: list[SizeRun] = []
     try:
-        with servers(log_dir, "pipeline" not in options.skip) as (bootstrap, single, cluster):
+        with servers(log_dir, "pipeline" not in options.skip) as (bootstrap, single, cluster, pid):
             if "pipeline" not in options.skip:
-                pipeline = asyncio.run(run_pipeline(options, bootstrap, single, cluster, log_dir))
+                pipeline = asyncio.run(
+                    run_pipeline(options, bootstrap, single, cluster, log_dir, pid)
+                )
             if "synthetic" not in options.skip:
                 sizes = asyncio.run(run_synthetic(options, single))
     except (BenchError, runtime.MissingBinary) as exc:
