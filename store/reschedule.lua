@@ -7,18 +7,28 @@
 -- empty next recheck drops a customer whose hash is gone (its lease entry, if still
 -- this lease's).
 local lease = ARGV[2]
+local want = tonumber(lease)
+-- where the entries at the lease are, read once for all the customers
+local at_lease = entries_at(lease)
+-- the removals first, then the insertions (which may split the chunks read)
+local removed, moves = {}, {}
 for i = 3, #ARGV, 2 do
   local cid, next_at = ARGV[i], ARGV[i + 1]
-  local key = P .. 'c:' .. cid
-  if next_at == '' then
-    sched_remove(cid, lease)
-  else
-    local current = redis.call('HGET', key, 'r')
-    if current and tonumber(current) == tonumber(lease) then
-      sched_remove(cid, current)
-      redis.call('HSET', key, 'r', next_at)
-      sched_insert(cid, next_at)
+  local chunk = at_lease[cid]
+  local ours = next_at == ''
+  if not ours then
+    local current = redis.call('HGET', P .. 'c:' .. cid, 'r')
+    ours = current ~= false and tonumber(current) == want
+  end
+  if chunk and ours then
+    at_lease[cid] = nil
+    push(removed, chunk, cid)
+    if next_at ~= '' then
+      redis.call('HSET', P .. 'c:' .. cid, 'r', next_at)
+      push(moves, next_at, cid)
     end
   end
 end
+sched_drop(removed)
+for next_at, cids in pairs(moves) do sched_insert(cids, next_at) end
 return 0

@@ -33,63 +33,90 @@ local function chunk_left(chunk)
   if redis.call('EXISTS', chunk_key(chunk)) == 0 then redis.call('ZREM', INDEX, chunk) end
 end
 
--- Schedules customer `cid` at `t` (ms, as text); the customer has no entry.
-local function sched_insert(cid, t)
-  local chunk = redis.call('ZRANGE', INDEX, t, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
-  if not chunk then
-    -- before every chunk's bound: the first chunk's bound moves down to t
-    chunk = redis.call('ZRANGE', INDEX, 0, 0)[1]
-    if chunk then
-      redis.call('ZADD', INDEX, t, chunk)
-    else
-      chunk = new_chunk(t)
-    end
-  end
-  local key = chunk_key(chunk)
-  if redis.call('ZCARD', key) >= CHUNK then
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    if tonumber(t) >= tonumber(last[2]) then
-      -- past the full chunk's end (times mostly grow): a new chunk starts at t, and the
-      -- full one stays full
-      chunk = new_chunk(t)
-    else
-      -- its upper half moves to a new chunk, bounded by the first time moved
-      local upper = redis.call('ZRANGE', key, HALF, -1, 'WITHSCORES')
-      local moved = new_chunk(upper[2])
-      local args = {}
-      for i = 1, #upper, 2 do
-        args[#args + 1] = upper[i + 1]
-        args[#args + 1] = upper[i]
+-- Schedules customers `cids` (none of them scheduled) at `t` (ms, as text), as few
+-- writes as the chunks allow.
+local function sched_insert(cids, t)
+  local i = 1
+  while i <= #cids do
+    local chunk = redis.call('ZRANGE', INDEX, t, '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1)[1]
+    if not chunk then
+      -- before every chunk's bound: the first chunk's bound moves down to t
+      chunk = redis.call('ZRANGE', INDEX, 0, 0)[1]
+      if chunk then
+        redis.call('ZADD', INDEX, t, chunk)
+      else
+        chunk = new_chunk(t)
       end
-      redis.call('ZADD', chunk_key(moved), unpack(args))
-      redis.call('ZREMRANGEBYRANK', key, HALF, -1)
-      if tonumber(t) >= tonumber(upper[2]) then chunk = moved end
     end
-    key = chunk_key(chunk)
+    local key = chunk_key(chunk)
+    local size = redis.call('ZCARD', key)
+    if size >= CHUNK then
+      local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+      if tonumber(t) >= tonumber(last[2]) then
+        -- past the full chunk's end (times mostly grow): a new chunk starts at t, and the
+        -- full one stays full
+        chunk = new_chunk(t)
+      else
+        -- its upper half moves to a new chunk, bounded by the first time moved
+        local upper = redis.call('ZRANGE', key, HALF, -1, 'WITHSCORES')
+        local moved = new_chunk(upper[2])
+        local args = {}
+        for j = 1, #upper, 2 do
+          args[#args + 1] = upper[j + 1]
+          args[#args + 1] = upper[j]
+        end
+        redis.call('ZADD', chunk_key(moved), unpack(args))
+        redis.call('ZREMRANGEBYRANK', key, HALF, -1)
+        if tonumber(t) >= tonumber(upper[2]) then chunk = moved end
+      end
+      key = chunk_key(chunk)
+      size = redis.call('ZCARD', key)
+    end
+    local args = {}
+    local stop = math.min(#cids, i + CHUNK - size - 1)
+    for j = i, stop do
+      args[#args + 1] = t
+      args[#args + 1] = cids[j]
+    end
+    redis.call('ZADD', key, unpack(args))
+    i = stop + 1
   end
-  redis.call('ZADD', key, t, cid)
 end
 
--- Removes customer `cid`'s entry if it is at `t` (text); whether it was. Its chunk is
--- the last whose bound is at or before t, or one before it whose entries end at t.
-local function sched_remove(cid, t)
-  local want = tonumber(t)
-  local offset = 0
+-- Customer -> chunk, for every entry at `t` (text). They lie in the chunks bound at t,
+-- and in the last one bound before it.
+local function entries_at(t)
+  local found, want, offset = {}, tonumber(t), 0
   while true do
-    local found = redis.call('ZRANGE', INDEX, t, '-inf', 'BYSCORE', 'REV', 'LIMIT', offset, 8,
+    local chunks = redis.call('ZRANGE', INDEX, t, '-inf', 'BYSCORE', 'REV', 'LIMIT', offset, 8,
       'WITHSCORES')
-    if #found == 0 then return false end
-    for i = 1, #found, 2 do
-      local key = chunk_key(found[i])
-      local score = redis.call('ZSCORE', key, cid)
-      if score then
-        if tonumber(score) ~= want then return false end
-        redis.call('ZREM', key, cid)
-        chunk_left(found[i])
-        return true
+    if #chunks == 0 then return found end
+    for i = 1, #chunks, 2 do
+      for _, cid in ipairs(redis.call('ZRANGE', chunk_key(chunks[i]), t, t, 'BYSCORE')) do
+        found[cid] = chunks[i]
       end
-      if tonumber(found[i + 1]) < want then return false end
+      if tonumber(chunks[i + 1]) < want then return found end
     end
     offset = offset + 8
   end
+end
+
+-- Removes entries, given as chunk -> list of customers.
+local function sched_drop(by_chunk)
+  for chunk, cids in pairs(by_chunk) do
+    for i = 1, #cids, 1000 do
+      redis.call('ZREM', chunk_key(chunk), unpack(cids, i, math.min(i + 999, #cids)))
+    end
+    chunk_left(chunk)
+  end
+end
+
+-- Adds `item` to the list under `key` in table `t`.
+local function push(t, key, item)
+  local list = t[key]
+  if not list then
+    list = {}
+    t[key] = list
+  end
+  list[#list + 1] = item
 end

@@ -75,26 +75,38 @@ if #changed == half and #scheduled < limit - half then
 end
 
 -- every taken customer's recheck leaves its place, then all are leased
-local rechecked = {}
+local removed, rechecked, old_sched = {}, {}, {}
 for _, s in ipairs(scheduled) do
   local cid = s[1]
   rechecked[cid] = true
   if s[3] then
-    redis.call('ZREM', chunk_key(s[3]), cid)
-    chunk_left(s[3])
+    push(removed, s[3], cid)
   else
-    redis.call('ZREM', OLD_SCHED, cid)
+    old_sched[#old_sched + 1] = cid
   end
 end
-local taken = {}
+-- changed customers' rechecks, found by their time (many share one: a round's)
+local by_time = {}
 for _, cid in ipairs(changed) do
   if not rechecked[cid] then
     local at = redis.call('HGET', customer_key(cid), 'r')
-    if at then sched_remove(cid, at) end
-    redis.call('ZREM', OLD_SCHED, cid)
+    if at then push(by_time, at, cid) else old_sched[#old_sched + 1] = cid end
   end
-  taken[#taken + 1] = cid
 end
+for at, cids in pairs(by_time) do
+  local where = entries_at(at)
+  for _, cid in ipairs(cids) do
+    if where[cid] then push(removed, where[cid], cid) end
+  end
+end
+sched_drop(removed)
+if #old_sched > 0 and redis.call('EXISTS', OLD_SCHED) == 1 then
+  for i = 1, #old_sched, 1000 do
+    redis.call('ZREM', OLD_SCHED, unpack(old_sched, i, math.min(i + 999, #old_sched)))
+  end
+end
+local taken = {}
+for _, cid in ipairs(changed) do taken[#taken + 1] = cid end
 local seen = {}
 for _, cid in ipairs(changed) do seen[cid] = true end
 for _, s in ipairs(scheduled) do
@@ -104,8 +116,6 @@ for _, s in ipairs(scheduled) do
     taken[#taken + 1] = cid
   end
 end
-for _, cid in ipairs(taken) do
-  redis.call('HSET', customer_key(cid), 'r', lease)
-  sched_insert(cid, lease)
-end
+for _, cid in ipairs(taken) do redis.call('HSET', customer_key(cid), 'r', lease) end
+sched_insert(taken, lease)
 return taken
