@@ -526,7 +526,7 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
             logger.warning("synthetic %d: evaluation failed: %r", customers, exc)
         evaluate_seconds = time.monotonic() - started
         after_evaluation = int((await redis.info("memory"))["used_memory"])
-        due_left = int(await redis.zcard(prefix + "due"))
+        due_left = int(await redis.llen(prefix + "dueq"))  # changed customers still waiting
         return SizeRun(
             customers=customers,
             events=events,

@@ -814,28 +814,29 @@ for _, cell in ipairs(grid_cells) do
 end
 keep_digests()
 drop_old_buckets()
--- each changed customer's hash in one write; customers whose state changed are due for a
--- lifecycle and risk evaluation: NX keeps the time of the first change since their last
--- evaluation, and the evaluator serves that queue oldest first (take_due.lua)
-local due = {}
+-- each changed customer's hash in one write. A customer whose state changed is due for a
+-- lifecycle and risk evaluation: unless already waiting (its hash's `q`, the batch time of
+-- its first change since its last evaluation), it joins the end of the changed queue,
+-- which the evaluator serves oldest first (take_due.lua)
+local queued = {}
 for _, cid in ipairs(customer_order) do
   local c = customers[cid]
+  if c.touched and not c.f.q then
+    put(c, 'q', ARGV[3])  -- now, as text
+    queued[#queued + 1] = cid
+    if #queued >= 400 then
+      redis.call('RPUSH', P .. 'dueq', unpack(queued))
+      queued = {}
+    end
+  end
   local pairs_out = {}
   for name, _ in pairs(c.dirty) do
     pairs_out[#pairs_out + 1] = name
     pairs_out[#pairs_out + 1] = c.f[name]
   end
   if #pairs_out > 0 then redis.call('HSET', c.key, unpack(pairs_out)) end
-  if c.touched then
-    due[#due + 1] = ARGV[3]  -- now, as text
-    due[#due + 1] = cid
-    if #due >= 400 then
-      redis.call('ZADD', P .. 'due', 'NX', unpack(due))
-      due = {}
-    end
-  end
 end
-if #due > 0 then redis.call('ZADD', P .. 'due', 'NX', unpack(due)) end
+if #queued > 0 then redis.call('RPUSH', P .. 'dueq', unpack(queued)) end
 for tp, last in pairs(reach) do
   if last > last_offsets[tp] then
     redis.call('HSET', offsets_key, tp, last)

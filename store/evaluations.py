@@ -1,8 +1,15 @@
 """Evaluations on the store: due customers, their stored results, and the totals readers use.
 
-Due customers come from the ``due`` index (score = when to look, 0 = now): the batch script
-puts every customer it changed there, and each evaluation puts the customer back at its
-next threshold, so a customer who goes silent is noticed without any event. Results live
+Due customers come from two queues per shard. The batch script appends every customer it
+changed to the list ``dueq``, once until it is taken (the customer hash's ``q`` holds the
+batch time of the first change since its last evaluation); each evaluation schedules the
+customer's next recheck at its next threshold, so a customer who goes silent is noticed
+without any event. The rechecks live in small sorted sets ``sched:<n>``, each kept in
+Redis's compact encoding, indexed by ``sched:at`` (``sched_chunks.lua``); the customer
+hash's ``r`` holds the customer's recheck time. ``take_due.lua`` gives each queue half of
+a round and leases the customers taken; ``reschedule.lua`` moves each to its next recheck.
+Stores written before keep their sorted sets ``due`` and ``sched``, read until empty.
+Results live
 in ``ev:<customer>``; ``life:counts``, ``risk:reasons``, ``risk:high_value``, the
 ``atrisk`` ranking and the CLTV totals are kept in step for readers (CLI, exporter).
 What an evaluation concludes is pure (``processors/evaluator.py``).
@@ -44,8 +51,11 @@ logger = logging.getLogger(__name__)
 _RETURNED = files("store").joinpath("returned.lua").read_text()
 
 
-_RESCHEDULE = files("store").joinpath("reschedule.lua").read_text()
-_TAKE = files("store").joinpath("take_due.lua").read_text()
+_CHUNKS = files("store").joinpath("sched_chunks.lua").read_text()
+# both scripts work on the rechecks' chunks: the shared functions come first
+_RESCHEDULE = _CHUNKS + files("store").joinpath("reschedule.lua").read_text()
+_TAKE = _CHUNKS + files("store").joinpath("take_due.lua").read_text()
+_BACKLOG = files("store").joinpath("queue_backlog.lua").read_text()
 _PREVIOUS = files("store").joinpath("read_previous.lua").read_text()
 _STORE = files("store").joinpath("store_evaluations.lua").read_text()
 #: How long taken customers are left to their evaluator before others may take them.
@@ -86,19 +96,20 @@ class Evaluator:
         return done
 
     async def _run_shard(self, home: str, now: datetime, limit: int) -> int:
-        redis = self.store.redis
         now_ms = int(now.timestamp() * 1000)
         lease = now_ms + LEASE_MS
-        queues = [home + "due", home + "sched"]
-        taken = cast(list[str], await self._take(keys=queues, args=[now_ms, limit, lease]))
+        route = [home + "ids"]
+        taken = cast(list[str], await self._take(keys=route, args=[home, now_ms, limit, lease]))
         if not taken:
             return 0
         # leased until rescheduled: a crash here leaves them due again when the lease
         # ends, never lost
         states = await self.store.read_customers(taken)
-        gone = set(taken) - {s.customer_id for s in states}
+        found = {s.customer_id for s in states}
+        gone = [cid for cid in taken if cid not in found]
         if gone:  # no state any more: nothing to evaluate, ever
-            await redis.zrem(home + "sched", *gone)
+            dropped = [part for cid in gone for part in (cid, "")]
+            await self._reschedule_script(keys=route, args=[home, lease, *dropped])
         ids = [state.customer_id for state in states]
         reply = await self._previous(keys=[home + "ids"], args=[home, *ids]) if ids else []
         previous = [parse_previous(_as_dict(reply[2 * n])) for n in range(len(ids))]
@@ -154,11 +165,11 @@ class Evaluator:
         lease: int,
         now_ms: int,
     ) -> None:
-        args: list[str | int] = [lease]
+        args: list[str | int] = [home, lease]
         for state, _, _ in results:
             nxt = next_due_ms(state, now_ms, self.risk_policy, self.lifecycle)
             args.extend([state.customer_id, nxt])
-        await self._reschedule_script(keys=[home + "sched"], args=args)
+        await self._reschedule_script(keys=[home + "ids"], args=args)
 
     async def _store(
         self, home: str, results: list[tuple[CustomerState, Previous, Evaluation]], now_ms: int
@@ -297,18 +308,16 @@ async def due_backlog(store: Store, now_ms: int) -> tuple[int, float]:
     """Customers waiting for an evaluation (changed, or with a recheck due by ``now``),
     and how long the one waiting longest has waited (s)."""
     homes = (await store.layout()).prefixes
+    script = store.redis.register_script(_BACKLOG)
+    replies = await asyncio.gather(
+        *(script(keys=[home + "ids"], args=[home, now_ms]) for home in homes)
+    )
     waiting, oldest = 0, float(now_ms)
-    for home in homes:
-        async with store.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(home + "due")
-            pipe.zrange(home + "due", 0, 0, withscores=True)
-            pipe.zcount(home + "sched", "-inf", now_ms)
-            pipe.zrange(home + "sched", 0, 0, withscores=True)
-            changed, first_changed, scheduled, first_scheduled = await pipe.execute()
+    for changed, first_changed, scheduled, first_scheduled in replies:
         waiting += int(changed) + int(scheduled)
         for count, first in ((changed, first_changed), (scheduled, first_scheduled)):
             if int(count) and first:
-                oldest = min(oldest, float(first[0][1]))
+                oldest = min(oldest, float(first))
     return waiting, max(0.0, (now_ms - oldest) / 1000) if waiting else 0.0
 
 

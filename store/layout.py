@@ -19,7 +19,8 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             :mod:`store.store`); money in the reporting currency, and per
                             original currency in ``pm:<CUR>`` (placed) and ``rm:<CUR>``
                             (refunded); placed orders per day under the day's number since
-                            the epoch (the only field names made of digits). Some 20
+                            the epoch (the only field names made of digits); ``q`` and
+                            ``r`` belong to the evaluation queues (below). Some 20
                             fields and the order days: the hash stays a compact listpack
                             up to about a hundred days with orders
 - ``S od:<customer>``      hash, placed orders per day, where earlier versions kept them
@@ -87,10 +88,20 @@ Periods (:mod:`store.periods`):
 
 Evaluations and models (:mod:`store.evaluations`, :mod:`store.models`):
 
-- ``S due``                sorted set of changed customers, customer → batch time (ms) of
-                            the first change since their last evaluation
-- ``S sched``              sorted set, customer → when to evaluate next (ms, evaluation
-                            clock); customers being evaluated sit there at their lease's end
+- ``S dueq``               list of changed customers waiting for an evaluation, in the
+                            order of their first change since their last one; the customer
+                            hash's ``q`` (that change's batch time, ms) marks a customer
+                            waiting, so it is queued once until taken
+- ``S sched:<n>``          the scheduled rechecks, customer → when to evaluate next (ms,
+                            evaluation clock), in sorted sets of at most 128 entries (so
+                            that each stays a compact listpack), each entry at or after its
+                            chunk's bound; customers being evaluated sit there at their
+                            lease's end. The customer hash's ``r`` holds the customer's
+                            recheck time (``sched_chunks.lua``)
+- ``S sched:at``           sorted set, chunk ``n`` → its bound (ms): the chunks in time order
+- ``S sched:next``         the last chunk number given
+- ``S due``, ``S sched``   sorted sets of both queues as earlier versions kept them (≈ 107
+                            B a customer), read by the evaluator until empty
 - ``S ev:<customer>``      hash, the customer's last evaluation
 - ``S atrisk``             sorted set of at-risk customers, ranked
 - ``S life:counts``, ``S risk:reasons``, ``S cltv:at_risk`` hashes, and ``S

@@ -1,29 +1,121 @@
--- Take customers for an evaluation, fairly from two queues, and lease them.
--- KEYS[1] the shard's changed customers (score: the batch time of the first change since
---   their last evaluation), served oldest first whatever the evaluation clock says.
--- KEYS[2] the shard's scheduled rechecks (score: when to look, on the evaluation clock).
--- ARGV: now on the evaluation clock (ms), at most how many, lease end (ms).
--- Each queue gets half the places, and what one leaves unused goes to the other, so a
--- stream of changes never starves the rechecks (churn, cold, win-back), nor the reverse.
+-- Take customers for an evaluation, fairly from two queues, and lease them. Runs after
+-- sched_chunks.lua (the rechecks' chunks), which store/evaluations.py puts before it.
+-- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
+-- ARGV: the shard's prefix, now on the evaluation clock (ms), at most how many, lease end
+-- (ms).
+-- The changed customers wait in the list `dueq` in the order of their first change since
+-- their last evaluation (their hash's `q` marks them waiting), served oldest first
+-- whatever the evaluation clock says; the scheduled rechecks (sched_chunks.lua) are
+-- served when their time has come, earliest first. Each queue gets half the places, and
+-- what one leaves unused goes to the other, so a stream of changes never starves the
+-- rechecks (churn, cold, win-back), nor the reverse.
 -- Taken customers leave the changed queue and are scheduled at the lease's end: another
 -- evaluator leaves them alone, and should this one stop they come back when the lease
--- ends. Returns the customer ids taken.
-local limit = tonumber(ARGV[2])
+-- ends. Customers without a hash any more are dropped. Returns the customer ids taken.
+-- Stores written by earlier versions kept both queues in one sorted set each (`due`,
+-- `sched`): they are read as well, until empty.
+local now, limit, lease = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local half = math.ceil(limit / 2)
-local changed = redis.call('ZRANGE', KEYS[1], 0, half - 1)
-local scheduled = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, limit - #changed)
-if #changed == half and #scheduled < limit - half then
-  changed = redis.call('ZRANGE', KEYS[1], 0, limit - #scheduled - 1)
+local QUEUE, OLD_DUE, OLD_SCHED = P .. 'dueq', P .. 'due', P .. 'sched'
+
+local function customer_key(cid)
+  return P .. 'c:' .. cid
 end
-local taken, seen = {}, {}
-for _, list in ipairs({changed, scheduled}) do
-  for _, cid in ipairs(list) do
-    if not seen[cid] then
-      seen[cid] = true
-      taken[#taken + 1] = cid
+
+-- Changed customers, oldest first, added to `out` until it holds `want`. An entry whose
+-- customer is no longer marked waiting (taken through an earlier version's queue) is
+-- dropped.
+local function take_changed(out, want)
+  if #out >= want then return end
+  for _, cid in ipairs(redis.call('ZRANGE', OLD_DUE, 0, want - #out - 1)) do
+    redis.call('ZREM', OLD_DUE, cid)
+    redis.call('HDEL', customer_key(cid), 'q')
+    if redis.call('EXISTS', customer_key(cid)) == 1 then out[#out + 1] = cid end
+  end
+  while #out < want do
+    local popped = redis.call('LPOP', QUEUE, want - #out)
+    if not popped then return end
+    for _, cid in ipairs(popped) do
+      if redis.call('HDEL', customer_key(cid), 'q') == 1 then out[#out + 1] = cid end
     end
   end
 end
-for _, cid in ipairs(changed) do redis.call('ZREM', KEYS[1], cid) end
-for _, cid in ipairs(taken) do redis.call('ZADD', KEYS[2], ARGV[3], cid) end
+
+-- Up to `n` rechecks due by now, earliest first: {customer, time, chunk or false}. Every
+-- chunk whose bound is at or before now holds due entries, but for the last one.
+local function due_rechecks(n)
+  local found = {}
+  if n <= 0 then return found end
+  local offset = 0
+  while #found < n do
+    local chunks = redis.call('ZRANGE', INDEX, '-inf', now, 'BYSCORE', 'LIMIT', offset, 16)
+    if #chunks == 0 then break end
+    for _, chunk in ipairs(chunks) do
+      local got = redis.call('ZRANGE', chunk_key(chunk), '-inf', now, 'BYSCORE', 'LIMIT', 0,
+        n - #found, 'WITHSCORES')
+      for i = 1, #got, 2 do found[#found + 1] = {got[i], got[i + 1], chunk} end
+      if #found >= n then break end
+    end
+    offset = offset + 16
+  end
+  local old = redis.call('ZRANGE', OLD_SCHED, '-inf', now, 'BYSCORE', 'LIMIT', 0, n, 'WITHSCORES')
+  if #old > 0 then
+    for i = 1, #old, 2 do found[#found + 1] = {old[i], old[i + 1], false} end
+    table.sort(found, function(a, b) return tonumber(a[2]) < tonumber(b[2]) end)
+    while #found > n do table.remove(found) end
+  end
+  return found
+end
+
+local changed = {}
+take_changed(changed, half)
+local scheduled = due_rechecks(limit - #changed)
+if #changed == half and #scheduled < limit - half then
+  take_changed(changed, limit - #scheduled)
+end
+
+-- every taken customer's recheck leaves its place, then all are leased
+local removed, rechecked, old_sched = {}, {}, {}
+for _, s in ipairs(scheduled) do
+  local cid = s[1]
+  rechecked[cid] = true
+  if s[3] then
+    push(removed, s[3], cid)
+  else
+    old_sched[#old_sched + 1] = cid
+  end
+end
+-- changed customers' rechecks, found by their time (many share one: a round's)
+local by_time = {}
+for _, cid in ipairs(changed) do
+  if not rechecked[cid] then
+    local at = redis.call('HGET', customer_key(cid), 'r')
+    if at then push(by_time, at, cid) else old_sched[#old_sched + 1] = cid end
+  end
+end
+for at, cids in pairs(by_time) do
+  local where = entries_at(at)
+  for _, cid in ipairs(cids) do
+    if where[cid] then push(removed, where[cid], cid) end
+  end
+end
+sched_drop(removed)
+if #old_sched > 0 and redis.call('EXISTS', OLD_SCHED) == 1 then
+  for i = 1, #old_sched, 1000 do
+    redis.call('ZREM', OLD_SCHED, unpack(old_sched, i, math.min(i + 999, #old_sched)))
+  end
+end
+local taken = {}
+for _, cid in ipairs(changed) do taken[#taken + 1] = cid end
+local seen = {}
+for _, cid in ipairs(changed) do seen[cid] = true end
+for _, s in ipairs(scheduled) do
+  local cid = s[1]
+  if not seen[cid] and redis.call('EXISTS', customer_key(cid)) == 1 then
+    seen[cid] = true
+    taken[#taken + 1] = cid
+  end
+end
+for _, cid in ipairs(taken) do redis.call('HSET', customer_key(cid), 'r', lease) end
+sched_insert(taken, lease)
 return taken
