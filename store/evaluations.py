@@ -9,8 +9,8 @@ Redis's compact encoding, indexed by ``sched:at`` (``sched_chunks.lua``); the cu
 hash's ``r`` holds the customer's recheck time. ``take_due.lua`` gives each queue half of
 a round and leases the customers taken; ``reschedule.lua`` moves each to its next recheck.
 Stores written before keep their sorted sets ``due`` and ``sched``, read until empty.
-Results live
-in ``ev:<customer>``; ``life:counts``, ``risk:reasons``, ``risk:high_value``, the
+Each result is the customer hash's ``ev`` field (``stored_evaluations`` reads it back);
+``life:counts``, ``risk:reasons``, ``risk:high_value``, the
 ``atrisk`` ranking and the CLTV totals are kept in step for readers (CLI, exporter).
 What an evaluation concludes is pure (``processors/evaluator.py``).
 """
@@ -360,6 +360,31 @@ async def update_high_value_threshold(
     return threshold
 
 
+async def stored_evaluations(
+    store: Store, customer_ids: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """The last evaluation stored for each of the customers that has one, by field (``st``
+    status, ``sc`` risk score, ``rr`` reasons, ``hv`` high value, ``at`` when, ``no``
+    orders, ``cl`` predicted CLTV and ``cr`` CLTV at risk, in micros), one script call per
+    shard."""
+    layout = await store.layout()
+    by_shard: dict[str, list[str]] = {}
+    for cid in customer_ids:
+        by_shard.setdefault(layout.prefix_of(cid), []).append(cid)
+    read = store.redis.register_script(_PREVIOUS)
+    homes = list(by_shard)
+    replies = await asyncio.gather(
+        *(read(keys=[home + "ids"], args=[home, *by_shard[home]]) for home in homes)
+    )
+    found: dict[str, dict[str, str]] = {}
+    for home, reply in zip(homes, replies, strict=True):
+        for n, cid in enumerate(by_shard[home]):
+            fields = _as_dict(reply[2 * n])
+            if fields:
+                found[cid] = fields
+    return found
+
+
 async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
     """At-risk customers by CLTV at risk (predicted CLTV × risk score), with reasons."""
     layout = await store.layout()
@@ -372,11 +397,12 @@ async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
     # each shard's best, merged: the overall best are among them
     pairs = [(str(pair[0]), float(pair[1])) for top in tops for pair in cast(list[Any], top)]
     ranked = sorted(pairs, key=lambda p: (-p[1], p[0]))[:limit]
-    states = {s.customer_id: s for s in await store.read_customers([c for c, _ in ranked])}
+    ids = [c for c, _ in ranked]
+    states = {s.customer_id: s for s in await store.read_customers(ids)}
+    evaluations = await stored_evaluations(store, ids)
     rows: list[dict[str, object]] = []
     for cid, rank in ranked:
-        ev_key = layout.prefix_of(cid) + "ev:" + cid
-        ev = cast(dict[str, str], await store.redis.hgetall(ev_key))
+        ev = evaluations.get(cid, {})
         state = states.get(cid)
         rows.append(
             {

@@ -20,7 +20,10 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             original currency in ``pm:<CUR>`` (placed) and ``rm:<CUR>``
                             (refunded); placed orders per day under the day's number since
                             the epoch (the only field names made of digits); ``q`` and
-                            ``r`` belong to the evaluation queues (below). Some 20
+                            ``r`` belong to the evaluation queues (below), ``ev`` is the
+                            customer's last evaluation (``st|sc|rr|hv|at|no|cl|cr``:
+                            status, risk score, reasons, high value, when, orders,
+                            predicted CLTV and CLTV at risk in micros). Some 20
                             fields and the order days: the hash stays a compact listpack
                             up to about a hundred days with orders
 - ``S od:<customer>``      hash, placed orders per day, where earlier versions kept them
@@ -102,7 +105,8 @@ Evaluations and models (:mod:`store.evaluations`, :mod:`store.models`):
 - ``S sched:next``         the last chunk number given
 - ``S due``, ``S sched``   sorted sets of both queues as earlier versions kept them (≈ 107
                             B a customer), read by the evaluator until empty
-- ``S ev:<customer>``      hash, the customer's last evaluation
+- ``S ev:<customer>``      hash, the customer's last evaluation as earlier versions kept it
+                            (read until the customer is evaluated again)
 - ``S atrisk``             sorted set of at-risk customers, ranked
 - ``S life:counts``, ``S risk:reasons``, ``S cltv:at_risk`` hashes, and ``S
   risk:high_value``, ``S cltv:total`` counters, kept in step with the evaluations

@@ -2,7 +2,8 @@
 -- Store an evaluation chunk's results and move the totals kept in step, atomically.
 -- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
 -- ARGV[1] the shard's prefix; ARGV[2] JSON list of results, each
---   [customer, st, sc, rr, hv, at, no, cl, cr] (the ev:<customer> fields, as text);
+--   [customer, st, sc, rr, hv, at, no, cl, cr] (status, risk score, reasons, high value,
+--   evaluated at, orders, predicted CLTV, CLTV at risk; as text);
 -- ARGV[3] JSON of the moves: {"hincr": [[family, field, delta], ...], "incr": [[name, delta], ...],
 --   "rank": [[customer, score], ...], "unrank": [customer, ...]}, numbers as text.
 -- One JSON argument each: far cheaper for the client to send than a command per customer.
@@ -26,9 +27,15 @@ for _, m in ipairs(moves.hincr) do
     return redis.error_reply('OVERFLOW ' .. m[1] .. ' would leave the 64-bit range')
   end
 end
+-- The evaluation is one field of the customer hash, `ev`, its values joined by '|' in the
+-- order above (some 60 bytes, where a hash of its own cost some 170); a customer whose hash
+-- is gone (a rebuild wiped it) gets none. Earlier versions kept it in `ev:<customer>`.
 for _, r in ipairs(results) do
-  redis.call('HSET', P .. 'ev:' .. r[1], 'st', r[2], 'sc', r[3], 'rr', r[4], 'hv', r[5],
-    'at', r[6], 'no', r[7], 'cl', r[8], 'cr', r[9])
+  local key = P .. 'c:' .. r[1]
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('HSET', key, 'ev', table.concat(r, '|', 2, 9))
+  end
+  redis.call('UNLINK', P .. 'ev:' .. r[1])
 end
 for _, m in ipairs(moves.incr) do redis.call('INCRBY', P .. m[1], m[2]) end
 for _, m in ipairs(moves.hincr) do redis.call('HINCRBY', P .. m[1], m[2], m[3]) end

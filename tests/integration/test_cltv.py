@@ -15,6 +15,7 @@ from store.evaluations import (
     Evaluator,
     high_value_threshold,
     ranked_at_risk,
+    stored_evaluations,
     update_high_value_threshold,
 )
 from store.models import refit, stored_fit
@@ -43,7 +44,9 @@ def history(rng: random.Random, customers: int) -> list[list[str]]:
 
 async def totals_equal_the_evaluations(redis: Redis, prefix: str) -> None:
     """The kept totals are exactly the sums of what each customer's evaluation stored."""
-    evaluations = [await redis.hgetall(k) async for k in redis.scan_iter(prefix + "ev:*")]
+    store = Store(redis, prefix)
+    evaluations = list((await stored_evaluations(store, await store.customer_ids())).values())
+    assert evaluations
     assert int(await redis.get(prefix + "cltv:total") or 0) == sum(
         int(e["cl"]) for e in evaluations
     )
@@ -73,9 +76,10 @@ async def test_cltv_totals_threshold_and_ranking(redis: Redis) -> None:
     first = T0 + timedelta(days=201)
     assert await evaluator.run_once(first) == 120
     await totals_equal_the_evaluations(redis, "cltv1:")
-    cltvs = [int(await redis.hget(f"cltv1:ev:c{c:03d}", "cl")) / 1e6 for c in range(120)]
+    stored = await stored_evaluations(store, [f"c{c:03d}" for c in range(120)])
+    cltvs = [int(stored[f"c{c:03d}"]["cl"]) / 1e6 for c in range(120)]
     assert all(v > 0 for v in cltvs)
-    high = [await redis.hget(f"cltv1:ev:c{c:03d}", "hv") == "1" for c in range(120)]
+    high = [stored[f"c{c:03d}"]["hv"] == "1" for c in range(120)]
     # the top fifth by predicted CLTV, as of the fit's day (an evaluation a day later moves
     # values a little, so compare away from the threshold)
     for value, flag in zip(cltvs, high, strict=True):

@@ -14,7 +14,7 @@ from processors.alerts import Alert
 from processors.lifecycle import LifecyclePolicy
 from processors.risk import RiskPolicy
 from retention.config import Settings
-from store.evaluations import Evaluator, due_backlog, ranked_at_risk
+from store.evaluations import Evaluator, due_backlog, ranked_at_risk, stored_evaluations
 from store.store import Store, accepted_record
 from streams.events import build_event
 from streams.producer import EventProducer
@@ -36,6 +36,11 @@ def orders(customer: str, days: Sequence[int], first_offset: int = 0) -> list[li
     return out
 
 
+async def evaluated(store: Store, customer_id: str, name: str) -> str | None:
+    """A field of the customer's stored evaluation."""
+    return (await stored_evaluations(store, [customer_id])).get(customer_id, {}).get(name)
+
+
 async def test_silence_is_noticed_by_the_clock_without_events(redis: Redis) -> None:
     store = Store(redis, "life1:", ("order",))
     published: list[Alert] = []
@@ -49,15 +54,15 @@ async def test_silence_is_noticed_by_the_clock_without_events(redis: Redis) -> N
     )
 
     assert await evaluator.run_once(T0 + timedelta(days=31)) == 2
-    assert await redis.hget("life1:ev:steady", "st") == "active"
+    assert await evaluated(store, "steady", "st") == "active"
     # "quiet" ordered once, 31 days ago: past new_days (30), not yet silent for long
     assert await redis.hgetall("life1:life:counts") == {"active": "2"}
 
     # nothing arrives any more; the clock alone moves the customers along
     for day in range(32, 200):
         await evaluator.run_once(T0 + timedelta(days=day))
-    assert await redis.hget("life1:ev:steady", "st") == "churned"
-    assert await redis.hget("life1:ev:quiet", "st") == "churned"
+    assert await evaluated(store, "steady", "st") == "churned"
+    assert await evaluated(store, "quiet", "st") == "churned"
     counts = await redis.hgetall("life1:life:counts")
     assert {k: v for k, v in counts.items() if v != "0"} == {"churned": "2"}
     kinds = sorted((a.customer_id, a.kind) for a in published)
@@ -97,11 +102,11 @@ async def test_live_worker_marks_a_lapsed_customer_and_publishes_the_alert(
     await producer.flush()
     workers.start()
 
-    async def evaluated() -> bool:
-        return await store.redis.hget(store.key("ev", "lapsed"), "st") == "churned"
+    async def lapsed() -> bool:
+        return await evaluated(store, "lapsed", "st") == "churned"
 
-    await wait_until(evaluated, 60, "the worker to evaluate the lapsed customer", workers.logs)
-    assert await store.redis.hget(store.key("ev", "fresh"), "st") == "new"
+    await wait_until(lapsed, 60, "the worker to evaluate the lapsed customer", workers.logs)
+    assert await evaluated(store, "fresh", "st") == "new"
 
     assert settings.kafka_bootstrap
     messages = await read_topic(
@@ -136,8 +141,8 @@ async def test_a_return_after_the_churn_window_is_a_reactivation(redis: Redis) -
         orders("back", [150, 0]) + orders("steady", [0, 60, 120, 150], first_offset=2)
     )
     await evaluator.run_once(T0 + timedelta(days=155))
-    assert await redis.hget("life3:ev:back", "st") == "reactivated"
-    assert await redis.hget("life3:ev:steady", "st") == "active"
+    assert await evaluated(store, "back", "st") == "reactivated"
+    assert await evaluated(store, "steady", "st") == "active"
     assert [(a.customer_id, a.kind) for a in published if a.kind == "reactivated"] == [
         ("back", "reactivated")
     ]
@@ -161,13 +166,14 @@ async def test_a_customer_changed_during_evaluation_stays_due(redis: Redis) -> N
     # now only its next recheck is scheduled, ahead of the evaluation clock
     recheck = (await rechecks(redis, "life4:"))["busy"]
     assert recheck > (T0 + timedelta(days=6)).timestamp() * 1000
-    assert await redis.hget("life4:ev:busy", "no") == "6"
+    assert await evaluated(store, "busy", "no") == "6"
 
 
 async def test_a_total_that_would_overflow_refuses_the_whole_store_call(redis: Redis) -> None:
     store = Store(redis, "life9:", ("order",))
     evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy())
     await redis.set("life9:cltv:total", str(5 * 10**18))
+    await store.apply_batch(orders("c", [0]))
     row = ["c", "active", "0", "", "0", "1", "1", "0", "0"]
     moves = {"incr": [["cltv:total", str(5 * 10**18)]], "hincr": [], "rank": [], "unrank": []}
     with pytest.raises(ResponseError, match="OVERFLOW"):
@@ -175,7 +181,7 @@ async def test_a_total_that_would_overflow_refuses_the_whole_store_call(redis: R
             keys=["life9:ids"], args=["life9:", json.dumps([row]), json.dumps(moves)]
         )
     # refused before anything was written
-    assert await redis.exists("life9:ev:c") == 0
+    assert await stored_evaluations(store, ["c"]) == {}
     assert await redis.get("life9:cltv:total") == str(5 * 10**18)
 
 
@@ -201,3 +207,19 @@ async def test_rechecks_are_not_starved_by_a_stream_of_changes(redis: Redis) -> 
         if c.startswith("quiet") and taken.get(c) != at
     ]  # fmt: skip
     assert len(rechecked) == 5
+
+
+async def test_an_evaluation_kept_by_earlier_versions_is_read_then_moved(redis: Redis) -> None:
+    """Earlier versions kept the last evaluation in a hash of its own, ``ev:<customer>``."""
+    store = Store(redis, "life11:", ("order",))
+    await store.apply_batch(orders("old", [0, 10]))
+    old = {"st": "active", "sc": "0", "rr": "", "hv": "0", "at": "1", "no": "2", "cl": "5"}
+    await redis.hset("life11:ev:old", mapping={**old, "cr": "0"})
+    assert await stored_evaluations(store, ["old"]) == {"old": {**old, "cr": "0"}}
+    evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy())
+    assert await evaluator.run_once(T0 + timedelta(days=11)) == 1
+    assert await redis.exists("life11:ev:old") == 0
+    assert await redis.hget("life11:c:old", "ev") is not None
+    assert await evaluated(store, "old", "at") == str(
+        int((T0 + timedelta(days=11)).timestamp() * 1000)
+    )
