@@ -1,10 +1,11 @@
 """Evaluates customers that are due: lifecycle status, risk, alerts, and the next look.
 
-Due customers come from the ``due`` index (score = when to look, 0 = now): the batch script
-puts every customer it changed there, and each evaluation puts the customer back at its
-next threshold, so a customer who goes silent is noticed without any event. Results live
-in ``ev:<customer>``; ``life:counts``, ``risk:reasons``, ``risk:high_value``, the
-``atrisk`` ranking and the CLTV totals are kept in step for readers (CLI, exporter).
+Due customers are the ones the batch script changed and the ones whose next threshold
+has come (each evaluation schedules the customer's next look, so a customer who goes
+silent is noticed without any event); the store keeps both queues (``store/evaluations``).
+Each result is kept with the customer; ``life:counts``, ``risk:reasons``,
+``risk:high_value``, the ``atrisk`` ranking and the CLTV totals are kept in step for
+readers (CLI, exporter).
 
 CLTV totals, in integer micros so that adding and taking back is exact:
 ``cltv:total`` sums every evaluated customer's predicted CLTV, and the hash
