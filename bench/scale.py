@@ -477,6 +477,9 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
     redis = Redis.from_url(url, decode_responses=True)
     try:
         await redis.flushall()
+        # the size before may still be freeing in the background
+        while int((await redis.info("memory")).get("lazyfree_pending_objects", 0)):
+            await asyncio.sleep(0.5)
         prefix = f"syn-{customers}:"
         settings = Settings(redis_url=url, key_prefix=prefix)
         store = Store(redis, prefix, settings.activity_kinds, writer=True)
@@ -543,14 +546,21 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
             due_left=due_left,
         )
     finally:
-        await redis.flushall()
+        # in the background: a synchronous flush of 10M customers outlasts a client's wait
+        await redis.flushall(asynchronous=True)
         await redis.aclose()
 
 
 async def run_synthetic(options: Options, url: str) -> list[SizeRun]:
     # a small store first, thrown away: the fit's first call pays for imports and warm-up
     await size_run(replace(options, evaluate_sample=WARM_UP_CUSTOMERS), url, WARM_UP_CUSTOMERS)
-    return [await size_run(options, url, n) for n in options.sizes]
+    runs = []
+    for n in options.sizes:
+        runs.append(await size_run(options, url, n))
+        # each size's figures as soon as they are known: a long run that fails later
+        # still leaves them in the log
+        logger.warning("synthetic %d: %s", n, json.dumps(asdict(runs[-1])))
+    return runs
 
 
 # --- output ---------------------------------------------------------------------------
