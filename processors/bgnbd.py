@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import betaln, gammaln, hyp2f1
 
-from processors.fitting import FitError, Rows, mean_negative, search, weighted_rows
+from processors.fitting import FitError, Rows, fit_folded, mean_negative
 
 Floats = NDArray[np.float64]
 
@@ -120,12 +120,10 @@ def fit(
     over a large customer base cheap. The search runs over log-parameters, so every step
     stays in the valid region.
     """
-    xs, txs, Ts = _arrays(x, t_x, T)
-    (rx, rtx, rT), weights = weighted_rows(xs, txs, Ts)
-    params: BgNbdParams = search(
-        Likelihood(rx, rtx, rT, weights),
+    params: BgNbdParams = fit_folded(
+        Likelihood,
+        _arrays(x, t_x, T),
         4,
-        (),
         "BG/NBD",
         lambda v: BgNbdParams(*(float(e) for e in v)),
         None if start is None else np.array([start.r, start.alpha, start.a, start.b]),

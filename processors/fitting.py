@@ -153,3 +153,18 @@ def search(
     if not result.success:
         raise FitError(f"{name} fit did not converge: {result.message}", best)
     return best
+
+
+def fit_folded(
+    likelihood: Callable[..., Callable[..., float]],
+    columns: tuple[Floats, ...],
+    size: int,
+    name: str,
+    build: Callable[[Floats], Any],
+    start: Floats | None = None,
+) -> Any:
+    """Maximum likelihood over the customers given by ``columns`` (one array per
+    statistic): customers with equal statistics are folded into one weighted row, then
+    :func:`search` minimises ``likelihood(*rows, weights)`` over ``size`` parameters."""
+    rows, weights = weighted_rows(*columns)
+    return search(likelihood(*rows, weights), size, (), name, build, start)

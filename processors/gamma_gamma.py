@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import gammaln
 
-from processors.fitting import Column, Floats, mean_negative, search, weighted_rows
+from processors.fitting import Column, Floats, fit_folded, mean_negative
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +120,10 @@ def fit(x: ArrayLike, m: ArrayLike) -> GammaGammaParams:
     xs, ms = repeat_buyers(x, m)
     if xs.size == 0:
         raise ValueError("the Gamma-Gamma model needs at least one repeat buyer")
-    (rx, rm), weights = weighted_rows(xs, ms)
-    params: GammaGammaParams = search(
-        Likelihood(rx, rm, weights),
+    params: GammaGammaParams = fit_folded(
+        Likelihood,
+        (xs, ms),
         3,
-        (),
         "Gamma-Gamma",
         lambda v: GammaGammaParams(*(float(e) for e in v)),
     )

@@ -27,7 +27,7 @@ from numpy.typing import ArrayLike
 from scipy.special import betaln, gammaln, hyp2f1
 
 from processors.bgnbd import _arrays
-from processors.fitting import Floats, Rows, mean_negative, search, weighted_rows
+from processors.fitting import Floats, Rows, fit_folded, mean_negative
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +111,10 @@ def fit(
 ) -> MbgNbdParams:
     """Maximum-likelihood estimates of (r, α, a, b), equation (1) summed over customers;
     ``start`` warm-starts the search from a previous fit."""
-    xs, txs, Ts = _arrays(x, t_x, T)
-    (rx, rtx, rT), weights = weighted_rows(xs, txs, Ts)
-    params: MbgNbdParams = search(
-        Likelihood(rx, rtx, rT, weights),
+    params: MbgNbdParams = fit_folded(
+        Likelihood,
+        _arrays(x, t_x, T),
         4,
-        (),
         "MBG/NBD",
         lambda v: MbgNbdParams(*(float(e) for e in v)),
         None if start is None else np.array([start.r, start.alpha, start.a, start.b]),

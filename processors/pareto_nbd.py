@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike
 from scipy.special import gammaln, hyp2f1
 
 from processors.bgnbd import _arrays
-from processors.fitting import Column, Floats, Rows, mean_negative, search, weighted_rows
+from processors.fitting import Column, Floats, Rows, fit_folded, mean_negative
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +163,10 @@ def fit(
 ) -> ParetoNbdParams:
     """Maximum-likelihood estimates of (r, α, s, β), equation (18) summed over customers;
     ``start`` warm-starts the search from a previous fit."""
-    xs, txs, Ts = _arrays(x, t_x, T)
-    (rx, rtx, rT), weights = weighted_rows(xs, txs, Ts)
-    params: ParetoNbdParams = search(
-        Likelihood(rx, rtx, rT, weights),
+    params: ParetoNbdParams = fit_folded(
+        Likelihood,
+        _arrays(x, t_x, T),
         4,
-        (),
         "Pareto/NBD",
         lambda v: ParetoNbdParams(*(float(e) for e in v)),
         None if start is None else np.array([start.r, start.alpha, start.s, start.beta]),
