@@ -230,6 +230,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_now(
+    workers: Sequence[runtime.Process], broker_pid: int
+) -> tuple[float, float, float, float]:
+    """CPU seconds so far of the workers (summed), the broker and this process, and the
+    monotonic clock."""
+    return (
+        sum(cpu_seconds(p.pid) for p in workers),
+        cpu_seconds(broker_pid),
+        time.process_time(),
+        time.monotonic(),
+    )
+
+
 async def pipeline_run(
     options: Options,
     bootstrap: str,
@@ -273,12 +286,7 @@ async def pipeline_run(
             await wait_joined(store, topics.source("order"), workers, options.partitions)
             joined = time.monotonic() - spawned
             before = node_counters(nodes)
-            cpu_before = (
-                sum(cpu_seconds(p.pid) for p in procs),
-                cpu_seconds(broker_pid),
-                time.process_time(),
-                time.monotonic(),
-            )
+            cpu_before = cpu_now(procs, broker_pid)
             await tp.produce(bootstrap, topics.source("order"), by_partition)
             deadline = time.monotonic() + 120 + options.events / 500
             while True:
@@ -292,12 +300,7 @@ async def pipeline_run(
                         raise BenchError(f"a worker exited with code {proc.proc.returncode}")
                 await asyncio.sleep(tp.POLL_SECONDS)
             after = node_counters(nodes)
-            cpu_after = (
-                sum(cpu_seconds(p.pid) for p in procs),
-                cpu_seconds(broker_pid),
-                time.process_time(),
-                time.monotonic(),
-            )
+            cpu_after = cpu_now(procs, broker_pid)
             first = await first_event(store, base.worker_heartbeat_seconds)
         except BenchError as exc:
             tails = "\n".join(f"--- {p}\n{tp.log_tail(p)}" for p in logs)
