@@ -164,11 +164,26 @@ end
 -- Activity bitmaps (bit = the customer's dense index) per day, week and month, and the
 -- cohort bitmaps: a customer sits in the cohort of its first activity, and moves when an
 -- earlier activity arrives late (in the periods that change).
-local FIRST_FIELDS = {d = 'fad', w = 'faw', m = 'fam'}
 local act_counts_key = P .. 'act:n'
+
+-- The first days (epoch-day numbers, as text) of the day, ISO week and month that hold
+-- time ts (ms), as the worker computes them for an event. Periods are UTC; day 0,
+-- 1970-01-01, was a Thursday; the month comes from the proleptic Gregorian calendar
+-- (days to civil date, counted in 400-year eras from 0000-03-01).
+local function periods_of(ts)
+  local day = math.floor(tonumber(ts) / 86400000)
+  local z = day + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local dom = doy - math.floor((153 * mp + 2) / 5)  -- day of the month, from 0
+  return {d = num(day), w = num(day - (day + 3) % 7), m = num(day - dom)}
+end
+
 -- Whether the customer's latest activity (a day number) lies in the event's period p,
--- whose bit it then set already. Periods are UTC; an ISO week starts on a Monday (day 0,
--- 1970-01-01, was a Thursday); a month is known to hold its first 28 days.
+-- whose bit it then set already. A month is known to hold its first 28 days.
 local function latest_in_period(latest, p, days)
   if not latest then return false end
   if p == 'd' then return latest == tonumber(days.d) end
@@ -177,12 +192,18 @@ local function latest_in_period(latest, p, days)
   return latest >= start and latest < start + 28
 end
 
+-- Hashes of earlier versions also kept the first activity's periods (fad, faw, fam): the
+-- customer's next write deletes them.
+local OLD_FIRST_FIELDS = {'fad', 'faw', 'fam'}
+
 local function activity(c, idx, ts, days)
   local first = c.f.fa
+  if first and not c.first_periods then c.first_periods = periods_of(first) end
+  local first_periods = c.first_periods
   local latest = c.f.la and math.floor(tonumber(c.f.la) / 86400000)
   for _, p in ipairs(PERIODS) do
     -- the periods of the first and of the latest activity have the bit already
-    if not (first and c.f[FIRST_FIELDS[p]] == days[p]) and not latest_in_period(latest, p, days) then
+    if not (first and first_periods[p] == days[p]) and not latest_in_period(latest, p, days) then
       local was = redis.call('SETBIT', period_key('act', p, days[p]), idx, '1')
       -- a day's count of active customers moves with every bit its bitmap gains, which
       -- tells the period readers' window unions (period_counts.lua) which days to OR again
@@ -192,14 +213,14 @@ local function activity(c, idx, ts, days)
   if not first or tonumber(ts) < tonumber(first) then
     put(c, 'fa', ts)
     for _, p in ipairs(PERIODS) do
-      local field, day = FIRST_FIELDS[p], days[p]
-      local old = first and c.f[field]
+      local day = days[p]
+      local old = first and first_periods[p]
       if old ~= day then
         if old then redis.call('SETBIT', period_key('coh', p, old), idx, '0') end
         redis.call('SETBIT', period_key('coh', p, day), idx, '1')
-        put(c, field, day)
       end
     end
+    c.first_periods = {d = days.d, w = days.w, m = days.m}
   end
   put_max(c, 'la', ts)
 end
@@ -834,7 +855,10 @@ for _, cid in ipairs(customer_order) do
     pairs_out[#pairs_out + 1] = name
     pairs_out[#pairs_out + 1] = c.f[name]
   end
-  if #pairs_out > 0 then redis.call('HSET', c.key, unpack(pairs_out)) end
+  if #pairs_out > 0 then
+    redis.call('HSET', c.key, unpack(pairs_out))
+    if c.f.fad then redis.call('HDEL', c.key, unpack(OLD_FIRST_FIELDS)) end
+  end
 end
 if #queued > 0 then redis.call('RPUSH', P .. 'dueq', unpack(queued)) end
 for tp, last in pairs(reach) do

@@ -67,6 +67,46 @@ async def test_rows_and_cohorts_equal_the_reference(
     )
 
 
+async def test_first_periods_kept_by_earlier_versions_are_dropped(
+    redis: Redis, rng: random.Random
+) -> None:
+    """Earlier versions also kept the periods of a customer's first activity in its hash
+    (``fad``, ``faw``, ``fam``); they are worked out from ``fa`` now, and a customer's
+    next write deletes them. Cohorts stay those of the reference, late events included."""
+    prefix = f"fp{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, KINDS)
+    events = random_events(rng, customers=40, count=1200)
+    rng.shuffle(events)
+    records = records_for(events, partitions=3)
+    for start in range(0, 600, 100):
+        await store.apply_batch(records[start : start + 100])
+    old_fields = {}
+    for customer_id in await store.customer_ids():
+        key = store.key("c", customer_id)
+        first = await redis.hget(key, "fa")
+        if first is None:
+            continue
+        start = datetime.fromtimestamp(int(first) / 1000, UTC)
+        days = [
+            (period_start(start, period) - datetime(1970, 1, 1, tzinfo=UTC)).days
+            for period in ("day", "week", "month")
+        ]
+        old_fields[key] = dict(zip(("fad", "faw", "fam"), map(str, days), strict=True))
+        await redis.hset(key, mapping=old_fields[key])
+    assert old_fields
+    for start in range(600, len(records), 100):
+        await store.apply_batch(records[start : start + 100])
+
+    touched = {build_event(raw).customer_id for raw in events[600:]}
+    for customer_id in touched:
+        fields = await redis.hgetall(store.key("c", customer_id))
+        assert not {"fad", "faw", "fam"} & set(fields), customer_id
+    for period in PERIODS:
+        assert await Periods(redis, prefix).cohorts(period) == cohorts(
+            unique(events), period=period, activity_kinds=frozenset(KINDS)
+        )
+
+
 async def test_closing_writes_each_row_once(redis: Redis, rng: random.Random) -> None:
     prefix = f"close{rng.randrange(1 << 30)}:"
     store = Store(redis, prefix, KINDS)
