@@ -29,13 +29,13 @@ for _, m in ipairs(moves.hincr) do
 end
 -- The evaluation is one field of the customer hash, `ev`, its values joined by '|' in the
 -- order above (some 60 bytes, where a hash of its own cost some 170); a customer whose hash
--- is gone (a rebuild wiped it) gets none. Earlier versions kept it in `ev:<customer>`.
+-- is gone (a rebuild wiped it) gets none. Earlier versions kept it in `ev:<customer>`,
+-- deleted when the field is first written (HSET answers 1 for a new field).
 for _, r in ipairs(results) do
   local key = P .. 'c:' .. r[1]
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, 'ev', table.concat(r, '|', 2, 9))
+  if redis.call('EXISTS', key) == 0 or redis.call('HSET', key, 'ev', table.concat(r, '|', 2, 9)) == 1 then
+    redis.call('UNLINK', P .. 'ev:' .. r[1])
   end
-  redis.call('UNLINK', P .. 'ev:' .. r[1])
 end
 for _, m in ipairs(moves.incr) do redis.call('INCRBY', P .. m[1], m[2]) end
 for _, m in ipairs(moves.hincr) do redis.call('HINCRBY', P .. m[1], m[2], m[3]) end
