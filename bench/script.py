@@ -1,7 +1,7 @@
 """Redis time of the batch script alone: the throughput bench's events, no worker.
 
     .venv/bin/python bench/script.py [--events 100000] [--customers 20000] [--batch 1000]
-                                     [--shards 1] [--repeat 3]
+                                     [--shards 1] [--repeat 3] [--no-live] [--no-floor]
 
 Builds the order events of ``bench/throughput.py`` (same generator and seed), applies them
 through :meth:`store.store.Store.apply_batch` in batches of ``--batch`` on a fresh Redis,
@@ -12,14 +12,23 @@ Each repeat times the events twice: into a fresh store, and into a store that ha
 a while, whose dedupe already holds ``--history`` digests in each bucket of the horizon
 and in one bucket past it (logins of other customers, written first and not timed), as a
 store does once it has seen a week of traffic: the lookups span the whole horizon and the
-digests past it are swept. Prints µs per event for every repeat, and the memory by key
-family after the last fresh run.
+digests past it are swept. Then, into a third store that holds those events, one more
+order per customer from the last hour (``--live``): a live stream's events, whose
+customers have a history and share the current day and mostly the week and month. Prints
+µs per event for every repeat, and the memory by key family after the last fresh run.
+
+With ``--floor`` (the default), a first run also records every Redis call the script
+makes, in order; a script with no logic then makes the same calls again on a fresh store.
+The two times, taken one after the other, part what the calls cost (argument and reply
+conversion included) from what the script's own Lua work costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import random
 import shutil
 import sys
 import tempfile
@@ -32,6 +41,7 @@ from throughput import (
     Memory,
     Run,
     build_messages,
+    customer_ids,
     key_families,
     redis_cpu_seconds,
     render_memory,
@@ -39,6 +49,7 @@ from throughput import (
     used_memory,
 )
 
+import store.store as store_module
 from retention import runtime
 from store.store import DEDUPE_BUCKETS, Store, accepted_record
 from streams.events import Rejection, build_event, parse_event
@@ -53,6 +64,28 @@ def records(events: int, customers: int, seed: int) -> list[list[str]]:
     return out
 
 
+def live(customers: int, first_offset: int, seed: int) -> list[list[str]]:
+    """One order per customer within the last hour, after the events of :func:`records`."""
+    rng = random.Random(seed)
+    now = time.time()
+    out = []
+    for n, customer in enumerate(customer_ids(customers)):
+        event = build_event(
+            {
+                "event_id": f"live-{n}",
+                "customer_id": customer,
+                "ts": round(now - rng.uniform(0, 3600), 3),
+                "type": "order",
+                "amount": round(rng.uniform(5, 250), 2),
+                "currency": "USD",
+                "status": "placed",
+            }
+        )
+        offset = first_offset + n
+        out.append(accepted_record(event, "orders", 0, offset, stamp_ms=offset))
+    return out
+
+
 def history(per_bucket: int) -> list[list[str]]:
     """Logins of customers of their own, on a partition of their own."""
     out = []
@@ -64,6 +97,77 @@ def history(per_bucket: int) -> list[list[str]]:
     return out
 
 
+#: Added to the batch script for ``--floor``: every Redis call it makes is also kept, in
+#: order, and the batch's list of calls is pushed to ``P calls`` before it returns.
+RECORDER = """
+local recorded_calls = {}
+local function recorded_call(...)
+  recorded_calls[#recorded_calls + 1] = {...}
+  return redis.call(...)
+end
+"""
+RECORDED_RETURN = "return {applied, duplicates, redelivered, rejected, gap_list, overflows}"
+
+#: Makes a batch's recorded calls again, with none of the script's logic around them.
+REPLAY = """
+local calls = cjson.decode(ARGV[1])
+for i = 1, #calls do redis.call(unpack(calls[i])) end
+return #calls
+"""
+
+
+def recording(source: str) -> str:
+    """The batch script, keeping a list of the Redis calls each batch makes."""
+    shebang, _, body = source.partition("\n")
+    body = body.replace("redis.call(", "recorded_call(")
+    if body.count(RECORDED_RETURN) != 1:
+        raise SystemExit("the batch script's last line changed: update RECORDED_RETURN")
+    push = "redis.call('RPUSH', P .. 'calls', cjson.encode(recorded_calls))\n"
+    body = body.replace(RECORDED_RETURN, push + RECORDED_RETURN)
+    return "\n".join((shebang, RECORDER, body))
+
+
+async def unlink_prefix(redis: Redis, prefix: str) -> None:
+    doomed = [key async for key in redis.scan_iter(match=prefix + "*", count=1000)]
+    for start in range(0, len(doomed), 1000):
+        await redis.unlink(*doomed[start : start + 1000])
+
+
+async def floor_run(
+    redis: Redis, recs: Sequence[Sequence[str]], batch: int, prefix: str
+) -> tuple[float, float, float]:
+    """The script's µs per event, and those of the same Redis calls (recorded in a first
+    run) made again by a script with no logic, one after the other on a fresh store of one
+    shard; and the calls per event."""
+    original = store_module._SCRIPT
+    store_module._SCRIPT = recording(original)
+    try:
+        recorder = Store(redis, prefix, shards=1, writer=True)
+    finally:
+        store_module._SCRIPT = original
+    now_ms = int(time.time() * 1000)
+    for start in range(0, len(recs), batch):
+        await recorder.apply_batch(recs[start : start + batch], now_ms=now_ms)
+    batches = await redis.lrange(prefix + "calls", 0, -1)
+    calls = sum(len(json.loads(b)) for b in batches)
+    await unlink_prefix(redis, prefix)
+
+    store = Store(redis, prefix, shards=1, writer=True)
+    before = await script_seconds(redis)
+    for start in range(0, len(recs), batch):
+        await store.apply_batch(recs[start : start + batch], now_ms=now_ms)
+    script_us = (await script_seconds(redis) - before) * 1e6 / len(recs)
+    await unlink_prefix(redis, prefix)
+
+    replay = redis.register_script(REPLAY)
+    before = await script_seconds(redis)
+    for calls_of_batch in batches:
+        await replay(keys=[], args=[calls_of_batch])
+    replay_us = (await script_seconds(redis) - before) * 1e6 / len(recs)
+    await unlink_prefix(redis, prefix)
+    return script_us, replay_us, calls / len(recs)
+
+
 async def one_run(
     redis: Redis,
     recs: Sequence[Sequence[str]],
@@ -71,7 +175,8 @@ async def one_run(
     shards: int,
     prefix: str,
     past: Sequence[Sequence[str]] = (),
-) -> tuple[float, float, Store, int]:
+    then: Sequence[Sequence[str]] = (),
+) -> tuple[float, float, Store, int, float]:
     store = Store(redis, prefix, shards=shards, writer=True)
     now_ms = int(time.time() * 1000)
     buckets = DEDUPE_BUCKETS + 1
@@ -87,7 +192,13 @@ async def one_run(
         await store.apply_batch(recs[start : start + batch], now_ms=now_ms)
     busy = await script_seconds(redis) - before
     cpu = await redis_cpu_seconds(redis) - cpu_before
-    return busy * 1e6 / len(recs), cpu * 1e6 / len(recs), store, before_mem
+    then_us = 0.0
+    if then:
+        then_before = await script_seconds(redis)
+        for start in range(0, len(then), batch):
+            await store.apply_batch(then[start : start + batch], now_ms=now_ms)
+        then_us = (await script_seconds(redis) - then_before) * 1e6 / len(then)
+    return busy * 1e6 / len(recs), cpu * 1e6 / len(recs), store, before_mem, then_us
 
 
 async def main_async(args: argparse.Namespace, redis_url: str) -> None:
@@ -95,11 +206,18 @@ async def main_async(args: argparse.Namespace, redis_url: str) -> None:
     redis = Redis.from_url(redis_url, decode_responses=True)
     try:
         past = history(args.history)
-        figures, cpu_figures, running = [], [], []
+        customers = min(args.customers, args.events)
+        then = live(customers if args.live else 0, len(recs), args.seed)
+        figures, cpu_figures, running, live_figures, floors = [], [], [], [], []
         store, before_mem = None, 0
         for n in range(args.repeat):
             running.append((await one_run(redis, recs, args.batch, args.shards, f"h{n}:", past))[0])
-            us, cpu_us, store, before_mem = await one_run(
+            if then:
+                ran = await one_run(redis, recs, args.batch, args.shards, f"l{n}:", then=then)
+                live_figures.append(ran[4])
+            if args.floor:
+                floors.append(await floor_run(redis, recs, args.batch, f"f{n}:"))
+            us, cpu_us, store, before_mem, _ = await one_run(
                 redis, recs, args.batch, args.shards, f"s{n}:"
             )
             figures.append(us)
@@ -114,6 +232,18 @@ async def main_async(args: argparse.Namespace, redis_url: str) -> None:
             f"  the same, {args.history:,} digests in each bucket of the horizon and one "
             "past it: " + " ".join(f"{f:.1f}" for f in running)
         )
+        if then:
+            print(
+                f"  then {len(then):,} live orders, one per customer in the last hour: "
+                + " ".join(f"{f:.1f}" for f in live_figures)
+            )
+        if floors:
+            print(
+                f"  the same {floors[0][2]:.1f} Redis calls per event, made again by a script "
+                "with no logic: "
+                + " ".join(f"{replayed:.1f} ({script:.1f})" for script, replayed, _ in floors)
+                + " (in brackets, the script in the same run)"
+            )
         print(
             "Redis us per event, main thread CPU / events: "
             + " ".join(f"{f:.1f}" for f in cpu_figures)
@@ -142,6 +272,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--history", type=int, default=20_000)
+    parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the script's Redis calls made again without its logic",
+    )
+    parser.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time one order per customer from the last hour after the fresh run",
+    )
     args = parser.parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="retention-script-bench-"))
     try:
