@@ -33,7 +33,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -133,9 +135,26 @@ async def unlink_prefix(redis: Redis, prefix: str) -> None:
         await redis.unlink(*doomed[start : start + 1000])
 
 
-async def floor_run(
-    redis: Redis, recs: Sequence[Sequence[str]], batch: int, prefix: str
-) -> tuple[float, float, float]:
+@dataclass
+class Floor:
+    script_us: float
+    replay_us: float
+    #: calls per event by command and key family ("SETBIT buy")
+    mix: dict[str, float]
+
+
+def call_mix(batches: Sequence[str | bytes], prefix: str, events: int) -> dict[str, float]:
+    """Recorded calls per event by command and the family of their key."""
+    counts: Counter[str] = Counter()
+    for calls_of_batch in batches:
+        for call in json.loads(calls_of_batch):
+            key = str(call[1]) if len(call) > 1 else ""
+            family = key.removeprefix(prefix).partition(":")[0] if key.startswith(prefix) else ""
+            counts[f"{call[0]} {family}".strip()] += 1
+    return {name: n / events for name, n in counts.most_common()}
+
+
+async def floor_run(redis: Redis, recs: Sequence[Sequence[str]], batch: int, prefix: str) -> Floor:
     """The script's µs per event, and those of the same Redis calls (recorded in a first
     run) made again by a script with no logic, one after the other on a fresh store of one
     shard; and the calls per event."""
@@ -149,7 +168,7 @@ async def floor_run(
     for start in range(0, len(recs), batch):
         await recorder.apply_batch(recs[start : start + batch], now_ms=now_ms)
     batches = await redis.lrange(prefix + "calls", 0, -1)
-    calls = sum(len(json.loads(b)) for b in batches)
+    mix = call_mix(batches, prefix, len(recs))
     await unlink_prefix(redis, prefix)
 
     store = Store(redis, prefix, shards=1, writer=True)
@@ -165,7 +184,7 @@ async def floor_run(
         await replay(keys=[], args=[calls_of_batch])
     replay_us = (await script_seconds(redis) - before) * 1e6 / len(recs)
     await unlink_prefix(redis, prefix)
-    return script_us, replay_us, calls / len(recs)
+    return Floor(script_us, replay_us, mix)
 
 
 async def one_run(
@@ -238,11 +257,16 @@ async def main_async(args: argparse.Namespace, redis_url: str) -> None:
                 + " ".join(f"{f:.1f}" for f in live_figures)
             )
         if floors:
+            mix = floors[-1].mix
             print(
-                f"  the same {floors[0][2]:.1f} Redis calls per event, made again by a script "
-                "with no logic: "
-                + " ".join(f"{replayed:.1f} ({script:.1f})" for script, replayed, _ in floors)
+                f"  the same {sum(mix.values()):.1f} Redis calls per event, made again by a "
+                "script with no logic: "
+                + " ".join(f"{f.replay_us:.1f} ({f.script_us:.1f})" for f in floors)
                 + " (in brackets, the script in the same run)"
+            )
+            print(
+                "    calls per event by command and key family: "
+                + ", ".join(f"{name} {n:.2f}" for name, n in mix.items() if n >= 0.05)
             )
         print(
             "Redis us per event, main thread CPU / events: "
