@@ -43,12 +43,13 @@ from processors.lifecycle import LifecyclePolicy, alerts_for, lookback_days, nex
 from processors.risk import RiskPolicy, value
 from processors.state import CustomerState, iso
 from store.models import SAMPLE_CUSTOMERS, read_histories, read_sample, stored_fit
+from store.periods import WINDOW_KEEP_SECONDS, WINDOW_UNION
 from store.store import Store
 from streams.events import MICROS
 
 logger = logging.getLogger(__name__)
 
-_RETURNED = files("store").joinpath("returned.lua").read_text()
+_RETURNED = WINDOW_UNION + files("store").joinpath("returned.lua").read_text()
 
 
 _CHUNKS = files("store").joinpath("sched_chunks.lua").read_text()
@@ -118,7 +119,9 @@ class Evaluator:
         start, stop = lookback_days(now_ms, self.lifecycle)
         indexes = [reply[2 * n + 1] or "" for n in range(len(ids))]
         flags = (
-            await self._returned(keys=[home + "ids"], args=[home, str(start), str(stop), *indexes])
+            await self._returned(
+                keys=[home + "ids"], args=[home, start, stop, WINDOW_KEEP_SECONDS, *indexes]
+            )
             if ids
             else []
         )
@@ -438,7 +441,7 @@ async def active_before(
                 pipe.hget(home + "c:" + state.customer_id, "ix")
             indexes = [ix or "" for ix in await pipe.execute()]
         flags = await store.redis.register_script(_RETURNED)(
-            keys=[home + "ids"], args=[home, str(start), str(stop), *indexes]
+            keys=[home + "ids"], args=[home, start, stop, WINDOW_KEEP_SECONDS, *indexes]
         )
         found.update((s.customer_id, bool(f)) for s, f in zip(members, flags, strict=True))
     return found

@@ -40,7 +40,9 @@ from store.shards import LayoutSource
 
 logger = logging.getLogger(__name__)
 
-_COUNTS = files("store").joinpath("period_counts.lua").read_text()
+#: Kept window unions, shared with the evaluator's lookback (store/evaluations.py).
+WINDOW_UNION = files("store").joinpath("window_union.lua").read_text()
+_COUNTS = WINDOW_UNION + files("store").joinpath("period_counts.lua").read_text()
 _COHORT = files("store").joinpath("cohort_row.lua").read_text()
 
 #: Event times the readers take into account; anything else is left out with a warning.

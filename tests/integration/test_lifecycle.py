@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from processors.alerts import Alert
-from processors.lifecycle import LifecyclePolicy
+from processors.lifecycle import LifecyclePolicy, lookback_days
 from processors.risk import RiskPolicy
 from retention.config import Settings
-from store.evaluations import Evaluator, due_backlog, ranked_at_risk, stored_evaluations
+from store.evaluations import (
+    Evaluator,
+    active_before,
+    due_backlog,
+    ranked_at_risk,
+    stored_evaluations,
+)
 from store.store import Store, accepted_record
 from streams.events import build_event
 from streams.producer import EventProducer
@@ -223,3 +229,26 @@ async def test_an_evaluation_kept_by_earlier_versions_is_read_then_moved(redis: 
     assert await evaluated(store, "old", "at") == str(
         int((T0 + timedelta(days=11)).timestamp() * 1000)
     )
+
+
+async def test_the_lookback_union_follows_late_events(redis: Redis) -> None:
+    """Whether a customer was active ``new_days`` ago is one bit of the union of the
+    lookback window's day bitmaps, kept between rounds: an activity that arrives late, into
+    a window already kept, is in the next answer."""
+    store = Store(redis, "life12:", ("order",))
+    lifecycle = LifecyclePolicy(churn_after_days=30)
+    now_ms = int((T0 + timedelta(days=100)).timestamp() * 1000)
+    start, stop = lookback_days(now_ms, lifecycle)
+    first = start - (T0.date() - date(1970, 1, 1)).days  # the window's first day, from T0
+    await store.apply_batch(orders("inside", [first + 3]) + orders("late", [0], first_offset=1))
+    states = [s for s in [await store.read_customer(c) for c in ("inside", "late")] if s]
+    assert await active_before(store, states, now_ms, lifecycle) == {"inside": True, "late": False}
+    window = f"life12:win:{start}:{stop}"
+    assert await redis.exists(window) == 1  # kept for the next round
+
+    # a late order lands in the window: the kept union takes it in
+    late = orders("late", [0, first + stop - start - 1], first_offset=1)[1]
+    await store.apply_batch([late])
+    states = [s for s in [await store.read_customer(c) for c in ("inside", "late")] if s]
+    assert await active_before(store, states, now_ms, lifecycle) == {"inside": True, "late": True}
+    assert await redis.ttl(window) > 0
