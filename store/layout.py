@@ -64,8 +64,9 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             ``act:d:<day>``), raised with each bit set; the period readers
                             learn from it which days changed
 - ``S win:<from>:<to>``     bitmap, union of the day bitmaps of days [from, to) (customers
-                            active in a churn window), kept for a repeated reader (the
-                            exporter) and expiring an hour after its last use;
+                            active in a churn window), kept for repeated readers (the
+                            exporter's period rows, the evaluator's lookback) and expiring
+                            an hour after its last use (``window_union.lua``);
                             ``S win:<from>:<to>:n`` holds the ``act:n`` counts it includes
 - ``S coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
 - ``S sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros
