@@ -105,19 +105,19 @@ class Evaluator:
             return 0
         # leased until rescheduled: a crash here leaves them due again when the lease
         # ends, never lost
-        states = await self.store.read_customers(taken)
+        read = await self.store.read_customers_with_fields(taken)
+        states = [state for state, _ in read]
         found = {s.customer_id for s in states}
         gone = [cid for cid in taken if cid not in found]
         if gone:  # no state any more: nothing to evaluate, ever
             dropped = [part for cid in gone for part in (cid, "")]
             await self._reschedule_script(keys=route, args=[home, lease, *dropped])
         ids = [state.customer_id for state in states]
-        reply = await self._previous(keys=[home + "ids"], args=[home, *ids]) if ids else []
-        previous = [parse_previous(_as_dict(reply[2 * n])) for n in range(len(ids))]
+        previous = [parse_previous(raw) for raw in await self._previous_evaluations(home, read)]
         model = await stored_fit(self.store)
         threshold = await self.high_value_threshold()
         start, stop = lookback_days(now_ms, self.lifecycle)
-        indexes = [reply[2 * n + 1] or "" for n in range(len(ids))]
+        indexes = [fields.get("ix", "") for _, fields in read]
         flags = (
             await self._returned(
                 keys=[home + "ids"], args=[home, start, stop, WINDOW_KEEP_SECONDS, *indexes]
@@ -160,6 +160,20 @@ class Evaluator:
         await self._store(home, results, now_ms)
         await self._reschedule(home, results, lease, now_ms)
         return len(states)
+
+    async def _previous_evaluations(
+        self, home: str, read: Sequence[tuple[CustomerState, dict[str, str]]]
+    ) -> list[dict[str, str]]:
+        """Each customer's last evaluation, from its hash's ``ev`` field as just read; for
+        customers without one, from the ``ev:`` hash earlier versions kept, if any."""
+        found = [evaluation_fields(fields.get("ev")) for _, fields in read]
+        older = [n for n, (_, fields) in enumerate(read) if "ev" not in fields]
+        if older:
+            ids = [read[n][0].customer_id for n in older]
+            reply = await self._previous(keys=[home + "ids"], args=[home, *ids])
+            for i, n in enumerate(older):
+                found[n] = _as_dict(reply[2 * i])
+        return found
 
     async def _reschedule(
         self,
@@ -268,6 +282,18 @@ class _Moved:
                     _bump(self.cltv_at_risk, reason, cltv_at_risk)
             if ev.risk.high_value:
                 self.high_value = (self.high_value or 0) + 1
+
+
+#: The fields of a stored evaluation, in the order the customer hash's ``ev`` joins them
+#: with '|' (store_evaluations.lua, read_previous.lua).
+EVALUATION_FIELDS = ("st", "sc", "rr", "hv", "at", "no", "cl", "cr")
+
+
+def evaluation_fields(joined: str | None) -> dict[str, str]:
+    """A customer hash's ``ev`` as fields by name (none without one)."""
+    if joined is None:
+        return {}
+    return dict(zip(EVALUATION_FIELDS, joined.split("|"), strict=False))
 
 
 def _as_dict(flat: Sequence[str]) -> dict[str, str]:

@@ -234,6 +234,13 @@ class Store:
     async def read_customers(self, customer_ids: Sequence[str]) -> list[CustomerState]:
         """States of the given customers that exist, one script call per shard: a
         customer's three hashes come from one moment."""
+        return [state for state, _ in await self.read_customers_with_fields(customer_ids)]
+
+    async def read_customers_with_fields(
+        self, customer_ids: Sequence[str]
+    ) -> list[tuple[CustomerState, dict[str, str]]]:
+        """As :meth:`read_customers`, each state with its customer hash's fields as read
+        (the evaluator also wants ``ev``, its last evaluation, and ``ix``, its number)."""
         layout = await self.layout()
         by_shard: dict[str, list[str]] = {}
         for customer_id in customer_ids:
@@ -242,12 +249,13 @@ class Store:
         replies = await asyncio.gather(
             *(self._read(keys=[home + "ids"], args=[home, *by_shard[home]]) for home in homes)
         )
-        found: dict[str, CustomerState] = {}
+        found: dict[str, tuple[CustomerState, dict[str, str]]] = {}
         for home, reply in zip(homes, replies, strict=True):
             for n, customer_id in enumerate(by_shard[home]):
                 fields, days, tickets = (_pairs(reply[3 * n + i]) for i in range(3))
                 if fields:
-                    found[customer_id] = _state_from_hashes(customer_id, fields, days, tickets)
+                    state = _state_from_hashes(customer_id, fields, days, tickets)
+                    found[customer_id] = (state, fields)
         return [found[c] for c in customer_ids if c in found]
 
     async def customer_count(self) -> int:
