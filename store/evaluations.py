@@ -172,7 +172,7 @@ class Evaluator:
             ids = [read[n][0].customer_id for n in older]
             reply = await self._previous(keys=[home + "ids"], args=[home, *ids])
             for i, n in enumerate(older):
-                found[n] = _as_dict(reply[2 * i])
+                found[n] = _stored_evaluation(reply, i)
         return found
 
     async def _reschedule(
@@ -285,15 +285,22 @@ class _Moved:
 
 
 #: The fields of a stored evaluation, in the order the customer hash's ``ev`` joins them
-#: with '|' (store_evaluations.lua, read_previous.lua).
+#: with '|' (store_evaluations.lua).
 EVALUATION_FIELDS = ("st", "sc", "rr", "hv", "at", "no", "cl", "cr")
 
 
 def evaluation_fields(joined: str | None) -> dict[str, str]:
     """A customer hash's ``ev`` as fields by name (none without one)."""
-    if joined is None:
+    if not joined:
         return {}
     return dict(zip(EVALUATION_FIELDS, joined.split("|"), strict=False))
+
+
+def _stored_evaluation(reply: Sequence[Any], n: int) -> dict[str, str]:
+    """The ``n``-th customer's evaluation in a reply of read_previous.lua: its ``ev``, or
+    the ``ev:`` hash of earlier versions."""
+    joined, older = reply[2 * n], reply[2 * n + 1]
+    return evaluation_fields(joined) if joined else _as_dict(older)
 
 
 def _as_dict(flat: Sequence[str]) -> dict[str, str]:
@@ -408,7 +415,7 @@ async def stored_evaluations(
     found: dict[str, dict[str, str]] = {}
     for home, reply in zip(homes, replies, strict=True):
         for n, cid in enumerate(by_shard[home]):
-            fields = _as_dict(reply[2 * n])
+            fields = _stored_evaluation(reply, n)
             if fields:
                 found[cid] = fields
     return found
