@@ -53,6 +53,16 @@ def orders(rng: random.Random, customers: int) -> list[dict[str, Any]]:
     return with_duplicates(rng, events, share=0.1)
 
 
+def logins_only(rng: random.Random, customers: int) -> list[dict[str, Any]]:
+    """Customers who log in and never order."""
+    return [
+        {"event_id": f"l{c:03d}-{n}", "customer_id": f"l{c:03d}", "type": "login",
+         "ts": (T0 + timedelta(days=rng.randrange(200), hours=n)).isoformat(), "channel": "web"}
+        for c in range(customers)
+        for n in range(rng.randint(1, 4))
+    ]  # fmt: skip
+
+
 async def expected_cells(store: Store) -> list[Counter[str]]:
     """Each shard's cells, computed from its customers' placed orders per day (the day
     fields of the customer hash, and the ``od:`` hash of earlier versions)."""
@@ -82,7 +92,7 @@ async def test_the_grid_follows_every_customers_order_days(
 ) -> None:
     store = Store(redis, f"fg{rng.randrange(1 << 30)}:", KINDS, shards=shards, writer=True)
     events = with_duplicates(rng, random_events(rng, customers=80, count=2500), share=0.1)
-    events += orders(rng, 60)
+    events += orders(rng, 60) + logins_only(rng, 5)
     await apply_in_random_batches(store, records_for(events, partitions=3), rng)
     got = await stored_cells(store)
     assert got == await expected_cells(store)
