@@ -225,17 +225,19 @@ local function activity(c, idx, ts, days)
   put_max(c, 'la', ts)
 end
 
--- Orders and money per period; a second order in a period marks a repeat buyer.
-local function period_sales(idx, days, status, amount)
+-- Orders and money per period. Buyers (`b`) and repeat buyers (`r`, two placed orders or
+-- more) are counted in the period's sales hash when the customer's placed orders in the
+-- period reach one and two: `before` holds them per period letter, before this order.
+-- Earlier versions kept bitmaps `buy:` and `rep:` instead; a customer reaches one and two
+-- once per period, so a period's readers add the two.
+local function period_sales(days, status, amount, before)
   for _, p in ipairs(PERIODS) do
-    local day = days[p]
-    local key = period_key('sales', p, day)
+    local key = period_key('sales', p, days[p])
     if status == 'placed' then
       bump(key, 'o', 1)
       bump(key, 'pm', amount)
-      if redis.call('SETBIT', period_key('buy', p, day), idx, '1') == 1 then
-        redis.call('SETBIT', period_key('rep', p, day), idx, '1')
-      end
+      local n = before[p]
+      if n == 0 then bump(key, 'b', 1) elseif n == 1 then bump(key, 'r', 1) end
     else
       bump(key, 'rm', amount)
     end
@@ -648,18 +650,19 @@ local function grid_move(cell, delta)
   grid_deltas[cell] = grid_deltas[cell] + delta
 end
 
--- The customer's days with placed orders as {first, last, n}, worked out on its first new
--- day in the batch and followed from there. The day fields of the customer hash count
--- every placed order (they sum to `o`) unless some still sit in the od: hash of earlier
--- versions: those are moved into the customer hash here, once.
+-- The customer's days with placed orders as {first, last, n, count = {day -> orders}},
+-- worked out on its first placed order in the batch and followed from there. The day
+-- fields of the customer hash count every placed order (they sum to `o`) unless some still
+-- sit in the od: hash of earlier versions: those are moved into the customer hash here,
+-- once.
 local function order_days(c, cid)
   if c.days then return c.days end
-  local first, last, n, sum = nil, nil, 0, 0
+  local first, last, n, sum, count = nil, nil, 0, 0, {}
   for name, value in pairs(c.f) do
     local b = string.byte(name, 1)
     if b >= 48 and b <= 57 then  -- only the day fields' names are digits
-      local d = tonumber(name)
-      n, sum = n + 1, sum + tonumber(value)
+      local d, k = tonumber(name), tonumber(value)
+      n, sum, count[d] = n + 1, sum + k, k
       if not first or d < first then first = d end
       if not last or d > last then last = d end
     end
@@ -674,12 +677,38 @@ local function order_days(c, cid)
         if not first or d < first then first = d end
         if not last or d > last then last = d end
       end
+      count[d] = (count[d] or 0) + tonumber(flat[i + 1])
       add(c, name, tonumber(flat[i + 1]))
     end
     if #flat > 0 then redis.call('UNLINK', key) end
   end
-  c.days = {first = first, last = last, n = n}
+  c.days = {first = first, last = last, n = n, count = count}
   return c.days
+end
+
+-- The first day of the month after the one starting on day m (a month has 28 to 31 days,
+-- so day m + 31 lies in the next one), once per month and batch.
+local month_ends = {}
+local function month_end(m)
+  local e = month_ends[m]
+  if not e then
+    e = tonumber(periods_of((m + 31) * 86400000).m)
+    month_ends[m] = e
+  end
+  return e
+end
+
+-- The customer's placed orders in the day, week and month of `days`, before this order.
+local function placed_in_periods(c, cid, days)
+  local d, w, m = tonumber(days.d), tonumber(days.w), tonumber(days.m)
+  local m_end = month_end(m)
+  local nd, nw, nm = 0, 0, 0
+  for day, k in pairs(order_days(c, cid).count) do
+    if day == d then nd = k end
+    if day >= w and day < w + 7 then nw = nw + k end
+    if day >= m and day < m_end then nm = nm + k end
+  end
+  return {d = nd, w = nw, m = nm}
 end
 
 -- Called before a placed order is counted, when its day has no field in the customer hash.
@@ -708,20 +737,24 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
     if a1 == 'placed' then
       local amount = tonumber(a2)
       -- placed orders per day: the field named by the day number (only those are digits)
+      local before = placed_in_periods(c, cid, days)
       if c.f[days.d] == nil then fit_grid_day(c, cid, days.d) end
       add(c, days.d, 1)
+      local count = c.days.count
+      local d = tonumber(days.d)
+      count[d] = (count[d] or 0) + 1
       add(c, 'o', 1)
       add(c, 'pm', amount)
       if a3 ~= '' then add(c, 'pm:' .. a3, tonumber(a4)) end
       put_max(c, 'lo', ts)
-      period_sales(idx, days, a1, amount)
+      period_sales(days, a1, amount, before)
       if kind_counts_activity.o then activity(c, idx, ts, days) end
     elseif a1 == 'refunded' then
       local amount = tonumber(a2)
       add(c, 'rf', 1)
       add(c, 'rm', amount)
       if a3 ~= '' then add(c, 'rm:' .. a3, tonumber(a4)) end
-      period_sales(idx, days, a1, amount)
+      period_sales(days, a1, amount, nil)
     else
       add(c, 'cx', 1)
     end

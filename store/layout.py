@@ -69,8 +69,12 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             an hour after its last use (``window_union.lua``);
                             ``S win:<from>:<to>:n`` holds the ``act:n`` counts it includes
 - ``S coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
-- ``S sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros
-- ``S buy:<p>:<day>``, ``S rep:<p>:<day>`` bitmaps of buyers and of repeat buyers
+- ``S sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros,
+                            buyers ``b`` and repeat buyers ``r`` (customers whose placed
+                            orders in the period reached one, and two)
+- ``S buy:<p>:<day>``, ``S rep:<p>:<day>`` bitmaps of buyers and of repeat buyers, where
+                            earlier versions marked them; readers add their counts to
+                            ``b`` and ``r`` (a customer is counted in one or the other)
 - ``S meta``               hash: ``first`` and ``last`` event time (ms)
 - ``S newest:<cluster>``   hash ``topic|partition`` → newest event time applied (ms)
 - ``S stats``              hash of counters: ``accepted|topic``, ``duplicate|topic``,

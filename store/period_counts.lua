@@ -32,7 +32,7 @@ end
 local S = active_at(start, P .. 'tmp:S')
 local E = active_at(stop, P .. 'tmp:E')
 local suffix = p .. ':' .. start
-local sales = redis.call('HMGET', P .. 'sales:' .. suffix, 'o', 'pm', 'rm')
+local sales = redis.call('HMGET', P .. 'sales:' .. suffix, 'o', 'pm', 'rm', 'b', 'r')
 local result = {
   redis.call('BITCOUNT', S),
   redis.call('BITCOUNT', E),
@@ -41,8 +41,10 @@ local result = {
   sales[1] or '0',
   sales[2] or '0',
   sales[3] or '0',
-  redis.call('BITCOUNT', P .. 'buy:' .. suffix),
-  redis.call('BITCOUNT', P .. 'rep:' .. suffix),
+  -- buyers and repeat buyers: counted in the sales hash, and in bitmaps by earlier
+  -- versions (a customer is in one or the other)
+  tonumber(sales[4] or '0') + redis.call('BITCOUNT', P .. 'buy:' .. suffix),
+  tonumber(sales[5] or '0') + redis.call('BITCOUNT', P .. 'rep:' .. suffix),
 }
 redis.call('DEL', unpack(scratch))
 return result

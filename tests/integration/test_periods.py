@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,10 +11,10 @@ import pytest
 from redis.asyncio import Redis
 
 from processors.metrics import cohorts, is_activity, period_rows
-from processors.windows import PERIODS, Period, next_period, period_start
+from processors.windows import PERIODS, Period, next_period, period_days, period_start
 from store.periods import Periods
 from store.store import Store, accepted_record
-from streams.events import Event, build_event
+from streams.events import Event, OrderEvent, build_event
 from tests.eventgen import random_events, with_duplicates
 from tests.integration.test_store import records_for
 
@@ -105,6 +106,59 @@ async def test_first_periods_kept_by_earlier_versions_are_dropped(
         assert await Periods(redis, prefix).cohorts(period) == cohorts(
             unique(events), period=period, activity_kinds=frozenset(KINDS)
         )
+
+
+async def test_buyers_kept_in_bitmaps_by_earlier_versions_still_count(
+    redis: Redis, rng: random.Random
+) -> None:
+    """Earlier versions marked a period's buyers and repeat buyers in bitmaps (``buy:``,
+    ``rep:``, by the customer's number) and some kept orders per day in ``od:`` hashes.
+    A store written that way halfway through a shuffled history, then by this version,
+    gives the reference's rows: a customer reaches one and two orders in a period once,
+    under one version or the other."""
+    prefix = f"bb{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, KINDS)
+    events = random_events(rng, customers=40, count=1500)
+    rng.shuffle(events)
+    records = records_for(events, partitions=3)
+    half = len(records) // 2
+    for start in range(0, half, 150):
+        await store.apply_batch(records[start : min(start + 150, half)])
+
+    placed: Counter[tuple[str, int, str]] = Counter()
+    for event in unique(events[:half]):
+        if isinstance(event, OrderEvent) and event.status == "placed":
+            for letter, day in zip("dwm", period_days(event.ts_ms), strict=True):
+                placed[letter, day, event.customer_id] += 1
+    customers = {c: await redis.hgetall(store.key("c", c)) for c in await store.customer_ids()}
+    async with redis.pipeline(transaction=False) as pipe:
+        for (letter, day, customer_id), n in placed.items():
+            number = int(customers[customer_id]["ix"])
+            pipe.hdel(store.key("sales", letter, str(day)), "b", "r")
+            pipe.setbit(store.key("buy", letter, str(day)), number, 1)
+            if n >= 2:
+                pipe.setbit(store.key("rep", letter, str(day)), number, 1)
+        for customer_id, fields in list(customers.items())[::2]:
+            days = {name: value for name, value in fields.items() if name.isdigit()}
+            if days:
+                pipe.hdel(store.key("c", customer_id), *days)
+                pipe.hset(store.key("od", customer_id), mapping=days)
+        await pipe.execute()
+    assert [key async for key in redis.scan_iter(match=store.key("od", "*"))]
+
+    for start in range(half, len(records), 150):
+        await store.apply_batch(records[start : start + 150])
+    periods = Periods(redis, prefix)
+    for period in PERIODS:
+        want = period_rows(
+            unique(events), period=period, churn_after=timedelta(days=30),
+            activity_kinds=set(KINDS),
+        )  # fmt: skip
+        got = await periods.rows(period, 30)
+        rates = [(r.purchase_frequency, r.repeat_customer_rate) for r in want]
+        assert [(r.purchase_frequency, r.repeat_customer_rate) for r in got] == rates
+        assert any(repeat for _, repeat in rates)
+        assert [r.as_dict() for r in got] == [r.as_dict() for r in want]
 
 
 async def test_closing_writes_each_row_once(redis: Redis, rng: random.Random) -> None:

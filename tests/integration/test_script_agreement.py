@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,10 +162,11 @@ def _add(totals: Totals, key: str, field: str, n: int) -> None:
     row[field] = row.get(field, 0) + n
 
 
-def expected_totals(sent: list[Event], states: dict[str, CustomerState]) -> Totals:
-    """What the hashes shared by all customers must hold: sales per period from the
-    distinct orders, survey totals over latest scores, the first-response histogram."""
+def expected_sales(sent: list[Event]) -> Totals:
+    """Sales per period from the distinct orders, with buyers ``b`` and repeat buyers
+    ``r`` (two placed orders or more in the period)."""
     totals: Totals = {}
+    placed: Counter[tuple[str, str]] = Counter()
     seen: set[tuple[str, str, str]] = set()
     for event in sent:
         identity = (event.type, event.customer_id, event.event_id)
@@ -178,8 +180,20 @@ def expected_totals(sent: list[Event], states: dict[str, CustomerState]) -> Tota
             if event.status == "placed":
                 _add(totals, key, "o", 1)
                 _add(totals, key, "pm", event.amount_micros)
+                placed[key, event.customer_id] += 1
             else:
                 _add(totals, key, "rm", event.amount_micros)
+    for (key, _), n in placed.items():
+        _add(totals, key, "b", 1)
+        _add(totals, key, "r", int(n >= 2))
+    return totals
+
+
+def expected_totals(sent: list[Event], states: dict[str, CustomerState]) -> Totals:
+    """What the hashes shared by all customers must hold: sales per period
+    (:func:`expected_sales`), survey totals over latest scores, the first-response
+    histogram."""
+    totals = expected_sales(sent)
     for state in states.values():
         for survey, score in state.scores.items():
             _add(totals, "surveys", f"{survey}|sum", score.value)
