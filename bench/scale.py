@@ -16,14 +16,16 @@ Two parts, measured in one run and printed as one report (or JSON with ``--json`
    the time from the first applied batch to the last event. Redis µs per event: the time
    Redis spent in scripts (INFO commandstats, summed over every node) divided by N.
 2. Synthetic customers, written straight through ``Store.apply_batch`` (no Kafka) into a
-   fresh one-shard store on one redis-server, at each ``--customers`` size: Redis bytes
-   per customer (used_memory growth, and MEMORY USAGE of a sample of keys by family), one
-   exporter scrape (``retention.snapshot.read_snapshot``, as the exporter reads Redis),
-   the BG/NBD refit (``store.models.refit``), and evaluation of the due customers
-   (``Evaluator.run_once`` until none are due). Evaluation is timed over the first
-   ``--evaluate-sample`` due customers; the time for all of them is the count divided by
-   that rate. Each figure's growth between the smallest and the largest size is shown as a
-   ratio and as a slope per customer, and the slope extrapolates it to 10M customers.
+   fresh one-shard store on one redis-server, at each ``--customers`` size: the periods
+   that have ended closed as the leader closes them (``store.periods.Periods.close``),
+   Redis bytes per customer (used_memory growth before and after closing, and MEMORY
+   USAGE of a sample of keys by family after), one exporter scrape
+   (``retention.snapshot.read_snapshot``, as the exporter reads Redis), the BG/NBD refit
+   (``store.models.refit``), and evaluation of the due customers (``Evaluator.run_once``
+   until none are due). Evaluation is timed over the first ``--evaluate-sample`` due
+   customers; the time for all of them is the count divided by that rate. Each figure's
+   growth between the smallest and the largest size is shown as a ratio and as a slope
+   per customer, and the slope extrapolates it to 10M customers.
 """
 
 from __future__ import annotations
@@ -59,13 +61,14 @@ import throughput as tp
 
 from processors.forecast import model_options
 from processors.lifecycle import LifecyclePolicy
-from processors.windows import period_days
+from processors.windows import PERIODS, period_days
 from retention import runtime
 from retention.config import Settings
 from retention.snapshot import read_snapshot
 from store.connect import connect
 from store.evaluations import Evaluator
 from store.models import refit
+from store.periods import Periods
 from store.store import Store
 from streams.risk_file import load_policy
 from streams.topics import Topics, cluster_id, ensure_topics
@@ -436,6 +439,8 @@ class SizeRun:
     events: int
     load_seconds: float
     used_memory_growth: int
+    open_memory_growth: int
+    close_seconds: float
     families: dict[str, dict[str, float]]
     scrape_seconds: list[float]
     refit_seconds: float
@@ -488,10 +493,24 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
         store = Store(redis, prefix, settings.activity_kinds, writer=True)
         before = int((await redis.info("memory"))["used_memory"])
         events, load_seconds = await load_customers(store, customers, options.seed)
-        growth = int((await redis.info("memory"))["used_memory"]) - before
+        open_growth = int((await redis.info("memory"))["used_memory"]) - before
         if await store.customer_count() != customers:
             raise BenchError(f"the store tracks {await store.customer_count()} customers")
         logger.warning("synthetic %d: loaded %d orders in %.0f s", customers, events, load_seconds)
+        # the leader closes every period that has ended, as it works off a backlog
+        started = time.monotonic()
+        periods = Periods(redis, prefix)
+        closed = 0
+        for period in PERIODS:
+            rows = await periods.close(
+                period, settings.churn_after_days, datetime.now(UTC), limit=None
+            )
+            closed += len(rows)
+        close_seconds = time.monotonic() - started
+        growth = int((await redis.info("memory"))["used_memory"]) - before
+        logger.warning(
+            "synthetic %d: closed %d periods in %.1f s", customers, closed, close_seconds
+        )
         families = await sampled_families(redis, prefix, options.seed)
 
         # the exporter's read, as one scrape does it (no broker: lag is not read)
@@ -538,6 +557,8 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
             events=events,
             load_seconds=load_seconds,
             used_memory_growth=growth,
+            open_memory_growth=open_growth,
+            close_seconds=close_seconds,
             families=families,
             scrape_seconds=scrapes,
             refit_seconds=refit_seconds,
@@ -609,6 +630,12 @@ def growths(sizes: Sequence[SizeRun]) -> list[Growth]:
     )
     evaluate_all = growth("evaluate all due", "s", n, [s.evaluate_all_seconds for s in sizes])
     per_customer = growth("Redis B / customer", "B", n, [s.bytes_per_customer for s in sizes])
+    open_memory = growth(
+        "Redis used_memory, open", "MB", n, [s.open_memory_growth / 1e6 for s in sizes]
+    )
+    per_open = growth(
+        "  before closing periods", "B", n, [s.open_memory_growth / s.customers for s in sizes]
+    )
     per_evaluated = growth(
         "Redis B / customer, evaluated", "B", n, [s.evaluated_bytes_per_customer for s in sizes]
     )
@@ -617,11 +644,14 @@ def growths(sizes: Sequence[SizeRun]) -> list[Growth]:
     target = TARGET_CUSTOMERS
     per_customer = replace(per_customer, at_target=memory.at_target * 1e6 / target)
     per_evaluated = replace(per_evaluated, at_target=evaluated.at_target * 1e6 / target)
+    per_open = replace(per_open, at_target=open_memory.at_target * 1e6 / target)
     rate = replace(rate, at_target=target / evaluate_all.at_target)
     return [
         per_customer,
+        per_open,
         per_evaluated,
         memory,
+        growth("closing every period", "s", n, [s.close_seconds for s in sizes]),
         growth("exporter scrape (best of 3)", "s", n, [s.scrape_best for s in sizes]),
         growth("BG/NBD refit", "s", n, [s.refit_seconds for s in sizes]),
         rate,

@@ -62,6 +62,8 @@ _CHUNK = 500
 #: A warning of one kind is repeated at most this often by one reader.
 _WARN_EVERY_SECONDS = 60.0
 _DAY = timedelta(days=1)
+#: The period bitmaps (store/layout.py), those of earlier versions included.
+_BITMAP_FAMILIES = ("act", "coh", "buy", "rep")
 
 
 def valid_ms(raw: object) -> int | None:
@@ -296,7 +298,23 @@ class Periods:
             row = await self.row(period, start, churn_days)
             if await self.redis.hsetnx(key, row.period, json.dumps(row.as_dict())):
                 written.append(row)
+                await self.compact(period, start)
         return written
+
+    async def compact(self, period: Period, start: datetime) -> None:
+        """Give the period's bitmaps the room their bits take and no more.
+
+        A bitmap grows as customers with higher numbers join it, and Redis grows a string
+        by up to twice what it needs (room for the next write), so a period's bitmaps
+        keep up to double their size once it is over. ``BITOP OR`` of a bitmap with
+        itself writes it again at its exact length; late bits still land in it afterwards.
+        Done once per period, when its row is closed."""
+        suffix = f"{PERIOD_LETTERS[period]}:{epoch_day(start)}"
+        keys = [
+            f"{home}{family}:{suffix}" for home in await self.homes() for family in _BITMAP_FAMILIES
+        ]
+        # one call per key: a cluster client does not pipeline BITOP
+        await asyncio.gather(*(self.redis.bitop("OR", key, key) for key in keys))
 
     async def _existing(self, key: str, names: Sequence[str]) -> set[str]:
         """Those of ``names`` that are fields of the hash ``key``."""

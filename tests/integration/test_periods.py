@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from processors.metrics import cohorts, is_activity, period_rows
-from processors.windows import PERIODS, Period, next_period, period_days, period_start
+from processors.windows import PERIODS, Period, epoch_day, next_period, period_days, period_start
 from store.periods import Periods
 from store.store import Store, accepted_record
 from streams.events import Event, OrderEvent, build_event
@@ -181,6 +181,49 @@ async def test_closing_writes_each_row_once(redis: Redis, rng: random.Random) ->
     assert [r.period for r in closed] == [r.period for r in early + rest]
     assert closed[-1].period > last.date().isoformat()
     assert closed == (await periods.rows("month", 90, through=later))[: len(closed)]
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+async def test_closing_a_period_gives_its_bitmaps_their_exact_size(
+    redis: Redis, rng: random.Random, shards: int
+) -> None:
+    """A day's bitmaps grow batch by batch as new customers (higher numbers) join it, and
+    Redis leaves them room to grow; closing the day writes them again at their length,
+    bits unchanged."""
+    prefix = f"cmp{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, KINDS, shards=shards, writer=True)
+    day = datetime(2024, 3, 5, tzinfo=UTC)
+    events = [
+        {"event_id": f"e{n}", "customer_id": f"c{n:05d}", "type": "login",
+         "ts": (day + timedelta(seconds=n)).isoformat(), "channel": "web"}
+        for n in range(6000)
+    ]  # fmt: skip
+    records = records_for(events, partitions=2)
+    for start in range(0, len(records), 100):
+        await store.apply_batch(records[start : start + 100])
+    periods = Periods(redis, prefix)
+    homes = await periods.homes()
+
+    async def sizes() -> list[tuple[int, int, int]]:
+        """Each bitmap's memory, that of an exact copy (under a name as long), and its
+        bits."""
+        out = []
+        for home in homes:
+            for family in ("act", "coh"):
+                key, copy = (f"{home}{name}:d:{epoch_day(day)}" for name in (family, "cpy"))
+                await redis.bitop("OR", copy, key)
+                exact = await redis.memory_usage(copy)
+                await redis.delete(copy)
+                out.append((await redis.memory_usage(key), exact, await redis.bitcount(key)))
+        return out
+
+    before = await sizes()
+    assert sum(bits for *_, bits in before) == 2 * len(events)
+    assert any(used > exact for used, exact, _ in before)  # room left to grow
+    closed = await periods.close("day", 7, clock=day + timedelta(days=1))
+    assert [r.end_customers for r in closed] == [len(events)]
+    after = await sizes()
+    assert [(exact, exact, bits) for _, exact, bits in before] == after
 
 
 async def test_watermark_waits_for_every_partition_of_a_busy_topic(redis: Redis) -> None:
