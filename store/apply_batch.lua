@@ -736,8 +736,8 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   if kind == 'o' then
     if a1 == 'placed' then
       local amount = tonumber(a2)
-      -- placed orders per day: the field named by the day number (only those are digits)
       local before = placed_in_periods(c, cid, days)
+      -- placed orders per day: the field named by the day number (only those are digits)
       if c.f[days.d] == nil then fit_grid_day(c, cid, days.d) end
       add(c, days.d, 1)
       local count = c.days.count
