@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -40,6 +41,8 @@ from redis.asyncio import Redis
 from retention import runtime
 from retention.config import Settings
 from retention.runtime import Process
+from store import evaluations
+from store import store as store_module
 from store.store import Store
 from streams.events import Rejection, parse_event
 from streams.topics import Topics, cluster_id, ensure_topics
@@ -141,6 +144,8 @@ class Run:
     redis_busy: float | None = None
     #: seconds Redis spent running the batch script (INFO commandstats) during the run
     script_seconds: float | None = None
+    #: the same by part of the work (``script_part``), from Redis's slow log
+    script_parts: dict[str, float] | None = None
     memory: Memory | None = None
 
     @property
@@ -422,6 +427,55 @@ async def script_seconds(redis: Redis) -> float:
     return sum(float(stats[name]["usec"]) for name in names if name in stats) / 1e6
 
 
+#: While a pipeline runs, the slow log keeps the commands that take at least this long:
+#: every batch script and evaluation chunk of some size, but not the commands those
+#: scripts call (each a few µs), which it would log too, inside the scripts' own time.
+COMMAND_LOG_MICROS = 200
+COMMAND_LOG_ENTRIES = 100_000
+
+
+def script_part(sha: str) -> str:
+    """Which part of the work a script (by the sha1 Redis runs it by) belongs to: the
+    batch script, the evaluations, or anything else (the exporter's reads, queue sizes)."""
+    parts = {store_module._SCRIPT: "batch", store_module._READ: "evaluation"}
+    for source in (
+        evaluations._TAKE,
+        evaluations._RESCHEDULE,
+        evaluations._RETURNED,
+        evaluations._PREVIOUS,
+        evaluations._STORE,
+    ):
+        parts[source] = "evaluation"
+    by_sha = {hashlib.sha1(text.encode()).hexdigest(): part for text, part in parts.items()}
+    return by_sha.get(sha.lower(), "other")
+
+
+async def log_long_commands(redis: Redis) -> None:
+    """Have the slow log keep the long commands from now on (``COMMAND_LOG_MICROS``)."""
+    await redis.config_set("slowlog-max-len", COMMAND_LOG_ENTRIES)
+    await redis.config_set("slowlog-log-slower-than", COMMAND_LOG_MICROS)
+    await redis.slowlog_reset()
+
+
+async def script_seconds_by_part(redis: Redis, total: float) -> dict[str, float]:
+    """The logged scripts' time since :func:`log_long_commands`, summed by
+    :func:`script_part`, and what ``total`` (all scripts) leaves: the short ones."""
+    entries = await redis.slowlog_get(COMMAND_LOG_ENTRIES)
+    await redis.config_set("slowlog-log-slower-than", 10_000)
+    await redis.slowlog_reset()
+    if len(entries) >= COMMAND_LOG_ENTRIES:
+        raise BenchError("the slow log overflowed: the split of script time is incomplete")
+    parts: dict[str, float] = {}
+    for entry in entries:
+        command = entry["command"]
+        words = (command.decode() if isinstance(command, bytes) else str(command)).split(" ", 2)
+        if len(words) > 1 and words[0].upper() == "EVALSHA":
+            part = script_part(words[1])
+            parts[part] = parts.get(part, 0.0) + int(entry["duration"]) / 1e6
+    parts[f"under {COMMAND_LOG_MICROS} us"] = max(0.0, total - sum(parts.values()))
+    return parts
+
+
 async def redis_cpu_seconds(redis: Redis) -> float:
     """CPU time of Redis's main thread (INFO cpu): unlike the script times, which are wall
     time, it does not grow when other processes on a busy machine take Redis's core."""
@@ -487,6 +541,8 @@ async def run_once(bench: Bench, variant: Variant, index: int, redis: Redis) -> 
     store = Store(redis, settings.key_prefix, settings.activity_kinds, offsets_scope=scope)
     before = await used_memory(redis)
     scripts_before = await script_seconds(redis)
+    if variant.kind == "pipeline":
+        await log_long_commands(redis)
     name = f"{variant.name}-{index}"
     reports = bench.log_dir / f"{name}.reports"
     spawned_at = time.time()
@@ -501,9 +557,10 @@ async def run_once(bench: Bench, variant: Variant, index: int, redis: Redis) -> 
         raise BenchError(f"{variant.name}: {exc}\n--- {log_path}\n{log_tail(log_path)}") from exc
     finally:
         process.stop(15)
-    memory, redis_busy, busy = None, None, None
+    memory, redis_busy, busy, parts = None, None, None, None
     if variant.kind == "pipeline":
         busy = await script_seconds(redis) - scripts_before
+        parts = await script_seconds_by_part(redis, busy)
         redis_busy = busy / max(1e-9, timing.done - timing.first)
         memory = await measure_memory(redis, store, before)
     return Run(
@@ -519,6 +576,7 @@ async def run_once(bench: Bench, variant: Variant, index: int, redis: Redis) -> 
         produce_seconds=produce_seconds,
         redis_busy=redis_busy,
         script_seconds=busy,
+        script_parts=parts,
         memory=memory,
     )
 
@@ -628,6 +686,25 @@ def render_table(summaries: Sequence[Summary]) -> list[str]:
     return lines
 
 
+def render_parts(runs: Sequence[Run]) -> list[str]:
+    """Each pipeline run's script time per event, split by part of the work."""
+    lines = []
+    for run in runs:
+        if run.script_parts is None:
+            continue
+        parts = ", ".join(
+            f"{name} {seconds * 1e6 / max(1, run.events):.1f}"
+            for name, seconds in sorted(run.script_parts.items(), key=lambda item: -item[1])
+        )
+        lines.append(f"  {run.variant} run {run.index}: {parts or 'none'}")
+    if not lines:
+        return []
+    return [
+        f"Redis script us/ev by part (scripts of {COMMAND_LOG_MICROS} us or more, from SLOWLOG):",
+        *lines,
+    ]
+
+
 def render_memory(run: Run) -> list[str]:
     m = run.memory
     assert m is not None
@@ -667,6 +744,9 @@ def render(options: Options, runs: Sequence[Run], elapsed: float) -> str:
         "per wall s of the worker process; Redis busy: share of wall time spent in the script;",
         "Redis us/ev: script time (INFO commandstats) / N, lowest of the runs",
     ]
+    split = render_parts(runs)
+    if split:
+        lines += ["", *split]
     last_pipeline = next((r for r in reversed(runs) if r.memory is not None), None)
     if last_pipeline is not None:
         lines += ["", *render_memory(last_pipeline)]
