@@ -85,6 +85,13 @@ local function set_max(key, field, value)
   if not cur or tonumber(value) > tonumber(cur) then redis.call('HSET', key, field, value) end
 end
 
+-- Fields that most customers' hashes would hold twice are left out while they equal
+-- another: {field, the field it then equals, a count that is above 0 whenever the field
+-- exists (none: the other field's presence tells)}. The first event seen is mostly the
+-- first activity; the latest activity, mostly the latest order or login. A reader takes
+-- a missing field as equal to the other (store/store.py reads them the same way).
+local SAME_AS = {{'fs', 'fa'}, {'lo', 'la', 'o'}, {'ll', 'la', 'lg'}}
+
 -- Customers' hashes are read once per batch (on their first event) into Lua tables, changed
 -- there, and written back once at the end with the fields that changed.
 local customers, customer_order = {}, {}
@@ -95,7 +102,14 @@ local function customer(cid)
   local flat = redis.call('HGETALL', key)
   local f = {}
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-  c = {key = key, f = f, dirty = {}}
+  c = {key = key, f = f, dirty = {}, kept = {}}
+  for _, s in ipairs(SAME_AS) do
+    local name = s[1]
+    c.kept[name] = f[name] ~= nil
+    if f[name] == nil and f[s[2]] ~= nil and (not s[3] or tonumber(f[s[3]] or '0') > 0) then
+      f[name] = f[s[2]]
+    end
+  end
   customers[cid] = c
   customer_order[#customer_order + 1] = cid
   return c
@@ -883,6 +897,22 @@ for _, cid in ipairs(customer_order) do
       queued = {}
     end
   end
+  -- a field equal to its other is left out (and deleted if kept); one that now differs
+  -- is written, whether it changed or was left out before
+  local gone = nil
+  for _, s in ipairs(SAME_AS) do
+    local name = s[1]
+    local value = c.f[name]
+    if value ~= nil and value == c.f[s[2]] then
+      c.dirty[name] = nil
+      if c.kept[name] then
+        gone = gone or {}
+        gone[#gone + 1] = name
+      end
+    elseif value ~= nil and not c.kept[name] then
+      c.dirty[name] = true
+    end
+  end
   local pairs_out = {}
   for name, _ in pairs(c.dirty) do
     pairs_out[#pairs_out + 1] = name
@@ -892,6 +922,7 @@ for _, cid in ipairs(customer_order) do
     redis.call('HSET', c.key, unpack(pairs_out))
     if c.f.fad then redis.call('HDEL', c.key, unpack(OLD_FIRST_FIELDS)) end
   end
+  if gone then redis.call('HDEL', c.key, unpack(gone)) end
 end
 if #queued > 0 then redis.call('RPUSH', P .. 'dueq', unpack(queued)) end
 for tp, last in pairs(reach) do

@@ -16,16 +16,18 @@ summed by their readers. Families marked ``P`` exist once, under the prefix.
 The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
 
 - ``S c:<customer>``       hash, the customer's counters and times (field names in
-                            :mod:`store.store`); money in the reporting currency, and per
-                            original currency in ``pm:<CUR>`` (placed) and ``rm:<CUR>``
-                            (refunded); placed orders per day under the day's number since
-                            the epoch (the only field names made of digits); ``q`` and
-                            ``r`` belong to the evaluation queues (below), ``ev`` is the
-                            customer's last evaluation (``st|sc|rr|hv|at|no|cl|cr``:
-                            status, risk score, reasons, high value, when, orders,
-                            predicted CLTV and CLTV at risk in micros). Some 20
-                            fields and the order days: the hash stays a compact listpack
-                            up to about a hundred days with orders
+                            :mod:`store.store`; the first event seen ``fs``, latest order
+                            ``lo`` and latest login ``ll`` only while they differ from the
+                            first and latest activity ``fa``, ``la``); money in the
+                            reporting currency, and per original currency in ``pm:<CUR>``
+                            (placed) and ``rm:<CUR>`` (refunded); placed orders per day
+                            under the day's number since the epoch (the only field names
+                            made of digits); ``q`` and ``r`` belong to the evaluation
+                            queues (below), ``ev`` is the customer's last evaluation
+                            (``st|sc|rr|hv|at|no|cl|cr``: status, risk score, reasons,
+                            high value, when, orders, predicted CLTV and CLTV at risk in
+                            micros). Some 20 fields and the order days: the hash stays a
+                            compact listpack up to about a hundred days with orders
 - ``S od:<customer>``      hash, placed orders per day, where earlier versions kept them
                             (day number → count); readers add it to the customer hash's,
                             and the customer's next placed order moves it there

@@ -522,6 +522,17 @@ def _tickets_from_hash(raw: dict[str, str]) -> dict[str, TicketState]:
     }
 
 
+def _same_as(f: dict[str, str], name: str, other: str, count: str | None = None) -> str | None:
+    """A field the batch script leaves out of the customer hash while it equals ``other``
+    (apply_batch.lua, SAME_AS): there when ``count`` is above 0, or without a count,
+    when ``other`` is."""
+    if name in f:
+        return f[name]
+    if count is not None and int(f.get(count, 0)) <= 0:
+        return None
+    return f.get(other)
+
+
 def _state_from_hashes(
     customer_id: str, f: dict[str, str], days: dict[str, str], tickets: dict[str, str]
 ) -> CustomerState:
@@ -535,11 +546,11 @@ def _state_from_hashes(
     }
     return CustomerState(
         customer_id=customer_id,
-        first_seen_ms=_opt_int(f.get("fs")),
+        first_seen_ms=_opt_int(_same_as(f, "fs", "fa")),
         first_activity_ms=_opt_int(f.get("fa")),
         last_activity_ms=_opt_int(f.get("la")),
-        last_order_ms=_opt_int(f.get("lo")),
-        last_login_ms=_opt_int(f.get("ll")),
+        last_order_ms=_opt_int(_same_as(f, "lo", "la", "o")),
+        last_login_ms=_opt_int(_same_as(f, "ll", "la", "lg")),
         orders=count("o"),
         placed_micros=count("pm"),
         refunds=count("rf"),

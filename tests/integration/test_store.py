@@ -259,3 +259,46 @@ async def test_orders_per_day_kept_by_earlier_versions_still_count(
         stats = stats_from_days(sorted(state.orders_by_day), limit)
         found = histories.get(customer_id)
         assert (found and (found.x, found.t_x, found.T)) == (stats and tuple(stats))
+
+
+async def test_fields_equal_to_another_are_left_out_of_the_customer_hash(
+    redis: Redis, rng: random.Random
+) -> None:
+    """The first event seen, the latest order and the latest login are kept only while
+    they differ from the first and the latest activity; hashes written by earlier versions,
+    which kept them all, lose them on the customer's next write. The customers read the
+    same either way."""
+    prefix = f"same{rng.randrange(1 << 30)}:"
+    kinds = ("order", "login", "support")
+    store = Store(redis, prefix, kinds)
+    events = random_events(rng, customers=30, count=900)
+    records = records_for(events, partitions=2)
+    await store.apply_batch(records[:450])
+    expected = fold(events[:450], frozenset(kinds))
+    left_out = Counter[str]()
+    for customer_id, state in expected.items():
+        fields = await redis.hgetall(store.key("c", customer_id))
+        shown = {
+            "fs": (state.first_seen_ms, state.first_activity_ms),
+            "lo": (state.last_order_ms, state.last_activity_ms),
+            "ll": (state.last_login_ms, state.last_activity_ms),
+        }
+        for name, (value, other) in shown.items():
+            assert (name in fields) == (value is not None and value != other), (name, fields)
+            left_out[name] += value is not None and name not in fields
+        # what earlier versions wrote
+        await redis.hset(
+            store.key("c", customer_id),
+            mapping={name: str(value) for name, (value, _) in shown.items() if value is not None},
+        )
+    assert all(left_out[name] for name in ("fs", "lo", "ll")), left_out
+    assert {c: await store.read_customer(c) for c in expected} == expected
+
+    await store.apply_batch(records[450:])
+    expected = fold(events, frozenset(kinds))
+    assert {c: await store.read_customer(c) for c in expected} == expected
+    touched = {build_event(raw).customer_id for raw in events[450:]}
+    for customer_id in touched:
+        state = expected[customer_id]
+        fields = await redis.hgetall(store.key("c", customer_id))
+        assert ("fs" in fields) == (state.first_seen_ms != state.first_activity_ms)
