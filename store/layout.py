@@ -95,6 +95,9 @@ Periods (:mod:`store.periods`):
 
 - ``P rows:<p>:<W>``       hash, closed period rows for churn window ``W`` days (the
                             period's first date → JSON row), each written once
+- ``P packed``             hash, per period letter: the first day of the next ended
+                            period whose bitmaps are to be rewritten at their exact size
+                            (``Periods.compact``); those before it have been
 
 Evaluations and models (:mod:`store.evaluations`, :mod:`store.models`):
 

@@ -275,7 +275,8 @@ class Periods:
         limit: int | None = MAX_CLOSED_PER_CALL,
     ) -> list[PeriodRow]:
         """Write the row of periods that ended at or before ``clock`` and have none, oldest
-        first, at most ``limit`` of them (None: all).
+        first, at most ``limit`` of them (None: all), and compact the bitmaps of as many
+        ended periods (:meth:`_compact_ended`).
 
         ``through`` limits closing to periods up to the one holding it (a backtest's
         ``--until``). Returns the rows written by this call; a row already written stays.
@@ -298,8 +299,25 @@ class Periods:
             row = await self.row(period, start, churn_days)
             if await self.redis.hsetnx(key, row.period, json.dumps(row.as_dict())):
                 written.append(row)
-                await self.compact(period, start)
+        await self._compact_ended(period, due, limit)
         return written
+
+    async def _compact_ended(
+        self, period: Period, ended: Sequence[datetime], limit: int | None
+    ) -> None:
+        """Compact the bitmaps of periods that have ended (:meth:`compact`), oldest first
+        and at most ``limit`` of them per call, each once: ``P packed`` keeps, per period
+        kind, the first day of the next period to compact. A store upgraded from a version
+        that did not compact works its closed periods off this way, a step per tick."""
+        key, letter = self.key("packed"), PERIOD_LETTERS[period]
+        mark = await self.redis.hget(key, letter)
+        todo = [start for start in ended if mark is None or epoch_day(start) >= int(mark)]
+        if limit is not None:
+            todo = todo[:limit]
+        for start in todo:
+            await self.compact(period, start)
+        if todo:
+            await self.redis.hset(key, letter, str(epoch_day(next_period(todo[-1], period))))
 
     async def compact(self, period: Period, start: datetime) -> None:
         """Give the period's bitmaps the room their bits take and no more.
@@ -308,7 +326,7 @@ class Periods:
         by up to twice what it needs (room for the next write), so a period's bitmaps
         keep up to double their size once it is over. ``BITOP OR`` of a bitmap with
         itself writes it again at its exact length; late bits still land in it afterwards.
-        Done once per period, when its row is closed."""
+        Done once per period, once it has ended (:meth:`close`)."""
         suffix = f"{PERIOD_LETTERS[period]}:{epoch_day(start)}"
         keys = [
             f"{home}{family}:{suffix}" for home in await self.homes() for family in _BITMAP_FAMILIES

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -183,47 +185,90 @@ async def test_closing_writes_each_row_once(redis: Redis, rng: random.Random) ->
     assert closed == (await periods.rows("month", 90, through=later))[: len(closed)]
 
 
-@pytest.mark.parametrize("shards", [1, 3])
-async def test_closing_a_period_gives_its_bitmaps_their_exact_size(
-    redis: Redis, rng: random.Random, shards: int
-) -> None:
-    """A day's bitmaps grow batch by batch as new customers (higher numbers) join it, and
-    Redis leaves them room to grow; closing the day writes them again at their length,
-    bits unchanged."""
-    prefix = f"cmp{rng.randrange(1 << 30)}:"
-    store = Store(redis, prefix, KINDS, shards=shards, writer=True)
-    day = datetime(2024, 3, 5, tzinfo=UTC)
+async def bitmap_sizes(redis: Redis, homes: Sequence[str], day: int) -> list[tuple[int, int, int]]:
+    """A day's activity and cohort bitmaps in each shard: memory, that of an exact copy
+    (under a name as long), bits."""
+    out = []
+    for home in homes:
+        for family in ("act", "coh"):
+            key, copy = (f"{home}{name}:d:{day}" for name in (family, "cpy"))
+            await redis.bitop("OR", copy, key)
+            exact = await redis.memory_usage(copy)
+            await redis.delete(copy)
+            out.append((await redis.memory_usage(key), exact, await redis.bitcount(key)))
+    return out
+
+
+async def grown_bitmaps(redis: Redis, store: Store, first: datetime, days: int) -> int:
+    """Customers one after the other, each active on one of ``days`` days, applied in
+    batches so that every day's bitmaps grow batch by batch (new customers have higher
+    numbers) and Redis leaves them room to grow. Returns the number of customers."""
+    customers = 3000 * days
     events = [
         {"event_id": f"e{n}", "customer_id": f"c{n:05d}", "type": "login",
-         "ts": (day + timedelta(seconds=n)).isoformat(), "channel": "web"}
-        for n in range(6000)
+         "ts": (first + timedelta(days=n % days, seconds=n)).isoformat(), "channel": "web"}
+        for n in range(customers)
     ]  # fmt: skip
     records = records_for(events, partitions=2)
     for start in range(0, len(records), 100):
         await store.apply_batch(records[start : start + 100])
+    return customers
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+async def test_closing_a_period_gives_its_bitmaps_their_exact_size(
+    redis: Redis, rng: random.Random, shards: int
+) -> None:
+    """Closing a day writes its bitmaps again at their length, bits unchanged."""
+    prefix = f"cmp{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, KINDS, shards=shards, writer=True)
+    day = datetime(2024, 3, 5, tzinfo=UTC)
+    customers = await grown_bitmaps(redis, store, day, days=1)
     periods = Periods(redis, prefix)
     homes = await periods.homes()
 
-    async def sizes() -> list[tuple[int, int, int]]:
-        """Each bitmap's memory, that of an exact copy (under a name as long), and its
-        bits."""
-        out = []
-        for home in homes:
-            for family in ("act", "coh"):
-                key, copy = (f"{home}{name}:d:{epoch_day(day)}" for name in (family, "cpy"))
-                await redis.bitop("OR", copy, key)
-                exact = await redis.memory_usage(copy)
-                await redis.delete(copy)
-                out.append((await redis.memory_usage(key), exact, await redis.bitcount(key)))
-        return out
-
-    before = await sizes()
-    assert sum(bits for *_, bits in before) == 2 * len(events)
+    before = await bitmap_sizes(redis, homes, epoch_day(day))
+    assert sum(bits for *_, bits in before) == 2 * customers
     assert any(used > exact for used, exact, _ in before)  # room left to grow
     closed = await periods.close("day", 7, clock=day + timedelta(days=1))
-    assert [r.end_customers for r in closed] == [len(events)]
-    after = await sizes()
+    assert [r.end_customers for r in closed] == [customers]
+    after = await bitmap_sizes(redis, homes, epoch_day(day))
     assert [(exact, exact, bits) for _, exact, bits in before] == after
+
+
+async def test_periods_closed_before_are_compacted_a_step_at_a_time(
+    redis: Redis, rng: random.Random
+) -> None:
+    """Days whose rows an earlier version wrote (without compacting) are compacted
+    oldest first, ``limit`` days per call, and each only once."""
+    prefix = f"cmpb{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, KINDS, writer=True)
+    first = datetime(2024, 3, 5, tzinfo=UTC)
+    await grown_bitmaps(redis, store, first, days=4)
+    periods = Periods(redis, prefix)
+    homes = await periods.homes()
+    days = [epoch_day(first) + n for n in range(4)]
+    for n in range(4):  # the rows as an earlier version closed them
+        row = await periods.row("day", first + timedelta(days=n), 7)
+        await redis.hset(prefix + "rows:d:7", row.period, json.dumps(row.as_dict()))
+
+    async def roomy() -> list[bool]:
+        """Per day: whether a bitmap still has room to spare."""
+        return [
+            any(used > exact for used, exact, _ in await bitmap_sizes(redis, homes, day))
+            for day in days
+        ]
+
+    assert await roomy() == [True] * 4
+    clock = first + timedelta(days=4)
+    assert await periods.close("day", 7, clock=clock, limit=3) == []
+    assert await roomy() == [False, False, False, True]
+    await periods.close("day", 7, clock=clock, limit=3)
+    assert await roomy() == [False] * 4
+    # compacted once: a late bit that makes room again stays
+    await redis.setbit(f"{prefix}act:d:{days[0]}", 200_000, 1)
+    await periods.close("day", 7, clock=clock, limit=3)
+    assert (await roomy())[0]
 
 
 async def test_watermark_waits_for_every_partition_of_a_busy_topic(redis: Redis) -> None:
