@@ -272,7 +272,7 @@ end
 -- is also looked for there. The marker hash `dg` holds k, `old` (the previous k, while it
 -- is being moved) and per layout L: nL digests kept, cL the sweep's next hash, sL the
 -- oldest bucket of the horizon when the sweep's round began, fL a bucket no digest kept is
--- older than.
+-- older than; and `t`, the time of the last batch (ms).
 -- Stores written before kept a bucket's digests in hashes of their own, `dd:<bucket>:<n>`
 -- (with a marker `dd:<bucket>` and the set `dd:buckets`), and before that in sets
 -- `seen:<bucket>`: those are still looked at, and deleted past the horizon.
@@ -418,10 +418,17 @@ local function keep_digests()
   local n = 'n' .. current_k
   if new_digests > 0 then dg_set(n, (dg[n] or 0) + new_digests) end
   local arrived = math.max(new_digests, 1)
-  -- a round over all 2^k hashes for every eighth of the digests kept that arrives
+  local elapsed = math.max(0, now - (dg.t or now))
+  dg_set('t', now)
+  -- a round over all 2^k hashes for every eighth of the digests kept that arrives, or
+  -- for every bucket width of time, whichever is more: after a burst, when few digests
+  -- arrive, those of the burst still leave about a bucket after the horizon, not once as
+  -- many have arrived again
   local function budget(k)
     local kept = math.max(dg['n' .. k] or 0, 1)
-    return math.min(SWEEP_MAX, math.ceil(2 ^ k * 8 * arrived / kept))
+    local by_arrivals = 2 ^ k * 8 * arrived / kept
+    local by_time = 2 ^ k * elapsed / width
+    return math.min(SWEEP_MAX, math.ceil(math.max(by_arrivals, by_time)))
   end
   if old_k and sweep(old_k, budget(old_k), current_k) then
     redis.call('HDEL', dg_key, 'old', 'n' .. old_k, 'c' .. old_k, 's' .. old_k, 'f' .. old_k)

@@ -46,7 +46,9 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             its digests are moved to the new hashes; per layout L: ``nL``
                             digests kept, ``cL`` the next hash to sweep, ``sL`` the oldest
                             bucket of the horizon when the sweep's round began, ``fL`` a
-                            bucket no digest kept is older than
+                            bucket no digest kept is older than; ``t`` the time of the
+                            last batch (the sweep goes a round per bucket width of time,
+                            or per eighth of the digests kept that arrive, if faster)
 - ``S dd:<bucket>:<n>``, ``S dd:<bucket>``, ``S dd:buckets``  digests of earlier versions,
                             a bucket's in hashes of their own (fields without the first
                             k // 6 characters) with a marker (``k``, ``n``, ``next``) and a

@@ -140,6 +140,25 @@ async def test_digests_past_the_horizon_are_swept(redis: Redis) -> None:
     assert (marker["n10"], marker["c10"], marker["f10"]) == ("30", "0", "1")
 
 
+async def test_a_bursts_digests_leave_with_time_when_few_arrive(redis: Redis) -> None:
+    """A burst, then a trickle of events, four per bucket width: the sweep goes by time
+    as well as by arrivals, so the burst's digests leave about a bucket after the horizon,
+    not once as many digests have arrived again (by arrivals alone, three hashes of the
+    1,024 a batch)."""
+    store = Store(redis, "trickle:", dedupe_horizon_seconds=800)
+    burst = login_records(3000)
+    for i in range(0, len(burst), 500):
+        await store.apply_batch(burst[i : i + 500], now_ms=0)
+    # bucket 0 leaves the horizon at bucket DEDUPE_BUCKETS + 1; two buckets more
+    at = [store.bucket_ms * n // 4 for n in range(4, 4 * (DEDUPE_BUCKETS + 3))]
+    trickle = [login_records(1, 1, n, "late") for n in range(len(at))]
+    for records, now_ms in zip(trickle, at, strict=True):
+        await store.apply_batch(records, now_ms=now_ms)
+    kept = await kept_digests(redis, store)
+    assert not {r[4] for r in burst} & set(kept)
+    assert trickle[-1][0][4] in kept
+
+
 async def test_the_digest_hashes_grow_and_keep_what_they_knew(redis: Redis) -> None:
     store = Store(redis, "grow:", dedupe_horizon_seconds=800)
     # a layout of 2 hashes to start with, so that a few hundred digests fill it
