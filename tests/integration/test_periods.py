@@ -199,7 +199,7 @@ async def bitmap_sizes(redis: Redis, homes: Sequence[str], day: int) -> list[tup
     return out
 
 
-async def grown_bitmaps(redis: Redis, store: Store, first: datetime, days: int) -> int:
+async def grown_bitmaps(store: Store, first: datetime, days: int) -> int:
     """Customers one after the other, each active on one of ``days`` days, applied in
     batches so that every day's bitmaps grow batch by batch (new customers have higher
     numbers) and Redis leaves them room to grow. Returns the number of customers."""
@@ -223,7 +223,7 @@ async def test_closing_a_period_gives_its_bitmaps_their_exact_size(
     prefix = f"cmp{rng.randrange(1 << 30)}:"
     store = Store(redis, prefix, KINDS, shards=shards, writer=True)
     day = datetime(2024, 3, 5, tzinfo=UTC)
-    customers = await grown_bitmaps(redis, store, day, days=1)
+    customers = await grown_bitmaps(store, day, days=1)
     periods = Periods(redis, prefix)
     homes = await periods.homes()
 
@@ -244,7 +244,7 @@ async def test_periods_closed_before_are_compacted_a_step_at_a_time(
     prefix = f"cmpb{rng.randrange(1 << 30)}:"
     store = Store(redis, prefix, KINDS, writer=True)
     first = datetime(2024, 3, 5, tzinfo=UTC)
-    await grown_bitmaps(redis, store, first, days=4)
+    await grown_bitmaps(store, first, days=4)
     periods = Periods(redis, prefix)
     homes = await periods.homes()
     days = [epoch_day(first) + n for n in range(4)]
