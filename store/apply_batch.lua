@@ -196,14 +196,26 @@ local function periods_of(ts)
   return {d = num(day), w = num(day - (day + 3) % 7), m = num(day - dom)}
 end
 
+-- The first day of the month after the one starting on day m (a month has 28 to 31 days,
+-- so day m + 31 lies in the next one), once per month and batch.
+local month_ends = {}
+local function month_end(m)
+  local e = month_ends[m]
+  if not e then
+    e = tonumber(periods_of((m + 31) * 86400000).m)
+    month_ends[m] = e
+  end
+  return e
+end
+
 -- Whether the customer's latest activity (a day number) lies in the event's period p,
--- whose bit it then set already. A month is known to hold its first 28 days.
+-- whose bit it then set already.
 local function latest_in_period(latest, p, days)
   if not latest then return false end
   if p == 'd' then return latest == tonumber(days.d) end
   if p == 'w' then return latest - (latest + 3) % 7 == tonumber(days.w) end
   local start = tonumber(days.m)
-  return latest >= start and latest < start + 28
+  return latest >= start and latest < month_end(start)
 end
 
 -- Hashes of earlier versions also kept the first activity's periods (fad, faw, fam): the
@@ -707,18 +719,6 @@ local function order_days(c, cid)
   return c.days
 end
 
--- The first day of the month after the one starting on day m (a month has 28 to 31 days,
--- so day m + 31 lies in the next one), once per month and batch.
-local month_ends = {}
-local function month_end(m)
-  local e = month_ends[m]
-  if not e then
-    e = tonumber(periods_of((m + 31) * 86400000).m)
-    month_ends[m] = e
-  end
-  return e
-end
-
 -- The customer's placed orders in the day, week and month of `days`, before this order.
 local function placed_in_periods(c, cid, days)
   local d, w, m = tonumber(days.d), tonumber(days.w), tonumber(days.m)
@@ -732,10 +732,10 @@ local function placed_in_periods(c, cid, days)
   return {d = nd, w = nw, m = nm}
 end
 
--- Called before a placed order is counted, when its day has no field in the customer hash.
+-- Called before a placed order is counted, when its day has no field in the customer hash
+-- once order_days has run (which moves any od: days into it).
 local function fit_grid_day(c, cid, day)
   local days = order_days(c, cid)
-  if c.f[day] ~= nil then return end  -- a day moved over from od:
   local d = tonumber(day)
   if days.first then
     grid_move(string.format('%d:%d:%d', days.first, days.last, days.n), -1)
