@@ -3,7 +3,7 @@
     .venv/bin/python bench/scale.py [--events 60000] [--pipeline-customers 20000]
                                     [--partitions 4] [--customers 250000,500000,1000000]
                                     [--evaluate-sample 50000] [--skip pipeline|synthetic]
-                                    [--json] [--keep-logs]
+                                    [--arrival backfill|live] [--json] [--keep-logs]
 
 Two parts, measured in one run and printed as one report (or JSON with ``--json``):
 
@@ -16,7 +16,14 @@ Two parts, measured in one run and printed as one report (or JSON with ``--json`
    the time from the first applied batch to the last event. Redis µs per event: the time
    Redis spent in scripts (INFO commandstats, summed over every node) divided by N.
 2. Synthetic customers, written straight through ``Store.apply_batch`` (no Kafka) into a
-   fresh one-shard store on one redis-server, at each ``--customers`` size: the periods
+   fresh one-shard store on one redis-server, at each ``--customers`` size. Each customer
+   places 1 to 6 orders (2.5 on average) at random times over the past year. With
+   ``--arrival backfill`` (the default) the year is loaded at once, customer after
+   customer, every batch applied now: the worst case for memory, since every dedupe digest
+   is still within its horizon and every day's activity bitmap reaches the last customer
+   number. With ``--arrival live`` the same orders come in time order, each batch applied
+   at its newest event's time, as a year of live traffic would: customers are numbered as
+   they first appear, and digests older than the horizon have been swept. Then: the periods
    that have ended closed as the leader closes them (``store.periods.Periods.close``),
    Redis bytes per customer (used_memory growth before and after closing, and MEMORY
    USAGE of a sample of keys by family after), one exporter scrape
@@ -51,6 +58,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis as redis_sync
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -85,6 +93,13 @@ JOIN_TIMEOUT = 90.0
 WARM_UP_CUSTOMERS = 2000
 
 
+#: How the synthetic year of orders reaches the store (``--arrival``).
+ARRIVALS = {
+    "backfill": "a year of history loaded at once, customer by customer",
+    "live": "a year of orders in time order, each batch at its newest event's time",
+}
+
+
 class BenchError(RuntimeError):
     pass
 
@@ -100,6 +115,7 @@ class Options:
     skip: tuple[str, ...]
     as_json: bool
     keep_logs: bool
+    arrival: str = "backfill"
 
 
 # --- Redis nodes ----------------------------------------------------------------------
@@ -362,52 +378,92 @@ async def run_pipeline(
 # --- part 2: synthetic customers ------------------------------------------------------
 
 
-def order_records(
-    rng: random.Random, customer: str, now_ms: int, offset: int, partition: int
-) -> list[list[str]]:
-    """A customer's orders over the last year, in the batch script's 15 fields (the same
-    fields ``store.store.accepted_record`` makes from a parsed event)."""
+def customer_orders(rng: random.Random, now_ms: int) -> list[tuple[int, int, int]]:
+    """A customer's orders over the last year: (time ms, order number, amount micros)."""
     count = rng.choice((1, 1, 1, 2, 2, 3, 4, 6))
     out = []
     for k in range(count):
         ts_ms = now_ms - rng.randrange(365 * DAY_MS)
-        digest = hashlib.blake2b(f"order\x1f{customer}\x1fo-{k}".encode(), digest_size=8)
-        dedupe = base64.b64encode(digest.digest()).decode()[:11]
-        amount = str(rng.randrange(5_000_000, 250_000_000))
-        day, week, month = period_days(ts_ms)
-        out.append(
-            [
-                "o", "orders", str(partition), str(offset + k),
-                dedupe, customer, str(ts_ms), str(day), str(week), str(month),
-                "placed", amount, "USD", amount, "",
-            ]
-        )  # fmt: skip
+        out.append((ts_ms, k, rng.randrange(5_000_000, 250_000_000)))
     return out
 
 
-async def load_customers(store: Store, customers: int, seed: int) -> tuple[int, float]:
-    """Write ``customers`` customers through apply_batch; returns (events, seconds)."""
+def order_record(
+    customer: str, ts_ms: int, k: int, amount_micros: int, offset: int, partition: int
+) -> list[str]:
+    """One order in the batch script's 15 fields (the same fields
+    ``store.store.accepted_record`` makes from a parsed event)."""
+    digest = hashlib.blake2b(f"order\x1f{customer}\x1fo-{k}".encode(), digest_size=8)
+    dedupe = base64.b64encode(digest.digest()).decode()[:11]
+    amount = str(amount_micros)
+    day, week, month = period_days(ts_ms)
+    return [
+        "o", "orders", str(partition), str(offset),
+        dedupe, customer, str(ts_ms), str(day), str(week), str(month),
+        "placed", amount, "USD", amount, "",
+    ]  # fmt: skip
+
+
+def customer_name(n: int) -> str:
+    return f"c-{n:08d}"
+
+
+def backfill_batches(
+    customers: int, seed: int, now_ms: int
+) -> Iterator[tuple[list[list[str]], int]]:
+    """A year of history replayed at once: each customer's orders together, customers one
+    after another, every batch applied at ``now_ms`` (a backfill, or a backtest's load)."""
     rng = random.Random(seed)
+    batch: list[list[str]] = []
+    offset = 0
+    for n in range(customers):
+        for ts_ms, k, amount in customer_orders(rng, now_ms):
+            batch.append(order_record(customer_name(n), ts_ms, k, amount, offset, 0))
+            offset += 1
+        if len(batch) >= LOAD_BATCH or n == customers - 1:
+            yield batch, now_ms
+            batch = []
+
+
+def live_batches(customers: int, seed: int, now_ms: int) -> Iterator[tuple[list[list[str]], int]]:
+    """The same orders as they would have arrived over the year: in time order, each batch
+    applied at its newest event's time, so customers are numbered as they first appear
+    and dedupe digests leave once the horizon has passed."""
+    rng = random.Random(seed)
+    rows = [
+        (ts_ms, n, k, amount)
+        for n in range(customers)
+        for ts_ms, k, amount in customer_orders(rng, now_ms)
+    ]
+    times = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+    order = np.argsort(times, kind="stable")
+    for start in range(0, len(order), LOAD_BATCH):
+        batch = []
+        for offset in order[start : start + LOAD_BATCH].tolist():
+            ts_ms, n, k, amount = rows[offset]
+            batch.append(order_record(customer_name(n), ts_ms, k, amount, start + len(batch), 0))
+        yield batch, int(batch[-1][6])
+
+
+async def load_customers(
+    store: Store, customers: int, seed: int, arrival: str = "backfill"
+) -> tuple[int, float]:
+    """Write ``customers`` customers through apply_batch; returns (events, seconds)."""
     now_ms = int(time.time() * 1000)
+    make = live_batches if arrival == "live" else backfill_batches
     started = time.monotonic()
     events = 0
-    offset = 0
+    given = 0
     pending: asyncio.Task[Any] | None = None
-    batch: list[list[str]] = []
-    for n in range(customers):
-        records = order_records(rng, f"c-{n:08d}", now_ms, offset, 0)
-        offset += len(records)
-        batch.extend(records)
-        if len(batch) >= LOAD_BATCH or n == customers - 1:
-            if pending is not None:
-                result = await pending
-                events += result.applied
-            pending = asyncio.ensure_future(store.apply_batch(batch, now_ms=now_ms))
-            batch = []
+    for batch, batch_ms in make(customers, seed, now_ms):
+        given += len(batch)
+        if pending is not None:
+            events += (await pending).applied
+        pending = asyncio.ensure_future(store.apply_batch(batch, now_ms=batch_ms))
     if pending is not None:
         events += (await pending).applied
-    if events != offset:
-        raise BenchError(f"apply_batch applied {events} of {offset} synthetic orders")
+    if events != given:
+        raise BenchError(f"apply_batch applied {events} of {given} synthetic orders")
     return events, time.monotonic() - started
 
 
@@ -492,7 +548,7 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
         settings = Settings(redis_url=url, key_prefix=prefix)
         store = Store(redis, prefix, settings.activity_kinds, writer=True)
         before = int((await redis.info("memory"))["used_memory"])
-        events, load_seconds = await load_customers(store, customers, options.seed)
+        events, load_seconds = await load_customers(store, customers, options.seed, options.arrival)
         open_growth = int((await redis.info("memory"))["used_memory"]) - before
         if await store.customer_count() != customers:
             raise BenchError(f"the store tracks {await store.customer_count()} customers")
@@ -751,7 +807,8 @@ def render(
     if sizes:
         lines += [
             "",
-            "Synthetic customers via Store.apply_batch into one redis-server, one shard;"
+            "Synthetic customers via Store.apply_batch into one redis-server, one shard,"
+            f" {ARRIVALS[options.arrival]};"
             " slope: least-squares line over the sizes, extrapolated to 10M",
             "(per-customer figures and the rate at 10M come from the line through the totals;"
             " 'evaluated': used_memory once each customer has been evaluated, scaled from those"
@@ -830,6 +887,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--skip", action="append", choices=("pipeline", "synthetic"), default=[])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--arrival", choices=("backfill", "live"), default="backfill")
     args = parser.parse_args(argv)
     if min(args.events, args.pipeline_customers, args.partitions, args.evaluate_sample) < 1:
         parser.error("counts must be positive")
@@ -843,6 +901,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         skip=tuple(args.skip),
         as_json=args.json,
         keep_logs=args.keep_logs,
+        arrival=args.arrival,
     )
 
 
