@@ -222,6 +222,47 @@ end
 -- customer's next write deletes them.
 local OLD_FIRST_FIELDS = {'fad', 'faw', 'fam'}
 
+-- A cohort bitmap starts at the number of the first customer put in it, rounded down to a
+-- whole byte: customers are numbered as they first appear, so a cohort's members mostly
+-- lie close together, and its bitmap keeps no room for everyone numbered before them. The
+-- start (a bit number) is kept in the hash coh:base under '<p>:<day>'; a bitmap without
+-- one starts at 0, as those of earlier versions do (cohort_bits.lua reads them).
+local coh_base_key = P .. 'coh:base'
+local coh_bases = {}
+local function cohort_base(key, name, idx)
+  local base = coh_bases[name]
+  if base then return base end
+  base = tonumber(redis.call('HGET', coh_base_key, name) or '-1')
+  if base < 0 then
+    base = 0
+    if redis.call('EXISTS', key) == 0 then
+      base = idx - idx % 8
+      if base > 0 then redis.call('HSET', coh_base_key, name, num(base)) end
+    end
+  end
+  coh_bases[name] = base
+  return base
+end
+
+-- Sets (bit '1') or clears ('0') the customer numbered idx in the cohort of period p that
+-- starts on day. A customer numbered below the bitmap's start moves the start down to it:
+-- the bits already there shift up by the bytes added in front.
+local function cohort_bit(p, day, idx, bit)
+  local key = period_key('coh', p, day)
+  local name = p .. ':' .. day
+  local n = tonumber(idx)
+  local base = cohort_base(key, name, n)
+  if n < base then
+    local start = n - n % 8
+    local bits = redis.call('GET', key) or ''
+    redis.call('SET', key, string.rep('\0', (base - start) / 8) .. bits)
+    redis.call('HSET', coh_base_key, name, num(start))
+    coh_bases[name] = start
+    base = start
+  end
+  redis.call('SETBIT', key, num(n - base), bit)
+end
+
 local function activity(c, idx, ts, days)
   local first = c.f.fa
   if first and not c.first_periods then c.first_periods = periods_of(first) end
@@ -242,8 +283,8 @@ local function activity(c, idx, ts, days)
       local day = days[p]
       local old = first and first_periods[p]
       if old ~= day then
-        if old then redis.call('SETBIT', period_key('coh', p, old), idx, '0') end
-        redis.call('SETBIT', period_key('coh', p, day), idx, '1')
+        if old then cohort_bit(p, old, idx, '0') end
+        cohort_bit(p, day, idx, '1')
       end
     end
     c.first_periods = {d = days.d, w = days.w, m = days.m}

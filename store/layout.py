@@ -72,7 +72,13 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             exporter's period rows, the evaluator's lookback) and expiring
                             an hour after its last use (``window_union.lua``);
                             ``S win:<from>:<to>:n`` holds the ``act:n`` counts it includes
-- ``S coh:<p>:<day>``       bitmap of customers whose first activity lies in that period
+- ``S coh:<p>:<day>``       bitmap of customers whose first activity lies in that period;
+                            bit i stands for the customer numbered start + i, the start
+                            being the number of the first customer put in it (rounded down
+                            to a byte), so that a period's newcomers take no room for the
+                            customers numbered before them
+- ``S coh:base``            hash ``<p>:<day>`` → a cohort bitmap's start (bits); none means
+                            0, as for the bitmaps of earlier versions
 - ``S sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros,
                             buyers ``b`` and repeat buyers ``r`` (customers whose placed
                             orders in the period reached one, and two)

@@ -37,7 +37,7 @@ local result = {
   redis.call('BITCOUNT', S),
   redis.call('BITCOUNT', E),
   count_and(S, E),
-  count_and(P .. 'coh:' .. suffix, E),
+  cohort_and_count(P .. 'coh:' .. suffix, cohort_start(P, suffix), E, X),
   sales[1] or '0',
   sales[2] or '0',
   sales[3] or '0',

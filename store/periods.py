@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: Kept window unions, shared with the evaluator's lookback (store/evaluations.py).
 WINDOW_UNION = files("store").joinpath("window_union.lua").read_text()
-_COUNTS = WINDOW_UNION + files("store").joinpath("period_counts.lua").read_text()
-_COHORT = files("store").joinpath("cohort_row.lua").read_text()
+_COHORT_BITS = files("store").joinpath("cohort_bits.lua").read_text()
+_COUNTS = WINDOW_UNION + _COHORT_BITS + files("store").joinpath("period_counts.lua").read_text()
+_COHORT = _COHORT_BITS + files("store").joinpath("cohort_row.lua").read_text()
 
 #: Event times the readers take into account; anything else is left out with a warning.
 VALID_FROM = datetime(1970, 1, 1, tzinfo=UTC)

@@ -271,6 +271,67 @@ async def test_periods_closed_before_are_compacted_a_step_at_a_time(
     assert (await roomy())[0]
 
 
+def login(customer_id: str, at: datetime, event_id: str) -> dict[str, Any]:
+    return {"event_id": event_id, "customer_id": customer_id, "type": "login",
+            "ts": at.isoformat(), "channel": "web"}  # fmt: skip
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+async def test_cohort_bitmaps_start_at_their_first_customer(
+    redis: Redis, rng: random.Random, shards: int
+) -> None:
+    """Customers are numbered as they first appear, so a day of newcomers takes a bitmap
+    of their own bits only, not room for everyone numbered before them. A customer
+    numbered below a cohort bitmap's start, joining it late, moves the start down. Cohorts
+    and rows stay those of the reference."""
+    prefix = f"cst{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, KINDS, shards=shards, writer=True)
+    first = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
+    per_day, days = 400, 5
+    events = [
+        login(f"c{n:05d}", first + timedelta(days=n // per_day, seconds=n), f"e{n}")
+        for n in range(per_day * days)
+    ]
+    records = records_for(events, partitions=2)
+    for start in range(0, len(records), 100):
+        await store.apply_batch(records[start : start + 100])
+    periods = Periods(redis, prefix)
+    homes = await periods.homes()
+    last = epoch_day(first) + days - 1
+
+    async def lengths(family: str) -> int:
+        return sum([await redis.strlen(f"{home}{family}:d:{last}") for home in homes])
+
+    assert await lengths("coh") <= per_day // 8 + 2 * len(homes)
+    assert await lengths("act") > days * per_day // 8 - 2 * len(homes)
+
+    # late: the newest customer, then the first of its shard, active three days before
+    # the rest, each in its own batch (the second finds the bitmap started)
+    homes_of = {}
+    for home in homes:
+        for n in range(per_day * days):
+            if await redis.exists(f"{home}c:c{n:05d}"):
+                homes_of.setdefault(home, []).append(f"c{n:05d}")
+    home = next(h for h, held in homes_of.items() if "c01999" in held)
+    newest, oldest = homes_of[home][-1], homes_of[home][0]
+    earlier = first - timedelta(days=3)
+    for offset, customer_id in enumerate((newest, oldest)):
+        events.append(login(customer_id, earlier, f"late-{offset}"))
+        await store.apply_batch([accepted_record(build_event(events[-1]), "logins", 0, offset)])
+    start = await redis.hget(f"{home}coh:base", f"d:{epoch_day(earlier)}")
+    assert start == "0"  # moved down to the byte of the shard's first customer
+
+    accepted = unique(events)
+    for period in PERIODS:
+        assert await periods.cohorts(period) == cohorts(
+            accepted, period=period, activity_kinds=frozenset(KINDS)
+        )
+        want = period_rows(
+            accepted, period=period, churn_after=timedelta(days=7), activity_kinds=set(KINDS)
+        )
+        assert [r.as_dict() for r in await periods.rows(period, 7)] == [r.as_dict() for r in want]
+
+
 async def test_watermark_waits_for_every_partition_of_a_busy_topic(redis: Redis) -> None:
     prefix = "wm:"
     store = Store(redis, prefix, KINDS, offsets_scope="k")
