@@ -171,8 +171,14 @@ async def floor_run(redis: Redis, recs: Sequence[Sequence[str]], batch: int, pre
     now_ms = int(time.time() * 1000)
     for start in range(0, len(recs), batch):
         await recorder.apply_batch(recs[start : start + batch], now_ms=now_ms)
-    batches = await redis.lrange(prefix + "calls", 0, -1)
-    mix = call_mix(batches, prefix, len(recs))
+    # as bytes: a call's arguments may be binary (a cohort bitmap moved to a lower start)
+    where = redis.connection_pool.connection_kwargs
+    raw = Redis(host=where["host"], port=where["port"], db=where.get("db", 0))
+    try:
+        batches = await raw.lrange(prefix + "calls", 0, -1)
+    finally:
+        await raw.aclose()
+    mix = call_mix([b.decode(errors="replace") for b in batches], prefix, len(recs))
     await unlink_prefix(redis, prefix)
 
     store = Store(redis, prefix, shards=1, writer=True)
