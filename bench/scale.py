@@ -87,7 +87,7 @@ logger = logging.getLogger("bench.scale")
 TARGET_CUSTOMERS = 10_000_000
 DAY_MS = 86_400_000
 LOAD_BATCH = 2000
-MEMORY_SAMPLE_KEYS = 50_000
+MEMORY_SAMPLE_KEYS = 20_000  # per key family
 SCRAPE_REPEATS = 3
 JOIN_TIMEOUT = 90.0
 WARM_UP_CUSTOMERS = 2000
@@ -468,24 +468,17 @@ async def load_customers(
 
 
 async def sampled_families(redis: Redis, prefix: str, seed: int) -> dict[str, dict[str, float]]:
-    """Keys by family (counted exactly) and their bytes, from MEMORY USAGE of a sample."""
-    keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=10_000)]
-    sample = random.Random(seed).sample(keys, min(MEMORY_SAMPLE_KEYS, len(keys)))
-    sizes = await tp.memory_usage(redis, sample)
-
-    def family(key: str) -> str:
-        return key[len(prefix) :].split(":", 1)[0]
-
-    counts: dict[str, int] = {}
-    for key in keys:
-        counts[family(key)] = counts.get(family(key), 0) + 1
-    sampled: dict[str, list[int]] = {}
-    for key, size in zip(sample, sizes, strict=True):
-        sampled.setdefault(family(key), []).append(size)
+    """Keys by family (counted exactly) and their bytes, from MEMORY USAGE of a sample of
+    each family's keys (every key of a small family)."""
+    by_family: dict[str, list[str]] = {}
+    async for key in redis.scan_iter(match=f"{prefix}*", count=10_000):
+        by_family.setdefault(key[len(prefix) :].split(":", 1)[0], []).append(key)
+    rng = random.Random(seed)
     out = {}
-    for name, count in sorted(counts.items(), key=lambda item: -item[1]):
-        mean = statistics.fmean(sampled[name]) if name in sampled else 0.0
-        out[name] = {"keys": count, "bytes": count * mean}
+    for name, keys in by_family.items():
+        sample = rng.sample(keys, min(MEMORY_SAMPLE_KEYS, len(keys)))
+        sizes = await tp.memory_usage(redis, sample)
+        out[name] = {"keys": len(keys), "bytes": len(keys) * statistics.fmean(sizes)}
     return dict(sorted(out.items(), key=lambda item: -item[1]["bytes"]))
 
 
