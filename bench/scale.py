@@ -3,7 +3,8 @@
     .venv/bin/python bench/scale.py [--events 60000] [--pipeline-customers 20000]
                                     [--partitions 4] [--customers 250000,500000,1000000]
                                     [--evaluate-sample 50000] [--skip pipeline|synthetic]
-                                    [--arrival backfill|live] [--json] [--keep-logs]
+                                    [--arrival backfill|live] [--ids short|uuid]
+                                    [--json] [--keep-logs]
 
 Two parts, measured in one run and printed as one report (or JSON with ``--json``):
 
@@ -23,7 +24,8 @@ Two parts, measured in one run and printed as one report (or JSON with ``--json`
    is still within its horizon and every day's activity bitmap reaches the last customer
    number. With ``--arrival live`` the same orders come in time order, each batch applied
    at its newest event's time, as a year of live traffic would: customers are numbered as
-   they first appear, and digests older than the horizon have been swept. Then: the periods
+   they first appear, and digests older than the horizon have been swept. Customer ids
+   are ten characters (``c-00000042``), or UUIDs with ``--ids uuid``. Then: the periods
    that have ended closed as the leader closes them (``store.periods.Periods.close``),
    Redis bytes per customer (used_memory growth before and after closing, and MEMORY
    USAGE of a sample of keys by family after), one exporter scrape
@@ -116,6 +118,7 @@ class Options:
     as_json: bool
     keep_logs: bool
     arrival: str = "backfill"
+    ids: str = "short"
 
 
 # --- Redis nodes ----------------------------------------------------------------------
@@ -404,12 +407,15 @@ def order_record(
     ]  # fmt: skip
 
 
-def customer_name(n: int) -> str:
-    return f"c-{n:08d}"
+#: Customer ids (``--ids``): ten characters, or a UUID's 36 (what many apps send).
+CUSTOMER_IDS: dict[str, Callable[[int], str]] = {
+    "short": lambda n: f"c-{n:08d}",
+    "uuid": lambda n: str(uuid.UUID(int=n * 0x9E3779B97F4A7C15 % (1 << 128))),
+}
 
 
 def backfill_batches(
-    customers: int, seed: int, now_ms: int
+    customers: int, seed: int, now_ms: int, name: Callable[[int], str]
 ) -> Iterator[tuple[list[list[str]], int]]:
     """A year of history replayed at once: each customer's orders together, customers one
     after another, every batch applied at ``now_ms`` (a backfill, or a backtest's load)."""
@@ -418,14 +424,16 @@ def backfill_batches(
     offset = 0
     for n in range(customers):
         for ts_ms, k, amount in customer_orders(rng, now_ms):
-            batch.append(order_record(customer_name(n), ts_ms, k, amount, offset, 0))
+            batch.append(order_record(name(n), ts_ms, k, amount, offset, 0))
             offset += 1
         if len(batch) >= LOAD_BATCH or n == customers - 1:
             yield batch, now_ms
             batch = []
 
 
-def live_batches(customers: int, seed: int, now_ms: int) -> Iterator[tuple[list[list[str]], int]]:
+def live_batches(
+    customers: int, seed: int, now_ms: int, name: Callable[[int], str]
+) -> Iterator[tuple[list[list[str]], int]]:
     """The same orders as they would have arrived over the year: in time order, each batch
     applied at its newest event's time, so customers are numbered as they first appear
     and dedupe digests leave once the horizon has passed."""
@@ -441,12 +449,12 @@ def live_batches(customers: int, seed: int, now_ms: int) -> Iterator[tuple[list[
         batch = []
         for offset in order[start : start + LOAD_BATCH].tolist():
             ts_ms, n, k, amount = rows[offset]
-            batch.append(order_record(customer_name(n), ts_ms, k, amount, start + len(batch), 0))
+            batch.append(order_record(name(n), ts_ms, k, amount, start + len(batch), 0))
         yield batch, int(batch[-1][6])
 
 
 async def load_customers(
-    store: Store, customers: int, seed: int, arrival: str = "backfill"
+    store: Store, customers: int, seed: int, arrival: str = "backfill", ids: str = "short"
 ) -> tuple[int, float]:
     """Write ``customers`` customers through apply_batch; returns (events, seconds)."""
     now_ms = int(time.time() * 1000)
@@ -455,7 +463,7 @@ async def load_customers(
     events = 0
     given = 0
     pending: asyncio.Task[Any] | None = None
-    for batch, batch_ms in make(customers, seed, now_ms):
+    for batch, batch_ms in make(customers, seed, now_ms, CUSTOMER_IDS[ids]):
         given += len(batch)
         if pending is not None:
             events += (await pending).applied
@@ -541,7 +549,9 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
         settings = Settings(redis_url=url, key_prefix=prefix)
         store = Store(redis, prefix, settings.activity_kinds, writer=True)
         before = int((await redis.info("memory"))["used_memory"])
-        events, load_seconds = await load_customers(store, customers, options.seed, options.arrival)
+        events, load_seconds = await load_customers(
+            store, customers, options.seed, options.arrival, options.ids
+        )
         open_growth = int((await redis.info("memory"))["used_memory"]) - before
         if await store.customer_count() != customers:
             raise BenchError(f"the store tracks {await store.customer_count()} customers")
@@ -801,7 +811,7 @@ def render(
         lines += [
             "",
             "Synthetic customers via Store.apply_batch into one redis-server, one shard,"
-            f" {ARRIVALS[options.arrival]};"
+            f" {ARRIVALS[options.arrival]}, {options.ids} customer ids;"
             " slope: least-squares line over the sizes, extrapolated to 10M",
             "(per-customer figures and the rate at 10M come from the line through the totals;"
             " 'evaluated': used_memory once each customer has been evaluated, scaled from those"
@@ -881,6 +891,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--arrival", choices=("backfill", "live"), default="backfill")
+    parser.add_argument("--ids", choices=tuple(CUSTOMER_IDS), default="short")
     args = parser.parse_args(argv)
     if min(args.events, args.pipeline_customers, args.partitions, args.evaluate_sample) < 1:
         parser.error("counts must be positive")
@@ -895,6 +906,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         as_json=args.json,
         keep_logs=args.keep_logs,
         arrival=args.arrival,
+        ids=args.ids,
     )
 
 
