@@ -307,13 +307,10 @@ async def test_cohort_bitmaps_start_at_their_first_customer(
 
     # late: the newest customer, then the first of its shard, active three days before
     # the rest, each in its own batch (the second finds the bitmap started)
-    homes_of = {}
-    for home in homes:
-        for n in range(per_day * days):
-            if await redis.exists(f"{home}c:c{n:05d}"):
-                homes_of.setdefault(home, []).append(f"c{n:05d}")
-    home = next(h for h, held in homes_of.items() if "c01999" in held)
-    newest, oldest = homes_of[home][-1], homes_of[home][0]
+    layout = await store.layout()
+    newest = f"c{per_day * days - 1:05d}"
+    home = layout.prefix_of(newest)
+    oldest = next(c["customer_id"] for c in events if layout.prefix_of(c["customer_id"]) == home)
     earlier = first - timedelta(days=3)
     for offset, customer_id in enumerate((newest, oldest)):
         events.append(login(customer_id, earlier, f"late-{offset}"))
