@@ -80,6 +80,8 @@ class Snapshot:
     #: the HTTP ingest servers' counters (``request|endpoint|status``, ``accepted|type``,
     #: ``rejected|reason``), summed over servers in Redis
     ingest: dict[str, int] = field(default_factory=dict)
+    #: per Redis node: used memory and the maxmemory limit (0: none), bytes
+    redis_memory: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -283,6 +285,20 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
     )
 
 
+def _redis_families(snap: Snapshot) -> Iterator[Metric]:
+    """Memory per Redis node, and the limit it may grow to (README: Customer memory)."""
+    used = _gauge("retention_redis_used_memory_bytes", "Memory a Redis node uses.", ("node",))
+    limit = _gauge(
+        "retention_redis_maxmemory_bytes",
+        "A Redis node's maxmemory limit, 0 when it has none.",
+        ("node",),
+    )
+    for node, (used_bytes, max_bytes) in sorted(snap.redis_memory.items()):
+        used.add_metric([node], used_bytes)
+        limit.add_metric([node], max_bytes)
+    yield from (used, limit)
+
+
 def _ingest_families(snap: Snapshot) -> Iterator[Metric]:
     """HTTP ingest, every known label from 0 so that a first increase is seen by rate()."""
     requests = CounterMetricFamily(
@@ -335,6 +351,7 @@ def families(snap: Snapshot) -> list[Metric]:
         *_service_families(snap),
         *_pipeline_families(snap),
         *_ingest_families(snap),
+        *_redis_families(snap),
         *exporter_families(True, snap.lag is not None, snap.collect_seconds),
     ]
 

@@ -201,4 +201,5 @@ async def read_snapshot(
         evaluation_waiting=waiting,
         evaluation_wait_seconds=wait_seconds,
         ingest=await store.counters("ingest:stats"),
+        redis_memory=await store.memory(),
     )

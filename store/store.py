@@ -296,6 +296,22 @@ class Store:
             if int(cursor) == 0 or (enough is not None and len(found) >= enough):
                 return list(found)
 
+    async def memory(self) -> dict[str, tuple[int, int]]:
+        """Per Redis node, keyed by its address: the memory it uses and its ``maxmemory``
+        limit (0: none), in bytes, from INFO. Every node of a cluster, replicas included.
+        The whole server's figures: other data kept on the same Redis counts too."""
+        redis = cast(Any, self.redis)  # a Redis or a RedisCluster
+        if is_cluster(redis):
+            replies = await redis.info("memory", target_nodes="all")
+        else:
+            where = redis.connection_pool.connection_kwargs
+            node = where.get("path") or f"{where.get('host')}:{where.get('port')}"
+            replies = {str(node): await redis.info("memory")}
+        return {
+            str(node): (int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
+            for node, info in replies.items()
+        }
+
     async def stats(self) -> Stats:
         raw = await self.summed("stats")
         accepted: dict[str, int] = {}

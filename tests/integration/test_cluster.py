@@ -13,6 +13,7 @@ from redis.asyncio.cluster import RedisCluster
 from retention import runtime
 from retention.worker import UnsafeRedis, check_eviction_policy
 from store.connect import connect
+from store.store import Store
 from tests.integration.cluster import NODES, cluster_binaries, start_cluster
 from tests.integration.conftest import Stack
 
@@ -102,5 +103,34 @@ async def test_a_worker_refuses_redis_that_evicts_on_any_node(
         finally:
             await target.config_set("maxmemory-policy", "noeviction")
             await target.aclose()
+    finally:
+        await client.aclose()
+
+
+async def test_memory_is_read_from_the_single_redis(stack: Stack) -> None:
+    """The exporter's memory figures: the node's used memory and its maxmemory limit."""
+    client = connect(stack.redis_url, decode_responses=True)
+    before = (await client.config_get("maxmemory"))["maxmemory"]
+    try:
+        await client.config_set("maxmemory", str(64 << 30))  # far above what the tests use
+        found = await Store(client, f"mem{uuid.uuid4().hex[:8]}:").memory()
+        ((node, (used, limit)),) = found.items()
+        where = client.connection_pool.connection_kwargs
+        assert node == f"{where['host']}:{where['port']}"
+        assert limit == 64 << 30
+        assert 0.5 < used / int((await client.info("memory"))["used_memory"]) < 2
+    finally:
+        await client.config_set("maxmemory", before)
+        await client.aclose()
+
+
+async def test_memory_is_read_from_every_cluster_node(redis_cluster: str) -> None:
+    client = connect(redis_cluster, decode_responses=True)
+    try:
+        await client.initialize()
+        found = await Store(client, f"mem{uuid.uuid4().hex[:8]}:").memory()
+        assert set(found) == {node.name for node in client.get_nodes()}
+        assert len(found) == NODES
+        assert all(used > 0 and limit >= 0 for used, limit in found.values())
     finally:
         await client.aclose()

@@ -28,7 +28,7 @@ from streams.worker_metrics import WorkerMetrics
 TOPICS = ("orders", "logins", "support")
 NAME = re.compile(r"^retention_[a-z][a-z0-9_]*$")
 #: Gauge names end in a base unit or name what they count.
-GAUGE_SUFFIXES = ("_customers", "_ratio", "_seconds", "_messages", "_up", "_alive")
+GAUGE_SUFFIXES = ("_customers", "_ratio", "_seconds", "_messages", "_up", "_alive", "_bytes")
 GAUGE_NOUNS = {
     "retention_period_orders",
     "retention_period_revenue",
@@ -88,6 +88,7 @@ def snapshot(customers: int) -> Snapshot:
         last_event_age_seconds=3.0,
         worker_last_applied={"host-1": 1_700_000_000.25},
         workers_stalled=1,
+        redis_memory={"10.0.0.1:6379": (customers * 300, 0), "10.0.0.2:6379": (900, 4096)},
     )
 
 
@@ -189,6 +190,14 @@ def test_null_ratios_are_left_out() -> None:
     assert registry.get_sample_value("retention_crr_ratio", labels) is None
     assert registry.get_sample_value("retention_average_order_value", labels) is None
     assert registry.get_sample_value("retention_period_end_customers", labels) == 3
+
+
+def test_redis_memory_is_given_per_node() -> None:
+    registry = registry_for(snapshot(10))
+    for node, used, limit in (("10.0.0.1:6379", 3000, 0), ("10.0.0.2:6379", 900, 4096)):
+        labels = {"node": node}
+        assert registry.get_sample_value("retention_redis_used_memory_bytes", labels) == used
+        assert registry.get_sample_value("retention_redis_maxmemory_bytes", labels) == limit
 
 
 def test_names_follow_the_conventions() -> None:
