@@ -1,4 +1,5 @@
-"""The README's Redis ACL user, as given there: a worker and the exporter's read run as it."""
+"""The README's Redis ACL user, as given there: a worker and the exporter's read run as it
+(on a Redis Cluster too: test_redis_acl_cluster.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 from retention.config import Settings
 from retention.snapshot import read_snapshot
 from store.connect import connect
+from store.shards import is_cluster
 from store.store import Store
 from streams.producer import EventProducer
 from tests.integration.conftest import Stack, Workers, wait_until
@@ -42,7 +44,9 @@ async def test_the_readme_acl_user_runs_a_worker_and_the_exporter(
 ) -> None:
     user, password = f"acl-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     rules = readme_acl_rules(password, settings.key_prefix)
-    await redis.execute_command("ACL", "SETUSER", user, "reset", "on", *rules)
+    # on every node of a cluster: each keeps its own users
+    every_node = {"target_nodes": "all"} if is_cluster(redis) else {}
+    await redis.execute_command("ACL SETUSER", user, "reset", "on", *rules, **every_node)
     limited = settings.model_copy(update={"redis_url": as_user(stack.redis_url, user, password)})
     workers = Workers(limited, tmp_path)
     client = connect(limited.redis_url or "", decode_responses=True)
@@ -78,4 +82,4 @@ async def test_the_readme_acl_user_runs_a_worker_and_the_exporter(
     finally:
         workers.stop_all()
         await client.aclose()
-        await redis.execute_command("ACL", "DELUSER", user)
+        await redis.execute_command("ACL DELUSER", user, **every_node)
