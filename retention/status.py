@@ -33,6 +33,8 @@ class StackStatus:
     end_offsets: dict[str, int] | None = None
     seen: dict[str, int] = field(default_factory=dict)
     customers: int | None = None
+    # per Redis node: used memory and its maxmemory limit (0: none), bytes
+    redis_memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     metrics_url: str | None = None
@@ -111,6 +113,10 @@ async def _gather(settings: Settings, status: StackStatus, timeout: float) -> No
         except Exception as exc:
             status.errors.append(f"redis: {exc!r}")
             return
+        try:
+            status.redis_memory = await store.memory()
+        except Exception as exc:  # INFO may be denied to the user: say so, go on
+            status.errors.append(f"redis memory: {exc!r}")
         if status.broker_ok:
             try:
                 ends = await asyncio.wait_for(
@@ -145,6 +151,26 @@ async def _gather(settings: Settings, status: StackStatus, timeout: float) -> No
             await redis.aclose()
 
 
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _memory_lines(status: StackStatus) -> list[str]:
+    """Each Redis node's memory against its limit, and the bytes per tracked customer."""
+    lines = []
+    for node, (used, limit) in sorted(status.redis_memory.items()):
+        of = f"of {_bytes(limit)} maxmemory ({used / limit:.0%})" if limit else "no maxmemory"
+        lines.append(f"memory   {node:<28} {_bytes(used)} used, {of}")
+    if status.redis_memory and status.customers:
+        used = sum(u for u, _ in status.redis_memory.values())
+        lines.append(f"         {used / status.customers:,.0f} B per customer (all nodes)")
+    return lines
+
+
 def render(status: StackStatus) -> str:
     def mark(ok: bool) -> str:
         return "up" if ok else "DOWN"
@@ -160,6 +186,7 @@ def render(status: StackStatus) -> str:
         lines.append(f"  {worker_id}: {parts}{flag}")
     if status.customers is not None:
         lines.append(f"customers {status.customers}")
+    lines.extend(_memory_lines(status))
     if status.lag is not None:
         lines.append("topic          lag   seen")
         for topic in sorted(status.lag):

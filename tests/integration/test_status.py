@@ -55,3 +55,22 @@ async def test_a_worker_with_lag_and_nothing_applied_lately_is_stalled(
     lenient = settings.model_copy(update={"worker_stalled_after_seconds": 600.0})
     relaxed = await status.gather(lenient)
     assert relaxed.stalled == [] and relaxed.ok
+
+
+async def test_status_gives_redis_memory_per_node_and_per_customer(
+    settings: Settings, store: Store
+) -> None:
+    await store.heartbeat("w", {"partitions": [], "last_applied_at": time.time()})
+    st = await status.gather(settings)
+    ((node, (used, limit)),) = st.redis_memory.items()
+    assert used > 0 and limit >= 0, st.errors
+    assert f"memory   {node}" in status.render(st)
+    assert st.as_dict()["redis_memory"] == {node: (used, limit)}
+    shown = status.StackStatus(
+        "k:9092", "redis://r:6379/0", customers=1000,
+        redis_memory={"r1:6379": (300_000, 1 << 30), "r2:6379": (212_000, 0)},
+    )  # fmt: skip
+    lines = status.render(shown).splitlines()
+    assert "memory   r1:6379                      293.0 KB used, of 1.0 GB maxmemory (0%)" in lines
+    assert "memory   r2:6379                      207.0 KB used, no maxmemory" in lines
+    assert "         512 B per customer (all nodes)" in lines
