@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -437,6 +438,12 @@ COMMAND_LOG_ENTRIES = 100_000
 def script_part(sha: str) -> str:
     """Which part of the work a script (by the sha1 Redis runs it by) belongs to: the
     batch script, the evaluations, or anything else (the exporter's reads, queue sizes)."""
+    return _script_parts().get(sha.lower(), "other")
+
+
+@functools.cache
+def _script_parts() -> dict[str, str]:
+    """The part of every script the tracker runs, by sha1 (worked out once)."""
     parts = {store_module._SCRIPT: "batch", store_module._READ: "evaluation"}
     for source in (
         evaluations._TAKE,
@@ -446,8 +453,7 @@ def script_part(sha: str) -> str:
         evaluations._STORE,
     ):
         parts[source] = "evaluation"
-    by_sha = {hashlib.sha1(text.encode()).hexdigest(): part for text, part in parts.items()}
-    return by_sha.get(sha.lower(), "other")
+    return {hashlib.sha1(text.encode()).hexdigest(): part for text, part in parts.items()}
 
 
 async def log_long_commands(redis: Redis) -> None:

@@ -15,9 +15,10 @@ local function cohort_and_count(cohort, start, other, scratch)
     redis.call('BITOP', 'AND', scratch, cohort, other)
   else
     local len = redis.call('STRLEN', cohort)
+    if len == 0 then return 0 end
     local from = start / 8
     local part = redis.call('GETRANGE', other, from, from + len - 1)
-    if len == 0 or part == '' then return 0 end
+    if part == '' then return 0 end
     redis.call('SET', scratch, part)
     redis.call('BITOP', 'AND', scratch, scratch, cohort)
   end

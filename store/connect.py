@@ -55,14 +55,22 @@ def connect(url: str, **options: Any) -> Redis:
     return Redis.from_url(url, **options)
 
 
-async def eviction_policies(client: Redis) -> dict[str, str]:
-    """``maxmemory-policy`` of every node that holds data: the one node of a single Redis,
-    every primary of a cluster (a plain ``INFO`` would ask one node only)."""
+async def memory_info(client: Redis, every_node: bool = False) -> dict[str, dict[str, Any]]:
+    """``INFO memory`` per node, keyed by its address: the one node of a single Redis, or
+    every primary of a cluster (a plain ``INFO`` would ask one node only), replicas too
+    with ``every_node``."""
     if isinstance(client, RedisCluster):
-        replies = await client.info("memory", target_nodes=RedisCluster.PRIMARIES)
-        return {
-            str(node): str(info.get("maxmemory_policy", "noeviction"))
-            for node, info in cast(dict[str, dict[str, Any]], replies).items()
-        }
-    info = await client.info("memory")
-    return {"redis": str(info.get("maxmemory_policy", "noeviction"))}
+        nodes = RedisCluster.ALL_NODES if every_node else RedisCluster.PRIMARIES
+        replies = await client.info("memory", target_nodes=nodes)
+        return {str(node): info for node, info in cast(dict[str, Any], replies).items()}
+    where = client.connection_pool.connection_kwargs
+    node = where.get("path") or f"{where.get('host')}:{where.get('port')}"
+    return {str(node): await client.info("memory")}
+
+
+async def eviction_policies(client: Redis) -> dict[str, str]:
+    """``maxmemory-policy`` of every node that holds data."""
+    return {
+        node: str(info.get("maxmemory_policy", "noeviction"))
+        for node, info in (await memory_info(client)).items()
+    }

@@ -22,6 +22,7 @@ from redis.crc import key_slot
 from processors.currency import Rates
 from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
+from store.connect import memory_info
 from store.layout import Keys
 from store.shards import SHARDS_KEY, LayoutSource, ShardLayout, is_cluster
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
@@ -300,16 +301,9 @@ class Store:
         """Per Redis node, keyed by its address: the memory it uses and its ``maxmemory``
         limit (0: none), in bytes, from INFO. Every node of a cluster, replicas included.
         The whole server's figures: other data kept on the same Redis counts too."""
-        redis = cast(Any, self.redis)  # a Redis or a RedisCluster
-        if is_cluster(redis):
-            replies = await redis.info("memory", target_nodes="all")
-        else:
-            where = redis.connection_pool.connection_kwargs
-            node = where.get("path") or f"{where.get('host')}:{where.get('port')}"
-            replies = {str(node): await redis.info("memory")}
         return {
-            str(node): (int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
-            for node, info in replies.items()
+            node: (int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
+            for node, info in (await memory_info(self.redis, every_node=True)).items()
         }
 
     async def stats(self) -> Stats:
