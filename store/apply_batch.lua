@@ -102,12 +102,15 @@ local function customer(cid)
   local flat = redis.call('HGETALL', key)
   local f = {}
   for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-  c = {key = key, f = f, dirty = {}, kept = {}}
-  for _, s in ipairs(SAME_AS) do
-    local name = s[1]
-    c.kept[name] = f[name] ~= nil
-    if f[name] == nil and f[s[2]] ~= nil and (not s[3] or tonumber(f[s[3]] or '0') > 0) then
-      f[name] = f[s[2]]
+  local kept = {}
+  c = {key = key, f = f, dirty = {}, kept = kept, flat = flat}
+  for i = 1, #SAME_AS do
+    local s = SAME_AS[i]
+    local name, other = s[1], f[s[2]]
+    if f[name] ~= nil then
+      kept[name] = true
+    elseif other ~= nil and (not s[3] or tonumber(f[s[3]] or '0') > 0) then
+      f[name] = other
     end
   end
   customers[cid] = c
@@ -121,7 +124,9 @@ local function put(c, name, value)
 end
 
 local function add(c, name, delta)
-  put(c, name, num(tonumber(c.f[name] or '0') + delta))
+  local x = tonumber(c.f[name] or '0') + delta
+  c.f[name] = x == 0 and '0' or string.format('%.0f', x)
+  c.dirty[name] = true
 end
 
 local function put_min(c, name, value)
@@ -151,11 +156,6 @@ local function bump(key, field, delta)
     t.order[#t.order + 1] = field
   end
   t.fields[field] = t.fields[field] + delta
-end
-
-local function pending(key, field)
-  local t = totals[key]
-  return t and t.fields[field] or 0
 end
 
 -- Keys per period (family:p:day), named once per batch.
@@ -208,14 +208,12 @@ local function month_end(m)
   return e
 end
 
--- Whether the customer's latest activity (a day number) lies in the event's period p,
--- whose bit it then set already.
-local function latest_in_period(latest, p, days)
-  if not latest then return false end
-  if p == 'd' then return latest == tonumber(days.d) end
-  if p == 'w' then return latest - (latest + 3) % 7 == tonumber(days.w) end
-  local start = tonumber(days.m)
-  return latest >= start and latest < month_end(start)
+-- Whether a day (an epoch-day number, or nil) lies in the day, the ISO week and the month
+-- of an event (first days d, w, m, with m_end the first day after the month): the bits of
+-- the customer's first and latest activity are set already in those periods.
+local function same_periods(day, d, w, m, m_end)
+  if not day then return false, false, false end
+  return day == d, day - (day + 3) % 7 == w, day >= m and day < m_end
 end
 
 -- Hashes of earlier versions also kept the first activity's periods (fad, faw, fam): the
@@ -265,49 +263,71 @@ end
 
 local function activity(c, idx, ts, days)
   local first = c.f.fa
-  if first and not c.first_periods then c.first_periods = periods_of(first) end
-  local first_periods = c.first_periods
-  local latest = c.f.la and math.floor(tonumber(c.f.la) / 86400000)
-  for _, p in ipairs(PERIODS) do
-    -- the periods of the first and of the latest activity have the bit already
-    if not (first and first_periods[p] == days[p]) and not latest_in_period(latest, p, days) then
-      local was = redis.call('SETBIT', period_key('act', p, days[p]), idx, '1')
-      -- a day's count of active customers moves with every bit its bitmap gains, which
-      -- tells the period readers' window unions (period_counts.lua) which days to OR again
-      if was == 0 and p == 'd' then bump(act_counts_key, days.d, 1) end
+  local la = c.f.la
+  local d, w, m = tonumber(days.d), tonumber(days.w), tonumber(days.m)
+  local m_end = month_end(m)
+  local fd, fw, fm = same_periods(first and math.floor(tonumber(first) / 86400000), d, w, m, m_end)
+  local ld, lw, lm = same_periods(la and math.floor(tonumber(la) / 86400000), d, w, m, m_end)
+  if not (fd or ld) then
+    -- a day's count of active customers moves with every bit its bitmap gains, which
+    -- tells the period readers' window unions (period_counts.lua) which days to OR again
+    if redis.call('SETBIT', period_key('act', 'd', days.d), idx, '1') == 0 then
+      bump(act_counts_key, days.d, 1)
     end
   end
+  if not (fw or lw) then redis.call('SETBIT', period_key('act', 'w', days.w), idx, '1') end
+  if not (fm or lm) then redis.call('SETBIT', period_key('act', 'm', days.m), idx, '1') end
   if not first or tonumber(ts) < tonumber(first) then
     put(c, 'fa', ts)
+    local old = first and periods_of(first)
     for _, p in ipairs(PERIODS) do
       local day = days[p]
-      local old = first and first_periods[p]
-      if old ~= day then
-        if old then cohort_bit(p, old, idx, '0') end
+      if not old or old[p] ~= day then
+        if old then cohort_bit(p, old[p], idx, '0') end
         cohort_bit(p, day, idx, '1')
       end
     end
-    c.first_periods = {d = days.d, w = days.w, m = days.m}
   end
-  put_max(c, 'la', ts)
+  if not la or tonumber(ts) > tonumber(la) then put(c, 'la', ts) end
 end
 
 -- Orders and money per period. Buyers (`b`) and repeat buyers (`r`, two placed orders or
 -- more) are counted in the period's sales hash when the customer's placed orders in the
--- period reach one and two: `before` holds them per period letter, before this order.
+-- period reach one and two (`before`: its placed orders in the period before this one).
 -- Earlier versions kept bitmaps `buy:` and `rep:` instead; a customer reaches one and two
 -- once per period, so a period's readers add the two.
-local function period_sales(days, status, amount, before)
-  for _, p in ipairs(PERIODS) do
-    local key = period_key('sales', p, days[p])
-    if status == 'placed' then
-      bump(key, 'o', 1)
-      bump(key, 'pm', amount)
-      local n = before[p]
-      if n == 0 then bump(key, 'b', 1) elseif n == 1 then bump(key, 'r', 1) end
-    else
-      bump(key, 'rm', amount)
-    end
+-- The batch's sums per sales hash, {field -> sum}, are written at its end (SALES_FIELDS
+-- in that order, those the batch touched, even when they sum to 0).
+local SALES_FIELDS = {'o', 'pm', 'b', 'r', 'rm'}
+local sales, sales_keys = {}, {}
+local function sales_of(p, day)
+  local key = period_key('sales', p, day)
+  local s = sales[key]
+  if not s then
+    s = {}
+    sales[key] = s
+    sales_keys[#sales_keys + 1] = key
+  end
+  return s, key
+end
+
+local function placed_sale(s, amount, before)
+  s.o = (s.o or 0) + 1
+  s.pm = (s.pm or 0) + amount
+  if before == 0 then s.b = (s.b or 0) + 1 elseif before == 1 then s.r = (s.r or 0) + 1 end
+end
+
+local function placed_sales(days, amount, bd, bw, bm)
+  placed_sale(sales_of('d', days.d), amount, bd)
+  placed_sale(sales_of('w', days.w), amount, bw)
+  placed_sale(sales_of('m', days.m), amount, bm)
+end
+
+local function refunded_sales(days, amount)
+  for i = 1, 3 do
+    local p = PERIODS[i]
+    local s = sales_of(p, days[p])
+    s.rm = (s.rm or 0) + amount
   end
 end
 
@@ -345,8 +365,9 @@ local dg_key = P .. 'dg'
 
 -- The top k bits of a digest's first five characters: the number of its hash.
 local function digest_hash(digest, k)
-  local v = 0
-  for i = 1, 5 do v = v * 64 + (DIGEST_VALUES[string.byte(digest, i) or 0] or 0) end
+  local V = DIGEST_VALUES
+  local a, b, c, d, e = string.byte(digest, 1, 5)
+  local v = (((((V[a] or 0) * 64 + (V[b] or 0)) * 64 + (V[c] or 0)) * 64 + (V[d] or 0)) * 64) + (V[e] or 0)
   return math.floor(v / 2 ^ (30 - k))
 end
 
@@ -365,7 +386,20 @@ if not dg.k then
   dg_set('f' .. FIRST_BITS, bucket)
 end
 local current_k, old_k = dg.k, dg.old
-local function dg_hash(k, n) return P .. 'dg:' .. k .. ':' .. n end
+local dg_names = {}
+local function dg_hash(k, n)
+  local of_k = dg_names[k]
+  if not of_k then
+    of_k = {}
+    dg_names[k] = of_k
+  end
+  local key = of_k[n]
+  if not key then
+    key = P .. 'dg:' .. k .. ':' .. n
+    of_k[n] = key
+  end
+  return key
+end
 
 -- the formats of earlier versions, while they hold digests of the horizon
 local past, old_sets = {}, {}
@@ -687,13 +721,14 @@ end
 -- A day's sum is part of its week's, so the week and the month are the ones to check,
 -- each as stored (read once per batch) plus what this batch adds to it so far.
 local stored_sums = {pm = {}, rm = {}}
-local function period_sum(key, field)
+local function period_sum(p, day, field)
+  local s, key = sales_of(p, day)
   local value = stored_sums[field][key]
   if value == nil then
     value = tonumber(redis.call('HGET', key, field) or '0')
     stored_sums[field][key] = value
   end
-  return value + pending(key, field)
+  return value + (s[field] or 0)
 end
 
 local function sums_overflow(c, days, status, amount, currency, original)
@@ -701,8 +736,8 @@ local function sums_overflow(c, days, status, amount, currency, original)
   local field = status == 'placed' and 'pm' or 'rm'
   amount = tonumber(amount)
   if tonumber(c.f[field] or '0') + amount > SUM_LIMIT then return true end
-  if period_sum(period_key('sales', 'w', days.w), field) + amount > SUM_LIMIT then return true end
-  if period_sum(period_key('sales', 'm', days.m), field) + amount > SUM_LIMIT then return true end
+  if period_sum('w', days.w, field) + amount > SUM_LIMIT then return true end
+  if period_sum('m', days.m, field) + amount > SUM_LIMIT then return true end
   if currency ~= '' then
     local sum = c.f[field .. ':' .. currency]
     if tonumber(sum or '0') + tonumber(original) > SUM_LIMIT then return true end
@@ -732,10 +767,11 @@ end
 local function order_days(c, cid)
   if c.days then return c.days end
   local first, last, n, sum, count = nil, nil, 0, 0, {}
-  for name, value in pairs(c.f) do
-    local b = string.byte(name, 1)
-    if b >= 48 and b <= 57 then  -- only the day fields' names are digits
-      local d, k = tonumber(name), tonumber(value)
+  local flat = c.flat
+  for i = 1, #flat, 2 do
+    local b = string.byte(flat[i], 1)
+    if b and b >= 48 and b <= 57 then  -- only the day fields' names are digits
+      local d, k = tonumber(flat[i]), tonumber(flat[i + 1])
       n, sum, count[d] = n + 1, sum + k, k
       if not first or d < first then first = d end
       if not last or d > last then last = d end
@@ -770,7 +806,7 @@ local function placed_in_periods(c, cid, days)
     if day >= w and day < w + 7 then nw = nw + k end
     if day >= m and day < m_end then nm = nm + k end
   end
-  return {d = nd, w = nw, m = nm}
+  return nd, nw, nm
 end
 
 -- Called before a placed order is counted, when its day has no field in the customer hash
@@ -798,7 +834,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   if kind == 'o' then
     if a1 == 'placed' then
       local amount = tonumber(a2)
-      local before = placed_in_periods(c, cid, days)
+      local bd, bw, bm = placed_in_periods(c, cid, days)
       -- placed orders per day: the field named by the day number (only those are digits)
       if c.f[days.d] == nil then fit_grid_day(c, cid, days.d) end
       add(c, days.d, 1)
@@ -809,14 +845,14 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
       add(c, 'pm', amount)
       if a3 ~= '' then add(c, 'pm:' .. a3, tonumber(a4)) end
       put_max(c, 'lo', ts)
-      period_sales(days, a1, amount, before)
+      placed_sales(days, amount, bd, bw, bm)
       if kind_counts_activity.o then activity(c, idx, ts, days) end
     elseif a1 == 'refunded' then
       local amount = tonumber(a2)
       add(c, 'rf', 1)
       add(c, 'rm', amount)
       if a3 ~= '' then add(c, 'rm:' .. a3, tonumber(a4)) end
-      period_sales(days, a1, amount, nil)
+      refunded_sales(days, amount)
     else
       add(c, 'cx', 1)
     end
@@ -922,6 +958,13 @@ for _, key in ipairs(total_keys) do
     redis.call('HINCRBY', key, field, num(t.fields[field]))
   end
 end
+for _, key in ipairs(sales_keys) do
+  local s = sales[key]
+  for i = 1, #SALES_FIELDS do
+    local field = SALES_FIELDS[i]
+    if s[field] then redis.call('HINCRBY', key, field, num(s[field])) end
+  end
+end
 for _, cell in ipairs(grid_cells) do
   local delta = grid_deltas[cell]
   if delta ~= 0 and redis.call('HINCRBY', grid_key, cell, delta) <= 0 then
@@ -948,7 +991,8 @@ for _, cid in ipairs(customer_order) do
   -- a field equal to its other is left out (and deleted if kept); one that now differs
   -- is written, whether it changed or was left out before
   local gone = nil
-  for _, s in ipairs(SAME_AS) do
+  for i = 1, #SAME_AS do
+    local s = SAME_AS[i]
     local name = s[1]
     local value = c.f[name]
     if value ~= nil and value == c.f[s[2]] then
