@@ -264,7 +264,7 @@ end
 local function activity(c, idx, ts, days)
   local first = c.f.fa
   local la = c.f.la
-  local d, w, m = tonumber(days.d), tonumber(days.w), tonumber(days.m)
+  local d, w, m = days.dn, days.wn, days.mn
   local m_end = month_end(m)
   local fd, fw, fm = same_periods(first and math.floor(tonumber(first) / 86400000), d, w, m, m_end)
   local ld, lw, lm = same_periods(la and math.floor(tonumber(la) / 86400000), d, w, m, m_end)
@@ -704,15 +704,23 @@ local function apply_ticket(c, cid, ts, action, ticket)
 end
 
 -- A dense number per customer, for the bitmaps keyed by customer number: the shard's next
--- free number when the customer is first seen, kept in its hash as `ix`.
+-- free number (`ids:next`, read once and written back at the end) when the customer is
+-- first seen, kept in its hash as `ix`.
+local ids_key = P .. 'ids:next'
+local next_id, first_id = nil, nil
 local function customer_index(c, ts)
   if c.f.fs then
     put_min(c, 'fs', ts)
     return c.f.ix
   end
   put(c, 'fs', ts)
+  if not next_id then
+    next_id = tonumber(redis.call('GET', ids_key) or '0')
+    first_id = next_id
+  end
   -- as text: a number passed to redis.call is formatted again on every call
-  local idx = tostring(redis.call('INCR', P .. 'ids:next') - 1)
+  local idx = tostring(next_id)
+  next_id = next_id + 1
   put(c, 'ix', idx)
   return idx
 end
@@ -764,14 +772,31 @@ end
 -- fields of the customer hash count every placed order (they sum to `o`) unless some still
 -- sit in the od: hash of earlier versions: those are moved into the customer hash here,
 -- once.
+local day_of_name, number_of = {}, {}
+local function name_day(name)
+  local b = string.byte(name, 1)
+  -- only the day fields' names are digits
+  local d = b ~= nil and b >= 48 and b <= 57 and tonumber(name) or false
+  day_of_name[name] = d
+  return d
+end
+
 local function order_days(c, cid)
   if c.days then return c.days end
   local first, last, n, sum, count = nil, nil, 0, 0, {}
   local flat = c.flat
+  -- field names and small counts recur from customer to customer: each is looked at once
+  -- per batch
   for i = 1, #flat, 2 do
-    local b = string.byte(flat[i], 1)
-    if b and b >= 48 and b <= 57 then  -- only the day fields' names are digits
-      local d, k = tonumber(flat[i]), tonumber(flat[i + 1])
+    local d = day_of_name[flat[i]]
+    if d == nil then d = name_day(flat[i]) end
+    if d then
+      local value = flat[i + 1]
+      local k = number_of[value]
+      if not k then
+        k = tonumber(value)
+        number_of[value] = k
+      end
       n, sum, count[d] = n + 1, sum + k, k
       if not first or d < first then first = d end
       if not last or d > last then last = d end
@@ -798,7 +823,7 @@ end
 
 -- The customer's placed orders in the day, week and month of `days`, before this order.
 local function placed_in_periods(c, cid, days)
-  local d, w, m = tonumber(days.d), tonumber(days.w), tonumber(days.m)
+  local d, w, m = days.dn, days.wn, days.mn
   local m_end = month_end(m)
   local nd, nw, nm = 0, 0, 0
   for day, k in pairs(order_days(c, cid).count) do
@@ -839,7 +864,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
       if c.f[days.d] == nil then fit_grid_day(c, cid, days.d) end
       add(c, days.d, 1)
       local count = c.days.count
-      local d = tonumber(days.d)
+      local d = days.dn
       count[d] = (count[d] or 0) + 1
       add(c, 'o', 1)
       add(c, 'pm', amount)
@@ -907,6 +932,7 @@ for tp, runs in pairs(ranges) do
 end
 -- 'topic|partition' and the per-topic counter names, built once per batch
 local tp_names, accepted_names, duplicate_names = {}, {}, {}
+local days_of = {}
 for _, r in ipairs(records) do
   local kind, topic, partition = r[1], r[2], r[3]
   local offset = tonumber(r[4])
@@ -927,7 +953,13 @@ for _, r in ipairs(records) do
   elseif offset > reach[tp] then
     -- beyond a gap: refused with the rest of its partition
   else
-    local days = {d = r[8], w = r[9], m = r[10]}
+    -- the periods of a day (as text and as numbers), one table for the batch's events of
+    -- that day
+    local days = days_of[r[8]]
+    if not days or days.w ~= r[9] or days.m ~= r[10] then
+      days = {d = r[8], w = r[9], m = r[10], dn = tonumber(r[8]), wn = tonumber(r[9]), mn = tonumber(r[10])}
+      days_of[r[8]] = days
+    end
     if kind == 'x' then
       count('rejected|' .. topic .. '|' .. r[11])
       rejected = rejected + 1
@@ -965,10 +997,29 @@ for _, key in ipairs(sales_keys) do
     if s[field] then redis.call('HINCRBY', key, field, num(s[field])) end
   end
 end
-for _, cell in ipairs(grid_cells) do
-  local delta = grid_deltas[cell]
-  if delta ~= 0 and redis.call('HINCRBY', grid_key, cell, delta) <= 0 then
-    redis.call('HDEL', grid_key, cell)
+if next_id and next_id > first_id then redis.call('SET', ids_key, num(next_id)) end
+-- the grid's cells that moved, read and written a thousand at a time; a cell that falls to
+-- 0 goes
+do
+  local moved = {}
+  for _, cell in ipairs(grid_cells) do
+    if grid_deltas[cell] ~= 0 then moved[#moved + 1] = cell end
+  end
+  for i = 1, #moved, 1000 do
+    local part = {unpack(moved, i, math.min(i + 999, #moved))}
+    local current = redis.call('HMGET', grid_key, unpack(part))
+    local set, gone = {}, {}
+    for j, cell in ipairs(part) do
+      local n = tonumber(current[j] or '0') + grid_deltas[cell]
+      if n > 0 then
+        set[#set + 1] = cell
+        set[#set + 1] = num(n)
+      else
+        gone[#gone + 1] = cell
+      end
+    end
+    if #set > 0 then redis.call('HSET', grid_key, unpack(set)) end
+    if #gone > 0 then redis.call('HDEL', grid_key, unpack(gone)) end
   end
 end
 keep_digests()
