@@ -85,58 +85,96 @@ local function set_max(key, field, value)
   if not cur or tonumber(value) > tonumber(cur) then redis.call('HSET', key, field, value) end
 end
 
--- Fields that most customers' hashes would hold twice are left out while they equal
--- another: {field, the field it then equals, a count that is above 0 whenever the field
--- exists (none: the other field's presence tells)}. The first event seen is mostly the
--- first activity; the latest activity, mostly the latest order or login. A reader takes
--- a missing field as equal to the other (store/store.py reads them the same way).
+-- A customer's hash c:<id> holds its state packed with MessagePack in the field `s`: a map
+-- of field -> number, with its placed orders per day under `d` ({day number -> orders}).
+-- Beside it lie the fields other scripts read and write on their own: `ix` (the
+-- customer's number), `q` and `r` (the evaluator's queue marks) and `ev` (its last
+-- evaluation). One packed field costs a read and a decode where a field each cost a
+-- string each way; store/customer_state.lua unpacks it for the readers.
+-- Hashes of earlier versions hold every field as text, the days as fields named by the
+-- day number: they are read as such, and packed at their next write.
+local HASH_FIELDS = {s = true, ix = true, q = true, r = true, ev = true}
+
+-- Fields that most customers would hold twice are left out while they equal another:
+-- {field, the field it then equals, a count that is above 0 whenever the field exists
+-- (none: the other field's presence tells)}. The first event seen is mostly the first
+-- activity; the latest activity, mostly the latest order or login. A reader takes a
+-- missing field as equal to the other (store/store.py reads them the same way).
 local SAME_AS = {{'fs', 'fa'}, {'lo', 'la', 'o'}, {'ll', 'la', 'lg'}}
 
--- Customers' hashes are read once per batch (on their first event) into Lua tables, changed
--- there, and written back once at the end with the fields that changed.
+-- A hash of an earlier version as a state, and the names of its fields to delete once the
+-- state is packed.
+local function unpacked_state(key)
+  local flat = redis.call('HGETALL', key)
+  local f, d, names = {}, {}, {}
+  for i = 1, #flat, 2 do
+    local name, value = flat[i], flat[i + 1]
+    if not HASH_FIELDS[name] then
+      names[#names + 1] = name
+      local b = string.byte(name, 1)
+      if b and b >= 48 and b <= 57 then  -- only the day fields' names are digits
+        d[tonumber(name)] = tonumber(value)
+      else
+        f[name] = tonumber(value) or value
+      end
+    end
+  end
+  -- the periods of the first activity, which the earliest versions kept, go
+  f.fad, f.faw, f.fam = nil, nil, nil
+  f.d = d
+  return f, names
+end
+
+-- Customers are read once per batch (on their first event) into Lua tables, changed there,
+-- and written back once at the end when they changed.
 local customers, customer_order = {}, {}
 local function customer(cid)
   local c = customers[cid]
   if c then return c end
   local key = P .. 'c:' .. cid
-  local flat = redis.call('HGETALL', key)
-  local f = {}
-  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-  local kept = {}
-  c = {key = key, f = f, dirty = {}, kept = kept, flat = flat}
+  local got = redis.call('HMGET', key, 's', 'ix', 'q')
+  local f, old_names = nil, nil
+  if got[1] then
+    f = cmsgpack.unpack(got[1])
+    if not f.d then f.d = {} end
+  elseif got[2] then
+    f, old_names = unpacked_state(key)
+  else
+    f = {d = {}}
+  end
   for i = 1, #SAME_AS do
-    local s = SAME_AS[i]
-    local name, other = s[1], f[s[2]]
-    if f[name] ~= nil then
-      kept[name] = true
-    elseif other ~= nil and (not s[3] or tonumber(f[s[3]] or '0') > 0) then
+    local same = SAME_AS[i]
+    local name, other = same[1], f[same[2]]
+    if f[name] == nil and other ~= nil and (not same[3] or (f[same[3]] or 0) > 0) then
       f[name] = other
     end
   end
+  c = {key = key, f = f, ix = got[2] or nil, q = got[3] or nil, old_names = old_names,
+    changed = old_names ~= nil}
   customers[cid] = c
   customer_order[#customer_order + 1] = cid
   return c
 end
 
+-- Fields hold numbers (sums stay below SUM_LIMIT, where doubles count every unit).
 local function put(c, name, value)
   c.f[name] = value
-  c.dirty[name] = true
+  c.changed = true
 end
 
 local function add(c, name, delta)
-  local x = tonumber(c.f[name] or '0') + delta
-  c.f[name] = x == 0 and '0' or string.format('%.0f', x)
-  c.dirty[name] = true
+  c.f[name] = (c.f[name] or 0) + delta
+  c.changed = true
 end
 
 local function put_min(c, name, value)
   local cur = c.f[name]
-  if not cur or tonumber(value) < tonumber(cur) then put(c, name, value) end
+  if not cur or value < cur then put(c, name, value) end
 end
 
 local function put_max(c, name, value)
   local cur = c.f[name]
-  if not cur or tonumber(value) > tonumber(cur) then put(c, name, value) end
+  if not cur or value > cur then put(c, name, value) end
 end
 
 -- Hashes of totals shared by the batch's customers (per-period sales, survey totals,
@@ -216,10 +254,6 @@ local function same_periods(day, d, w, m, m_end)
   return day == d, day - (day + 3) % 7 == w, day >= m and day < m_end
 end
 
--- Hashes of earlier versions also kept the first activity's periods (fad, faw, fam): the
--- customer's next write deletes them.
-local OLD_FIRST_FIELDS = {'fad', 'faw', 'fam'}
-
 -- A cohort bitmap starts at the number of the first customer put in it, rounded down to a
 -- whole byte: customers are numbered as they first appear, so a cohort's members mostly
 -- lie close together, and its bitmap keeps no room for everyone numbered before them. The
@@ -261,13 +295,15 @@ local function cohort_bit(p, day, idx, bit)
   redis.call('SETBIT', key, num(n - base), bit)
 end
 
-local function activity(c, idx, ts, days)
+-- The event at time t (ms) counts as activity: its day, week and month bits, and the cohort
+-- of the customer's first activity.
+local function activity(c, idx, t, days)
   local first = c.f.fa
   local la = c.f.la
   local d, w, m = days.dn, days.wn, days.mn
   local m_end = month_end(m)
-  local fd, fw, fm = same_periods(first and math.floor(tonumber(first) / 86400000), d, w, m, m_end)
-  local ld, lw, lm = same_periods(la and math.floor(tonumber(la) / 86400000), d, w, m, m_end)
+  local fd, fw, fm = same_periods(first and math.floor(first / 86400000), d, w, m, m_end)
+  local ld, lw, lm = same_periods(la and math.floor(la / 86400000), d, w, m, m_end)
   if not (fd or ld) then
     -- a day's count of active customers moves with every bit its bitmap gains, which
     -- tells the period readers' window unions (period_counts.lua) which days to OR again
@@ -277,8 +313,8 @@ local function activity(c, idx, ts, days)
   end
   if not (fw or lw) then redis.call('SETBIT', period_key('act', 'w', days.w), idx, '1') end
   if not (fm or lm) then redis.call('SETBIT', period_key('act', 'm', days.m), idx, '1') end
-  if not first or tonumber(ts) < tonumber(first) then
-    put(c, 'fa', ts)
+  if not first or t < first then
+    put(c, 'fa', t)
     local old = first and periods_of(first)
     for _, p in ipairs(PERIODS) do
       local day = days[p]
@@ -288,7 +324,7 @@ local function activity(c, idx, ts, days)
       end
     end
   end
-  if not la or tonumber(ts) > tonumber(la) then put(c, 'la', ts) end
+  if not la or t > la then put(c, 'la', t) end
 end
 
 -- Orders and money per period. Buyers (`b`) and repeat buyers (`r`, two placed orders or
@@ -643,7 +679,7 @@ end
 local MAX_TICKETS = 1000
 local TICKET_HORIZON_MS = 90 * 86400000
 local function room_for_ticket(c, tkey, ts)
-  local tracked = tonumber(c.f.tn or '0')
+  local tracked = c.f.tn or 0
   if tracked < MAX_TICKETS then return true end
   local fields = redis.call('HGETALL', tkey)
   local tickets = {}
@@ -664,7 +700,7 @@ local function room_for_ticket(c, tkey, ts)
       tracked = tracked + 1
     end
   end
-  put(c, 'tn', num(tracked))
+  put(c, 'tn', tracked)
   return tracked < MAX_TICKETS
 end
 
@@ -708,21 +744,21 @@ end
 -- first seen, kept in its hash as `ix`.
 local ids_key = P .. 'ids:next'
 local next_id, first_id = nil, nil
-local function customer_index(c, ts)
+local function customer_index(c, t)
   if c.f.fs then
-    put_min(c, 'fs', ts)
-    return c.f.ix
+    put_min(c, 'fs', t)
+    return c.ix
   end
-  put(c, 'fs', ts)
+  put(c, 'fs', t)
   if not next_id then
     next_id = tonumber(redis.call('GET', ids_key) or '0')
     first_id = next_id
   end
   -- as text: a number passed to redis.call is formatted again on every call
-  local idx = tostring(next_id)
+  c.ix = tostring(next_id)
+  c.new_ix = true
   next_id = next_id + 1
-  put(c, 'ix', idx)
-  return idx
+  return c.ix
 end
 
 -- Would adding this amount push the customer's or a period's sum out of the exact range?
@@ -743,12 +779,12 @@ local function sums_overflow(c, days, status, amount, currency, original)
   if status ~= 'placed' and status ~= 'refunded' then return false end
   local field = status == 'placed' and 'pm' or 'rm'
   amount = tonumber(amount)
-  if tonumber(c.f[field] or '0') + amount > SUM_LIMIT then return true end
+  if (c.f[field] or 0) + amount > SUM_LIMIT then return true end
   if period_sum('w', days.w, field) + amount > SUM_LIMIT then return true end
   if period_sum('m', days.m, field) + amount > SUM_LIMIT then return true end
   if currency ~= '' then
     local sum = c.f[field .. ':' .. currency]
-    if tonumber(sum or '0') + tonumber(original) > SUM_LIMIT then return true end
+    if (sum or 0) + tonumber(original) > SUM_LIMIT then return true end
   end
   return false
 end
@@ -767,57 +803,37 @@ local function grid_move(cell, delta)
   grid_deltas[cell] = grid_deltas[cell] + delta
 end
 
--- The customer's days with placed orders as {first, last, n, count = {day -> orders}},
--- worked out on its first placed order in the batch and followed from there. The day
--- fields of the customer hash count every placed order (they sum to `o`) unless some still
--- sit in the od: hash of earlier versions: those are moved into the customer hash here,
--- once.
-local day_of_name, number_of = {}, {}
-local function name_day(name)
-  local b = string.byte(name, 1)
-  -- only the day fields' names are digits
-  local d = b ~= nil and b >= 48 and b <= 57 and tonumber(name) or false
-  day_of_name[name] = d
-  return d
-end
-
+-- The first and last of the customer's days with placed orders, and how many there are
+-- ({first, last, n}), worked out on its first placed order in the batch and followed from
+-- there. Its orders per day (`d`) count every placed order (they sum to `o`) unless some
+-- still sit in the od: hash of earlier versions: those are moved in here, once.
 local function order_days(c, cid)
   if c.days then return c.days end
-  local first, last, n, sum, count = nil, nil, 0, 0, {}
-  local flat = c.flat
-  -- field names and small counts recur from customer to customer: each is looked at once
-  -- per batch
-  for i = 1, #flat, 2 do
-    local d = day_of_name[flat[i]]
-    if d == nil then d = name_day(flat[i]) end
-    if d then
-      local value = flat[i + 1]
-      local k = number_of[value]
-      if not k then
-        k = tonumber(value)
-        number_of[value] = k
-      end
-      n, sum, count[d] = n + 1, sum + k, k
-      if not first or d < first then first = d end
-      if not last or d > last then last = d end
-    end
+  local count = c.f.d
+  local first, last, n, sum = nil, nil, 0, 0
+  for d, k in pairs(count) do
+    n, sum = n + 1, sum + k
+    if not first or d < first then first = d end
+    if not last or d > last then last = d end
   end
-  if sum < tonumber(c.f.o or '0') then
+  if sum < (c.f.o or 0) then
     local key = P .. 'od:' .. cid
     local flat = redis.call('HGETALL', key)
     for i = 1, #flat, 2 do
-      local name, d = flat[i], tonumber(flat[i])
-      if c.f[name] == nil then
+      local d, k = tonumber(flat[i]), tonumber(flat[i + 1])
+      if count[d] == nil then
         n = n + 1
         if not first or d < first then first = d end
         if not last or d > last then last = d end
       end
-      count[d] = (count[d] or 0) + tonumber(flat[i + 1])
-      add(c, name, tonumber(flat[i + 1]))
+      count[d] = (count[d] or 0) + k
     end
-    if #flat > 0 then redis.call('UNLINK', key) end
+    if #flat > 0 then
+      c.changed = true
+      redis.call('UNLINK', key)
+    end
   end
-  c.days = {first = first, last = last, n = n, count = count}
+  c.days = {first = first, last = last, n = n}
   return c.days
 end
 
@@ -826,7 +842,8 @@ local function placed_in_periods(c, cid, days)
   local d, w, m = days.dn, days.wn, days.mn
   local m_end = month_end(m)
   local nd, nw, nm = 0, 0, 0
-  for day, k in pairs(order_days(c, cid).count) do
+  order_days(c, cid)
+  for day, k in pairs(c.f.d) do
     if day == d then nd = k end
     if day >= w and day < w + 7 then nw = nw + k end
     if day >= m and day < m_end then nm = nm + k end
@@ -834,11 +851,10 @@ local function placed_in_periods(c, cid, days)
   return nd, nw, nm
 end
 
--- Called before a placed order is counted, when its day has no field in the customer hash
--- once order_days has run (which moves any od: days into it).
-local function fit_grid_day(c, cid, day)
+-- Called before a placed order is counted, when its day d has no orders yet once
+-- order_days has run (which moves any od: days in).
+local function fit_grid_day(c, cid, d)
   local days = order_days(c, cid)
-  local d = tonumber(day)
   if days.first then
     grid_move(string.format('%d:%d:%d', days.first, days.last, days.n), -1)
     days.first, days.last = math.min(days.first, d), math.max(days.last, d)
@@ -851,27 +867,28 @@ end
 
 local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   local c = customer(cid)
-  local idx = customer_index(c, ts)
-  c.touched = true
   local t = tonumber(ts)
+  local idx = customer_index(c, t)
+  c.touched = true
   if not batch_first or t < batch_first_n then batch_first, batch_first_n = ts, t end
   if not batch_last or t > batch_last_n then batch_last, batch_last_n = ts, t end
   if kind == 'o' then
     if a1 == 'placed' then
       local amount = tonumber(a2)
       local bd, bw, bm = placed_in_periods(c, cid, days)
-      -- placed orders per day: the field named by the day number (only those are digits)
-      if c.f[days.d] == nil then fit_grid_day(c, cid, days.d) end
-      add(c, days.d, 1)
-      local count = c.days.count
-      local d = days.dn
-      count[d] = (count[d] or 0) + 1
+      local count, d = c.f.d, days.dn
+      if count[d] == nil then
+        fit_grid_day(c, cid, d)
+        count[d] = 1
+      else
+        count[d] = count[d] + 1
+      end
       add(c, 'o', 1)
       add(c, 'pm', amount)
       if a3 ~= '' then add(c, 'pm:' .. a3, tonumber(a4)) end
-      put_max(c, 'lo', ts)
+      put_max(c, 'lo', t)
       placed_sales(days, amount, bd, bw, bm)
-      if kind_counts_activity.o then activity(c, idx, ts, days) end
+      if kind_counts_activity.o then activity(c, idx, t, days) end
     elseif a1 == 'refunded' then
       local amount = tonumber(a2)
       add(c, 'rf', 1)
@@ -883,20 +900,20 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
     end
   elseif kind == 'l' then
     add(c, 'lg', 1)
-    put_max(c, 'll', ts)
-    if kind_counts_activity.l then activity(c, idx, ts, days) end
+    put_max(c, 'll', t)
+    if kind_counts_activity.l then activity(c, idx, t, days) end
   else
     if a1 == 'rated' then
       local cur = c.f[a3 .. 't']
-      if not cur or tonumber(ts) >= tonumber(cur) then
+      if not cur or t >= cur then
         survey_totals(a3, c.f[a3], a4)
-        put(c, a3, a4)
-        put(c, a3 .. 't', ts)
+        put(c, a3, tonumber(a4))
+        put(c, a3 .. 't', t)
       end
     else
       apply_ticket(c, cid, ts, a1, a2)
     end
-    if kind_counts_activity.s then activity(c, idx, ts, days) end
+    if kind_counts_activity.s then activity(c, idx, t, days) end
   end
 end
 
@@ -998,28 +1015,10 @@ for _, key in ipairs(sales_keys) do
   end
 end
 if next_id and next_id > first_id then redis.call('SET', ids_key, num(next_id)) end
--- the grid's cells that moved, read and written a thousand at a time; a cell that falls to
--- 0 goes
-do
-  local moved = {}
-  for _, cell in ipairs(grid_cells) do
-    if grid_deltas[cell] ~= 0 then moved[#moved + 1] = cell end
-  end
-  for i = 1, #moved, 1000 do
-    local part = {unpack(moved, i, math.min(i + 999, #moved))}
-    local current = redis.call('HMGET', grid_key, unpack(part))
-    local set, gone = {}, {}
-    for j, cell in ipairs(part) do
-      local n = tonumber(current[j] or '0') + grid_deltas[cell]
-      if n > 0 then
-        set[#set + 1] = cell
-        set[#set + 1] = num(n)
-      else
-        gone[#gone + 1] = cell
-      end
-    end
-    if #set > 0 then redis.call('HSET', grid_key, unpack(set)) end
-    if #gone > 0 then redis.call('HDEL', grid_key, unpack(gone)) end
+for _, cell in ipairs(grid_cells) do
+  local delta = grid_deltas[cell]
+  if delta ~= 0 and redis.call('HINCRBY', grid_key, cell, delta) <= 0 then
+    redis.call('HDEL', grid_key, cell)
   end
 end
 keep_digests()
@@ -1029,43 +1028,35 @@ drop_old_buckets()
 -- its first change since its last evaluation), it joins the end of the changed queue,
 -- which the evaluator serves oldest first (take_due.lua)
 local queued = {}
-for _, cid in ipairs(customer_order) do
+for n = 1, #customer_order do
+  local cid = customer_order[n]
   local c = customers[cid]
-  if c.touched and not c.f.q then
-    put(c, 'q', ARGV[3])  -- now, as text
+  local out = {}
+  if c.touched and not c.q then
+    out[1], out[2] = 'q', ARGV[3]  -- now, as text
     queued[#queued + 1] = cid
     if #queued >= 400 then
       redis.call('RPUSH', P .. 'dueq', unpack(queued))
       queued = {}
     end
   end
-  -- a field equal to its other is left out (and deleted if kept); one that now differs
-  -- is written, whether it changed or was left out before
-  local gone = nil
-  for i = 1, #SAME_AS do
-    local s = SAME_AS[i]
-    local name = s[1]
-    local value = c.f[name]
-    if value ~= nil and value == c.f[s[2]] then
-      c.dirty[name] = nil
-      if c.kept[name] then
-        gone = gone or {}
-        gone[#gone + 1] = name
-      end
-    elseif value ~= nil and not c.kept[name] then
-      c.dirty[name] = true
+  if c.new_ix then
+    out[#out + 1] = 'ix'
+    out[#out + 1] = c.ix
+  end
+  if c.changed then
+    -- the state is packed without the fields equal to their other, nor an empty `d`
+    local f = c.f
+    for i = 1, #SAME_AS do
+      local name = SAME_AS[i][1]
+      if f[name] ~= nil and f[name] == f[SAME_AS[i][2]] then f[name] = nil end
     end
+    if next(f.d) == nil then f.d = nil end
+    out[#out + 1] = 's'
+    out[#out + 1] = cmsgpack.pack(f)
   end
-  local pairs_out = {}
-  for name, _ in pairs(c.dirty) do
-    pairs_out[#pairs_out + 1] = name
-    pairs_out[#pairs_out + 1] = c.f[name]
-  end
-  if #pairs_out > 0 then
-    redis.call('HSET', c.key, unpack(pairs_out))
-    if c.f.fad then redis.call('HDEL', c.key, unpack(OLD_FIRST_FIELDS)) end
-  end
-  if gone then redis.call('HDEL', c.key, unpack(gone)) end
+  if #out > 0 then redis.call('HSET', c.key, unpack(out)) end
+  if c.old_names and #c.old_names > 0 then redis.call('HDEL', c.key, unpack(c.old_names)) end
 end
 if #queued > 0 then redis.call('RPUSH', P .. 'dueq', unpack(queued)) end
 for tp, last in pairs(reach) do

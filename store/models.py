@@ -11,7 +11,7 @@ and how long that took, so every reader computes P(alive), spend and CLTV agains
 parameters. The models themselves are pure (``processors/forecast.py``,
 ``processors/fit_grid.py``).
 
-:func:`read_histories` reads every customer's orders per day (``od:<id>``) and money: a
+:func:`read_histories` reads every customer's orders per day and money: a
 backtest needs its buyers by id for their exact spend, and a store filled before the grid
 existed falls back to it until ``retention rebuild`` fills the grid.
 """
@@ -99,31 +99,27 @@ async def read_grid(store: Store, as_of: date) -> tuple[GridRows, int]:
     return rows, cells
 
 
-def _histories(ids: Sequence[str], replies: Sequence[Any], as_of: int) -> list[History]:
-    """Buyers' statistics from each customer's ``HKEYS od:``, ``HKEYS c:`` and
-    ``HMGET c: pm rm``."""
+def _histories(
+    ids: Sequence[str], replies: Sequence[tuple[dict[str, str], dict[str, str]]], as_of: int
+) -> list[History]:
+    """Buyers' statistics from each customer's fields and ``od:`` hash, as
+    :meth:`store.store.Store.customer_fields` reads them."""
     found: list[History] = []
-    for n, customer_id in enumerate(ids):
-        old_days, names, (placed, refunded) = replies[3 * n : 3 * n + 3]
-        # days with orders: the customer hash's fields named by a day number, and the
-        # od: hash of earlier versions
-        days = {int(d) for d in old_days} | {int(d) for d in names if d.isdigit()}
+    for customer_id, (fields, old_days) in zip(ids, replies, strict=True):
+        # days with orders: the fields named by a day number, and the od: hash of earlier
+        # versions
+        days = {int(d) for d in old_days} | {int(d) for d in fields if d.isdigit()}
         stats = stats_from_days(sorted(days), as_of)
         if stats is not None:
-            revenue = int(placed or 0) - int(refunded or 0)
+            revenue = int(fields.get("pm") or 0) - int(fields.get("rm") or 0)
             found.append(History(customer_id, *stats, approximate_spend(revenue, len(days))))
     return found
 
 
 async def _read_shard(store: Store, home: str, ids: Sequence[str], as_of: int) -> list[History]:
-    replies: list[Any] = []
+    replies: list[tuple[dict[str, str], dict[str, str]]] = []
     for i in range(0, len(ids), CHUNK):
-        async with store.redis.pipeline(transaction=False) as pipe:
-            for customer_id in ids[i : i + CHUNK]:
-                pipe.hkeys(home + "od:" + customer_id)
-                pipe.hkeys(home + "c:" + customer_id)
-                pipe.hmget(home + "c:" + customer_id, ["pm", "rm"])
-            replies.extend(await pipe.execute())
+        replies.extend(await store.customer_fields(home, ids[i : i + CHUNK]))
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, _histories, ids, replies, as_of)
 

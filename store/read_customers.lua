@@ -1,12 +1,50 @@
 -- Customers' three hashes (counters, orders per day, tickets), read in one moment.
 -- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
 -- ARGV[1] the shard's key prefix, then customer ids. Returns, per customer, the flat
--- HGETALL replies of c:, od: and tk:.
+-- HGETALL replies of c:, od: and tk:. The state packed in c:'s field `s`
+-- (apply_batch.lua) is unpacked there into fields of its own, as earlier versions kept
+-- them: numbers as plain digits, a field per day with placed orders named by the day
+-- number.
 local P = ARGV[1]
+
+local function text(value)
+  if type(value) == 'number' then
+    if value == 0 then return '0' end
+    if value == math.floor(value) then return string.format('%.0f', value) end
+    return tostring(value)
+  end
+  return value
+end
+
+local function unpacked(flat)
+  local out, packed = {}, nil
+  for i = 1, #flat, 2 do
+    if flat[i] == 's' then
+      packed = flat[i + 1]
+    else
+      out[#out + 1] = flat[i]
+      out[#out + 1] = flat[i + 1]
+    end
+  end
+  if not packed then return flat end
+  for name, value in pairs(cmsgpack.unpack(packed)) do
+    if name == 'd' then
+      for day, n in pairs(value) do
+        out[#out + 1] = text(day)
+        out[#out + 1] = text(n)
+      end
+    else
+      out[#out + 1] = name
+      out[#out + 1] = text(value)
+    end
+  end
+  return out
+end
+
 local out = {}
 for i = 2, #ARGV do
   local cid = ARGV[i]
-  out[#out + 1] = redis.call('HGETALL', P .. 'c:' .. cid)
+  out[#out + 1] = unpacked(redis.call('HGETALL', P .. 'c:' .. cid))
   out[#out + 1] = redis.call('HGETALL', P .. 'od:' .. cid)
   out[#out + 1] = redis.call('HGETALL', P .. 'tk:' .. cid)
 end

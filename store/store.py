@@ -237,6 +237,17 @@ class Store:
         customer's three hashes come from one moment."""
         return [state for state, _ in await self.read_customers_with_fields(customer_ids)]
 
+    async def customer_fields(
+        self, home: str, customer_ids: Sequence[str]
+    ) -> list[tuple[dict[str, str], dict[str, str]]]:
+        """Per customer of the shard ``home``, its fields as text (the packed state
+        unpacked, as :func:`_state_from_hashes` reads them; empty for a customer not
+        stored) and the ``od:`` hash of earlier versions, in one script call."""
+        if not customer_ids:
+            return []
+        reply = await self._read(keys=[home + "ids"], args=[home, *customer_ids])
+        return [(_pairs(reply[3 * n]), _pairs(reply[3 * n + 1])) for n in range(len(customer_ids))]
+
     async def read_customers_with_fields(
         self, customer_ids: Sequence[str]
     ) -> list[tuple[CustomerState, dict[str, str]]]:

@@ -23,6 +23,7 @@ from store.evaluations import update_high_value_threshold
 from store.models import GRID, fit_report, read_histories, read_sample, refit, stored_fit
 from store.store import Store, orders_by_day
 from tests.eventgen import random_events, with_duplicates
+from tests.integration.earlier import stored_fields
 from tests.integration.test_store import apply_in_random_batches, records_for
 
 KINDS = ("order", "login", "support")
@@ -71,7 +72,7 @@ async def expected_cells(store: Store) -> list[Counter[str]]:
     for customer_id in await store.customer_ids():
         shard = layout.shard_of(customer_id)
         home = layout.prefixes[shard]
-        fields = await store.redis.hgetall(home + "c:" + customer_id)
+        fields = await stored_fields(store, customer_id)
         old = await store.redis.hgetall(home + "od:" + customer_id)
         days = list(orders_by_day(fields, old))
         if days:

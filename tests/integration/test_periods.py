@@ -18,6 +18,7 @@ from store.periods import Periods
 from store.store import Store, accepted_record
 from streams.events import Event, OrderEvent, build_event
 from tests.eventgen import random_events, with_duplicates
+from tests.integration.earlier import stored_fields, unpack_customers
 from tests.integration.test_store import records_for
 
 KINDS = ("order", "login")
@@ -84,6 +85,7 @@ async def test_first_periods_kept_by_earlier_versions_are_dropped(
     for start in range(0, 600, 100):
         await store.apply_batch(records[start : start + 100])
     written = 0
+    await unpack_customers(store)
     for customer_id in await store.customer_ids():
         key = store.key("c", customer_id)
         first = await redis.hget(key, "fa")
@@ -102,7 +104,7 @@ async def test_first_periods_kept_by_earlier_versions_are_dropped(
 
     touched = {build_event(raw).customer_id for raw in events[600:]}
     for customer_id in touched:
-        fields = await redis.hgetall(store.key("c", customer_id))
+        fields = await stored_fields(store, customer_id)
         assert not {"fad", "faw", "fam"} & set(fields), customer_id
     for period in PERIODS:
         assert await Periods(redis, prefix).cohorts(period) == cohorts(
@@ -132,6 +134,7 @@ async def test_buyers_kept_in_bitmaps_by_earlier_versions_still_count(
         if isinstance(event, OrderEvent) and event.status == "placed":
             for letter, day in zip("dwm", period_days(event.ts_ms), strict=True):
                 placed[letter, day, event.customer_id] += 1
+    await unpack_customers(store)
     customers = {c: await redis.hgetall(store.key("c", c)) for c in await store.customer_ids()}
     async with redis.pipeline(transaction=False) as pipe:
         for (letter, day, customer_id), n in placed.items():

@@ -15,6 +15,7 @@ from store.models import read_histories
 from store.store import DEDUPE_BUCKETS, Store, accepted_record, dedupe_id, rejected_record
 from streams.events import build_event
 from tests.eventgen import fold, random_events, with_duplicates
+from tests.integration.earlier import stored_fields, unpack_customers
 
 
 def records_for(events: list[dict[str, object]], partitions: int) -> list[list[str]]:
@@ -248,6 +249,7 @@ async def test_orders_per_day_kept_by_earlier_versions_still_count(
     events = random_events(rng, customers=5, count=400)
     records = records_for(events, partitions=1)
     await store.apply_batch(records[:200])
+    await unpack_customers(store)
     # move the day fields to where earlier versions kept them
     for customer_id in await store.customer_ids():
         fields = await redis.hgetall(store.key("c", customer_id))
@@ -261,7 +263,7 @@ async def test_orders_per_day_kept_by_earlier_versions_still_count(
     assert {c: await store.read_customer(c) for c in expected} == expected
     # a placed order moves the customer's old days back into its hash, once
     async for key in redis.scan_iter(match=store.key("od", "*")):
-        fields = await redis.hgetall(store.key("c", key.rpartition(":")[2]))
+        fields = await stored_fields(store, key.rpartition(":")[2])
         assert not [name for name in fields if name.isdigit()]
     # and the fit grid followed them
     cells = Counter(
@@ -285,8 +287,8 @@ async def test_fields_equal_to_another_are_left_out_of_the_customer_hash(
 ) -> None:
     """The first event seen, the latest order and the latest login are kept only while
     they differ from the first and the latest activity; hashes written by earlier versions,
-    which kept them all, lose them on the customer's next write. The customers read the
-    same either way."""
+    which kept them all and a field each, are packed on the customer's next write and lose
+    them. The customers read the same either way."""
     prefix = f"same{rng.randrange(1 << 30)}:"
     kinds = ("order", "login", "support")
     store = Store(redis, prefix, kinds)
@@ -295,8 +297,10 @@ async def test_fields_equal_to_another_are_left_out_of_the_customer_hash(
     await store.apply_batch(records[:450])
     expected = fold(events[:450], frozenset(kinds))
     left_out = Counter[str]()
+    stored = {c: await stored_fields(store, c) for c in expected}
+    await unpack_customers(store)
     for customer_id, state in expected.items():
-        fields = await redis.hgetall(store.key("c", customer_id))
+        fields = stored[customer_id]
         shown = {
             "fs": (state.first_seen_ms, state.first_activity_ms),
             "lo": (state.last_order_ms, state.last_activity_ms),
@@ -319,5 +323,7 @@ async def test_fields_equal_to_another_are_left_out_of_the_customer_hash(
     touched = {build_event(raw).customer_id for raw in events[450:]}
     for customer_id in touched:
         state = expected[customer_id]
-        fields = await redis.hgetall(store.key("c", customer_id))
+        # packed again: one field for the state, beside those the evaluator keeps
+        assert set(await redis.hkeys(store.key("c", customer_id))) <= {"s", "ix", "q", "r", "ev"}
+        fields = await stored_fields(store, customer_id)
         assert ("fs" in fields) == (state.first_seen_ms != state.first_activity_ms)
