@@ -85,15 +85,46 @@ local function set_max(key, field, value)
   if not cur or tonumber(value) > tonumber(cur) then redis.call('HSET', key, field, value) end
 end
 
--- A customer's hash c:<id> holds its state packed with MessagePack in the field `s`: a map
--- of field -> number, with its placed orders per day under `d` ({day number -> orders}).
--- Beside it lie the fields other scripts read and write on their own: `ix` (the
--- customer's number), `q` and `r` (the evaluator's queue marks) and `ev` (its last
--- evaluation). One packed field costs a read and a decode where a field each cost a
--- string each way; store/customer_state.lua unpacks it for the readers.
+-- A customer's hash c:<id> holds its state packed with MessagePack: a map of field ->
+-- number, with its placed orders per day under `d` ({day number -> orders}), cut in
+-- pieces of at most PIECE bytes in the fields s1, s2, ... (Redis keeps a hash whose
+-- values are all 64 bytes or less, its default hash-max-listpack-value, as a compact
+-- listpack; one longer value makes it a table of twice the size). Beside them lie the
+-- fields other scripts read and write on their own: `ix` (the customer's number), `q` and
+-- `r` (the evaluator's queue marks) and `ev` (its last evaluation). A packed state costs a
+-- read and a decode where a field each cost a string each way; read_customers.lua
+-- unpacks it for the readers.
 -- Hashes of earlier versions hold every field as text, the days as fields named by the
 -- day number: they are read as such, and packed at their next write.
-local HASH_FIELDS = {s = true, ix = true, q = true, r = true, ev = true}
+local PIECE = 64
+local HASH_FIELDS = {ix = true, q = true, r = true, ev = true}
+local PIECE_NAMES = {}
+local function piece_name(i)
+  local name = PIECE_NAMES[i]
+  if not name then
+    name = 's' .. i
+    PIECE_NAMES[i] = name
+  end
+  return name
+end
+
+-- The packed state of the hash at key, from the fields got[3], got[4], ... (s1, s2, ...
+-- as read with ix and q), and how many pieces it had; nil without one.
+local READ_PIECES = 3
+local function packed_state(key, got)
+  if not got[3] then return nil, 0 end
+  local parts = {}
+  for i = 1, READ_PIECES do
+    if not got[2 + i] then return table.concat(parts), #parts end
+    parts[i] = got[2 + i]
+  end
+  -- a long state: the rest one by one
+  while true do
+    local more = redis.call('HGET', key, piece_name(#parts + 1))
+    if not more then return table.concat(parts), #parts end
+    parts[#parts + 1] = more
+  end
+end
 
 -- Fields that most customers would hold twice are left out while they equal another:
 -- {field, the field it then equals, a count that is above 0 whenever the field exists
@@ -132,12 +163,13 @@ local function customer(cid)
   local c = customers[cid]
   if c then return c end
   local key = P .. 'c:' .. cid
-  local got = redis.call('HMGET', key, 's', 'ix', 'q')
+  local got = redis.call('HMGET', key, 'ix', 'q', 's1', 's2', 's3')
+  local packed, pieces = packed_state(key, got)
   local f, old_names = nil, nil
-  if got[1] then
-    f = cmsgpack.unpack(got[1])
+  if packed then
+    f = cmsgpack.unpack(packed)
     if not f.d then f.d = {} end
-  elseif got[2] then
+  elseif got[1] then
     f, old_names = unpacked_state(key)
   else
     f = {d = {}}
@@ -149,8 +181,8 @@ local function customer(cid)
       f[name] = other
     end
   end
-  c = {key = key, f = f, ix = got[2] or nil, q = got[3] or nil, old_names = old_names,
-    changed = old_names ~= nil}
+  c = {key = key, f = f, ix = got[1] or nil, q = got[2] or nil, pieces = pieces,
+    old_names = old_names, changed = old_names ~= nil}
   customers[cid] = c
   customer_order[#customer_order + 1] = cid
   return c
@@ -1052,8 +1084,17 @@ for n = 1, #customer_order do
       if f[name] ~= nil and f[name] == f[SAME_AS[i][2]] then f[name] = nil end
     end
     if next(f.d) == nil then f.d = nil end
-    out[#out + 1] = 's'
-    out[#out + 1] = cmsgpack.pack(f)
+    local packed = cmsgpack.pack(f)
+    local pieces = math.ceil(#packed / PIECE)
+    for i = 1, pieces do
+      out[#out + 1] = piece_name(i)
+      out[#out + 1] = string.sub(packed, (i - 1) * PIECE + 1, i * PIECE)
+    end
+    if c.pieces > pieces then
+      local gone = {}
+      for i = pieces + 1, c.pieces do gone[#gone + 1] = piece_name(i) end
+      redis.call('HDEL', c.key, unpack(gone))
+    end
   end
   if #out > 0 then redis.call('HSET', c.key, unpack(out)) end
   if c.old_names and #c.old_names > 0 then redis.call('HDEL', c.key, unpack(c.old_names)) end

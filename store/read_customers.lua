@@ -1,7 +1,7 @@
 -- Customers' three hashes (counters, orders per day, tickets), read in one moment.
 -- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
 -- ARGV[1] the shard's key prefix, then customer ids. Returns, per customer, the flat
--- HGETALL replies of c:, od: and tk:. The state packed in c:'s field `s`
+-- HGETALL replies of c:, od: and tk:. The state packed in c:'s fields s1, s2, ...
 -- (apply_batch.lua) is unpacked there into fields of its own, as earlier versions kept
 -- them: numbers as plain digits, a field per day with placed orders named by the day
 -- number.
@@ -17,17 +17,18 @@ local function text(value)
 end
 
 local function unpacked(flat)
-  local out, packed = {}, nil
+  local out, pieces = {}, {}
   for i = 1, #flat, 2 do
-    if flat[i] == 's' then
-      packed = flat[i + 1]
+    local piece = string.match(flat[i], '^s(%d+)$')
+    if piece then
+      pieces[tonumber(piece)] = flat[i + 1]
     else
       out[#out + 1] = flat[i]
       out[#out + 1] = flat[i + 1]
     end
   end
-  if not packed then return flat end
-  for name, value in pairs(cmsgpack.unpack(packed)) do
+  if not pieces[1] then return flat end
+  for name, value in pairs(cmsgpack.unpack(table.concat(pieces))) do
     if name == 'd' then
       for day, n in pairs(value) do
         out[#out + 1] = text(day)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from datetime import date
@@ -14,7 +15,7 @@ from processors.forecast import day_number, stats_from_days
 from store.models import read_histories
 from store.store import DEDUPE_BUCKETS, Store, accepted_record, dedupe_id, rejected_record
 from streams.events import build_event
-from tests.eventgen import fold, random_events, with_duplicates
+from tests.eventgen import BASE_TS, fold, random_events, with_duplicates
 from tests.integration.earlier import stored_fields, unpack_customers
 
 
@@ -282,6 +283,42 @@ async def test_orders_per_day_kept_by_earlier_versions_still_count(
         assert (found and (found.x, found.t_x, found.T)) == (stats and tuple(stats))
 
 
+async def packed_fields(redis: Redis, key: str) -> list[str]:
+    """The pieces s1, s2, ... of the customer hash at ``key``, checked: no other field than
+    those the evaluator keeps, none missing, none over 64 bytes, the hash a listpack."""
+    names = set(await redis.hkeys(key))
+    pieces = sorted((n for n in names if re.fullmatch(r"s[1-9][0-9]*", n)), key=lambda n: int(n[1:]))
+    assert names - set(pieces) <= {"ix", "q", "r", "ev"}, names
+    assert pieces == [f"s{i}" for i in range(1, len(pieces) + 1)], pieces
+    assert all([await redis.hstrlen(key, n) <= 64 for n in pieces]), key
+    assert await redis.object("encoding", key) == "listpack"
+    return pieces
+
+
+async def test_a_long_state_is_packed_in_pieces_a_listpack_keeps(
+    redis: Redis, rng: random.Random
+) -> None:
+    """A customer with orders on many days has a packed state of many pieces, each short
+    enough for Redis to keep the hash compact; it reads the same as the reference, and
+    grows a piece at a time."""
+    prefix = f"long{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, ("order",))
+    days = rng.sample(range(400), 150)
+    events = [
+        {"event_id": f"o{n}", "customer_id": "many-days", "type": "order", "status": "placed",
+         "amount": round(rng.uniform(1, 300), 2), "ts": BASE_TS + day * 86_400 + n}
+        for n, day in enumerate(days)
+    ]  # fmt: skip
+    records = records_for(events, partitions=1)
+    counts = []
+    for start in range(0, len(records), 30):
+        await store.apply_batch(records[start : start + 30])
+        counts.append(len(await packed_fields(redis, store.key("c", "many-days"))))
+    assert counts == sorted(counts) and counts[-1] > 4, counts
+    expected = fold(events, frozenset({"order"}))
+    assert await store.read_customer("many-days") == expected["many-days"]
+
+
 async def test_fields_equal_to_another_are_left_out_of_the_customer_hash(
     redis: Redis, rng: random.Random
 ) -> None:
@@ -323,7 +360,7 @@ async def test_fields_equal_to_another_are_left_out_of_the_customer_hash(
     touched = {build_event(raw).customer_id for raw in events[450:]}
     for customer_id in touched:
         state = expected[customer_id]
-        # packed again: one field for the state, beside those the evaluator keeps
-        assert set(await redis.hkeys(store.key("c", customer_id))) <= {"s", "ix", "q", "r", "ev"}
+        # packed again: pieces of the state, beside the fields the evaluator keeps
+        assert await packed_fields(redis, store.key("c", customer_id))
         fields = await stored_fields(store, customer_id)
         assert ("fs" in fields) == (state.first_seen_ms != state.first_activity_ms)
