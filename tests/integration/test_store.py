@@ -287,7 +287,9 @@ async def packed_fields(redis: Redis, key: str) -> list[str]:
     """The pieces s1, s2, ... of the customer hash at ``key``, checked: no other field than
     those the evaluator keeps, none missing, none over 64 bytes, the hash a listpack."""
     names = set(await redis.hkeys(key))
-    pieces = sorted((n for n in names if re.fullmatch(r"s[1-9][0-9]*", n)), key=lambda n: int(n[1:]))
+    pieces = sorted(
+        (n for n in names if re.fullmatch(r"s[1-9][0-9]*", n)), key=lambda n: int(n[1:])
+    )
     assert names - set(pieces) <= {"ix", "q", "r", "ev"}, names
     assert pieces == [f"s{i}" for i in range(1, len(pieces) + 1)], pieces
     assert all([await redis.hstrlen(key, n) <= 64 for n in pieces]), key
