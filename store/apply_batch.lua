@@ -327,6 +327,15 @@ local function cohort_bit(p, day, idx, bit)
   redis.call('SETBIT', key, num(n - base), bit)
 end
 
+-- The activity bitmaps of the day, the week and the month of `days`, named once per day and
+-- batch; returns the one named by `which` ('ad', 'aw' or 'am', the day's by default).
+local function day_activity(days, which)
+  days.ad = period_key('act', 'd', days.d)
+  days.aw = period_key('act', 'w', days.w)
+  days.am = period_key('act', 'm', days.m)
+  return days[which or 'ad']
+end
+
 -- The event at time t (ms) counts as activity: its day, week and month bits, and the cohort
 -- of the customer's first activity.
 local function activity(c, idx, t, days)
@@ -339,12 +348,12 @@ local function activity(c, idx, t, days)
   if not (fd or ld) then
     -- a day's count of active customers moves with every bit its bitmap gains, which
     -- tells the period readers' window unions (period_counts.lua) which days to OR again
-    if redis.call('SETBIT', period_key('act', 'd', days.d), idx, '1') == 0 then
+    if redis.call('SETBIT', days.ad or day_activity(days), idx, '1') == 0 then
       bump(act_counts_key, days.d, 1)
     end
   end
-  if not (fw or lw) then redis.call('SETBIT', period_key('act', 'w', days.w), idx, '1') end
-  if not (fm or lm) then redis.call('SETBIT', period_key('act', 'm', days.m), idx, '1') end
+  if not (fw or lw) then redis.call('SETBIT', days.aw or day_activity(days, 'aw'), idx, '1') end
+  if not (fm or lm) then redis.call('SETBIT', days.am or day_activity(days, 'am'), idx, '1') end
   if not first or t < first then
     put(c, 'fa', t)
     local old = first and periods_of(first)
@@ -367,7 +376,7 @@ end
 -- The batch's sums per sales hash, {field -> sum}, are written at its end (SALES_FIELDS
 -- in that order, those the batch touched, even when they sum to 0).
 local SALES_FIELDS = {'o', 'pm', 'b', 'r', 'rm'}
-local sales, sales_keys = {}, {}
+local sales, sales_keys, key_of_sales = {}, {}, {}
 local function sales_of(p, day)
   local key = period_key('sales', p, day)
   local s = sales[key]
@@ -375,8 +384,20 @@ local function sales_of(p, day)
     s = {}
     sales[key] = s
     sales_keys[#sales_keys + 1] = key
+    key_of_sales[s] = key
   end
-  return s, key
+  return s
+end
+
+-- The sums of the day, the week and the month of `days` (a table per day and batch, which
+-- keeps them once looked up).
+local function day_sales(days)
+  local sd = days.sd
+  if not sd then
+    sd = sales_of('d', days.d)
+    days.sd, days.sw, days.sm = sd, sales_of('w', days.w), sales_of('m', days.m)
+  end
+  return sd, days.sw, days.sm
 end
 
 local function placed_sale(s, amount, before)
@@ -386,17 +407,17 @@ local function placed_sale(s, amount, before)
 end
 
 local function placed_sales(days, amount, bd, bw, bm)
-  placed_sale(sales_of('d', days.d), amount, bd)
-  placed_sale(sales_of('w', days.w), amount, bw)
-  placed_sale(sales_of('m', days.m), amount, bm)
+  local sd, sw, sm = day_sales(days)
+  placed_sale(sd, amount, bd)
+  placed_sale(sw, amount, bw)
+  placed_sale(sm, amount, bm)
 end
 
 local function refunded_sales(days, amount)
-  for i = 1, 3 do
-    local p = PERIODS[i]
-    local s = sales_of(p, days[p])
-    s.rm = (s.rm or 0) + amount
-  end
+  local sd, sw, sm = day_sales(days)
+  sd.rm = (sd.rm or 0) + amount
+  sw.rm = (sw.rm or 0) + amount
+  sm.rm = (sm.rm or 0) + amount
 end
 
 -- Dedupe digests (event type, customer, event id: 64 bits in base64, computed by the
@@ -797,12 +818,12 @@ end
 -- A day's sum is part of its week's, so the week and the month are the ones to check,
 -- each as stored (read once per batch) plus what this batch adds to it so far.
 local stored_sums = {pm = {}, rm = {}}
-local function period_sum(p, day, field)
-  local s, key = sales_of(p, day)
-  local value = stored_sums[field][key]
+local function period_sum(s, field)
+  local stored = stored_sums[field]
+  local value = stored[s]
   if value == nil then
-    value = tonumber(redis.call('HGET', key, field) or '0')
-    stored_sums[field][key] = value
+    value = tonumber(redis.call('HGET', key_of_sales[s], field) or '0')
+    stored[s] = value
   end
   return value + (s[field] or 0)
 end
@@ -812,8 +833,9 @@ local function sums_overflow(c, days, status, amount, currency, original)
   local field = status == 'placed' and 'pm' or 'rm'
   amount = tonumber(amount)
   if (c.f[field] or 0) + amount > SUM_LIMIT then return true end
-  if period_sum('w', days.w, field) + amount > SUM_LIMIT then return true end
-  if period_sum('m', days.m, field) + amount > SUM_LIMIT then return true end
+  local _, sw, sm = day_sales(days)
+  if period_sum(sw, field) + amount > SUM_LIMIT then return true end
+  if period_sum(sm, field) + amount > SUM_LIMIT then return true end
   if currency ~= '' then
     local sum = c.f[field .. ':' .. currency]
     if (sum or 0) + tonumber(original) > SUM_LIMIT then return true end
@@ -982,7 +1004,8 @@ end
 -- 'topic|partition' and the per-topic counter names, built once per batch
 local tp_names, accepted_names, duplicate_names = {}, {}, {}
 local days_of = {}
-for _, r in ipairs(records) do
+for n = 1, #records do
+  local r = records[n]
   local kind, topic, partition = r[1], r[2], r[3]
   local offset = tonumber(r[4])
   local of_topic = tp_names[topic]
@@ -1006,7 +1029,8 @@ for _, r in ipairs(records) do
     -- that day
     local days = days_of[r[8]]
     if not days or days.w ~= r[9] or days.m ~= r[10] then
-      days = {d = r[8], w = r[9], m = r[10], dn = tonumber(r[8]), wn = tonumber(r[9]), mn = tonumber(r[10])}
+      days = {d = r[8], w = r[9], m = r[10],
+        dn = tonumber(r[8]), wn = tonumber(r[9]), mn = tonumber(r[10])}
       days_of[r[8]] = days
     end
     if kind == 'x' then
