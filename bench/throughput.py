@@ -474,7 +474,10 @@ async def script_seconds_by_part(redis: Redis, total: float) -> dict[str, float]
     parts: dict[str, float] = {}
     for entry in entries:
         command = entry["command"]
-        words = (command.decode() if isinstance(command, bytes) else str(command)).split(" ", 2)
+        # the log also holds the commands scripts make, whose arguments may be binary (a
+        # customer's packed state): only the first two words matter
+        text = command.decode(errors="replace") if isinstance(command, bytes) else str(command)
+        words = text.split(" ", 2)
         if len(words) > 1 and words[0].upper() == "EVALSHA":
             part = script_part(words[1])
             parts[part] = parts.get(part, 0.0) + int(entry["duration"]) / 1e6
