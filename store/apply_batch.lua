@@ -456,7 +456,8 @@ local dg_key = P .. 'dg'
 local function digest_hash(digest, k)
   local V = DIGEST_VALUES
   local a, b, c, d, e = string.byte(digest, 1, 5)
-  local v = (((((V[a] or 0) * 64 + (V[b] or 0)) * 64 + (V[c] or 0)) * 64 + (V[d] or 0)) * 64) + (V[e] or 0)
+  local v = ((((V[a] or 0) * 64 + (V[b] or 0)) * 64 + (V[c] or 0)) * 64 + (V[d] or 0)) * 64
+    + (V[e] or 0)
   return math.floor(v / 2 ^ (30 - k))
 end
 
