@@ -9,8 +9,9 @@ over the lifetime, lognormal order values. For each size the bench spreads the b
 ``--shards`` shards, counts each shard's cells (first day, last day, order days) as the
 batch script keeps them and loads them straight into each shard's ``fitgrid`` with HSET
 (replaying events through the batch script would take hours at 10M). It also writes the
-``od:`` and ``c:`` hashes (and ``ids:next``) of ``--stored`` of those buyers, as the batch script
-writes them: the sample reads a fixed number of customers whatever the store's size. Then
+``od:`` and ``c:`` hashes (and ``ids:next``) of ``--stored`` of those buyers, as earlier
+versions of the batch script wrote them (a field each), which the readers still take: the
+sample reads a fixed number of customers whatever the store's size. Then
 it times :func:`store.models.refit` and prints the report the refit stores: first cold
 (no stored fit, the search starts from all parameters 1), then warm (the next day's refit,
 started from the fit just stored).
