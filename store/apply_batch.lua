@@ -91,7 +91,7 @@ end
 -- values are all 64 bytes or less, its default hash-max-listpack-value, as a compact
 -- listpack; one longer value makes it a table of twice the size). Beside them lie the
 -- fields other scripts read and write on their own: `ix` (the customer's number), `q` and
--- `r` (the evaluator's queue marks) and `ev` (its last evaluation). A packed state costs a
+-- `r` (the evaluator's queue marks) and `ev`, `ev2`, ... (its last evaluation). A packed state costs a
 -- read and a decode where a field each cost a string each way; read_customers.lua
 -- unpacks it for the readers.
 -- Hashes of earlier versions hold every field as text, the days as fields named by the
@@ -140,7 +140,8 @@ local function unpacked_state(key)
   local f, d, names = {}, {}, {}
   for i = 1, #flat, 2 do
     local name, value = flat[i], flat[i + 1]
-    if not HASH_FIELDS[name] then
+    -- the evaluation's pieces after `ev` (store_evaluations.lua) stay too
+    if not HASH_FIELDS[name] and not string.match(name, '^ev%d+$') then
       names[#names + 1] = name
       local b = string.byte(name, 1)
       if b and b >= 48 and b <= 57 then  -- only the day fields' names are digits

@@ -15,24 +15,26 @@ summed by their readers. Families marked ``P`` exist once, under the prefix.
 
 The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
 
-- ``S c:<customer>``       hash: ``s``, the customer's counters and times packed with
-                            MessagePack (a map of field → number; field names in
-                            :mod:`store.store`; the first event seen ``fs``, latest order
-                            ``lo`` and latest login ``ll`` only while they differ from the
-                            first and latest activity ``fa``, ``la``; money in the
-                            reporting currency, and per original currency in ``pm:<CUR>``
-                            (placed) and ``rm:<CUR>`` (refunded); placed orders per day
-                            under ``d``, day number since the epoch → orders), which
-                            ``read_customers.lua`` unpacks into a field each, as text;
-                            beside it ``ix``, the customer's number; ``q`` and ``r``,
-                            which belong to the evaluation queues (below); and ``ev``, the
-                            customer's last evaluation (``st|sc|rr|hv|at|no|cl|cr``:
-                            status, risk score, reasons, high value, when, orders,
-                            predicted CLTV and CLTV at risk in micros). Hashes of earlier
-                            versions hold every field of ``s`` as a field of their own, the
-                            days named by their number (the only field names made of
-                            digits): they are read as such, and packed at the customer's
-                            next change
+- ``S c:<customer>``       hash: ``s1``, ``s2``, ..., the customer's counters and times
+                            packed with MessagePack and cut in pieces (a map of field →
+                            number; field names in :mod:`store.store`; the first event seen
+                            ``fs``, latest order ``lo`` and latest login ``ll`` only while
+                            they differ from the first and latest activity ``fa``, ``la``;
+                            money in the reporting currency, and per original currency in
+                            ``pm:<CUR>`` (placed) and ``rm:<CUR>`` (refunded); placed
+                            orders per day under ``d``, day number since the epoch →
+                            orders), which ``read_customers.lua`` unpacks into a field
+                            each, as text; beside them ``ix``, the customer's number; ``q``
+                            and ``r``, which belong to the evaluation queues (below); and
+                            ``ev``, ``ev2``, ..., the customer's last evaluation in pieces
+                            (``st|sc|rr|hv|at|no|cl|cr``: status, risk score, reasons, high
+                            value, when, orders, predicted CLTV and CLTV at risk in
+                            micros). Every value is at most 64 bytes, which keeps the hash
+                            a compact listpack under Redis's default
+                            ``hash-max-listpack-value``. Hashes of earlier versions hold
+                            every field of the state as a field of their own, the days
+                            named by their number (the only field names made of digits):
+                            they are read as such, and packed at the customer's next change
 - ``S od:<customer>``      hash, placed orders per day, where earlier versions kept them
                             (day number → count); readers add it to the customer hash's,
                             and the customer's next placed order moves it there

@@ -4,7 +4,8 @@
 -- HGETALL replies of c:, od: and tk:. The state packed in c:'s fields s1, s2, ...
 -- (apply_batch.lua) is unpacked there into fields of its own, as earlier versions kept
 -- them: numbers as plain digits, a field per day with placed orders named by the day
--- number.
+-- number; the last evaluation's pieces `ev`, `ev2`, ... (store_evaluations.lua) are
+-- joined into `ev`.
 local P = ARGV[1]
 
 local function text(value)
@@ -16,19 +17,37 @@ local function text(value)
   return value
 end
 
+-- The pieces in order up to the first missing one, joined.
+local function joined(pieces)
+  local parts = {}
+  for n = 1, #pieces do
+    if not pieces[n] then break end
+    parts[n] = pieces[n]
+  end
+  return table.concat(parts)
+end
+
 local function unpacked(flat)
-  local out, pieces = {}, {}
+  local out, pieces, evaluation = {}, {}, {}
   for i = 1, #flat, 2 do
     local piece = string.match(flat[i], '^s(%d+)$')
+    local of_ev = flat[i] == 'ev' and '1' or string.match(flat[i], '^ev(%d+)$')
     if piece then
       pieces[tonumber(piece)] = flat[i + 1]
+    elseif of_ev then
+      evaluation[tonumber(of_ev)] = flat[i + 1]
     else
       out[#out + 1] = flat[i]
       out[#out + 1] = flat[i + 1]
     end
   end
-  if not pieces[1] then return flat end
-  for name, value in pairs(cmsgpack.unpack(table.concat(pieces))) do
+  -- the last evaluation, kept in pieces by store_evaluations.lua
+  if evaluation[1] then
+    out[#out + 1] = 'ev'
+    out[#out + 1] = joined(evaluation)
+  end
+  if not pieces[1] then return out end
+  for name, value in pairs(cmsgpack.unpack(joined(pieces))) do
     if name == 'd' then
       for day, n in pairs(value) do
         out[#out + 1] = text(day)

@@ -27,14 +27,32 @@ for _, m in ipairs(moves.hincr) do
     return redis.error_reply('OVERFLOW ' .. m[1] .. ' would leave the 64-bit range')
   end
 end
--- The evaluation is one field of the customer hash, `ev`, its values joined by '|' in the
--- order above (some 60 bytes, where a hash of its own cost some 170); a customer whose hash
--- is gone (a rebuild wiped it) gets none. Earlier versions kept it in `ev:<customer>`,
--- deleted when the field is first written (HSET answers 1 for a new field).
+-- The evaluation is kept in the customer hash, its values joined by '|' in the order above
+-- (some 60 bytes, where a hash of its own cost some 170), in fields `ev`, `ev2`, ... of at
+-- most 64 bytes each: a longer value would make Redis keep the whole hash as a table of
+-- twice the size instead of a listpack (apply_batch.lua cuts the customer's state the
+-- same way). A customer whose hash is gone (a rebuild wiped it) gets none. Earlier
+-- versions kept it in `ev:<customer>`, deleted when `ev` is first written (HSET answers 1
+-- for a new field).
+local PIECE, MOST_PIECES = 64, 6
 for _, r in ipairs(results) do
   local key = P .. 'c:' .. r[1]
-  if redis.call('EXISTS', key) == 0 or redis.call('HSET', key, 'ev', table.concat(r, '|', 2, 9)) == 1 then
+  if redis.call('EXISTS', key) == 0 then
     redis.call('UNLINK', P .. 'ev:' .. r[1])
+  else
+    local joined = table.concat(r, '|', 2, 9)
+    if redis.call('HSET', key, 'ev', string.sub(joined, 1, PIECE)) == 1 then
+      redis.call('UNLINK', P .. 'ev:' .. r[1])
+    end
+    -- the rest in pieces, and the pieces a longer evaluation left deleted
+    local pieces, more, gone = math.max(1, math.ceil(#joined / PIECE)), {}, {}
+    for i = 2, pieces do
+      more[#more + 1] = 'ev' .. i
+      more[#more + 1] = string.sub(joined, (i - 1) * PIECE + 1, i * PIECE)
+    end
+    for i = pieces + 1, MOST_PIECES do gone[#gone + 1] = 'ev' .. i end
+    if #more > 0 then redis.call('HSET', key, unpack(more)) end
+    if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
   end
 end
 for _, m in ipairs(moves.incr) do redis.call('INCRBY', P .. m[1], m[2]) end

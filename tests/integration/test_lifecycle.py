@@ -15,9 +15,12 @@ from processors.lifecycle import LifecyclePolicy, lookback_days
 from processors.risk import RiskPolicy
 from retention.config import Settings
 from store.evaluations import (
+    _STORE,
+    EVALUATION_FIELDS,
     Evaluator,
     active_before,
     due_backlog,
+    evaluation_fields,
     ranked_at_risk,
     stored_evaluations,
 )
@@ -26,6 +29,7 @@ from streams.events import build_event
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.integration.conftest import Workers, read_topic, wait_until
+from tests.integration.earlier import unpack_customers
 from tests.integration.queue_state import changed_queue, rechecks
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -229,6 +233,39 @@ async def test_an_evaluation_kept_by_earlier_versions_is_read_then_moved(redis: 
     assert await evaluated(store, "old", "at") == str(
         int((T0 + timedelta(days=11)).timestamp() * 1000)
     )
+
+
+async def test_a_long_evaluation_is_kept_in_pieces_a_listpack_keeps(redis: Redis) -> None:
+    """An evaluation longer than 64 bytes (several reasons, a large CLTV) is kept in pieces
+    of at most 64 bytes, so that Redis keeps the customer hash as a compact listpack; both
+    readers get it whole, and a shorter one after it leaves no piece behind."""
+    store = Store(redis, "life12:", ("order",))
+    await store.apply_batch(orders("long", [0, 10]))
+    write = redis.register_script(_STORE)
+    no_moves = json.dumps({"hincr": [], "incr": [], "rank": [], "unrank": []})
+    reasons = "silence,frequency_drop,low_p_alive,ticket_unresolved,refunds"
+    long_row = ["long", "at_risk", "0.6666666666666666", reasons, "1", "1796021590393", "12",
+                "123456789012345", "123456789012345"]  # fmt: skip
+    short_row = ["long", "active", "0", "", "0", "1796021590394", "12", "5", "0"]
+    for row, pieces in ((long_row, 3), (short_row, 1)):
+        await write(keys=["life12:ids"], args=["life12:", json.dumps([row]), no_moves])
+        want = dict(zip(EVALUATION_FIELDS, row[1:], strict=True))
+        assert await stored_evaluations(store, ["long"]) == {"long": want}
+        [(_, fields)] = await store.read_customers_with_fields(["long"])
+        assert evaluation_fields(fields["ev"]) == want
+        names = [n for n in await redis.hkeys("life12:c:long") if n.startswith("ev")]
+        assert sorted(names) == ["ev", *(f"ev{i}" for i in range(2, pieces + 1))]
+        assert all([await redis.hstrlen("life12:c:long", n) <= 64 for n in names])
+        assert await redis.object("encoding", "life12:c:long") == "listpack"
+    # a hash as earlier versions kept it, given a long evaluation, then packed by the batch
+    # script: the evaluation's pieces stay
+    await unpack_customers(store)
+    await write(keys=["life12:ids"], args=["life12:", json.dumps([long_row]), no_moves])
+    await store.apply_batch(orders("long", [20], first_offset=2))
+    want = dict(zip(EVALUATION_FIELDS, long_row[1:], strict=True))
+    assert await stored_evaluations(store, ["long"]) == {"long": want}
+    assert await redis.hget("life12:c:long", "o") is None  # packed
+    assert await redis.object("encoding", "life12:c:long") == "listpack"
 
 
 async def test_the_lookback_union_follows_late_events(redis: Redis) -> None:
