@@ -239,7 +239,7 @@ async def test_a_long_evaluation_is_kept_in_pieces_a_listpack_keeps(redis: Redis
     """An evaluation longer than 64 bytes (several reasons, a large CLTV) is kept in pieces
     of at most 64 bytes, so that Redis keeps the customer hash as a compact listpack; both
     readers get it whole, and a shorter one after it leaves no piece behind."""
-    store = Store(redis, "life12:", ("order",))
+    store = Store(redis, "life13:", ("order",))
     await store.apply_batch(orders("long", [0, 10]))
     write = redis.register_script(_STORE)
     no_moves = json.dumps({"hincr": [], "incr": [], "rank": [], "unrank": []})
@@ -248,24 +248,24 @@ async def test_a_long_evaluation_is_kept_in_pieces_a_listpack_keeps(redis: Redis
                 "123456789012345", "123456789012345"]  # fmt: skip
     short_row = ["long", "active", "0", "", "0", "1796021590394", "12", "5", "0"]
     for row, pieces in ((long_row, 3), (short_row, 1)):
-        await write(keys=["life12:ids"], args=["life12:", json.dumps([row]), no_moves])
+        await write(keys=["life13:ids"], args=["life13:", json.dumps([row]), no_moves])
         want = dict(zip(EVALUATION_FIELDS, row[1:], strict=True))
         assert await stored_evaluations(store, ["long"]) == {"long": want}
         [(_, fields)] = await store.read_customers_with_fields(["long"])
         assert evaluation_fields(fields["ev"]) == want
-        names = [n for n in await redis.hkeys("life12:c:long") if n.startswith("ev")]
+        names = [n for n in await redis.hkeys("life13:c:long") if n.startswith("ev")]
         assert sorted(names) == ["ev", *(f"ev{i}" for i in range(2, pieces + 1))]
-        assert all([await redis.hstrlen("life12:c:long", n) <= 64 for n in names])
-        assert await redis.object("encoding", "life12:c:long") == "listpack"
+        assert all([await redis.hstrlen("life13:c:long", n) <= 64 for n in names])
+        assert await redis.object("encoding", "life13:c:long") == "listpack"
     # a hash as earlier versions kept it, given a long evaluation, then packed by the batch
     # script: the evaluation's pieces stay
     await unpack_customers(store)
-    await write(keys=["life12:ids"], args=["life12:", json.dumps([long_row]), no_moves])
+    await write(keys=["life13:ids"], args=["life13:", json.dumps([long_row]), no_moves])
     await store.apply_batch(orders("long", [20], first_offset=2))
     want = dict(zip(EVALUATION_FIELDS, long_row[1:], strict=True))
     assert await stored_evaluations(store, ["long"]) == {"long": want}
-    assert await redis.hget("life12:c:long", "o") is None  # packed
-    assert await redis.object("encoding", "life12:c:long") == "listpack"
+    assert await redis.hget("life13:c:long", "o") is None  # packed
+    assert await redis.object("encoding", "life13:c:long") == "listpack"
 
 
 async def test_the_lookback_union_follows_late_events(redis: Redis) -> None:
