@@ -237,16 +237,26 @@ class Store:
         customer's three hashes come from one moment."""
         return [state for state, _ in await self.read_customers_with_fields(customer_ids)]
 
-    async def customer_fields(
+    async def _hashes(
         self, home: str, customer_ids: Sequence[str]
-    ) -> list[tuple[dict[str, str], dict[str, str]]]:
-        """Per customer of the shard ``home``, its fields as text (the packed state
-        unpacked, as :func:`_state_from_hashes` reads them; empty for a customer not
-        stored) and the ``od:`` hash of earlier versions, in one script call."""
+    ) -> list[tuple[dict[str, str], dict[str, str], dict[str, str]]]:
+        """Per customer of the shard ``home``: its fields as text (the packed state
+        unpacked; empty for a customer not stored), the ``od:`` hash of earlier versions
+        and its tickets, in one script call (read_customers.lua)."""
         if not customer_ids:
             return []
         reply = await self._read(keys=[home + "ids"], args=[home, *customer_ids])
-        return [(_pairs(reply[3 * n]), _pairs(reply[3 * n + 1])) for n in range(len(customer_ids))]
+        return [
+            (_pairs(reply[3 * n]), _pairs(reply[3 * n + 1]), _pairs(reply[3 * n + 2]))
+            for n in range(len(customer_ids))
+        ]
+
+    async def customer_fields(
+        self, home: str, customer_ids: Sequence[str]
+    ) -> list[tuple[dict[str, str], dict[str, str]]]:
+        """Per customer of the shard ``home``, its fields as text, as
+        :func:`_state_from_hashes` reads them, and the ``od:`` hash of earlier versions."""
+        return [(fields, days) for fields, days, _ in await self._hashes(home, customer_ids)]
 
     async def read_customers_with_fields(
         self, customer_ids: Sequence[str]
@@ -258,13 +268,10 @@ class Store:
         for customer_id in customer_ids:
             by_shard.setdefault(layout.prefix_of(customer_id), []).append(customer_id)
         homes = list(by_shard)
-        replies = await asyncio.gather(
-            *(self._read(keys=[home + "ids"], args=[home, *by_shard[home]]) for home in homes)
-        )
+        replies = await asyncio.gather(*(self._hashes(home, by_shard[home]) for home in homes))
         found: dict[str, tuple[CustomerState, dict[str, str]]] = {}
-        for home, reply in zip(homes, replies, strict=True):
-            for n, customer_id in enumerate(by_shard[home]):
-                fields, days, tickets = (_pairs(reply[3 * n + i]) for i in range(3))
+        for home, hashes in zip(homes, replies, strict=True):
+            for customer_id, (fields, days, tickets) in zip(by_shard[home], hashes, strict=True):
                 if fields:
                     state = _state_from_hashes(customer_id, fields, days, tickets)
                     found[customer_id] = (state, fields)
