@@ -157,8 +157,9 @@ local function unpacked_state(key)
   return f, names
 end
 
--- Customers are read once per batch (on their first event) into Lua tables, changed there,
--- and written back once at the end when they changed.
+-- Customers are read once per batch (before the first write, see below) into Lua tables,
+-- changed there, and written back once at the end when they changed. Returns nil and why
+-- for a customer whose packed state cannot be read (a piece lost or changed by hand).
 local customers, customer_order = {}, {}
 local function customer(cid)
   local c = customers[cid]
@@ -168,7 +169,11 @@ local function customer(cid)
   local packed, pieces = packed_state(key, got)
   local f, old_names = nil, nil
   if packed then
-    f = cmsgpack.unpack(packed)
+    local ok, state = pcall(cmsgpack.unpack, packed)
+    if not ok or type(state) ~= 'table' or type(state.d or {}) ~= 'table' then
+      return nil, 'CORRUPT the packed state of customer ' .. cid .. ' cannot be read'
+    end
+    f = state
     if not f.d then f.d = {} end
   elseif got[1] then
     f, old_names = unpacked_state(key)
@@ -1002,6 +1007,16 @@ for tp, runs in pairs(ranges) do
     end
   end
   reach[tp] = last
+end
+-- Every customer the batch names is read before anything is written: one whose state
+-- cannot be read refuses the whole batch, as Redis keeps the writes a script made before
+-- an error (the worker retries, and its Redis errors show).
+for n = 1, #records do
+  local r = records[n]
+  if r[1] ~= 'x' then
+    local c, problem = customer(r[6])
+    if not c then return redis.error_reply(problem) end
+  end
 end
 -- 'topic|partition' and the per-topic counter names, built once per batch
 local tp_names, accepted_names, duplicate_names = {}, {}, {}

@@ -10,6 +10,7 @@ from datetime import date
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from processors.forecast import day_number, stats_from_days
 from store.models import read_histories
@@ -320,6 +321,35 @@ async def test_a_long_state_is_packed_in_pieces_a_listpack_keeps(
     assert counts == sorted(counts) and counts[-1] > 4, counts
     expected = fold(events, frozenset({"order"}))
     assert await store.read_customer("many-days") == expected["many-days"]
+
+
+async def test_a_state_that_cannot_be_read_refuses_the_batch_before_any_write(
+    redis: Redis, rng: random.Random
+) -> None:
+    """A customer whose packed state was damaged (by hand, or a piece lost) makes the
+    script refuse the whole batch before it writes anything, even for the events before
+    that customer's: once the damage is cleared, the batch applies in full."""
+    prefix = f"bad{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, ("order",))
+
+    def order(customer: str, n: int) -> dict[str, object]:
+        return {"event_id": f"{customer}-{n}", "customer_id": customer, "type": "order",
+                "status": "placed", "amount": 10, "ts": BASE_TS + n * 86_400}  # fmt: skip
+
+    first = [order("fine", 0), order("damaged", 0)]
+    more = [order("fine", 1), order("damaged", 1)]
+    records = records_for(first + more, partitions=1)
+    await store.apply_batch(records[:2])
+    before = await store.read_customer("fine")
+    await redis.hset(store.key("c", "damaged"), "s1", "\xc1 not a state")
+    with pytest.raises(ResponseError, match="CORRUPT"):
+        await store.apply_batch(records[2:])
+    assert await store.read_customer("fine") == before
+    assert (await store.stats()).accepted == {"orders": 2}
+    await redis.delete(store.key("c", "damaged"))
+    result = await store.apply_batch(records[2:])
+    assert (result.applied, result.duplicates) == (2, 0)
+    assert await store.read_customer("fine") == fold(first + more, frozenset({"order"}))["fine"]
 
 
 async def test_fields_equal_to_another_are_left_out_of_the_customer_hash(
