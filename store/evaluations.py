@@ -44,7 +44,7 @@ from processors.risk import RiskPolicy, value
 from processors.state import CustomerState, iso
 from store.models import SAMPLE_CUSTOMERS, read_histories, read_sample, stored_fit
 from store.periods import WINDOW_KEEP_SECONDS, WINDOW_UNION
-from store.store import Store
+from store.store import PIECES, Store
 from streams.events import MICROS
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ _CHUNKS = files("store").joinpath("sched_chunks.lua").read_text()
 _RESCHEDULE = _CHUNKS + files("store").joinpath("reschedule.lua").read_text()
 _TAKE = _CHUNKS + files("store").joinpath("take_due.lua").read_text()
 _BACKLOG = files("store").joinpath("queue_backlog.lua").read_text()
-_PREVIOUS = files("store").joinpath("read_previous.lua").read_text()
+_PREVIOUS = PIECES + files("store").joinpath("read_previous.lua").read_text()
 _STORE = files("store").joinpath("store_evaluations.lua").read_text()
 #: How long taken customers are left to their evaluator before others may take them.
 LEASE_MS = 60_000

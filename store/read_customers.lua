@@ -17,16 +17,6 @@ local function text(value)
   return value
 end
 
--- The pieces in order up to the first missing one, joined.
-local function joined(pieces)
-  local parts = {}
-  for n = 1, #pieces do
-    if not pieces[n] then break end
-    parts[n] = pieces[n]
-  end
-  return table.concat(parts)
-end
-
 local function unpacked(flat)
   local out, pieces, evaluation = {}, {}, {}
   for i = 1, #flat, 2 do

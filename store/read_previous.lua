@@ -10,12 +10,7 @@ local NAMES = {'ev', 'ev2', 'ev3', 'ev4', 'ev5', 'ev6'}
 local out = {}
 for i = 2, #ARGV do
   local pieces = redis.call('HMGET', P .. 'c:' .. ARGV[i], unpack(NAMES))
-  local joined = {}
-  for n = 1, #NAMES do
-    if not pieces[n] then break end
-    joined[n] = pieces[n]
-  end
-  out[#out + 1] = table.concat(joined)
+  out[#out + 1] = joined(pieces)
   out[#out + 1] = pieces[1] and {} or redis.call('HGETALL', P .. 'ev:' .. ARGV[i])
 end
 return out

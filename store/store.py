@@ -40,7 +40,9 @@ KEEP_ON_REBUILD = ("notify:", SHARDS_KEY)
 FORGET_WORKER_SECONDS = 3600
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
 _SCRIPT = files("store").joinpath("apply_batch.lua").read_text()
-_READ = files("store").joinpath("read_customers.lua").read_text()
+#: Joins values kept in pieces; put before the scripts that read them.
+PIECES = files("store").joinpath("pieces.lua").read_text()
+_READ = PIECES + files("store").joinpath("read_customers.lua").read_text()
 
 
 def dedupe_id(event: Event) -> str:
