@@ -561,10 +561,7 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
         periods = Periods(redis, prefix)
         closed = 0
         for period in PERIODS:
-            rows = await periods.close(
-                period, settings.churn_after_days, datetime.now(UTC), limit=None
-            )
-            closed += len(rows)
+            closed += len(await periods.close(period, datetime.now(UTC), limit=None))
         close_seconds = time.monotonic() - started
         growth = int((await redis.info("memory"))["used_memory"]) - before
         logger.warning(

@@ -14,7 +14,9 @@ the next size. At each size it times, ``--repeat`` times each:
 - ``cohorts``: the recent monthly cohorts a scrape reports;
 - ``snapshot``: a whole :func:`retention.snapshot.read_snapshot` without a broker;
 - ``uncached``: the same rows computed without the window cache (the cost of the first
-  scrape after a day begins, and what every scrape paid before the cache).
+  scrape after a day begins, and what every scrape paid before the cache);
+- ``year``: the day rows of the 365 days before now, as ``retention metrics --period day``
+  counts them (every row read afresh: none is stored).
 
 The first scrape at a size fills the window cache; the figures are those of the scrapes
 after it (each after one more batch of events, so the current day really changed).
@@ -104,6 +106,11 @@ async def measure(
         for period in PERIODS:
             await periods.row(period, period_start(NOW, period), churn, cached=cached)
 
+    year = [period_start(NOW, "day") - timedelta(days=d) for d in range(365, 0, -1)]
+
+    async def day_rows() -> None:
+        await periods.rows_of("day", year, churn)
+
     async def cohorts() -> None:
         await periods.cohorts("month", NOW, last=COHORT_MONTHS)
 
@@ -111,7 +118,9 @@ async def measure(
         await read_snapshot(settings, redis, None, NOW)
 
     await rows(True)  # fills the cache
-    found: dict[str, list[float]] = {"rows": [], "cohorts": [], "snapshot": [], "uncached": []}
+    found: dict[str, list[float]] = {
+        "rows": [], "cohorts": [], "snapshot": [], "uncached": [], "year": []
+    }  # fmt: skip
     for i in range(repeat):
         # a few events of today between scrapes, as live traffic would bring
         await load(store, today_records(offset + i * 100, seed + i))
@@ -119,6 +128,7 @@ async def measure(
         found["cohorts"].append(await timed(cohorts))
         found["snapshot"].append(await timed(snapshot))
         found["uncached"].append(await timed(lambda: rows(False)))
+        found["year"].append(await timed(day_rows))
     return {name: statistics.median(times) for name, times in found.items()}
 
 
@@ -162,6 +172,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, float]]:
                     f"uncached {figures['uncached'] * 1000:8.1f} ms  "
                     f"cohorts {figures['cohorts'] * 1000:8.1f} ms  "
                     f"snapshot {figures['snapshot'] * 1000:8.1f} ms  "
+                    f"year of day rows {figures['year'] * 1000:8.1f} ms  "
                     f"(loaded {len(records):,} events in {load_s:.0f} s)",
                     file=sys.stderr,
                     flush=True,

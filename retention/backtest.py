@@ -256,13 +256,8 @@ class Backtest:
         if last is not None:
             # end of input: the clock moves to the end of the last period
             end = next_period(period_start(last, o.period), o.period)
-            await periods.close(o.period, o.churn_days, clock=end, through=last, limit=None)
-            wanted = {s.date().isoformat() for s in await periods.starts(o.period, last)}
-            rows = [
-                r.as_dict()
-                for r in await periods.closed_rows(o.period, o.churn_days)
-                if r.period in wanted
-            ]
+            await periods.close(o.period, clock=end, through=last, limit=None)
+            rows = [r.as_dict() for r in await periods.rows(o.period, o.churn_days, last)]
         stats = await store.stats()
         # the models as of the end of the data: the --until day, or the last event's day
         spend = repeat_spend(events, last.date()) if last is not None else {}

@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     heartbeat_interval_seconds: float = Field(default=3.0, gt=0)
     worker_heartbeat_seconds: float = Field(default=1.0, gt=0)
     # Periods: W of docs/metrics.md (whole days, since periods start at midnight), which clock
-    # closes them, and how long after its end a period waits for late events.
+    # closes them (compacts their bitmaps; rows are counted when read), and how long after
+    # its end a period waits for that.
     # uvloop lowers Faust's per-message cost, the worker's ceiling (bench/README.md)
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     churn_after_days: int = Field(default=90, ge=1)

@@ -29,8 +29,9 @@ from streams.events import EVENT_TYPES, REJECT_REASONS
 Window = Literal["current", "last_closed", "previous_closed"]
 
 
-#: ``current`` is the open period holding now; ``last_closed`` the newest row the leader
-#: wrote, ``previous_closed`` the one before it, so a spike is one comparison in PromQL.
+#: ``current`` is the open period holding now; ``last_closed`` the period before it and
+#: ``previous_closed`` the one before that, counted at each scrape from what the store holds
+#: (late data included), so a spike is one comparison in PromQL.
 WINDOWS: tuple[Window, ...] = ("current", "last_closed", "previous_closed")
 
 

@@ -17,7 +17,7 @@ from processors.evaluator import evaluate
 from processors.forecast import NO_VALUE, outlook
 from processors.lifecycle import LifecyclePolicy
 from processors.state import to_public
-from processors.windows import PERIODS, Period
+from processors.windows import PERIODS, Period, next_period
 from retention.config import Settings
 from store.connect import connect
 from store.evaluations import Evaluator, active_before, ranked_at_risk
@@ -76,25 +76,22 @@ async def at_risk(settings: Settings, limit: int) -> list[dict[str, Any]]:
 async def live_periods(
     settings: Settings, period: Period, churn_days: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Closed rows as stored, then the periods not closed yet through now, marked open;
-    and the distinct active customers of the current day, week and month."""
+    """Every period's row through now, counted from what the store holds (late data
+    included), those not ended yet marked open; and the distinct active customers of the
+    current day, week and month."""
     async with _redis(settings) as redis:
         periods = Periods(redis, settings.key_prefix)
         now = datetime.now(UTC)
         active: dict[str, int] = {p: await periods.active(p, now) for p in PERIODS}
-        rows: list[dict[str, Any]] = []
         span = await periods.span()
         through = max(now, span[1]) if span else None
         starts = await periods.starts(period, through)
-        # only the rows of these periods: whatever else an older version stored is not read
-        closed = await periods.stored_rows(period, churn_days, starts)
-        for start in starts:
-            key = start.date().isoformat()
-            if key in closed:
-                rows.append(closed[key].as_dict())
-            else:
-                row = await periods.row(period, start, churn_days)
-                rows.append({**row.as_dict(), "open": True})
+        rows = [
+            {**row.as_dict(), "open": True} if next_period(start, period) > now else row.as_dict()
+            for start, row in zip(
+                starts, await periods.rows_of(period, starts, churn_days), strict=True
+            )
+        ]
         return rows, active
 
 

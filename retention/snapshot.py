@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from processors.metrics import Cohort, PeriodRow
-from processors.windows import PERIODS, Period, period_start
+from processors.windows import PERIODS, Period, period_start, periods_between
 from retention.config import Settings
 from retention.metric_families import COHORT_MONTHS, Snapshot, Window
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
@@ -98,8 +98,15 @@ def lag_per_topic(
 async def _closed_rows(
     periods: Periods, period: Period, churn_days: int, now: datetime
 ) -> dict[Window, PeriodRow]:
-    """The two newest closed rows; only their keys are listed, two values read."""
-    rows = await periods.latest_closed(period, churn_days, 2, now)
+    """The rows of the two periods before the one holding ``now``, as their data stands
+    (late data included), from the first event's period on. Their window unions are kept
+    between scrapes, so a scrape ORs in only the days that changed."""
+    span = await periods.span()
+    if span is None:
+        return {}
+    current = period_start(now, period)
+    starts = [s for s in periods_between(span[0], now, period) if s < current][-2:]
+    rows = await periods.rows_of(period, starts, churn_days, cached=True)
     closed: tuple[Window, Window] = ("previous_closed", "last_closed")
     return dict(zip(closed[-len(rows) :], rows, strict=True)) if rows else {}
 

@@ -108,8 +108,8 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
 
 Periods (:mod:`store.periods`):
 
-- ``P rows:<p>:<W>``       hash, closed period rows for churn window ``W`` days (the
-                            period's first date → JSON row), each written once
+- ``P rows:<p>:<W>``       hash, closed period rows that earlier versions wrote once;
+                            no longer written nor read (rows are counted when read)
 - ``P packed``             hash, per period letter: the first day of the next ended
                             period whose bitmaps are to be rewritten at their exact size
                             (``Periods.compact``); those before it have been

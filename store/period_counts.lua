@@ -1,27 +1,41 @@
--- Counts of one period [start, stop) for its retention row, from the day bitmaps.
+-- Counts of periods [start, stop) for their retention rows, from the day bitmaps and the
+-- sales hashes, as they are now: late data shows as soon as it is applied.
 -- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
--- ARGV: the shard's prefix, period letter (d|w|m), start day, stop day, churn window W in days
--- (all days counted from 1970-01-01), and how long (s) to keep the window unions for the
--- next call (0: none kept; window_union.lua keeps them). Active at t = an activity day in
--- [t - W, t), since periods start at midnight and W is whole days.
--- Returns {S, E, S and E, N, orders, placed micros, refunded micros, buyers, repeaters}.
+-- ARGV: the shard's prefix, period letter (d|w|m), churn window W in days, how long (s) to
+-- keep the window unions for the next call (0: none kept; window_union.lua keeps them),
+-- then each period's start day and stop day (all days counted from 1970-01-01). Active at
+-- t = an activity day in [t - W, t), since periods start at midnight and W is whole days.
+-- Returns, per period in order, {S, E, S and E, N, orders, placed micros, refunded micros,
+-- buyers, repeaters}, one flat list.
 local P, p = ARGV[1], ARGV[2]
-local start, stop, W = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local keep = tonumber(ARGV[6] or '0')
+local W, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
 local X = P .. 'tmp:X'
-local scratch = {X}
 
--- The union computed afresh, into a scratch key.
-local function active_now(t, dest)
-  local _, keys = window_days(P, t - W, t)
-  redis.call('BITOP', 'OR', dest, unpack(keys))
-  scratch[#scratch + 1] = dest
-  return dest
+-- The union at each boundary t is computed once per call: a period's end is the next
+-- period's start. Unkept unions live in scratch keys, dropped after their last use.
+local uses, unions = {}, {}
+for i = 5, #ARGV do
+  local t = tonumber(ARGV[i])
+  uses[t] = (uses[t] or 0) + 1
 end
 
-local function active_at(t, dest)
-  if keep > 0 then return kept_union(P, t - W, t, keep) end
-  return active_now(t, dest)
+local function active_at(t)
+  local key = unions[t]
+  if key then return key end
+  if keep > 0 then
+    key = kept_union(P, t - W, t, keep)
+  else
+    local _, keys = window_days(P, t - W, t)
+    key = P .. 'tmp:U' .. t
+    redis.call('BITOP', 'OR', key, unpack(keys))
+  end
+  unions[t] = key
+  return key
+end
+
+local function done_with(t)
+  uses[t] = uses[t] - 1
+  if uses[t] == 0 and keep == 0 then redis.call('DEL', unions[t]) end
 end
 
 local function count_and(a, b)
@@ -29,22 +43,28 @@ local function count_and(a, b)
   return redis.call('BITCOUNT', X)
 end
 
-local S = active_at(start, P .. 'tmp:S')
-local E = active_at(stop, P .. 'tmp:E')
-local suffix = p .. ':' .. start
-local sales = redis.call('HMGET', P .. 'sales:' .. suffix, 'o', 'pm', 'rm', 'b', 'r')
-local result = {
-  redis.call('BITCOUNT', S),
-  redis.call('BITCOUNT', E),
-  count_and(S, E),
-  cohort_and_count(P .. 'coh:' .. suffix, cohort_start(P, suffix), E, X),
-  sales[1] or '0',
-  sales[2] or '0',
-  sales[3] or '0',
-  -- buyers and repeat buyers: counted in the sales hash, and in bitmaps by earlier
-  -- versions (a customer is in one or the other)
-  tonumber(sales[4] or '0') + redis.call('BITCOUNT', P .. 'buy:' .. suffix),
-  tonumber(sales[5] or '0') + redis.call('BITCOUNT', P .. 'rep:' .. suffix),
-}
-redis.call('DEL', unpack(scratch))
+local result = {}
+for i = 5, #ARGV, 2 do
+  local start, stop = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local S, E = active_at(start), active_at(stop)
+  local suffix = p .. ':' .. ARGV[i]
+  local sales = redis.call('HMGET', P .. 'sales:' .. suffix, 'o', 'pm', 'rm', 'b', 'r')
+  local row = {
+    redis.call('BITCOUNT', S),
+    redis.call('BITCOUNT', E),
+    count_and(S, E),
+    cohort_and_count(P .. 'coh:' .. suffix, cohort_start(P, suffix), E, X),
+    sales[1] or '0',
+    sales[2] or '0',
+    sales[3] or '0',
+    -- buyers and repeat buyers: counted in the sales hash, and in bitmaps by earlier
+    -- versions (a customer is in one or the other)
+    tonumber(sales[4] or '0') + redis.call('BITCOUNT', P .. 'buy:' .. suffix),
+    tonumber(sales[5] or '0') + redis.call('BITCOUNT', P .. 'rep:' .. suffix),
+  }
+  for _, value in ipairs(row) do result[#result + 1] = value end
+  done_with(start)
+  done_with(stop)
+end
+redis.call('DEL', X)
 return result

@@ -1,9 +1,10 @@
 """Period rows and cohorts from the store's bitmaps, and the closing of periods.
 
-The counts are exact whenever they are read: the bitmaps hold every applied activity,
-late ones included. Closing a period writes its row once (``HSETNX``) for the record, when
-the clock has passed the period's end; the clock is wall time in live mode and the
-event-time watermark in backtests.
+Rows are counted whenever they are read, never frozen: the bitmaps and sales hashes hold
+every applied event, late and replayed ones included, so a period's row follows its data
+after the period has ended. Closing a period, once the clock has passed its end (wall time
+in live mode, the event-time watermark in backtests), only gives its bitmaps their exact
+size.
 
 Readers take what is stored as it is, including what an older version let in: event times
 outside ``[VALID_FROM, VALID_UNTIL)`` (an order dated 9999-12-31 or 0001-01-01) are skipped
@@ -16,7 +17,6 @@ first, then the days of the first and last of them).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,16 +50,17 @@ _COHORT = _COHORT_BITS + files("store").joinpath("cohort_row.lua").read_text()
 VALID_FROM = datetime(1970, 1, 1, tzinfo=UTC)
 VALID_UNTIL = datetime(2100, 1, 1, tzinfo=UTC)
 _VALID_MS = (0, int(VALID_UNTIL.timestamp() * 1000))
-#: At most this many rows written per ``close`` call: a backlog (data from long ago, or a
-#: leader that was down) is worked off a bounded step per tick instead of in one long burst
-#: of Redis work. A day row costs two unions of W day bitmaps.
+#: At most this many periods compacted per ``close`` call: a backlog (data from long ago, or
+#: a leader that was down) is worked off a bounded step per tick instead of in one long
+#: burst of Redis work.
 MAX_CLOSED_PER_CALL = 100
 #: How long a churn-window union kept for a repeated reader outlives its last use. The
 #: exporter uses its current periods' unions every scrape; a union left unused this long
 #: (a period that ended, an exporter that stopped) goes, and is rebuilt if asked again.
 WINDOW_KEEP_SECONDS = 3600
-#: Names checked per round trip when looking rows up in a period's rows hash.
-_CHUNK = 500
+#: Periods counted per script call: bounds how long one call holds a Redis node (a call
+#: ORs about W day bitmaps per period).
+ROWS_PER_CALL = 32
 #: A warning of one kind is repeated at most this often by one reader.
 _WARN_EVERY_SECONDS = 60.0
 _DAY = timedelta(days=1)
@@ -187,51 +188,69 @@ class Periods:
     async def row(
         self, period: Period, start: datetime, churn_days: int, cached: bool = False
     ) -> PeriodRow:
-        """The period's row, counted now from the bitmaps.
+        """The period's row, counted now from the bitmaps and the sales hashes.
 
         ``cached`` keeps the two churn-window unions (active at the start, active at the
         end) in the store for :data:`WINDOW_KEEP_SECONDS` after each use, and brings them
         up to date by ORing in only the days whose activity count moved since: a reader
-        that asks for the same period again and again (the exporter, for the current
-        periods) then does a few bitmap operations per call instead of 2 × W. Without it
-        (closing past periods, read once) the unions are computed and dropped.
+        that asks for the same period again and again (the exporter, for its periods) then
+        does a few bitmap operations per call instead of 2 × W. Without it the unions are
+        computed and dropped.
         """
-        stop = next_period(start, period)
-        args = [
-            PERIOD_LETTERS[period],
-            str(epoch_day(start)),
-            str(epoch_day(stop)),
-            str(churn_days),
-            str(WINDOW_KEEP_SECONDS if cached else 0),
-        ]
+        return (await self.rows_of(period, [start], churn_days, cached))[0]
+
+    async def rows_of(
+        self, period: Period, starts: Sequence[datetime], churn_days: int, cached: bool = False
+    ) -> list[PeriodRow]:
+        """The rows of the periods starting at ``starts``, each counted now from what the
+        store holds: whatever was applied to a period, late or replayed, shows in its row.
+
+        The periods go to each shard :data:`ROWS_PER_CALL` at a time, and a call works
+        out each boundary's churn-window union once (a period's end is the next one's
+        start), so a year of day rows costs some 366 unions rather than 730.
+        """
         homes = await self.homes()
-        # each customer lives in one shard: every count is the sum of the shards' counts
-        replies = await asyncio.gather(
-            *(self._counts(keys=[home + "meta"], args=[home, *args]) for home in homes)
-        )
-        s, e, s_and_e, n, orders, placed, refunded, buyers, repeaters = (
-            sum(int(reply[i]) for reply in replies) for i in range(9)
-        )
-        counts = PeriodCounts(
-            start=int(s),
-            end=int(e),
-            new=int(n),
-            lost=int(s) - int(s_and_e),
-            # N and S never meet (a new customer had no activity before the start), so
-            # E \ S \ N has |E| - |E ∩ S| - |N| members
-            reactivated=int(e) - int(s_and_e) - int(n),
-            orders=int(orders),
-            placed_micros=int(placed),
-            refunded_micros=int(refunded),
-            buyers=int(buyers),
-            repeaters=int(repeaters),
-        )
-        return row_from_counts(start, counts)
+        out: list[PeriodRow] = []
+        for i in range(0, len(starts), ROWS_PER_CALL):
+            chunk = starts[i : i + ROWS_PER_CALL]
+            args = [
+                PERIOD_LETTERS[period],
+                str(churn_days),
+                str(WINDOW_KEEP_SECONDS if cached else 0),
+            ]
+            for start in chunk:
+                args += [str(epoch_day(start)), str(epoch_day(next_period(start, period)))]
+            # each customer lives in one shard: every count is the sum of the shards' counts
+            replies = await asyncio.gather(
+                *(self._counts(keys=[home + "meta"], args=[home, *args]) for home in homes)
+            )
+            for n, start in enumerate(chunk):
+                s, e, s_and_e, new, orders, placed, refunded, buyers, repeaters = (
+                    sum(int(reply[9 * n + k]) for reply in replies) for k in range(9)
+                )
+                counts = PeriodCounts(
+                    start=s,
+                    end=e,
+                    new=new,
+                    lost=s - s_and_e,
+                    # N and S never meet (a new customer had no activity before the start),
+                    # so E \ S \ N has |E| - |E ∩ S| - |N| members
+                    reactivated=e - s_and_e - new,
+                    orders=orders,
+                    placed_micros=placed,
+                    refunded_micros=refunded,
+                    buyers=buyers,
+                    repeaters=repeaters,
+                )
+                out.append(row_from_counts(start, counts))
+        return out
 
     async def rows(
         self, period: Period, churn_days: int, through: datetime | None = None
     ) -> list[PeriodRow]:
-        return [await self.row(period, s, churn_days) for s in await self.starts(period, through)]
+        """Every period's row from the first event's through the one holding ``through``
+        (default: the last event)."""
+        return await self.rows_of(period, await self.starts(period, through), churn_days)
 
     async def cohorts(
         self, period: Period, through: datetime | None = None, last: int | None = None
@@ -264,48 +283,31 @@ class Periods:
         homes = await self.homes()
         return sum(await asyncio.gather(*(self.redis.bitcount(home + name) for home in homes)))
 
-    def _rows_key(self, period: Period, churn_days: int) -> str:
-        return self.key("rows", PERIOD_LETTERS[period], str(churn_days))
-
     async def close(
         self,
         period: Period,
-        churn_days: int,
         clock: datetime,
         through: datetime | None = None,
         limit: int | None = MAX_CLOSED_PER_CALL,
-    ) -> list[PeriodRow]:
-        """Write the row of periods that ended at or before ``clock`` and have none, oldest
-        first, at most ``limit`` of them (None: all), and compact the bitmaps of as many
-        ended periods (:meth:`_compact_ended`).
+    ) -> list[datetime]:
+        """Compact the bitmaps of periods that ended at or before ``clock``
+        (:meth:`_compact_ended`), oldest first, at most ``limit`` of them (None: all).
 
         ``through`` limits closing to periods up to the one holding it (a backtest's
-        ``--until``). Returns the rows written by this call; a row already written stays.
-        Only the periods of the valid span are looked at, by name, so rows that an older
-        version wrote for out-of-range dates are neither read nor rewritten.
+        ``--until``). Returns the starts of the periods compacted by this call. No row is
+        written: rows are counted when read, so data applied to a period after it ended
+        (a backfill, a replay, a producer that was down) shows in it.
         """
-        key = self._rows_key(period, churn_days)
-        due = [
+        ended = [
             start
             for start in await self.starts(period, max(clock, through or clock))
             if next_period(start, period) <= clock and not (through and start > through)
         ]
-        done = await self._existing(key, [s.date().isoformat() for s in due])
-        written: list[PeriodRow] = []
-        for start in due:
-            if limit is not None and len(written) >= limit:
-                break
-            if start.date().isoformat() in done:
-                continue
-            row = await self.row(period, start, churn_days)
-            if await self.redis.hsetnx(key, row.period, json.dumps(row.as_dict())):
-                written.append(row)
-        await self._compact_ended(period, due, limit)
-        return written
+        return await self._compact_ended(period, ended, limit)
 
     async def _compact_ended(
         self, period: Period, ended: Sequence[datetime], limit: int | None
-    ) -> None:
+    ) -> list[datetime]:
         """Compact the bitmaps of periods that have ended (:meth:`compact`), oldest first
         and at most ``limit`` of them per call, each once: ``P packed`` keeps, per period
         kind, the first day of the next period to compact. A store upgraded from a version
@@ -319,6 +321,7 @@ class Periods:
             await self.compact(period, start)
         if todo:
             await self.redis.hset(key, letter, str(epoch_day(next_period(todo[-1], period))))
+        return todo
 
     async def compact(self, period: Period, start: datetime) -> None:
         """Give the period's bitmaps the room their bits take and no more.
@@ -334,86 +337,6 @@ class Periods:
         ]
         # one call per key: a cluster client does not pipeline BITOP
         await asyncio.gather(*(self.redis.bitop("OR", key, key) for key in keys))
-
-    async def _existing(self, key: str, names: Sequence[str]) -> set[str]:
-        """Those of ``names`` that are fields of the hash ``key``."""
-        found: set[str] = set()
-        for i in range(0, len(names), _CHUNK):
-            chunk = names[i : i + _CHUNK]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for name in chunk:
-                    pipe.hexists(key, name)
-                flags = await pipe.execute()
-            found.update(name for name, flag in zip(chunk, flags, strict=True) if flag)
-        return found
-
-    async def stored_rows(
-        self, period: Period, churn_days: int, starts: Sequence[datetime]
-    ) -> dict[str, PeriodRow]:
-        """The closed rows of the given periods, by period start date; absent ones left out."""
-        key = self._rows_key(period, churn_days)
-        names = [s.date().isoformat() for s in starts]
-        out: dict[str, PeriodRow] = {}
-        for i in range(0, len(names), _CHUNK):
-            chunk = names[i : i + _CHUNK]
-            raw = cast(list[str | None], await self.redis.hmget(key, chunk))
-            out.update(self._parse_rows((n, v) for n, v in zip(chunk, raw, strict=True) if v))
-        return out
-
-    async def latest_closed(
-        self, period: Period, churn_days: int, n: int, now: datetime | None = None
-    ) -> list[PeriodRow]:
-        """The ``n`` newest closed rows, oldest first.
-
-        Periods are looked up by name from the newest one (through ``now`` or the last
-        event, whichever is later) backwards, a few at a time: a live tracker finds them in
-        one round trip, whatever else the hash holds.
-        """
-        span = await self.span()
-        if span is None:
-            return []
-        key = self._rows_key(period, churn_days)
-        latest = clamp(max(span[1], now or datetime.now(UTC)))
-        names = [s.date().isoformat() for s in reversed(periods_between(span[0], latest, period))]
-        found: list[str] = []
-        i, step = 0, max(8, 2 * n)
-        while i < len(names) and len(found) < n:
-            chunk = names[i : i + step]
-            present = await self._existing(key, chunk)
-            found += [name for name in chunk if name in present]
-            # a growing step: few round trips even across decades of unclosed periods
-            i, step = i + step, min(2 * step, _CHUNK)
-        wanted = sorted(found[:n])
-        if not wanted:
-            return []
-        raw = cast(list[str | None], await self.redis.hmget(key, wanted))
-        rows = self._parse_rows((k, v) for k, v in zip(wanted, raw, strict=True) if v)
-        return [rows[k] for k in sorted(rows)]
-
-    async def closed_rows(self, period: Period, churn_days: int) -> list[PeriodRow]:
-        """Every closed row in range, oldest first."""
-        raw = cast(dict[str, str], await self.redis.hgetall(self._rows_key(period, churn_days)))
-        rows = self._parse_rows(raw.items())
-        return [rows[k] for k in sorted(rows)]
-
-    def _parse_rows(self, items: Iterable[tuple[str, str]]) -> dict[str, PeriodRow]:
-        """Stored rows by name, without those dated out of range or not readable."""
-        out: dict[str, PeriodRow] = {}
-        skipped: list[str] = []
-        for name, value in items:
-            row = _parse_row(name, value)
-            if row is None:
-                skipped.append(name)
-            else:
-                out[name] = row
-        if skipped:
-            self._warn(
-                "rows",
-                "stored period rows out of range or unreadable skipped",
-                count=len(skipped),
-                example=skipped[0],
-            )
-        return out
 
     async def watermark(self, scope: str, topics: dict[str, int]) -> datetime | None:
         """The event-time watermark: the oldest of the partitions' newest event times.
@@ -467,13 +390,3 @@ def _extreme(values: list[str], pick: Callable[[Iterable[float]], float]) -> str
 
 def _from_ms(ms: int) -> datetime:
     return VALID_FROM + timedelta(milliseconds=ms)
-
-
-def _parse_row(name: str, value: str) -> PeriodRow | None:
-    try:
-        start = datetime.fromisoformat(name).replace(tzinfo=UTC)
-        if not VALID_FROM <= start < VALID_UNTIL:
-            return None
-        return PeriodRow.from_dict(json.loads(value))
-    except (TypeError, ValueError):
-        return None

@@ -43,14 +43,14 @@ async def period_clock(settings: WorkerSettings, periods: Periods, scope: str) -
 
 
 async def close_periods(settings: WorkerSettings, periods: Periods, scope: str) -> int:
-    """Write the rows of periods the clock has passed, after the allowed lateness."""
+    """Compact the bitmaps of periods the clock has passed, after the allowed lateness."""
     clock = await period_clock(settings, periods, scope)
     if clock is None:
         return 0
     cutoff = clock - timedelta(seconds=settings.lateness_seconds)
     written = 0
     for period in PERIODS:
-        written += len(await periods.close(period, settings.churn_after_days, cutoff))
+        written += len(await periods.close(period, cutoff))
     return written
 
 
@@ -132,7 +132,7 @@ def clock_timers(app: faust.App, parts: WorkerParts) -> None:
     async def close() -> None:
         written = await close_periods(settings, periods, parts.cluster_id)
         if written:
-            logger.info("periods closed", extra={"rows": written})
+            logger.info("periods closed", extra={"periods": written})
 
     # Checked often, done rarely: a fresh worker (or a new leader) fits soon after it
     # starts instead of a whole interval later.

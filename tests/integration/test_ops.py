@@ -336,12 +336,6 @@ async def test_dashboards_and_rules_query_a_real_prometheus(
         )
 
     await wait_until(applied, 45, "the events to be applied", workers.logs)
-    months = f"{settings.key_prefix}rows:m:{settings.churn_after_days}"
-
-    async def two_months_closed() -> bool:
-        return int(await redis.hlen(months)) >= 2
-
-    await wait_until(two_months_closed, 20, "the leader to close two months", workers.logs)
     await seed_stage_keys(redis, settings.key_prefix)
 
     prometheus = start_prometheus(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -34,8 +33,15 @@ def unique(events: list[dict[str, Any]]) -> list[Event]:
     return out
 
 
-async def load(store: Store, events: list[dict[str, Any]], rng: random.Random) -> None:
-    offsets: dict[int, int] = {}
+async def load(
+    store: Store,
+    events: list[dict[str, Any]],
+    rng: random.Random,
+    offsets: dict[int, int] | None = None,
+) -> None:
+    """Apply ``events`` in batches of random size, at the partition offsets after those in
+    ``offsets`` (updated)."""
+    offsets = {} if offsets is None else offsets
     records = []
     for raw in events:
         event = build_event(raw)
@@ -166,26 +172,46 @@ async def test_buyers_kept_in_bitmaps_by_earlier_versions_still_count(
         assert [r.as_dict() for r in got] == [r.as_dict() for r in want]
 
 
-async def test_closing_writes_each_row_once(redis: Redis, rng: random.Random) -> None:
-    prefix = f"close{rng.randrange(1 << 30)}:"
+async def test_rows_follow_data_applied_after_their_periods_ended(
+    redis: Redis, rng: random.Random
+) -> None:
+    """History loaded in two halves with periods closed in between, then events for
+    months long ended: every row of every period, and every cohort, follows the data."""
+    prefix = f"late{rng.randrange(1 << 30)}:"
     store = Store(redis, prefix, KINDS)
-    await load(store, random_events(rng, customers=20, count=400), rng)
+    events = random_events(rng, customers=50, count=1600)
+    rng.shuffle(events)
+    half, offsets = len(events) // 2, {}
+    await load(store, events[:half], rng, offsets)
     periods = Periods(redis, prefix)
     first, last = await periods.span() or (None, None)
     assert first and last
-    halfway = first + (last - first) / 2
-    early = await periods.close("month", 90, clock=halfway)
-    assert early and all(
-        datetime.fromisoformat(r.period).replace(tzinfo=UTC) < halfway for r in early
-    )
-    assert await periods.close("month", 90, clock=halfway) == []
-    # silent periods after the last event close too: customers churn without events
     later = last + timedelta(days=62)
-    rest = await periods.close("month", 90, clock=later)
-    closed = await periods.closed_rows("month", 90)
-    assert [r.period for r in closed] == [r.period for r in early + rest]
-    assert closed[-1].period > last.date().isoformat()
-    assert closed == (await periods.rows("month", 90, through=later))[: len(closed)]
+    for period in PERIODS:
+        assert await periods.close(period, clock=later, limit=None)
+        before = await periods.rows(period, 30)
+        assert [r.as_dict() for r in before] == [
+            r.as_dict()
+            for r in period_rows(
+                unique(events[:half]), period=period, churn_after=timedelta(days=30),
+                activity_kinds=set(KINDS),
+            )
+        ]  # fmt: skip
+    months_before = sum(r.orders for r in await periods.rows("month", 30))
+    await load(store, events[half:], rng, offsets)
+    for period in PERIODS:
+        await periods.close(period, clock=later, limit=None)
+        want = period_rows(
+            unique(events), period=period, churn_after=timedelta(days=30),
+            activity_kinds=set(KINDS),
+        )  # fmt: skip
+        got = await periods.rows(period, 30)
+        assert [r.as_dict() for r in got] == [r.as_dict() for r in want]
+        assert await periods.cohorts(period) == cohorts(
+            unique(events), period=period, activity_kinds=frozenset(KINDS)
+        )
+    # the months of the first half grew: their rows were not kept as first counted
+    assert sum(r.orders for r in await periods.rows("month", 30)) > months_before
 
 
 async def bitmap_sizes(redis: Redis, homes: Sequence[str], day: int) -> list[tuple[int, int, int]]:
@@ -233,8 +259,8 @@ async def test_closing_a_period_gives_its_bitmaps_their_exact_size(
     before = await bitmap_sizes(redis, homes, epoch_day(day))
     assert sum(bits for *_, bits in before) == 2 * customers
     assert any(used > exact for used, exact, _ in before)  # room left to grow
-    closed = await periods.close("day", 7, clock=day + timedelta(days=1))
-    assert [r.end_customers for r in closed] == [customers]
+    assert await periods.close("day", clock=day + timedelta(days=1)) == [day]
+    assert (await periods.row("day", day, 7)).end_customers == customers
     after = await bitmap_sizes(redis, homes, epoch_day(day))
     assert [(exact, exact, bits) for _, exact, bits in before] == after
 
@@ -242,8 +268,7 @@ async def test_closing_a_period_gives_its_bitmaps_their_exact_size(
 async def test_periods_closed_before_are_compacted_a_step_at_a_time(
     redis: Redis, rng: random.Random
 ) -> None:
-    """Days whose rows an earlier version wrote (without compacting) are compacted
-    oldest first, ``limit`` days per call, and each only once."""
+    """Ended days are compacted oldest first, ``limit`` days per call, and each once."""
     prefix = f"cmpb{rng.randrange(1 << 30)}:"
     store = Store(redis, prefix, KINDS, writer=True)
     first = datetime(2024, 3, 5, tzinfo=UTC)
@@ -251,9 +276,6 @@ async def test_periods_closed_before_are_compacted_a_step_at_a_time(
     periods = Periods(redis, prefix)
     homes = await periods.homes()
     days = [epoch_day(first) + n for n in range(4)]
-    for n in range(4):  # the rows as an earlier version closed them
-        row = await periods.row("day", first + timedelta(days=n), 7)
-        await redis.hset(prefix + "rows:d:7", row.period, json.dumps(row.as_dict()))
 
     async def roomy() -> list[bool]:
         """Per day: whether a bitmap still has room to spare."""
@@ -264,13 +286,13 @@ async def test_periods_closed_before_are_compacted_a_step_at_a_time(
 
     assert await roomy() == [True] * 4
     clock = first + timedelta(days=4)
-    assert await periods.close("day", 7, clock=clock, limit=3) == []
+    assert len(await periods.close("day", clock=clock, limit=3)) == 3
     assert await roomy() == [False, False, False, True]
-    await periods.close("day", 7, clock=clock, limit=3)
+    assert len(await periods.close("day", clock=clock, limit=3)) == 1
     assert await roomy() == [False] * 4
     # compacted once: a late bit that makes room again stays
     await redis.setbit(f"{prefix}act:d:{days[0]}", 200_000, 1)
-    await periods.close("day", 7, clock=clock, limit=3)
+    assert await periods.close("day", clock=clock, limit=3) == []
     assert (await roomy())[0]
 
 
