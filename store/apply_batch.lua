@@ -5,7 +5,8 @@
 -- Applies one batch of consumed messages atomically: offset check, dedupe, state update.
 -- The rules are those of processors/state.py (apply_event); keep the two in step.
 -- Nothing in here may fail halfway (Redis keeps the writes made before an error): inputs
--- are bounded by validation, and sums are checked against SUM_LIMIT before they are made.
+-- are bounded by validation, and money sums are kept in two parts (see Money) that no
+-- real shop can run out of.
 --
 -- KEYS[1] the shard's offsets hash (P .. 'offsets:' .. scope): declared so that a Redis
 --   Cluster routes the call to the node holding the shard; every key the script builds
@@ -18,7 +19,8 @@
 --   dedupe_id: a digest of event type, customer and event id (the worker computes it)
 --   d w m: epoch-day numbers of the start of the event's day, ISO week and month
 --   order:   a1=status a2=amount_micros in the reporting currency a3=original currency
---            (may be empty) a4=amount_micros as sent, in that currency
+--            (may be empty) a4=amount_micros as sent, in that currency (decimal digits,
+--            up to 10^19)
 --   support: a1=action a2=ticket a3=survey a4=score
 --   rejected (x): a1=reason
 --   stamp: the Kafka timestamp (ms) of the message, kept with the partition's offset so a
@@ -36,9 +38,8 @@
 --   with or without records, and stores the offset the runs reached: a batch spread over
 --   shards stays exactly-once when the worker stops between two shards, since each shard
 --   skips what it has already applied.
--- Returns {applied, duplicates, redelivered, rejected, gaps, overflows}: gaps is a flat
--- list {tp, next offset wanted, ...}; overflows lists the offsets ("tp|offset") of events
--- refused because a sum would leave the exact range.
+-- Returns {applied, duplicates, redelivered, rejected, gaps}: gaps is a flat list
+-- {tp, next offset wanted, ...}.
 
 local P = ARGV[1]
 -- `retention rebuild` is wiping the store: write nothing until it is done
@@ -50,8 +51,6 @@ local stats_key = P .. 'stats'
 local meta_key = P .. 'meta'
 local newest_key = P .. 'newest:' .. ARGV[2]
 local stamps_key = P .. 'stamps:' .. ARGV[2]
--- money sums stay below 2^53 micros, where Lua's doubles still count every unit
-local SUM_LIMIT = 9007199254740991
 local now = tonumber(ARGV[3])
 local width = tonumber(ARGV[4])
 local nbuckets = tonumber(ARGV[5])
@@ -68,8 +67,8 @@ local kind_counts_activity = {
   s = string.find(kinds, 's', 1, true) ~= nil,
 }
 
--- Integers are Lua doubles here, exact below 2^53 (sums are kept below SUM_LIMIT); written
--- back as plain digits (tostring would round to 14 digits), and never as "-0".
+-- Integers are Lua doubles here, exact below 2^53 (money sums are kept in two parts below
+-- it); written back as plain digits (tostring would round to 14 digits), and never as "-0".
 local function num(x)
   if x == 0 then return '0' end
   return string.format('%.0f', x)
@@ -194,7 +193,7 @@ local function customer(cid)
   return c
 end
 
--- Fields hold numbers (sums stay below SUM_LIMIT, where doubles count every unit).
+-- Fields hold numbers, each below 2^53, where doubles count every unit.
 local function put(c, name, value)
   c.f[name] = value
   c.changed = true
@@ -203,6 +202,29 @@ end
 local function add(c, name, delta)
   c.f[name] = (c.f[name] or 0) + delta
   c.changed = true
+end
+
+-- Money. A sum of micros passes 2^53 (some 9e9 units, US$560k of IDR) long before a shop's
+-- revenue does, so each sum is kept as two numbers doubles count exactly: its micros below
+-- MEGA under its own name (`pm`), and its whole MEGAs, a million units each, under the
+-- name of its high part (`ph`), absent while 0. That counts exactly up to 2^53 MEGAs, some
+-- 9e21 units. An amount comes as decimal digits and is cut into the same two parts.
+local MEGA = 1e12
+local function money(text)
+  local n = #text
+  if n <= 12 then return 0, tonumber(text) end
+  return tonumber(string.sub(text, 1, n - 12)), tonumber(string.sub(text, n - 11))
+end
+
+-- Adds (hi, lo) to the sum kept in t[low], t[high], the low part carried into the high.
+local function add_money(t, low, high, hi, lo)
+  local l, h = (t[low] or 0) + lo, (t[high] or 0) + hi
+  if l >= MEGA then
+    local carry = math.floor(l / MEGA)
+    l, h = l - carry * MEGA, h + carry
+  end
+  t[low] = l
+  if h ~= 0 then t[high] = h end
 end
 
 local function put_min(c, name, value)
@@ -381,7 +403,7 @@ end
 -- once per period, so a period's readers add the two.
 -- The batch's sums per sales hash, {field -> sum}, are written at its end (SALES_FIELDS
 -- in that order, those the batch touched, even when they sum to 0).
-local SALES_FIELDS = {'o', 'pm', 'b', 'r', 'rm'}
+local SALES_FIELDS = {'o', 'b', 'r'}
 local sales, sales_keys, key_of_sales = {}, {}, {}
 local function sales_of(p, day)
   local key = period_key('sales', p, day)
@@ -406,24 +428,35 @@ local function day_sales(days)
   return sd, days.sw, days.sm
 end
 
-local function placed_sale(s, amount, before)
+local function placed_sale(s, hi, lo, before)
   s.o = (s.o or 0) + 1
-  s.pm = (s.pm or 0) + amount
+  add_money(s, 'pm', 'ph', hi, lo)
   if before == 0 then s.b = (s.b or 0) + 1 elseif before == 1 then s.r = (s.r or 0) + 1 end
 end
 
-local function placed_sales(days, amount, bd, bw, bm)
+local function placed_sales(days, hi, lo, bd, bw, bm)
   local sd, sw, sm = day_sales(days)
-  placed_sale(sd, amount, bd)
-  placed_sale(sw, amount, bw)
-  placed_sale(sm, amount, bm)
+  placed_sale(sd, hi, lo, bd)
+  placed_sale(sw, hi, lo, bw)
+  placed_sale(sm, hi, lo, bm)
 end
 
-local function refunded_sales(days, amount)
+local function refunded_sales(days, hi, lo)
   local sd, sw, sm = day_sales(days)
-  sd.rm = (sd.rm or 0) + amount
-  sw.rm = (sw.rm or 0) + amount
-  sm.rm = (sm.rm or 0) + amount
+  add_money(sd, 'rm', 'rh', hi, lo)
+  add_money(sw, 'rm', 'rh', hi, lo)
+  add_money(sm, 'rm', 'rh', hi, lo)
+end
+
+-- A batch's money sum added to a sales hash: the stored low part takes the batch's, and
+-- what passes MEGA is carried into the high part.
+local function write_money(key, s, low, high)
+  if s[low] == nil then return end
+  local l = redis.call('HINCRBY', key, low, num(s[low]))
+  local carry = math.floor(l / MEGA)
+  if carry > 0 then redis.call('HINCRBY', key, low, num(-carry * MEGA)) end
+  local h = (s[high] or 0) + carry
+  if h > 0 then redis.call('HINCRBY', key, high, num(h)) end
 end
 
 -- Dedupe digests (event type, customer, event id: 64 bits in base64, computed by the
@@ -821,35 +854,6 @@ local function customer_index(c, t)
   return c.ix
 end
 
--- Would adding this amount push the customer's or a period's sum out of the exact range?
--- A day's sum is part of its week's, so the week and the month are the ones to check,
--- each as stored (read once per batch) plus what this batch adds to it so far.
-local stored_sums = {pm = {}, rm = {}}
-local function period_sum(s, field)
-  local stored = stored_sums[field]
-  local value = stored[s]
-  if value == nil then
-    value = tonumber(redis.call('HGET', key_of_sales[s], field) or '0')
-    stored[s] = value
-  end
-  return value + (s[field] or 0)
-end
-
-local function sums_overflow(c, days, status, amount, currency, original)
-  if status ~= 'placed' and status ~= 'refunded' then return false end
-  local field = status == 'placed' and 'pm' or 'rm'
-  amount = tonumber(amount)
-  if (c.f[field] or 0) + amount > SUM_LIMIT then return true end
-  local _, sw, sm = day_sales(days)
-  if period_sum(sw, field) + amount > SUM_LIMIT then return true end
-  if period_sum(sm, field) + amount > SUM_LIMIT then return true end
-  if currency ~= '' then
-    local sum = c.f[field .. ':' .. currency]
-    if (sum or 0) + tonumber(original) > SUM_LIMIT then return true end
-  end
-  return false
-end
-
 -- The fit grid: buyers counted by (first order day, last order day, distinct order days),
 -- all a P(alive) fit needs, so a refit reads this small hash per shard instead of every
 -- customer (store/models.py). A placed order on a day new to the customer moves it from
@@ -935,7 +939,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   if not batch_last or t > batch_last_n then batch_last, batch_last_n = ts, t end
   if kind == 'o' then
     if a1 == 'placed' then
-      local amount = tonumber(a2)
+      local hi, lo = money(a2)
       local bd, bw, bm = placed_in_periods(c, cid, days)
       local count, d = c.f.d, days.dn
       if count[d] == nil then
@@ -945,17 +949,17 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
         count[d] = count[d] + 1
       end
       add(c, 'o', 1)
-      add(c, 'pm', amount)
-      if a3 ~= '' then add(c, 'pm:' .. a3, tonumber(a4)) end
+      add_money(c.f, 'pm', 'ph', hi, lo)
+      if a3 ~= '' then add_money(c.f, 'pm:' .. a3, 'ph:' .. a3, money(a4)) end
       put_max(c, 'lo', t)
-      placed_sales(days, amount, bd, bw, bm)
+      placed_sales(days, hi, lo, bd, bw, bm)
       if kind_counts_activity.o then activity(c, idx, t, days) end
     elseif a1 == 'refunded' then
-      local amount = tonumber(a2)
+      local hi, lo = money(a2)
       add(c, 'rf', 1)
-      add(c, 'rm', amount)
-      if a3 ~= '' then add(c, 'rm:' .. a3, tonumber(a4)) end
-      refunded_sales(days, amount)
+      add_money(c.f, 'rm', 'rh', hi, lo)
+      if a3 ~= '' then add_money(c.f, 'rm:' .. a3, 'rh:' .. a3, money(a4)) end
+      refunded_sales(days, hi, lo)
     else
       add(c, 'cx', 1)
     end
@@ -984,7 +988,7 @@ if ARGV[8] ~= '' then floors = cjson.decode(ARGV[8]) end
 local ranges = cjson.decode(ARGV[9])
 -- each partition's fate for this batch is decided once, from the stored offset: records
 -- up to `reach` are taken, those above it wait for the worker to seek back
-local gaps, gap_list, overflows = {}, {}, {}
+local gaps, gap_list = {}, {}
 local reach, reach_stamp = {}, {}
 for tp, runs in pairs(ranges) do
   local stored = tonumber(redis.call('HGET', offsets_key, tp) or '-1')
@@ -1053,10 +1057,6 @@ for n = 1, #records do
     if kind == 'x' then
       count('rejected|' .. topic .. '|' .. r[11])
       rejected = rejected + 1
-    elseif kind == 'o' and sums_overflow(customer(r[6]), days, r[11], r[12], r[13], r[14]) then
-      count('rejected|' .. topic .. '|sum_overflow')
-      rejected = rejected + 1
-      overflows[#overflows + 1] = tp .. '|' .. offset
     elseif is_duplicate(r[5]) then
       count(duplicate_names[topic])
       duplicates = duplicates + 1
@@ -1086,6 +1086,8 @@ for _, key in ipairs(sales_keys) do
     local field = SALES_FIELDS[i]
     if s[field] then redis.call('HINCRBY', key, field, num(s[field])) end
   end
+  write_money(key, s, 'pm', 'ph')
+  write_money(key, s, 'rm', 'rh')
 end
 if next_id and next_id > first_id then redis.call('SET', ids_key, num(next_id)) end
 for _, cell in ipairs(grid_cells) do
@@ -1155,4 +1157,4 @@ end
 for tp, ts in pairs(newest) do
   set_max(newest_key, tp, ts[2])
 end
-return {applied, duplicates, redelivered, rejected, gap_list, overflows}
+return {applied, duplicates, redelivered, rejected, gap_list}

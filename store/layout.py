@@ -20,8 +20,11 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             number; field names in :mod:`store.store`; the first event seen
                             ``fs``, latest order ``lo`` and latest login ``ll`` only while
                             they differ from the first and latest activity ``fa``, ``la``;
-                            money in the reporting currency, and per original currency in
-                            ``pm:<CUR>`` (placed) and ``rm:<CUR>`` (refunded); placed
+                            money in the reporting currency, ``pm`` placed and ``rm``
+                            refunded, and per original currency in ``pm:<CUR>`` and
+                            ``rm:<CUR>``, each in two parts (:func:`money_micros`: the
+                            high parts are ``ph``, ``rh``, ``ph:<CUR>``, ``rh:<CUR>``,
+                            absent while 0); placed
                             orders per day under ``d``, day number since the epoch →
                             orders), which ``read_customers.lua`` unpacks into a field
                             each, as text; beside them ``ix``, the customer's number; ``q``
@@ -86,7 +89,8 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             customers numbered before them
 - ``S coh:base``            hash ``<p>:<day>`` → a cohort bitmap's start (bits); none means
                             0, as for the bitmaps of earlier versions
-- ``S sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm`` and refunded ``rm`` micros,
+- ``S sales:<p>:<day>``     hash: placed orders ``o``, placed ``pm``/``ph`` and refunded
+                            ``rm``/``rh`` micros (two parts each, :func:`money_micros`),
                             buyers ``b`` and repeat buyers ``r`` (customers whose placed
                             orders in the period reached one, and two)
 - ``S buy:<p>:<day>``, ``S rep:<p>:<day>`` bitmaps of buyers and of repeat buyers, where
@@ -172,6 +176,15 @@ HTTP ingest (:mod:`store.ingest_state`):
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: Money sums are kept in two integers (apply_batch.lua, Money), each below 2^53 where the
+#: script's doubles are exact: the micros below MEGA, and the count of whole MEGAs.
+MEGA = 10**12
+
+
+def money_micros(low: int | str | None, high: int | str | None) -> int:
+    """A money sum in micros from its two stored parts (absent parts are 0)."""
+    return int(low or 0) + int(high or 0) * MEGA
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from processors.forecast import (
     fit_histories,
     stats_from_days,
 )
+from store.layout import money_micros
 from store.store import Store
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,9 @@ def _histories(
         days = {int(d) for d in old_days} | {int(d) for d in fields if d.isdigit()}
         stats = stats_from_days(sorted(days), as_of)
         if stats is not None:
-            revenue = int(fields.get("pm") or 0) - int(fields.get("rm") or 0)
+            revenue = money_micros(fields.get("pm"), fields.get("ph")) - money_micros(
+                fields.get("rm"), fields.get("rh")
+            )
             found.append(History(customer_id, *stats, approximate_spend(revenue, len(days))))
     return found
 

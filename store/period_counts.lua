@@ -5,8 +5,9 @@
 -- keep the window unions for the next call (0: none kept; window_union.lua keeps them),
 -- then each period's start day and stop day (all days counted from 1970-01-01). Active at
 -- t = an activity day in [t - W, t), since periods start at midnight and W is whole days.
--- Returns, per period in order, {S, E, S and E, N, orders, placed micros, refunded micros,
--- buyers, repeaters}, one flat list.
+-- Returns, per period in order, {S, E, S and E, N, orders, placed micros (low part, high
+-- part), refunded micros (low, high), buyers, repeaters}, one flat list: a money sum is
+-- low + high * 10^12 (apply_batch.lua, Money), added up by the caller.
 local P, p = ARGV[1], ARGV[2]
 local W, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
 local X = P .. 'tmp:X'
@@ -48,7 +49,7 @@ for i = 5, #ARGV, 2 do
   local start, stop = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
   local S, E = active_at(start), active_at(stop)
   local suffix = p .. ':' .. ARGV[i]
-  local sales = redis.call('HMGET', P .. 'sales:' .. suffix, 'o', 'pm', 'rm', 'b', 'r')
+  local sales = redis.call('HMGET', P .. 'sales:' .. suffix, 'o', 'pm', 'ph', 'rm', 'rh', 'b', 'r')
   local row = {
     redis.call('BITCOUNT', S),
     redis.call('BITCOUNT', E),
@@ -57,10 +58,12 @@ for i = 5, #ARGV, 2 do
     sales[1] or '0',
     sales[2] or '0',
     sales[3] or '0',
+    sales[4] or '0',
+    sales[5] or '0',
     -- buyers and repeat buyers: counted in the sales hash, and in bitmaps by earlier
     -- versions (a customer is in one or the other)
-    tonumber(sales[4] or '0') + redis.call('BITCOUNT', P .. 'buy:' .. suffix),
-    tonumber(sales[5] or '0') + redis.call('BITCOUNT', P .. 'rep:' .. suffix),
+    tonumber(sales[6] or '0') + redis.call('BITCOUNT', P .. 'buy:' .. suffix),
+    tonumber(sales[7] or '0') + redis.call('BITCOUNT', P .. 'rep:' .. suffix),
   }
   for _, value in ipairs(row) do result[#result + 1] = value end
   done_with(start)

@@ -35,7 +35,7 @@ from processors.windows import (
     period_start,
     periods_between,
 )
-from store.layout import Keys
+from store.layout import Keys, money_micros
 from store.shards import LayoutSource
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ WINDOW_KEEP_SECONDS = 3600
 #: Periods counted per script call: bounds how long one call holds a Redis node (a call
 #: ORs about W day bitmaps per period).
 ROWS_PER_CALL = 32
+#: Numbers period_counts.lua returns per period.
+_ROW_FIELDS = 11
 #: A warning of one kind is repeated at most this often by one reader.
 _WARN_EVERY_SECONDS = 60.0
 _DAY = timedelta(days=1)
@@ -225,8 +227,9 @@ class Periods:
                 *(self._counts(keys=[home + "meta"], args=[home, *args]) for home in homes)
             )
             for n, start in enumerate(chunk):
-                s, e, s_and_e, new, orders, placed, refunded, buyers, repeaters = (
-                    sum(int(reply[9 * n + k]) for reply in replies) for k in range(9)
+                s, e, s_and_e, new, orders, pm, ph, rm, rh, buyers, repeaters = (
+                    sum(int(reply[_ROW_FIELDS * n + k]) for reply in replies)
+                    for k in range(_ROW_FIELDS)
                 )
                 counts = PeriodCounts(
                     start=s,
@@ -237,8 +240,8 @@ class Periods:
                     # so E \ S \ N has |E| - |E ∩ S| - |N| members
                     reactivated=e - s_and_e - new,
                     orders=orders,
-                    placed_micros=placed,
-                    refunded_micros=refunded,
+                    placed_micros=money_micros(pm, ph),
+                    refunded_micros=money_micros(rm, rh),
                     buyers=buyers,
                     repeaters=repeaters,
                 )

@@ -23,7 +23,7 @@ from processors.currency import Rates
 from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
 from store.connect import memory_info
-from store.layout import Keys
+from store.layout import Keys, money_micros
 from store.shards import SHARDS_KEY, LayoutSource, ShardLayout, is_cluster
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
@@ -100,9 +100,6 @@ class BatchResult:
     #: partitions whose records did not follow the stored offset: ``(topic, partition)``
     #: → the offset the store needs next; the worker seeks there
     gaps: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: ``(topic, partition, offset)`` of events refused because a money sum would leave
-    #: the exact range; the worker sends them to the dead-letter topic
-    overflows: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,19 +213,13 @@ class Store:
             sum(int(reply[i]) for reply in replies) for i in range(4)
         )
         gaps: dict[tuple[str, int], int] = {}
-        overflows = []
         for reply in replies:
-            gap_list, overflow_list = reply[4], reply[5]
+            gap_list = reply[4]
             for i in range(0, len(gap_list), 2):
                 tp_key, wanted = _split_tp(gap_list[i]), int(gap_list[i + 1])
                 # the lowest offset any shard still needs
                 gaps[tp_key] = min(wanted, gaps.get(tp_key, wanted))
-            for item in overflow_list:
-                where, _, at = str(item).rpartition("|")
-                overflows.append((*_split_tp(where), int(at)))
-        return BatchResult(
-            applied, duplicates, redelivered, rejected, gaps, tuple(sorted(overflows))
-        )
+        return BatchResult(applied, duplicates, redelivered, rejected, gaps)
 
     async def read_customer(self, customer_id: str) -> CustomerState | None:
         found = await self.read_customers([customer_id])
@@ -493,8 +484,13 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _by_currency(fields: dict[str, str], head: str) -> dict[str, int]:
-    return {name[len(head) :]: int(v) for name, v in fields.items() if name.startswith(head)}
+def _by_currency(fields: dict[str, str], low: str, high: str) -> dict[str, int]:
+    """Money sums per original currency, from their two parts (``pm:EUR``, ``ph:EUR``)."""
+    return {
+        name[len(low) :]: money_micros(v, fields.get(high + name[len(low) :]))
+        for name, v in fields.items()
+        if name.startswith(low)
+    }
 
 
 def _tp(topic: str, partition: int) -> str:
@@ -582,9 +578,9 @@ def _state_from_hashes(
         last_order_ms=_opt_int(_same_as(f, "lo", "la", "o")),
         last_login_ms=_opt_int(_same_as(f, "ll", "la", "lg")),
         orders=count("o"),
-        placed_micros=count("pm"),
+        placed_micros=money_micros(f.get("pm"), f.get("ph")),
         refunds=count("rf"),
-        refunded_micros=count("rm"),
+        refunded_micros=money_micros(f.get("rm"), f.get("rh")),
         cancelled=count("cx"),
         logins=count("lg"),
         tickets_opened=count("to"),
@@ -594,8 +590,8 @@ def _state_from_hashes(
         responses=count("rn"),
         tickets_untracked=count("tu"),
         orders_by_day=orders_by_day(f, days),
-        placed_by_currency=_by_currency(f, "pm:"),
-        refunded_by_currency=_by_currency(f, "rm:"),
+        placed_by_currency=_by_currency(f, "pm:", "ph:"),
+        refunded_by_currency=_by_currency(f, "rm:", "rh:"),
         tickets=_tickets_from_hash(tickets),
         scores=scores,
     )

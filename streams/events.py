@@ -10,6 +10,7 @@ import math
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,12 +33,15 @@ from pydantic_core import PydanticCustomError
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS_PER_DAY = 86_400_000
 MICROS = 1_000_000
+#: Amounts whose millionths a double still holds exactly (2^53 / 10^6, some 9e9 units).
+_FLOAT_EXACT_UNITS = 2**53 / MICROS
 #: Event times lie in [EPOCH, TS_CEILING): every period and date computed from them stays
 #: far inside what ``datetime`` and the store's day numbers can hold.
 TS_CEILING = datetime(2100, 1, 1, tzinfo=UTC)
-#: The largest order amount (inclusive). Its millionths, 10^15, stay far below 2^53, so the
-#: store's sums are exact integers (the Lua script's numbers are doubles).
-MAX_AMOUNT = 1_000_000_000
+#: The largest order amount (inclusive), in any currency: a B2B order of 10^13 IDR is some
+#: US$600M. The store keeps money sums in two parts, exact far beyond any shop's revenue
+#: (store/layout.py, ``money_micros``).
+MAX_AMOUNT = 10_000_000_000_000
 MAX_ITEMS = 1_000_000
 #: The largest message, in bytes, before it is even parsed.
 MAX_EVENT_BYTES = 32 * 1024
@@ -139,8 +143,14 @@ class OrderEvent(_Event):
 
     @property
     def amount_micros(self) -> int:
-        """Money is summed as integer millionths so that totals are exact."""
-        return round(self.amount * 1_000_000)
+        """Money is summed as integer millionths so that totals are exact.
+
+        Below 2^53 millionths the float product rounds to the nearest millionth; above, a
+        double no longer holds every millionth, so the amount's shortest decimal form (what
+        JSON carried, for up to 15 significant digits) is scaled instead."""
+        if self.amount < _FLOAT_EXACT_UNITS:
+            return round(self.amount * MICROS)
+        return int((Decimal(repr(self.amount)) * MICROS).to_integral_value(ROUND_HALF_EVEN))
 
 
 class LoginEvent(_Event):
@@ -188,7 +198,6 @@ RejectReason = Literal[
     "future_timestamp",  # later than the wall clock plus the allowed margin
     "too_large",  # more than MAX_EVENT_BYTES, refused before parsing
     "internal_error",  # failed anywhere between decoding and building the store's record
-    "sum_overflow",  # the store refused an event that would push a sum out of exact range
     "unknown_currency",  # no rate converts the order's currency into the reporting one
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = RejectReason.__args__  # type: ignore[attr-defined]

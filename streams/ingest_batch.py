@@ -187,14 +187,6 @@ class Ingest:
         await self.store_batch(await self.decode(events))
 
     async def _after(self, batch: DecodedBatch, result: BatchResult) -> None:
-        by_offset = {(*_tp(m), m.offset): m for m in batch.messages}
-        sent = []
-        for topic, partition, offset in result.overflows:
-            message = by_offset[(topic, partition, offset)]
-            detail = "a money sum would leave the range kept exactly (2^53 micros)"
-            sent.append(await self._dead_letter(message, Rejection("sum_overflow", detail)))
-        if sent:
-            await asyncio.gather(*sent)
         for message in batch.messages:
             tp = _tp(message)
             if tp not in result.gaps and message.offset > self.applied_upto.get(tp, -1):

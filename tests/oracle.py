@@ -84,6 +84,7 @@ def period_rows(
                 "aov": _ratio(placed_micros / 1e6, orders),
                 "purchase_frequency": _ratio(orders, len(per_buyer)),
                 "repeat_customer_rate": _ratio(int((per_buyer >= 2).sum()), len(per_buyer)),
+                "revenue_micros": placed_micros - int(refunded),
             }
         )
     return out

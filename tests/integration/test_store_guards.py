@@ -4,6 +4,7 @@ scoped by customer, nothing written during a rebuild, stale offsets recognised."
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -11,9 +12,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from processors.currency import Rates
+from processors.windows import epoch_day, period_start
 from retention.config import Settings
+from store.periods import Periods
 from store.store import Store, accepted_record
-from streams.events import MAX_AMOUNT, build_event
+from streams.events import MAX_AMOUNT, OrderEvent, build_event
 from streams.offsets import find_recreated, store_positions
 
 
@@ -68,17 +72,92 @@ async def test_an_empty_store_wants_the_lowest_offset_the_broker_holds(store: St
     assert (result.applied, result.gaps) == (5, {})
 
 
-async def test_sums_that_would_leave_the_exact_range_are_refused_whole(store: Store) -> None:
-    records = [order(n, amount=MAX_AMOUNT) for n in range(12)]
-    result = await store.apply_batch(records)
-    # 2^53 micros hold 9 orders of the largest amount; the rest are refused, none half-applied
-    assert result.applied == 9
-    assert [o for _, _, o in result.overflows] == [9, 10, 11]
-    state = await store.read_customer("c")
-    assert state is not None
-    assert (state.orders, state.placed_micros) == (9, 9 * MAX_AMOUNT * 1_000_000)
-    stats = await store.stats()
-    assert stats.rejected == {("orders", "sum_overflow"): 3}
+def big_amount(rng: random.Random) -> float | int:
+    """Amounts of every size up to the largest, many past what a double counts in micros."""
+    kind = rng.random()
+    if kind < 0.2:
+        return MAX_AMOUNT
+    if kind < 0.5:
+        return rng.randint(0, MAX_AMOUNT)
+    return round(rng.uniform(0, 10 ** rng.randint(0, 13)), rng.randint(0, 2))
+
+
+@pytest.mark.parametrize("reporting", ["IDR", "JPY", "KRW", "USD"])
+async def test_money_sums_are_exact_python_integers_at_any_size(
+    redis: Redis, rng: random.Random, reporting: str
+) -> None:
+    """Random amounts up to 10^13 in random currencies, converted into the reporting
+    currency: every customer's, period's and currency's sum equals Python's integer sum,
+    far past 2^53 micros, and nothing is refused."""
+    rates = Rates(reporting, "USD")
+    prefix = f"big{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix, shards=2, writer=True)
+    events = []
+    for n in range(600):
+        events.append(
+            build_event(
+                {
+                    "event_id": f"e{n}",
+                    "customer_id": f"c{rng.randrange(4)}",
+                    "ts": 1_700_000_000 + rng.randrange(90 * 86400),
+                    "type": "order",
+                    "amount": big_amount(rng),
+                    "currency": rng.choice(["IDR", "JPY", "USD", "EUR", "KRW"]),
+                    "status": rng.choice(["placed", "placed", "placed", "refunded"]),
+                }
+            )
+        )
+    records = [accepted_record(e, "orders", 0, n, rates=rates) for n, e in enumerate(events)]
+    for start in range(0, len(records), 97):
+        result = await store.apply_batch(records[start : start + 97])
+        assert result.rejected == 0
+
+    placed: dict[str, int] = {}
+    refunded: dict[str, int] = {}
+    by_currency: dict[tuple[str, str, str], int] = {}
+    months: dict[str, list[int]] = {}
+    for event, record in zip(events, records, strict=True):
+        assert isinstance(event, OrderEvent)
+        micros = int(record[11])
+        sums = placed if event.status == "placed" else refunded
+        sums[event.customer_id] = sums.get(event.customer_id, 0) + micros
+        key = (event.customer_id, event.status, event.currency or "")
+        by_currency[key] = by_currency.get(key, 0) + event.amount_micros
+        month = months.setdefault(period_start(event.ts, "month").date().isoformat(), [0, 0])
+        month[0 if event.status == "placed" else 1] += micros
+    assert max(placed.values()) > 2**53 * 100  # far past what one double counts
+    for customer_id, state in zip(
+        sorted(placed), await store.read_customers(sorted(placed)), strict=True
+    ):
+        assert state.placed_micros == placed[customer_id]
+        assert state.refunded_micros == refunded.get(customer_id, 0)
+        for currency, micros in state.placed_by_currency.items():
+            assert micros == by_currency[(customer_id, "placed", currency)]
+        for currency, micros in state.refunded_by_currency.items():
+            assert micros == by_currency[(customer_id, "refunded", currency)]
+    rows = await Periods(redis, prefix).rows("month", 90)
+    assert {r.period: r.revenue_micros for r in rows} == {m: p - r for m, (p, r) in months.items()}
+
+
+async def test_a_period_sum_near_2_53_micros_carries_into_its_high_part(
+    redis: Redis, rng: random.Random
+) -> None:
+    """A sales hash whose low part an earlier version took close to 2^53 micros: the next
+    orders carry it into the high part, and the sum stays exact."""
+    prefix = f"carry{rng.randrange(1 << 30)}:"
+    store = Store(redis, prefix)
+    event = build_event(
+        {"event_id": "x", "customer_id": "c", "ts": 1_700_000_000, "type": "order", "amount": 1}
+    )
+    month = period_start(event.ts, "month")
+    key = f"{prefix}sales:m:{epoch_day(month)}"
+    near = 2**53 - 5_000
+    await redis.hset(key, "pm", near)
+    records = [order(n, amount=MAX_AMOUNT) for n in range(3)]
+    await store.apply_batch(records)
+    (row,) = await Periods(redis, prefix).rows("month", 90)
+    assert row.revenue_micros == near + 3 * MAX_AMOUNT * 1_000_000
+    assert int(await redis.hget(key, "pm")) < 10**12
 
 
 async def test_the_same_event_id_from_two_customers_counts_twice(store: Store) -> None:

@@ -115,7 +115,7 @@ def check_accepted(event: Event) -> None:
         assert not any(unicodedata.category(c) in ("Cc", "Cs") for c in value), value
     assert 0 <= event.ts_ms < CEILING_MS
     if isinstance(event, OrderEvent):
-        assert 0 <= event.amount_micros <= MAX_AMOUNT * 1_000_000 < 2**53
+        assert 0 <= event.amount_micros <= MAX_AMOUNT * 1_000_000
         assert event.items is None or 0 <= event.items <= MAX_ITEMS
     if isinstance(event, SupportEvent) and event.score is not None:
         assert 0 <= event.score <= 10

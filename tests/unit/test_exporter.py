@@ -46,7 +46,9 @@ GAUGE_NOUNS = {
 
 def row(customers: int) -> PeriodRow:
     start = customers
-    return PeriodRow("2024-03-01", start, start, 1, 2, 1, 0.9, 0.1, 30, 1200.5, 40.0, 1.5, 0.3)
+    return PeriodRow(
+        "2024-03-01", start, start, 1, 2, 1, 0.9, 0.1, 30, 1200.5, 40.0, 1.5, 0.3, 1_200_500_000
+    )
 
 
 def snapshot(customers: int) -> Snapshot:
@@ -184,7 +186,7 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
 def test_null_ratios_are_left_out() -> None:
     """|S| = 0 makes CRR and churn null (docs/metrics.md); a null is no sample, not a 0."""
     snap = snapshot(10)
-    empty = PeriodRow("2024-03-01", 0, 3, 3, 0, 0, None, None, 0, 0.0, None, None, None)
+    empty = PeriodRow("2024-03-01", 0, 3, 3, 0, 0, None, None, 0, 0.0, None, None, None, 0)
     registry = registry_for(replace(snap, rows={("day", "current"): empty}))
     labels = {"period": "day", "window": "current"}
     assert registry.get_sample_value("retention_crr_ratio", labels) is None

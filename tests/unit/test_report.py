@@ -35,6 +35,7 @@ def period_row(period: str, **values: Any) -> dict[str, Any]:
         aov=None,
         purchase_frequency=None,
         repeat_customer_rate=None,
+        revenue_micros=0,
     ).as_dict()
     row.update(values)
     return row
