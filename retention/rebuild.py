@@ -1,9 +1,14 @@
 """``retention rebuild``: wipe the store and let the workers replay the topics into it.
 
-Everything the tracker keeps in Redis is derived from the events, so Redis can be lost
-and rebuilt from Kafka, as far back as the topics still hold messages. Workers find the
-store's offsets gone and read every partition again from its earliest offset; the
-notifier's delivery records are kept, so subscribers are not notified twice.
+What the tracker derives from the events can be lost and rebuilt from Kafka, as far back
+as the topics still hold messages. Workers find the store's offsets gone and read every
+partition again from its earliest offset. What is not derived from the events is kept
+(``store.store.KEEP_ON_REBUILD``): the notifier's delivery records and dead letters, so
+subscribers are not notified twice; the HTTP write keys, so clients go on sending.
+
+Until the wipe has finished nothing writes to the store, and a wipe that stops halfway
+leaves it so until ``rebuild`` runs again; evaluations (and so alerts) wait until the
+replay has reached the offsets the topics had when the wipe began.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from streams.topics import Topics, cluster_id, end_offsets
 
 BAR_WIDTH = 30
 NO_WORKER_GRACE_SECONDS = 10.0
+#: A worker whose heartbeat is this recent counts as running.
+WORKER_ALIVE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -62,17 +69,27 @@ async def rebuild(
 ) -> int:
     """Wipe the key prefix, then (with ``wait``) show the replay until it has caught up.
 
-    ``shards`` records a new shard count for the store the workers replay into."""
+    ``shards`` records a new shard count for the store the workers replay into; it is
+    refused while workers run, since they would go on writing in the old layout."""
     assert settings.kafka_bootstrap and settings.redis_url
     topics = Topics.from_settings(settings)
     redis = connect(settings.redis_url, decode_responses=True)
     try:
+        security = settings.kafka_security()
         store = Store(
             redis,
             settings.key_prefix,
-            offsets_scope=await cluster_id(settings.kafka_bootstrap, settings.kafka_security()),
+            offsets_scope=await cluster_id(settings.kafka_bootstrap, security),
         )
-        deleted = await store.wipe(shards=shards)
+        if shards is not None and await store.workers(max_age_seconds=WORKER_ALIVE_SECONDS):
+            write(
+                "workers are running: stop them first (`retention up` or every `retention"
+                " worker`), then rebuild with --shards and start them again"
+            )
+            return 2
+        ends = await end_offsets(settings.kafka_bootstrap, list(topics.sources), security)
+        replay_to = {(tp.topic, tp.partition): end for tp, end in ends.items() if end > 0}
+        deleted = await store.wipe(shards=shards, replay_to=replay_to)
         write(f"deleted {deleted} keys under {settings.key_prefix!r}")
         if shards is not None:
             write(f"the store now has {shards} shard(s)")
@@ -87,8 +104,10 @@ async def rebuild(
             if now.done or now.total == 0:
                 write("")
                 return 0
-            # heartbeats were wiped too: give live workers a few beats to show up
-            if elapsed > NO_WORKER_GRACE_SECONDS and not await store.workers(max_age_seconds=10):
+            # a worker that stopped just now may still show: give live ones a few beats
+            if elapsed > NO_WORKER_GRACE_SECONDS and not await store.workers(
+                max_age_seconds=WORKER_ALIVE_SECONDS
+            ):
                 write(
                     "\nno worker is running: start one (`retention worker` or `retention up`)"
                     " and it replays the topics into the store"

@@ -45,6 +45,11 @@ class StackStatus:
     # recorded by `retention up`: each worker's own /metrics, and restarts per process
     worker_metrics_urls: dict[str, str] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    # a rebuild's wipe under way or stopped halfway: nothing writes until it is finished
+    rebuilding: bool = False
+    # partitions the store is replaying back to where it was (after a rebuild, a rollback
+    # or a restore): evaluations and alerts wait until none is left
+    replaying: int = 0
 
     @property
     def ok(self) -> bool:
@@ -54,6 +59,7 @@ class StackStatus:
             and bool(self.workers)
             and self.lag is not None
             and not self.stalled
+            and not self.rebuilding
         )
 
     def add_recorded(self, recorded: Services) -> None:
@@ -110,6 +116,8 @@ async def _gather(settings: Settings, status: StackStatus, timeout: float) -> No
             for (topic, reason), n in stats.rejected.items():
                 status.rejected[f"{topic}|{reason}"] = n
             applied = await store.applied_offsets()
+            status.rebuilding = await store.rebuilding()
+            status.replaying = len(await store.replaying(prune=False))
         except Exception as exc:
             status.errors.append(f"redis: {exc!r}")
             return
@@ -173,6 +181,21 @@ def _memory_lines(status: StackStatus) -> list[str]:
     return lines
 
 
+def _rebuild_lines(status: StackStatus) -> list[str]:
+    lines = []
+    if status.rebuilding:
+        lines.append(
+            "REBUILD  the store is being wiped, or a wipe stopped halfway: nothing is written"
+            " until `retention rebuild` finishes (run it again if it is not running)"
+        )
+    if status.replaying:
+        lines.append(
+            f"replay   {status.replaying} partition(s) not back where the store was;"
+            " evaluations and alerts wait"
+        )
+    return lines
+
+
 def render(status: StackStatus) -> str:
     def mark(ok: bool) -> str:
         return "up" if ok else "DOWN"
@@ -188,6 +211,7 @@ def render(status: StackStatus) -> str:
         lines.append(f"  {worker_id}: {parts}{flag}")
     if status.customers is not None:
         lines.append(f"customers {status.customers}")
+    lines += _rebuild_lines(status)
     lines.extend(_memory_lines(status))
     if status.lag is not None:
         lines.append("topic          lag   seen")

@@ -6,6 +6,8 @@
 -- ARGV: the shard's prefix, the lease end (ms), then (customer, next recheck) pairs; an
 -- empty next recheck drops a customer whose hash is gone (its lease entry, if still
 -- this lease's).
+-- `retention rebuild` is wiping the store: write nothing until it is done
+if redis.call('EXISTS', P .. 'rebuilding') == 1 then return 0 end
 local lease = ARGV[2]
 local want = tonumber(lease)
 -- where the entries at the lease are, read once for all the customers

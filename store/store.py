@@ -33,9 +33,11 @@ RESPONSE_BOUNDS = (300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
 DEDUPE_BUCKETS = 8
 #: Keys a SCAN call looks at (a page of the keyspace).
 SCAN_PAGE = 5_000
-#: Key families a rebuild keeps: what notifications were delivered is not derived from
-#: the events, and forgetting it would notify subscribers again.
-KEEP_ON_REBUILD = ("notify:", SHARDS_KEY)
+#: Key families a rebuild keeps, none of them derived from the events: what notifications
+#: were delivered (forgetting it would notify subscribers again) and their dead letters,
+#: the HTTP write keys and their counters, workers' heartbeats, the shard count, and what
+#: the replay has to reach before evaluations resume.
+KEEP_ON_REBUILD = ("notify:", "keys", "ingest:", "workers", SHARDS_KEY, "replay")
 #: A heartbeat this old belongs to a worker that died without saying so: it is dropped.
 FORGET_WORKER_SECONDS = 3600
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
@@ -401,44 +403,86 @@ class Store:
                 await pipe.execute()
 
     async def wipe(
-        self, keep: Sequence[str] = KEEP_ON_REBUILD, page: int = 1000, shards: int | None = None
+        self,
+        keep: Sequence[str] = KEEP_ON_REBUILD,
+        page: int = 1000,
+        shards: int | None = None,
+        replay_to: dict[tuple[str, int], int] | None = None,
     ) -> int:
         """Delete every key under the prefix but the ``keep`` families; returns the count.
 
-        Batches are refused while it runs (the ``rebuilding`` marker), so no worker writes
-        into a half-deleted store; afterwards they find the offsets gone and replay.
-        """
+        Nothing writes while it runs (the ``rebuilding`` markers: the batch script and the
+        evaluation scripts refuse, the leader's timers wait), so no worker writes into a
+        half-deleted store; afterwards they find the offsets gone and replay. The markers
+        are removed only once every key is gone: a wipe that stops halfway (killed, Redis
+        gone) leaves the store refusing writes until it is run again. ``replay_to`` (the
+        topics' end offsets) is what the replay must reach before evaluations resume
+        (:meth:`replaying`)."""
         homes = (await self.layout()).prefixes
         markers = tuple(home + "rebuilding" for home in homes)
-        # one marker per shard, in the shard's slot, where its batch script looks
+        # one marker per shard, in the shard's slot, where its scripts look
         for marker in markers:
-            await self.redis.set(marker, "1", ex=3600)
+            await self.redis.set(marker, str(int(time.time() * 1000)))
+        if replay_to is not None:
+            await self.redis.delete(self.key("replay"))
+            if replay_to:
+                flat = [part for tp, end in replay_to.items() for part in (_tp(*tp), str(end))]
+                await self.redis.hset(self.key("replay"), items=flat)
         kept = (*(self.key(family) for family in keep), *markers)
         deleted = 0
-        try:
-            pattern = _glob_escape(self.prefix) + "*"
-            async for batch in _pages(self.redis.scan_iter(match=pattern, count=page), page):
-                doomed = [k for k in batch if not k.startswith(kept)]
-                if not doomed:
-                    continue
-                if is_cluster(self.redis):
-                    # one command per slot: a shard's keys share one, the others are few
-                    by_slot: dict[int, list[str]] = {}
-                    for name in doomed:
-                        by_slot.setdefault(key_slot(name.encode()), []).append(name)
-                    for names in by_slot.values():
-                        deleted += int(await self.redis.unlink(*names))
-                else:
-                    deleted += int(await self.redis.unlink(*doomed))
-            if shards is not None:
-                # the replay fills the store in the new layout
-                ShardLayout.of(self.prefix, shards)  # refuses a count out of range
-                await self.redis.set(self.key(SHARDS_KEY), str(shards))
-                self._layouts = LayoutSource(self.redis, self.prefix, shards, writer=False)
-        finally:
-            for marker in markers:
-                await self.redis.delete(marker)
+        pattern = _glob_escape(self.prefix) + "*"
+        async for batch in _pages(self.redis.scan_iter(match=pattern, count=page), page):
+            doomed = [k for k in batch if not k.startswith(kept)]
+            if not doomed:
+                continue
+            if is_cluster(self.redis):
+                # one command per slot: a shard's keys share one, the others are few
+                by_slot: dict[int, list[str]] = {}
+                for name in doomed:
+                    by_slot.setdefault(key_slot(name.encode()), []).append(name)
+                for names in by_slot.values():
+                    deleted += int(await self.redis.unlink(*names))
+            else:
+                deleted += int(await self.redis.unlink(*doomed))
+        if shards is not None:
+            # the replay fills the store in the new layout
+            ShardLayout.of(self.prefix, shards)  # refuses a count out of range
+            await self.redis.set(self.key(SHARDS_KEY), str(shards))
+            self._layouts = LayoutSource(self.redis, self.prefix, shards, writer=False)
+        for marker in markers:
+            await self.redis.delete(marker)
         return deleted
+
+    async def rebuilding(self) -> bool:
+        """Whether a rebuild's wipe is under way, or stopped halfway (then nothing may
+        write until ``retention rebuild`` runs again and finishes it)."""
+        homes = (await self.layout()).prefixes
+        found = await asyncio.gather(*(self.redis.exists(home + "rebuilding") for home in homes))
+        return any(int(n) for n in found)
+
+    async def replaying(self, prune: bool = True) -> dict[tuple[str, int], int]:
+        """After a rebuild, or when a worker found the store behind it (a Redis rollback or
+        restore): the partitions whose replay has not reached the offset the store had, →
+        that offset. Evaluations wait while any is left, so no customer whose newest events
+        are not replayed yet looks silent. A target reached is dropped (with ``prune``)."""
+        raw = cast(dict[str, str], await self.redis.hgetall(self.key("replay")))
+        if not raw:
+            return {}
+        applied = await self.applied_offsets()
+        targets = {_split_tp(name): int(value) for name, value in raw.items()}
+        left = {tp: end for tp, end in targets.items() if applied.get(tp, -1) + 1 < end}
+        reached = [_tp(*tp) for tp in targets if tp not in left]
+        if reached and prune:
+            await self.redis.hdel(self.key("replay"), *reached)
+        return left
+
+    async def expect_replay(self, tp: tuple[str, int], end: int) -> None:
+        """The store must reach offset ``end`` (exclusive) of ``tp`` again before
+        evaluations resume (:meth:`replaying`); a lower target than one kept is ignored."""
+        key, name = self.key("replay"), _tp(*tp)
+        current = await self.redis.hget(key, name)
+        if current is None or int(current) < end:
+            await self.redis.hset(key, name, str(end))
 
     async def heartbeat(self, worker_id: str, info: dict[str, Any]) -> None:
         payload = json.dumps({**info, "at_ms": int(time.time() * 1000)})

@@ -8,6 +8,10 @@
 --   "rank": [[customer, score], ...], "unrank": [customer, ...]}, numbers as text.
 -- One JSON argument each: far cheaper for the client to send than a command per customer.
 local P = ARGV[1]
+-- `retention rebuild` is wiping the store: write nothing until it is done
+if redis.call('EXISTS', P .. 'rebuilding') == 1 then
+  return redis.error_reply('REBUILDING the store is being wiped for a rebuild')
+end
 local results = cjson.decode(ARGV[2])
 local moves = cjson.decode(ARGV[3])
 -- nothing may fail halfway (Redis keeps the writes made before an error): a total that

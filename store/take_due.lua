@@ -14,6 +14,8 @@
 -- ends. Customers without a hash any more are dropped. Returns the customer ids taken.
 -- Stores written by earlier versions kept both queues in one sorted set each (`due`,
 -- `sched`): they are read as well, until empty.
+-- `retention rebuild` is wiping the store: take nobody until it is done
+if redis.call('EXISTS', P .. 'rebuilding') == 1 then return {} end
 local now, limit, lease = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local half = math.ceil(limit / 2)
 local QUEUE, OLD_DUE, OLD_SCHED = P .. 'dueq', P .. 'due', P .. 'sched'

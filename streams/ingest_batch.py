@@ -213,6 +213,10 @@ class Ingest:
             # the broker may have aged data out since the floor was read
             self.floors[tp] = (await self.earliest([tp])).get(tp, self.floors.get(tp, 0))
         self.counters.rewinds += 1
+        # what this worker had reached: evaluations wait until the store holds it again
+        reached = max(self.applied_upto.get(tp, -1) + 1, refused or 0)
+        if reached > wanted:
+            await self.store.expect_replay(tp, reached)
         self.applied_upto[tp] = wanted - 1
         position = max(wanted, self.floors.get(tp, 0))
         logger.warning(

@@ -54,6 +54,21 @@ async def close_periods(settings: WorkerSettings, periods: Periods, scope: str) 
     return written
 
 
+async def held(parts: WorkerParts, what: str) -> bool:
+    """Whether ``what`` waits this tick: while a rebuild wipes the store, and while the
+    store replays what it had lost (after a rebuild, a rollback or a restore), when
+    customers whose newest events are not back yet would look silent and be alerted."""
+    if await parts.store.rebuilding():
+        return True
+    left = await parts.store.replaying()
+    if left:
+        logger.debug(
+            f"{what} waits for the replay",
+            extra={"partitions": len(left), "example": "|".join(map(str, next(iter(left))))},
+        )
+    return bool(left)
+
+
 def surviving(
     name: str, counters: WorkerCounters
 ) -> Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]]:
@@ -130,6 +145,8 @@ def clock_timers(app: faust.App, parts: WorkerParts) -> None:
     @app.timer(interval=settings.close_every_seconds, on_leader=True)  # type: ignore[untyped-decorator]
     @surviving("closing periods", counters)
     async def close() -> None:
+        if await parts.store.rebuilding():
+            return
         written = await close_periods(settings, periods, parts.cluster_id)
         if written:
             logger.info("periods closed", extra={"periods": written})
@@ -139,6 +156,8 @@ def clock_timers(app: faust.App, parts: WorkerParts) -> None:
     @app.timer(interval=min(10.0, settings.refit_every_seconds), on_leader=True)  # type: ignore[untyped-decorator]
     @surviving("BG/NBD refit", counters)
     async def refit_model() -> None:
+        if await held(parts, "refit"):
+            return
         clock = await period_clock(settings, periods, parts.cluster_id)
         if clock is None:
             return
@@ -187,6 +206,8 @@ def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
     @app.timer(interval=settings.evaluate_every_seconds)  # type: ignore[untyped-decorator]
     @surviving("evaluating customers", parts.ingest.counters)
     async def evaluate_due() -> None:
+        if await held(parts, "evaluation"):
+            return
         clock = await period_clock(settings, parts.periods, parts.cluster_id)
         if clock is None:
             return

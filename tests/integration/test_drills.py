@@ -23,11 +23,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from retention import runtime
 from retention.config import Settings
-from store.store import Store
-from streams.events import REJECT_REASONS
+from store.store import Store, accepted_record
+from streams.events import REJECT_REASONS, build_event
 from streams.producer import EventProducer
 from streams.topics import Topics, cluster_id, ensure_topics
 from tests.eventgen import fold, random_events, with_duplicates, worker_rates
@@ -168,6 +169,82 @@ async def test_rebuild_command_wipes_and_replays(
     assert lines[0].startswith("deleted ")
     await settle(store, distinct(events), workers)
     await assert_exact(store, settings, events)
+    assert await redis.hget(f"{settings.key_prefix}notify:stats", "sent") == "7"
+
+
+async def test_a_rebuild_killed_halfway_refuses_writes_until_run_again(
+    settings: Settings, store: Store, redis: Redis, producer: EventProducer, workers: Workers
+) -> None:
+    """A wipe that stops halfway leaves the store refusing every write; run again, the
+    rebuild ends exact and keeps what is not derived from the topics (write keys,
+    delivery records); evaluations wait until the replay is back where the store was."""
+    from retention.keys import KeyStore, digest, match
+    from retention.rebuild import rebuild
+    from store.ingest_state import IngestState
+
+    rng = random.Random(4)
+    events = random_events(rng, customers=120, count=3000)
+    worker = workers.start()
+    await send_and_settle(producer, store, workers, events, distinct(events))
+    keys = KeyStore(IngestState(redis, settings.key_prefix))
+    api_key = await keys.create("shop-backend")
+    await redis.hset(f"{settings.key_prefix}notify:stats", "sent", 7)
+    ends = await store.applied_offsets()
+    workers.kill(worker)
+    keys_before = len(await prefixed_keys(redis, settings.key_prefix))
+
+    # the wipe dies after its first page of deletions (killed, or Redis went away)
+    dying = Redis.from_url(str(settings.redis_url), decode_responses=True)
+    calls = 0
+    unlink = dying.unlink
+
+    async def unlink_then_die(*names: str) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RedisConnectionError("gone")
+        return int(await unlink(*names))
+
+    dying.unlink = unlink_then_die  # type: ignore[method-assign]
+    half = Store(dying, settings.key_prefix, offsets_scope=store.offsets_scope)
+    with pytest.raises(RedisConnectionError):
+        await half.wipe(page=50, replay_to={tp: end + 1 for tp, end in ends.items()})
+    await dying.aclose()
+    assert await store.rebuilding()
+    assert 0 < len(await prefixed_keys(redis, settings.key_prefix)) < keys_before
+    late = build_event(
+        {"event_id": "late", "customer_id": "x", "ts": 1_700_000_000, "type": "login"}
+    )
+    with pytest.raises(ResponseError, match="REBUILDING"):
+        await store.apply_batch([accepted_record(late, "logins", 9, 0)])
+
+    # run again, workers stopped: the wipe finishes, and the replay has a target
+    lines: list[str] = []
+    assert await rebuild(settings, wait=False, write=lines.append) == 0
+    assert not await store.rebuilding()
+    assert await store.customer_ids() == []
+    targets = await store.replaying()
+    assert targets and all(end > 0 for end in targets.values())
+
+    # one partition's replay lags far behind (a slow broker): evaluations wait for it
+    orders = (Topics.from_settings(settings).source("order"), 0)
+    await store.expect_replay(orders, 10**9)
+    life = store.key("life", "counts")
+    workers.settings = settings.model_copy(update={"evaluate_every_seconds": 0.25})
+    workers.start()
+    await settle(store, distinct(events), workers)
+    await assert_exact(store, settings, events)
+    await asyncio.sleep(1.5)  # six evaluation ticks
+    assert not await redis.exists(life), "customers were evaluated before the replay caught up"
+    assert list(await store.replaying()) == [orders]
+
+    await redis.hdel(store.key("replay"), f"{orders[0]}|{orders[1]}")
+
+    async def evaluated() -> bool:
+        return bool(await redis.exists(life))
+
+    await wait_until(evaluated, 60, "evaluations to resume after the replay", workers.logs)
+    assert match(digest(api_key), await keys.digests()) == "shop-backend"
     assert await redis.hget(f"{settings.key_prefix}notify:stats", "sent") == "7"
 
 

@@ -269,3 +269,20 @@ async def test_a_customer_tracks_at_most_max_tickets(
     assert state is not None
     assert len(state.tickets) <= MAX_TICKETS
     assert state.tickets_untracked == untracked
+
+
+async def test_a_rebuild_with_a_new_shard_count_is_refused_while_workers_run(
+    redis: Redis, settings: Settings
+) -> None:
+    from retention.rebuild import rebuild
+
+    store = Store(redis, settings.key_prefix)
+    await store.apply_batch([order(0)])
+    await store.heartbeat("worker-1", {"partitions": []})
+    lines: list[str] = []
+    assert await rebuild(settings, wait=False, write=lines.append, shards=3) == 2
+    assert "stop them first" in lines[0]
+    assert await store.read_customer("c") is not None  # nothing wiped
+    await store.forget_worker("worker-1")
+    assert await rebuild(settings, wait=False, write=lines.append, shards=3) == 0
+    assert (await store.layout()).count == 3
