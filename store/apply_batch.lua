@@ -1024,6 +1024,8 @@ for n = 1, #records do
 end
 -- 'topic|partition' and the per-topic counter names, built once per batch
 local tp_names, accepted_names, duplicate_names = {}, {}, {}
+-- per 'topic|partition', the offsets of this batch taken so far
+local taken = {}
 local days_of = {}
 for n = 1, #records do
   local r = records[n]
@@ -1041,11 +1043,19 @@ for n = 1, #records do
     tp = topic .. '|' .. partition
     of_topic[partition] = tp
   end
-  if offset <= last_offsets[tp] then
+  -- an offset the store holds (at or below the stored one), or one taken earlier in this
+  -- batch (read twice around a seek back), is redelivered
+  local seen_here = taken[tp]
+  if not seen_here then
+    seen_here = {}
+    taken[tp] = seen_here
+  end
+  if offset <= last_offsets[tp] or seen_here[offset] then
     redelivered = redelivered + 1
   elseif offset > reach[tp] then
     -- beyond a gap: refused with the rest of its partition
   else
+    seen_here[offset] = true
     -- the periods of a day (as text and as numbers), one table for the batch's events of
     -- that day
     local days = days_of[r[8]]

@@ -154,8 +154,15 @@ class Ingest:
         pending = []
         messages = []
         latest_ms = self.latest_ms()
+        # after a seek back, a batch may hold an offset twice (buffered before the seek,
+        # then read again): it is one message, taken once
+        taken: set[tuple[str, int, int]] = set()
         for event in events:
             message = event.message
+            where = (message.topic, message.partition, message.offset)
+            if where in taken:
+                continue
+            taken.add(where)
             try:
                 record, rejection = self._record(message, latest_ms)
             except Exception as exc:  # whatever the bytes, the batch goes on

@@ -16,7 +16,7 @@ from processors.currency import Rates
 from processors.windows import epoch_day, period_start
 from retention.config import Settings
 from store.periods import Periods
-from store.store import Store, accepted_record
+from store.store import Store, accepted_record, rejected_record
 from streams.events import MAX_AMOUNT, OrderEvent, build_event
 from streams.offsets import find_recreated, store_positions
 
@@ -286,3 +286,15 @@ async def test_a_rebuild_with_a_new_shard_count_is_refused_while_workers_run(
     await store.forget_worker("worker-1")
     assert await rebuild(settings, wait=False, write=lines.append, shards=3) == 0
     assert (await store.layout()).count == 3
+
+
+async def test_an_offset_twice_in_one_batch_counts_once(store: Store) -> None:
+    """Around a seek back, a batch can hold an offset twice (buffered, then read again):
+    the second is the same message, redelivered, whether accepted or rejected."""
+    bad = rejected_record("orders", 0, 2, "invalid_json")
+    batch = [order(0), order(1), bad, order(1), bad, order(0)]
+    result = await store.apply_batch(batch)
+    assert (result.applied, result.rejected, result.redelivered) == (2, 1, 3)
+    stats = await store.stats()
+    assert stats.rejected == {("orders", "invalid_json"): 1}
+    assert stats.duplicates == {}

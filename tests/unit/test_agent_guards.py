@@ -79,6 +79,21 @@ async def test_a_rejected_message_is_not_dead_lettered_again_when_redelivered() 
     assert [dict(s["headers"])["x-source-offset"] for s in dlq.sent] == [b"6"]
 
 
+async def test_an_offset_twice_in_one_batch_is_taken_and_dead_lettered_once() -> None:
+    """Around a seek back a batch can hold a message twice: buffered, then read again."""
+    dlq = DeadLetters()
+    good = b'{"event_id":"e","customer_id":"c","ts":1700000000,"type":"login"}'
+    events = [
+        Event(Message("logins", 0, 7, b"c", good)),
+        Event(Message("logins", 0, 8, b"c", b"{not json")),
+        Event(Message("logins", 0, 7, b"c", good)),
+        Event(Message("logins", 0, 8, b"c", b"{not json")),
+    ]
+    batch = await ingest(dlq).decode(events)
+    assert [(r[0], r[3]) for r in batch.records] == [("l", "7"), ("x", "8")]
+    assert [dict(s["headers"])["x-source-offset"] for s in dlq.sent] == [b"8"]
+
+
 async def test_an_agent_that_dies_ends_the_process() -> None:
     codes: list[int] = []
 
