@@ -182,6 +182,18 @@ def owned_shards(
     return [shard for shard in range(shards) if shard % max(1, partitions) in mine]
 
 
+def partition_count(app: faust.App, topic: str, configured: int) -> int:
+    """The topic's real partition count, as the consumer's metadata has it: a topic made
+    with another count than ``RETENTION_PARTITIONS`` (or given partitions since) would
+    otherwise leave shards that no worker evaluates. The configured count until the
+    metadata is known."""
+    try:
+        known = app.consumer.topic_partitions(topic)
+    except Exception:  # no consumer yet, or metadata not fetched
+        known = None
+    return int(known) if known else configured
+
+
 def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
     """Every worker evaluates the due customers of the shards it owns: lifecycle, risk,
     alerts to ``customer-alerts``."""
@@ -213,7 +225,8 @@ def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
             return
         layout = await parts.store.layout()
         assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment()]
-        shards = owned_shards(assigned, topic, settings.partitions, layout.count)
+        partitions = partition_count(app, topic, settings.partitions)
+        shards = owned_shards(assigned, topic, partitions, layout.count)
         # evaluation shares the worker's core with ingestion: while customers wait, it
         # takes up to half of each tick, a bounded step at a time
         budget = time.monotonic() + settings.evaluate_every_seconds / 2

@@ -17,6 +17,7 @@ from retention.snapshot import read_snapshot
 from store.store import Store
 from streams.events import Event, build_event
 from streams.producer import EventProducer
+from streams.topics import Topics, cluster_id, ensure_topics
 from tests.eventgen import random_events
 from tests.integration.conftest import Workers, wait_until
 
@@ -113,3 +114,31 @@ async def test_history_in_several_files_and_late_months_show_in_every_reader(
         )
         got_cohorts = await live_cohorts(settings, period)
         assert got_cohorts == {k: c.as_dict() for k, c in want_cohorts.items()}, period
+
+
+async def test_every_shard_is_evaluated_when_the_topics_have_fewer_partitions(
+    settings: Settings, redis: Redis, workers: Workers, rng: random.Random
+) -> None:
+    """Topics made with 2 partitions while the workers are configured with 4: ownership
+    of the store's shards follows the topics' real partitions, so none is left out."""
+    made = settings.model_copy(update={"partitions": 2})
+    assert made.kafka_bootstrap
+    topics = Topics.from_settings(made)
+    await ensure_topics(made.kafka_bootstrap, topics, 2)
+    configured = settings.model_copy(update={"partitions": 4, "shards": 4})
+    workers.settings = configured
+    store = Store(redis, settings.key_prefix, offsets_scope=await cluster_id(made.kafka_bootstrap))
+    events = [e for e in random_events(rng, customers=60, count=600) if e["type"] == "login"]
+    sent: dict[str, int] = {}
+    async with EventProducer(made.kafka_bootstrap, topics) as producer:
+        workers.start()
+        await send(producer, events, sent)
+        await applied(store, sent, workers)
+    customers = len({e["customer_id"] for e in events})
+
+    async def all_evaluated() -> bool:
+        counts = await store.counters("life:counts")
+        return sum(counts.values()) == customers
+
+    await wait_until(all_evaluated, 60, f"all {customers} customers evaluated", workers.logs)
+    assert (await store.layout()).count == 4
