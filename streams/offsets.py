@@ -10,8 +10,11 @@ store falls behind what this worker applied.
 
 A partition whose topic was deleted and created again starts at offset 0 again; its stored
 offset then belongs to the old topic. The store keeps the Kafka timestamp of the message
-at each stored offset, and a worker that finds a different message there (or none, past
-the end of the log) forgets the stale offset instead of skipping the new messages.
+at each stored offset, and a worker that finds a different message there, or reads the
+log's last messages and finds it ends before the stored offset, forgets the stale offset
+instead of skipping the new messages. Nothing else forgets an offset: not a silence (a
+slow broker), nor an end offset alone (some brokers report it short), since a full replay
+of a live topic would count twice whatever is older than the dedupe horizon.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ TP = tuple[str, int]
 #: How long an assignment waits for Redis before giving up (Faust then restarts the
 #: rebalance): long enough for a restart, short of Kafka's rebalance deadlines.
 STORE_WAIT_SECONDS = 60.0
-#: How long reading back the messages at the stored offsets may take.
+#: How long reading back the messages at the stored offsets may take, and then reading
+#: the last messages of the partitions where nothing came back.
 READ_BACK_SECONDS = 3.0
+LAST_READ_SECONDS = 3.0
 
 
 async def find_recreated(
@@ -77,15 +82,56 @@ async def find_recreated(
                 if records[0].offset != offset or records[0].timestamp != stamp:
                     recreated.add((tp.topic, tp.partition))
         if pending:
-            # Nothing came back: past the end of the log, unless the broker was slow. End
-            # offsets can be reported short (Tansu does), so they only confirm a silence.
-            ends = await consumer.end_offsets(list(pending))
-            recreated.update(
-                (tp.topic, tp.partition) for tp, (o, _) in pending.items() if o >= ends[tp]
-            )
+            recreated |= await _ending_before(consumer, pending)
         return recreated
     finally:
         await consumer.stop()
+
+
+async def _ending_before(
+    consumer: AIOKafkaConsumer, pending: dict[TopicPartition, tuple[int, int]]
+) -> set[TP]:
+    """Of partitions where nothing came back at the stored offset, those whose log is seen
+    to end before it: read from just before the reported end offset (which may be short)
+    onwards, the last message found lies below the stored offset. A partition where the
+    stored message turns up after all is compared as above; one where nothing at all
+    can be read keeps its offset (with a warning): a silence proves nothing."""
+    tps = list(pending)
+    begins = await consumer.beginning_offsets(tps)
+    ends = await consumer.end_offsets(tps)
+    last: dict[TopicPartition, int] = {}
+    recreated: set[TP] = set()
+    reading = []
+    for tp in tps:
+        if ends[tp] > begins[tp]:
+            consumer.seek(tp, max(begins[tp], ends[tp] - 1))
+            reading.append(tp)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LAST_READ_SECONDS
+    while reading and loop.time() < deadline:
+        found = await consumer.getmany(*reading, timeout_ms=500)
+        if all(tp in last and not found.get(tp) for tp in reading):
+            break  # every log read to its end
+        for tp, records in found.items():
+            if tp not in reading or not records:
+                continue
+            offset, stamp = pending[tp]
+            last[tp] = max(last.get(tp, -1), records[-1].offset)
+            at = [r for r in records if r.offset == offset]
+            if at or last[tp] > offset:
+                reading.remove(tp)
+                if at and at[0].timestamp != stamp:
+                    recreated.add((tp.topic, tp.partition))
+    for tp in reading:
+        if tp in last:  # its log ends before the stored offset
+            recreated.add((tp.topic, tp.partition))
+    unread = [f"{tp.topic}|{tp.partition}" for tp in tps if tp not in last]
+    if unread:
+        logger.warning(
+            "could not read back the messages at the stored offsets; keeping them",
+            extra={"partitions": unread},
+        )
+    return recreated
 
 
 async def store_positions(

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -17,6 +18,7 @@ from processors.windows import epoch_day, period_start
 from retention.config import Settings
 from store.periods import Periods
 from store.store import Store, accepted_record, rejected_record
+from streams import offsets
 from streams.events import MAX_AMOUNT, OrderEvent, build_event
 from streams.offsets import find_recreated, store_positions
 
@@ -216,6 +218,40 @@ async def test_a_topic_created_again_is_not_mistaken_for_the_old_one(
     finally:
         await producer.stop()
         await admin.close()
+
+
+async def test_a_short_end_offset_and_a_slow_broker_never_forget_an_offset(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing comes back at the stored offset in time (a slow broker) and the end offset
+    is reported short (Tansu does): the log's last messages are read, the stored message
+    is found there, and the offset is kept. A full replay would count twice whatever is
+    older than the dedupe horizon."""
+    assert settings.kafka_bootstrap
+    topic = f"{settings.topic_prefix}short"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    await producer.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+        sent = [await producer.send_and_wait(topic, b"m", partition=0) for _ in range(8)]
+    finally:
+        await producer.stop()
+        await admin.close()
+    tp = (topic, 0)
+    stored = {tp: (sent[6].offset, sent[6].timestamp)}
+    monkeypatch.setattr(offsets, "READ_BACK_SECONDS", 0.0)  # nothing comes back in time
+    true_ends = AIOKafkaConsumer.end_offsets
+
+    async def short_ends(self: AIOKafkaConsumer, partitions: list[TopicPartition]) -> Any:
+        return {p: n - 4 for p, n in (await true_ends(self, partitions)).items()}
+
+    monkeypatch.setattr(AIOKafkaConsumer, "end_offsets", short_ends)
+    assert await find_recreated(settings.kafka_bootstrap, stored) == set()
+    # a message of another topic of that name at the stored offset is still told apart
+    other = {tp: (sent[6].offset, sent[6].timestamp + 1)}
+    assert await find_recreated(settings.kafka_bootstrap, other) == {tp}
 
 
 async def test_heartbeats_of_workers_long_gone_are_dropped(store: Store, redis: Redis) -> None:
