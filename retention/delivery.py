@@ -28,8 +28,11 @@ Delivery is at least once. What was delivered, the cool-downs, the dead letters 
 counters are kept in Redis by :class:`store.deliveries.Deliveries` (the ``notify:`` keys
 of :mod:`store.layout`).
 
-A crash between a successful send and the Redis write sends that alert again after the
-restart; webhook receivers drop it by its ``Idempotency-Key``, email by its ``Message-ID``.
+A Redis that refuses the write after a successful send (full, failing over, gone) does not
+make the alert go out again: the notifier keeps it as sent and retries only the write,
+with a growing pause. A crash in between sends that alert again after the restart; webhook
+receivers drop it by its ``Idempotency-Key``, email by its ``Message-ID`` (Slack's incoming
+webhooks have no such key).
 Calls of :meth:`Notifier.deliver_to` for the same subscriber and customer must not
 overlap: the service loop gives each subscriber one task that handles its alerts in turn,
 and Kafka gives each customer's partition to one consumer.
@@ -192,6 +195,9 @@ class Notifier:
         self._session: aiohttp.ClientSession | None = None
         self._failures: dict[str, int] = {}
         self._open_until: dict[str, float] = {}
+        #: (subscriber, alert key) → when it was sent, for alerts sent whose record Redis
+        #: refused: tried again, only the record is retried, never the send
+        self._unrecorded: dict[tuple[str, str], int] = {}
 
     async def start(self) -> None:
         if self._session is None:
@@ -246,11 +252,16 @@ class Notifier:
         the alert is then neither recorded nor dead-lettered for this subscriber."""
         if not subscriber.wants(alert):
             return "filtered"
+        cooldown_ms = int(self.config.cooldown_for(alert.kind) * 1000)
+        sent_ms = self._unrecorded.get((subscriber.name, alert.key))
+        if sent_ms is not None:
+            # sent already, and Redis refused to record it: record it, and send nothing
+            await self._record_delivery(subscriber, alert, sent_ms, cooldown_ms)
+            return "delivered"
         seen = await self.state.seen(subscriber.name, alert.kind, alert.customer_id, alert.key)
         if seen.delivered:
             await self.state.count(f"duplicate|{subscriber.type}")
             return "duplicate"
-        cooldown_ms = int(self.config.cooldown_for(alert.kind) * 1000)
         if seen.last_at_ms is not None and _ms(alert.at) - seen.last_at_ms < cooldown_ms:
             await self.state.count(f"suppressed|{subscriber.type}")
             logger.info(
@@ -263,18 +274,28 @@ class Notifier:
         if attempts.error is not None:
             await self._dead_letter(subscriber, alert, attempts)
             return "failed"
+        sent_ms = _ms(self.clock())
+        self._unrecorded[(subscriber.name, alert.key)] = sent_ms
+        await self._record_delivery(subscriber, alert, sent_ms, cooldown_ms)
+        return "delivered"
+
+    async def _record_delivery(
+        self, subscriber: Subscriber, alert: Alert, sent_ms: int, cooldown_ms: int
+    ) -> None:
+        """Record a sent alert; a Redis error is raised with the alert kept as sent, so the
+        caller's retry records it without sending it again."""
         await self.state.record(
             subscriber.name,
             subscriber.type,
             alert.kind,
             alert.customer_id,
             alert.key,
-            delivered_ms=_ms(self.clock()),
+            delivered_ms=sent_ms,
             alert_ms=_ms(alert.at),
             cooldown_ms=cooldown_ms,
             horizon_ms=self.config.dedupe_horizon * 1000,
         )
-        return "delivered"
+        self._unrecorded.pop((subscriber.name, alert.key), None)
 
     def _record(self, subscriber: Subscriber, failed: bool) -> None:
         """Count consecutive failed alerts; open the breaker at ``breaker_after``."""
@@ -377,6 +398,8 @@ class Notifier:
             },
             counters=counters,
         )
+        if subscriber and alert:  # dead-lettered: nothing left to record
+            self._unrecorded.pop((subscriber.name, alert.key), None)
 
     async def _send(self, subscriber: Subscriber, alert: Alert) -> None:
         if isinstance(subscriber, WebhookSubscriber):

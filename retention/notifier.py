@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 #: Pause before trying an alert again when Redis (not a subscriber) failed.
 RETRY_PAUSE_SECONDS = 1.0
+RETRY_PAUSE_MAX_SECONDS = 30.0
 #: How often finished offsets are committed.
 COMMIT_INTERVAL_SECONDS = 0.5
 #: On shutdown, how long a lane may finish the alert in hand before it is cancelled (the
@@ -226,7 +227,10 @@ class Lane:
 
     async def handle(self, alert: Alert) -> Outcome | None:
         """Deliver, or dead-letter on any error but an unreachable Redis, which is waited
-        out. None when stopped before the alert was done."""
+        out with a pause that doubles up to :data:`RETRY_PAUSE_MAX_SECONDS` (an alert sent
+        already is not sent again: only its record is retried). None when stopped before
+        the alert was done."""
+        pause = RETRY_PAUSE_SECONDS
         while True:
             try:
                 try:
@@ -239,10 +243,15 @@ class Lane:
             except Exception as exc:
                 logger.warning(
                     "cannot reach Redis; will try the alert again",
-                    extra={"subscriber": self.subscriber.name, "error": repr(exc)},
+                    extra={
+                        "subscriber": self.subscriber.name,
+                        "error": repr(exc),
+                        "pause_s": pause,
+                    },
                 )
-                if await _stopped_within(self.stop, RETRY_PAUSE_SECONDS):
+                if await _stopped_within(self.stop, pause):
                     return None
+                pause = min(2 * pause, RETRY_PAUSE_MAX_SECONDS)
                 continue
             logger.info(
                 "alert handled",

@@ -887,3 +887,36 @@ async def test_a_failing_subscriber_with_a_full_queue_sends_its_overflow_to_the_
     assert {d["subscriber"] for d in dead} == {"void"}
     backlog = [d for d in dead if d["reason"] == "backlog"]
     assert all("keeps failing" in d["error"] for d in backlog)
+
+
+async def test_a_redis_that_refuses_writes_never_makes_an_alert_go_out_again(
+    receiver: Receiver, redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    """Redis full (it refuses writes, reads still work): the alert is sent, its record is
+    refused, and the lane retries the record alone, with growing pauses, until Redis
+    takes it. The subscriber gets the alert once."""
+    assert settings.kafka_bootstrap
+    path = write_config(tmp_path, webhook(receiver, "a"))
+    topic = alerts_topic(settings)
+    await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
+    deliveries = Deliveries(redis, settings.key_prefix)
+    async with running(settings, path) as task:
+        await redis.config_set("maxmemory", 1)
+        try:
+            await publish_alerts(settings.kafka_bootstrap, topic, [make_alert("full-1")])
+
+            async def sent() -> bool:
+                return len(receiver.to("a")) >= 1
+
+            await wait_until(sent, 30, "the alert to be sent")
+            await asyncio.sleep(3.5)  # the record refused at 0, 1 and 3 s
+            assert len(receiver.to("a")) == 1
+        finally:
+            await redis.config_set("maxmemory", 0)
+
+        async def recorded() -> bool:
+            return (await deliveries.stats()).get("sent|webhook") == 1
+
+        await wait_until(recorded, 30, "the delivery to be recorded")
+        assert not task.done()
+    assert len(receiver.to("a")) == 1
