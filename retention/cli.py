@@ -15,6 +15,7 @@ from retention import logs
 from retention.config import Settings
 from retention.services import NoServices, resolve
 from store.connect import connect
+from store.shards import LayoutMismatch
 from store.store import Store
 
 logger = logging.getLogger("retention")
@@ -54,7 +55,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     try:
         run(_services(args), loglevel=args.log_level)
-    except UnsafeRedis as exc:
+    except (UnsafeRedis, LayoutMismatch) as exc:
         print(f"retention worker: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -505,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("WARNING" if args.log_level == "warn" else args.log_level.upper())
     try:
         code: int = args.func(args)
-    except NoServices as exc:
+    except (NoServices, LayoutMismatch) as exc:
         print(f"retention: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

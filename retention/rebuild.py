@@ -80,6 +80,8 @@ async def rebuild(
             redis,
             settings.key_prefix,
             offsets_scope=await cluster_id(settings.kafka_bootstrap, security),
+            # a store in another format is rebuilt in this version's: the upgrade path
+            check_format=False,
         )
         if shards is not None and await store.workers(max_age_seconds=WORKER_ALIVE_SECONDS):
             write(

@@ -11,6 +11,7 @@ from retention.config import Settings
 from retention.exporter import start_worker_metrics
 from retention.logs import log_config
 from store.connect import connect, eviction_policies
+from store.store import Store
 from streams import agents
 from streams.app import create_app
 from streams.topics import Topics, cluster_id, ensure_topics
@@ -43,10 +44,22 @@ async def check_eviction_policy(redis_url: str) -> None:
         )
 
 
+async def check_store(settings: Settings) -> None:
+    """Refuse a store of another format or shard count before joining the group
+    (:class:`store.shards.LayoutMismatch`), and record them in a new store."""
+    assert settings.redis_url is not None
+    redis = connect(settings.redis_url, decode_responses=True)
+    try:
+        await Store(redis, settings.key_prefix, shards=settings.shards, writer=True).layout()
+    finally:
+        await redis.aclose()
+
+
 async def prepare_services(settings: Settings) -> str:
     assert settings.kafka_bootstrap is not None
     assert settings.redis_url is not None
     await check_eviction_policy(settings.redis_url)
+    await check_store(settings)
     await ensure_topics(
         settings.kafka_bootstrap,
         Topics.from_settings(settings),

@@ -12,6 +12,9 @@ keeping a shard's keys in one Redis Cluster slot. Totals over customers kept per
 summed by their readers. Families marked ``P`` exist once, under the prefix.
 
 - ``P shards``             the store's shard count, recorded when it is set up
+- ``P format``             the format the store is written in (:mod:`store.shards`,
+                            ``STORE_FORMAT``): a version that writes another refuses the
+                            store, and ``retention rebuild`` rewrites it in its own
 
 The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
 

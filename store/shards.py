@@ -31,10 +31,38 @@ MAX_SHARDS = 1024
 DEFAULT_CLUSTER_SHARDS = 12
 #: The key (under the store's prefix) recording the store's shard count.
 SHARDS_KEY = "shards"
+#: The key recording the format the store is written in, and this version's format:
+#: 2 = customers packed in pieces, money sums in two parts (store/layout.py). A store
+#: without one was written before formats were recorded, in formats this version still
+#: reads; its first writer of this version records 2.
+FORMAT_KEY = "format"
+STORE_FORMAT = 2
 
 
 class LayoutMismatch(RuntimeError):
-    """The configured shard count differs from the one the store was set up with."""
+    """The store cannot be used as configured: its shard count or its format differ."""
+
+
+class FormatMismatch(LayoutMismatch):
+    """The store is written in a format this version does not know."""
+
+
+async def check_format(redis: Redis | RedisCluster, prefix: str, writer: bool) -> None:
+    """Refuse a store written in another format (by another version); a writer records
+    this version's format in a store that has none."""
+    raw = await redis.get(prefix + FORMAT_KEY)
+    if raw is None and writer:
+        await redis.set(prefix + FORMAT_KEY, str(STORE_FORMAT), nx=True)
+        raw = await redis.get(prefix + FORMAT_KEY)
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    if raw is not None and str(raw) != str(STORE_FORMAT):
+        raise FormatMismatch(
+            f"the store under {prefix!r} is in format {raw}, and this version reads format "
+            f"{STORE_FORMAT}: run the version that wrote it, or rebuild the store from the "
+            "topics in this version's format with `retention rebuild` (stop the workers of "
+            "the other version first)"
+        )
 
 
 def shard_of(customer_id: str, count: int) -> int:
@@ -108,14 +136,24 @@ class LayoutSource:
     so it never holds on to a guess."""
 
     def __init__(
-        self, redis: Redis | RedisCluster, prefix: str, configured: int | None, writer: bool
+        self,
+        redis: Redis | RedisCluster,
+        prefix: str,
+        configured: int | None,
+        writer: bool,
+        check: bool = True,
     ) -> None:
         self.redis, self.prefix, self.configured, self.writer = redis, prefix, configured, writer
         self._known: ShardLayout | None = None
+        #: whether the store's format is checked (:func:`check_format`) before first use
+        self._check = check
 
     async def get(self) -> ShardLayout:
         if self._known is not None:
             return self._known
+        if self._check:
+            await check_format(self.redis, self.prefix, self.writer)
+            self._check = False
         if self.writer:
             self._known = await setup_layout(self.redis, self.prefix, self.configured)
             return self._known

@@ -24,7 +24,14 @@ from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
 from store.connect import memory_info
 from store.layout import Keys, money_micros
-from store.shards import SHARDS_KEY, LayoutSource, ShardLayout, is_cluster
+from store.shards import (
+    FORMAT_KEY,
+    SHARDS_KEY,
+    STORE_FORMAT,
+    LayoutSource,
+    ShardLayout,
+    is_cluster,
+)
 from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
 FIELDS_PER_RECORD = 15
@@ -36,7 +43,8 @@ SCAN_PAGE = 5_000
 #: Key families a rebuild keeps, none of them derived from the events: what notifications
 #: were delivered (forgetting it would notify subscribers again) and their dead letters,
 #: the HTTP write keys and their counters, workers' heartbeats, the shard count, and what
-#: the replay has to reach before evaluations resume.
+#: the replay has to reach before evaluations resume. The format is recorded anew: the
+#: replay writes the store in this version's.
 KEEP_ON_REBUILD = ("notify:", "keys", "ingest:", "workers", SHARDS_KEY, "replay")
 #: A heartbeat this old belongs to a worker that died without saying so: it is dropped.
 FORGET_WORKER_SECONDS = 3600
@@ -126,13 +134,15 @@ class Store:
         offsets_scope: str = "default",
         shards: int | None = None,
         writer: bool = False,
+        check_format: bool = True,
     ) -> None:
         """``shards``: the configured count (``RETENTION_SHARDS``), else the recorded one.
         A ``writer`` (the worker) records the count on a new store and refuses to run
-        with another."""
+        with another. A store written in another format is refused (``check_format``,
+        off only for ``retention rebuild``, which wipes it)."""
         self.redis = redis
         self.prefix = prefix
-        self._layouts = LayoutSource(redis, prefix, shards, writer)
+        self._layouts = LayoutSource(redis, prefix, shards, writer, check_format)
         self.keys = Keys(prefix)
         self.kind_letters = "".join(sorted(_KIND_LETTERS[k] for k in activity_kinds))
         # The horizon is split into buckets so that ids expire a bucket at a time.
@@ -448,7 +458,10 @@ class Store:
             # the replay fills the store in the new layout
             ShardLayout.of(self.prefix, shards)  # refuses a count out of range
             await self.redis.set(self.key(SHARDS_KEY), str(shards))
-            self._layouts = LayoutSource(self.redis, self.prefix, shards, writer=False)
+            self._layouts = LayoutSource(
+                self.redis, self.prefix, shards, writer=False, check=False
+            )
+        await self.redis.set(self.key(FORMAT_KEY), str(STORE_FORMAT))
         for marker in markers:
             await self.redis.delete(marker)
         return deleted

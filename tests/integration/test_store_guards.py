@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -17,10 +19,12 @@ from processors.currency import Rates
 from processors.windows import epoch_day, period_start
 from retention.config import Settings
 from store.periods import Periods
+from store.shards import FORMAT_KEY, STORE_FORMAT, FormatMismatch
 from store.store import Store, accepted_record, rejected_record
 from streams import offsets
 from streams.events import MAX_AMOUNT, OrderEvent, build_event
 from streams.offsets import find_recreated, store_positions
+from tests.integration.conftest import settings_env
 
 
 def order(
@@ -334,3 +338,47 @@ async def test_an_offset_twice_in_one_batch_counts_once(store: Store) -> None:
     stats = await store.stats()
     assert stats.rejected == {("orders", "invalid_json"): 1}
     assert stats.duplicates == {}
+
+
+async def test_a_store_of_another_format_is_refused_until_rebuilt(
+    redis: Redis, settings: Settings
+) -> None:
+    """A store written by another version (another format) is refused by workers, readers
+    and the command line, with the command that upgrades it; a rebuild does."""
+    from retention.rebuild import rebuild
+
+    store = Store(redis, settings.key_prefix, writer=True)
+    await store.apply_batch([order(0)])
+    assert await redis.get(settings.key_prefix + FORMAT_KEY) == str(STORE_FORMAT)
+    await redis.set(settings.key_prefix + FORMAT_KEY, "99")
+
+    for fresh in (
+        Store(redis, settings.key_prefix, writer=True),
+        Store(redis, settings.key_prefix),
+    ):
+        with pytest.raises(FormatMismatch, match="retention rebuild"):
+            await fresh.read_customer("c")
+    env = settings_env(settings)
+    for command in (["worker"], ["customer", "c"], ["metrics"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "retention.cli", *command],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert "format 99" in proc.stderr and "retention rebuild" in proc.stderr, proc.stderr
+
+    assert await rebuild(settings, wait=False, write=lambda _: None) == 0
+    assert await redis.get(settings.key_prefix + FORMAT_KEY) == str(STORE_FORMAT)
+    assert await Store(redis, settings.key_prefix, writer=True).read_customer("c") is None
+
+
+async def test_a_store_without_a_format_is_read_and_stamped_by_its_first_writer(
+    redis: Redis, settings: Settings
+) -> None:
+    """Stores written before formats were recorded are in formats this version reads."""
+    await Store(redis, settings.key_prefix, writer=True).apply_batch([order(0)])
+    await redis.delete(settings.key_prefix + FORMAT_KEY)
+    assert await Store(redis, settings.key_prefix).read_customer("c") is not None
+    assert await redis.get(settings.key_prefix + FORMAT_KEY) is None  # readers write nothing
+    await Store(redis, settings.key_prefix, writer=True).apply_batch([order(1)])
+    assert await redis.get(settings.key_prefix + FORMAT_KEY) == str(STORE_FORMAT)
