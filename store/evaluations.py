@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, cast
@@ -58,7 +58,8 @@ _RESCHEDULE = _CHUNKS + files("store").joinpath("reschedule.lua").read_text()
 _TAKE = _CHUNKS + files("store").joinpath("take_due.lua").read_text()
 _BACKLOG = files("store").joinpath("queue_backlog.lua").read_text()
 _PREVIOUS = PIECES + files("store").joinpath("read_previous.lua").read_text()
-_STORE = files("store").joinpath("store_evaluations.lua").read_text()
+#: "#!lua" first: a script that writes is refused whole by a full Redis, not halfway
+_STORE = "#!lua\n" + PIECES + files("store").joinpath("store_evaluations.lua").read_text()
 #: How long taken customers are left to their evaluator before others may take them.
 LEASE_MS = 60_000
 
@@ -191,14 +192,13 @@ class Evaluator:
     async def _store(
         self, home: str, results: list[tuple[CustomerState, Previous, Evaluation]], now_ms: int
     ) -> None:
-        """Each customer's result, and the totals moved by the chunk's results, in one
-        script call: the totals are summed here first, so each costs one command per chunk
-        rather than one per customer, and the totals stay in step with the results."""
-        moved = _Moved()
+        """Each customer's result in one script call, which also moves the totals kept in
+        step, by each new result against the one stored at that moment
+        (store_evaluations.lua): the totals stay the sum over the stored evaluations, even
+        when another evaluator stored one since it was read here."""
         rows: list[list[str]] = []
-        ranks: list[list[str]] = []
-        cleared: list[str] = []
-        for state, prev, ev in results:
+        ranks: dict[str, str] = {}
+        for state, _, ev in results:
             cid = state.customer_id
             at_risk = ev.status == "at_risk"
             cltv = to_micros(ev.cltv)
@@ -216,72 +216,12 @@ class Evaluator:
                     str(cltv_at_risk),
                 ]
             )
-            moved.add(prev, ev, cltv, cltv_at_risk)
-            # a customer is taken once per chunk: its ranking changes once
             if at_risk:
-                ranks.append([cid, repr(at_risk_rank(state, ev))])
-            else:
-                cleared.append(cid)
-        moves = {**moved.commands(), "rank": ranks, "unrank": cleared}
+                ranks[cid] = repr(at_risk_rank(state, ev))
         # the totals are kept per shard, beside its customers: one slot, one script
         await self._store_script(
-            keys=[home + "ids"], args=[home, json.dumps(rows), json.dumps(moves)]
+            keys=[home + "ids"], args=[home, json.dumps(rows), json.dumps(ranks)]
         )
-
-
-@dataclass(slots=True)
-class _Moved:
-    """How a chunk of evaluations moves the totals kept in step: each customer's new
-    result added, its previous one taken back. A total the chunk touched is written even
-    when its moves cancel out, as one command per customer would have left it."""
-
-    lifecycle: dict[str, int] = field(default_factory=dict)
-    reasons: dict[str, int] = field(default_factory=dict)
-    cltv_at_risk: dict[str, int] = field(default_factory=dict)
-    cltv_total: int | None = None
-    high_value: int | None = None
-
-    def commands(self) -> dict[str, list[list[str]]]:
-        """The moves as the store script takes them, numbers as text."""
-        incr = [
-            [name, str(delta)]
-            for name, delta in (
-                ("cltv:total", self.cltv_total),
-                ("risk:high_value", self.high_value),
-            )
-            if delta is not None
-        ]
-        hincr = [
-            [family, name, str(delta)]
-            for family, fields in (
-                ("life:counts", self.lifecycle),
-                ("risk:reasons", self.reasons),
-                ("cltv:at_risk", self.cltv_at_risk),
-            )
-            for name, delta in fields.items()
-        ]
-        return {"incr": incr, "hincr": hincr}
-
-    def add(self, prev: Previous, ev: Evaluation, cltv: int, cltv_at_risk: int) -> None:
-        if cltv != prev.cltv_micros:
-            self.cltv_total = (self.cltv_total or 0) + cltv - prev.cltv_micros
-        if prev.status is not None:
-            _bump(self.lifecycle, prev.status, -1)
-        _bump(self.lifecycle, ev.status, 1)
-        if prev.status == "at_risk":
-            for reason in prev.reasons:
-                _bump(self.reasons, reason, -1)
-                if prev.cltv_at_risk_micros:
-                    _bump(self.cltv_at_risk, reason, -prev.cltv_at_risk_micros)
-            if prev.high_value:
-                self.high_value = (self.high_value or 0) - 1
-        if ev.status == "at_risk":
-            for reason in ev.risk.reasons:
-                _bump(self.reasons, reason, 1)
-                if cltv_at_risk:
-                    _bump(self.cltv_at_risk, reason, cltv_at_risk)
-            if ev.risk.high_value:
-                self.high_value = (self.high_value or 0) + 1
 
 
 #: The fields of a stored evaluation, in the order the customer hash's ``ev`` joins them
@@ -305,10 +245,6 @@ def _stored_evaluation(reply: Sequence[Any], n: int) -> dict[str, str]:
 
 def _as_dict(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _bump(counts: dict[str, int], name: str, delta: int) -> None:
-    counts[name] = counts.get(name, 0) + delta
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +273,7 @@ async def _summed_number(store: Store, name: str) -> int:
     """A number kept per shard, summed."""
     homes = (await store.layout()).prefixes
     raw = await asyncio.gather(*(store.redis.get(home + name) for home in homes))
-    return sum(int(float(value)) for value in raw if value)
+    return sum(int(value) for value in raw if value)
 
 
 async def due_backlog(store: Store, now_ms: int) -> tuple[int, float]:

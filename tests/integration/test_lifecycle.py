@@ -31,6 +31,7 @@ from streams.topics import Topics
 from tests.integration.conftest import Workers, read_topic, wait_until
 from tests.integration.earlier import unpack_customers
 from tests.integration.queue_state import changed_queue, rechecks
+from tests.integration.recount import kept_and_recounted
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -184,11 +185,10 @@ async def test_a_total_that_would_overflow_refuses_the_whole_store_call(redis: R
     evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy())
     await redis.set("life9:cltv:total", str(5 * 10**18))
     await store.apply_batch(orders("c", [0]))
-    row = ["c", "active", "0", "", "0", "1", "1", "0", "0"]
-    moves = {"incr": [["cltv:total", str(5 * 10**18)]], "hincr": [], "rank": [], "unrank": []}
+    row = ["c", "active", "0", "", "0", "1", "1", str(5 * 10**18), "0"]
     with pytest.raises(ResponseError, match="OVERFLOW"):
         await evaluator._store_script(
-            keys=["life9:ids"], args=["life9:", json.dumps([row]), json.dumps(moves)]
+            keys=["life9:ids"], args=["life9:", json.dumps([row]), json.dumps({})]
         )
     # refused before anything was written
     assert await stored_evaluations(store, ["c"]) == {}
@@ -289,3 +289,38 @@ async def test_the_lookback_union_follows_late_events(redis: Redis) -> None:
     states = [s for s in [await store.read_customer(c) for c in ("inside", "late")] if s]
     assert await active_before(store, states, now_ms, lifecycle) == {"inside": True, "late": True}
     assert await redis.ttl(window) > 0
+
+
+async def test_totals_stay_a_recount_when_another_evaluator_stores_in_between(
+    redis: Redis,
+) -> None:
+    """Two evaluators on one customer (during a rebalance, or after a lease ran out): one
+    stores its result between the other's read and store. The totals move against what is
+    stored at that moment, so they stay the sum over the stored evaluations."""
+    store = Store(redis, "life10:", ("order",))
+    await store.apply_batch(orders("c", [0, 10, 20, 30, 40]) + orders("d", [0, 1], 10))
+    other = Evaluator(store, RiskPolicy(), LifecyclePolicy())
+    raced = False
+
+    async def publish(alerts: Sequence[Alert]) -> None:
+        nonlocal raced
+        if raced:
+            return
+        raced = True
+        # the other evaluator stores its own result for "c" now
+        row = ["c", "at_risk", "0.9", "silence,frequency_drop", "1", "1", "5", "7000000", "6300000"]
+        await other._store_script(
+            keys=["life10:ids"], args=["life10:", json.dumps([row]), json.dumps({"c": "9.5"})]
+        )
+
+    first = Evaluator(store, RiskPolicy(), LifecyclePolicy(), publish)
+    assert await first.run_once(T0 + timedelta(days=41)) == 2
+    assert raced
+    kept, recount = await kept_and_recounted(store)
+    assert kept == recount
+    assert sum(kept.lifecycle.values()) == 2
+    # and again later, with a chunk that takes back what the other one stored
+    await store.apply_batch(orders("c", [45], 5))
+    await first.run_once(T0 + timedelta(days=200))
+    kept, recount = await kept_and_recounted(store)
+    assert kept == recount
