@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 
 from retention import runtime
 from retention.config import Settings
+from store.evaluations import due_backlog
 from store.store import Store, accepted_record
 from streams.events import REJECT_REASONS, build_event
 from streams.producer import EventProducer
@@ -246,6 +247,54 @@ async def test_a_rebuild_killed_halfway_refuses_writes_until_run_again(
     await wait_until(evaluated, 60, "evaluations to resume after the replay", workers.logs)
     assert match(digest(api_key), await keys.digests()) == "shop-backend"
     assert await redis.hget(f"{settings.key_prefix}notify:stats", "sent") == "7"
+
+
+async def test_evaluation_totals_equal_a_recount_through_a_minute_of_rebalances(
+    settings: Settings, store: Store, redis: Redis, producer: EventProducer, workers: Workers
+) -> None:
+    """Two workers, one of them killed and replaced every few seconds for a minute while
+    orders stream in and customers are evaluated: a shard changes hands at every
+    rebalance, and a killed worker's leases run out. Afterwards the totals kept in step
+    equal a recount of the stored evaluations."""
+    from tests.integration.recount import kept_and_recounted
+
+    rng = random.Random(6)
+    recent = int(time.time()) - 120 * 86400
+    workers.settings = settings.model_copy(update={"evaluate_every_seconds": 0.5})
+    running = [workers.start(), workers.start()]
+    sent: list[dict[str, Any]] = []
+    rebalances = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        wave = [
+            {**e, "ts": recent + rng.randrange(0, 120 * 86400)}
+            for e in orders(rng, 400, 400, len(sent))
+        ]
+        await send_all(producer, wave)
+        await producer.flush()
+        sent += wave
+        await asyncio.sleep(rng.uniform(3, 6))
+        workers.kill(running.pop(0))  # the group rebalances, its leases run out
+        running.append(workers.start())
+        rebalances += 1
+    await settle(store, distinct(sent), workers)
+
+    async def evaluated() -> bool:
+        waiting, _ = await due_backlog(store, int(time.time() * 1000))
+        return waiting == 0
+
+    await wait_until(evaluated, 90, "every changed customer to be evaluated", workers.logs)
+    workers.stop_all()
+    kept, recount = await kept_and_recounted(store)
+    assert kept == recount
+    assert sum(kept.lifecycle.values()) == len(await store.customer_ids())
+    assert kept.at_risk or kept.lifecycle.get("active")
+    report(
+        "rebalance-totals",
+        rebalances=rebalances,
+        sent=len(sent),
+        customers=sum(kept.lifecycle.values()),
+    )
 
 
 @dataclass
