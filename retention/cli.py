@@ -178,6 +178,17 @@ def cmd_customer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore_customer(args: argparse.Namespace) -> int:
+    from retention.restore import RestoreError, restore_customer
+
+    try:
+        asyncio.run(restore_customer(_services(args), args.id))
+    except RestoreError as exc:
+        print(f"retention restore-customer: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from retention import status
     from retention.services import Services
@@ -409,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     customer.add_argument("id")
     customer.add_argument("--json", action="store_true")
     customer.set_defaults(func=cmd_customer)
+
+    restore = sub.add_parser(
+        "restore-customer",
+        parents=[common],
+        help="rebuild a customer set aside (its state could not be read) from the topics",
+    )
+    restore.add_argument("id")
+    restore.set_defaults(func=cmd_restore_customer)
 
     st = sub.add_parser("status", parents=[common], help="services, workers and lag")
     st.add_argument("--json", action="store_true")

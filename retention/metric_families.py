@@ -83,6 +83,8 @@ class Snapshot:
     ingest: dict[str, int] = field(default_factory=dict)
     #: per Redis node: used memory and the maxmemory limit (0: none), bytes
     redis_memory: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: customers set aside because their stored state cannot be read
+    corrupt_customers: int = 0
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -106,6 +108,12 @@ def _customer_families(snap: Snapshot) -> Iterator[Metric]:
         "retention_tracked_customers",
         "Customers the tracker has ever seen.",
         snap.tracked_customers,
+    )
+    yield _scalar(
+        "retention_corrupt_customers",
+        "Customers set aside because their stored state cannot be read; their events wait "
+        "in the dead-letter topic until `retention restore-customer`.",
+        snap.corrupt_customers,
     )
     active = _gauge(
         "retention_active_customers",

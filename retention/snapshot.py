@@ -209,4 +209,5 @@ async def read_snapshot(
         evaluation_wait_seconds=wait_seconds,
         ingest=await store.counters("ingest:stats"),
         redis_memory=await store.memory(),
+        corrupt_customers=len(await store.corrupt_customers()),
     )

@@ -50,6 +50,8 @@ class StackStatus:
     # partitions the store is replaying back to where it was (after a rebuild, a rollback
     # or a restore): evaluations and alerts wait until none is left
     replaying: int = 0
+    # customers set aside because their stored state cannot be read
+    corrupt: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -118,6 +120,7 @@ async def _gather(settings: Settings, status: StackStatus, timeout: float) -> No
             applied = await store.applied_offsets()
             status.rebuilding = await store.rebuilding()
             status.replaying = len(await store.replaying(prune=False))
+            status.corrupt = sorted(await store.corrupt_customers())
         except Exception as exc:
             status.errors.append(f"redis: {exc!r}")
             return
@@ -192,6 +195,12 @@ def _rebuild_lines(status: StackStatus) -> list[str]:
         lines.append(
             f"replay   {status.replaying} partition(s) not back where the store was;"
             " evaluations and alerts wait"
+        )
+    if status.corrupt:
+        shown = ", ".join(status.corrupt[:5]) + (" ..." if len(status.corrupt) > 5 else "")
+        lines.append(
+            f"CORRUPT  {len(status.corrupt)} customer(s) whose stored state cannot be read,"
+            f" set aside: {shown}; `retention restore-customer ID` rebuilds one"
         )
     return lines
 

@@ -38,8 +38,9 @@
 --   with or without records, and stores the offset the runs reached: a batch spread over
 --   shards stays exactly-once when the worker stops between two shards, since each shard
 --   skips what it has already applied.
--- Returns {applied, duplicates, redelivered, rejected, gaps}: gaps is a flat list
--- {tp, next offset wanted, ...}.
+-- Returns {applied, duplicates, redelivered, rejected, gaps, set aside}: gaps is a flat
+-- list {tp, next offset wanted, ...}; set aside lists the events ('tp|offset') of
+-- customers whose stored state cannot be read (see below).
 
 local P = ARGV[1]
 -- `retention rebuild` is wiping the store: write nothing until it is done
@@ -1012,14 +1013,19 @@ for tp, runs in pairs(ranges) do
   end
   reach[tp] = last
 end
--- Every customer the batch names is read before anything is written: one whose state
--- cannot be read refuses the whole batch, as Redis keeps the writes a script made before
--- an error (the worker retries, and its Redis errors show).
+-- Every customer the batch names is read before anything is written. One whose stored
+-- state cannot be read (a piece lost or changed by hand) is set aside, so that it stops
+-- nobody else: its events are refused as corrupt_state and listed for the worker to
+-- dead-letter, and nothing of them is counted anywhere. The hash `corrupt` records it
+-- (customer -> when first set aside, ms) and the set `corrupt:<customer>` its events
+-- ('topic|partition|offset'), until `retention restore-customer` rebuilds it from the
+-- topics and applies them.
+local corrupt, set_aside, corrupt_events = {}, {}, {}
 for n = 1, #records do
   local r = records[n]
-  if r[1] ~= 'x' then
-    local c, problem = customer(r[6])
-    if not c then return redis.error_reply(problem) end
+  if r[1] ~= 'x' and not corrupt[r[6]] and not customer(r[6]) then
+    corrupt[r[6]] = true
+    corrupt_events[r[6]] = {}
   end
 end
 -- 'topic|partition' and the per-topic counter names, built once per batch
@@ -1067,6 +1073,13 @@ for n = 1, #records do
     if kind == 'x' then
       count('rejected|' .. topic .. '|' .. r[11])
       rejected = rejected + 1
+    elseif corrupt[r[6]] then
+      count('rejected|' .. topic .. '|corrupt_state')
+      rejected = rejected + 1
+      local where = tp .. '|' .. offset
+      set_aside[#set_aside + 1] = where
+      local own = corrupt_events[r[6]]
+      own[#own + 1] = where
     elseif is_duplicate(r[5]) then
       count(duplicate_names[topic])
       duplicates = duplicates + 1
@@ -1167,4 +1180,8 @@ end
 for tp, ts in pairs(newest) do
   set_max(newest_key, tp, ts[2])
 end
-return {applied, duplicates, redelivered, rejected, gap_list}
+for cid, own in pairs(corrupt_events) do
+  redis.call('HSETNX', P .. 'corrupt', cid, ARGV[3])
+  if #own > 0 then redis.call('SADD', P .. 'corrupt:' .. cid, unpack(own)) end
+end
+return {applied, duplicates, redelivered, rejected, gap_list, set_aside}

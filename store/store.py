@@ -110,6 +110,9 @@ class BatchResult:
     #: partitions whose records did not follow the stored offset: ``(topic, partition)``
     #: → the offset the store needs next; the worker seeks there
     gaps: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: ``(topic, partition, offset)`` of events set aside because their customer's stored
+    #: state cannot be read; the worker sends them to the dead-letter topic
+    set_aside: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,13 +228,24 @@ class Store:
             sum(int(reply[i]) for reply in replies) for i in range(4)
         )
         gaps: dict[tuple[str, int], int] = {}
+        set_aside: list[tuple[str, int, int]] = []
         for reply in replies:
             gap_list = reply[4]
             for i in range(0, len(gap_list), 2):
                 tp_key, wanted = _split_tp(gap_list[i]), int(gap_list[i + 1])
                 # the lowest offset any shard still needs
                 gaps[tp_key] = min(wanted, gaps.get(tp_key, wanted))
-        return BatchResult(applied, duplicates, redelivered, rejected, gaps)
+            for item in reply[5]:
+                where, _, at = str(item).rpartition("|")
+                set_aside.append((*_split_tp(where), int(at)))
+        return BatchResult(
+            applied, duplicates, redelivered, rejected, gaps, tuple(sorted(set_aside))
+        )
+
+    async def corrupt_customers(self) -> dict[str, int]:
+        """Customers set aside because their stored state cannot be read → when (ms)."""
+        shards = await self.shard_hashes("corrupt")
+        return {cid: int(at) for shard in shards for cid, at in shard.items()}
 
     async def read_customer(self, customer_id: str) -> CustomerState | None:
         found = await self.read_customers([customer_id])

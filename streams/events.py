@@ -198,6 +198,7 @@ RejectReason = Literal[
     "future_timestamp",  # later than the wall clock plus the allowed margin
     "too_large",  # more than MAX_EVENT_BYTES, refused before parsing
     "internal_error",  # failed anywhere between decoding and building the store's record
+    "corrupt_state",  # its customer's stored state cannot be read; set aside until restored
     "unknown_currency",  # no rate converts the order's currency into the reporting one
 ]
 REJECT_REASONS: tuple[RejectReason, ...] = RejectReason.__args__  # type: ignore[attr-defined]

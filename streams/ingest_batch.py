@@ -194,6 +194,17 @@ class Ingest:
         await self.store_batch(await self.decode(events))
 
     async def _after(self, batch: DecodedBatch, result: BatchResult) -> None:
+        if result.set_aside:
+            by_offset = {(*_tp(m), m.offset): m for m in batch.messages}
+            detail = (
+                "the customer's stored state cannot be read: set aside until "
+                "`retention restore-customer` rebuilds it from the topics"
+            )
+            sent = [
+                await self._dead_letter(by_offset[where], Rejection("corrupt_state", detail))
+                for where in result.set_aside
+            ]
+            await asyncio.gather(*sent)
         for message in batch.messages:
             tp = _tp(message)
             if tp not in result.gaps and message.offset > self.applied_upto.get(tp, -1):

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,67 @@ async def test_evaluation_totals_equal_a_recount_through_a_minute_of_rebalances(
         sent=len(sent),
         customers=sum(kept.lifecycle.values()),
     )
+
+
+async def test_a_customer_whose_state_cannot_be_read_stops_nobody_and_is_restored(
+    settings: Settings, store: Store, redis: Redis, producer: EventProducer, workers: Workers
+) -> None:
+    """One customer's stored state damaged by hand: every other customer's events go on
+    being applied, its own are dead-lettered as corrupt_state, and `restore-customer`
+    rebuilds it from the topics. Then every customer, period row and cohort is exact."""
+    from processors.metrics import cohorts, period_rows
+    from retention.restore import restore_customer
+    from store.periods import Periods
+
+    rng = random.Random(7)
+    events = random_events(rng, customers=60, count=3000)
+    first, second = events[:1500], events[1500:]
+    victim = first[0]["customer_id"]
+    workers.start()
+    await send_and_settle(producer, store, workers, first, distinct(first))
+
+    home = (await store.layout()).prefix_of(victim)
+    await redis.hset(f"{home}c:{victim}", "s1", "\xc1 damaged")
+    theirs = [e for e in second if e["customer_id"] == victim]
+    assert theirs
+    started = time.monotonic()
+    recovery = await send_and_settle(
+        producer, store, workers, second, distinct(first) + distinct(second) - distinct(theirs)
+    )
+    report("corrupt-customer", others_applied_s=f"{time.monotonic() - started:.1f}")
+    assert list(await store.corrupt_customers()) == [victim]
+    stats = await store.stats()
+    assert sum(n for (_, reason), n in stats.rejected.items() if reason == "corrupt_state") == len(
+        theirs
+    )
+    dlq = await read_topic(
+        str(settings.kafka_bootstrap),
+        Topics.from_settings(settings).dlq,
+        lambda got: len(got) >= len(theirs),
+    )
+    reasons = [dict(m.headers).get("x-reason") for m in dlq]
+    assert reasons.count(b"corrupt_state") == len(theirs)
+
+    lines: list[str] = []
+    restored = await restore_customer(settings, victim, write=lines.append)
+    assert restored.applied == distinct(theirs)
+    assert restored.folded == distinct([e for e in first if e["customer_id"] == victim])
+    assert await store.corrupt_customers() == {}
+    await assert_exact(store, settings, events)
+    accepted = [build_event(e) for e in events]
+    kinds = frozenset(settings.activity_kinds)
+    periods = Periods(redis, settings.key_prefix)
+    want = period_rows(
+        accepted, period="month", churn_after=timedelta(days=settings.churn_after_days),
+        activity_kinds=set(kinds),
+    )  # fmt: skip
+    assert [r.as_dict() for r in await periods.rows("month", settings.churn_after_days)] == [
+        r.as_dict() for r in want
+    ]
+    assert await periods.cohorts("month") == cohorts(accepted, period="month", activity_kinds=kinds)
+    stats = await store.stats()
+    assert not [key for key in stats.rejected if key[1] == "corrupt_state"]
+    del recovery
 
 
 @dataclass

@@ -10,10 +10,10 @@ from datetime import date
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from processors.forecast import day_number, stats_from_days
 from store.models import read_histories
+from store.periods import Periods
 from store.store import DEDUPE_BUCKETS, Store, accepted_record, dedupe_id, rejected_record
 from streams.events import build_event
 from tests.eventgen import BASE_TS, fold, random_events, with_duplicates
@@ -323,12 +323,12 @@ async def test_a_long_state_is_packed_in_pieces_a_listpack_keeps(
     assert await store.read_customer("many-days") == expected["many-days"]
 
 
-async def test_a_state_that_cannot_be_read_refuses_the_batch_before_any_write(
+async def test_a_state_that_cannot_be_read_is_set_aside_and_stops_nobody(
     redis: Redis, rng: random.Random
 ) -> None:
-    """A customer whose packed state was damaged (by hand, or a piece lost) makes the
-    script refuse the whole batch before it writes anything, even for the events before
-    that customer's: once the damage is cleared, the batch applies in full."""
+    """A customer whose packed state was damaged (by hand, or a piece lost) is set aside:
+    its events are refused as corrupt_state and listed, nothing of them is counted, and
+    every other customer's events, before and after it in the batch, are applied."""
     prefix = f"bad{rng.randrange(1 << 30)}:"
     store = Store(redis, prefix, ("order",))
 
@@ -337,19 +337,26 @@ async def test_a_state_that_cannot_be_read_refuses_the_batch_before_any_write(
                 "status": "placed", "amount": 10, "ts": BASE_TS + n * 86_400}  # fmt: skip
 
     first = [order("fine", 0), order("damaged", 0)]
-    more = [order("fine", 1), order("damaged", 1)]
+    more = [order("fine", 1), order("damaged", 1), order("fine", 2)]
     records = records_for(first + more, partitions=1)
     await store.apply_batch(records[:2])
-    before = await store.read_customer("fine")
     await redis.hset(store.key("c", "damaged"), "s1", "\xc1 not a state")
-    with pytest.raises(ResponseError, match="CORRUPT"):
-        await store.apply_batch(records[2:])
-    assert await store.read_customer("fine") == before
-    assert (await store.stats()).accepted == {"orders": 2}
-    await redis.delete(store.key("c", "damaged"))
     result = await store.apply_batch(records[2:])
-    assert (result.applied, result.duplicates) == (2, 0)
-    assert await store.read_customer("fine") == fold(first + more, frozenset({"order"}))["fine"]
+    assert (result.applied, result.rejected) == (2, 1)
+    assert result.set_aside == (("orders", 0, 3),)
+    assert (
+        await store.read_customer("fine")
+        == fold([e for e in first + more if e["customer_id"] == "fine"], frozenset({"order"}))[
+            "fine"
+        ]
+    )
+    stats = await store.stats()
+    assert stats.rejected == {("orders", "corrupt_state"): 1}
+    assert list(await store.corrupt_customers()) == ["damaged"]
+    assert await redis.smembers(store.key("corrupt", "damaged")) == {"orders|0|3"}
+    # nothing of the set-aside event was counted: 2 orders before, and fine's 2 since
+    assert sum(r.orders for r in await Periods(redis, prefix).rows("day", 7)) == 4
+    assert await redis.hget(store.key("c", "damaged"), "s1") == "\xc1 not a state"
 
 
 async def test_fields_equal_to_another_are_left_out_of_the_customer_hash(
