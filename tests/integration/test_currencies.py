@@ -14,9 +14,11 @@ import currency_converter
 import pandas as pd
 import pytest
 
+from processors.currency import Rates
 from retention.config import Settings
 from store.periods import Periods
 from store.store import Store
+from streams.events import OrderEvent, build_event
 from streams.producer import EventProducer
 from tests.integration.conftest import Workers, read_topic, wait_until
 from tests.integration.test_pipeline import send_all
@@ -130,3 +132,59 @@ async def test_a_currency_without_a_rate_is_dead_lettered(
     dead = await read_topic(settings.kafka_bootstrap, topic, lambda got: len(got) >= 1, timeout=60)
     assert dict(dead[0].headers)["x-reason"] == b"unknown_currency"
     assert await store.read_customer("c") is None
+
+
+@pytest.mark.parametrize("reporting", ["IDR", "JPY"])
+async def test_a_shop_of_50_million_dollars_a_month_counts_exactly_in_any_currency(
+    settings: Settings, store: Store, producer: EventProducer, workers: Workers, reporting: str
+) -> None:
+    """Two months of US$50M each (2,000 orders of US$25,000 a month, some sent in IDR),
+    reported in IDR or JPY: far past 2^53 millionths per month and per customer. Nothing is
+    refused, and every customer's and month's sum is Python's exact integer sum."""
+    own = settings.model_copy(update={"reporting_currency": reporting})
+    workers.settings = own
+    rng = random.Random(50)
+    events: list[dict[str, Any]] = []
+    for n in range(4000):
+        month = datetime(2024, 3 + n // 2000, 1, tzinfo=UTC)
+        when = month + timedelta(days=rng.randrange(28), seconds=rng.randrange(86_400))
+        in_idr = rng.random() < 0.3
+        events.append(
+            {
+                "event_id": f"big{n}",
+                "customer_id": f"b2b-{rng.randrange(50)}",
+                "ts": when.isoformat(),
+                "type": "order",
+                "amount": 400_000_000 if in_idr else 25_000,
+                "currency": "IDR" if in_idr else "USD",
+            }
+        )
+    workers.start()
+    await send_all(producer, events)
+    await producer.flush()
+
+    async def done() -> bool:
+        stats = await store.stats()
+        return sum(stats.accepted.values()) + sum(stats.rejected.values()) >= len(events)
+
+    await wait_until(done, 120, "every order applied", workers.logs)
+    assert (await store.stats()).rejected == {}
+
+    rates = Rates(reporting, own.default_currency)
+    customers: dict[str, int] = {}
+    months: dict[str, int] = {}
+    for raw in events:
+        event = build_event(raw)
+        assert isinstance(event, OrderEvent)
+        micros = rates.reporting_micros(event)
+        customers[event.customer_id] = customers.get(event.customer_id, 0) + micros
+        month = event.ts.strftime("%Y-%m-01")
+        months[month] = months.get(month, 0) + micros
+    # a month is some 8e11 IDR (8e17 millionths) or 7.5e9 JPY: the two months together
+    # pass 2^53 millionths in JPY too
+    assert sum(months.values()) > 2**53
+    assert reporting != "IDR" or min(months.values()) > 2**53 * 50
+    states = await store.read_customers(sorted(customers))
+    assert {s.customer_id: s.placed_micros for s in states} == customers
+    rows = await Periods(store.redis, own.key_prefix).rows("month", 90)
+    assert {r.period: r.revenue_micros for r in rows} == months
