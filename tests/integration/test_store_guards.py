@@ -382,3 +382,25 @@ async def test_a_store_without_a_format_is_read_and_stamped_by_its_first_writer(
     assert await redis.get(settings.key_prefix + FORMAT_KEY) is None  # readers write nothing
     await Store(redis, settings.key_prefix, writer=True).apply_batch([order(1)])
     assert await redis.get(settings.key_prefix + FORMAT_KEY) == str(STORE_FORMAT)
+
+
+async def test_a_worker_that_finds_the_store_behind_it_holds_evaluations_back(
+    redis: Redis, settings: Settings
+) -> None:
+    """After a Redis rollback or restore the worker reads the lost events again; until the
+    store is back where that worker had brought it, evaluations wait (Store.replaying)."""
+    from streams.ingest_batch import Ingest
+    from streams.topics import Topics
+
+    store = Store(redis, settings.key_prefix)
+    ingest = Ingest(settings, Topics(), store, dlq=None)
+    tp = ("orders", 0)
+    await store.apply_batch([order(n) for n in range(10)])
+    ingest.applied_upto[tp] = 40  # the worker had applied up to 40 before the rollback
+    await ingest.check_store([tp])
+    assert await store.replaying() == {tp: 41}
+    await store.apply_batch([order(n) for n in range(10, 30)])
+    assert await store.replaying() == {tp: 41}
+    await store.apply_batch([order(n) for n in range(30, 41)])
+    assert await store.replaying() == {}
+    assert await redis.exists(store.key("replay")) == 0
