@@ -108,8 +108,19 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             ``nps|detractors``
 - ``S responses``          hash, first-response histogram buckets of all tickets
 - ``P workers``            hash worker id → JSON heartbeat
-- ``S rebuilding``         set while ``retention rebuild`` wipes the store; the batch
-                            script refuses to write while it exists
+- ``S rebuilding``         set while ``retention rebuild`` wipes the store (when it began,
+                            ms), removed only once the wipe has finished: the batch and
+                            evaluation scripts refuse to write while it exists, and the
+                            leader's closing and refit wait
+- ``P replay``             hash ``topic|partition`` → the offset the store must reach
+                            again before evaluations resume: the topics' end offsets when
+                            a rebuild began, or what a worker had applied when it found
+                            the store behind it (rollback, restore); dropped once reached
+- ``S corrupt``            hash, customer → when (ms) it was set aside because its stored
+                            state could not be read (``apply_batch.lua``)
+- ``S corrupt:<customer>`` set of its events held back meanwhile
+                            (``topic|partition|offset``), applied by
+                            ``retention restore-customer``
 - ``S tmp:<name>``         scratch bitmaps of the period and cohort scripts, deleted by
                             the script that made them
 
