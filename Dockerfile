@@ -16,6 +16,7 @@ WORKDIR /usr/src/retention-tracker
 # Only what `pip install .` needs, never the whole context: whatever lies next to the
 # sources (secrets/, .env, a local .retention/ data directory) stays out of the image.
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY streams ./streams
 COPY processors ./processors
 COPY store ./store

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from contract.events import build_event
 from retention import runtime
 from store.store import dedupe_id
-from streams.events import build_event
 
 HORIZON_SECONDS = 7 * 86400
 

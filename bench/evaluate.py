@@ -30,6 +30,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from contract.events import LoginEvent, OrderEvent
 from processors.alerts import Alert
 from processors.forecast import ModelOptions, fit_histories
 from processors.lifecycle import LifecyclePolicy
@@ -38,7 +39,6 @@ from retention import runtime
 from store.evaluations import Evaluator, update_high_value_threshold
 from store.models import read_histories, save_fit
 from store.store import Store, accepted_record
-from streams.events import LoginEvent, OrderEvent
 
 PREFIX = "bench:"
 BATCH = 5000

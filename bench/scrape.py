@@ -38,6 +38,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from contract.events import LoginEvent, OrderEvent
 from processors.windows import PERIODS, period_start
 from retention import runtime
 from retention.config import Settings
@@ -45,7 +46,6 @@ from retention.metric_families import COHORT_MONTHS
 from retention.snapshot import read_snapshot
 from store.periods import Periods
 from store.store import Store, accepted_record
-from streams.events import LoginEvent, OrderEvent
 
 PREFIX = "bench:"
 BATCH = 5000

@@ -52,9 +52,9 @@ from throughput import (
 )
 
 import store.store as store_module
+from contract.events import Rejection, build_event, parse_event
 from retention import runtime
 from store.store import DEDUPE_BUCKETS, Store, accepted_record
-from streams.events import Rejection, build_event, parse_event
 
 
 def records(events: int, customers: int, seed: int) -> list[list[str]]:

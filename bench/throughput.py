@@ -39,13 +39,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from redis.asyncio import Redis
 
+from contract.events import Rejection, parse_event
 from retention import runtime
 from retention.config import Settings
 from retention.runtime import Process
 from store import evaluations
 from store import store as store_module
 from store.store import Store
-from streams.events import Rejection, parse_event
 from streams.topics import Topics, cluster_id, ensure_topics
 
 logger = logging.getLogger("bench.throughput")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from currency_converter import CurrencyConverter, RateNotFoundError
 
-from streams.events import MICROS as UNITS_MICROS
-from streams.events import OrderEvent
+from contract.events import MICROS as UNITS_MICROS
+from contract.events import OrderEvent
 
 MICROS = Decimal(UNITS_MICROS)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import cast
 
+from contract.events import MICROS
 from processors.alerts import Alert
 from processors.forecast import Fit, Outlook, outlook
 from processors.lifecycle import (
@@ -32,7 +33,6 @@ from processors.lifecycle import (
 )
 from processors.risk import Assessment, RiskPolicy, assess, value
 from processors.state import CustomerState
-from streams.events import MICROS
 
 Publish = Callable[[Sequence[Alert]], Awaitable[None]]
 

@@ -28,13 +28,13 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
+from contract.events import EPOCH, MICROS
 from processors.alive_models import MODELS, ModelName
 from processors.cltv import cltv
 from processors.fitting import FitError, Floats
 from processors.gamma_gamma import GammaGammaParams, correlation, expected_spend, repeat_buyers
 from processors.gamma_gamma import fit as fit_spend
 from processors.state import CustomerState
-from streams.events import EPOCH, MICROS
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from contract.events import MS_PER_DAY
 from processors.alerts import Alert, AlertKind
 from processors.risk import Assessment, RiskPolicy, silence_limit_days
 from processors.state import CustomerState, day_iso
-from streams.events import MS_PER_DAY
 
 Status = Literal["new", "active", "at_risk", "churned", "reactivated"]
 STATUSES: tuple[Status, ...] = ("new", "active", "at_risk", "churned", "reactivated")

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from contract.events import MICROS, Event, LoginEvent, OrderEvent
 from processors.windows import Period, next_period, period_index, periods_between
-from streams.events import MICROS, Event, LoginEvent, OrderEvent
 
 ActivityKinds = frozenset[str]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contract.events import MICROS, MS_PER_DAY
 from processors.state import CustomerState
-from streams.events import MICROS, MS_PER_DAY
 
 MS_PER_HOUR = 3_600_000
 

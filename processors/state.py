@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from contract.events import MICROS, MS_PER_DAY, Event, LoginEvent, OrderEvent, SupportEvent
 from processors.currency import Rates
-from streams.events import MICROS, MS_PER_DAY, Event, LoginEvent, OrderEvent, SupportEvent
 
 #: Tickets a customer's state tracks at most (apply_batch.lua keeps the same), so that a
 #: producer cannot grow one customer's state, read whole on every evaluation, without end.

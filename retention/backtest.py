@@ -22,6 +22,16 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from contract.events import (
+    MICROS,
+    MS_PER_DAY,
+    Event,
+    InvalidEvent,
+    OrderEvent,
+    Rejection,
+    build_event,
+    parse_event,
+)
 from processors.alive_models import MODELS
 from processors.evaluator import evaluate
 from processors.forecast import (
@@ -45,16 +55,6 @@ from store.evaluations import active_before, update_high_value_threshold
 from store.models import read_histories, save_fit
 from store.periods import Periods
 from store.store import Store
-from streams.events import (
-    MICROS,
-    MS_PER_DAY,
-    Event,
-    InvalidEvent,
-    OrderEvent,
-    Rejection,
-    build_event,
-    parse_event,
-)
 from streams.producer import EventProducer
 from streams.risk_file import load_policy
 from streams.topics import Topics, cluster_id, ensure_topics

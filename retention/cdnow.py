@@ -11,7 +11,7 @@ Each row is one placed order. Dates are ``YYYYMMDD`` and mean 00:00 UTC of that 
 (docs/metrics.md, Time). Event ids come from the line number (``cdnow-<line>``), so reading the
 same file twice yields the same ids and a replay is deduplicated like any other.
 
-A bad line does not stop the read: it is yielded as a :class:`~streams.events.Rejection`
+A bad line does not stop the read: it is yielded as a :class:`~contract.events.Rejection`
 with its line number, the way ``retention produce`` treats bad JSON lines, so that a
 backtest can count it as rejected and go on. Blank lines and one header line (the first
 non-blank line, when none of its fields is a number) are skipped silently.
@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streams.events import Rejection
+from contract.events import Rejection
 
 ID_PREFIX = "cdnow"
 _COLUMNS = {4: "master", 5: "sample"}
@@ -74,7 +74,7 @@ def _amount(token: str) -> float:
 
 
 def parse_line(fields: list[str], line_no: int, id_prefix: str = ID_PREFIX) -> dict[str, Any]:
-    """One row's fields as an order event mapping for :func:`streams.events.build_event`.
+    """One row's fields as an order event mapping for :func:`contract.events.build_event`.
 
     Raises ``ValueError`` naming the first bad field.
     """

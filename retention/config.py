@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from streams.events import EventType
+from contract.events import EventType
 from streams.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol
 
 ActivityKind = EventType  # the event types that can count as activity

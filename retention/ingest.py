@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from contract.events import Event, encode_event
 from retention.config import Settings
 from retention.ingest_rules import (
     Endpoint,
@@ -44,7 +45,6 @@ from retention.ingest_rules import (
 from retention.keys import KeyCache, KeyStore
 from store.connect import connect
 from store.ingest_state import IngestState
-from streams.events import Event, encode_event
 from streams.producer import EventProducer
 from streams.topics import Topics
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from streams.events import MAX_EVENT_BYTES, Event, InvalidEvent, Rejection
+from contract.events import MAX_EVENT_BYTES, Event, InvalidEvent, Rejection
 
 Endpoint = Literal["events", "batch"]
 ENDPOINTS: tuple[Endpoint, ...] = ("events", "batch")

@@ -18,13 +18,13 @@ from prometheus_client.core import (
     Metric,
 )
 
+from contract.events import EVENT_TYPES, REJECT_REASONS
 from processors.lifecycle import STATUSES
 from processors.metrics import Cohort, PeriodRow
 from processors.windows import PERIODS, Period
 from retention.ingest_rules import ENDPOINTS as INGEST_ENDPOINTS
 from retention.ingest_rules import STATUSES as INGEST_STATUSES
 from store.store import Stats
-from streams.events import EVENT_TYPES, REJECT_REASONS
 
 Window = Literal["current", "last_closed", "previous_closed"]
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.events import MAX_EVENT_BYTES, Rejection, parse_event
+from contract.events import MAX_EVENT_BYTES, Rejection, parse_event
 from streams.producer import EventProducer
 from streams.topics import dead_letter_headers
 

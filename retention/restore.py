@@ -32,11 +32,11 @@ from typing import cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from contract.events import Rejection, parse_event
 from processors.currency import Rates
 from retention.config import Settings
 from store.connect import connect
 from store.store import Store, accepted_record
-from streams.events import Rejection, parse_event
 from streams.topics import Topics, cluster_id
 
 _SWAP = files("store").joinpath("restore_customer.lua").read_text()

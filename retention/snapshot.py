@@ -14,6 +14,7 @@ from typing import Any, cast
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
+from contract.events import MICROS
 from processors.metrics import Cohort, PeriodRow
 from processors.windows import PERIODS, Period, period_start, periods_between
 from retention.config import Settings
@@ -23,7 +24,6 @@ from retention.status import STALE_HEARTBEATS
 from store.evaluations import due_backlog, evaluation_totals
 from store.periods import Periods
 from store.store import Store
-from streams.events import MICROS
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, cluster_id
 

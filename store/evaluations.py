@@ -26,6 +26,7 @@ from datetime import datetime
 from importlib.resources import files
 from typing import Any, cast
 
+from contract.events import MICROS
 from processors.alerts import Alert
 from processors.evaluator import (
     Evaluation,
@@ -45,7 +46,6 @@ from processors.state import CustomerState, iso
 from store.models import SAMPLE_CUSTOMERS, read_histories, read_sample, stored_fit
 from store.periods import WINDOW_KEEP_SECONDS, WINDOW_UNION
 from store.store import PIECES, Store
-from streams.events import MICROS
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from contract.events import Event, LoginEvent, OrderEvent, RejectReason
 from processors.currency import Rates
 from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
@@ -32,7 +33,6 @@ from store.shards import (
     ShardLayout,
     is_cluster,
 )
-from streams.events import Event, LoginEvent, OrderEvent, RejectReason
 
 FIELDS_PER_RECORD = 15
 #: Upper bounds (seconds) of the first-response histogram; apply_batch.lua uses the same.
@@ -472,9 +472,7 @@ class Store:
             # the replay fills the store in the new layout
             ShardLayout.of(self.prefix, shards)  # refuses a count out of range
             await self.redis.set(self.key(SHARDS_KEY), str(shards))
-            self._layouts = LayoutSource(
-                self.redis, self.prefix, shards, writer=False, check=False
-            )
+            self._layouts = LayoutSource(self.redis, self.prefix, shards, writer=False, check=False)
         await self.redis.set(self.key(FORMAT_KEY), str(STORE_FORMAT))
         for marker in markers:
             await self.redis.delete(marker)

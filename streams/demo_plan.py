@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from streams.events import SURVEY_RANGES
+from contract.events import SURVEY_RANGES
 
 Profile = Literal["loyal", "declining", "one_off", "support_heavy"]
 

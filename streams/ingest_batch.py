@@ -18,9 +18,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from contract.events import Rejection, parse_event
 from processors.currency import Rates, UnknownCurrency
 from store.store import BatchResult, Store, accepted_record, rejected_record
-from streams.events import Rejection, parse_event
 from streams.offsets import TP
 from streams.topics import Topics, dead_letter_headers
 from streams.worker_metrics import WorkerMetrics

@@ -1,6 +1,6 @@
 """The producer API for apps: validate, key by customer, route to the right topic.
 
-A bad event raises :class:`streams.events.InvalidEvent` in the app that builds it, so it
+A bad event raises :class:`contract.events.InvalidEvent` in the app that builds it, so it
 never reaches the worker.
 
     async with EventProducer("localhost:9092") as producer:
@@ -20,7 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams.events import (
+from contract.events import (
     DEFAULT_MAX_FUTURE_SECONDS,
     EVENT_CLASSES,
     Event,

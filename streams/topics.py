@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.events import EVENT_TYPES, EventType, Rejection
+from contract.events import EVENT_TYPES, EventType, Rejection
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streams.events import REJECT_REASONS
+from contract.events import REJECT_REASONS
 
 #: Batch latency buckets: a Redis round trip of a small batch up to a stalled store.
 BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

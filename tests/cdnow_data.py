@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.events import Rejection
 from processors.forecast import day_number, spend_from_days, stats_from_days
 from retention.cdnow import read_cdnow
-from streams.events import Rejection
 
 #: Fader, Hardie and Lee (2005), Table 1 / section 4: the CDNOW sample, 2,357 customers,
 #: calibration period through 1997-09-30 (39 weeks).

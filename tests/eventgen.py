@@ -6,10 +6,10 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+from contract.events import Event, build_event
 from processors.currency import Rates
 from processors.state import CustomerState, apply_event
 from retention.config import Settings
-from streams.events import Event, build_event
 
 BASE_TS = 1_700_000_000  # 2023-11-14
 

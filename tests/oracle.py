@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from streams.events import Event, LoginEvent, OrderEvent
+from contract.events import Event, LoginEvent, OrderEvent
 
 FREQ = {"day": "D", "week": "W-SUN", "month": "M"}  # W-SUN: weeks ending Sunday, ISO weeks
 

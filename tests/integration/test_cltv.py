@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
+from contract.events import build_event
 from processors.forecast import ModelOptions
 from processors.lifecycle import LifecyclePolicy
 from processors.risk import RiskPolicy
@@ -20,7 +21,6 @@ from store.evaluations import (
 )
 from store.models import refit, stored_fit
 from store.store import Store, accepted_record
-from streams.events import build_event
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -14,11 +14,11 @@ import currency_converter
 import pandas as pd
 import pytest
 
+from contract.events import OrderEvent, build_event
 from processors.currency import Rates
 from retention.config import Settings
 from store.periods import Periods
 from store.store import Store
-from streams.events import OrderEvent, build_event
 from streams.producer import EventProducer
 from tests.integration.conftest import Workers, read_topic, wait_until
 from tests.integration.test_pipeline import send_all

@@ -26,11 +26,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from contract.events import REJECT_REASONS, build_event
 from retention import runtime
 from retention.config import Settings
 from store.evaluations import due_backlog
 from store.store import Store, accepted_record
-from streams.events import REJECT_REASONS, build_event
 from streams.producer import EventProducer
 from streams.topics import Topics, cluster_id, ensure_topics
 from tests.eventgen import fold, random_events, with_duplicates, worker_rates

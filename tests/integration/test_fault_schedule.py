@@ -27,12 +27,12 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from contract.events import build_event
 from processors.metrics import period_rows
 from retention.config import Settings
 from store.evaluations import due_backlog
 from store.periods import Periods
 from store.store import Store
-from streams.events import build_event
 from tests.eventgen import fold, worker_rates
 from tests.integration.recount import kept_and_recounted
 from tests.integration.test_up import Up, produce

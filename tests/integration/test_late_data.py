@@ -9,13 +9,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from contract.events import Event, build_event
 from processors.metrics import cohorts, period_rows
 from processors.windows import PERIOD_LETTERS, PERIODS, period_start
 from retention.config import Settings
 from retention.queries import live_cohorts, live_periods
 from retention.snapshot import read_snapshot
 from store.store import Store
-from streams.events import Event, build_event
 from streams.producer import EventProducer
 from streams.topics import Topics, cluster_id, ensure_topics
 from tests.eventgen import random_events

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from contract.events import build_event
 from processors.alerts import Alert
 from processors.lifecycle import LifecyclePolicy, lookback_days
 from processors.risk import RiskPolicy
@@ -25,7 +26,6 @@ from store.evaluations import (
     stored_evaluations,
 )
 from store.store import Store, accepted_record
-from streams.events import build_event
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.integration.conftest import Workers, read_topic, wait_until

@@ -28,12 +28,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from contract.events import build_event
 from retention import runtime
 from retention.config import Settings
 from retention.exporter import RetentionCollector, serve_worker_metrics
 from retention.metrics_http import ScrapeAuth
 from store.store import Store, accepted_record
-from streams.events import build_event
 from streams.producer import EventProducer
 from streams.worker_metrics import WorkerMetrics
 from tests.integration.conftest import Workers, settings_env, wait_until

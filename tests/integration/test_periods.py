@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from contract.events import Event, OrderEvent, build_event
 from processors.metrics import cohorts, is_activity, period_rows
 from processors.windows import PERIODS, Period, epoch_day, next_period, period_days, period_start
 from store.periods import Periods
 from store.store import Store, accepted_record
-from streams.events import Event, OrderEvent, build_event
 from tests.eventgen import random_events, with_duplicates
 from tests.integration.earlier import stored_fields, unpack_customers
 from tests.integration.test_store import records_for

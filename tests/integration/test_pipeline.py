@@ -246,7 +246,7 @@ async def test_sync_producer_for_code_without_an_event_loop(
 
     import pytest
 
-    from streams.events import InvalidEvent
+    from contract.events import InvalidEvent
     from streams.producer import SyncEventProducer
 
     def from_a_plain_thread() -> None:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from contract.events import build_event
 from processors.lifecycle import LifecyclePolicy
 from processors.risk import RiskPolicy
 from store.evaluations import LEASE_MS, Evaluator, due_backlog
 from store.store import Store, accepted_record
-from streams.events import build_event
 from tests.integration.queue_state import CHUNK, changed_queue, queue_bytes, rechecks
 
 T0_MS = 1_704_067_200_000  # 2024-01-01

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from contract.events import REJECT_REASONS, Event, OrderEvent, build_event
 from processors.state import CustomerState
 from processors.windows import period_days
 from store.store import RESPONSE_BOUNDS, Store, accepted_record, rejected_record
-from streams.events import REJECT_REASONS, Event, OrderEvent, build_event
 from tests.eventgen import fold
 
 BASE_MS = 1_700_000_000_000  # 2023-11-14

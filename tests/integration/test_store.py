@@ -11,11 +11,11 @@ from datetime import date
 import pytest
 from redis.asyncio import Redis
 
+from contract.events import build_event
 from processors.forecast import day_number, stats_from_days
 from store.models import read_histories
 from store.periods import Periods
 from store.store import DEDUPE_BUCKETS, Store, accepted_record, dedupe_id, rejected_record
-from streams.events import build_event
 from tests.eventgen import BASE_TS, fold, random_events, with_duplicates
 from tests.integration.earlier import stored_fields, unpack_customers
 

@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from contract.events import MAX_AMOUNT, OrderEvent, build_event
 from processors.currency import Rates
 from processors.windows import epoch_day, period_start
 from retention.config import Settings
@@ -22,7 +23,6 @@ from store.periods import Periods
 from store.shards import FORMAT_KEY, STORE_FORMAT, FormatMismatch
 from store.store import Store, accepted_record, rejected_record
 from streams import offsets
-from streams.events import MAX_AMOUNT, OrderEvent, build_event
 from streams.offsets import find_recreated, store_positions
 from tests.integration.conftest import settings_env
 

@@ -21,12 +21,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
+from contract.events import build_event
 from processors.windows import PERIOD_LETTERS, PERIODS, Period, epoch_day, period_start
 from retention.config import Settings
 from retention.exporter import RetentionCollector
 from store.periods import MAX_CLOSED_PER_CALL, VALID_UNTIL, Periods
 from store.store import Store, accepted_record
-from streams.events import build_event
 from tests.integration.conftest import Stack, settings_env
 
 FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)

@@ -23,10 +23,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError
 
+from contract.events import MICROS
 from retention.runtime import REDIS_PASSWORD_FILE
 from retention.services import Services
 from store.store import Store
-from streams.events import MICROS
 from tests.integration.test_cli import read_until, retention
 
 CUSTOMERS = 10

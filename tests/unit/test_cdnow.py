@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from contract.events import OrderEvent, Rejection, build_event
 from retention.cdnow import CdnowLine, parse_lines, read_cdnow
-from streams.events import OrderEvent, Rejection, build_event
 
 # as shipped: leading blanks, runs of spaces, CRLF line ends
 MASTER = (

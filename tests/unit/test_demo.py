@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from contract.events import SURVEY_RANGES, Rejection, build_event, parse_event
 from streams.demo import EXTRAS_EVERY, drive_demo
 from streams.demo_plan import (
     PROFILES,
@@ -24,7 +25,6 @@ from streams.demo_plan import (
     profile_counts,
     track_open_tickets,
 )
-from streams.events import SURVEY_RANGES, Rejection, build_event, parse_event
 from streams.topics import Topics
 
 NOW = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)

@@ -11,8 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store.store import FIELDS_PER_RECORD, accepted_record
-from streams.events import (
+from contract.events import (
     EPOCH,
     EVENT_CLASSES,
     EVENT_TYPES,
@@ -30,6 +29,7 @@ from streams.events import (
     encode_event,
     parse_event,
 )
+from store.store import FIELDS_PER_RECORD, accepted_record
 
 # Fixed, fast and free of files: no example database, no deadline on a shared machine.
 FAST = settings(

@@ -7,9 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from retention.config import Settings
-from streams import events
-from streams.events import (
+from contract import events
+from contract.events import (
     DEFAULT_MAX_FUTURE_SECONDS,
     MAX_AMOUNT,
     MAX_EVENT_BYTES,
@@ -22,6 +21,7 @@ from streams.events import (
     encode_event,
     parse_event,
 )
+from retention.config import Settings
 
 BASE = {"event_id": "e1", "customer_id": "c1", "ts": "2024-03-13T10:21:14Z"}
 

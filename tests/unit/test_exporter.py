@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
+from contract.events import REJECT_REASONS
 from processors.lifecycle import STATUSES
 from processors.metrics import Cohort, PeriodRow
 from processors.windows import PERIODS
@@ -22,7 +23,6 @@ from retention.metric_families import CHANNELS, OUTCOMES, WINDOWS, Snapshot, fam
 from retention.metrics_http import ScrapeAuth
 from retention.snapshot import lag_per_topic
 from store.store import Stats
-from streams.events import REJECT_REASONS
 from streams.worker_metrics import WorkerMetrics
 
 TOPICS = ("orders", "logins", "support")

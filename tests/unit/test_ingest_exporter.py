@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from contract.events import EVENT_TYPES, REJECT_REASONS
 from retention.ingest_rules import ENDPOINTS, STATUSES
 from retention.metric_families import Snapshot, families
 from store.store import Stats
-from streams.events import EVENT_TYPES, REJECT_REASONS
 
 
 class _Fixed:

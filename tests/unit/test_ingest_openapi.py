@@ -19,9 +19,9 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from contract.events import REJECT_REASONS, Event, build_event
 from retention.ingest import loads_document
 from retention.ingest_rules import ENDPOINTS, STATUSES, verdicts
-from streams.events import REJECT_REASONS, Event, build_event
 
 DOC = loads_document()
 REGISTRY = Registry().with_resource(

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from contract.events import Event, build_event
 from retention.ingest_rules import (
     RateLimiter,
     RequestError,
@@ -19,7 +20,6 @@ from retention.ingest_rules import (
     retry_after,
     verdicts,
 )
-from streams.events import Event, build_event
 
 LIMIT = 1024
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from contract.events import Event, OrderEvent, build_event
 from processors.metrics import Cohort, PeriodRow, cohorts, is_activity, period_rows
 from processors.windows import PERIODS, Period, next_period, period_index, periods_between
-from streams.events import Event, OrderEvent, build_event
 from tests.eventgen import random_events
 
 W0 = datetime(2024, 1, 1, tzinfo=UTC)

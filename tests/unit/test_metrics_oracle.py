@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
+from contract.events import build_event
 from processors import metrics
 from processors.windows import Period
-from streams.events import build_event
 from tests import oracle
 from tests.eventgen import random_events
 

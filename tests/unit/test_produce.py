@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from contract.events import InvalidEvent, build_event
 from retention.publish_file import DLQ_MAX_BYTES, publish_file
-from streams.events import InvalidEvent, build_event
 from streams.producer import EventProducer
 from streams.topics import Topics
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from contract.events import MS_PER_DAY
 from processors.risk import RiskPolicy, assess, parse_policy, rhythm_days
 from processors.state import CustomerState
-from streams.events import MS_PER_DAY
 from streams.risk_file import load_policy
 from tests.eventgen import fold
 

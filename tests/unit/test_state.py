@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from contract.events import build_event
 from processors.state import CustomerState, apply_event, to_public
-from streams.events import build_event
 from tests.eventgen import fold, random_events
 
 KINDS = frozenset({"order", "login"})
