@@ -4,7 +4,7 @@ fitted together. Pure.
 
 The purchase statistics come from each customer's placed orders per day (``od:<id>``),
 which the batch script keeps live: x = days with an order − 1, t_x and T in weeks from the
-first order day (README, "P(alive) and predicted CLTV"). The leader refits the P(alive)
+first order day (docs/alerts.md, "P(alive) and predicted CLTV"). The leader refits the P(alive)
 model chosen by ``RETENTION_ALIVE_MODEL`` and the Gamma-Gamma spend model together and
 stores both in one document under ``bgnbd`` (the key keeps its first model's name), with
 the as-of day and the CLTV horizon and discount, so every reader computes P(alive),
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 DAYS_PER_WEEK = 7.0
 #: MBG/NBD: as cheap and on CDNOW as good a fit as BG/NBD, and it does not certify every
-#: one-time buyer alive (README, "Choosing the P(alive) model").
+#: one-time buyer alive (docs/alerts.md, "Choosing the P(alive) model").
 DEFAULT_MODEL: ModelName = "mbgnbd"
 
 

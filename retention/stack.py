@@ -35,7 +35,7 @@ BROKER_LOST = (
     "the embedded broker stopped (exit code {code}). It keeps the topics in memory, so a "
     "restart would lose every message not yet applied and reset all offsets: stopping "
     "everything. The state in Redis is kept; start again with `retention up`. For a broker "
-    "that survives restarts, use the compose file (see README)."
+    "that survives restarts, use the compose file (see docs/operations.md)."
 )
 
 

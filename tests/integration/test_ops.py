@@ -50,7 +50,7 @@ INSTALL_HINTS = {
 #: Grafana's interval variable, replaced by a window that holds several 1 s scrapes.
 RATE_INTERVAL = "15s"
 #: Prometheus scrapes the exporter with a bearer token and the worker with basic auth,
-#: as the README's scrape config does.
+#: as the documented scrape config (docs/operations.md) does.
 TOKEN = "ops-token"
 BASIC = ("prometheus", "ops-password")
 METRIC = re.compile(r"\b(retention_[a-z0-9_]+)")
@@ -111,11 +111,11 @@ def test_promtool_checks_config_and_rules() -> None:
     run_tool("promtool", "test", "rules", *map(str, RULE_TESTS))
 
 
-def test_the_readme_scrape_config_with_auth_passes_promtool(tmp_path: Path) -> None:
-    """The README's example: a bearer token for the exporter, basic auth for a worker."""
-    readme = (ROOT / "README.md").read_text()
+def test_the_documented_scrape_config_with_auth_passes_promtool(tmp_path: Path) -> None:
+    """The documented example: a bearer token for the exporter, basic auth for a worker."""
+    readme = (ROOT / "docs" / "operations.md").read_text()
     blocks = re.findall(r"```yaml\n(scrape_configs:.*?)```", readme, re.S)
-    assert len(blocks) == 1, "README.md should show one scrape config example"
+    assert len(blocks) == 1, "docs/operations.md should show one scrape config example"
     config = yaml.safe_load(blocks[0])
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["retention-exporter"]["authorization"]["type"] == "Bearer"

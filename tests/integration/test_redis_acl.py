@@ -1,4 +1,4 @@
-"""The README's Redis ACL user, as given there: a worker and the exporter's read run as it
+"""The Redis ACL user of docs/security.md, as given there: a worker and the exporter's read run as it
 (on a Redis Cluster too: test_redis_acl_cluster.py)."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ ACL_LINE = re.compile(r"^\s*user tracker on (.+)$", re.MULTILINE)
 
 
 def readme_acl_rules(password: str, prefix: str) -> list[str]:
-    """The rules of the README's ``tracker`` user, with this test's password and keys."""
-    (line,) = ACL_LINE.findall((ROOT / "README.md").read_text())
+    """The rules of the documented ``tracker`` user, with this test's password and keys."""
+    (line,) = ACL_LINE.findall((ROOT / "docs" / "security.md").read_text())
     rules = line.split()
     assert "~rt:*" in rules and any(rule.startswith(">") for rule in rules), rules
     return [

@@ -1,4 +1,4 @@
-"""The README's Redis ACL user on a real three-node Redis Cluster."""
+"""The Redis ACL user of docs/security.md on a real three-node Redis Cluster."""
 
 from __future__ import annotations
 
