@@ -3,9 +3,9 @@
 :mod:`retention.ingest` serves them; keeping them here lets the unit tests check every
 limit and status without a server.
 
-Statuses (docs/sending-events.md, "HTTP ingest"): ``400`` malformed body, ``413`` body or batch too large
-(a gzip body is judged by what it inflates to, so a small zip bomb is refused too), ``415``
-an encoding other than gzip or identity, ``429`` over the key's rate.
+Statuses (docs/sending-events.md, "HTTP ingest"): ``400`` malformed body, ``413`` body or
+batch too large (a gzip body is judged by what it inflates to, so a small zip bomb is
+refused too), ``415`` an encoding other than gzip or identity, ``429`` over the key's rate.
 """
 
 from __future__ import annotations

@@ -295,7 +295,8 @@ def _pipeline_families(snap: Snapshot) -> Iterator[Metric]:
 
 
 def _redis_families(snap: Snapshot) -> Iterator[Metric]:
-    """Memory per Redis node, and the limit it may grow to (docs/guarantees.md, "Customer memory")."""
+    """Memory per Redis node, and the limit it may grow to (docs/guarantees.md, "Customer
+    memory")."""
     used = _gauge("retention_redis_used_memory_bytes", "Memory a Redis node uses.", ("node",))
     limit = _gauge(
         "retention_redis_maxmemory_bytes",

@@ -25,6 +25,7 @@ from processors.state import CustomerState, Score, TicketState
 from processors.windows import period_days
 from store.connect import memory_info
 from store.layout import Keys, money_micros
+from store.record import CUSTOMER_ID, OFFSET, PARTITION, STAMP, TOPIC
 from store.shards import (
     FORMAT_KEY,
     SHARDS_KEY,
@@ -34,7 +35,6 @@ from store.shards import (
     is_cluster,
 )
 
-FIELDS_PER_RECORD = 15
 #: Upper bounds (seconds) of the first-response histogram; apply_batch.lua uses the same.
 RESPONSE_BOUNDS = (300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
 DEDUPE_BUCKETS = 8
@@ -205,8 +205,9 @@ class Store:
         stamps: dict[str, dict[int, str]] = {}
         parts: list[list[Sequence[str]]] = [[] for _ in layout.prefixes]
         for record in records:
-            stamps.setdefault(f"{record[1]}|{record[2]}", {})[int(record[3])] = record[14]
-            parts[layout.shard_of(record[5])].append(record)
+            tp = f"{record[TOPIC]}|{record[PARTITION]}"
+            stamps.setdefault(tp, {})[int(record[OFFSET])] = record[STAMP]
+            parts[layout.shard_of(record[CUSTOMER_ID])].append(record)
         ranges = {tp: _runs(by_offset) for tp, by_offset in stamps.items()}
         common = [str(now), str(self.bucket_ms), str(DEDUPE_BUCKETS), self.kind_letters]
         tail = [

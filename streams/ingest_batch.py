@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from contract.events import Rejection, parse_event
 from processors.currency import Rates, UnknownCurrency
+from store.record import PARTITION, TOPIC
 from store.store import BatchResult, Store, accepted_record, rejected_record
 from streams.offsets import TP
 from streams.topics import Topics, dead_letter_headers
@@ -286,5 +287,5 @@ class Ingest:
         return result
 
     def _floors(self, records: list[list[str]]) -> dict[TP, int]:
-        tps = {(r[1], int(r[2])) for r in records}
+        tps = {(r[TOPIC], int(r[PARTITION])) for r in records}
         return {tp: self.floors.get(tp, 0) for tp in tps}

@@ -29,7 +29,8 @@ from contract.events import (
     encode_event,
     parse_event,
 )
-from store.store import FIELDS_PER_RECORD, accepted_record
+from store.record import FIELDS_PER_RECORD
+from store.store import accepted_record
 
 # Fixed, fast and free of files: no example database, no deadline on a shared machine.
 FAST = settings(
