@@ -87,16 +87,13 @@ end
 
 -- A customer's hash c:<id> holds its state packed with MessagePack: a map of field ->
 -- number, with its placed orders per day under `d` ({day number -> orders}), cut in
--- pieces of at most PIECE bytes in the fields s1, s2, ... (Redis keeps a hash whose
--- values are all 64 bytes or less, its default hash-max-listpack-value, as a compact
--- listpack; one longer value makes it a table of twice the size). Beside them lie the
+-- pieces of at most PIECE bytes in the fields s1, s2, ... (pieces.lua says why). Beside them lie the
 -- fields other scripts read and write on their own: `ix` (the customer's number), `q` and
 -- `r` (the evaluator's queue marks) and `ev`, `ev2`, ... (its last evaluation). A packed state costs a
 -- read and a decode where a field each cost a string each way; read_customers.lua
 -- unpacks it for the readers.
 -- Hashes of earlier versions hold every field as text, the days as fields named by the
 -- day number: they are read as such, and packed at their next write.
-local PIECE = 64
 local HASH_FIELDS = {ix = true, q = true, r = true, ev = true}
 local PIECE_NAMES = {}
 local function piece_name(i)
@@ -1150,12 +1147,7 @@ for n = 1, #customer_order do
       if f[name] ~= nil and f[name] == f[SAME_AS[i][2]] then f[name] = nil end
     end
     if next(f.d) == nil then f.d = nil end
-    local packed = cmsgpack.pack(f)
-    local pieces = math.ceil(#packed / PIECE)
-    for i = 1, pieces do
-      out[#out + 1] = piece_name(i)
-      out[#out + 1] = string.sub(packed, (i - 1) * PIECE + 1, i * PIECE)
-    end
+    local pieces = cut_into(out, cmsgpack.pack(f), piece_name)
     if c.pieces > pieces then
       local gone = {}
       for i = pieces + 1, c.pieces do gone[#gone + 1] = piece_name(i) end

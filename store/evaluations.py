@@ -45,7 +45,7 @@ from processors.risk import RiskPolicy, value
 from processors.state import CustomerState, iso
 from store.models import SAMPLE_CUSTOMERS, read_histories, read_sample, stored_fit
 from store.periods import WINDOW_KEEP_SECONDS, WINDOW_UNION
-from store.store import PIECES, Store
+from store.store import PIECES, Store, writing_script
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ _RESCHEDULE = _CHUNKS + files("store").joinpath("reschedule.lua").read_text()
 _TAKE = _CHUNKS + files("store").joinpath("take_due.lua").read_text()
 _BACKLOG = files("store").joinpath("queue_backlog.lua").read_text()
 _PREVIOUS = PIECES + files("store").joinpath("read_previous.lua").read_text()
-#: "#!lua" first: a script that writes is refused whole by a full Redis, not halfway
-_STORE = "#!lua\n" + PIECES + files("store").joinpath("store_evaluations.lua").read_text()
+_STORE = writing_script("store_evaluations.lua")
 #: How long taken customers are left to their evaluator before others may take them.
 LEASE_MS = 60_000
 

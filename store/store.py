@@ -49,9 +49,18 @@ KEEP_ON_REBUILD = ("notify:", "keys", "ingest:", "workers", SHARDS_KEY, "replay"
 #: A heartbeat this old belongs to a worker that died without saying so: it is dropped.
 FORGET_WORKER_SECONDS = 3600
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
-_SCRIPT = files("store").joinpath("apply_batch.lua").read_text()
-#: Joins values kept in pieces; put before the scripts that read them.
+#: Cuts and joins values kept in pieces; put before every script that writes or reads them.
 PIECES = files("store").joinpath("pieces.lua").read_text()
+
+
+def writing_script(name: str) -> str:
+    """The text of a script that writes pieces: ``#!lua`` first (a full Redis then refuses
+    the whole script, not a write halfway), then pieces.lua, then the script itself."""
+    body = files("store").joinpath(name).read_text().removeprefix("#!lua\n")
+    return "#!lua\n" + PIECES + body
+
+
+_SCRIPT = writing_script("apply_batch.lua")
 _READ = PIECES + files("store").joinpath("read_customers.lua").read_text()
 
 

@@ -134,25 +134,25 @@ end
 -- twice the size instead of a listpack (apply_batch.lua cuts the customer's state the
 -- same way). Earlier versions kept it in `ev:<customer>`, deleted when `ev` is first
 -- written (HSET answers 1 for a new field).
-local PIECE, MOST_PIECES = 64, 6
+local MOST_PIECES = 6
+local function ev_name(i)
+  return i == 1 and 'ev' or 'ev' .. i
+end
 for _, r in ipairs(results) do
   local key = P .. 'c:' .. r[1]
   if redis.call('EXISTS', key) == 0 then
     redis.call('UNLINK', P .. 'ev:' .. r[1])
     redis.call('ZREM', P .. 'atrisk', r[1])
   else
-    local joined_value = table.concat(r, '|', 2, 9)
-    if redis.call('HSET', key, 'ev', string.sub(joined_value, 1, PIECE)) == 1 then
+    local cut = {}
+    local pieces = cut_into(cut, table.concat(r, '|', 2, 9), ev_name)
+    if redis.call('HSET', key, cut[1], cut[2]) == 1 then
       redis.call('UNLINK', P .. 'ev:' .. r[1])
     end
-    -- the rest in pieces, and the pieces a longer evaluation left deleted
-    local pieces, more, gone = math.max(1, math.ceil(#joined_value / PIECE)), {}, {}
-    for i = 2, pieces do
-      more[#more + 1] = 'ev' .. i
-      more[#more + 1] = string.sub(joined_value, (i - 1) * PIECE + 1, i * PIECE)
-    end
-    for i = pieces + 1, MOST_PIECES do gone[#gone + 1] = 'ev' .. i end
-    if #more > 0 then redis.call('HSET', key, unpack(more)) end
+    -- the rest, and the pieces a longer evaluation left deleted
+    if pieces > 1 then redis.call('HSET', key, unpack(cut, 3)) end
+    local gone = {}
+    for i = pieces + 1, MOST_PIECES do gone[#gone + 1] = ev_name(i) end
     if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
     if ranks[r[1]] then
       redis.call('ZADD', P .. 'atrisk', ranks[r[1]], r[1])

@@ -297,7 +297,7 @@ async def test_totals_stay_a_recount_when_another_evaluator_stores_in_between(
     """Two evaluators on one customer (during a rebalance, or after a lease ran out): one
     stores its result between the other's read and store. The totals move against what is
     stored at that moment, so they stay the sum over the stored evaluations."""
-    store = Store(redis, "life10:", ("order",))
+    store = Store(redis, "life14:", ("order",))
     await store.apply_batch(orders("c", [0, 10, 20, 30, 40]) + orders("d", [0, 1], 10))
     other = Evaluator(store, RiskPolicy(), LifecyclePolicy())
     raced = False
@@ -310,7 +310,7 @@ async def test_totals_stay_a_recount_when_another_evaluator_stores_in_between(
         # the other evaluator stores its own result for "c" now
         row = ["c", "at_risk", "0.9", "silence,frequency_drop", "1", "1", "5", "7000000", "6300000"]
         await other._store_script(
-            keys=["life10:ids"], args=["life10:", json.dumps([row]), json.dumps({"c": "9.5"})]
+            keys=["life14:ids"], args=["life14:", json.dumps([row]), json.dumps({"c": "9.5"})]
         )
 
     first = Evaluator(store, RiskPolicy(), LifecyclePolicy(), publish)
