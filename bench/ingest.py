@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from retention import runtime  # noqa: E402
+from retention.api_keys import KeyStore  # noqa: E402
 from retention.config import Settings  # noqa: E402
-from retention.keys import KeyStore  # noqa: E402
 from store.ingest_state import IngestState  # noqa: E402
 from streams.topics import Topics, ensure_topics  # noqa: E402
 

@@ -295,7 +295,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     import signal
 
     from processors.notify_config import NotifyConfigError
-    from retention.notifier import run_notifier
+    from retention.dispatch import run_notifier
     from retention.notify_file import load_config
 
     settings = _settings(args)
@@ -351,7 +351,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from retention.keys import KeyNameError, KeyStore
+    from retention.api_keys import KeyNameError, KeyStore
     from store.ingest_state import IngestState
 
     settings = _services(args)

@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from contract.events import Event, encode_event
+from retention.api_keys import KeyCache, KeyStore
 from retention.config import Settings
 from retention.ingest_rules import (
     Endpoint,
@@ -42,7 +43,6 @@ from retention.ingest_rules import (
     retry_after,
     verdicts,
 )
-from retention.keys import KeyCache, KeyStore
 from store.connect import connect
 from store.ingest_state import IngestState
 from streams.producer import EventProducer

@@ -2,7 +2,7 @@
 
 The keys are ``keys`` and ``ingest:stats`` of :mod:`store.layout`. A write key itself is
 never stored, only its record (a digest and a creation time, made by
-:mod:`retention.keys`). The client is expected to decode responses (text replies).
+:mod:`retention.api_keys`). The client is expected to decode responses (text replies).
 """
 
 from __future__ import annotations

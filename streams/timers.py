@@ -154,7 +154,7 @@ def clock_timers(app: faust.App, parts: WorkerParts) -> None:
     # Checked often, done rarely: a fresh worker (or a new leader) fits soon after it
     # starts instead of a whole interval later.
     @app.timer(interval=min(10.0, settings.refit_every_seconds), on_leader=True)  # type: ignore[untyped-decorator]
-    @surviving("BG/NBD refit", counters)
+    @surviving("alive-model refit", counters)
     async def refit_model() -> None:
         if await held(parts, "refit"):
             return
@@ -168,7 +168,7 @@ def clock_timers(app: faust.App, parts: WorkerParts) -> None:
         quantile = load_policy(settings.risk_file).high_value_quantile
         await update_high_value_threshold(parts.store, quantile)
         if model is not None:
-            logger.info("BG/NBD refitted", extra=model.as_dict())
+            logger.info("alive model refitted", extra=model.as_dict())
 
 
 def owned_shards(

@@ -180,7 +180,7 @@ async def test_a_rebuild_killed_halfway_refuses_writes_until_run_again(
     """A wipe that stops halfway leaves the store refusing every write; run again, the
     rebuild ends exact and keeps what is not derived from the topics (write keys,
     delivery records); evaluations wait until the replay is back where the store was."""
-    from retention.keys import KeyStore, digest, match
+    from retention.api_keys import KeyStore, digest, match
     from retention.rebuild import rebuild
     from store.ingest_state import IngestState
 

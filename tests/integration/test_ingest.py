@@ -27,9 +27,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from retention import runtime
+from retention.api_keys import KeyStore
 from retention.config import Settings
 from retention.ingest import IngestServer, loads_document
-from retention.keys import KeyStore
 from store.ingest_state import IngestState
 from store.store import Store
 from streams.topics import Topics, ensure_topics

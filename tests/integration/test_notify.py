@@ -34,7 +34,7 @@ from processors.notify_config import NotifyConfig, NotifyConfigError, parse_conf
 from processors.webhook_signature import InvalidSignature, is_valid_request, sign, verify_request
 from retention.config import Settings
 from retention.delivery import Notifier
-from retention.notifier import (
+from retention.dispatch import (
     COMMIT_INTERVAL_SECONDS,
     alerts_topic,
     ensure_alerts_topic,

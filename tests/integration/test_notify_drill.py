@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from processors.webhook_signature import is_valid_request
 from retention.config import Settings
-from retention.notifier import alerts_topic, ensure_alerts_topic, publish_alerts, run_notifier
+from retention.dispatch import alerts_topic, ensure_alerts_topic, publish_alerts, run_notifier
 from store.deliveries import Deliveries
 from tests.integration.conftest import wait_until
 from tests.integration.test_notify import SECRET, free_port, make_alert

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from retention.keys import KEY_PREFIX, digest, match, new_key, presented_key
+from retention.api_keys import KEY_PREFIX, digest, match, new_key, presented_key
 
 
 def basic(user: str, password: str = "") -> str:

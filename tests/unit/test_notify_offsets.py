@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from retention.notifier import OffsetTracker
+from retention.dispatch import OffsetTracker
 
 P0, P1 = TopicPartition("alerts", 0), TopicPartition("alerts", 1)
 
