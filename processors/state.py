@@ -1,7 +1,7 @@
 """Per-customer state and how one event changes it.
 
 This is the reference definition. The store applies the same rules inside Redis (one Lua
-script per batch, ``apply_batch.lua``) for speed; the integration tests fold the same events
+script per batch, ``store/batch_*.lua``) for speed; the integration tests fold the same events
 through :func:`apply_event` and require the stored state to be equal.
 
 Rules that make the result independent of arrival order within a customer:
@@ -20,7 +20,7 @@ from typing import Any
 from contract.events import MICROS, MS_PER_DAY, Event, LoginEvent, OrderEvent, SupportEvent
 from processors.currency import Rates
 
-#: Tickets a customer's state tracks at most (apply_batch.lua keeps the same), so that a
+#: Tickets a customer's state tracks at most (store/batch_tickets.lua keeps the same), so that a
 #: producer cannot grow one customer's state, read whole on every evaluation, without end.
 MAX_TICKETS = 1000
 #: When the cap is reached, tickets not open whose latest event is this much older than the

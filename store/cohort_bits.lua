@@ -2,7 +2,7 @@
 -- (store/periods.py puts this text before each of them).
 
 -- Where the cohort bitmap of period '<p>:<day>' starts: bit i stands for the customer
--- numbered start + i. apply_batch.lua keeps the start in coh:base; none means 0.
+-- numbered start + i. batch_periods.lua keeps the start in coh:base; none means 0.
 local function cohort_start(P, name)
   return tonumber(redis.call('HGET', P .. 'coh:base', name) or '0')
 end

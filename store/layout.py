@@ -16,7 +16,7 @@ summed by their readers. Families marked ``P`` exist once, under the prefix.
                             ``STORE_FORMAT``): a version that writes another refuses the
                             store, and ``retention rebuild`` rewrites it in its own
 
-The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
+The customer store (written by the batch script, ``batch_*.lua``, read by :mod:`store.store`):
 
 - ``S c:<customer>``       hash: ``s1``, ``s2``, ..., the customer's counters and times
                             packed with MessagePack and cut in pieces (a map of field →
@@ -117,7 +117,7 @@ The customer store (written by ``apply_batch.lua``, read by :mod:`store.store`):
                             a rebuild began, or what a worker had applied when it found
                             the store behind it (rollback, restore); dropped once reached
 - ``S corrupt``            hash, customer → when (ms) it was set aside because its stored
-                            state could not be read (``apply_batch.lua``)
+                            state could not be read (``batch_apply.lua``)
 - ``S corrupt:<customer>`` set of its events held back meanwhile
                             (``topic|partition|offset``), applied by
                             ``retention restore-customer``
@@ -191,7 +191,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Money sums are kept in two integers (apply_batch.lua, Money), each below 2^53 where the
+#: Money sums are kept in two integers (batch_state.lua, Money), each below 2^53 where the
 #: script's doubles are exact: the micros below MEGA, and the count of whole MEGAs.
 MEGA = 10**12
 

@@ -7,7 +7,7 @@
 -- t = an activity day in [t - W, t), since periods start at midnight and W is whole days.
 -- Returns, per period in order, {S, E, S and E, N, orders, placed micros (low part, high
 -- part), refunded micros (low, high), buyers, repeaters}, one flat list: a money sum is
--- low + high * 10^12 (apply_batch.lua, Money), added up by the caller.
+-- low + high * 10^12 (batch_state.lua, Money), added up by the caller.
 local P, p = ARGV[1], ARGV[2]
 local W, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
 local X = P .. 'tmp:X'

@@ -1,6 +1,6 @@
 -- Values kept in pieces of at most 64 bytes, so that Redis keeps the hash as a compact
 -- listpack (its default hash-max-listpack-value; one longer value makes the whole hash a
--- table of twice the size): a customer's packed state (s1, s2, ..., apply_batch.lua) and
+-- table of twice the size): a customer's packed state (s1, s2, ..., batch_apply.lua) and
 -- its last evaluation (ev, ev2, ..., store_evaluations.lua). Every script that cuts or
 -- joins them shares this (Python puts it before each).
 local PIECE = 64

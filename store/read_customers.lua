@@ -2,7 +2,7 @@
 -- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
 -- ARGV[1] the shard's key prefix, then customer ids. Returns, per customer, the flat
 -- HGETALL replies of c:, od: and tk:. The state packed in c:'s fields s1, s2, ...
--- (apply_batch.lua) is unpacked there into fields of its own, as earlier versions kept
+-- (batch_state.lua) is unpacked there into fields of its own, as earlier versions kept
 -- them: numbers as plain digits, a field per day with placed orders named by the day
 -- number; the last evaluation's pieces `ev`, `ev2`, ... (store_evaluations.lua) are
 -- joined into `ev`.

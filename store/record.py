@@ -1,6 +1,6 @@
 """The record the worker hands the batch script for each message: fifteen strings, in the
-order of :data:`RECORD_FIELDS`. ``apply_batch.lua`` reads them by position and names them,
-in the same order, in its header (a test holds the two together)."""
+order of :data:`RECORD_FIELDS`. The batch script (``batch_*.lua``) reads them by position,
+and names them in the same order in its header (a test holds the two together)."""
 
 from __future__ import annotations
 

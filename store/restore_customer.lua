@@ -1,6 +1,6 @@
 #!lua
 -- Put back the state of a customer set aside because its stored state could not be read
--- (apply_batch.lua), as rebuilt from the topics by retention/restore.py.
+-- (batch_apply.lua), as rebuilt from the topics by retention/restore.py.
 -- KEYS[1] the customer's hash (routes the call on a Redis Cluster).
 -- ARGV[1] the shard's prefix, ARGV[2] the customer, ARGV[3] now (ms), ARGV[4] how many
 -- name/value pairs of the packed state follow, then those pairs, then the ticket hash's

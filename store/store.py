@@ -35,7 +35,7 @@ from store.shards import (
     is_cluster,
 )
 
-#: Upper bounds (seconds) of the first-response histogram; apply_batch.lua uses the same.
+#: Upper bounds (seconds) of the first-response histogram; batch_tickets.lua uses the same.
 RESPONSE_BOUNDS = (300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
 DEDUPE_BUCKETS = 8
 #: Keys a SCAN call looks at (a page of the keyspace).
@@ -53,14 +53,18 @@ _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
 PIECES = files("store").joinpath("pieces.lua").read_text()
 
 
-def writing_script(name: str) -> str:
+#: The batch script's parts, in the order they are joined (one chunk: they share locals).
+BATCH_PARTS = ("setup", "state", "periods", "dedupe", "tickets", "fit_grid", "apply")
+
+
+def writing_script(*names: str) -> str:
     """The text of a script that writes pieces: ``#!lua`` first (a full Redis then refuses
-    the whole script, not a write halfway), then pieces.lua, then the script itself."""
-    body = files("store").joinpath(name).read_text().removeprefix("#!lua\n")
-    return "#!lua\n" + PIECES + body
+    the whole script, not a write halfway), then pieces.lua, then the script's files."""
+    body = "".join(files("store").joinpath(name).read_text() for name in names)
+    return "#!lua\n" + PIECES + body.removeprefix("#!lua\n")
 
 
-_SCRIPT = writing_script("apply_batch.lua")
+_SCRIPT = writing_script(*(f"batch_{part}.lua" for part in BATCH_PARTS))
 _READ = PIECES + files("store").joinpath("read_customers.lua").read_text()
 
 
@@ -629,7 +633,7 @@ def _tickets_from_hash(raw: dict[str, str]) -> dict[str, TicketState]:
 
 def _same_as(f: dict[str, str], name: str, other: str, count: str | None = None) -> str | None:
     """A field the batch script leaves out of the customer hash while it equals ``other``
-    (apply_batch.lua, SAME_AS): there when ``count`` is above 0, or without a count,
+    (batch_state.lua, SAME_AS): there when ``count`` is above 0, or without a count,
     when ``other`` is."""
     if name in f:
         return f[name]

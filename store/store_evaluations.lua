@@ -131,7 +131,7 @@ end
 -- The evaluation is kept in the customer hash, its values joined by '|' in the order above
 -- (some 60 bytes, where a hash of its own cost some 170), in fields `ev`, `ev2`, ... of at
 -- most 64 bytes each: a longer value would make Redis keep the whole hash as a table of
--- twice the size instead of a listpack (apply_batch.lua cuts the customer's state the
+-- twice the size instead of a listpack (batch_apply.lua cuts the customer's state the
 -- same way). Earlier versions kept it in `ev:<customer>`, deleted when `ev` is first
 -- written (HSET answers 1 for a new field).
 local MOST_PIECES = 6

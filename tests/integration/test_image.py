@@ -169,7 +169,7 @@ def test_no_secret_reaches_the_build_context() -> None:
     context = build_context(PLANTED_SECRETS)
     assert [f for f in context if is_secret(f)] == []
     # what the image needs is still there
-    for needed in ("pyproject.toml", "README.md", "retention/cli.py", "store/apply_batch.lua"):
+    for needed in ("pyproject.toml", "README.md", "retention/cli.py", "store/batch_apply.lua"):
         assert needed in context
 
 

@@ -9,7 +9,7 @@ from contract.events import build_event
 from store.record import FIELDS_PER_RECORD, RECORD_FIELDS
 from store.store import accepted_record, rejected_record
 
-SCRIPT = Path(__file__).resolve().parents[2] / "store" / "apply_batch.lua"
+SCRIPT = Path(__file__).resolve().parents[2] / "store" / "batch_setup.lua"
 
 
 def test_the_batch_script_names_the_fields_in_the_same_order() -> None:

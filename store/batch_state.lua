@@ -1,0 +1,171 @@
+-- The batch script, part 2 of 7 (store/store.py joins the parts): the customer's state,
+-- its codec (packed in pieces; hashes of earlier versions), money in two parts.
+
+-- A customer's hash c:<id> holds its state packed with MessagePack: a map of field ->
+-- number, with its placed orders per day under `d` ({day number -> orders}), cut in
+-- pieces of at most PIECE bytes in the fields s1, s2, ... (pieces.lua says why). Beside
+-- them lie the fields other scripts read and write on their own: `ix` (the customer's
+-- number), `q` and `r` (the evaluator's queue marks) and `ev`, `ev2`, ... (its last
+-- evaluation). A packed state costs a read and a decode where a field each cost a string
+-- each way; read_customers.lua unpacks it for the readers.
+-- Hashes of earlier versions hold every field as text, the days as fields named by the
+-- day number: they are read as such, and packed at their next write.
+local HASH_FIELDS = {ix = true, q = true, r = true, ev = true}
+local PIECE_NAMES = {}
+local function piece_name(i)
+  local name = PIECE_NAMES[i]
+  if not name then
+    name = 's' .. i
+    PIECE_NAMES[i] = name
+  end
+  return name
+end
+
+-- The packed state of the hash at key, from the fields got[3], got[4], ... (s1, s2, ...
+-- as read with ix and q), and how many pieces it had; nil without one.
+local READ_PIECES = 3
+local function packed_state(key, got)
+  if not got[3] then return nil, 0 end
+  local parts = {}
+  for i = 1, READ_PIECES do
+    if not got[2 + i] then return table.concat(parts), #parts end
+    parts[i] = got[2 + i]
+  end
+  -- a long state: the rest one by one
+  while true do
+    local more = redis.call('HGET', key, piece_name(#parts + 1))
+    if not more then return table.concat(parts), #parts end
+    parts[#parts + 1] = more
+  end
+end
+
+-- Fields that most customers would hold twice are left out while they equal another:
+-- {field, the field it then equals, a count that is above 0 whenever the field exists
+-- (none: the other field's presence tells)}. The first event seen is mostly the first
+-- activity; the latest activity, mostly the latest order or login. A reader takes a
+-- missing field as equal to the other (store/store.py reads them the same way).
+local SAME_AS = {{'fs', 'fa'}, {'lo', 'la', 'o'}, {'ll', 'la', 'lg'}}
+
+-- A hash of an earlier version as a state, and the names of its fields to delete once the
+-- state is packed.
+local function unpacked_state(key)
+  local flat = redis.call('HGETALL', key)
+  local f, d, names = {}, {}, {}
+  for i = 1, #flat, 2 do
+    local name, value = flat[i], flat[i + 1]
+    -- the evaluation's pieces after `ev` (store_evaluations.lua) stay too
+    if not HASH_FIELDS[name] and not string.match(name, '^ev%d+$') then
+      names[#names + 1] = name
+      local b = string.byte(name, 1)
+      if b and b >= 48 and b <= 57 then  -- only the day fields' names are digits
+        d[tonumber(name)] = tonumber(value)
+      else
+        f[name] = tonumber(value) or value
+      end
+    end
+  end
+  -- the periods of the first activity, which the earliest versions kept, go
+  f.fad, f.faw, f.fam = nil, nil, nil
+  f.d = d
+  return f, names
+end
+
+-- Customers are read once per batch (before the first write, see below) into Lua tables,
+-- changed there, and written back once at the end when they changed. Returns nil and why
+-- for a customer whose packed state cannot be read (a piece lost or changed by hand).
+local customers, customer_order = {}, {}
+local function customer(cid)
+  local c = customers[cid]
+  if c then return c end
+  local key = P .. 'c:' .. cid
+  local got = redis.call('HMGET', key, 'ix', 'q', 's1', 's2', 's3')
+  local packed, pieces = packed_state(key, got)
+  local f, old_names = nil, nil
+  if packed then
+    local ok, state = pcall(cmsgpack.unpack, packed)
+    if not ok or type(state) ~= 'table' or type(state.d or {}) ~= 'table' then
+      return nil, 'CORRUPT the packed state of customer ' .. cid .. ' cannot be read'
+    end
+    f = state
+    if not f.d then f.d = {} end
+  elseif got[1] then
+    f, old_names = unpacked_state(key)
+  else
+    f = {d = {}}
+  end
+  for i = 1, #SAME_AS do
+    local same = SAME_AS[i]
+    local name, other = same[1], f[same[2]]
+    if f[name] == nil and other ~= nil and (not same[3] or (f[same[3]] or 0) > 0) then
+      f[name] = other
+    end
+  end
+  c = {key = key, f = f, ix = got[1] or nil, q = got[2] or nil, pieces = pieces,
+    old_names = old_names, changed = old_names ~= nil}
+  customers[cid] = c
+  customer_order[#customer_order + 1] = cid
+  return c
+end
+
+-- Fields hold numbers, each below 2^53, where doubles count every unit.
+local function put(c, name, value)
+  c.f[name] = value
+  c.changed = true
+end
+
+local function add(c, name, delta)
+  c.f[name] = (c.f[name] or 0) + delta
+  c.changed = true
+end
+
+-- Money. A sum of micros passes 2^53 (some 9e9 units, US$560k of IDR) long before a shop's
+-- revenue does, so each sum is kept as two numbers doubles count exactly: its micros below
+-- MEGA under its own name (`pm`), and its whole MEGAs, a million units each, under the
+-- name of its high part (`ph`), absent while 0. That counts exactly up to 2^53 MEGAs, some
+-- 9e21 units. An amount comes as decimal digits and is cut into the same two parts.
+local MEGA = 1e12
+local function money(text)
+  local n = #text
+  if n <= 12 then return 0, tonumber(text) end
+  return tonumber(string.sub(text, 1, n - 12)), tonumber(string.sub(text, n - 11))
+end
+
+-- Adds (hi, lo) to the sum kept in t[low], t[high], the low part carried into the high.
+local function add_money(t, low, high, hi, lo)
+  local l, h = (t[low] or 0) + lo, (t[high] or 0) + hi
+  if l >= MEGA then
+    local carry = math.floor(l / MEGA)
+    l, h = l - carry * MEGA, h + carry
+  end
+  t[low] = l
+  if h ~= 0 then t[high] = h end
+end
+
+local function put_min(c, name, value)
+  local cur = c.f[name]
+  if not cur or value < cur then put(c, name, value) end
+end
+
+local function put_max(c, name, value)
+  local cur = c.f[name]
+  if not cur or value > cur then put(c, name, value) end
+end
+
+-- Hashes of totals shared by the batch's customers (per-period sales, survey totals,
+-- response histogram): deltas summed here, one HINCRBY per field at the end. A field
+-- touched by the batch is written even when its delta sums to 0, as one HINCRBY per event
+-- would have created it.
+local totals, total_keys = {}, {}
+local function bump(key, field, delta)
+  local t = totals[key]
+  if not t then
+    t = {fields = {}, order = {}}
+    totals[key] = t
+    total_keys[#total_keys + 1] = key
+  end
+  if t.fields[field] == nil then
+    t.fields[field] = 0
+    t.order[#t.order + 1] = field
+  end
+  t.fields[field] = t.fields[field] + delta
+end
