@@ -40,7 +40,7 @@ _FLOAT_EXACT_UNITS = 2**53 / MICROS
 TS_CEILING = datetime(2100, 1, 1, tzinfo=UTC)
 #: The largest order amount (inclusive), in any currency: a B2B order of 10^13 IDR is some
 #: US$600M. The store keeps money sums in two parts, exact far beyond any shop's revenue
-#: (store/layout.py, ``money_micros``).
+#: (docs/store.md; ``store.layout.money_micros``).
 MAX_AMOUNT = 10_000_000_000_000
 MAX_ITEMS = 1_000_000
 #: The largest message, in bytes, before it is even parsed.

@@ -48,7 +48,7 @@ from store.store import Store
 
 logger = logging.getLogger(__name__)
 
-#: The per-shard hash of buyers per cell ``first:last:days`` (store/layout.py).
+#: The per-shard hash of buyers per cell ``first:last:days`` (docs/store.md).
 GRID = "fitgrid"
 #: Customers read for the spend model and the high-value threshold (docs/metrics.md).
 SAMPLE_CUSTOMERS = 50_000

@@ -66,7 +66,7 @@ _ROW_FIELDS = 11
 #: A warning of one kind is repeated at most this often by one reader.
 _WARN_EVERY_SECONDS = 60.0
 _DAY = timedelta(days=1)
-#: The period bitmaps (store/layout.py), those of earlier versions included.
+#: The period bitmaps (docs/store.md), those of earlier versions included.
 _BITMAP_FAMILIES = ("act", "coh", "buy", "rep")
 
 

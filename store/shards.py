@@ -32,7 +32,7 @@ DEFAULT_CLUSTER_SHARDS = 12
 #: The key (under the store's prefix) recording the store's shard count.
 SHARDS_KEY = "shards"
 #: The key recording the format the store is written in, and this version's format:
-#: 2 = customers packed in pieces, money sums in two parts (store/layout.py). A store
+#: 2 = customers packed in pieces, money sums in two parts (docs/store.md). A store
 #: without one was written before formats were recorded, in formats this version still
 #: reads; its first writer of this version records 2.
 FORMAT_KEY = "format"
