@@ -136,13 +136,7 @@ async def _customer_messages(
 ) -> dict[tuple[str, int, int], ConsumerRecord[bytes, bytes]]:
     """The customer's messages in every partition of ``topics``, up to the offsets the
     store holds. Messages are keyed by customer id; unkeyed ones are parsed to tell."""
-    assert settings.kafka_bootstrap
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        **settings.kafka_security().client_kwargs(),
-    )
-    await consumer.start()
+    consumer = await _consumer(settings)
     found: dict[tuple[str, int, int], ConsumerRecord[bytes, bytes]] = {}
     try:
         await consumer.topics()
@@ -176,6 +170,18 @@ async def _customer_messages(
         await consumer.stop()
 
 
+async def _consumer(settings: Settings) -> AIOKafkaConsumer:
+    """A started consumer of the tracker's broker that commits nothing."""
+    assert settings.kafka_bootstrap
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        **settings.kafka_security().client_kwargs(),
+    )
+    await consumer.start()
+    return consumer
+
+
 def _is_of(message: ConsumerRecord[bytes, bytes], customer_id: str) -> bool:
     parsed = parse_event(message.value or b"")
     return not isinstance(parsed, Rejection) and parsed.customer_id == customer_id
@@ -185,13 +191,7 @@ async def _messages_at(
     settings: Settings, where: Iterable[tuple[str, int, int]]
 ) -> dict[tuple[str, int, int], ConsumerRecord[bytes, bytes]]:
     """The messages at the given offsets."""
-    assert settings.kafka_bootstrap
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        **settings.kafka_security().client_kwargs(),
-    )
-    await consumer.start()
+    consumer = await _consumer(settings)
     out: dict[tuple[str, int, int], ConsumerRecord[bytes, bytes]] = {}
     try:
         for topic, partition, offset in sorted(where):

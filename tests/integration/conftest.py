@@ -27,6 +27,7 @@ from store.store import Store
 from streams.producer import EventProducer
 from streams.topics import Topics, cluster_id, ensure_topics
 from tests.integration.cluster import redis_cluster  # noqa: F401  (a fixture)
+from tests.integration.receivers import receiver  # noqa: F401  (a fixture)
 
 
 @dataclass(frozen=True)

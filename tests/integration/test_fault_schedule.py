@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -34,6 +31,7 @@ from store.evaluations import due_backlog
 from store.periods import Periods
 from store.store import Store
 from tests.eventgen import fold, worker_rates
+from tests.integration.receivers import SECRET, Receiver
 from tests.integration.recount import kept_and_recounted
 from tests.integration.test_up import Up, produce
 
@@ -41,26 +39,6 @@ ORDERS = 24_000
 FILES = 12
 FAULTS = 12
 SEEDS = [int(s) for s in os.environ.get("RETENTION_DRILL_SEEDS", "11").split(",")]
-
-
-@pytest.fixture
-async def webhook() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A subscriber's endpoint; every alert it received, in order."""
-    received: list[dict[str, Any]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(json.loads(await request.read()))
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    yield f"http://{host}:{port}/hook", received
-    await runner.cleanup()
 
 
 def history(rng: random.Random, now: datetime) -> list[dict[str, Any]]:
@@ -127,12 +105,16 @@ async def read(url: str, action: Any, timeout: float = 120) -> Any:
 
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_random_fault_schedule_ends_exact(
-    tmp_path: Path, webhook: tuple[str, list[dict[str, Any]]], seed: int
+    tmp_path: Path, receiver: Receiver, seed: int
 ) -> None:
-    url, received = webhook
     rng = random.Random(seed)
     notifications = tmp_path / "notifications.yml"
-    subscriber = {"name": "success-team", "type": "webhook", "url": url, "secret": "whsec-x"}
+    subscriber = {
+        "name": "success-team",
+        "type": "webhook",
+        "url": receiver.url("hook", "success-team"),
+        "secret": SECRET,
+    }
     notifications.write_text(yaml.safe_dump({"cooldown": 0, "subscribers": [subscriber]}))
     data_dir = tmp_path / "data"
     up = Up(data_dir, "--workers", "2", "--notifications", str(notifications))
@@ -196,7 +178,9 @@ async def test_a_random_fault_schedule_ends_exact(
             assert kept == recount
 
         await read(redis_url, check)
-        keys = Counter(alert["key"] for alert in received)
+        received = receiver.to("success-team")
+        assert all(r.signature_ok for r in received)
+        keys = Counter(r.json()["key"] for r in received)
         twice = {key: n for key, n in keys.items() if n > 1}
         assert not twice, f"alerts sent more than once: {twice}"
         assert received, "the drill raised no alert at all"

@@ -234,15 +234,17 @@ async def test_a_short_end_offset_and_a_slow_broker_never_forget_an_offset(
     assert settings.kafka_bootstrap
     topic = f"{settings.topic_prefix}short"
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
-    await producer.start()
     try:
         await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
         sent = [await producer.send_and_wait(topic, b"m", partition=0) for _ in range(8)]
     finally:
         await producer.stop()
-        await admin.close()
     tp = (topic, 0)
     stored = {tp: (sent[6].offset, sent[6].timestamp)}
     monkeypatch.setattr(offsets, "READ_BACK_SECONDS", 0.0)  # nothing comes back in time
