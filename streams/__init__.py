@@ -1,1 +1,1 @@
-"""Event contracts, topics, the Faust app and the producer API."""
+"""The Kafka edge: topics, the Faust app with its agents and timers, and the producer API."""
