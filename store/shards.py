@@ -32,9 +32,8 @@ DEFAULT_CLUSTER_SHARDS = 12
 #: The key (under the store's prefix) recording the store's shard count.
 SHARDS_KEY = "shards"
 #: The key recording the format the store is written in, and this version's format:
-#: 2 = customers packed in pieces, money sums in two parts (docs/store.md). A store
-#: without one was written before formats were recorded, in formats this version still
-#: reads; its first writer of this version records 2.
+#: 2 = customers packed in pieces, money sums in two parts (docs/store.md). A store that
+#: holds data but no format was written before formats were recorded: format 1.
 FORMAT_KEY = "format"
 STORE_FORMAT = 2
 
@@ -49,9 +48,11 @@ class FormatMismatch(LayoutMismatch):
 
 async def check_format(redis: Redis | RedisCluster, prefix: str, writer: bool) -> None:
     """Refuse a store written in another format (by another version); a writer records
-    this version's format in a store that has none."""
+    this version's format in a new store (the format is recorded before anything else)."""
     raw = await redis.get(prefix + FORMAT_KEY)
-    if raw is None and writer:
+    if raw is None and await _holds_data(redis, prefix):
+        raw = "1"
+    elif raw is None and writer:
         await redis.set(prefix + FORMAT_KEY, str(STORE_FORMAT), nx=True)
         raw = await redis.get(prefix + FORMAT_KEY)
     if isinstance(raw, bytes):
@@ -63,6 +64,12 @@ async def check_format(redis: Redis | RedisCluster, prefix: str, writer: bool) -
             "topics in this version's format with `retention rebuild` (stop the workers of "
             "the other version first)"
         )
+
+
+async def _holds_data(redis: Redis | RedisCluster, prefix: str) -> bool:
+    """Whether a store without a recorded format was set up by an earlier version: its
+    shard count is recorded, or (before shards) its customer numbers under the prefix."""
+    return bool(await redis.exists(prefix + SHARDS_KEY) or await redis.exists(prefix + "ids:next"))
 
 
 def shard_of(customer_id: str, count: int) -> int:

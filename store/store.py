@@ -32,6 +32,7 @@ from store.shards import (
     STORE_FORMAT,
     LayoutSource,
     ShardLayout,
+    check_format,
     is_cluster,
 )
 
@@ -159,6 +160,8 @@ class Store:
         self.redis = redis
         self.prefix = prefix
         self._layouts = LayoutSource(redis, prefix, shards, writer, check_format)
+        # whoever applies batches writes the store: the format is recorded before the first
+        self._format_recorded = not check_format
         self.keys = Keys(prefix)
         self.kind_letters = "".join(sorted(_KIND_LETTERS[k] for k in activity_kinds))
         # The horizon is split into buckets so that ids expire a bucket at a time.
@@ -211,6 +214,9 @@ class Store:
         """
         if not records:
             return BatchResult(0, 0, 0, 0)
+        if not self._format_recorded:
+            await check_format(self.redis, self.prefix, writer=True)
+            self._format_recorded = True
         layout = await self.layout()
         now = int(time.time() * 1000) if now_ms is None else now_ms
         # each partition's runs of consecutive offsets over the whole batch, and each

@@ -374,16 +374,23 @@ async def test_a_store_of_another_format_is_refused_until_rebuilt(
     assert await Store(redis, settings.key_prefix, writer=True).read_customer("c") is None
 
 
-async def test_a_store_without_a_format_is_read_and_stamped_by_its_first_writer(
+async def test_a_store_of_an_earlier_version_is_refused_as_format_1(
     redis: Redis, settings: Settings
 ) -> None:
-    """Stores written before formats were recorded are in formats this version reads."""
+    """A store that holds data but records no format was written before formats were
+    recorded: it is refused with the upgrade, as any other format is."""
     await Store(redis, settings.key_prefix, writer=True).apply_batch([order(0)])
     await redis.delete(settings.key_prefix + FORMAT_KEY)
-    assert await Store(redis, settings.key_prefix).read_customer("c") is not None
-    assert await redis.get(settings.key_prefix + FORMAT_KEY) is None  # readers write nothing
-    await Store(redis, settings.key_prefix, writer=True).apply_batch([order(1)])
-    assert await redis.get(settings.key_prefix + FORMAT_KEY) == str(STORE_FORMAT)
+    for fresh in (Store(redis, settings.key_prefix, writer=True), Store(redis, settings.key_prefix)):
+        with pytest.raises(FormatMismatch, match=r"format 1.*retention rebuild"):
+            await fresh.read_customer("c")
+    assert await redis.get(settings.key_prefix + FORMAT_KEY) is None  # nothing written
+    # a new store is stamped by its first writer, before anything else
+    other = settings.key_prefix + "new:"
+    assert await Store(redis, other).read_customer("c") is None
+    assert await redis.get(other + FORMAT_KEY) is None  # readers write nothing
+    await Store(redis, other, writer=True).apply_batch([order(0)])
+    assert await redis.get(other + FORMAT_KEY) == str(STORE_FORMAT)
 
 
 async def test_a_worker_that_finds_the_store_behind_it_holds_evaluations_back(
