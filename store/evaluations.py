@@ -78,7 +78,6 @@ class Evaluator:
         self._take = store.redis.register_script(_TAKE)
         self._reschedule_script = store.redis.register_script(_RESCHEDULE)
         self._returned = store.redis.register_script(_RETURNED)
-        self._previous = store.redis.register_script(_PREVIOUS)
         self._store_script = store.redis.register_script(_STORE)
 
     async def high_value_threshold(self) -> float | None:
@@ -113,7 +112,7 @@ class Evaluator:
             dropped = [part for cid in gone for part in (cid, "")]
             await self._reschedule_script(keys=route, args=[home, lease, *dropped])
         ids = [state.customer_id for state in states]
-        previous = [parse_previous(raw) for raw in await self._previous_evaluations(home, read)]
+        previous = [parse_previous(raw) for raw in self._previous_evaluations(read)]
         model = await stored_fit(self.store)
         threshold = await self.high_value_threshold()
         start, stop = lookback_days(now_ms, self.lifecycle)
@@ -161,19 +160,12 @@ class Evaluator:
         await self._reschedule(home, results, lease, now_ms)
         return len(states)
 
-    async def _previous_evaluations(
-        self, home: str, read: Sequence[tuple[CustomerState, dict[str, str]]]
+    @staticmethod
+    def _previous_evaluations(
+        read: Sequence[tuple[CustomerState, dict[str, str]]],
     ) -> list[dict[str, str]]:
-        """Each customer's last evaluation, from its hash's ``ev`` field as just read; for
-        customers without one, from the ``ev:`` hash earlier versions kept, if any."""
-        found = [evaluation_fields(fields.get("ev")) for _, fields in read]
-        older = [n for n, (_, fields) in enumerate(read) if "ev" not in fields]
-        if older:
-            ids = [read[n][0].customer_id for n in older]
-            reply = await self._previous(keys=[home + "ids"], args=[home, *ids])
-            for i, n in enumerate(older):
-                found[n] = _stored_evaluation(reply, i)
-        return found
+        """Each customer's last evaluation, from its hash's ``ev`` field as just read."""
+        return [evaluation_fields(fields.get("ev")) for _, fields in read]
 
     async def _reschedule(
         self,
@@ -233,17 +225,6 @@ def evaluation_fields(joined: str | None) -> dict[str, str]:
     if not joined:
         return {}
     return dict(zip(EVALUATION_FIELDS, joined.split("|"), strict=False))
-
-
-def _stored_evaluation(reply: Sequence[Any], n: int) -> dict[str, str]:
-    """The ``n``-th customer's evaluation in a reply of read_previous.lua: its ``ev``, or
-    the ``ev:`` hash of earlier versions."""
-    joined, older = reply[2 * n], reply[2 * n + 1]
-    return evaluation_fields(joined) if joined else _as_dict(older)
-
-
-def _as_dict(flat: Sequence[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +331,7 @@ async def stored_evaluations(
     found: dict[str, dict[str, str]] = {}
     for home, reply in zip(homes, replies, strict=True):
         for n, cid in enumerate(by_shard[home]):
-            fields = _stored_evaluation(reply, n)
+            fields = evaluation_fields(reply[n])
             if fields:
                 found[cid] = fields
     return found

@@ -35,17 +35,13 @@ local function split(text, sep)
   end
 end
 
--- A customer's stored evaluation {st, rr, hv, cl, cr}: the customer hash's pieces, or the
--- hash `ev:<customer>` earlier versions kept; nil without one.
+-- A customer's stored evaluation {st, rr, hv, cl, cr}, from the customer hash's pieces;
+-- nil without one.
 local function stored(cid)
   local pieces = redis.call('HMGET', P .. 'c:' .. cid, unpack(NAMES))
-  if pieces[1] then
-    local v = split(joined(pieces), '|')
-    return {st = v[1], rr = v[3], hv = v[4], cl = v[7], cr = v[8]}
-  end
-  local old = redis.call('HMGET', P .. 'ev:' .. cid, 'st', 'rr', 'hv', 'cl', 'cr')
-  if old[1] then return {st = old[1], rr = old[2], hv = old[3], cl = old[4], cr = old[5]} end
-  return nil
+  if not pieces[1] then return nil end
+  local v = split(joined(pieces), '|')
+  return {st = v[1], rr = v[3], hv = v[4], cl = v[7], cr = v[8]}
 end
 
 -- Sums of whole micros, exact: a running sum is set aside as a part of its own before it
@@ -132,8 +128,7 @@ end
 -- (some 60 bytes, where a hash of its own cost some 170), in fields `ev`, `ev2`, ... of at
 -- most 64 bytes each: a longer value would make Redis keep the whole hash as a table of
 -- twice the size instead of a listpack (batch_apply.lua cuts the customer's state the
--- same way). Earlier versions kept it in `ev:<customer>`, deleted when `ev` is first
--- written (HSET answers 1 for a new field).
+-- same way).
 local MOST_PIECES = 6
 local function ev_name(i)
   return i == 1 and 'ev' or 'ev' .. i
@@ -141,16 +136,12 @@ end
 for _, r in ipairs(results) do
   local key = P .. 'c:' .. r[1]
   if redis.call('EXISTS', key) == 0 then
-    redis.call('UNLINK', P .. 'ev:' .. r[1])
     redis.call('ZREM', P .. 'atrisk', r[1])
   else
     local cut = {}
     local pieces = cut_into(cut, table.concat(r, '|', 2, 9), ev_name)
-    if redis.call('HSET', key, cut[1], cut[2]) == 1 then
-      redis.call('UNLINK', P .. 'ev:' .. r[1])
-    end
-    -- the rest, and the pieces a longer evaluation left deleted
-    if pieces > 1 then redis.call('HSET', key, unpack(cut, 3)) end
+    redis.call('HSET', key, unpack(cut))
+    -- the pieces a longer evaluation left deleted
     local gone = {}
     for i = pieces + 1, MOST_PIECES do gone[#gone + 1] = ev_name(i) end
     if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end

@@ -29,7 +29,6 @@ from store.store import Store, accepted_record
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.integration.conftest import Workers, read_topic, wait_until
-from tests.integration.earlier import unpack_customers
 from tests.integration.queue_state import changed_queue, rechecks
 from tests.integration.recount import kept_and_recounted
 
@@ -219,22 +218,6 @@ async def test_rechecks_are_not_starved_by_a_stream_of_changes(redis: Redis) -> 
     assert len(rechecked) == 5
 
 
-async def test_an_evaluation_kept_by_earlier_versions_is_read_then_moved(redis: Redis) -> None:
-    """Earlier versions kept the last evaluation in a hash of its own, ``ev:<customer>``."""
-    store = Store(redis, "life11:", ("order",))
-    await store.apply_batch(orders("old", [0, 10]))
-    old = {"st": "active", "sc": "0", "rr": "", "hv": "0", "at": "1", "no": "2", "cl": "5"}
-    await redis.hset("life11:ev:old", mapping={**old, "cr": "0"})
-    assert await stored_evaluations(store, ["old"]) == {"old": {**old, "cr": "0"}}
-    evaluator = Evaluator(store, RiskPolicy(), LifecyclePolicy())
-    assert await evaluator.run_once(T0 + timedelta(days=11)) == 1
-    assert await redis.exists("life11:ev:old") == 0
-    assert await redis.hget("life11:c:old", "ev") is not None
-    assert await evaluated(store, "old", "at") == str(
-        int((T0 + timedelta(days=11)).timestamp() * 1000)
-    )
-
-
 async def test_a_long_evaluation_is_kept_in_pieces_a_listpack_keeps(redis: Redis) -> None:
     """An evaluation longer than 64 bytes (several reasons, a large CLTV) is kept in pieces
     of at most 64 bytes, so that Redis keeps the customer hash as a compact listpack; both
@@ -242,7 +225,7 @@ async def test_a_long_evaluation_is_kept_in_pieces_a_listpack_keeps(redis: Redis
     store = Store(redis, "life13:", ("order",))
     await store.apply_batch(orders("long", [0, 10]))
     write = redis.register_script(_STORE)
-    no_moves = json.dumps({"hincr": [], "incr": [], "rank": [], "unrank": []})
+    no_moves = json.dumps({})  # no rank: the customer is not at risk in the ranking
     reasons = "silence,frequency_drop,low_p_alive,ticket_unresolved,refunds"
     long_row = ["long", "at_risk", "0.6666666666666666", reasons, "1", "1796021590393", "12",
                 "123456789012345", "123456789012345"]  # fmt: skip
@@ -257,14 +240,11 @@ async def test_a_long_evaluation_is_kept_in_pieces_a_listpack_keeps(redis: Redis
         assert sorted(names) == ["ev", *(f"ev{i}" for i in range(2, pieces + 1))]
         assert all([await redis.hstrlen("life13:c:long", n) <= 64 for n in names])
         assert await redis.object("encoding", "life13:c:long") == "listpack"
-    # a hash as earlier versions kept it, given a long evaluation, then packed by the batch
-    # script: the evaluation's pieces stay
-    await unpack_customers(store)
+    # the batch script's next write of the customer's state leaves the pieces in place
     await write(keys=["life13:ids"], args=["life13:", json.dumps([long_row]), no_moves])
     await store.apply_batch(orders("long", [20], first_offset=2))
     want = dict(zip(EVALUATION_FIELDS, long_row[1:], strict=True))
     assert await stored_evaluations(store, ["long"]) == {"long": want}
-    assert await redis.hget("life13:c:long", "o") is None  # packed
     assert await redis.object("encoding", "life13:c:long") == "listpack"
 
 
