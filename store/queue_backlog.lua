@@ -4,7 +4,7 @@
 -- ARGV: the shard's prefix, now on the evaluation clock (ms).
 -- Returns {changed customers waiting, batch time of the oldest first change or '',
 -- rechecks due by now, the earliest due recheck or ''} (layout: take_due.lua and
--- sched_chunks.lua), the sorted sets of earlier versions included.
+-- sched_chunks.lua).
 local P, now = ARGV[1], ARGV[2]
 local function earlier(a, b)
   if not a then return b end
@@ -12,9 +12,9 @@ local function earlier(a, b)
   return a
 end
 local queue = P .. 'dueq'
-local changed = redis.call('LLEN', queue) + redis.call('ZCARD', P .. 'due')
-local first_changed = redis.call('ZRANGE', P .. 'due', 0, 0, 'WITHSCORES')[2]
--- the head of the list is the oldest, unless taken through an earlier version's queue
+local changed = redis.call('LLEN', queue)
+local first_changed = nil
+-- the first entry still marked waiting is the oldest (one whose hash went is skipped)
 for _, cid in ipairs(redis.call('LRANGE', queue, 0, 15)) do
   local q = redis.call('HGET', P .. 'c:' .. cid, 'q')
   if q then
@@ -22,9 +22,8 @@ for _, cid in ipairs(redis.call('LRANGE', queue, 0, 15)) do
     break
   end
 end
-local scheduled = redis.call('ZCOUNT', P .. 'sched', '-inf', now)
+local scheduled = 0
 local first_scheduled = nil
-if scheduled > 0 then first_scheduled = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')[2] end
 for _, chunk in ipairs(redis.call('ZRANGE', P .. 'sched:at', '-inf', now, 'BYSCORE')) do
   local key = P .. 'sched:' .. chunk
   local n = redis.call('ZCOUNT', key, '-inf', now)

@@ -12,28 +12,19 @@
 -- Taken customers leave the changed queue and are scheduled at the lease's end: another
 -- evaluator leaves them alone, and should this one stop they come back when the lease
 -- ends. Customers without a hash any more are dropped. Returns the customer ids taken.
--- Stores written by earlier versions kept both queues in one sorted set each (`due`,
--- `sched`): they are read as well, until empty.
 -- `retention rebuild` is wiping the store: take nobody until it is done
 if redis.call('EXISTS', P .. 'rebuilding') == 1 then return {} end
 local now, limit, lease = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local half = math.ceil(limit / 2)
-local QUEUE, OLD_DUE, OLD_SCHED = P .. 'dueq', P .. 'due', P .. 'sched'
+local QUEUE = P .. 'dueq'
 
 local function customer_key(cid)
   return P .. 'c:' .. cid
 end
 
 -- Changed customers, oldest first, added to `out` until it holds `want`. An entry whose
--- customer is no longer marked waiting (taken through an earlier version's queue) is
--- dropped.
+-- customer is no longer marked waiting (its hash gone) is dropped.
 local function take_changed(out, want)
-  if #out >= want then return end
-  for _, cid in ipairs(redis.call('ZRANGE', OLD_DUE, 0, want - #out - 1)) do
-    redis.call('ZREM', OLD_DUE, cid)
-    redis.call('HDEL', customer_key(cid), 'q')
-    if redis.call('EXISTS', customer_key(cid)) == 1 then out[#out + 1] = cid end
-  end
   while #out < want do
     local popped = redis.call('LPOP', QUEUE, want - #out)
     if not popped then return end
@@ -43,7 +34,7 @@ local function take_changed(out, want)
   end
 end
 
--- Up to `n` rechecks due by now, earliest first: {customer, time, chunk or false}. Every
+-- Up to `n` rechecks due by now, earliest first: {customer, time, chunk}. Every
 -- chunk whose bound is at or before now holds due entries, but for the last one.
 local function due_rechecks(n)
   local found = {}
@@ -60,12 +51,6 @@ local function due_rechecks(n)
     end
     offset = offset + 16
   end
-  local old = redis.call('ZRANGE', OLD_SCHED, '-inf', now, 'BYSCORE', 'LIMIT', 0, n, 'WITHSCORES')
-  if #old > 0 then
-    for i = 1, #old, 2 do found[#found + 1] = {old[i], old[i + 1], false} end
-    table.sort(found, function(a, b) return tonumber(a[2]) < tonumber(b[2]) end)
-    while #found > n do table.remove(found) end
-  end
   return found
 end
 
@@ -77,22 +62,17 @@ if #changed == half and #scheduled < limit - half then
 end
 
 -- every taken customer's recheck leaves its place, then all are leased
-local removed, rechecked, old_sched = {}, {}, {}
+local removed, rechecked = {}, {}
 for _, s in ipairs(scheduled) do
-  local cid = s[1]
-  rechecked[cid] = true
-  if s[3] then
-    push(removed, s[3], cid)
-  else
-    old_sched[#old_sched + 1] = cid
-  end
+  rechecked[s[1]] = true
+  push(removed, s[3], s[1])
 end
 -- changed customers' rechecks, found by their time (many share one: a round's)
 local by_time = {}
 for _, cid in ipairs(changed) do
   if not rechecked[cid] then
     local at = redis.call('HGET', customer_key(cid), 'r')
-    if at then push(by_time, at, cid) else old_sched[#old_sched + 1] = cid end
+    if at then push(by_time, at, cid) end
   end
 end
 for at, cids in pairs(by_time) do
@@ -102,11 +82,6 @@ for at, cids in pairs(by_time) do
   end
 end
 sched_drop(removed)
-if #old_sched > 0 and redis.call('EXISTS', OLD_SCHED) == 1 then
-  for i = 1, #old_sched, 1000 do
-    redis.call('ZREM', OLD_SCHED, unpack(old_sched, i, math.min(i + 999, #old_sched)))
-  end
-end
 local taken = {}
 for _, cid in ipairs(changed) do taken[#taken + 1] = cid end
 local seen = {}

@@ -271,36 +271,3 @@ async def test_the_queues_take_a_fraction_of_a_sorted_sets_memory(
     _, spread_bytes = await measured()
     assert spread_bytes < bound, (spread_bytes, one_set)
     assert sum([len(await rechecks(redis, home)) for home in homes]) == n
-
-
-async def test_the_sorted_sets_of_earlier_versions_are_read_until_empty(
-    redis: Redis, rng: random.Random
-) -> None:
-    q = Queues(redis, f"qo{rng.randrange(1 << 30)}:", 1)
-    (home,) = await q.homes()
-    await q.change(["new2"], T0_MS - 100)
-    assert await q.take(home, T0_MS - 100, 1) == ["new2"]
-    await q.reschedule(home, T0_MS - 100 + LEASE_MS, [("new2", T0_MS + 20)])
-    await q.change(["old1", "old2", "old3"], T0_MS - 50)
-    await q.change(["new1"], T0_MS - 10)
-    # old1..3 as an earlier version left them: in its sorted sets, unmarked
-    for customer in ("old1", "old2", "old3"):
-        await redis.lrem(home + "dueq", 0, customer)
-        await redis.hdel(home + "c:" + customer, "q")
-    await redis.zadd(home + "due", {"old2": T0_MS - 5})
-    await redis.zadd(home + "sched", {"old1": T0_MS + 10, "old3": T0_MS + 30})
-    assert await due_backlog(q.store, T0_MS + 100) == (5, 0.11)  # new1, at T0 - 10 ms
-    await q.change(["old2"], T0_MS)  # changed again: queued the new way as well
-
-    # the old changed queue first, the rechecks of both kinds earliest first
-    assert await q.take(home, T0_MS + 100, 2) == ["old2", "old1"]
-    assert await q.take(home, T0_MS + 100, 10) == ["new1", "new2", "old3"]
-    assert await redis.exists(home + "due", home + "sched") == 0
-    assert await changed_queue(redis, home) == []
-    assert await rechecks(redis, home) == {
-        "old2": T0_MS + 100 + LEASE_MS,
-        "old1": T0_MS + 100 + LEASE_MS,
-        "new1": T0_MS + 100 + LEASE_MS,
-        "new2": T0_MS + 100 + LEASE_MS,
-        "old3": T0_MS + 100 + LEASE_MS,
-    }

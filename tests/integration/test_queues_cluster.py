@@ -16,11 +16,7 @@ from tests.integration.test_queues import (
 from tests.integration.test_queues import (
     test_the_queues_follow_a_model_through_splits_leases_and_changes as model_on_the_cluster,
 )
-from tests.integration.test_queues import (
-    test_the_sorted_sets_of_earlier_versions_are_read_until_empty as earlier_on_the_cluster,
-)
 
 test_changed_customers_wait_once_in_order_on_the_cluster = fifo_on_the_cluster
 test_a_recheck_is_taken_at_its_time_on_the_cluster = recheck_on_the_cluster
 test_the_queues_follow_a_model_on_the_cluster = model_on_the_cluster
-test_the_sorted_sets_of_earlier_versions_are_read_on_the_cluster = earlier_on_the_cluster
