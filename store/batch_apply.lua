@@ -189,7 +189,6 @@ for _, cell in ipairs(grid_cells) do
   end
 end
 keep_digests()
-drop_old_buckets()
 -- each changed customer's hash in one write. A customer whose state changed is due for a
 -- lifecycle and risk evaluation: unless already waiting (its hash's `q`, the batch time of
 -- its first change since its last evaluation), it joins the end of the changed queue,

@@ -15,9 +15,6 @@
 -- is being moved) and per layout L: nL digests kept, cL the sweep's next hash, sL the
 -- oldest bucket of the horizon when the sweep's round began, fL a bucket no digest kept is
 -- older than; and `t`, the time of the last batch (ms).
--- Stores written before kept a bucket's digests in hashes of their own, `dd:<bucket>:<n>`
--- (with a marker `dd:<bucket>` and the set `dd:buckets`), and before that in sets
--- `seen:<bucket>`: those are still looked at, and deleted past the horizon.
 local DIGEST_VALUES = {}
 do
   local chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
@@ -29,7 +26,6 @@ local MAX_BITS = 24
 local SWEEP_MAX = 4096  -- hashes swept per batch at most
 local oldest = bucket - nbuckets
 local bucket_text = num(bucket)
-local dd_buckets_key = P .. 'dd:buckets'
 local dg_key = P .. 'dg'
 
 -- The top k bits of a digest's first five characters: the number of its hash.
@@ -71,14 +67,6 @@ local function dg_hash(k, n)
   return key
 end
 
--- the formats of earlier versions, while they hold digests of the horizon
-local past, old_sets = {}, {}
-for b = oldest, bucket do
-  local mark = redis.call('HGET', P .. 'dd:' .. b, 'k')
-  if mark then past[#past + 1] = {k = tonumber(mark), key = P .. 'dd:' .. b .. ':'} end
-  if redis.call('EXISTS', P .. 'seen:' .. b) == 1 then old_sets[#old_sets + 1] = P .. 'seen:' .. b end
-end
-
 local new_digests = 0
 local function is_duplicate(digest)
   local key = dg_hash(current_k, digest_hash(digest, current_k))
@@ -92,24 +80,6 @@ local function is_duplicate(digest)
   if old_k then
     local at = redis.call('HGET', dg_hash(old_k, digest_hash(digest, old_k)), digest)
     found = at and tonumber(at) >= oldest
-  end
-  if not found then
-    for _, b in ipairs(past) do
-      -- those hashes' fields are the digest without the characters the hash number holds
-      local rest = string.sub(digest, math.floor(b.k / 6) + 1)
-      if redis.call('HEXISTS', b.key .. digest_hash(digest, b.k), rest) == 1 then
-        found = true
-        break
-      end
-    end
-  end
-  if not found then
-    for _, set in ipairs(old_sets) do
-      if redis.call('SISMEMBER', set, digest) == 1 then
-        found = true
-        break
-      end
-    end
   end
   if found then
     redis.call('HDEL', key, digest)
@@ -212,33 +182,4 @@ local function keep_digests()
     out[#out + 1] = num(dg[name])
   end
   if #out > 0 then redis.call('HSET', dg_key, unpack(out)) end
-end
-
--- Deletes up to DROP_PER_BATCH hashes of earlier versions' buckets past the horizon, then
--- their markers.
-local DROP_PER_BATCH = 4096
-local function drop_old_buckets()
-  local budget = DROP_PER_BATCH
-  for _, b in ipairs(redis.call('SMEMBERS', dd_buckets_key)) do
-    if budget <= 0 then return end
-    if tonumber(b) < oldest then
-      local mark = P .. 'dd:' .. b
-      local found = redis.call('HMGET', mark, 'k', 'next')
-      local total = found[1] and 2 ^ tonumber(found[1]) or 0
-      local next_hash = tonumber(found[2] or '0')
-      local stop = math.min(total, next_hash + budget)
-      if stop > next_hash then
-        local doomed = {}
-        for n = next_hash, stop - 1 do doomed[#doomed + 1] = mark .. ':' .. n end
-        redis.call('UNLINK', unpack(doomed))
-        budget = budget - (stop - next_hash)
-      end
-      if stop >= total then
-        redis.call('UNLINK', mark)
-        redis.call('SREM', dd_buckets_key, b)
-      else
-        redis.call('HSET', mark, 'next', stop)
-      end
-    end
-  end
 end

@@ -182,43 +182,6 @@ async def test_the_digest_hashes_grow_and_keep_what_they_knew(redis: Redis) -> N
     assert await kept_digests(redis, store) == dict.fromkeys((r[4] for r in records), "0")
 
 
-async def test_digests_kept_by_the_previous_version_still_count(redis: Redis) -> None:
-    """The version before kept each bucket's digests in hashes of their own: the digest
-    without its first k // 6 characters, in hash n = the top k bits of the first five."""
-    store = Store(redis, "oldhashes:", dedupe_horizon_seconds=800)
-    record = login_records(1)[0]
-    digest = record[4]
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    value = 0
-    for char in digest[:5]:
-        value = value * 64 + alphabet.index(char)
-    await redis.hset(store.key("dd", "2", str(value >> 18)), digest[2:], "")
-    await redis.hset(store.key("dd", "2"), mapping={"k": 12, "n": 1})
-    await redis.sadd(store.key("dd", "buckets"), "2")
-    again = await store.apply_batch([record], now_ms=store.bucket_ms * 5)
-    assert (again.applied, again.duplicates) == (0, 1)
-    assert await kept_digests(redis, store) == {}
-    # deleted once past the horizon
-    later = await store.apply_batch(login_records(1, 1), now_ms=store.bucket_ms * 11)
-    assert later.applied == 1
-    assert [key async for key in redis.scan_iter(match=store.key("dd", "*"))] == []
-
-
-@pytest.mark.parametrize("bucket", [0, 3])
-async def test_digests_kept_in_sets_by_earlier_versions_still_count(
-    redis: Redis, bucket: int
-) -> None:
-    """A store written before digests moved to small hashes keeps recognising them."""
-    store = Store(redis, f"oldsets{bucket}:", dedupe_horizon_seconds=800)
-    event = build_event({"event_id": "e", "customer_id": "c", "ts": 1, "type": "login"})
-    await redis.sadd(store.key("seen", str(bucket)), dedupe_id(event))
-    now_ms = store.bucket_ms * 4
-    again = await store.apply_batch([accepted_record(event, "logins", 0, 0)], now_ms=now_ms)
-    assert (again.applied, again.duplicates) == (0, 1)
-    # and the digest was not kept again on the way
-    assert await kept_digests(redis, store) == {}
-
-
 async def test_offsets_are_scoped_by_cluster(redis: Redis) -> None:
     """A new broker cluster numbers its offsets from 0 again; they must not be skipped."""
     event = build_event({"event_id": "e1", "customer_id": "c", "ts": 1, "type": "login"})
