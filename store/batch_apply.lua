@@ -10,10 +10,10 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
   if kind == 'o' then
     if a1 == 'placed' then
       local hi, lo = money(a2)
-      local bd, bw, bm = placed_in_periods(c, cid, days)
+      local bd, bw, bm = placed_in_periods(c, days)
       local count, d = c.f.d, days.dn
       if count[d] == nil then
-        fit_grid_day(c, cid, d)
+        fit_grid_day(c, d)
         count[d] = 1
       else
         count[d] = count[d] + 1
@@ -226,7 +226,6 @@ for n = 1, #customer_order do
     end
   end
   if #out > 0 then redis.call('HSET', c.key, unpack(out)) end
-  if c.old_names and #c.old_names > 0 then redis.call('HDEL', c.key, unpack(c.old_names)) end
 end
 if #queued > 0 then redis.call('RPUSH', P .. 'dueq', unpack(queued)) end
 for tp, last in pairs(reach) do

@@ -38,44 +38,24 @@ end
 
 -- The first and last of the customer's days with placed orders, and how many there are
 -- ({first, last, n}), worked out on its first placed order in the batch and followed from
--- there. Its orders per day (`d`) count every placed order (they sum to `o`) unless some
--- still sit in the od: hash of earlier versions: those are moved in here, once.
-local function order_days(c, cid)
+-- there. Its orders per day (`d`) count every placed order (they sum to `o`).
+local function order_days(c)
   if c.days then return c.days end
-  local count = c.f.d
-  local first, last, n, sum = nil, nil, 0, 0
-  for d, k in pairs(count) do
-    n, sum = n + 1, sum + k
+  local first, last, n = nil, nil, 0
+  for d in pairs(c.f.d) do
+    n = n + 1
     if not first or d < first then first = d end
     if not last or d > last then last = d end
-  end
-  if sum < (c.f.o or 0) then
-    local key = P .. 'od:' .. cid
-    local flat = redis.call('HGETALL', key)
-    for i = 1, #flat, 2 do
-      local d, k = tonumber(flat[i]), tonumber(flat[i + 1])
-      if count[d] == nil then
-        n = n + 1
-        if not first or d < first then first = d end
-        if not last or d > last then last = d end
-      end
-      count[d] = (count[d] or 0) + k
-    end
-    if #flat > 0 then
-      c.changed = true
-      redis.call('UNLINK', key)
-    end
   end
   c.days = {first = first, last = last, n = n}
   return c.days
 end
 
 -- The customer's placed orders in the day, week and month of `days`, before this order.
-local function placed_in_periods(c, cid, days)
+local function placed_in_periods(c, days)
   local d, w, m = days.dn, days.wn, days.mn
   local m_end = month_end(m)
   local nd, nw, nm = 0, 0, 0
-  order_days(c, cid)
   for day, k in pairs(c.f.d) do
     if day == d then nd = k end
     if day >= w and day < w + 7 then nw = nw + k end
@@ -84,10 +64,9 @@ local function placed_in_periods(c, cid, days)
   return nd, nw, nm
 end
 
--- Called before a placed order is counted, when its day d has no orders yet once
--- order_days has run (which moves any od: days in).
-local function fit_grid_day(c, cid, d)
-  local days = order_days(c, cid)
+-- Called before a placed order is counted, when its day d has no orders yet.
+local function fit_grid_day(c, d)
+  local days = order_days(c)
   if days.first then
     grid_move(string.format('%d:%d:%d', days.first, days.last, days.n), -1)
     days.first, days.last = math.min(days.first, d), math.max(days.last, d)

@@ -61,8 +61,8 @@ end
 -- A cohort bitmap starts at the number of the first customer put in it, rounded down to a
 -- whole byte: customers are numbered as they first appear, so a cohort's members mostly
 -- lie close together, and its bitmap keeps no room for everyone numbered before them. The
--- start (a bit number) is kept in the hash coh:base under '<p>:<day>'; a bitmap without
--- one starts at 0, as those of earlier versions do (cohort_bits.lua reads them).
+-- start (a bit number) is kept in the hash coh:base under '<p>:<day>' when it is above 0
+-- (cohort_bits.lua reads it; none means 0).
 local coh_base_key = P .. 'coh:base'
 local coh_bases = {}
 local function cohort_base(key, name, idx)
@@ -143,8 +143,6 @@ end
 -- Orders and money per period. Buyers (`b`) and repeat buyers (`r`, two placed orders or
 -- more) are counted in the period's sales hash when the customer's placed orders in the
 -- period reach one and two (`before`: its placed orders in the period before this one).
--- Earlier versions kept bitmaps `buy:` and `rep:` instead; a customer reaches one and two
--- once per period, so a period's readers add the two.
 -- The batch's sums per sales hash, {field -> sum}, are written at its end (SALES_FIELDS
 -- in that order, those the batch touched, even when they sum to 0).
 local SALES_FIELDS = {'o', 'b', 'r'}

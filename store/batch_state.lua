@@ -1,5 +1,5 @@
 -- The batch script, part 2 of 7 (store/store.py joins the parts): the customer's state,
--- its codec (packed in pieces; hashes of earlier versions), money in two parts.
+-- its codec (packed in pieces), money in two parts.
 
 -- A customer's hash c:<id> holds its state packed with MessagePack: a map of field ->
 -- number, with its placed orders per day under `d` ({day number -> orders}), cut in
@@ -8,9 +8,6 @@
 -- number), `q` and `r` (the evaluator's queue marks) and `ev`, `ev2`, ... (its last
 -- evaluation). A packed state costs a read and a decode where a field each cost a string
 -- each way; read_customers.lua unpacks it for the readers.
--- Hashes of earlier versions hold every field as text, the days as fields named by the
--- day number: they are read as such, and packed at their next write.
-local HASH_FIELDS = {ix = true, q = true, r = true, ev = true}
 local PIECE_NAMES = {}
 local function piece_name(i)
   local name = PIECE_NAMES[i]
@@ -46,33 +43,10 @@ end
 -- missing field as equal to the other (store/store.py reads them the same way).
 local SAME_AS = {{'fs', 'fa'}, {'lo', 'la', 'o'}, {'ll', 'la', 'lg'}}
 
--- A hash of an earlier version as a state, and the names of its fields to delete once the
--- state is packed.
-local function unpacked_state(key)
-  local flat = redis.call('HGETALL', key)
-  local f, d, names = {}, {}, {}
-  for i = 1, #flat, 2 do
-    local name, value = flat[i], flat[i + 1]
-    -- the evaluation's pieces after `ev` (store_evaluations.lua) stay too
-    if not HASH_FIELDS[name] and not string.match(name, '^ev%d+$') then
-      names[#names + 1] = name
-      local b = string.byte(name, 1)
-      if b and b >= 48 and b <= 57 then  -- only the day fields' names are digits
-        d[tonumber(name)] = tonumber(value)
-      else
-        f[name] = tonumber(value) or value
-      end
-    end
-  end
-  -- the periods of the first activity, which the earliest versions kept, go
-  f.fad, f.faw, f.fam = nil, nil, nil
-  f.d = d
-  return f, names
-end
-
 -- Customers are read once per batch (before the first write, see below) into Lua tables,
 -- changed there, and written back once at the end when they changed. Returns nil and why
--- for a customer whose packed state cannot be read (a piece lost or changed by hand).
+-- for a customer whose packed state cannot be read (a piece lost or changed by hand; a
+-- customer with a number has one).
 local customers, customer_order = {}, {}
 local function customer(cid)
   local c = customers[cid]
@@ -80,7 +54,7 @@ local function customer(cid)
   local key = P .. 'c:' .. cid
   local got = redis.call('HMGET', key, 'ix', 'q', 's1', 's2', 's3')
   local packed, pieces = packed_state(key, got)
-  local f, old_names = nil, nil
+  local f = {d = {}}
   if packed then
     local ok, state = pcall(cmsgpack.unpack, packed)
     if not ok or type(state) ~= 'table' or type(state.d or {}) ~= 'table' then
@@ -89,9 +63,7 @@ local function customer(cid)
     f = state
     if not f.d then f.d = {} end
   elseif got[1] then
-    f, old_names = unpacked_state(key)
-  else
-    f = {d = {}}
+    return nil, 'CORRUPT customer ' .. cid .. ' has a number but no packed state'
   end
   for i = 1, #SAME_AS do
     local same = SAME_AS[i]
@@ -101,7 +73,7 @@ local function customer(cid)
     end
   end
   c = {key = key, f = f, ix = got[1] or nil, q = got[2] or nil, pieces = pieces,
-    old_names = old_names, changed = old_names ~= nil}
+    changed = false}
   customers[cid] = c
   customer_order[#customer_order + 1] = cid
   return c

@@ -100,16 +100,13 @@ async def read_grid(store: Store, as_of: date) -> tuple[GridRows, int]:
     return rows, cells
 
 
-def _histories(
-    ids: Sequence[str], replies: Sequence[tuple[dict[str, str], dict[str, str]]], as_of: int
-) -> list[History]:
-    """Buyers' statistics from each customer's fields and ``od:`` hash, as
+def _histories(ids: Sequence[str], replies: Sequence[dict[str, str]], as_of: int) -> list[History]:
+    """Buyers' statistics from each customer's fields, as
     :meth:`store.store.Store.customer_fields` reads them."""
     found: list[History] = []
-    for customer_id, (fields, old_days) in zip(ids, replies, strict=True):
-        # days with orders: the fields named by a day number, and the od: hash of earlier
-        # versions
-        days = {int(d) for d in old_days} | {int(d) for d in fields if d.isdigit()}
+    for customer_id, fields in zip(ids, replies, strict=True):
+        # days with orders: the fields named by a day number
+        days = {int(d) for d in fields if d.isdigit()}
         stats = stats_from_days(sorted(days), as_of)
         if stats is not None:
             revenue = money_micros(fields.get("pm"), fields.get("ph")) - money_micros(
@@ -120,7 +117,7 @@ def _histories(
 
 
 async def _read_shard(store: Store, home: str, ids: Sequence[str], as_of: int) -> list[History]:
-    replies: list[tuple[dict[str, str], dict[str, str]]] = []
+    replies: list[dict[str, str]] = []
     for i in range(0, len(ids), CHUNK):
         replies.extend(await store.customer_fields(home, ids[i : i + CHUNK]))
     loop = asyncio.get_running_loop()

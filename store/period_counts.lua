@@ -60,10 +60,8 @@ for i = 5, #ARGV, 2 do
     sales[3] or '0',
     sales[4] or '0',
     sales[5] or '0',
-    -- buyers and repeat buyers: counted in the sales hash, and in bitmaps by earlier
-    -- versions (a customer is in one or the other)
-    tonumber(sales[6] or '0') + redis.call('BITCOUNT', P .. 'buy:' .. suffix),
-    tonumber(sales[7] or '0') + redis.call('BITCOUNT', P .. 'rep:' .. suffix),
+    sales[6] or '0',
+    sales[7] or '0',
   }
   for _, value in ipairs(row) do result[#result + 1] = value end
   done_with(start)

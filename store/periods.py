@@ -66,8 +66,8 @@ _ROW_FIELDS = 11
 #: A warning of one kind is repeated at most this often by one reader.
 _WARN_EVERY_SECONDS = 60.0
 _DAY = timedelta(days=1)
-#: The period bitmaps (docs/store.md), those of earlier versions included.
-_BITMAP_FAMILIES = ("act", "coh", "buy", "rep")
+#: The period bitmaps (docs/store.md).
+_BITMAP_FAMILIES = ("act", "coh")
 
 
 def valid_ms(raw: object) -> int | None:

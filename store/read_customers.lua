@@ -1,11 +1,10 @@
--- Customers' three hashes (counters, orders per day, tickets), read in one moment.
+-- Customers' two hashes (state, tickets), read in one moment.
 -- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
 -- ARGV[1] the shard's key prefix, then customer ids. Returns, per customer, the flat
--- HGETALL replies of c:, od: and tk:. The state packed in c:'s fields s1, s2, ...
--- (batch_state.lua) is unpacked there into fields of its own, as earlier versions kept
--- them: numbers as plain digits, a field per day with placed orders named by the day
--- number; the last evaluation's pieces `ev`, `ev2`, ... (store_evaluations.lua) are
--- joined into `ev`.
+-- HGETALL replies of c: and tk:. The state packed in c:'s fields s1, s2, ...
+-- (batch_state.lua) is unpacked there into a field each: numbers as plain digits, a
+-- field per day with placed orders named by the day number; the last evaluation's pieces
+-- `ev`, `ev2`, ... (store_evaluations.lua) are joined into `ev`.
 local P = ARGV[1]
 
 local function text(value)
@@ -55,7 +54,6 @@ local out = {}
 for i = 2, #ARGV do
   local cid = ARGV[i]
   out[#out + 1] = unpacked(redis.call('HGETALL', P .. 'c:' .. cid))
-  out[#out + 1] = redis.call('HGETALL', P .. 'od:' .. cid)
   out[#out + 1] = redis.call('HGETALL', P .. 'tk:' .. cid)
 end
 return out

@@ -5,7 +5,7 @@
 -- ARGV[1] the shard's prefix, ARGV[2] the customer, ARGV[3] now (ms), ARGV[4] how many
 -- name/value pairs of the packed state follow, then those pairs, then the ticket hash's
 -- name/value pairs.
--- The state's pieces, and any field an earlier layout kept, are replaced; the customer's
+-- The state's pieces, and any other field of the damaged hash, are replaced; the customer's
 -- number `ix`, its queue marks `q`, `r` and its last evaluation `ev`... stay. The customer
 -- leaves `corrupt`, so its next events are applied as anyone's; `corrupt:<customer>`, the
 -- events held back meanwhile, stays for the caller to apply and then delete. Returns 1,
@@ -27,7 +27,7 @@ for i = 5, 4 + 2 * n do state[#state + 1] = ARGV[i] end
 if #state > 0 then redis.call('HSET', key, unpack(state)) end
 local tickets = {}
 for i = 5 + 2 * n, #ARGV do tickets[#tickets + 1] = ARGV[i] end
-redis.call('DEL', P .. 'tk:' .. cid, P .. 'od:' .. cid)
+redis.call('DEL', P .. 'tk:' .. cid)
 if #tickets > 0 then redis.call('HSET', P .. 'tk:' .. cid, unpack(tickets)) end
 -- due for an evaluation of its restored state
 if redis.call('HSETNX', key, 'q', now) == 1 then redis.call('RPUSH', P .. 'dueq', cid) end

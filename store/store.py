@@ -278,24 +278,19 @@ class Store:
 
     async def _hashes(
         self, home: str, customer_ids: Sequence[str]
-    ) -> list[tuple[dict[str, str], dict[str, str], dict[str, str]]]:
+    ) -> list[tuple[dict[str, str], dict[str, str]]]:
         """Per customer of the shard ``home``: its fields as text (the packed state
-        unpacked; empty for a customer not stored), the ``od:`` hash of earlier versions
-        and its tickets, in one script call (read_customers.lua)."""
+        unpacked; empty for a customer not stored) and its tickets, in one script call
+        (read_customers.lua)."""
         if not customer_ids:
             return []
         reply = await self._read(keys=[home + "ids"], args=[home, *customer_ids])
-        return [
-            (_pairs(reply[3 * n]), _pairs(reply[3 * n + 1]), _pairs(reply[3 * n + 2]))
-            for n in range(len(customer_ids))
-        ]
+        return [(_pairs(reply[2 * n]), _pairs(reply[2 * n + 1])) for n in range(len(customer_ids))]
 
-    async def customer_fields(
-        self, home: str, customer_ids: Sequence[str]
-    ) -> list[tuple[dict[str, str], dict[str, str]]]:
+    async def customer_fields(self, home: str, customer_ids: Sequence[str]) -> list[dict[str, str]]:
         """Per customer of the shard ``home``, its fields as text, as
-        :func:`_state_from_hashes` reads them, and the ``od:`` hash of earlier versions."""
-        return [(fields, days) for fields, days, _ in await self._hashes(home, customer_ids)]
+        :func:`_state_from_hashes` reads them."""
+        return [fields for fields, _ in await self._hashes(home, customer_ids)]
 
     async def read_customers_with_fields(
         self, customer_ids: Sequence[str]
@@ -310,9 +305,9 @@ class Store:
         replies = await asyncio.gather(*(self._hashes(home, by_shard[home]) for home in homes))
         found: dict[str, tuple[CustomerState, dict[str, str]]] = {}
         for home, hashes in zip(homes, replies, strict=True):
-            for customer_id, (fields, days, tickets) in zip(by_shard[home], hashes, strict=True):
+            for customer_id, (fields, tickets) in zip(by_shard[home], hashes, strict=True):
                 if fields:
-                    state = _state_from_hashes(customer_id, fields, days, tickets)
+                    state = _state_from_hashes(customer_id, fields, tickets)
                     found[customer_id] = (state, fields)
         return [found[c] for c in customer_ids if c in found]
 
@@ -610,15 +605,10 @@ def _opt_int(value: str | None) -> int | None:
     return None if value is None else int(value)
 
 
-def orders_by_day(fields: Mapping[str, str], old_days: Mapping[str, str]) -> dict[int, int]:
-    """Placed orders per day from a customer hash, whose fields named by a day number
-    (digits only) count that day's orders, plus the ``od:`` hash where earlier versions
-    kept them (a customer may have both)."""
-    days = {int(day): int(n) for day, n in old_days.items()}
-    for name, value in fields.items():
-        if name.isdigit():
-            days[int(name)] = days.get(int(name), 0) + int(value)
-    return days
+def orders_by_day(fields: Mapping[str, str]) -> dict[int, int]:
+    """Placed orders per day from a customer's fields, those named by a day number (digits
+    only) counting that day's orders."""
+    return {int(name): int(value) for name, value in fields.items() if name.isdigit()}
 
 
 def _tickets_from_hash(raw: dict[str, str]) -> dict[str, TicketState]:
@@ -649,7 +639,7 @@ def _same_as(f: dict[str, str], name: str, other: str, count: str | None = None)
 
 
 def _state_from_hashes(
-    customer_id: str, f: dict[str, str], days: dict[str, str], tickets: dict[str, str]
+    customer_id: str, f: dict[str, str], tickets: dict[str, str]
 ) -> CustomerState:
     def count(name: str) -> int:
         return int(f.get(name, 0))
@@ -678,7 +668,7 @@ def _state_from_hashes(
         response_ms_sum=count("rs"),
         responses=count("rn"),
         tickets_untracked=count("tu"),
-        orders_by_day=orders_by_day(f, days),
+        orders_by_day=orders_by_day(f),
         placed_by_currency=_by_currency(f, "pm:", "ph:"),
         refunded_by_currency=_by_currency(f, "rm:", "rh:"),
         tickets=_tickets_from_hash(tickets),

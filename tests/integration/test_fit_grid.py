@@ -23,7 +23,7 @@ from store.evaluations import update_high_value_threshold
 from store.models import GRID, fit_report, read_histories, read_sample, refit, stored_fit
 from store.store import Store, orders_by_day
 from tests.eventgen import random_events, with_duplicates
-from tests.integration.earlier import stored_fields
+from tests.integration.customer_fields import stored_fields
 from tests.integration.test_store import apply_in_random_batches, records_for
 
 KINDS = ("order", "login", "support")
@@ -66,15 +66,12 @@ def logins_only(rng: random.Random, customers: int) -> list[dict[str, Any]]:
 
 async def expected_cells(store: Store) -> list[Counter[str]]:
     """Each shard's cells, computed from its customers' placed orders per day (the day
-    fields of the customer hash, and the ``od:`` hash of earlier versions)."""
+    fields of the customer's state)."""
     layout = await store.layout()
     want: list[Counter[str]] = [Counter() for _ in layout.prefixes]
     for customer_id in await store.customer_ids():
         shard = layout.shard_of(customer_id)
-        home = layout.prefixes[shard]
-        fields = await stored_fields(store, customer_id)
-        old = await store.redis.hgetall(home + "od:" + customer_id)
-        days = list(orders_by_day(fields, old))
+        days = list(orders_by_day(await stored_fields(store, customer_id)))
         if days:
             want[shard][f"{min(days)}:{max(days)}:{len(days)}"] += 1
     return want

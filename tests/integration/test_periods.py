@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,13 +10,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from contract.events import Event, OrderEvent, build_event
+from contract.events import Event, build_event
 from processors.metrics import cohorts, is_activity, period_rows
-from processors.windows import PERIODS, Period, epoch_day, next_period, period_days, period_start
+from processors.windows import PERIODS, Period, epoch_day, next_period, period_start
 from store.periods import Periods
 from store.store import Store, accepted_record
 from tests.eventgen import random_events, with_duplicates
-from tests.integration.earlier import stored_fields, unpack_customers
 from tests.integration.test_store import records_for
 
 KINDS = ("order", "login")
@@ -75,101 +73,6 @@ async def test_rows_and_cohorts_equal_the_reference(
     assert await periods.cohorts(period) == cohorts(
         accepted, period=period, activity_kinds=frozenset(KINDS)
     )
-
-
-async def test_first_periods_kept_by_earlier_versions_are_dropped(
-    redis: Redis, rng: random.Random
-) -> None:
-    """Earlier versions also kept the periods of a customer's first activity in its hash
-    (``fad``, ``faw``, ``fam``); they are worked out from ``fa`` now, and a customer's
-    next write deletes them. Cohorts stay those of the reference, late events included."""
-    prefix = f"fp{rng.randrange(1 << 30)}:"
-    store = Store(redis, prefix, KINDS)
-    events = random_events(rng, customers=40, count=1200)
-    rng.shuffle(events)
-    records = records_for(events, partitions=3)
-    for start in range(0, 600, 100):
-        await store.apply_batch(records[start : start + 100])
-    written = 0
-    await unpack_customers(store)
-    for customer_id in await store.customer_ids():
-        key = store.key("c", customer_id)
-        first = await redis.hget(key, "fa")
-        if first is None:
-            continue
-        start = datetime.fromtimestamp(int(first) / 1000, UTC)
-        days = [
-            (period_start(start, period) - datetime(1970, 1, 1, tzinfo=UTC)).days
-            for period in ("day", "week", "month")
-        ]
-        await redis.hset(key, mapping=dict(zip(("fad", "faw", "fam"), map(str, days), strict=True)))
-        written += 1
-    assert written
-    for start in range(600, len(records), 100):
-        await store.apply_batch(records[start : start + 100])
-
-    touched = {build_event(raw).customer_id for raw in events[600:]}
-    for customer_id in touched:
-        fields = await stored_fields(store, customer_id)
-        assert not {"fad", "faw", "fam"} & set(fields), customer_id
-    for period in PERIODS:
-        assert await Periods(redis, prefix).cohorts(period) == cohorts(
-            unique(events), period=period, activity_kinds=frozenset(KINDS)
-        )
-
-
-async def test_buyers_kept_in_bitmaps_by_earlier_versions_still_count(
-    redis: Redis, rng: random.Random
-) -> None:
-    """Earlier versions marked a period's buyers and repeat buyers in bitmaps (``buy:``,
-    ``rep:``, by the customer's number) and some kept orders per day in ``od:`` hashes.
-    A store written that way halfway through a shuffled history, then by this version,
-    gives the reference's rows: a customer reaches one and two orders in a period once,
-    under one version or the other."""
-    prefix = f"bb{rng.randrange(1 << 30)}:"
-    store = Store(redis, prefix, KINDS)
-    events = random_events(rng, customers=40, count=1500)
-    rng.shuffle(events)
-    records = records_for(events, partitions=3)
-    half = len(records) // 2
-    for start in range(0, half, 150):
-        await store.apply_batch(records[start : min(start + 150, half)])
-
-    placed: Counter[tuple[str, int, str]] = Counter()
-    for event in unique(events[:half]):
-        if isinstance(event, OrderEvent) and event.status == "placed":
-            for letter, day in zip("dwm", period_days(event.ts_ms), strict=True):
-                placed[letter, day, event.customer_id] += 1
-    await unpack_customers(store)
-    customers = {c: await redis.hgetall(store.key("c", c)) for c in await store.customer_ids()}
-    async with redis.pipeline(transaction=False) as pipe:
-        for (letter, day, customer_id), n in placed.items():
-            number = int(customers[customer_id]["ix"])
-            pipe.hdel(store.key("sales", letter, str(day)), "b", "r")
-            pipe.setbit(store.key("buy", letter, str(day)), number, 1)
-            if n >= 2:
-                pipe.setbit(store.key("rep", letter, str(day)), number, 1)
-        for customer_id, fields in list(customers.items())[::2]:
-            days = {name: value for name, value in fields.items() if name.isdigit()}
-            if days:
-                pipe.hdel(store.key("c", customer_id), *days)
-                pipe.hset(store.key("od", customer_id), mapping=days)
-        await pipe.execute()
-    assert [key async for key in redis.scan_iter(match=store.key("od", "*"))]
-
-    for start in range(half, len(records), 150):
-        await store.apply_batch(records[start : start + 150])
-    periods = Periods(redis, prefix)
-    for period in PERIODS:
-        want = period_rows(
-            unique(events), period=period, churn_after=timedelta(days=30),
-            activity_kinds=set(KINDS),
-        )  # fmt: skip
-        got = await periods.rows(period, 30)
-        rates = [(r.purchase_frequency, r.repeat_customer_rate) for r in want]
-        assert [(r.purchase_frequency, r.repeat_customer_rate) for r in got] == rates
-        assert any(repeat for _, repeat in rates)
-        assert [r.as_dict() for r in got] == [r.as_dict() for r in want]
 
 
 async def test_rows_follow_data_applied_after_their_periods_ended(

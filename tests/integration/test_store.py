@@ -6,18 +6,15 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
-from datetime import date
 
 import pytest
 from redis.asyncio import Redis
 
 from contract.events import build_event
-from processors.forecast import day_number, stats_from_days
-from store.models import read_histories
 from store.periods import Periods
 from store.store import DEDUPE_BUCKETS, Store, accepted_record, dedupe_id, rejected_record
 from tests.eventgen import BASE_TS, fold, random_events, with_duplicates
-from tests.integration.earlier import stored_fields, unpack_customers
+from tests.integration.customer_fields import stored_fields
 
 
 def records_for(events: list[dict[str, object]], partitions: int) -> list[list[str]]:
@@ -204,49 +201,6 @@ async def test_rejections_count_once_per_offset(redis: Redis) -> None:
     assert stats.rejected == {("orders", "invalid_json"): 1}
 
 
-async def test_orders_per_day_kept_by_earlier_versions_still_count(
-    redis: Redis, rng: random.Random
-) -> None:
-    """Earlier versions counted placed orders per day in an ``od:`` hash beside the
-    customer hash; a store written that way reads the same, and keeps counting."""
-    prefix = f"od{rng.randrange(1 << 30)}:"
-    store = Store(redis, prefix, ("order", "login", "support"))
-    events = random_events(rng, customers=5, count=400)
-    records = records_for(events, partitions=1)
-    await store.apply_batch(records[:200])
-    await unpack_customers(store)
-    # move the day fields to where earlier versions kept them
-    for customer_id in await store.customer_ids():
-        fields = await redis.hgetall(store.key("c", customer_id))
-        days = {name: value for name, value in fields.items() if name.isdigit()}
-        if days:
-            await redis.hdel(store.key("c", customer_id), *days)
-            await redis.hset(store.key("od", customer_id), mapping=days)
-    assert [key async for key in redis.scan_iter(match=store.key("od", "*"))]
-    await store.apply_batch(records[200:])
-    expected = fold(events, frozenset({"order", "login", "support"}))
-    assert {c: await store.read_customer(c) for c in expected} == expected
-    # a placed order moves the customer's old days back into its hash, once
-    async for key in redis.scan_iter(match=store.key("od", "*")):
-        fields = await stored_fields(store, key.rpartition(":")[2])
-        assert not [name for name in fields if name.isdigit()]
-    # and the fit grid followed them
-    cells = Counter(
-        f"{min(s.orders_by_day)}:{max(s.orders_by_day)}:{len(s.orders_by_day)}"
-        for s in expected.values()
-        if s.orders_by_day
-    )
-    grid = await redis.hgetall(store.key("fitgrid"))
-    assert Counter({cell: int(n) for cell, n in grid.items()}) == cells
-    as_of = date(2030, 1, 1)
-    histories = {h.customer_id: h for h in await read_histories(store, as_of)}
-    limit = day_number(as_of)
-    for customer_id, state in expected.items():
-        stats = stats_from_days(sorted(state.orders_by_day), limit)
-        found = histories.get(customer_id)
-        assert (found and (found.x, found.t_x, found.T)) == (stats and tuple(stats))
-
-
 async def packed_fields(redis: Redis, key: str) -> list[str]:
     """The pieces s1, s2, ... of the customer hash at ``key``, checked: no other field than
     those the evaluator keeps, none missing, none over 64 bytes, the hash a listpack."""
@@ -326,44 +280,28 @@ async def test_fields_equal_to_another_are_left_out_of_the_customer_hash(
     redis: Redis, rng: random.Random
 ) -> None:
     """The first event seen, the latest order and the latest login are kept only while
-    they differ from the first and the latest activity; hashes written by earlier versions,
-    which kept them all and a field each, are packed on the customer's next write and lose
-    them. The customers read the same either way."""
+    they differ from the first and the latest activity; the customers read the same as
+    the fold, before and after more events, and every hash holds only its pieces and the
+    evaluator's fields."""
     prefix = f"same{rng.randrange(1 << 30)}:"
     kinds = ("order", "login", "support")
     store = Store(redis, prefix, kinds)
     events = random_events(rng, customers=30, count=900)
     records = records_for(events, partitions=2)
-    await store.apply_batch(records[:450])
-    expected = fold(events[:450], frozenset(kinds))
-    left_out = Counter[str]()
-    stored = {c: await stored_fields(store, c) for c in expected}
-    await unpack_customers(store)
-    for customer_id, state in expected.items():
-        fields = stored[customer_id]
-        shown = {
-            "fs": (state.first_seen_ms, state.first_activity_ms),
-            "lo": (state.last_order_ms, state.last_activity_ms),
-            "ll": (state.last_login_ms, state.last_activity_ms),
-        }
-        for name, (value, other) in shown.items():
-            assert (name in fields) == (value is not None and value != other), (name, fields)
-            left_out[name] += value is not None and name not in fields
-        # what earlier versions wrote
-        await redis.hset(
-            store.key("c", customer_id),
-            mapping={name: str(value) for name, (value, _) in shown.items() if value is not None},
-        )
-    assert all(left_out[name] for name in ("fs", "lo", "ll")), left_out
-    assert {c: await store.read_customer(c) for c in expected} == expected
-
-    await store.apply_batch(records[450:])
-    expected = fold(events, frozenset(kinds))
-    assert {c: await store.read_customer(c) for c in expected} == expected
-    touched = {build_event(raw).customer_id for raw in events[450:]}
-    for customer_id in touched:
-        state = expected[customer_id]
-        # packed again: pieces of the state, beside the fields the evaluator keeps
-        assert await packed_fields(redis, store.key("c", customer_id))
-        fields = await stored_fields(store, customer_id)
-        assert ("fs" in fields) == (state.first_seen_ms != state.first_activity_ms)
+    for part, upto in ((records[:450], 450), (records[450:], 900)):
+        await store.apply_batch(part)
+        expected = fold(events[:upto], frozenset(kinds))
+        left_out = Counter[str]()
+        for customer_id, state in expected.items():
+            fields = await stored_fields(store, customer_id)
+            shown = {
+                "fs": (state.first_seen_ms, state.first_activity_ms),
+                "lo": (state.last_order_ms, state.last_activity_ms),
+                "ll": (state.last_login_ms, state.last_activity_ms),
+            }
+            for name, (value, other) in shown.items():
+                assert (name in fields) == (value is not None and value != other), (name, fields)
+                left_out[name] += value is not None and name not in fields
+            assert await packed_fields(redis, store.key("c", customer_id))
+        assert all(left_out[name] for name in ("fs", "lo", "ll")), left_out
+        assert {c: await store.read_customer(c) for c in expected} == expected

@@ -381,7 +381,10 @@ async def test_a_store_of_an_earlier_version_is_refused_as_format_1(
     recorded: it is refused with the upgrade, as any other format is."""
     await Store(redis, settings.key_prefix, writer=True).apply_batch([order(0)])
     await redis.delete(settings.key_prefix + FORMAT_KEY)
-    for fresh in (Store(redis, settings.key_prefix, writer=True), Store(redis, settings.key_prefix)):
+    for fresh in (
+        Store(redis, settings.key_prefix, writer=True),
+        Store(redis, settings.key_prefix),
+    ):
         with pytest.raises(FormatMismatch, match=r"format 1.*retention rebuild"):
             await fresh.read_customer("c")
     assert await redis.get(settings.key_prefix + FORMAT_KEY) is None  # nothing written
