@@ -97,7 +97,8 @@ async def rebuild(
             write(f"the store now has {shards} shard(s)")
         if not wait:
             return 0
-        started = time.monotonic()
+        started = moved = time.monotonic()
+        applied = -1
         while True:
             now = await progress(store, settings.kafka_bootstrap, topics, settings.kafka_security())
             elapsed = time.monotonic() - started
@@ -106,8 +107,11 @@ async def rebuild(
             if now.done or now.total == 0:
                 write("")
                 return 0
-            # a worker that stopped just now may still show: give live ones a few beats
-            if elapsed > NO_WORKER_GRACE_SECONDS and not await store.workers(
+            if now.applied > applied:
+                applied, moved = now.applied, time.monotonic()
+            # the replay moving shows workers at work, whatever their heartbeats say (a
+            # loaded worker's can be late); a worker that stopped just now may still show
+            if time.monotonic() - moved > NO_WORKER_GRACE_SECONDS and not await store.workers(
                 max_age_seconds=WORKER_ALIVE_SECONDS
             ):
                 write(

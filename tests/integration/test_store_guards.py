@@ -24,6 +24,7 @@ from store.shards import FORMAT_KEY, STORE_FORMAT, FormatMismatch
 from store.store import Store, accepted_record, rejected_record
 from streams import offsets
 from streams.offsets import find_recreated, store_positions
+from streams.producer import EventProducer
 from tests.integration.conftest import settings_env
 
 
@@ -416,3 +417,22 @@ async def test_a_worker_that_finds_the_store_behind_it_holds_evaluations_back(
     await store.apply_batch([order(n) for n in range(30, 41)])
     assert await store.replaying() == {}
     assert await redis.exists(store.key("replay")) == 0
+
+
+async def test_a_rebuild_with_no_worker_says_so_once_the_replay_stands_still(
+    settings: Settings, producer: EventProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing replays the topics and no heartbeat is fresh: the rebuild says how to start
+    a worker instead of waiting for ever."""
+    from retention import rebuild as rebuild_module
+
+    monkeypatch.setattr(rebuild_module, "NO_WORKER_GRACE_SECONDS", 1.0)
+    for n in range(5):
+        await producer.send(
+            {"event_id": f"r{n}", "customer_id": "c", "ts": 1_700_000_000, "type": "login"}
+        )
+    await producer.flush()
+    lines: list[str] = []
+    code = await rebuild_module.rebuild(settings, write=lines.append, poll_seconds=0.2)
+    assert code == 1
+    assert "no worker is running" in lines[-1]
