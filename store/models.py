@@ -6,7 +6,7 @@ and distinct order days, :mod:`processors.fit_grid`): exact, and its size grows 
 distinct cells, not customers. The spend model and the high-value threshold need each
 buyer's money, so they use a bounded sample of customers (:func:`read_sample`), read per
 customer. Both are read in bounded slices (HSCAN), and the CPU work runs off the event
-loop. The fit is stored under ``bgnbd`` with its as-of day and a report of what it read
+loop. The fit is stored under ``fit`` with its as-of day and a report of what it read
 and how long that took, so every reader computes P(alive), spend and CLTV against the same
 parameters. The models themselves are pure (``processors/forecast.py``,
 ``processors/fit_grid.py``).
@@ -166,8 +166,8 @@ async def read_sample(
 
 async def save_fit(store: Store, fit: Fit, report: Mapping[str, Any] | None = None) -> None:
     """Keep the fit; ``report`` adds how it was made (what it read, seconds)."""
-    await store.redis.set(store.key("bgnbd"), json.dumps({**fit.as_dict(), **(report or {})}))
-    await store.redis.set(store.key("bgnbd:at"), str(time.time()))
+    await store.redis.set(store.key("fit"), json.dumps({**fit.as_dict(), **(report or {})}))
+    await store.redis.set(store.key("fit:at"), str(time.time()))
 
 
 async def refit(
@@ -258,7 +258,7 @@ async def _keep(store: Store, fit: Fit, report: dict[str, Any], started: float, 
 
 async def fit_report(store: Store) -> dict[str, Any] | None:
     """How the stored fit was made: buyers used, what was read, seconds."""
-    raw = cast(str | None, await store.redis.get(store.key("bgnbd")))
+    raw = cast(str | None, await store.redis.get(store.key("fit")))
     if raw is None:
         return None
     stored = json.loads(raw)
@@ -282,10 +282,10 @@ async def fit_report(store: Store) -> dict[str, Any] | None:
 
 async def fit_age_seconds(store: Store) -> float | None:
     """Wall seconds since the last refit, None when there was none."""
-    raw = await store.redis.get(store.key("bgnbd:at"))
+    raw = await store.redis.get(store.key("fit:at"))
     return None if raw is None else time.time() - float(raw)
 
 
 async def stored_fit(store: Store) -> Fit | None:
-    raw = cast(str | None, await store.redis.get(store.key("bgnbd")))
+    raw = cast(str | None, await store.redis.get(store.key("fit")))
     return None if raw is None else Fit.from_dict(json.loads(raw))

@@ -131,10 +131,10 @@ async def test_live_worker_marks_a_lapsed_customer_and_publishes_the_alert(
     assert churned[0]["key"].startswith("churned:lapsed:")
 
     async def fitted() -> bool:
-        return await store.redis.get(store.key("bgnbd")) is not None
+        return await store.redis.get(store.key("fit")) is not None
 
     await wait_until(fitted, 30, "the leader's first BG/NBD fit", workers.logs)
-    block = json.loads(await store.redis.get(store.key("bgnbd")))
+    block = json.loads(await store.redis.get(store.key("fit")))
     assert block["customers"] == 1 and block["as_of"] == now.date().isoformat()
 
 
