@@ -74,6 +74,7 @@ from processors.lifecycle import LifecyclePolicy
 from processors.windows import PERIODS, period_days
 from retention import runtime
 from retention.config import Settings
+from retention.local_cluster import start_cluster
 from retention.snapshot import read_snapshot
 from store.connect import connect
 from store.evaluations import Evaluator
@@ -82,7 +83,6 @@ from store.periods import Periods
 from store.store import Store
 from streams.risk_file import load_policy
 from streams.topics import Topics, cluster_id, ensure_topics
-from tests.integration.cluster import start_cluster
 
 logger = logging.getLogger("bench.scale")
 

@@ -11,10 +11,10 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from retention import runtime
+from retention.local_cluster import NODES, cluster_binaries, start_cluster
 from retention.worker import UnsafeRedis, check_eviction_policy
 from store.connect import connect
 from store.store import Store
-from tests.integration.cluster import NODES, cluster_binaries, start_cluster
 from tests.integration.conftest import Stack
 
 # The key set of one tag: the script is given one key and builds the others from its tag,
