@@ -101,8 +101,10 @@ async def restore_customer(
                 offsets_scope=f"restore-{token}",
             )
             applied = (await replay.apply_batch(kept)).applied
-            for family in ("offsets", "stamps", "newest"):
-                await redis.delete(f"{home}{family}:restore-{token}")
+            # every shard took note of the batch's offsets under the restore's own scope
+            for shard in (await store.layout()).prefixes:
+                for family in ("offsets", "stamps", "newest"):
+                    await redis.delete(f"{shard}{family}:restore-{token}")
         await _forget_held(store, home, customer_id, held)
         write(f"applied {applied} events held back while it was set aside")
         return Restored(customer_id, folded, applied)

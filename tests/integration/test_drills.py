@@ -312,6 +312,7 @@ async def test_a_customer_whose_state_cannot_be_read_stops_nobody_and_is_restore
     events = random_events(rng, customers=60, count=3000)
     first, second = events[:1500], events[1500:]
     victim = first[0]["customer_id"]
+    workers.settings = settings.model_copy(update={"shards": 2})
     workers.start()
     await send_and_settle(producer, store, workers, first, distinct(first))
 
@@ -342,6 +343,9 @@ async def test_a_customer_whose_state_cannot_be_read_stops_nobody_and_is_restore
     assert restored.applied == distinct(theirs)
     assert restored.folded == distinct([e for e in first if e["customer_id"] == victim])
     assert await store.corrupt_customers() == {}
+    assert (await store.layout()).count == 2
+    # nothing of the restore's own is left behind, in any shard
+    assert [k for k in await prefixed_keys(redis, settings.key_prefix) if "restore-" in k] == []
     await assert_exact(store, settings, events)
     accepted = [build_event(e) for e in events]
     kinds = frozenset(settings.activity_kinds)
