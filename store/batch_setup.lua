@@ -42,6 +42,7 @@
 --   with or without records, and stores the offset the runs reached: a batch spread over
 --   shards stays exactly-once when the worker stops between two shards, since each shard
 --   skips what it has already applied.
+-- ARGV[10] the store format this script writes (store/shards.py, STORE_FORMAT)
 -- Returns {applied, duplicates, redelivered, rejected, gaps, set aside}: gaps is a flat
 -- list {tp, next offset wanted, ...}; set aside lists the events ('tp|offset') of
 -- customers whose stored state cannot be read (see below).
@@ -51,6 +52,9 @@ local P = ARGV[1]
 if redis.call('EXISTS', P .. 'rebuilding') == 1 then
   return redis.error_reply('REBUILDING the store is being wiped for a rebuild')
 end
+-- the shard says which format it is written in, even after Redis was emptied under a
+-- running worker (for a store of one shard, this is the store's own format key)
+redis.call('SET', P .. 'format', ARGV[10], 'NX')
 local offsets_key = KEYS[1]
 local stats_key = P .. 'stats'
 local meta_key = P .. 'meta'

@@ -232,6 +232,7 @@ class Store:
         tail = [
             "" if floors is None else json.dumps({_tp(*tp): o for tp, o in floors.items()}),
             json.dumps(ranges),
+            str(STORE_FORMAT),
         ]
         scope = self.offsets_scope
         replies = await asyncio.gather(

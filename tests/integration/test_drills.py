@@ -152,6 +152,9 @@ async def test_redis_emptied_is_rebuilt_from_the_topics(
     # no new event arrives: the worker notices the loss by itself
     recovery = await settle(store, distinct(events), workers)
     doubled = await assert_exact(store, settings, events)
+    # a reader started now finds the store in this version's format, not an earlier one's
+    fresh = Store(redis, settings.key_prefix, offsets_scope=store.offsets_scope)
+    assert await fresh.read_customer(events[0]["customer_id"]) is not None
     report("redis-emptied", sent=len(events), lost=0, doubled=doubled, recover_s=f"{recovery:.1f}")
 
 
