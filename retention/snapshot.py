@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from contract.events import MICROS
 from processors.metrics import Cohort, PeriodRow
-from processors.windows import PERIODS, Period, period_start, periods_between
+from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
 from retention.metric_families import COHORT_MONTHS, Snapshot, Window
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
@@ -104,8 +104,14 @@ async def _closed_rows(
     span = await periods.span()
     if span is None:
         return {}
-    current = period_start(now, period)
-    starts = [s for s in periods_between(span[0], now, period) if s < current][-2:]
+    first = period_start(span[0], period)
+    starts: list[datetime] = []
+    start = period_start(now, period)
+    while len(starts) < 2:
+        start = period_start(start - timedelta(milliseconds=1), period)
+        if start < first:
+            break
+        starts.insert(0, start)
     rows = await periods.rows_of(period, starts, churn_days, cached=True)
     closed: tuple[Window, Window] = ("previous_closed", "last_closed")
     return dict(zip(closed[-len(rows) :], rows, strict=True)) if rows else {}
