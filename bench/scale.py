@@ -9,7 +9,7 @@
 Two parts, measured in one run and printed as one report (or JSON with ``--json``):
 
 1. Pipeline: the real ``python -m retention.cli worker``, 1 and then 2 processes in one
-   consumer group, with the tuned Faust settings of ``bench/throughput.py``, against one
+   consumer group, with the tuned Faust settings of ``bench/common.py``, against one
    redis-server holding the store in 1 and in 4 shards (``RETENTION_SHARDS``) and against
    a three-node Redis Cluster (default shard count). The workers are started on empty
    topics and the N order events are produced once every worker holds its partitions,
@@ -67,7 +67,7 @@ from redis.exceptions import RedisError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import throughput as tp
+import common
 
 from processors.forecast import model_options
 from processors.lifecycle import LifecyclePolicy
@@ -293,7 +293,7 @@ async def pipeline_run(
     env_extra = {
         "PYTHONUNBUFFERED": "1",
         **runtime.EMBEDDED_TIMEOUTS,
-        **{k: v for k, v in tp.TUNED.items() if v},
+        **{k: v for k, v in common.TUNED.items() if v},
     }
     procs = []
     logs = []
@@ -309,10 +309,10 @@ async def pipeline_run(
             joined = time.monotonic() - spawned
             before = node_counters(nodes)
             cpu_before = cpu_now(procs, broker_pid)
-            await tp.produce(bootstrap, topics.source("order"), by_partition)
+            await common.produce(bootstrap, topics.source("order"), by_partition)
             deadline = time.monotonic() + 120 + options.events / 500
             while True:
-                if await tp.seen_total(store, topics) >= options.events:
+                if await common.seen_total(store, topics) >= options.events:
                     done = time.time()
                     break
                 if time.monotonic() > deadline:
@@ -320,12 +320,12 @@ async def pipeline_run(
                 for proc in procs:
                     if proc.proc.poll() is not None:
                         raise BenchError(f"a worker exited with code {proc.proc.returncode}")
-                await asyncio.sleep(tp.POLL_SECONDS)
+                await asyncio.sleep(common.POLL_SECONDS)
             after = node_counters(nodes)
             cpu_after = cpu_now(procs, broker_pid)
             first = await first_event(store, base.worker_heartbeat_seconds)
         except BenchError as exc:
-            tails = "\n".join(f"--- {p}\n{tp.log_tail(p)}" for p in logs)
+            tails = "\n".join(f"--- {p}\n{common.log_tail(p)}" for p in logs)
             raise BenchError(f"{tag}: {exc}\n{tails}") from exc
     finally:
         runtime.stop_all(procs)
@@ -356,9 +356,9 @@ async def run_pipeline(
     log_dir: Path,
     broker_pid: int,
 ) -> list[PipelineRun]:
-    messages = tp.build_messages(options.events, options.pipeline_customers, options.seed)
-    tp.check_sample(messages)
-    by_partition = tp.split_by_partition(messages, options.partitions)
+    messages = common.build_messages(options.events, options.pipeline_customers, options.seed)
+    common.check_sample(messages)
+    by_partition = common.split_by_partition(messages, options.partitions)
     targets = [
         Target("one redis", single_url, 1),
         Target("one redis", single_url, 4),
@@ -485,7 +485,7 @@ async def sampled_families(redis: Redis, prefix: str, seed: int) -> dict[str, di
     out = {}
     for name, keys in by_family.items():
         sample = rng.sample(keys, min(MEMORY_SAMPLE_KEYS, len(keys)))
-        sizes = await tp.memory_usage(redis, sample)
+        sizes = await common.memory_usage(redis, sample)
         out[name] = {"keys": len(keys), "bytes": len(keys) * statistics.fmean(sizes)}
     return dict(sorted(out.items(), key=lambda item: -item[1]["bytes"]))
 
@@ -795,7 +795,7 @@ def render(
             "",
             f"Pipeline: {options.events:,} order events over {options.pipeline_customers:,}"
             f" customers, {options.partitions} partitions, Tansu + redis-server, tuned Faust"
-            f" settings ({', '.join(f'{k}={v}' for k, v in tp.TUNED.items())})",
+            f" settings ({', '.join(f'{k}={v}' for k, v in common.TUNED.items())})",
             *render_pipeline(pipeline),
             "events/s: N / (last event - first applied batch), workers joined before producing;",
             "script µs/ev: EVAL/EVALSHA usec (commandstats, all nodes) / N, evaluation scripts",
@@ -831,7 +831,7 @@ def as_json(
     doc = {
         "options": asdict(options),
         "elapsed_seconds": elapsed,
-        "tuned_env": tp.TUNED,
+        "tuned_env": common.TUNED,
         "pipeline": [
             row(
                 r,

@@ -38,10 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from redis.asyncio import Redis
-from throughput import (
+from common import (
     Memory,
-    Run,
     build_messages,
     customer_ids,
     key_families,
@@ -50,6 +48,7 @@ from throughput import (
     script_seconds,
     used_memory,
 )
+from redis.asyncio import Redis
 
 import store.store as store_module
 from contract.events import Rejection, build_event, parse_event
@@ -290,9 +289,7 @@ async def main_async(args: argparse.Namespace, redis_url: str) -> None:
             sample_customer="",
             sample_keys={},
         )
-        run = Run("script", "pipeline", "-", args.repeat - 1, args.events, 0, 0, 0, None, 0)
-        run.memory = memory
-        print("\n".join(render_memory(run)[:-1]))
+        print("\n".join(render_memory(f"script run {args.repeat - 1}", memory)[:-1]))
     finally:
         await redis.aclose()
 

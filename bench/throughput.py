@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -35,11 +34,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
+from common import (
+    POLL_SECONDS,
+    TUNED,
+    BenchError,
+    Memory,
+    build_messages,
+    check_sample,
+    customer_ids,
+    key_families,
+    log_tail,
+    produce,
+    render_memory,
+    script_seconds,
+    seen_total,
+    split_by_partition,
+    used_memory,
+)
 from redis.asyncio import Redis
 
-from contract.events import Rejection, parse_event
 from retention import runtime
 from retention.config import Settings
 from retention.runtime import Process
@@ -64,22 +77,8 @@ FAUST_DEFAULTS: dict[str, str] = {
     "BROKER_COMMIT_EVERY": "10000",
     "RETENTION_EVENT_LOOP": "asyncio",
 }
-#: The best of the settings tried (see bench/README.md), and still within the noise.
-TUNED: dict[str, str] = {
-    "STREAM_BUFFER_MAXSIZE": "16384",
-    "RETENTION_EVENT_LOOP": "uvloop",
-}
 
-PRODUCE_BATCH_BYTES = 64 * 1024
-POLL_SECONDS = 0.1
-SAMPLE_VALIDATED = 1000
-MEMORY_PIPELINE_CHUNK = 2000
-DAY_SECONDS = 86400.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-class BenchError(RuntimeError):
-    """A run did not finish; the message says which and shows the end of its log."""
 
 
 @dataclass(frozen=True)
@@ -104,30 +103,6 @@ class Variant:
     @property
     def name(self) -> str:
         return f"{self.kind}-{self.tuning}"
-
-
-@dataclass(frozen=True)
-class KeyFamily:
-    keys: int
-    bytes: int
-
-
-@dataclass
-class Memory:
-    used_before: int
-    used_after: int
-    customers: int
-    families: dict[str, KeyFamily]
-    sample_customer: str
-    sample_keys: dict[str, int]
-
-    @property
-    def growth(self) -> int:
-        return self.used_after - self.used_before
-
-    @property
-    def per_customer(self) -> float:
-        return self.growth / max(1, self.customers)
 
 
 @dataclass
@@ -177,91 +152,6 @@ class Timing:
 # --- events ---------------------------------------------------------------------------
 
 
-def customer_ids(customers: int) -> list[str]:
-    return [f"c-{n:06d}" for n in range(customers)]
-
-
-def order_payload(rng: random.Random, index: int, customer: str, now: float) -> bytes:
-    status = rng.choices(("placed", "cancelled", "refunded"), weights=(94, 4, 2))[0]
-    event = {
-        "event_id": f"o-{index}",
-        "customer_id": customer,
-        "ts": round(now - rng.uniform(0, 90 * DAY_SECONDS), 3),
-        "type": "order",
-        "amount": round(rng.uniform(5, 250), 2),
-        "currency": "USD",
-        "status": status,
-    }
-    return json.dumps(event, separators=(",", ":")).encode()
-
-
-def build_messages(events: int, customers: int, seed: int) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs; customers take turns so that every one of them is tracked."""
-    rng = random.Random(seed)
-    ids = customer_ids(customers)
-    now = time.time()
-    return [
-        (ids[i % customers].encode(), order_payload(rng, i, ids[i % customers], now))
-        for i in range(events)
-    ]
-
-
-def check_sample(messages: Sequence[tuple[bytes, bytes]]) -> None:
-    """Validate a sample with the worker's own parser; the rest have the same shape."""
-    for key, value in messages[:SAMPLE_VALIDATED]:
-        parsed = parse_event(value, topic_type="order", key=key)
-        if isinstance(parsed, Rejection):
-            raise BenchError(f"generated an invalid event ({parsed.reason}): {value!r}")
-
-
-def split_by_partition(
-    messages: Sequence[tuple[bytes, bytes]], partitions: int
-) -> dict[int, list[tuple[bytes, bytes]]]:
-    """The partitions the default producer would choose, in message order."""
-    partitioner = DefaultPartitioner()
-    all_partitions = list(range(partitions))
-    chosen: dict[bytes, int] = {}
-    out: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in all_partitions}
-    for key, value in messages:
-        if key not in chosen:
-            chosen[key] = partitioner(key, all_partitions, all_partitions)
-        out[chosen[key]].append((key, value))
-    return out
-
-
-async def send_partition(
-    producer: AIOKafkaProducer, topic: str, partition: int, items: Sequence[tuple[bytes, bytes]]
-) -> None:
-    futures: list[asyncio.Future[Any]] = []
-    batch = producer.create_batch()
-    for key, value in items:
-        if batch.append(key=key, value=value, timestamp=None) is None:
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-            batch = producer.create_batch()
-            batch.append(key=key, value=value, timestamp=None)
-    if batch.record_count():
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
-    await asyncio.gather(*futures)
-
-
-async def produce(
-    bootstrap: str, topic: str, by_partition: Mapping[int, Sequence[tuple[bytes, bytes]]]
-) -> float:
-    """Send pre-encoded batches to all partitions at once; returns the seconds taken."""
-    started = time.monotonic()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, max_batch_size=PRODUCE_BATCH_BYTES
-    )
-    await producer.start()
-    try:
-        await asyncio.gather(
-            *(send_partition(producer, topic, p, items) for p, items in by_partition.items())
-        )
-    finally:
-        await producer.stop()
-    return time.monotonic() - started
-
-
 # --- processes ------------------------------------------------------------------------
 
 
@@ -308,12 +198,6 @@ def start(kind: Kind, env: dict[str, str], log_dir: Path, name: str) -> Process:
     return runtime.start_worker(env, log_dir, name)
 
 
-def log_tail(path: Path, chars: int = 2000) -> str:
-    with contextlib.suppress(OSError):
-        return path.read_text(errors="replace")[-chars:]
-    return ""
-
-
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process, from /proc (None elsewhere)."""
     try:
@@ -356,11 +240,6 @@ async def floor_timing(process: Process, reports: Path, timeout: float) -> Timin
 
 
 # --- pipeline -------------------------------------------------------------------------
-
-
-async def seen_total(store: Store, topics: Topics) -> int:
-    stats = await store.stats()
-    return sum(stats.seen(topic) for topic in topics.sources)
 
 
 async def wait_seen(
@@ -414,18 +293,6 @@ async def pipeline_timing(
 
 
 # --- memory ---------------------------------------------------------------------------
-
-
-async def used_memory(redis: Redis) -> int:
-    info = await redis.info("memory")
-    return int(info["used_memory"])
-
-
-async def script_seconds(redis: Redis) -> float:
-    """Time Redis has spent running scripts (the worker's batches) since it started."""
-    stats = await redis.info("commandstats")
-    names = ("cmdstat_evalsha", "cmdstat_eval")
-    return sum(float(stats[name]["usec"]) for name in names if name in stats) / 1e6
 
 
 #: While a pipeline runs, the slow log keeps the commands that take at least this long:
@@ -483,39 +350,6 @@ async def script_seconds_by_part(redis: Redis, total: float) -> dict[str, float]
             parts[part] = parts.get(part, 0.0) + int(entry["duration"]) / 1e6
     parts[f"under {COMMAND_LOG_MICROS} us"] = max(0.0, total - sum(parts.values()))
     return parts
-
-
-async def redis_cpu_seconds(redis: Redis) -> float:
-    """CPU time of Redis's main thread (INFO cpu): unlike the script times, which are wall
-    time, it does not grow when other processes on a busy machine take Redis's core."""
-    info = await redis.info("cpu")
-    names = ("used_cpu_user_main_thread", "used_cpu_sys_main_thread")
-    if all(name in info for name in names):
-        return sum(float(info[name]) for name in names)
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-async def memory_usage(redis: Redis, keys: Sequence[str]) -> list[int]:
-    sizes: list[int] = []
-    for start in range(0, len(keys), MEMORY_PIPELINE_CHUNK):
-        async with redis.pipeline(transaction=False) as pipe:
-            for key in keys[start : start + MEMORY_PIPELINE_CHUNK]:
-                pipe.memory_usage(key, samples=0)
-            sizes.extend(int(size or 0) for size in await pipe.execute())
-    return sizes
-
-
-async def key_families(redis: Redis, prefix: str) -> dict[str, KeyFamily]:
-    """MEMORY USAGE of every key under ``prefix``, summed by the name before the first ':'."""
-    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=5000)]
-    totals: dict[str, list[int]] = {}
-    for key, size in zip(keys, await memory_usage(redis, keys), strict=True):
-        family = key[len(prefix) :].split(":", 1)[0]
-        entry = totals.setdefault(family, [0, 0])
-        entry[0] += 1
-        entry[1] += size
-    ordered = sorted(totals.items(), key=lambda item: -item[1][1])
-    return {name: KeyFamily(keys, size) for name, (keys, size) in ordered}
 
 
 async def measure_memory(redis: Redis, store: Store, before: int) -> Memory:
@@ -714,29 +548,6 @@ def render_parts(runs: Sequence[Run]) -> list[str]:
     ]
 
 
-def render_memory(run: Run) -> list[str]:
-    m = run.memory
-    assert m is not None
-    per = max(1, m.customers)
-    lines = [
-        f"Redis memory ({run.variant} run {run.index}, its own key prefix):",
-        f"  used_memory growth {m.growth:,} B / {m.customers:,} customers tracked"
-        f" = {m.per_customer:,.0f} B per customer",
-        "  MEMORY USAGE by key family:",
-    ]
-    for name, fam in m.families.items():
-        lines.append(
-            f"    {name + ':':<9}{fam.keys:>8,} keys{fam.bytes:>13,} B{fam.bytes / per:>8,.0f} B"
-            " per customer"
-        )
-    counted = sum(f.bytes for f in m.families.values())
-    lines.append(f"    {'all keys':<22}{counted:>13,} B{counted / per:>8,.0f} B per customer")
-    lines.append("    (used_memory also counts the keyspace's own tables, outside MEMORY USAGE)")
-    parts = " + ".join(f"{k}: {v} B" for k, v in m.sample_keys.items())
-    lines.append(f"  one customer, {m.sample_customer}: {parts} = {sum(m.sample_keys.values())} B")
-    return lines
-
-
 def render(options: Options, runs: Sequence[Run], elapsed: float) -> str:
     summaries = summarize(runs)
     lines = [
@@ -758,7 +569,9 @@ def render(options: Options, runs: Sequence[Run], elapsed: float) -> str:
         lines += ["", *split]
     last_pipeline = next((r for r in reversed(runs) if r.memory is not None), None)
     if last_pipeline is not None:
-        lines += ["", *render_memory(last_pipeline)]
+        assert last_pipeline.memory is not None
+        title = f"{last_pipeline.variant} run {last_pipeline.index}"
+        lines += ["", *render_memory(title, last_pipeline.memory)]
     return "\n".join(lines)
 
 

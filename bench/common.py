@@ -1,0 +1,238 @@
+"""What the benchmarks share: the order events they send, producing them to Kafka, and
+reading Redis's own counters (memory, script time, CPU).
+
+Each benchmark is one file beside this one and imports it as ``common`` (the benchmarks run
+as scripts, so this folder is on the path); none of them imports the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from redis.asyncio import Redis
+
+from contract.events import Rejection, parse_event
+from store.store import Store
+from streams.topics import Topics
+
+#: The best of the settings tried (see bench/README.md), and still within the noise.
+TUNED: dict[str, str] = {
+    "STREAM_BUFFER_MAXSIZE": "16384",
+    "RETENTION_EVENT_LOOP": "uvloop",
+}
+
+
+PRODUCE_BATCH_BYTES = 64 * 1024
+
+
+POLL_SECONDS = 0.1
+
+
+SAMPLE_VALIDATED = 1000
+
+
+MEMORY_PIPELINE_CHUNK = 2000
+
+
+DAY_SECONDS = 86400.0
+
+
+class BenchError(RuntimeError):
+    """A run did not finish; the message says which and shows the end of its log."""
+
+
+@dataclass(frozen=True)
+class KeyFamily:
+    keys: int
+    bytes: int
+
+
+@dataclass
+class Memory:
+    used_before: int
+    used_after: int
+    customers: int
+    families: dict[str, KeyFamily]
+    sample_customer: str
+    sample_keys: dict[str, int]
+
+    @property
+    def growth(self) -> int:
+        return self.used_after - self.used_before
+
+    @property
+    def per_customer(self) -> float:
+        return self.growth / max(1, self.customers)
+
+
+def customer_ids(customers: int) -> list[str]:
+    return [f"c-{n:06d}" for n in range(customers)]
+
+
+def order_payload(rng: random.Random, index: int, customer: str, now: float) -> bytes:
+    status = rng.choices(("placed", "cancelled", "refunded"), weights=(94, 4, 2))[0]
+    event = {
+        "event_id": f"o-{index}",
+        "customer_id": customer,
+        "ts": round(now - rng.uniform(0, 90 * DAY_SECONDS), 3),
+        "type": "order",
+        "amount": round(rng.uniform(5, 250), 2),
+        "currency": "USD",
+        "status": status,
+    }
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def build_messages(events: int, customers: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs; customers take turns so that every one of them is tracked."""
+    rng = random.Random(seed)
+    ids = customer_ids(customers)
+    now = time.time()
+    return [
+        (ids[i % customers].encode(), order_payload(rng, i, ids[i % customers], now))
+        for i in range(events)
+    ]
+
+
+def check_sample(messages: Sequence[tuple[bytes, bytes]]) -> None:
+    """Validate a sample with the worker's own parser; the rest have the same shape."""
+    for key, value in messages[:SAMPLE_VALIDATED]:
+        parsed = parse_event(value, topic_type="order", key=key)
+        if isinstance(parsed, Rejection):
+            raise BenchError(f"generated an invalid event ({parsed.reason}): {value!r}")
+
+
+def split_by_partition(
+    messages: Sequence[tuple[bytes, bytes]], partitions: int
+) -> dict[int, list[tuple[bytes, bytes]]]:
+    """The partitions the default producer would choose, in message order."""
+    partitioner = DefaultPartitioner()
+    all_partitions = list(range(partitions))
+    chosen: dict[bytes, int] = {}
+    out: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in all_partitions}
+    for key, value in messages:
+        if key not in chosen:
+            chosen[key] = partitioner(key, all_partitions, all_partitions)
+        out[chosen[key]].append((key, value))
+    return out
+
+
+async def send_partition(
+    producer: AIOKafkaProducer, topic: str, partition: int, items: Sequence[tuple[bytes, bytes]]
+) -> None:
+    futures: list[asyncio.Future[Any]] = []
+    batch = producer.create_batch()
+    for key, value in items:
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(key=key, value=value, timestamp=None)
+    if batch.record_count():
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*futures)
+
+
+async def produce(
+    bootstrap: str, topic: str, by_partition: Mapping[int, Sequence[tuple[bytes, bytes]]]
+) -> float:
+    """Send pre-encoded batches to all partitions at once; returns the seconds taken."""
+    started = time.monotonic()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, max_batch_size=PRODUCE_BATCH_BYTES
+    )
+    await producer.start()
+    try:
+        await asyncio.gather(
+            *(send_partition(producer, topic, p, items) for p, items in by_partition.items())
+        )
+    finally:
+        await producer.stop()
+    return time.monotonic() - started
+
+
+def log_tail(path: Path, chars: int = 2000) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace")[-chars:]
+    return ""
+
+
+async def seen_total(store: Store, topics: Topics) -> int:
+    stats = await store.stats()
+    return sum(stats.seen(topic) for topic in topics.sources)
+
+
+async def used_memory(redis: Redis) -> int:
+    info = await redis.info("memory")
+    return int(info["used_memory"])
+
+
+async def script_seconds(redis: Redis) -> float:
+    """Time Redis has spent running scripts (the worker's batches) since it started."""
+    stats = await redis.info("commandstats")
+    names = ("cmdstat_evalsha", "cmdstat_eval")
+    return sum(float(stats[name]["usec"]) for name in names if name in stats) / 1e6
+
+
+async def redis_cpu_seconds(redis: Redis) -> float:
+    """CPU time of Redis's main thread (INFO cpu): unlike the script times, which are wall
+    time, it does not grow when other processes on a busy machine take Redis's core."""
+    info = await redis.info("cpu")
+    names = ("used_cpu_user_main_thread", "used_cpu_sys_main_thread")
+    if all(name in info for name in names):
+        return sum(float(info[name]) for name in names)
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def memory_usage(redis: Redis, keys: Sequence[str]) -> list[int]:
+    sizes: list[int] = []
+    for start in range(0, len(keys), MEMORY_PIPELINE_CHUNK):
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in keys[start : start + MEMORY_PIPELINE_CHUNK]:
+                pipe.memory_usage(key, samples=0)
+            sizes.extend(int(size or 0) for size in await pipe.execute())
+    return sizes
+
+
+async def key_families(redis: Redis, prefix: str) -> dict[str, KeyFamily]:
+    """MEMORY USAGE of every key under ``prefix``, summed by the name before the first ':'."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=5000)]
+    totals: dict[str, list[int]] = {}
+    for key, size in zip(keys, await memory_usage(redis, keys), strict=True):
+        family = key[len(prefix) :].split(":", 1)[0]
+        entry = totals.setdefault(family, [0, 0])
+        entry[0] += 1
+        entry[1] += size
+    ordered = sorted(totals.items(), key=lambda item: -item[1][1])
+    return {name: KeyFamily(keys, size) for name, (keys, size) in ordered}
+
+
+def render_memory(title: str, m: Memory) -> list[str]:
+    """The memory a run added, by key family and for one customer, as report lines."""
+    per = max(1, m.customers)
+    lines = [
+        f"Redis memory ({title}, its own key prefix):",
+        f"  used_memory growth {m.growth:,} B / {m.customers:,} customers tracked"
+        f" = {m.per_customer:,.0f} B per customer",
+        "  MEMORY USAGE by key family:",
+    ]
+    for name, fam in m.families.items():
+        lines.append(
+            f"    {name + ':':<9}{fam.keys:>8,} keys{fam.bytes:>13,} B{fam.bytes / per:>8,.0f} B"
+            " per customer"
+        )
+    counted = sum(f.bytes for f in m.families.values())
+    lines.append(f"    {'all keys':<22}{counted:>13,} B{counted / per:>8,.0f} B per customer")
+    lines.append("    (used_memory also counts the keyspace's own tables, outside MEMORY USAGE)")
+    parts = " + ".join(f"{k}: {v} B" for k, v in m.sample_keys.items())
+    lines.append(f"  one customer, {m.sample_customer}: {parts} = {sum(m.sample_keys.values())} B")
+    return lines
