@@ -26,6 +26,7 @@ from retention.config import Settings
 from store.store import Store
 from streams.producer import EventProducer
 from streams.topics import Topics, cluster_id, ensure_topics
+from tests.integration.cli_session import running_up  # noqa: F401  (a fixture)
 from tests.integration.cluster import redis_cluster  # noqa: F401  (a fixture)
 from tests.integration.receivers import receiver  # noqa: F401  (a fixture)
 
