@@ -50,9 +50,10 @@ format: install
 bench: install
 	$(BIN)/python bench/throughput.py
 
-# workers, shards and a Redis Cluster, and synthetic stores of growing size (minutes)
+# workers, shards and a Redis Cluster, then synthetic stores of growing size (minutes)
 bench-scale: install
-	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/scale_pipeline.py
+	$(BIN)/python bench/scale_customers.py
 
 clean:
 	rm -rf $(VENV) .retention .pytest_cache .mypy_cache .ruff_cache *.egg-info

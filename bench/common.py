@@ -1,5 +1,6 @@
-"""What the benchmarks share: the order events they send, producing them to Kafka, and
-reading Redis's own counters (memory, script time, CPU).
+"""What the benchmarks share: the order events they send, producing them to Kafka,
+reading Redis's own counters (memory, script time, CPU), and the frame of a run (the
+options every run takes, its log folder, its report).
 
 Each benchmark is one file beside this one and imports it as ``common`` (the benchmarks run
 as scripts, so this folder is on the path); none of them imports the tests.
@@ -7,21 +8,28 @@ as scripts, so this folder is on the path); none of them imports the tests.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import random
+import shutil
+import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from redis.asyncio import Redis
 
 from contract.events import Rejection, parse_event
+from retention import runtime
 from store.store import Store
 from streams.topics import Topics
 
@@ -236,3 +244,72 @@ def render_memory(title: str, m: Memory) -> list[str]:
     parts = " + ".join(f"{k}: {v} B" for k, v in m.sample_keys.items())
     lines.append(f"  one customer, {m.sample_customer}: {parts} = {sum(m.sample_keys.values())} B")
     return lines
+
+
+# --- the frame of a run ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options every run takes (``add_run_options``); a benchmark's own options extend
+    them."""
+
+    seed: int
+    as_json: bool
+    keep_logs: bool
+
+
+OptionsT = TypeVar("OptionsT", bound=RunOptions)
+ResultT = TypeVar("ResultT")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=7, help="seed of the generated data")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the logs of the processes the run starts"
+    )
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RunOptions`` fields from parsed arguments, to construct a benchmark's options."""
+    return {"seed": args.seed, "as_json": args.json, "keep_logs": args.keep_logs}
+
+
+def runtime_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def headline(script: str, elapsed: float) -> str:
+    """A report's first line: the benchmark (``__file__``), its time and the cores it had."""
+    return f"bench/{Path(script).name}: {elapsed:.0f} s in all, {runtime_cores()} CPU core(s)"
+
+
+def run_benchmark(
+    options: OptionsT,
+    log_prefix: str,
+    measure: Callable[[OptionsT, Path], ResultT],
+    render: Callable[[OptionsT, ResultT, float], str],
+    as_json: Callable[[OptionsT, ResultT, float], str],
+) -> int:
+    """Run ``measure`` with a fresh log folder and print its report (``as_json`` with
+    ``--json``), given the seconds the whole run took; the exit code. A run that fails
+    prints why and keeps its logs."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log_dir = Path(tempfile.mkdtemp(prefix=log_prefix))
+    started = time.monotonic()
+    keep = options.keep_logs
+    try:
+        result = measure(options, log_dir)
+    except (BenchError, runtime.MissingBinary) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        keep = True
+        return 1
+    finally:
+        if keep:
+            print(f"logs in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    output = as_json if options.as_json else render
+    print(output(options, result, time.monotonic() - started))
+    return 0
