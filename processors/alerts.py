@@ -2,7 +2,9 @@
 
 One JSON object per alert, keyed by customer id on the topic. ``key`` is the idempotency
 key: the same situation raised twice (by a restart or by two workers) carries the same key,
-so a subscriber, and the notifier itself, can drop the repeat.
+so a subscriber, and the notifier itself, can drop the repeat. The object's fields are
+documented in docs/alerts.md (schema ``version`` :data:`ALERT_VERSION`); a new version only
+adds fields.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Literal
 
 AlertKind = Literal[
     "at_risk",
+    "risk_escalated",
     "churned",
     "reactivated",
     "winback_due",
@@ -22,6 +25,9 @@ AlertKind = Literal[
     "milestone",
 ]
 ALERT_KINDS: tuple[AlertKind, ...] = AlertKind.__args__  # type: ignore[attr-defined]
+#: 1: key, kind, customer_id, at, occasion, reasons, risk_score, high_value, details.
+#: 2 adds version, band, evidence (one object per reason) and stakes.
+ALERT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,13 @@ class Alert:
     risk_score: float | None = None
     high_value: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    #: the risk score's band: low, medium or high (processors/risk.py, ``Bands``)
+    band: str | None = None
+    #: per reason: observed, threshold, expected, unit, text, next_step
+    #: (processors/evidence.py)
+    evidence: tuple[dict[str, Any], ...] = ()
+    #: value to date, AOV, last order, CLTV and CLTV at risk, with their currency
+    stakes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -44,6 +57,7 @@ class Alert:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "version": ALERT_VERSION,
             "key": self.key,
             "kind": self.kind,
             "customer_id": self.customer_id,
@@ -53,6 +67,9 @@ class Alert:
             "risk_score": self.risk_score,
             "high_value": self.high_value,
             "details": self.details,
+            "band": self.band,
+            "evidence": list(self.evidence),
+            "stakes": self.stakes,
         }
 
     def encode(self) -> bytes:
@@ -73,4 +90,7 @@ class Alert:
             risk_score=data.get("risk_score"),
             high_value=bool(data.get("high_value", False)),
             details=dict(data.get("details", {})),
+            band=None if data.get("band") is None else str(data["band"]),
+            evidence=tuple(dict(e) for e in data.get("evidence") or ()),
+            stakes=dict(data.get("stakes") or {}),
         )

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import cast
 
 from contract.events import MICROS
 from processors.alerts import Alert
+from processors.evidence import evidence, stakes
 from processors.forecast import Fit, Outlook, outlook
 from processors.lifecycle import (
     LifecyclePolicy,
@@ -49,6 +50,20 @@ class Evaluation:
     def cltv_at_risk(self) -> float:
         """Predicted CLTV × risk score; 0 without a predicted CLTV."""
         return 0.0 if self.cltv is None else self.cltv * self.risk.score
+
+
+def explained(
+    alert: Alert, state: CustomerState, ev: Evaluation, policy: RiskPolicy, currency: str
+) -> Alert:
+    """``alert`` with what a person needs to act on it: the risk band, each reason's
+    numbers, sentence and next step, and the stakes in ``currency``."""
+    at_stake = None if ev.cltv is None else ev.cltv_at_risk()
+    return replace(
+        alert,
+        band=policy.bands.of(ev.risk.score),
+        evidence=tuple(e.as_dict() for e in evidence(ev.risk.reasons, ev.risk.details, policy)),
+        stakes=stakes(state, currency, ev.cltv, at_stake),
+    )
 
 
 def evaluate(
@@ -128,6 +143,7 @@ class Previous:
     orders: int
     cltv_micros: int = 0
     cltv_at_risk_micros: int = 0
+    score: float | None = None
 
 
 def parse_previous(raw: dict[str, str]) -> Previous:
@@ -139,6 +155,7 @@ def parse_previous(raw: dict[str, str]) -> Previous:
         orders=int(raw.get("no", 0)),
         cltv_micros=int(raw.get("cl", 0)),
         cltv_at_risk_micros=int(raw.get("cr", 0)),
+        score=float(raw["sc"]) if "sc" in raw else None,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 from contract.events import MS_PER_DAY
 from processors.alerts import Alert, AlertKind
-from processors.risk import Assessment, RiskPolicy, silence_limit_days
+from processors.risk import Assessment, Bands, RiskPolicy, Timers, silence_limit_days
 from processors.state import CustomerState, day_iso
 
 Status = Literal["new", "active", "at_risk", "churned", "reactivated"]
@@ -39,6 +39,34 @@ class LifecyclePolicy:
     milestones: tuple[int, ...] = (5, 10, 25, 50, 100)
     #: the longest a customer goes unevaluated (rules such as P(alive) drift continuously)
     max_recheck_days: int = 1
+
+
+def lifecycle_policy(churn_after_days: int, timers: Timers) -> LifecyclePolicy:
+    """The lifecycle of the settings' churn window and the risk file's timers."""
+    return LifecyclePolicy(
+        churn_after_days=churn_after_days,
+        cold_days=timers.cold_days,
+        followup_days=timers.followup_days,
+        winback_days=timers.winback_days,
+        milestones=tuple(sorted(timers.milestones)),
+    )
+
+
+_BAND_RANK = {"low": 0, "medium": 1, "high": 2}
+
+
+def escalated(
+    risk: Assessment,
+    bands: Bands,
+    previous_reasons: tuple[str, ...],
+    previous_score: float | None,
+) -> bool:
+    """Whether a customer still at risk got worse in a way a person should hear about: a
+    reason it did not have, or a higher band."""
+    if set(risk.reasons) - set(previous_reasons):
+        return True
+    new, old = bands.of(risk.score), bands.of(previous_score)
+    return new is not None and old is not None and _BAND_RANK[new] > _BAND_RANK[old]
 
 
 def _reference_ms(state: CustomerState) -> int:
@@ -127,8 +155,16 @@ def alerts_for(
     risk: Assessment,
     previous_orders: int,
     p: LifecyclePolicy,
+    bands: Bands | None = None,
+    previous_reasons: tuple[str, ...] = (),
+    previous_score: float | None = None,
 ) -> list[Alert]:
-    """Alerts for what changed since the previous evaluation at ``prev_ms``."""
+    """Alerts for what changed since the previous evaluation at ``prev_ms``.
+
+    A customer at risk before and still at risk raises ``risk_escalated`` when it gets a
+    new reason or a higher band (:func:`escalated`); its key names the band and the
+    reasons within the silence since the last activity, so each step is sent once.
+    """
     at = datetime.fromtimestamp(now_ms / 1000, UTC)
     last = _reference_ms(state)
     day = MS_PER_DAY
@@ -159,6 +195,13 @@ def alerts_for(
         if old is not None or since > prev_ms:
             when = now_ms if new == "at_risk" else last
             out.append(alert(new, day_iso(when // day), {"from": old}))
+    if (
+        old == new == "at_risk"
+        and bands is not None
+        and escalated(risk, bands, previous_reasons, previous_score)
+    ):
+        occasion = f"{day_iso(last // day)}:{bands.of(risk.score)}:{'+'.join(sorted(risk.reasons))}"
+        out.append(alert("risk_escalated", occasion, {"from_reasons": list(previous_reasons)}))
     if new != "churned" and _crossed(last + p.cold_days * day, prev_ms, now_ms):
         out.append(alert("cold_customer", day_iso(last // day)))
     if new == "churned" and _crossed(last + p.winback_days * day, prev_ms, now_ms):

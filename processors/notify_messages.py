@@ -13,6 +13,7 @@ from email.utils import format_datetime
 from typing import Any
 
 from processors.alerts import Alert
+from processors.human import money, percent
 from processors.notify_config import IDEMPOTENCY_HEADER, EmailSubscriber, RetryPolicy, Verdict
 
 
@@ -74,13 +75,49 @@ def title(alert: Alert) -> str:
 
 
 def _risk(alert: Alert) -> str:
-    return "-" if alert.risk_score is None else f"{alert.risk_score:.2f}"
+    score = "-" if alert.risk_score is None else percent(alert.risk_score)
+    return score if alert.band is None else f"{score} ({alert.band})"
+
+
+def _stake_lines(alert: Alert) -> list[tuple[str, str]]:
+    """(label, value) of the alert's stakes, in the reporting currency; none without."""
+    st = alert.stakes
+    if not st:
+        return []
+    cur = str(st.get("currency") or "")
+    last = st.get("last_order_at")
+    last_order = "-" if not last else str(last)[:10]
+    if last and st.get("last_order_amount") is not None:
+        last_order += f", {money(st['last_order_amount'], cur)}"
+    return [
+        ("CLTV", money(st.get("cltv"), cur)),
+        ("CLTV at risk", money(st.get("cltv_at_risk"), cur)),
+        ("Revenue to date", money(st.get("revenue"), cur)),
+        ("AOV", money(st.get("aov"), cur)),
+        ("Orders", str(st.get("orders", "-"))),
+        ("Last order", last_order),
+    ]
+
+
+def _reason_lines(alert: Alert) -> list[tuple[str, str, str]]:
+    """(reason, sentence, next step) per reason: from the evidence, or the bare reason
+    codes of an alert raised without it."""
+    if alert.evidence:
+        return [
+            (str(e.get("reason", "")), str(e.get("text", "")), str(e.get("next_step", "")))
+            for e in alert.evidence
+        ]
+    return [(r, "", "") for r in alert.reasons]
 
 
 def summary(alert: Alert) -> str:
-    """One line: kind, customer, risk score, high value, reasons."""
+    """One line: kind, customer, risk, high value, the stake, the reasons in words."""
     facts = [f"risk {_risk(alert)}"] + (["high value"] if alert.high_value else [])
-    reasons = "; ".join(alert.reasons) or "no reasons given"
+    at_stake = alert.stakes.get("cltv_at_risk")
+    if at_stake:
+        facts.append(f"{money(at_stake, str(alert.stakes.get('currency') or ''))} at risk")
+    said = [text or reason for reason, text, _ in _reason_lines(alert)]
+    reasons = " ".join(said) if alert.evidence else "; ".join(said) or "no reasons given"
     return f"{title(alert)}: customer {alert.customer_id} ({', '.join(facts)}) - {reasons}"
 
 
@@ -90,12 +127,19 @@ def _mrkdwn(text: str) -> str:
 
 def slack_message(alert: Alert) -> dict[str, Any]:
     """An incoming-webhook payload: ``text`` for notifications, ``blocks`` for the channel."""
-    reasons = "\n".join(f"• {_mrkdwn(r)}" for r in alert.reasons) or "_no reasons given_"
+    lines = []
+    for reason, text, step in _reason_lines(alert):
+        line = f"• *{_mrkdwn(reason)}*" + (f": {_mrkdwn(text)}" if text else "")
+        if step:
+            line += f"\n    _Next step:_ {_mrkdwn(step)}"
+        lines.append(line)
+    reasons = "\n".join(lines) or "_no reasons given_"
     fields = {
         "Customer": f"`{_mrkdwn(alert.customer_id)}`",
         "Kind": alert.kind,
         "Risk score": _risk(alert),
         "High value": "yes" if alert.high_value else "no",
+        **{label: _mrkdwn(value) for label, value in _stake_lines(alert)},
     }
     at = alert.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return {
@@ -104,10 +148,17 @@ def slack_message(alert: Alert) -> dict[str, Any]:
         "blocks": [
             # plain_text is not parsed for mentions or links
             {"type": "header", "text": {"type": "plain_text", "text": summary_head(alert)}},
-            {
-                "type": "section",
-                "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields.items()],
-            },
+            # a section holds at most ten fields
+            *(
+                {
+                    "type": "section",
+                    "fields": [
+                        {"type": "mrkdwn", "text": f"*{k}*\n{v}"}
+                        for k, v in list(fields.items())[start : start + 10]
+                    ],
+                }
+                for start in range(0, len(fields), 10)
+            ),
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*Reasons*\n{reasons}"}},
             {
                 "type": "context",
@@ -134,15 +185,22 @@ def email_message(alert: Alert, subscriber: EmailSubscriber, now: datetime) -> E
     digest = hashlib.sha256(utf8_bytes(f"{subscriber.name}|{alert.key}")).hexdigest()[:32]
     msg["Message-ID"] = f"<{digest}@{subscriber.sender.split('@', 1)[1]}>"
     msg[IDEMPOTENCY_HEADER] = header_key(alert.key)
-    reasons = "\n".join(f"  - {r}" for r in alert.reasons) or "  (none given)"
+    said = []
+    for reason, text, step in _reason_lines(alert):
+        said.append(f"  - {reason}" + (f": {text}" if text else ""))
+        if step:
+            said.append(f"    Next step: {step}")
+    reasons = "\n".join(said) or "  (none given)"
     details = "\n".join(f"  {k}: {v}" for k, v in sorted(alert.details.items())) or "  -"
+    stakes = "".join(f"{label + ':':<17}{value}\n" for label, value in _stake_lines(alert))
     text = (
         f"{title(alert)}\n\n"
-        f"Customer:   {header_text(alert.customer_id)}\n"
-        f"Kind:       {alert.kind}\n"
-        f"Raised at:  {alert.as_dict()['at']}\n"
-        f"Risk score: {_risk(alert)}\n"
-        f"High value: {'yes' if alert.high_value else 'no'}\n\n"
+        f"Customer:        {header_text(alert.customer_id)}\n"
+        f"Kind:            {alert.kind}\n"
+        f"Raised at:       {alert.as_dict()['at']}\n"
+        f"Risk score:      {_risk(alert)}\n"
+        f"High value:      {'yes' if alert.high_value else 'no'}\n"
+        f"{stakes}\n"
         f"Reasons:\n{reasons}\n\nDetails:\n{details}\n\n"
         f"Alert key: {header_text(alert.key)}\n"
     )
@@ -177,6 +235,7 @@ def decode_alert(raw: bytes | None) -> Alert:
 
 _TITLES: dict[str, str] = {
     "at_risk": "At risk",
+    "risk_escalated": "Risk rising",
     "churned": "Churned",
     "reactivated": "Reactivated",
     "winback_due": "Win-back due",

@@ -4,15 +4,18 @@ Rules and thresholds come from a YAML file (``RETENTION_RISK_FILE``, read by
 ``streams/risk_file.py``) over the defaults below. Each rule that holds adds a reason and a
 weight; the score combines the weights as independent signals, ``1 - Π(1 - w)``, so it
 stays in [0, 1] and more reasons mean more risk. A customer is at risk when the score
-reaches ``threshold``.
+reaches ``threshold``. The score falls in a band (low, medium, high; ``bands``), and each
+reason comes with its numbers, a sentence and the shop's next step (``playbook``):
+:func:`evidence`. The same file sets the lifecycle's timers (``timers``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contract.events import MICROS, MS_PER_DAY
 from processors.state import CustomerState
@@ -86,12 +89,84 @@ class Rules(BaseModel):
     refunds: Refunds = Refunds()
 
 
+Band = Literal["low", "medium", "high"]
+BANDS: tuple[Band, ...] = ("low", "medium", "high")
+
+
+class Bands(BaseModel):
+    """Risk scores from ``medium`` up are medium, from ``high`` up high, the rest low."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    medium: float = Field(default=0.5, gt=0, le=1)
+    high: float = Field(default=0.75, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Bands:
+        if self.high <= self.medium:
+            raise ValueError("bands: high must be above medium")
+        return self
+
+    def of(self, score: float | None) -> Band | None:
+        if score is None:
+            return None
+        return "high" if score >= self.high else "medium" if score >= self.medium else "low"
+
+
+#: What a success manager does about each reason, unless the risk file's ``playbook`` says
+#: otherwise.
+PLAYBOOK: dict[str, str] = {
+    "silence": "Reach out personally: ask how things are going and show what is new since "
+    "their last visit.",
+    "frequency_drop": "Send an offer on what they usually buy to bring back their earlier pace.",
+    "low_p_alive": "Start the win-back sequence now, before the customer is lost.",
+    "ticket_unresolved": "Escalate the open ticket to a support lead and tell the customer "
+    "when to expect an answer.",
+    "low_csat": "Call about the poor rating and fix what caused it.",
+    "nps_detractor": "Follow up on the NPS answer: ask what would make them recommend you.",
+    "refunds": "Review the refunded orders for a product or delivery problem and contact the "
+    "customer.",
+}
+
+
+class Timers(BaseModel):
+    """When the timed alerts come, in days after the customer's last activity (cold,
+    win-back) or last order (follow-up); milestones are order counts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    cold_days: int = Field(default=30, ge=1, le=3650)
+    followup_days: int = Field(default=30, ge=1, le=3650)
+    winback_days: int = Field(default=120, ge=1, le=3650)
+    milestones: tuple[int, ...] = (5, 10, 25, 50, 100)
+
+    @model_validator(mode="after")
+    def _milestones(self) -> Timers:
+        if any(n < 1 for n in self.milestones) or len(set(self.milestones)) != len(self.milestones):
+            raise ValueError("timers: milestones must be distinct order counts of at least 1")
+        return self
+
+
 class RiskPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     threshold: float = Field(default=0.5, gt=0, le=1)
     #: customers at or above this quantile of predicted CLTV are high-value
     high_value_quantile: float = Field(default=0.9, gt=0, lt=1)
     rules: Rules = Rules()
+    bands: Bands = Bands()
+    #: next step per reason, over :data:`PLAYBOOK`
+    playbook: dict[str, str] = Field(default_factory=dict)
+    timers: Timers = Timers()
+
+    @model_validator(mode="after")
+    def _known_reasons(self) -> RiskPolicy:
+        unknown = sorted(set(self.playbook) - set(PLAYBOOK))
+        if unknown:
+            raise ValueError(f"playbook: unknown reasons {unknown}; known: {sorted(PLAYBOOK)}")
+        if any(not line.strip() or len(line) > 500 for line in self.playbook.values()):
+            raise ValueError("playbook: each next step is 1 to 500 characters")
+        return self
+
+    def next_step(self, reason: str) -> str:
+        return self.playbook.get(reason) or PLAYBOOK.get(reason, "")
 
 
 def parse_policy(data: Mapping[str, object] | None) -> RiskPolicy:
@@ -136,7 +211,12 @@ def _silence(state: CustomerState, now_ms: int, rule: Silence) -> dict[str, floa
         return None
     silent = (now_ms - last) / MS_PER_DAY
     limit = silence_limit_days(state, rule)
-    return {"silent_days": silent, "limit_days": limit} if silent > limit else None
+    if silent <= limit:
+        return None
+    found = {"silent_days": silent, "limit_days": limit}
+    if len(state.orders_by_day) >= 2:
+        found["rhythm_days"] = rhythm_days(state, rule.default_rhythm_days)
+    return found
 
 
 def _frequency_drop(
@@ -155,7 +235,11 @@ def _frequency_drop(
     expected = before * rule.window_days / before_days
     if expected < rule.min_expected or recent >= rule.ratio * expected:
         return None
-    return {"recent_orders": float(recent), "expected_orders": expected}
+    return {
+        "recent_orders": float(recent),
+        "expected_orders": expected,
+        "window_days": float(rule.window_days),
+    }
 
 
 def _low_p_alive(
@@ -185,7 +269,9 @@ def _refunds(state: CustomerState, rule: Refunds) -> dict[str, float] | None:
     if state.refunds < rule.min_count or not state.placed_micros:
         return None
     share = state.refunded_micros / state.placed_micros
-    return {"refund_share": share} if share >= rule.min_share else None
+    if share < rule.min_share:
+        return None
+    return {"refund_share": share, "refunds": float(state.refunds)}
 
 
 def assess(

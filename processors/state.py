@@ -63,6 +63,8 @@ class CustomerState:
     first_activity_ms: int | None = None
     last_activity_ms: int | None = None
     last_order_ms: int | None = None
+    #: the amount of the order at ``last_order_ms`` (the largest, when several share it)
+    last_order_micros: int | None = None
     last_login_ms: int | None = None
     orders: int = 0
     placed_micros: int = 0
@@ -128,8 +130,12 @@ def _apply_order(
         return replace(state, cancelled=state.cancelled + 1)
     day = ts // MS_PER_DAY
     by_day = {**state.orders_by_day, day: state.orders_by_day.get(day, 0) + 1}
+    last, last_amount = state.last_order_ms, state.last_order_micros
+    if last is None or ts > last or (ts == last and amount > (last_amount or 0)):
+        last_amount = amount
     state = replace(
         state,
+        last_order_micros=last_amount,
         orders=state.orders + 1,
         placed_micros=state.placed_micros + amount,
         placed_by_currency=_add(state.placed_by_currency, currency, event.amount_micros),
@@ -264,6 +270,9 @@ def to_public(state: CustomerState, outlook: Any = None, evaluation: Any = None)
         "first_activity_at": iso(state.first_activity_ms),
         "last_activity_at": iso(state.last_activity_ms),
         "last_order_at": iso(state.last_order_ms),
+        "last_order_amount": (
+            None if state.last_order_micros is None else state.last_order_micros / MICROS
+        ),
         "last_login_at": iso(state.last_login_ms),
         "orders": state.orders,
         "revenue": state.revenue_micros / MICROS,

@@ -43,7 +43,7 @@ from processors.forecast import (
     outlook,
     spend_from_days,
 )
-from processors.lifecycle import LifecyclePolicy
+from processors.lifecycle import lifecycle_policy
 from processors.state import to_public
 from processors.windows import Period, next_period, period_start
 from retention import runtime
@@ -342,7 +342,7 @@ async def write_customers(
     """Every customer's state as of ``at``, with P(alive), expected spend, predicted CLTV,
     lifecycle and risk reasons; ``spend`` holds exact repeat-purchase means by customer."""
     policy = load_policy(settings.risk_file)
-    lifecycle = LifecyclePolicy(churn_after_days=settings.churn_after_days)
+    lifecycle = lifecycle_policy(settings.churn_after_days, policy.timers)
     threshold = await update_high_value_threshold(store, policy.high_value_quantile, spend)
     exact = spend or {}
     ids = await store.customer_ids()

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from processors.evaluator import evaluate
 from processors.forecast import NO_VALUE, outlook
-from processors.lifecycle import LifecyclePolicy
+from processors.lifecycle import lifecycle_policy
 from processors.state import to_public
 from processors.windows import PERIODS, Period, next_period
 from retention.config import Settings
@@ -38,8 +38,9 @@ async def _redis(settings: Settings) -> AsyncIterator[Redis]:
 
 def evaluator(settings: Settings, store: Store) -> Evaluator:
     """An evaluator with the configured rules, for reading (it publishes nothing)."""
-    lifecycle = LifecyclePolicy(churn_after_days=settings.churn_after_days)
-    return Evaluator(store, load_policy(settings.risk_file), lifecycle)
+    policy = load_policy(settings.risk_file)
+    lifecycle = lifecycle_policy(settings.churn_after_days, policy.timers)
+    return Evaluator(store, policy, lifecycle, currency=settings.reporting_currency)
 
 
 async def customer(settings: Settings, customer_id: str) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
       add(c, 'o', 1)
       add_money(c.f, 'pm', 'ph', hi, lo)
       if a3 ~= '' then add_money(c.f, 'pm:' .. a3, 'ph:' .. a3, money(a4)) end
-      put_max(c, 'lo', t)
+      last_order(c, t, a2)
       placed_sales(days, hi, lo, bd, bw, bm)
       if kind_counts_activity.o then activity(c, idx, t, days) end
     elseif a1 == 'refunded' then

@@ -123,6 +123,17 @@ local function put_max(c, name, value)
   if not cur or value > cur then put(c, name, value) end
 end
 
+-- The latest order's time (lo) and its amount (lv, reporting micros as digits); of orders
+-- at the same millisecond, the largest, so that the outcome does not depend on their order.
+local function last_order(c, t, amount)
+  local cur, had = c.f.lo, c.f.lv
+  if not cur or t > cur or (t == cur and (not had or #amount > #had
+      or (#amount == #had and amount > had))) then
+    put(c, 'lv', amount)
+  end
+  put_max(c, 'lo', t)
+end
+
 -- Hashes of totals shared by the batch's customers (per-period sales, survey totals,
 -- response histogram): deltas summed here, one HINCRBY per field at the end. A field
 -- touched by the batch is written even when its delta sums to 0, as one HINCRBY per event

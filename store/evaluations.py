@@ -35,6 +35,7 @@ from processors.evaluator import (
     as_of_day,
     at_risk_rank,
     evaluate_seen,
+    explained,
     parse_previous,
     to_micros,
 )
@@ -70,11 +71,14 @@ class Evaluator:
         risk_policy: RiskPolicy,
         lifecycle: LifecyclePolicy,
         publish: Publish | None = None,
+        currency: str = "USD",
     ) -> None:
         self.store = store
         self.risk_policy = risk_policy
         self.lifecycle = lifecycle
         self.publish = publish
+        #: the reporting currency, named in the alerts' stakes
+        self.currency = currency
         self._take = store.redis.register_script(_TAKE)
         self._reschedule_script = store.redis.register_script(_RESCHEDULE)
         self._returned = store.redis.register_script(_RETURNED)
@@ -139,18 +143,20 @@ class Evaluator:
                 threshold,
                 before[state.customer_id],
             )
-            alerts.extend(
-                alerts_for(
-                    state,
-                    prev_ms=prev.at_ms,
-                    now_ms=now_ms,
-                    old=prev.status,
-                    new=ev.status,
-                    risk=ev.risk,
-                    previous_orders=prev.orders,
-                    p=self.lifecycle,
-                )
+            raised = alerts_for(
+                state,
+                prev_ms=prev.at_ms,
+                now_ms=now_ms,
+                old=prev.status,
+                new=ev.status,
+                risk=ev.risk,
+                previous_orders=prev.orders,
+                p=self.lifecycle,
+                bands=self.risk_policy.bands,
+                previous_reasons=prev.reasons,
+                previous_score=prev.score,
             )
+            alerts.extend(explained(a, state, ev, self.risk_policy, self.currency) for a in raised)
             results.append((state, prev, ev))
         # published before the results are stored: after a crash the alerts are raised
         # again with the same keys, which subscribers drop; never the other way round

@@ -656,6 +656,7 @@ def _state_from_hashes(
         first_activity_ms=_opt_int(f.get("fa")),
         last_activity_ms=_opt_int(f.get("la")),
         last_order_ms=_opt_int(_same_as(f, "lo", "la", "o")),
+        last_order_micros=_opt_int(f.get("lv")),
         last_login_ms=_opt_int(_same_as(f, "ll", "la", "lg")),
         orders=count("o"),
         placed_micros=money_micros(f.get("pm"), f.get("ph")),

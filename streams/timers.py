@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from processors.alerts import Alert
 from processors.forecast import model_options
-from processors.lifecycle import LifecyclePolicy
+from processors.lifecycle import lifecycle_policy
 from processors.windows import PERIODS
 from store.evaluations import Evaluator, update_high_value_threshold
 from store.models import fit_age_seconds, refit
@@ -206,11 +206,13 @@ def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
         ]
         await asyncio.gather(*sent)
 
+    policy = load_policy(settings.risk_file)
     evaluator = Evaluator(
         parts.store,
-        load_policy(settings.risk_file),
-        LifecyclePolicy(churn_after_days=settings.churn_after_days),
+        policy,
+        lifecycle_policy(settings.churn_after_days, policy.timers),
         publish,
+        currency=settings.reporting_currency,
     )
 
     topic = parts.topics.source("order")

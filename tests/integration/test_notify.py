@@ -225,7 +225,7 @@ async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert
     assert len(receiver.to("crm")) == 1 and len(inbox.received) == 1
     slack = receiver.to("team")[0].json()
     assert "c-9" in slack["text"] and "At risk" in slack["text"]
-    assert "risk 0.73" in slack["text"] and "high value" in slack["text"]
+    assert "risk 73%" in slack["text"] and "high value" in slack["text"]
     assert "silent_for_45_days; csat_low" in slack["text"]
     assert slack["blocks"][0]["type"] == "header"
     stats = await Deliveries(redis, settings.key_prefix).stats()
@@ -280,7 +280,7 @@ async def test_email_carries_customer_and_reasons(
     body = msg.get_content()
     assert "cust-777" in body
     assert "silent_for_45_days" in body and "csat_low" in body
-    assert "Risk score: 0.73" in body
+    assert "Risk score:      73%" in body
     assert msg["Idempotency-Key"] == alert.key
     assert await Deliveries(redis, settings.key_prefix).stats() == {"sent|email": 1}
 
@@ -461,7 +461,7 @@ async def test_ids_that_look_like_markup_or_headers_stay_text_on_every_channel(
     assert msg["Subject"] == "[retention] At risk: customer c-1\\r\\nBcc: x@y.example [high value]"
     head = inbox.raw[1].split(b"\r\n\r\n", 1)[0]
     assert not any(line.startswith(b"Bcc") for line in head.split(b"\r\n"))
-    assert "Customer:   c-1\\r\\nBcc: x@y.example" in msg.get_content()
+    assert "Customer:        c-1\\r\\nBcc: x@y.example" in msg.get_content()
 
 
 async def test_the_dead_letter_list_keeps_the_newest_entries_up_to_its_limit(

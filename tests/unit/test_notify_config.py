@@ -290,7 +290,7 @@ def test_backoff_doubles_up_to_the_cap_and_honours_retry_after() -> None:
 def test_slack_message_reads_as_a_sentence() -> None:
     message = slack_message(alert(reasons=("silent <60 days> & more",)))
     assert message["text"] == (
-        "At risk: customer c-42 (risk 0.81, high value) - silent &lt;60 days&gt; &amp; more"
+        "At risk: customer c-42 (risk 81%, high value) - silent &lt;60 days&gt; &amp; more"
     )
     blocks = json.dumps(message["blocks"])
     assert "silent &lt;60 days&gt; &amp; more" in blocks
@@ -309,7 +309,7 @@ def test_email_has_customer_and_reasons_and_a_stable_message_id() -> None:
     msg = email_message(alert(), subscriber, now)
     assert msg["Subject"] == "[retention] At risk: customer c-42 [high value]"
     body = msg.get_content()
-    assert "Customer:   c-42" in body
+    assert "Customer:        c-42" in body
     assert "silent_for_60_days" in body and "frequency_drop" in body
     assert msg["Message-ID"] == email_message(alert(), subscriber, now)["Message-ID"]
     assert msg["Message-ID"].endswith("@x.org>")
@@ -431,7 +431,7 @@ def test_email_with_an_injected_header_in_the_id_stays_one_message() -> None:
         msg["Subject"]
         == "[retention] At risk: customer c-1\\r\\nBcc: x@y.example\\r\\n\\r\\nfake body\\ud800 [high value]"
     )
-    assert "Customer:   c-1\\r\\nBcc: x@y.example" in msg.get_content()
+    assert "Customer:        c-1\\r\\nBcc: x@y.example" in msg.get_content()
 
 
 GOOD = alert().encode()
