@@ -153,8 +153,8 @@ def parse_previous(raw: dict[str, str]) -> Previous:
         high_value=raw.get("hv") == "1",
         at_ms=int(raw["at"]) if "at" in raw else None,
         orders=int(raw.get("no", 0)),
-        cltv_micros=int(raw.get("cl", 0)),
-        cltv_at_risk_micros=int(raw.get("cr", 0)),
+        cltv_micros=int(raw.get("cl") or 0),
+        cltv_at_risk_micros=int(raw.get("cr") or 0),
         score=float(raw["sc"]) if "sc" in raw else None,
     )
 

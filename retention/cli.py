@@ -124,24 +124,64 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+_MONEY = {
+    "revenue",
+    "refunded_amount",
+    "aov",
+    "expected_spend",
+    "cltv",
+    "cltv_at_risk",
+    "last_order_amount",
+}
+_SHARES = {"p_alive", "risk_score"}
+_COUNTS = {"expected_purchases_30d", "expected_purchases_90d"}
+#: in --json only: long, or shown another way below the fields
+_JSON_ONLY = {"orders_by_day", "risk_details", "evidence", "currency"}
+
+
 def _format_customer(data: dict[str, Any]) -> str:
-    width = max(len(k) for k in data)
+    """For people: money with two decimals and its currency, shares as percentages,
+    expected orders with one decimal, durations in hours or days; each reason in words
+    with its next step. ``--json`` carries the raw numbers."""
+    from processors import human
+
+    currency = str(data.get("currency") or "")
+    shown = {k: v for k, v in data.items() if k not in _JSON_ONLY}
+    width = max(len(k) for k in shown)
     lines = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
+    for key, value in shown.items():
+        if key in _MONEY:
+            text = human.money(value, currency)
+        elif key in _SHARES:
+            text = human.percent(value)
+        elif key in _COUNTS:
+            text = human.count(value)
+        elif key == "first_response_seconds_avg":
+            text = human.duration(value)
+        elif key == "revenue_by_currency":
+            text = ", ".join(human.money(v, k) for k, v in value.items()) or "-"
+        elif isinstance(value, dict):
+            text = ", ".join(f"{k}: {v}" for k, v in value.items()) or "-"
         elif isinstance(value, list):
-            value = ", ".join(map(str, value)) or "-"
-        elif value is None:
-            value = "-"
-        lines.append(f"{key:<{width}}  {value}")
+            text = ", ".join(map(str, value)) or "-"
+        elif isinstance(value, bool):
+            text = "yes" if value else "no"
+        else:
+            text = "-" if value is None else str(value)
+        lines.append(f"{key:<{width}}  {text}")
+    for item in data.get("evidence") or ():
+        lines.append(f"- {item['reason']}: {item['text']}")
+        if item.get("next_step"):
+            lines.append(f"  next step: {item['next_step']}")
     return "\n".join(lines)
 
 
 def cmd_at_risk(args: argparse.Namespace) -> int:
+    from processors import human
     from retention.queries import at_risk
 
-    rows = asyncio.run(at_risk(_services(args), args.limit))
+    settings = _services(args)
+    rows = asyncio.run(at_risk(settings, args.limit))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -149,21 +189,19 @@ def cmd_at_risk(args: argparse.Namespace) -> int:
         print("no customer at risk")
         return 0
     # ranked by CLTV at risk: predicted CLTV x risk score
+    cur = settings.reporting_currency
     print(
-        f"{'customer':<24} {'risk':>5} {'CLTV':>10} {'at risk':>10} {'revenue':>10}  "
-        f"{'hv':<3} {'last activity':<24} reasons"
+        f"{'customer':<24} {'risk':>5} {'band':<6} {'CLTV ' + cur:>14} {'at risk ' + cur:>14} "
+        f"{'revenue ' + cur:>14}  {'hv':<3} {'last active':<11} reasons"
     )
-
-    def money(value: float | None) -> str:
-        return "-" if value is None else f"{value:,.2f}"
-
     for r in rows:
-        hv = "yes" if r["high_value"] else ""
         print(
-            f"{r['customer_id']:<24} {r['risk_score']:>5.2f} {money(r['cltv']):>10} "
-            f"{money(r['cltv_at_risk']):>10} {r['revenue'] or 0:>10,.2f}  "
-            f"{hv:<3} {r['last_activity_at'] or '-':<24} {', '.join(r['risk_reasons'])}"
+            f"{r['customer_id']:<24} {human.percent(r['risk_score']):>5} {r['band'] or '-':<6} "
+            f"{human.money(r['cltv']):>14} {human.money(r['cltv_at_risk']):>14} "
+            f"{human.money(r['revenue']):>14}  {'yes' if r['high_value'] else '':<3} "
+            f"{human.day(r['last_activity_at']):<11} {', '.join(r['risk_reasons'])}"
         )
+    print("CLTV: predicted, as of each customer's last evaluation; - until a model is fitted")
     return 0
 
 

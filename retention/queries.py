@@ -13,14 +13,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from processors.evaluator import evaluate
+from contract.events import MICROS
+from processors.evaluator import as_of_day, evaluate
+from processors.evidence import evidence
 from processors.forecast import NO_VALUE, outlook
 from processors.lifecycle import lifecycle_policy
-from processors.state import to_public
+from processors.state import iso, to_public
 from processors.windows import PERIODS, Period, next_period
 from retention.config import Settings
 from store.connect import connect
-from store.evaluations import Evaluator, active_before, ranked_at_risk
+from store.evaluations import Evaluator, active_before, ranked_at_risk, stored_evaluations
 from store.models import stored_fit
 from store.periods import Periods
 from store.store import Store
@@ -44,28 +46,51 @@ def evaluator(settings: Settings, store: Store) -> Evaluator:
 
 
 async def customer(settings: Settings, customer_id: str) -> dict[str, Any] | None:
-    """One customer as of now: state, lifecycle, risk, P(alive), spend and CLTV."""
+    """One customer: state, lifecycle, risk, P(alive), spend and CLTV.
+
+    The status, risk, band and CLTV are those of the customer's last evaluation, the one
+    the at-risk list, the exporter and the alerts show, with ``evaluated_at``; the rest is
+    worked out as of that moment with the same rules and fit. A customer not evaluated yet
+    is evaluated as of now (``evaluated_at`` null).
+    """
     async with _redis(settings) as redis:
         store = Store(redis, settings.key_prefix)
         state = await store.read_customer(customer_id)
+        if state is None:
+            return None
         model = await stored_fit(store)
         rules = evaluator(settings, store)
         threshold = await rules.high_value_threshold()
-        now = datetime.now(UTC)
-        before = (
-            {}
-            if state is None
-            else await active_before(store, [state], int(now.timestamp() * 1000), rules.lifecycle)
-        )
-    if state is None:
-        return None
-    # as of now: the last fit's parameters, the customer's history up to this moment
-    seen = None if model is None else outlook(state, model, now.date())
+        stored = (await stored_evaluations(store, [customer_id])).get(customer_id, {})
+        at_ms = int(stored["at"]) if stored.get("at") else None
+        at = datetime.now(UTC) if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
+        at_ms_now = int(at.timestamp() * 1000)
+        before = await active_before(store, [state], at_ms_now, rules.lifecycle)
+    seen = None if model is None else outlook(state, model, as_of_day(at))
     ev = evaluate(
-        state, now, rules.risk_policy, rules.lifecycle, model, threshold, before[customer_id]
+        state, at, rules.risk_policy, rules.lifecycle, model, threshold, before[customer_id]
     )
-    # expected spend per purchase and predicted CLTV over the fit's horizon
-    return {**to_public(state, seen, ev), **(NO_VALUE if seen is None else seen.value_fields())}
+    out = {**to_public(state, seen, ev), **(NO_VALUE if seen is None else seen.value_fields())}
+    out["cltv"] = ev.cltv
+    out["cltv_at_risk"] = None if ev.cltv is None else ev.cltv_at_risk()
+    if stored:
+        reasons = [r for r in stored.get("rr", "").split(",") if r]
+        out.update(
+            status=stored["st"],
+            risk_score=float(stored["sc"]),
+            risk_reasons=reasons,
+            high_value=stored.get("hv") == "1",
+            cltv=int(stored["cl"]) / MICROS if stored.get("cl") else None,
+            cltv_at_risk=(
+                int(stored["cr"]) / MICROS if stored.get("cl") and stored.get("cr") else None
+            ),
+        )
+    policy = rules.risk_policy
+    out["band"] = policy.bands.of(out["risk_score"])
+    out["evaluated_at"] = None if at_ms is None else iso(at_ms)
+    out["evidence"] = [e.as_dict() for e in evidence(out["risk_reasons"], ev.risk.details, policy)]
+    out["currency"] = settings.reporting_currency
+    return out
 
 
 async def at_risk(settings: Settings, limit: int) -> list[dict[str, Any]]:

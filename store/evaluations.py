@@ -58,6 +58,7 @@ _CHUNKS = files("store").joinpath("sched_chunks.lua").read_text()
 _RESCHEDULE = _CHUNKS + files("store").joinpath("reschedule.lua").read_text()
 _TAKE = _CHUNKS + files("store").joinpath("take_due.lua").read_text()
 _BACKLOG = files("store").joinpath("queue_backlog.lua").read_text()
+_REQUEUE = files("store").joinpath("requeue_at_risk.lua").read_text()
 _PREVIOUS = PIECES + files("store").joinpath("read_previous.lua").read_text()
 _STORE = writing_script("store_evaluations.lua")
 #: How long taken customers are left to their evaluator before others may take them.
@@ -198,8 +199,12 @@ class Evaluator:
         for state, _, ev in results:
             cid = state.customer_id
             at_risk = ev.status == "at_risk"
-            cltv = to_micros(ev.cltv)
-            cltv_at_risk = to_micros(ev.cltv_at_risk()) if at_risk else 0
+            # empty without a fitted model: "not predicted yet", not a CLTV of 0
+            cltv = "" if ev.cltv is None else str(to_micros(ev.cltv))
+            cltv_at_risk = "" if ev.cltv is None else "0"
+            if at_risk and ev.cltv is not None:
+                cltv_at_risk = str(to_micros(ev.cltv_at_risk()))
+            band = self.risk_policy.bands.of(ev.risk.score) or ""
             rows.append(
                 [
                     cid,
@@ -209,8 +214,9 @@ class Evaluator:
                     "1" if ev.risk.high_value else "0",
                     str(now_ms),
                     str(state.orders),
-                    str(cltv),
-                    str(cltv_at_risk),
+                    cltv,
+                    cltv_at_risk,
+                    band[:1],
                 ]
             )
             if at_risk:
@@ -223,7 +229,9 @@ class Evaluator:
 
 #: The fields of a stored evaluation, in the order the customer hash's ``ev`` joins them
 #: with '|' (store_evaluations.lua).
-EVALUATION_FIELDS = ("st", "sc", "rr", "hv", "at", "no", "cl", "cr")
+EVALUATION_FIELDS = ("st", "sc", "rr", "hv", "at", "no", "cl", "cr", "bd")
+#: the band's letter in ``bd``
+BAND_LETTERS = {"l": "low", "m": "medium", "h": "high"}
 
 
 def evaluation_fields(joined: str | None) -> dict[str, str]:
@@ -239,6 +247,8 @@ class EvaluationTotals:
 
     lifecycle: dict[str, int]
     at_risk: dict[str, int]
+    #: evaluated customers by risk band (low, medium, high)
+    bands: dict[str, int]
     high_value_at_risk: int
     #: in the reporting currency's millionths, so additions and take-backs stay exact
     predicted_cltv_micros: int
@@ -249,6 +259,7 @@ async def evaluation_totals(store: Store) -> EvaluationTotals:
     return EvaluationTotals(
         lifecycle=await store.counters("life:counts"),
         at_risk=await store.counters("risk:reasons"),
+        bands={BAND_LETTERS.get(k, k): n for k, n in (await store.counters("risk:bands")).items()},
         high_value_at_risk=await _summed_number(store, "risk:high_value"),
         predicted_cltv_micros=await _summed_number(store, "cltv:total"),
         cltv_at_risk_micros=await store.counters("cltv:at_risk"),
@@ -277,6 +288,22 @@ async def due_backlog(store: Store, now_ms: int) -> tuple[int, float]:
             if int(count) and first:
                 oldest = min(oldest, float(first))
     return waiting, max(0.0, (now_ms - oldest) / 1000) if waiting else 0.0
+
+
+async def requeue_at_risk(store: Store, now_ms: int, page: int = 1000) -> int:
+    """Queue every customer in the at-risk ranking for an evaluation, a page per call:
+    after a refit, the list, the customers' views and the alerts then show the new
+    predicted CLTV within one round of evaluations instead of at each customer's next
+    recheck. Returns how many were queued."""
+    script = store.redis.register_script(_REQUEUE)
+    queued = 0
+    for home in (await store.layout()).prefixes:
+        start, more = 0, 1
+        while more:
+            n, more = await script(keys=[home + "ids"], args=[home, now_ms, start, page])
+            queued += int(n)
+            start += page
+    return queued
 
 
 async def high_value_threshold(store: Store) -> float | None:
@@ -323,8 +350,8 @@ async def stored_evaluations(
 ) -> dict[str, dict[str, str]]:
     """The last evaluation stored for each of the customers that has one, by field (``st``
     status, ``sc`` risk score, ``rr`` reasons, ``hv`` high value, ``at`` when, ``no``
-    orders, ``cl`` predicted CLTV and ``cr`` CLTV at risk, in micros), one script call per
-    shard."""
+    orders, ``cl`` predicted CLTV and ``cr`` CLTV at risk, in micros, empty without a
+    fitted model, ``bd`` the band's letter), one script call per shard."""
     layout = await store.layout()
     by_shard: dict[str, list[str]] = {}
     for cid in customer_ids:
@@ -369,8 +396,10 @@ async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
                 "risk_score": float(ev.get("sc", 0)),
                 "risk_reasons": [r for r in ev.get("rr", "").split(",") if r],
                 "high_value": ev.get("hv") == "1",
-                "cltv": int(ev["cl"]) / MICROS if "cl" in ev else None,
-                "cltv_at_risk": int(ev["cr"]) / MICROS if "cr" in ev else None,
+                "band": BAND_LETTERS.get(ev.get("bd", "")),
+                "cltv": int(ev["cl"]) / MICROS if ev.get("cl") else None,
+                "cltv_at_risk": int(ev["cr"]) / MICROS if ev.get("cl") and ev.get("cr") else None,
+                "evaluated_at": iso(int(ev["at"])) if ev.get("at") else None,
                 "revenue": None if state is None else value(state),
                 "last_activity_at": None if state is None else iso(state.last_activity_ms),
             }

@@ -1,8 +1,9 @@
 -- Store an evaluation chunk's results and move the totals kept in step, atomically.
 -- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
 -- ARGV[1] the shard's prefix; ARGV[2] JSON list of results, each
---   [customer, st, sc, rr, hv, at, no, cl, cr] (status, risk score, reasons, high value,
---   evaluated at, orders, predicted CLTV, CLTV at risk; as text);
+--   [customer, st, sc, rr, hv, at, no, cl, cr, bd] (status, risk score, reasons, high
+--   value, evaluated at, orders, predicted CLTV, CLTV at risk (both empty without a
+--   fitted model), risk band l/m/h; as text);
 -- ARGV[3] JSON object: each result at risk's customer -> its rank in `atrisk`, as text.
 -- One JSON argument each: far cheaper for the client to send than a command per customer.
 --
@@ -18,6 +19,7 @@ if redis.call('EXISTS', P .. 'rebuilding') == 1 then
   return redis.error_reply('REBUILDING the store is being wiped for a rebuild')
 end
 local results = cjson.decode(ARGV[2])
+for _, r in ipairs(results) do r[10] = r[10] or '' end
 local ranks = cjson.decode(ARGV[3])
 local NAMES = {'ev', 'ev2', 'ev3', 'ev4', 'ev5', 'ev6'}
 
@@ -35,13 +37,13 @@ local function split(text, sep)
   end
 end
 
--- A customer's stored evaluation {st, rr, hv, cl, cr}, from the customer hash's pieces;
--- nil without one.
+-- A customer's stored evaluation {st, rr, hv, cl, cr, bd}, from the customer hash's
+-- pieces; nil without one.
 local function stored(cid)
   local pieces = redis.call('HMGET', P .. 'c:' .. cid, unpack(NAMES))
   if not pieces[1] then return nil end
   local v = split(joined(pieces), '|')
-  return {st = v[1], rr = v[3], hv = v[4], cl = v[7], cr = v[8]}
+  return {st = v[1], rr = v[3], hv = v[4], cl = v[7], cr = v[8], bd = v[9]}
 end
 
 -- Sums of whole micros, exact: a running sum is set aside as a part of its own before it
@@ -59,7 +61,7 @@ local function add_exact(t, delta)
   t.acc = t.acc + delta
 end
 
-local counts = {life = {}, reasons = {}}
+local counts = {life = {}, reasons = {}, bands = {}}
 local cltv_total, cltv_risk, high = exact_sum(), {}, 0
 local high_touched = false
 local function bump(family, name, delta)
@@ -92,12 +94,14 @@ for _, r in ipairs(results) do
   end
 end
 for i, r in ipairs(keep) do
-  local old, new = before[i], {st = r[2], rr = r[4], hv = r[5], cl = r[8], cr = r[9]}
+  local old, new = before[i], {st = r[2], rr = r[4], hv = r[5], cl = r[8], cr = r[9], bd = r[10]}
   if old then
     bump('life', old.st, -1)
+    if old.bd and old.bd ~= '' then bump('bands', old.bd, -1) end
     at_risk_moves(old, -1)
   end
   bump('life', new.st, 1)
+  if new.bd ~= '' then bump('bands', new.bd, 1) end
   at_risk_moves(new, 1)
   local delta = (tonumber(new.cl) or 0) - (old and tonumber(old.cl) or 0)
   if delta ~= 0 then add_exact(cltv_total, delta) end
@@ -139,7 +143,7 @@ for _, r in ipairs(results) do
     redis.call('ZREM', P .. 'atrisk', r[1])
   else
     local cut = {}
-    local pieces = cut_into(cut, table.concat(r, '|', 2, 9), ev_name)
+    local pieces = cut_into(cut, table.concat(r, '|', 2, 10), ev_name)
     redis.call('HSET', key, unpack(cut))
     -- the pieces a longer evaluation left deleted
     local gone = {}
@@ -167,4 +171,7 @@ end
 if high_touched then redis.call('INCRBY', P .. 'risk:high_value', high) end
 for name, n in pairs(counts.life) do redis.call('HINCRBY', P .. 'life:counts', name, n) end
 for name, n in pairs(counts.reasons) do redis.call('HINCRBY', P .. 'risk:reasons', name, n) end
+for name, n in pairs(counts.bands) do
+  if n ~= 0 then redis.call('HINCRBY', P .. 'risk:bands', name, n) end
+end
 return #keep

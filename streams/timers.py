@@ -22,7 +22,7 @@ from processors.alerts import Alert
 from processors.forecast import model_options
 from processors.lifecycle import lifecycle_policy
 from processors.windows import PERIODS
-from store.evaluations import Evaluator, update_high_value_threshold
+from store.evaluations import Evaluator, requeue_at_risk, update_high_value_threshold
 from store.models import fit_age_seconds, refit
 from store.periods import Periods
 from streams.ingest_batch import WorkerCounters
@@ -168,7 +168,10 @@ def clock_timers(app: faust.App, parts: WorkerParts) -> None:
         quantile = load_policy(settings.risk_file).high_value_quantile
         await update_high_value_threshold(parts.store, quantile)
         if model is not None:
-            logger.info("alive model refitted", extra=model.as_dict())
+            # the at-risk list shows each customer's CLTV as last evaluated: evaluate
+            # them again under the new fit now rather than at their next recheck
+            queued = await requeue_at_risk(parts.store, int(clock.timestamp() * 1000))
+            logger.info("alive model refitted", extra={**model.as_dict(), "requeued": queued})
 
 
 def owned_shards(

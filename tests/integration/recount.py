@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from store.evaluations import EvaluationTotals, evaluation_totals, stored_evaluations
+from store.evaluations import BAND_LETTERS, EvaluationTotals, evaluation_totals, stored_evaluations
 from store.store import Store
 
 
@@ -14,9 +14,12 @@ async def recounted(store: Store) -> EvaluationTotals:
     lifecycle: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     cltv_at_risk: Counter[str] = Counter()
+    bands: Counter[str] = Counter()
     high_value, cltv = 0, 0
     for ev in evaluations.values():
         lifecycle[ev["st"]] += 1
+        if ev.get("bd"):
+            bands[BAND_LETTERS[ev["bd"]]] += 1
         cltv += int(ev.get("cl") or 0)
         if ev["st"] != "at_risk":
             continue
@@ -27,6 +30,7 @@ async def recounted(store: Store) -> EvaluationTotals:
     return EvaluationTotals(
         lifecycle=dict(lifecycle),
         at_risk=dict(reasons),
+        bands=dict(bands),
         high_value_at_risk=high_value,
         predicted_cltv_micros=cltv,
         cltv_at_risk_micros={r: n for r, n in cltv_at_risk.items() if n},
@@ -39,6 +43,7 @@ async def kept_and_recounted(store: Store) -> tuple[EvaluationTotals, Evaluation
     kept = EvaluationTotals(
         lifecycle={k: n for k, n in kept.lifecycle.items() if n},
         at_risk={k: n for k, n in kept.at_risk.items() if n},
+        bands={k: n for k, n in kept.bands.items() if n},
         high_value_at_risk=kept.high_value_at_risk,
         predicted_cltv_micros=kept.predicted_cltv_micros,
         cltv_at_risk_micros={k: n for k, n in kept.cltv_at_risk_micros.items() if n},

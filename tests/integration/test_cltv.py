@@ -48,13 +48,13 @@ async def totals_equal_the_evaluations(redis: Redis, prefix: str) -> None:
     evaluations = list((await stored_evaluations(store, await store.customer_ids())).values())
     assert evaluations
     assert int(await redis.get(prefix + "cltv:total") or 0) == sum(
-        int(e["cl"]) for e in evaluations
+        int(e["cl"] or 0) for e in evaluations
     )
     want: dict[str, int] = {}
     for e in evaluations:
         if e["st"] == "at_risk":
             for reason in filter(None, e["rr"].split(",")):
-                want[reason] = want.get(reason, 0) + int(e["cr"])
+                want[reason] = want.get(reason, 0) + int(e["cr"] or 0)
     got = {r: int(n) for r, n in (await redis.hgetall(prefix + "cltv:at_risk")).items()}
     assert {r: n for r, n in got.items() if n} == {r: n for r, n in want.items() if n}
 

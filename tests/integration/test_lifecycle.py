@@ -228,8 +228,8 @@ async def test_a_long_evaluation_is_kept_in_pieces_a_listpack_keeps(redis: Redis
     no_moves = json.dumps({})  # no rank: the customer is not at risk in the ranking
     reasons = "silence,frequency_drop,low_p_alive,ticket_unresolved,refunds"
     long_row = ["long", "at_risk", "0.6666666666666666", reasons, "1", "1796021590393", "12",
-                "123456789012345", "123456789012345"]  # fmt: skip
-    short_row = ["long", "active", "0", "", "0", "1796021590394", "12", "5", "0"]
+                "123456789012345", "123456789012345", "m"]  # fmt: skip
+    short_row = ["long", "active", "0", "", "0", "1796021590394", "12", "5", "0", "l"]
     for row, pieces in ((long_row, 3), (short_row, 1)):
         await write(keys=["life13:ids"], args=["life13:", json.dumps([row]), no_moves])
         want = dict(zip(EVALUATION_FIELDS, row[1:], strict=True))
