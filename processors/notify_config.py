@@ -9,8 +9,10 @@ import os
 import re
 import ssl
 from collections.abc import Mapping
+from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -25,12 +27,13 @@ from pydantic import (
 )
 
 from processors.alerts import Alert, AlertKind
+from processors.risk import PLAYBOOK, Band
 from processors.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 Channel = Literal["webhook", "slack", "email"]
 
 
-Outcome = Literal["delivered", "duplicate", "cooled_down", "filtered", "failed"]
+Outcome = Literal["delivered", "duplicate", "cooled_down", "filtered", "failed", "digested"]
 
 
 Verdict = Literal["delivered", "retry", "permanent"]
@@ -97,22 +100,88 @@ def _from_env(data: Any, env_field: str, target: str, info: ValidationInfo) -> A
     return {**{k: v for k, v in data.items() if k != env_field}, target: value}
 
 
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
+
+
+class DigestSchedule(BaseModel):
+    """One message per day or week, at ``at`` in ``timezone``, listing the alerts that
+    came since the last one, instead of one message per alert."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    every: Literal["day", "week"] = "day"
+    at: time = time(8, 0)
+    timezone: str = "UTC"
+    #: the day of a weekly digest
+    weekday: Weekday = "monday"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Berlin") from None
+        return value
+
+    def latest(self, now: datetime) -> datetime:
+        """The last moment a digest was due at or before ``now`` (aware, in UTC)."""
+        zone = ZoneInfo(self.timezone)
+        local = now.astimezone(zone)
+        day = local.date()
+        for back in range(8):
+            candidate_day = day - timedelta(days=back)
+            if self.every == "week" and _WEEKDAYS[candidate_day.weekday()] != self.weekday:
+                continue
+            due = datetime.combine(candidate_day, self.at, tzinfo=zone)
+            if due <= local:
+                return due.astimezone(now.tzinfo)
+        raise AssertionError("a weekly schedule is due within eight days")
+
+
 class _Subscriber(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
     #: the alert kinds this subscriber wants; None means all
     kinds: frozenset[AlertKind] | None = None
+    #: only alerts whose risk band is one of these
+    bands: frozenset[Band] | None = None
+    #: only alerts with at least this risk score
+    min_risk: float | None = Field(default=None, ge=0, le=1)
+    #: only alerts about high-value customers
+    high_value: bool = False
+    #: only alerts with at least one of these reasons
+    reasons: frozenset[str] | None = None
+    #: collect the alerts into one message per day or week
+    digest: DigestSchedule | None = None
 
-    @field_validator("kinds")
+    @field_validator("kinds", "bands", "reasons")
     @classmethod
-    def _some_kinds(cls, value: frozenset[AlertKind] | None) -> frozenset[AlertKind] | None:
+    def _some(cls, value: frozenset[str] | None) -> frozenset[str] | None:
         if value is not None and not value:
-            raise ValueError("an empty kinds list would receive nothing; omit it for all kinds")
+            raise ValueError("an empty list would receive nothing; omit it for all")
+        return value
+
+    @field_validator("reasons")
+    @classmethod
+    def _known_reasons(cls, value: frozenset[str] | None) -> frozenset[str] | None:
+        unknown = sorted(set(value or ()) - set(PLAYBOOK))
+        if unknown:
+            raise ValueError(f"unknown reasons {unknown}; known: {sorted(PLAYBOOK)}")
         return value
 
     def wants(self, alert: Alert) -> bool:
-        return self.kinds is None or alert.kind in self.kinds
+        """Whether the alert passes every filter the subscriber set (all of them)."""
+        if self.kinds is not None and alert.kind not in self.kinds:
+            return False
+        if self.bands is not None and alert.band not in self.bands:
+            return False
+        if self.min_risk is not None and (alert.risk_score or 0.0) < self.min_risk:
+            return False
+        if self.high_value and not alert.high_value:
+            return False
+        return self.reasons is None or bool(self.reasons & set(alert.reasons))
 
 
 def _http_url(value: str) -> str:

@@ -7,12 +7,13 @@ import hashlib
 import json
 import unicodedata
 import urllib.parse
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
-from processors.alerts import Alert
+from processors.alerts import ALERT_VERSION, Alert
 from processors.human import money, percent
 from processors.notify_config import IDEMPOTENCY_HEADER, EmailSubscriber, RetryPolicy, Verdict
 
@@ -243,3 +244,98 @@ _TITLES: dict[str, str] = {
     "post_purchase_followup": "Post-purchase follow-up",
     "milestone": "Milestone",
 }
+
+
+@dataclass(frozen=True)
+class Digest:
+    """The alerts a subscriber collected since its last digest, ranked, as one message."""
+
+    subscriber: str
+    #: when this digest was due (its schedule's time), aware
+    due: datetime
+    every: str
+    alerts: tuple[Alert, ...]
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: one per subscriber and due time, so a resend after a crash
+        carries the key of the first."""
+        return f"digest:{self.subscriber}:{_iso(self.due)}"
+
+    @property
+    def title(self) -> str:
+        n = len(self.alerts)
+        word = "Daily" if self.every == "day" else "Weekly"
+        return f"{word} digest: {n} alert{'s' if n != 1 else ''}"
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def ranked(alerts: list[Alert]) -> tuple[Alert, ...]:
+    """Most CLTV at risk first, then the highest risk; ties by customer and key."""
+
+    def order(a: Alert) -> tuple[float, float, str, str]:
+        at_stake = a.stakes.get("cltv_at_risk") if a.stakes else None
+        return (-float(at_stake or 0.0), -float(a.risk_score or 0.0), a.customer_id, a.key)
+
+    return tuple(sorted(alerts, key=order))
+
+
+def digest_webhook_body(digest: Digest, subscriber: str) -> bytes:
+    body = {
+        "version": ALERT_VERSION,
+        "kind": "digest",
+        "key": digest.key,
+        "subscriber": subscriber,
+        "every": digest.every,
+        "due": _iso(digest.due),
+        "alerts": [a.as_dict() for a in digest.alerts],
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+#: Slack takes at most 50 blocks a message: the rest of a long digest is counted
+SLACK_DIGEST_ALERTS = 40
+
+
+def slack_digest(digest: Digest) -> dict[str, Any]:
+    shown = digest.alerts[:SLACK_DIGEST_ALERTS]
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": digest.title}},
+    ]
+    for n, alert in enumerate(shown, 1):
+        steps = [str(e.get("next_step")) for e in alert.evidence if e.get("next_step")]
+        text = f"*{n}.* {_mrkdwn(summary(alert))}"
+        if steps:
+            text += f"\n    _Next step:_ {_mrkdwn(steps[0])}"
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}})
+    left = len(digest.alerts) - len(shown)
+    footer = f"due {_iso(digest.due)} · key `{_mrkdwn(digest.key)}`"
+    if left:
+        footer = f"and {left} more, ranked lower · " + footer
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
+    return {"text": _mrkdwn(digest.title), "blocks": blocks}
+
+
+def digest_email(digest: Digest, subscriber: EmailSubscriber, now: datetime) -> EmailMessage:
+    msg = EmailMessage()
+    msg["Subject"] = header_text(f"[retention] {digest.title}")
+    msg["From"] = subscriber.sender
+    msg["To"] = ", ".join(subscriber.to)
+    msg["Date"] = format_datetime(now.astimezone(UTC))
+    hashed = hashlib.sha256(utf8_bytes(f"{subscriber.name}|{digest.key}")).hexdigest()[:32]
+    msg["Message-ID"] = f"<{hashed}@{subscriber.sender.split('@', 1)[1]}>"
+    msg[IDEMPOTENCY_HEADER] = header_key(digest.key)
+    lines = [digest.title, f"Ranked by CLTV at risk; due {_iso(digest.due)}.", ""]
+    for n, alert in enumerate(digest.alerts, 1):
+        lines.append(f"{n}. {header_text(summary(alert))}")
+        lines.extend(
+            f"   Next step ({e.get('reason')}): {e.get('next_step')}"
+            for e in alert.evidence
+            if e.get("next_step")
+        )
+    lines += ["", f"Digest key: {header_text(digest.key)}", ""]
+    msg.set_content("\n".join(lines).encode("utf-8", "backslashreplace").decode("utf-8"))
+    return msg

@@ -33,6 +33,12 @@ make the alert go out again: the notifier keeps it as sent and retries only the 
 with a growing pause. A crash in between sends that alert again after the restart; webhook
 receivers drop it by its ``Idempotency-Key``, email by its ``Message-ID`` (Slack's incoming
 webhooks have no such key).
+
+A subscriber with a ``digest`` schedule gets no message per alert: each alert it wants is
+kept in Redis (and recorded, so a repeat is a duplicate), and at the schedule's time one
+message lists them, most CLTV at risk first (:meth:`Notifier.send_digests`). The digest's
+key is the subscriber and its due time, so a resend after a crash carries the same key.
+
 Calls of :meth:`Notifier.deliver_to` for the same subscriber and customer must not
 overlap: the service loop gives each subscriber one task that handles its alerts in turn,
 and Kafka gives each customer's partition to one consumer.
@@ -73,10 +79,17 @@ from processors.notify_config import (
     WebhookSubscriber,
 )
 from processors.notify_messages import (
+    BadAlert,
+    Digest,
     classify_status,
+    decode_alert,
+    digest_email,
+    digest_webhook_body,
     email_message,
     header_key,
+    ranked,
     retry_delay,
+    slack_digest,
     slack_message,
     webhook_body,
 )
@@ -269,6 +282,21 @@ class Notifier:
                 extra={"subscriber": subscriber.name, "alert": alert.key},
             )
             return "cooled_down"
+        if subscriber.digest is not None:
+            await self.state.collect(subscriber.name, alert.key, alert.encode())
+            await self.state.record(
+                subscriber.name,
+                subscriber.type,
+                alert.kind,
+                alert.customer_id,
+                alert.key,
+                delivered_ms=_ms(self.clock()),
+                alert_ms=_ms(alert.at),
+                cooldown_ms=cooldown_ms,
+                horizon_ms=self.config.dedupe_horizon * 1000,
+                outcome="digested",
+            )
+            return "digested"
         attempts = await self._attempt(subscriber, alert)
         self._record(subscriber, failed=attempts.error is not None)
         if attempts.error is not None:
@@ -316,7 +344,52 @@ class Notifier:
     def _allowed_attempts(self, subscriber: Subscriber) -> int:
         return 1 if self.breaker_open(subscriber) else self.config.retry.attempts
 
-    async def _attempt(self, subscriber: Subscriber, alert: Alert) -> Attempts:
+    async def send_digests(self) -> dict[str, Outcome]:
+        """Send each digest subscriber the digest that has come due, if any: the alerts it
+        kept since the last one, ranked. A subscriber seen for the first time starts from
+        its latest due time, so its first digest comes at the next one. A digest that
+        cannot be sent is tried again at the next call, with what arrived meanwhile."""
+        outcomes: dict[str, Outcome] = {}
+        now = self.clock()
+        for subscriber in self.config.subscribers:
+            if subscriber.digest is None:
+                continue
+            due = subscriber.digest.latest(now)
+            due_ms = _ms(due)
+            sent, kept = await self.state.digest(subscriber.name)
+            if sent is not None and sent >= due_ms:
+                continue
+            alerts = []
+            for key, raw in kept.items():
+                try:
+                    alerts.append(decode_alert(raw.encode() if isinstance(raw, str) else raw))
+                except BadAlert as exc:
+                    await self.internal_error(subscriber, None, exc)
+                    logger.error("kept alert cannot be read", extra={"alert": key})
+            if sent is None or not alerts:
+                await self.state.digest_sent(subscriber.name, due_ms, list(kept))
+                continue
+            digest = Digest(subscriber.name, due, subscriber.digest.every, ranked(alerts))
+            attempts = await self._attempt(subscriber, digest)
+            self._record(subscriber, failed=attempts.error is not None)
+            if attempts.error is not None:
+                await self.state.count(f"digest_failed|{subscriber.type}")
+                logger.error(
+                    "digest not sent; trying again later",
+                    extra={"subscriber": subscriber.name, "error": attempts.error},
+                )
+                outcomes[subscriber.name] = "failed"
+                continue
+            await self.state.digest_sent(subscriber.name, due_ms, list(kept))
+            await self.state.count(f"sent|{subscriber.type}")
+            logger.info(
+                "digest sent",
+                extra={"subscriber": subscriber.name, "alerts": len(alerts), "key": digest.key},
+            )
+            outcomes[subscriber.name] = "delivered"
+        return outcomes
+
+    async def _attempt(self, subscriber: Subscriber, alert: Alert | Digest) -> Attempts:
         policy = self.config.retry
         allowed = self._allowed_attempts(subscriber)
         for attempt in range(1, allowed + 1):
@@ -401,9 +474,13 @@ class Notifier:
         if subscriber and alert:  # dead-lettered: nothing left to record
             self._unrecorded.pop((subscriber.name, alert.key), None)
 
-    async def _send(self, subscriber: Subscriber, alert: Alert) -> None:
+    async def _send(self, subscriber: Subscriber, alert: Alert | Digest) -> None:
         if isinstance(subscriber, WebhookSubscriber):
-            body = webhook_body(alert, subscriber.name)
+            body = (
+                webhook_body(alert, subscriber.name)
+                if isinstance(alert, Alert)
+                else digest_webhook_body(alert, subscriber.name)
+            )
             # a fresh timestamp per attempt: a retry after minutes is not taken for a replay
             signed = webhook_signature.signature_headers(
                 subscriber.secret.get_secret_value(), int(self.clock().timestamp()), body
@@ -416,10 +493,15 @@ class Notifier:
             }
             await self._post(subscriber.url, body, headers)
         elif isinstance(subscriber, SlackSubscriber):
-            body = json.dumps(slack_message(alert)).encode()
+            message = slack_message(alert) if isinstance(alert, Alert) else slack_digest(alert)
+            body = json.dumps(message).encode()
             await self._post(subscriber.url, body, {"Content-Type": "application/json"})
         else:
-            msg = email_message(alert, subscriber, self.clock())
+            msg = (
+                email_message(alert, subscriber, self.clock())
+                if isinstance(alert, Alert)
+                else digest_email(alert, subscriber, self.clock())
+            )
             send = partial(_smtp_send, subscriber, msg, self.config.retry.timeout)
             try:
                 await asyncio.get_running_loop().run_in_executor(None, send)

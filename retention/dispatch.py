@@ -400,8 +400,29 @@ class Dispatcher(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.commit()
 
 
+#: How often the notifier looks whether a subscriber's digest has come due.
+DIGEST_CHECK_SECONDS = 15.0
+
+
+async def send_digests_forever(
+    notifier: Notifier, stop: asyncio.Event, every: float = DIGEST_CHECK_SECONDS
+) -> None:
+    """Send the digests that come due until ``stop`` is set; a failure is logged and the
+    next check tries again (the digest keeps its alerts until it is sent)."""
+    while not stop.is_set():
+        try:
+            await notifier.send_digests()
+        except Exception:
+            logger.exception("digest check failed; trying again at the next one")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+
+
 async def run_notifier(
-    settings: Settings, config_path: Path, stop: asyncio.Event | None = None
+    settings: Settings,
+    config_path: Path,
+    stop: asyncio.Event | None = None,
+    digest_check_seconds: float = DIGEST_CHECK_SECONDS,
 ) -> None:
     """Deliver alerts until ``stop`` is set (forever without one); config errors raise
     :class:`retention.delivery.NotifyConfigError` before anything connects."""
@@ -429,10 +450,15 @@ async def run_notifier(
             consumer.subscribe([topic], listener=dispatcher)
             await consumer.start()
             committer: asyncio.Task[None] | None = None
+            digests: asyncio.Task[None] | None = None
             try:
                 for lane in dispatcher.lanes:
                     lane.start()
                 committer = asyncio.create_task(dispatcher.commit_forever())
+                if any(s.digest is not None for s in config.subscribers):
+                    digests = asyncio.create_task(
+                        send_digests_forever(notifier, stop, digest_check_seconds)
+                    )
                 logger.info(
                     "notifier started",
                     extra={"topic": topic, "subscribers": [s.name for s in config.subscribers]},
@@ -445,6 +471,9 @@ async def run_notifier(
                 await dispatcher.shutdown()
                 if committer is not None:
                     await asyncio.gather(committer, return_exceptions=True)
+                if digests is not None:
+                    digests.cancel()
+                    await asyncio.gather(digests, return_exceptions=True)
                 await consumer.stop()
     finally:
         await redis.aclose()

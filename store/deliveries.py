@@ -19,6 +19,9 @@ from redis.asyncio import Redis
 from processors.notify_messages import utf8_bytes
 from store.layout import Keys
 
+#: the field of a digest hash that holds when the last digest was due
+DIGEST_SENT = "\x00sent"
+
 
 @dataclass(frozen=True, slots=True)
 class Seen:
@@ -78,17 +81,53 @@ class Deliveries:
         alert_ms: int,
         cooldown_ms: int,
         horizon_ms: float,
+        outcome: str = "sent",
     ) -> None:
         """Remember a delivered alert, in one transaction: the alert key (older ones beyond
         ``horizon_ms`` dropped), the start of the cool-down when there is one, and the
-        ``sent|<channel>`` counter."""
+        ``<outcome>|<channel>`` counter (``digested`` for an alert kept for a digest)."""
         delivered = self.key("delivered", subscriber)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(delivered, {utf8_bytes(alert_key): delivered_ms})
             pipe.zremrangebyscore(delivered, "-inf", delivered_ms - horizon_ms)
             if cooldown_ms > 0:
                 pipe.set(self._last_key(subscriber, kind, customer_id), alert_ms, px=cooldown_ms)
-            pipe.hincrby(self.stats_key, f"sent|{channel}", 1)
+            pipe.hincrby(self.stats_key, f"{outcome}|{channel}", 1)
+            await pipe.execute()
+
+    # --- digests: one hash per subscriber, alert key -> the alert's JSON, and in the same
+    # hash (one key: atomic on a Redis Cluster too) the last digest sent, under a field no
+    # alert key can be (alert keys start with their kind)
+
+    def _digest_key(self, subscriber: str) -> str:
+        return self.key("digest", subscriber)
+
+    async def collect(self, subscriber: str, alert_key: str, alert_json: bytes) -> None:
+        """Keep an alert for the subscriber's next digest (again: no change)."""
+        await self.redis.hset(self._digest_key(subscriber), utf8_bytes(alert_key), alert_json)
+
+    async def digest(self, subscriber: str) -> tuple[int | None, dict[str, bytes | str]]:
+        """When the last digest was due (ms; None before the first) and the alerts kept
+        since, by key."""
+        raw = await self.redis.hgetall(self._digest_key(subscriber))
+        sent: int | None = None
+        kept: dict[str, bytes | str] = {}
+        for name, value in raw.items():
+            text = name.decode("utf-8", "surrogatepass") if isinstance(name, bytes) else name
+            if text == DIGEST_SENT:
+                sent = int(value)
+            else:
+                kept[text] = value
+        return sent, kept
+
+    async def digest_sent(self, subscriber: str, due_ms: int, alert_keys: list[str]) -> None:
+        """The digest due at ``due_ms`` went out with ``alert_keys``: drop them and note it,
+        in one transaction."""
+        key = self._digest_key(subscriber)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if alert_keys:
+                pipe.hdel(key, *(utf8_bytes(k) for k in alert_keys))
+            pipe.hset(key, DIGEST_SENT, due_ms)
             await pipe.execute()
 
     async def push_dead_letter(
