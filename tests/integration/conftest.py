@@ -28,7 +28,7 @@ from streams.producer import EventProducer
 from streams.topics import Topics, cluster_id, ensure_topics
 from tests.integration.cli_session import running_up  # noqa: F401  (a fixture)
 from tests.integration.cluster import redis_cluster  # noqa: F401  (a fixture)
-from tests.integration.receivers import receiver  # noqa: F401  (a fixture)
+from tests.integration.receivers import inbox, receiver  # noqa: F401  (fixtures)
 
 
 @dataclass(frozen=True)

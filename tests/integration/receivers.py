@@ -1,15 +1,22 @@
-"""An HTTP receiver for webhook and Slack-shaped subscribers, as a fixture (``receiver``):
-it records every request, and checks webhook signatures against :data:`SECRET`."""
+"""Receivers for the notifier's channels, as fixtures: an HTTP one for webhook and
+Slack-shaped subscribers (``receiver``), which records every request and checks webhook
+signatures against :data:`SECRET`, and an SMTP server (``inbox``, aiosmtpd)."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from processors.webhook_signature import is_valid_request
 
@@ -74,3 +81,44 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec.base = f"http://{host}:{port}"
     yield rec
     await runner.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Inbox:
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
+    #: (user, password) of each login attempt, and whether it was over TLS
+    logins: list[tuple[str, str, bool]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.raw.append(envelope.original_content or envelope.content)
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
+        return "250 Message accepted for delivery"
+
+    def authenticate(
+        self, server: Any, session: Any, envelope: object, mechanism: str, data: Any
+    ) -> AuthResult:
+        user, password = data.login.decode(), data.password.decode()
+        over_tls = server.transport.get_extra_info("ssl_object") is not None
+        self.logins.append((user, password, over_tls))
+        return AuthResult(success=(user, password) == ("retention", "pw-123"))
+
+
+@pytest.fixture
+def inbox() -> Iterator[Inbox]:
+    box = Inbox(port=free_port())
+    controller = Controller(box, hostname=box.host, port=box.port)
+    controller.start()
+    yield box
+    controller.stop()

@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
 import json
-import socket
 import ssl
 import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,6 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult
 from redis.asyncio import Redis
 
 from processors.alerts import Alert
@@ -43,7 +38,7 @@ from retention.dispatch import (
 )
 from store.deliveries import Deliveries
 from tests.integration.conftest import wait_until
-from tests.integration.receivers import SECRET, Receiver
+from tests.integration.receivers import SECRET, Inbox, Receiver, free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -61,47 +56,6 @@ def make_alert(
         high_value=True,
         details={"orders": 7},
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class Inbox:
-    host: str = "127.0.0.1"
-    port: int = 0
-    received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
-    #: (user, password) of each login attempt, and whether it was over TLS
-    logins: list[tuple[str, str, bool]] = field(default_factory=list)
-    raw: list[bytes] = field(default_factory=list)
-
-    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
-        self.raw.append(envelope.original_content or envelope.content)
-        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), msg))
-        return "250 Message accepted for delivery"
-
-    def authenticate(
-        self, server: Any, session: Any, envelope: object, mechanism: str, data: Any
-    ) -> AuthResult:
-        user, password = data.login.decode(), data.password.decode()
-        over_tls = server.transport.get_extra_info("ssl_object") is not None
-        self.logins.append((user, password, over_tls))
-        return AuthResult(success=(user, password) == ("retention", "pw-123"))
-
-
-@pytest.fixture
-def inbox() -> Iterator[Inbox]:
-    box = Inbox(port=free_port())
-    controller = Controller(box, hostname=box.host, port=box.port)
-    controller.start()
-    yield box
-    controller.stop()
 
 
 def config(*subscribers: dict[str, Any], **options: Any) -> NotifyConfig:

@@ -151,7 +151,10 @@ def test_kind_filter(kind: str) -> None:
         ),
         ({"name": "s", "type": "pager", "url": "http://h"}, "does not match any of the expected"),
         ({"name": "s", "type": "slack", "url": "http://h", "kinds": ["angry"]}, "kinds"),
-        ({"name": "s", "type": "slack", "url": "http://h", "kinds": []}, "empty list would receive nothing"),
+        (
+            {"name": "s", "type": "slack", "url": "http://h", "kinds": []},
+            "empty list would receive nothing",
+        ),
         ({"name": "s", "type": "slack", "url": "http://h", "channel": "#x"}, "channel"),
         ({"name": "has space", "type": "slack", "url": "http://h"}, "name"),
         (
