@@ -155,6 +155,8 @@ class RiskPolicy(BaseModel):
     #: next step per reason, over :data:`PLAYBOOK`
     playbook: dict[str, str] = Field(default_factory=dict)
     timers: Timers = Timers()
+    #: an alert worked when its customer orders within this many days after it
+    outcome_window_days: int = Field(default=30, ge=1, le=365)
 
     @model_validator(mode="after")
     def _known_reasons(self) -> RiskPolicy:

@@ -205,6 +205,45 @@ def cmd_at_risk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from processors import human
+    from retention.queries import alert_outcomes
+
+    settings = _services(args)
+    listed, counted = asyncio.run(alert_outcomes(settings, args.window))
+    if args.json:
+        out: dict[str, Any] = {"window_days": counted.window_days}
+        if args.outcomes:
+            out["outcomes"] = counted.rows()
+        else:
+            out["alerts"] = listed[: args.limit]
+        print(json.dumps(out, indent=2))
+        return 0
+    if args.outcomes:
+        print(f"an alert worked when its customer ordered within {counted.window_days} days")
+        print(
+            f"{'kind':<24} {'band':<7} {'alerts':>7} {'returned':>9} {'not':>6} "
+            f"{'pending':>8} {'rate':>6}"
+        )
+        for row in counted.rows():
+            print(
+                f"{row['kind']!s:<24} {row['band'] or '-'!s:<7} {row['alerts']:>7} "
+                f"{row['returned']:>9} {row['not_returned']:>6} {row['pending']:>8} "
+                f"{human.percent(row['return_rate']):>6}"  # type: ignore[arg-type]
+            )
+        if not counted.counts:
+            print("no alert raised yet")
+        return 0
+    for item in listed[: args.limit]:
+        print(
+            f"{item['at'][:16]}  {item['kind']:<22} {item['band'] or '-':<6} "
+            f"{item['customer_id']:<24} {item['outcome']}"
+        )
+    if not listed:
+        print("no alert raised yet")
+    return 0
+
+
 def cmd_customer(args: argparse.Namespace) -> int:
     from retention.queries import customer
 
@@ -489,6 +528,19 @@ def build_parser() -> argparse.ArgumentParser:
     at_risk.add_argument("--limit", type=int, default=20)
     at_risk.add_argument("--json", action="store_true")
     at_risk.set_defaults(func=cmd_at_risk)
+
+    alerts = sub.add_parser(
+        "alerts", parents=[common], help="alerts raised, and whether customers came back"
+    )
+    alerts.add_argument(
+        "--outcomes", action="store_true", help="rates per kind and band instead of a list"
+    )
+    alerts.add_argument(
+        "--window", type=int, help="days after an alert in which an order counts (risk file: 30)"
+    )
+    alerts.add_argument("--limit", type=int, default=20, help="newest alerts listed")
+    alerts.add_argument("--json", action="store_true")
+    alerts.set_defaults(func=cmd_alerts)
 
     metrics = sub.add_parser("metrics", parents=[common], help="retention metrics per period")
     metrics.add_argument("--period", choices=["day", "week", "month"], default="month")

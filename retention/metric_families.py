@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from contract.events import EVENT_TYPES, REJECT_REASONS
 from processors.lifecycle import STATUSES
 from processors.metrics import Cohort, PeriodRow
+from processors.risk import BANDS
 from processors.windows import PERIODS, Period
 from retention.ingest_rules import ENDPOINTS as INGEST_ENDPOINTS
 from retention.ingest_rules import STATUSES as INGEST_STATUSES
@@ -58,6 +59,10 @@ class Snapshot:
     rows: dict[tuple[Period, Window], PeriodRow] = field(default_factory=dict)
     cohorts: dict[str, Cohort] = field(default_factory=dict)
     at_risk: dict[str, int] = field(default_factory=dict)
+    #: evaluated customers by risk band
+    risk_bands: dict[str, int] = field(default_factory=dict)
+    #: alerts by (kind, band, outcome), as the leader counted them last
+    alert_outcomes: dict[tuple[str, str, str], int] = field(default_factory=dict)
     high_value_at_risk: int = 0
     #: predicted CLTV summed over evaluated customers, and CLTV x risk score summed over
     #: at-risk customers by reason (the evaluator keeps both as it goes)
@@ -161,6 +166,23 @@ def _risk_families(snap: Snapshot) -> Iterator[Metric]:
     for reason, n in sorted(snap.at_risk.items()):
         reasons.add_metric([reason], n)
     yield reasons
+    bands = _gauge(
+        "retention_customers_by_risk_band",
+        "Evaluated customers by the band of their risk score (low, medium, high).",
+        ("band",),
+    )
+    for band in BANDS:
+        bands.add_metric([band], snap.risk_bands.get(band, 0))
+    yield bands
+    outcomes = _gauge(
+        "retention_alert_outcomes",
+        "Alerts by kind, risk band and outcome: returned (the customer ordered within the "
+        "outcome window after the alert), not_returned, pending.",
+        ("kind", "band", "outcome"),
+    )
+    for (kind, alert_band, result), n in sorted(snap.alert_outcomes.items()):
+        outcomes.add_metric([kind, alert_band or "none", result], n)
+    yield outcomes
     yield _scalar(
         "retention_high_value_at_risk_customers",
         "High-value customers at risk.",

@@ -18,12 +18,14 @@ from processors.evaluator import as_of_day, evaluate
 from processors.evidence import evidence
 from processors.forecast import NO_VALUE, outlook
 from processors.lifecycle import lifecycle_policy
+from processors.outcomes import Tally, outcome, tally
 from processors.state import iso, to_public
 from processors.windows import PERIODS, Period, next_period
 from retention.config import Settings
 from store.connect import connect
 from store.evaluations import Evaluator, active_before, ranked_at_risk, stored_evaluations
 from store.models import stored_fit
+from store.outcomes import logged_alerts, read_states
 from store.periods import Periods
 from store.store import Store
 from streams.risk_file import load_policy
@@ -97,6 +99,32 @@ async def at_risk(settings: Settings, limit: int) -> list[dict[str, Any]]:
     """Customers at risk, ranked by CLTV at risk (predicted CLTV x risk score)."""
     async with _redis(settings) as redis:
         return await ranked_at_risk(Store(redis, settings.key_prefix), limit)
+
+
+async def alert_outcomes(
+    settings: Settings, window_days: int | None = None
+) -> tuple[list[dict[str, Any]], Tally]:
+    """The alerts raised, newest first, each with its outcome, and their count by kind,
+    band and outcome (window: the risk file's ``outcome_window_days`` unless given)."""
+    window = window_days or load_policy(settings.risk_file).outcome_window_days
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    async with _redis(settings) as redis:
+        store = Store(redis, settings.key_prefix)
+        raised = await logged_alerts(store, now_ms)
+        ids = sorted({r.customer_id for r in raised})
+        states = await read_states(store, ids)
+    listed = [
+        {
+            "key": r.key,
+            "kind": r.kind,
+            "band": r.band or None,
+            "customer_id": r.customer_id,
+            "at": iso(r.at_ms),
+            "outcome": outcome(r, states.get(r.customer_id), window, now_ms),
+        }
+        for r in sorted(raised, key=lambda r: (-r.at_ms, r.key))
+    ]
+    return listed, tally(raised, states, window, now_ms)
 
 
 async def live_periods(

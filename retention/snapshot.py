@@ -22,6 +22,7 @@ from retention.metric_families import COHORT_MONTHS, Snapshot, Window
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from retention.status import STALE_HEARTBEATS
 from store.evaluations import due_backlog, evaluation_totals
+from store.outcomes import kept_outcomes
 from store.periods import Periods
 from store.store import Store
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
@@ -197,6 +198,8 @@ async def read_snapshot(
         rows=rows,
         cohorts=await _recent_cohorts(periods, now, COHORT_MONTHS),
         at_risk=totals.at_risk,
+        risk_bands=totals.bands,
+        alert_outcomes={key: n for key, n in (await kept_outcomes(store)).items()},
         high_value_at_risk=totals.high_value_at_risk,
         predicted_cltv=totals.predicted_cltv_micros / MICROS,
         cltv_at_risk={r: n / MICROS for r, n in totals.cltv_at_risk_micros.items() if n},

@@ -42,6 +42,7 @@ from processors.evaluator import (
 from processors.fit_grid import cltv_quantile
 from processors.forecast import outlooks
 from processors.lifecycle import LifecyclePolicy, alerts_for, lookback_days, next_due_ms
+from processors.outcomes import Raised
 from processors.risk import RiskPolicy, value
 from processors.state import CustomerState, iso
 from store.models import SAMPLE_CUSTOMERS, read_histories, read_sample, stored_fit
@@ -61,6 +62,12 @@ _BACKLOG = files("store").joinpath("queue_backlog.lua").read_text()
 _REQUEUE = files("store").joinpath("requeue_at_risk.lua").read_text()
 _PREVIOUS = PIECES + files("store").joinpath("read_previous.lua").read_text()
 _STORE = writing_script("store_evaluations.lua")
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
 #: How long taken customers are left to their evaluator before others may take them.
 LEASE_MS = 60_000
 
@@ -163,7 +170,7 @@ class Evaluator:
         # again with the same keys, which subscribers drop; never the other way round
         if alerts and self.publish is not None:
             await self.publish(alerts)
-        await self._store(home, results, now_ms)
+        await self._store(home, results, now_ms, alerts)
         await self._reschedule(home, results, lease, now_ms)
         return len(states)
 
@@ -188,7 +195,11 @@ class Evaluator:
         await self._reschedule_script(keys=[home + "ids"], args=args)
 
     async def _store(
-        self, home: str, results: list[tuple[CustomerState, Previous, Evaluation]], now_ms: int
+        self,
+        home: str,
+        results: list[tuple[CustomerState, Previous, Evaluation]],
+        now_ms: int,
+        alerts: Sequence[Alert] = (),
     ) -> None:
         """Each customer's result in one script call, which also moves the totals kept in
         step, by each new result against the one stored at that moment
@@ -221,9 +232,15 @@ class Evaluator:
             )
             if at_risk:
                 ranks[cid] = repr(at_risk_rank(state, ev))
+        # logged for their outcomes (store/outcomes.py)
+        logged = [
+            [a.key, Raised(a.key, a.customer_id, a.kind, a.band or "", _ms(a.at)).encode()]
+            for a in alerts
+        ]
         # the totals are kept per shard, beside its customers: one slot, one script
         await self._store_script(
-            keys=[home + "ids"], args=[home, json.dumps(rows), json.dumps(ranks)]
+            keys=[home + "ids"],
+            args=[home, json.dumps(rows), json.dumps(ranks), json.dumps(logged)],
         )
 
 

@@ -4,7 +4,9 @@
 --   [customer, st, sc, rr, hv, at, no, cl, cr, bd] (status, risk score, reasons, high
 --   value, evaluated at, orders, predicted CLTV, CLTV at risk (both empty without a
 --   fitted model), risk band l/m/h; as text);
--- ARGV[3] JSON object: each result at risk's customer -> its rank in `atrisk`, as text.
+-- ARGV[3] JSON object: each result at risk's customer -> its rank in `atrisk`, as text;
+-- ARGV[4] JSON list of the alerts these results raised, each [key, "kind|band|at|customer"]:
+--   logged in `alog` once (a repeat after a crash keeps the first), for their outcomes.
 -- One JSON argument each: far cheaper for the client to send than a command per customer.
 --
 -- The totals (lifecycle counts, customers and CLTV at risk per reason, high-value
@@ -19,6 +21,7 @@ if redis.call('EXISTS', P .. 'rebuilding') == 1 then
   return redis.error_reply('REBUILDING the store is being wiped for a rebuild')
 end
 local results = cjson.decode(ARGV[2])
+local raised = cjson.decode(ARGV[4] or '[]')
 for _, r in ipairs(results) do r[10] = r[10] or '' end
 local ranks = cjson.decode(ARGV[3])
 local NAMES = {'ev', 'ev2', 'ev3', 'ev4', 'ev5', 'ev6'}
@@ -169,6 +172,7 @@ for reason, t in pairs(cltv_risk) do
   write_exact(t, function(d) redis.call('HINCRBY', P .. 'cltv:at_risk', reason, d) end)
 end
 if high_touched then redis.call('INCRBY', P .. 'risk:high_value', high) end
+for _, alert in ipairs(raised) do redis.call('HSETNX', P .. 'alog', alert[1], alert[2]) end
 for name, n in pairs(counts.life) do redis.call('HINCRBY', P .. 'life:counts', name, n) end
 for name, n in pairs(counts.reasons) do redis.call('HINCRBY', P .. 'risk:reasons', name, n) end
 for name, n in pairs(counts.bands) do

@@ -24,6 +24,7 @@ from processors.lifecycle import lifecycle_policy
 from processors.windows import PERIODS
 from store.evaluations import Evaluator, requeue_at_risk, update_high_value_threshold
 from store.models import fit_age_seconds, refit
+from store.outcomes import keep_outcomes
 from store.periods import Periods
 from streams.ingest_batch import WorkerCounters
 from streams.risk_file import load_policy
@@ -136,6 +137,10 @@ def heartbeat_timer(app: faust.App, parts: WorkerParts) -> None:
         await parts.redis.aclose()
 
 
+#: How often the leader counts the alerts' outcomes for the exporter.
+OUTCOMES_EVERY_SECONDS = 60.0
+
+
 def clock_timers(app: faust.App, parts: WorkerParts) -> None:
     """The leader's periodic work: closing periods and refitting BG/NBD."""
     settings, periods = parts.settings, parts.periods
@@ -150,6 +155,17 @@ def clock_timers(app: faust.App, parts: WorkerParts) -> None:
         written = await close_periods(settings, periods, parts.cluster_id)
         if written:
             logger.info("periods closed", extra={"periods": written})
+
+    @app.timer(interval=OUTCOMES_EVERY_SECONDS, on_leader=True)  # type: ignore[untyped-decorator]
+    @surviving("counting alert outcomes", counters)
+    async def outcomes() -> None:
+        if await held(parts, "outcomes"):
+            return
+        clock = await period_clock(settings, periods, parts.cluster_id)
+        if clock is None:
+            return
+        window = load_policy(settings.risk_file).outcome_window_days
+        await keep_outcomes(parts.store, int(clock.timestamp() * 1000), window)
 
     # Checked often, done rarely: a fresh worker (or a new leader) fits soon after it
     # starts instead of a whole interval later.

@@ -292,6 +292,25 @@ async def test_alerts_carry_evidence_route_escalate_and_digest_once(
         assert stakes == sorted(stakes, reverse=True)
         assert {a["kind"] for a in digest["alerts"]} == {"at_risk"}
 
+        # did it work: the quiet customer orders again the next day; the others have not
+        tomorrow = datetime.combine(NOW.date() + DAY, datetime.min.time(), UTC)
+        await send(producer, [order("quiet", 99, tomorrow + timedelta(minutes=1), 30)])
+
+        async def came_back() -> bool:
+            listed, _ = await queries.alert_outcomes(settings)
+            return any(
+                a["customer_id"] == "quiet" and a["outcome"] == "returned" for a in listed
+            )
+
+        await wait_until(came_back, 30, "the quiet customer's return", workers.logs)
+        listed, counted = await queries.alert_outcomes(settings)
+        first = {a["customer_id"]: a["outcome"] for a in listed if a["kind"] == "at_risk"}
+        assert first["quiet"] == "returned"
+        assert {first[c] for c in everyone if c != "quiet"} == {"pending"}
+        rows = {(r["kind"], r["band"]): r for r in counted.rows()}
+        assert sum(r["returned"] for r in rows.values()) >= 1
+        assert rows[("at_risk", "high")]["alerts"] >= 1
+
         # nothing arrived twice anywhere
         for name in ("crm", "vip", "morning"):
             keys = Counter(r.headers["Idempotency-Key"] for r in receiver.to(name))
