@@ -167,7 +167,7 @@ def _risk_families(snap: Snapshot) -> Iterator[Metric]:
         reasons.add_metric([reason], n)
     yield reasons
     bands = _gauge(
-        "retention_customers_by_risk_band",
+        "retention_risk_band_customers",
         "Evaluated customers by the band of their risk score (low, medium, high).",
         ("band",),
     )
