@@ -298,9 +298,7 @@ async def test_alerts_carry_evidence_route_escalate_and_digest_once(
 
         async def came_back() -> bool:
             listed, _ = await queries.alert_outcomes(settings)
-            return any(
-                a["customer_id"] == "quiet" and a["outcome"] == "returned" for a in listed
-            )
+            return any(a["customer_id"] == "quiet" and a["outcome"] == "returned" for a in listed)
 
         await wait_until(came_back, 30, "the quiet customer's return", workers.logs)
         listed, counted = await queries.alert_outcomes(settings)

@@ -223,9 +223,7 @@ async def seed_stage_keys(redis: Redis, prefix: str) -> None:
     await redis.hset(prefix + "notify:stats", mapping={"sent|email": 3, "failed|webhook": 1})
     await redis.hset(prefix + "risk:bands", mapping={"l": 30, "m": 5, "h": 2})
     outcomes = [["at_risk", "high", "returned", 2], ["at_risk", "high", "not_returned", 3]]
-    await redis.set(
-        prefix + "alerts:outcomes", json.dumps({"window_days": 30, "counts": outcomes})
-    )
+    await redis.set(prefix + "alerts:outcomes", json.dumps({"window_days": 30, "counts": outcomes}))
 
 
 def http_json(url: str) -> dict[str, Any]:

@@ -168,7 +168,7 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
         "retention_crr_ratio",  # no row: |S| unknown
         "retention_at_risk_customers",
         "retention_cltv_at_risk",
-    "retention_alert_outcomes",  # alerts, counted like orders
+        "retention_alert_outcomes",  # alerts, counted like orders
         "retention_consumer_lag_messages",
         "retention_watermark_delay_seconds",
         "retention_last_event_age_seconds",
