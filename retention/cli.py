@@ -61,6 +61,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_inbox(args: argparse.Namespace) -> int:
+    import signal
+
+    from retention.demo_inbox import serve
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args.folder, args.http_port, args.smtp_port, stop)
+
+    asyncio.run(go())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
     from streams.topics import Topics
@@ -607,6 +623,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=5.0, help="live events per second")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=cmd_demo)
+
+    inbox = sub.add_parser(
+        "demo-inbox",
+        parents=[common],
+        help="receive the demo's webhook, Slack and email messages into files",
+    )
+    inbox.add_argument("--folder", type=Path, required=True)
+    inbox.add_argument("--http-port", type=int, required=True)
+    inbox.add_argument("--smtp-port", type=int, required=True)
+    inbox.set_defaults(func=cmd_demo_inbox)
     return parser
 
 

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # Notifications: the subscribers file (see processors/notify_config.py); cool-downs, retries
     # and secrets (as *_env variable names) are set there
     notifications_file: Path | None = None
+    # `up --demo` without a notifications file: how long after start the demo's daily
+    # digest subscriber gets its first digest
+    demo_digest_after_seconds: float = Field(default=180.0, gt=0)
     # port for a worker's own /metrics (batch latency, Redis errors); None = not served
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # Both /metrics endpoints (exporter and workers): the worker's bind address (the

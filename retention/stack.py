@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -48,6 +49,8 @@ class Stack:
         self.started = time.monotonic()
         self.worker_metrics_urls: dict[str, str] = {}
         self.ingest_url: str | None = None
+        #: where the demo's subscribers' messages land (``up --demo`` without a file)
+        self.demo_inbox: Path | None = None
 
     def check_not_running(self) -> None:
         previous = Services.read(self.settings.data_dir)
@@ -120,10 +123,34 @@ class Stack:
         if demo:
             argv = runtime.retention_argv("demo")
             self.supervisor.start("demo", self._spawner("demo", argv, child_env))
+        if demo and notifications is None:
+            notifications = self.start_demo_inbox(settings, child_env)
         if notifications is not None:
             argv = runtime.retention_argv("notify", "--config", str(notifications.resolve()))
             self.supervisor.start("notifier", self._spawner("notifier", argv, child_env))
         return child_env
+
+    def start_demo_inbox(self, settings: Settings, env: dict[str, str]) -> Path:
+        """A local receiver for the demo's subscribers (``retention/demo_inbox.py``), and
+        the notifications file that points them at it."""
+        from retention.demo_inbox import notifications_file
+
+        folder = (settings.data_dir / "demo-inbox").resolve()
+        http_port, smtp_port = runtime.free_port(), runtime.free_port()
+        digest_at = datetime.now(UTC) + timedelta(seconds=settings.demo_digest_after_seconds)
+        path = notifications_file(folder, http_port, smtp_port, digest_at)
+        argv = runtime.retention_argv(
+            "demo-inbox",
+            "--folder",
+            str(folder),
+            "--http-port",
+            str(http_port),
+            "--smtp-port",
+            str(smtp_port),
+        )
+        self.supervisor.start("demo-inbox", self._spawner("demo-inbox", argv, env, http_port))
+        self.demo_inbox = folder
+        return path
 
     def worker_targets(self) -> list[str]:
         return [url.split("/")[2] for url in self.worker_metrics_urls.values()]
@@ -254,18 +281,7 @@ def run_up(
         metrics_url, prometheus_url = stack.start_metrics(env, metrics_port, with_prometheus)
         ingest_url = stack.start_ingest(env, ingest_port)
         where = stack.record(live, metrics_url, prometheus_url)
-        write(f"kafka    {live.kafka_bootstrap}" + ("  (embedded Tansu)" if stack.embedded else ""))
-        redis_note = "  (embedded, AOF, password in the data directory)" if stack.embedded else ""
-        write(f"redis    {mask_url(live.redis_url)}{redis_note}")
-        write(f"metrics  {metrics_url}")
-        for name, url in stack.worker_metrics_urls.items():
-            write(f"         {url}  ({name})")
-        if prometheus_url:
-            write(f"prometheus {prometheus_url}  (the project's rules loaded)")
-        write(f"ingest   {ingest_url}  (HTTP API; keys: retention keys create NAME)")
-        write(f"logs     {log_dir}/")
-        write(f"recorded {where}  (other shells find the services there)")
-        write("try      retention status | retention customer ID --json | Ctrl-C to stop")
+        _banner(write, stack, live, metrics_url, prometheus_url, ingest_url, where)
         ready = False
         while not stopping:
             if _supervise(stack, write, log_dir):
@@ -290,6 +306,35 @@ def run_up(
         write("stopping ...", flush=True)
         stack.stop()
     return code
+
+
+def _banner(
+    write: Callable[..., None],
+    stack: Stack,
+    live: Settings,
+    metrics_url: str,
+    prometheus_url: str | None,
+    ingest_url: str,
+    where: Path,
+) -> None:
+    """Where everything ``up`` started listens, and what to try."""
+    write(f"kafka    {live.kafka_bootstrap}" + ("  (embedded Tansu)" if stack.embedded else ""))
+    redis_note = "  (embedded, AOF, password in the data directory)" if stack.embedded else ""
+    write(f"redis    {mask_url(live.redis_url)}{redis_note}")
+    write(f"metrics  {metrics_url}")
+    for name, url in stack.worker_metrics_urls.items():
+        write(f"         {url}  ({name})")
+    if prometheus_url:
+        write(f"prometheus {prometheus_url}  (the project's rules loaded)")
+    write(f"ingest   {ingest_url}  (HTTP API; keys: retention keys create NAME)")
+    write(f"logs     {stack.log_dir}/")
+    if stack.demo_inbox is not None:
+        write(
+            f"alerts   {stack.demo_inbox}/  (what the demo's webhook, Slack and email "
+            "subscribers receive, one file each; retention alerts --outcomes)"
+        )
+    write(f"recorded {where}  (other shells find the services there)")
+    write("try      retention status | retention customer ID --json | Ctrl-C to stop")
 
 
 def _supervise(stack: Stack, write: Callable[..., None], log_dir: Path) -> bool:

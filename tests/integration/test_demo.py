@@ -82,3 +82,52 @@ async def test_demo_shows_declining_customers_at_risk_and_notifies_a_webhook(
         await asyncio.wait_for(up.wait(), 60)
         await runner.cleanup()
     assert up.returncode == 0
+
+
+async def test_the_demo_alone_shows_evidence_routing_digest_and_outcomes(tmp_path: Path) -> None:
+    """`up --demo` with nothing else: its subscribers' messages land in the demo inbox, with
+    each reason's sentence and next step, the stakes, a filtered subscriber, an email, a
+    digest; and `retention alerts --outcomes` reports on them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+    env["RETENTION_DEMO_DIGEST_AFTER_SECONDS"] = "40"
+    data = tmp_path / "data"
+    inbox = data / "demo-inbox"
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "retention.cli", "up", "--demo", "--data-dir", str(data),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+
+    def read(name: str) -> list[dict[str, Any]]:
+        path = inbox / f"{name}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    try:
+        wanted = ("crm", "success-team", "account-managers", "support-leads", "morning-digest")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(read(n) for n in wanted):
+            await asyncio.sleep(1)
+        missing = [n for n in wanted if not read(n)]
+        assert not missing, f"nothing reached {missing}"
+        at_risk = [a for a in read("crm") if a["kind"] == "at_risk"]
+        assert at_risk and all(a["version"] == 2 and a["evidence"] for a in at_risk)
+        assert all(e["text"] and e["next_step"] for a in at_risk for e in a["evidence"])
+        assert all(a["stakes"]["currency"] == "USD" for a in at_risk)
+        support = {"ticket_unresolved", "low_csat", "nps_detractor"}
+        assert all(support & set(a["reasons"]) for a in read("support-leads"))
+        slack = read("success-team")
+        assert any("Next step" in str(m["blocks"]) for m in slack)
+        mails = read("account-managers")
+        assert all("Next step:" in m["body"] for m in mails)
+        [digest] = read("morning-digest")
+        assert digest["text"].startswith("Daily digest: ")
+        report = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "retention.cli", "alerts", "--outcomes", "--json",
+            "--data-dir", str(data), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        out, _ = await report.communicate()
+        rows = json.loads(out)["outcomes"]
+        assert any(r["kind"] == "at_risk" and r["alerts"] for r in rows), rows
+    finally:
+        up.send_signal(signal.SIGINT)
+        await asyncio.wait_for(up.wait(), 60)
