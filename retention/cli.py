@@ -332,7 +332,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         out = {"period": args.period, "churn_after_days": churn, "periods": rows}
         print(json.dumps({**out, "active_customers": active}))
     else:
-        print(render_periods(rows, args.period))
+        print(render_periods(rows, args.period, settings.reporting_currency))
         print("active now: " + ", ".join(f"{n} this {p}" for p, n in active.items()))
     return 0
 
@@ -374,7 +374,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     report, per_customer = backtest.run(settings, options)
-    print(render_periods(report["periods"], options.period))
+    print(render_periods(report["periods"], options.period, settings.reporting_currency))
     memory = f"{per_customer:,.0f} B" if per_customer is not None else "?"
     print(
         f"{report['events']} events, {report['rejected']} rejected, "

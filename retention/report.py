@@ -98,7 +98,9 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]], left: int) -> l
     return [line(header), rule, *(line(cells) for cells in body)]
 
 
-def render_periods(rows: Sequence[Mapping[str, Any]], period: str) -> str:
+def render_periods(
+    rows: Sequence[Mapping[str, Any]], period: str, currency: str | None = None
+) -> str:
     """The ``periods`` entries as an aligned text table, oldest first as given.
 
     Columns: period start date, customers at the start and end, new, lost and reactivated
@@ -121,6 +123,8 @@ def render_periods(rows: Sequence[Mapping[str, Any]], period: str) -> str:
     lines = [f"Retention by {period} (period start dates, UTC)", ""]
     lines += _table(header, body, left=1)
     lines += ["", PERIOD_LEGEND]
+    if currency:
+        lines.append(f"revenue and AOV in {currency}.")
     if any(row.get("open") for row in rows):
         lines.append(f"{OPEN_MARKER} = the current {period}, not closed yet: it can still change.")
     return "\n".join(lines)

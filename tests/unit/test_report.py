@@ -294,3 +294,8 @@ def test_plot_cohorts_rejects_empty_and_unknown_period(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown period"):
         plot_cohorts(COHORTS, "year", tmp_path / "year.png")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_table_names_the_currency_of_its_money() -> None:
+    assert "revenue and AOV in EUR." in render_periods(ROWS, "week", "EUR")
+    assert " in " not in render_periods(ROWS, "week").splitlines()[-1]
