@@ -24,9 +24,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -46,6 +44,7 @@ from common import (
     log_tail,
     produce,
     render_memory,
+    run_benchmark,
     script_seconds,
     seen_total,
     split_by_partition,
@@ -656,29 +655,13 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
+def measure(options: Options, log_dir: Path) -> list[Run]:
+    with runtime.start_services(log_dir) as services:
+        return asyncio.run(run_all(options, services.kafka_bootstrap, services.redis_url, log_dir))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    options = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    log_dir = Path(tempfile.mkdtemp(prefix="retention-bench-"))
-    started = time.monotonic()
-    keep = options.keep_logs
-    try:
-        with runtime.start_services(log_dir) as services:
-            runs = asyncio.run(
-                run_all(options, services.kafka_bootstrap, services.redis_url, log_dir)
-            )
-    except (BenchError, runtime.MissingBinary) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        keep = True
-        return 1
-    finally:
-        if keep:
-            print(f"logs in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
-    output = as_json if options.as_json else render
-    print(output(options, runs, time.monotonic() - started))
-    return 0
+    return run_benchmark(parse_args(argv), "retention-bench-", measure, render, as_json)
 
 
 if __name__ == "__main__":

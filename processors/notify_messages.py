@@ -174,18 +174,25 @@ def summary_head(alert: Alert) -> str:
     return f"{title(alert)}: customer {alert.customer_id}"[:150]
 
 
-def email_message(alert: Alert, subscriber: EmailSubscriber, now: datetime) -> EmailMessage:
-    """A plain-text email; its Message-ID derives from the alert key, so a resend after a
+def _mail(subject: str, key: str, subscriber: EmailSubscriber, now: datetime) -> EmailMessage:
+    """A message with its headers: the Message-ID derives from ``key``, so a resend after a
     crash threads with, and can be dropped as, the first."""
     msg = EmailMessage()
-    star = " [high value]" if alert.high_value else ""
-    msg["Subject"] = header_text(f"[retention] {summary_head(alert)}{star}")
+    msg["Subject"] = header_text(subject)
     msg["From"] = subscriber.sender
     msg["To"] = ", ".join(subscriber.to)
     msg["Date"] = format_datetime(now.astimezone(UTC))
-    digest = hashlib.sha256(utf8_bytes(f"{subscriber.name}|{alert.key}")).hexdigest()[:32]
-    msg["Message-ID"] = f"<{digest}@{subscriber.sender.split('@', 1)[1]}>"
-    msg[IDEMPOTENCY_HEADER] = header_key(alert.key)
+    hashed = hashlib.sha256(utf8_bytes(f"{subscriber.name}|{key}")).hexdigest()[:32]
+    msg["Message-ID"] = f"<{hashed}@{subscriber.sender.split('@', 1)[1]}>"
+    msg[IDEMPOTENCY_HEADER] = header_key(key)
+    return msg
+
+
+def email_message(alert: Alert, subscriber: EmailSubscriber, now: datetime) -> EmailMessage:
+    """A plain-text email; its Message-ID derives from the alert key, so a resend after a
+    crash threads with, and can be dropped as, the first."""
+    star = " [high value]" if alert.high_value else ""
+    msg = _mail(f"[retention] {summary_head(alert)}{star}", alert.key, subscriber, now)
     said = []
     for reason, text, step in _reason_lines(alert):
         said.append(f"  - {reason}" + (f": {text}" if text else ""))
@@ -320,14 +327,7 @@ def slack_digest(digest: Digest) -> dict[str, Any]:
 
 
 def digest_email(digest: Digest, subscriber: EmailSubscriber, now: datetime) -> EmailMessage:
-    msg = EmailMessage()
-    msg["Subject"] = header_text(f"[retention] {digest.title}")
-    msg["From"] = subscriber.sender
-    msg["To"] = ", ".join(subscriber.to)
-    msg["Date"] = format_datetime(now.astimezone(UTC))
-    hashed = hashlib.sha256(utf8_bytes(f"{subscriber.name}|{digest.key}")).hexdigest()[:32]
-    msg["Message-ID"] = f"<{hashed}@{subscriber.sender.split('@', 1)[1]}>"
-    msg[IDEMPOTENCY_HEADER] = header_key(digest.key)
+    msg = _mail(f"[retention] {digest.title}", digest.key, subscriber, now)
     lines = [digest.title, f"Ranked by CLTV at risk; due {_iso(digest.due)}.", ""]
     for n, alert in enumerate(digest.alerts, 1):
         lines.append(f"{n}. {header_text(summary(alert))}")

@@ -284,17 +284,8 @@ class Notifier:
             return "cooled_down"
         if subscriber.digest is not None:
             await self.state.collect(subscriber.name, alert.key, alert.encode())
-            await self.state.record(
-                subscriber.name,
-                subscriber.type,
-                alert.kind,
-                alert.customer_id,
-                alert.key,
-                delivered_ms=_ms(self.clock()),
-                alert_ms=_ms(alert.at),
-                cooldown_ms=cooldown_ms,
-                horizon_ms=self.config.dedupe_horizon * 1000,
-                outcome="digested",
+            await self._record_delivery(
+                subscriber, alert, _ms(self.clock()), cooldown_ms, outcome="digested"
             )
             return "digested"
         attempts = await self._attempt(subscriber, alert)
@@ -308,10 +299,15 @@ class Notifier:
         return "delivered"
 
     async def _record_delivery(
-        self, subscriber: Subscriber, alert: Alert, sent_ms: int, cooldown_ms: int
+        self,
+        subscriber: Subscriber,
+        alert: Alert,
+        sent_ms: int,
+        cooldown_ms: int,
+        outcome: str = "sent",
     ) -> None:
-        """Record a sent alert; a Redis error is raised with the alert kept as sent, so the
-        caller's retry records it without sending it again."""
+        """Record a sent (or digested) alert; a Redis error is raised with the alert kept as
+        sent, so the caller's retry records it without sending it again."""
         await self.state.record(
             subscriber.name,
             subscriber.type,
@@ -322,6 +318,7 @@ class Notifier:
             alert_ms=_ms(alert.at),
             cooldown_ms=cooldown_ms,
             horizon_ms=self.config.dedupe_horizon * 1000,
+            outcome=outcome,
         )
         self._unrecorded.pop((subscriber.name, alert.key), None)
 

@@ -7,9 +7,9 @@ are those of docs/metrics.md ("Activity and churn"); no label carries a customer
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -96,6 +96,19 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFami
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
+K = TypeVar("K", bound=str)
+
+
+def _each(
+    name: str, doc: str, label: str, values: Sequence[K], found: Mapping[K, float]
+) -> GaugeMetricFamily:
+    """A gauge with one series per value of ``label``, 0 where ``found`` has none."""
+    family = _gauge(name, doc, (label,))
+    for value in values:
+        family.add_metric([value], found.get(value, 0))
+    return family
+
+
 def _scalar(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
     """A gauge without labels; without a sample when the value is unknown."""
     family = _gauge(name, doc)
@@ -120,14 +133,13 @@ def _customer_families(snap: Snapshot) -> Iterator[Metric]:
         "in the dead-letter topic until `retention restore-customer`.",
         snap.corrupt_customers,
     )
-    active = _gauge(
+    yield _each(
         "retention_active_customers",
         "Distinct customers with activity in the period holding now (DAU, WAU, MAU).",
-        ("period",),
+        "period",
+        PERIODS,
+        snap.active,
     )
-    for period in PERIODS:
-        active.add_metric([period], snap.active.get(period, 0))
-    yield active
 
 
 def _period_families(snap: Snapshot) -> Iterator[Metric]:
@@ -166,14 +178,13 @@ def _risk_families(snap: Snapshot) -> Iterator[Metric]:
     for reason, n in sorted(snap.at_risk.items()):
         reasons.add_metric([reason], n)
     yield reasons
-    bands = _gauge(
+    yield _each(
         "retention_risk_band_customers",
         "Evaluated customers by the band of their risk score (low, medium, high).",
-        ("band",),
+        "band",
+        BANDS,
+        snap.risk_bands,
     )
-    for band in BANDS:
-        bands.add_metric([band], snap.risk_bands.get(band, 0))
-    yield bands
     outcomes = _gauge(
         "retention_alert_outcomes",
         "Alerts by kind, risk band and outcome: returned (the customer ordered within the "
