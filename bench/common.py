@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -19,16 +21,19 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from redis.asyncio import Redis
 
 from contract.events import Rejection, parse_event
+from processors.windows import period_days
 from retention import runtime
 from store.store import Store
 from streams.topics import Topics
@@ -313,3 +318,103 @@ def run_benchmark(
     output = as_json if options.as_json else render
     print(output(options, result, time.monotonic() - started))
     return 0
+
+
+# --- synthetic customers, written straight through the batch script ---------------------
+
+DAY_MS = 86_400_000
+LOAD_BATCH = 2000
+
+
+def customer_orders(rng: random.Random, now_ms: int) -> list[tuple[int, int, int]]:
+    """A customer's orders over the last year: (time ms, order number, amount micros)."""
+    count = rng.choice((1, 1, 1, 2, 2, 3, 4, 6))
+    out = []
+    for k in range(count):
+        ts_ms = now_ms - rng.randrange(365 * DAY_MS)
+        out.append((ts_ms, k, rng.randrange(5_000_000, 250_000_000)))
+    return out
+
+
+def order_record(
+    customer: str, ts_ms: int, k: int, amount_micros: int, offset: int, partition: int
+) -> list[str]:
+    """One order in the batch script's 15 fields (the same fields
+    ``store.store.accepted_record`` makes from a parsed event)."""
+    digest = hashlib.blake2b(f"order\x1f{customer}\x1fo-{k}".encode(), digest_size=8)
+    dedupe = base64.b64encode(digest.digest()).decode()[:11]
+    amount = str(amount_micros)
+    day, week, month = period_days(ts_ms)
+    return [
+        "o", "orders", str(partition), str(offset),
+        dedupe, customer, str(ts_ms), str(day), str(week), str(month),
+        "placed", amount, "USD", amount, "",
+    ]  # fmt: skip
+
+
+#: Customer ids (``--ids``): ten characters, or a UUID's 36 (what many apps send).
+CUSTOMER_IDS: dict[str, Callable[[int], str]] = {
+    "short": lambda n: f"c-{n:08d}",
+    "uuid": lambda n: str(uuid.UUID(int=n * 0x9E3779B97F4A7C15 % (1 << 128))),
+}
+
+
+def backfill_batches(
+    customers: int, seed: int, now_ms: int, name: Callable[[int], str]
+) -> Iterator[tuple[list[list[str]], int]]:
+    """A year of history replayed at once: each customer's orders together, customers one
+    after another, every batch applied at ``now_ms`` (a backfill, or a backtest's load)."""
+    rng = random.Random(seed)
+    batch: list[list[str]] = []
+    offset = 0
+    for n in range(customers):
+        for ts_ms, k, amount in customer_orders(rng, now_ms):
+            batch.append(order_record(name(n), ts_ms, k, amount, offset, 0))
+            offset += 1
+        if len(batch) >= LOAD_BATCH or n == customers - 1:
+            yield batch, now_ms
+            batch = []
+
+
+def live_batches(
+    customers: int, seed: int, now_ms: int, name: Callable[[int], str]
+) -> Iterator[tuple[list[list[str]], int]]:
+    """The same orders as they would have arrived over the year: in time order, each batch
+    applied at its newest event's time, so customers are numbered as they first appear
+    and dedupe digests leave once the horizon has passed."""
+    rng = random.Random(seed)
+    rows = [
+        (ts_ms, n, k, amount)
+        for n in range(customers)
+        for ts_ms, k, amount in customer_orders(rng, now_ms)
+    ]
+    times = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+    order = np.argsort(times, kind="stable")
+    for start in range(0, len(order), LOAD_BATCH):
+        batch = []
+        for offset in order[start : start + LOAD_BATCH].tolist():
+            ts_ms, n, k, amount = rows[offset]
+            batch.append(order_record(name(n), ts_ms, k, amount, start + len(batch), 0))
+        yield batch, int(batch[-1][6])
+
+
+async def load_customers(
+    store: Store, customers: int, seed: int, arrival: str = "backfill", ids: str = "short"
+) -> tuple[int, float]:
+    """Write ``customers`` customers through apply_batch; returns (events, seconds)."""
+    now_ms = int(time.time() * 1000)
+    make = live_batches if arrival == "live" else backfill_batches
+    started = time.monotonic()
+    events = 0
+    given = 0
+    pending: asyncio.Task[Any] | None = None
+    for batch, batch_ms in make(customers, seed, now_ms, CUSTOMER_IDS[ids]):
+        given += len(batch)
+        if pending is not None:
+            events += (await pending).applied
+        pending = asyncio.ensure_future(store.apply_batch(batch, now_ms=batch_ms))
+    if pending is not None:
+        events += (await pending).applied
+    if events != given:
+        raise BenchError(f"apply_batch applied {events} of {given} synthetic orders")
+    return events, time.monotonic() - started

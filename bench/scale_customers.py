@@ -30,22 +30,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import logging
 import random
 import statistics
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -55,7 +50,7 @@ import common
 
 from processors.forecast import model_options
 from processors.lifecycle import LifecyclePolicy
-from processors.windows import PERIODS, period_days
+from processors.windows import PERIODS
 from retention import runtime
 from retention.config import Settings
 from retention.snapshot import read_snapshot
@@ -68,8 +63,6 @@ from streams.risk_file import load_policy
 logger = logging.getLogger("bench.scale_customers")
 
 TARGET_CUSTOMERS = 10_000_000
-DAY_MS = 86_400_000
-LOAD_BATCH = 2000
 MEMORY_SAMPLE_KEYS = 20_000  # per key family
 SCRAPE_REPEATS = 3
 WARM_UP_CUSTOMERS = 2000
@@ -91,100 +84,6 @@ class Options(common.RunOptions):
 
 
 # --- loading --------------------------------------------------------------------------
-
-
-def customer_orders(rng: random.Random, now_ms: int) -> list[tuple[int, int, int]]:
-    """A customer's orders over the last year: (time ms, order number, amount micros)."""
-    count = rng.choice((1, 1, 1, 2, 2, 3, 4, 6))
-    out = []
-    for k in range(count):
-        ts_ms = now_ms - rng.randrange(365 * DAY_MS)
-        out.append((ts_ms, k, rng.randrange(5_000_000, 250_000_000)))
-    return out
-
-
-def order_record(
-    customer: str, ts_ms: int, k: int, amount_micros: int, offset: int, partition: int
-) -> list[str]:
-    """One order in the batch script's 15 fields (the same fields
-    ``store.store.accepted_record`` makes from a parsed event)."""
-    digest = hashlib.blake2b(f"order\x1f{customer}\x1fo-{k}".encode(), digest_size=8)
-    dedupe = base64.b64encode(digest.digest()).decode()[:11]
-    amount = str(amount_micros)
-    day, week, month = period_days(ts_ms)
-    return [
-        "o", "orders", str(partition), str(offset),
-        dedupe, customer, str(ts_ms), str(day), str(week), str(month),
-        "placed", amount, "USD", amount, "",
-    ]  # fmt: skip
-
-
-#: Customer ids (``--ids``): ten characters, or a UUID's 36 (what many apps send).
-CUSTOMER_IDS: dict[str, Callable[[int], str]] = {
-    "short": lambda n: f"c-{n:08d}",
-    "uuid": lambda n: str(uuid.UUID(int=n * 0x9E3779B97F4A7C15 % (1 << 128))),
-}
-
-
-def backfill_batches(
-    customers: int, seed: int, now_ms: int, name: Callable[[int], str]
-) -> Iterator[tuple[list[list[str]], int]]:
-    """A year of history replayed at once: each customer's orders together, customers one
-    after another, every batch applied at ``now_ms`` (a backfill, or a backtest's load)."""
-    rng = random.Random(seed)
-    batch: list[list[str]] = []
-    offset = 0
-    for n in range(customers):
-        for ts_ms, k, amount in customer_orders(rng, now_ms):
-            batch.append(order_record(name(n), ts_ms, k, amount, offset, 0))
-            offset += 1
-        if len(batch) >= LOAD_BATCH or n == customers - 1:
-            yield batch, now_ms
-            batch = []
-
-
-def live_batches(
-    customers: int, seed: int, now_ms: int, name: Callable[[int], str]
-) -> Iterator[tuple[list[list[str]], int]]:
-    """The same orders as they would have arrived over the year: in time order, each batch
-    applied at its newest event's time, so customers are numbered as they first appear
-    and dedupe digests leave once the horizon has passed."""
-    rng = random.Random(seed)
-    rows = [
-        (ts_ms, n, k, amount)
-        for n in range(customers)
-        for ts_ms, k, amount in customer_orders(rng, now_ms)
-    ]
-    times = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-    order = np.argsort(times, kind="stable")
-    for start in range(0, len(order), LOAD_BATCH):
-        batch = []
-        for offset in order[start : start + LOAD_BATCH].tolist():
-            ts_ms, n, k, amount = rows[offset]
-            batch.append(order_record(name(n), ts_ms, k, amount, start + len(batch), 0))
-        yield batch, int(batch[-1][6])
-
-
-async def load_customers(
-    store: Store, customers: int, seed: int, arrival: str = "backfill", ids: str = "short"
-) -> tuple[int, float]:
-    """Write ``customers`` customers through apply_batch; returns (events, seconds)."""
-    now_ms = int(time.time() * 1000)
-    make = live_batches if arrival == "live" else backfill_batches
-    started = time.monotonic()
-    events = 0
-    given = 0
-    pending: asyncio.Task[Any] | None = None
-    for batch, batch_ms in make(customers, seed, now_ms, CUSTOMER_IDS[ids]):
-        given += len(batch)
-        if pending is not None:
-            events += (await pending).applied
-        pending = asyncio.ensure_future(store.apply_batch(batch, now_ms=batch_ms))
-    if pending is not None:
-        events += (await pending).applied
-    if events != given:
-        raise common.BenchError(f"apply_batch applied {events} of {given} synthetic orders")
-    return events, time.monotonic() - started
 
 
 # --- measuring ------------------------------------------------------------------------
@@ -264,7 +163,7 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
         settings = Settings(redis_url=url, key_prefix=prefix)
         store = Store(redis, prefix, settings.activity_kinds, writer=True)
         before = int((await redis.info("memory"))["used_memory"])
-        events, load_seconds = await load_customers(
+        events, load_seconds = await common.load_customers(
             store, customers, options.seed, options.arrival, options.ids
         )
         open_growth = int((await redis.info("memory"))["used_memory"]) - before
@@ -542,7 +441,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         "--arrival", choices=tuple(ARRIVALS), default="backfill", help="how the year is loaded"
     )
     parser.add_argument(
-        "--ids", choices=tuple(CUSTOMER_IDS), default="short", help="customer ids' shape"
+        "--ids", choices=tuple(common.CUSTOMER_IDS), default="short", help="customer ids' shape"
     )
     common.add_run_options(parser)
     args = parser.parse_args(argv)
