@@ -1,4 +1,4 @@
-"""Write keys for the HTTP ingest API: made here, kept in Redis only as SHA-256 digests.
+"""API keys of the HTTP server: made here, kept in Redis only as SHA-256 digests.
 
 A write key is 32 random bytes (256 bits, from :mod:`secrets`) shown once when it is
 created. Redis holds, per key name, the key's SHA-256 digest and its creation time; the key
@@ -6,9 +6,10 @@ itself is stored nowhere. A fast unsalted hash is enough here: the keys are rand
 passwords a person chose, so no dictionary guesses them and a stolen digest cannot be
 turned back into a key.
 
-A key authorises one thing, writing events through ``/v1/events`` and ``/v1/batch``; it
-reads nothing and manages nothing (creating and revoking keys takes Redis access, through
-``retention keys``).
+A key carries scopes: ``ingest`` writes events (``/v1/events``, ``/v1/batch``), ``read``
+reads customers, segments, metrics and cohorts, ``admin`` erases customers and may do
+everything the others may. A key made before scopes existed is an ingest key. Creating and
+revoking keys takes Redis access, through ``retention keys``.
 
 The records are kept by :class:`store.ingest_state.IngestState`, in the hash ``keys`` of
 :mod:`store.layout`.
@@ -23,10 +24,14 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast
 
 from store.ingest_state import IngestState
+
+Scope = Literal["ingest", "read", "admin"]
+SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")
 
 #: Every key starts so: a leaked one is recognisable in a log or a secret scanner.
 KEY_PREFIX = "rtk_"
@@ -89,6 +94,26 @@ def match(candidate: str, digests: dict[str, str]) -> str | None:
 class KeyInfo:
     name: str
     created_at: float
+    scopes: frozenset[str] = frozenset({"ingest"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request's key belongs to, and what it may do."""
+
+    name: str
+    scopes: frozenset[str]
+
+    def may(self, scope: Scope) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+def _scopes(record: dict[str, object]) -> frozenset[str]:
+    """A record's scopes; a record written before scopes existed is an ingest key."""
+    raw = record.get("scopes")
+    if not isinstance(raw, list):
+        return frozenset({"ingest"})
+    return frozenset(str(s) for s in raw if s in SCOPES)
 
 
 class KeyStore:
@@ -97,15 +122,20 @@ class KeyStore:
     def __init__(self, state: IngestState) -> None:
         self.state = state
 
-    async def create(self, name: str) -> str:
-        """Make a key named ``name``; returns the key, which is not stored anywhere."""
+    async def create(self, name: str, scopes: Iterable[str] = ("ingest",)) -> str:
+        """Make a key named ``name`` with ``scopes``; returns the key, which is not stored
+        anywhere."""
+        wanted = sorted(set(scopes))
+        unknown = [s for s in wanted if s not in SCOPES]
+        if unknown or not wanted:
+            raise KeyNameError(f"scopes are some of {', '.join(SCOPES)}; got {wanted}")
         if not NAME_PATTERN.match(name):
             raise KeyNameError(
                 f"bad key name {name!r}: 1 to 64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )
         key = new_key()
-        record = {"sha256": digest(key), "created_at": round(time.time(), 3)}
+        record = {"sha256": digest(key), "created_at": round(time.time(), 3), "scopes": wanted}
         if not await self.state.add_key(name, record):
             raise KeyNameError(f"a key named {name!r} exists already; revoke it first")
         return key
@@ -118,16 +148,17 @@ class KeyStore:
         records = await self.state.key_records()
         return sorted(
             (
-                KeyInfo(name, float(cast(float, r.get("created_at", 0))))
+                KeyInfo(name, float(cast(float, r.get("created_at", 0))), _scopes(r))
                 for name, r in records.items()
             ),
             key=lambda info: info.name,
         )
 
-    async def digests(self) -> dict[str, str]:
-        """Every key's digest by name, in one read."""
+    async def digests(self) -> dict[str, tuple[str, frozenset[str]]]:
+        """Every key's digest and scopes by name, in one read."""
         return {
-            name: cast(str, r["sha256"]) for name, r in (await self.state.key_records()).items()
+            name: (cast(str, r["sha256"]), _scopes(r))
+            for name, r in (await self.state.key_records()).items()
         }
 
 
@@ -141,16 +172,18 @@ class KeyCache:
     def __init__(self, store: KeyStore, max_age: float) -> None:
         self.store = store
         self.max_age = max_age
-        self._digests: dict[str, str] = {}
+        self._records: dict[str, tuple[str, frozenset[str]]] = {}
         self._read_at: float | None = None
 
-    async def authenticate(self, authorization: str | None) -> str | None:
-        """The name of the key the header presents, or None; Redis errors propagate."""
+    async def authenticate(self, authorization: str | None) -> Caller | None:
+        """Whose key the header presents, with its scopes, or None; Redis errors
+        propagate."""
         key = presented_key(authorization)
         if key is None:
             return None
         now = time.monotonic()
         if self._read_at is None or now - self._read_at >= self.max_age:
-            self._digests = await self.store.digests()
+            self._records = await self.store.digests()
             self._read_at = now
-        return match(digest(key), self._digests)
+        name = match(digest(key), {n: d for n, (d, _) in self._records.items()})
+        return None if name is None else Caller(name, self._records[name][1])

@@ -260,6 +260,62 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from retention.export import export
+    from retention.ingest_rules import RequestError
+    from retention.read_api import filters_of
+
+    settings = _services(args)
+    query = {
+        "segment": args.segment,
+        "band": args.band or "",
+        "min_cltv": "" if args.min_cltv is None else str(args.min_cltv),
+        "active_before": args.active_before or "",
+        "active_after": args.active_after or "",
+    }
+    try:
+        segment, filters = filters_of(query)
+    except RequestError as exc:
+        print(f"retention export: {exc.detail}", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        redis = connect(settings.redis_url or "", decode_responses=True)
+        try:
+            store = Store(redis, settings.key_prefix)
+            currency = settings.reporting_currency
+            return await export(store, segment, filters, currency, args.format, args.out)
+        finally:
+            await redis.aclose()
+
+    written = asyncio.run(go())
+    if args.out is not None:
+        print(f"{written} customers of {segment} written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from retention.queries import forget
+
+    settings = _services(args)
+    if not args.yes:
+        answer = input(
+            f"Erase customer {args.id!r} from {_redacted(settings.redis_url)}: its state, "
+            "evaluation, alerts and notifier records, for good? [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing erased")
+            return 1
+    erased = asyncio.run(forget(settings, args.id))
+    found = "erased" if erased.stored else "not stored; its tombstone is set"
+    print(
+        f"customer {args.id!r} {found}; {erased.alerts_logged} logged alerts and "
+        f"{erased.notifier_records} notifier records removed. Its events stay in the Kafka "
+        "topics until their retention removes them; a replay or rebuild skips them."
+    )
+    return 0
+
+
 def cmd_customer(args: argparse.Namespace) -> int:
     from retention.queries import customer
 
@@ -454,18 +510,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
         try:
             keys = KeyStore(IngestState(redis, settings.key_prefix))
             if args.action == "create":
-                key = await keys.create(args.name)
-                print(f"write key {args.name!r} created; it is shown only now, store it safely:")
+                scopes = args.scope or ["ingest"]
+                key = await keys.create(args.name, scopes)
+                print(
+                    f"key {args.name!r} ({', '.join(sorted(set(scopes)))}) created; "
+                    "it is shown only now, store it safely:"
+                )
                 print(key)
             elif args.action == "revoke":
                 if not await keys.revoke(args.name):
                     print(f"retention: no key named {args.name!r}", file=sys.stderr)
                     return 1
-                print(f"write key {args.name!r} revoked")
+                print(f"key {args.name!r} revoked")
             else:
                 for info in await keys.listing():
                     created = datetime.fromtimestamp(info.created_at, UTC).isoformat()
-                    print(f"{info.name}\t{created}")
+                    print(f"{info.name}\t{','.join(sorted(info.scopes))}\t{created}")
             return 0
         except KeyNameError as exc:
             print(f"retention: {exc}", file=sys.stderr)
@@ -558,6 +618,29 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--json", action="store_true")
     alerts.set_defaults(func=cmd_alerts)
 
+    forget = sub.add_parser(
+        "forget", parents=[common], help="erase a customer for good (GDPR Art. 17)"
+    )
+    forget.add_argument("id")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    forget.set_defaults(func=cmd_forget)
+
+    exp = sub.add_parser(
+        "export", parents=[common], help="every member of a segment, as CSV, JSON lines or Parquet"
+    )
+    exp.add_argument(
+        "--segment",
+        required=True,
+        choices=["at_risk", "new", "active", "high_value", "churned", "reactivated"],
+    )
+    exp.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="csv")
+    exp.add_argument("--out", type=Path, help="the file to write (default: standard output)")
+    exp.add_argument("--band", help="low, medium, high; comma-separated")
+    exp.add_argument("--min-cltv", type=float, help="at least this predicted CLTV")
+    exp.add_argument("--active-before", help="last activity before this ISO 8601 time")
+    exp.add_argument("--active-after", help="last activity at or after this ISO 8601 time")
+    exp.set_defaults(func=cmd_export)
+
     metrics = sub.add_parser("metrics", parents=[common], help="retention metrics per period")
     metrics.add_argument("--period", choices=["day", "week", "month"], default="month")
     metrics.add_argument("--churn-after", type=int, help="churn window W in days")
@@ -605,13 +688,22 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--port", type=int, default=8088)
     ingest.set_defaults(func=cmd_ingest)
 
-    keys = sub.add_parser("keys", help="write keys of the HTTP ingest API")
+    keys = sub.add_parser("keys", help="API keys of the HTTP server (ingest, read, admin)")
     key_actions = keys.add_subparsers(dest="action", required=True)
     create = key_actions.add_parser(
         "create", parents=[common], help="make a key and print it, once"
     )
     create.add_argument("name")
-    key_actions.add_parser("list", parents=[common], help="key names and when they were made")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=["ingest", "read", "admin"],
+        help="what the key may do: ingest (write events, the default), read, admin; repeat "
+        "for several",
+    )
+    key_actions.add_parser(
+        "list", parents=[common], help="key names, their scopes and when they were made"
+    )
     revoke = key_actions.add_parser(
         "revoke", parents=[common], help="delete a key: it stops working"
     )

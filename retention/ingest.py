@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from contract.events import Event, encode_event
-from retention.api_keys import KeyCache, KeyStore
+from retention.api_keys import KeyCache, KeyStore, Scope
 from retention.config import Settings
 from retention.ingest_rules import (
     Endpoint,
@@ -43,8 +43,11 @@ from retention.ingest_rules import (
     retry_after,
     verdicts,
 )
+from retention.read_api import ReadApi
+from retention.web import WebView
 from store.connect import connect
 from store.ingest_state import IngestState
+from store.store import Store
 from streams.producer import EventProducer
 from streams.topics import Topics
 
@@ -206,18 +209,22 @@ class Ingest:
 
         return handle
 
-    async def _authenticate(self, request: web.Request) -> str:
+    async def authorize(self, request: web.Request, scope: Scope) -> str:
+        """The name of the request's key, which must carry ``scope`` (or ``admin``): 401
+        without a valid key, 403 with a key that may not do this."""
         try:
-            name = await self.keys.authenticate(request.headers.get("Authorization"))
+            caller = await self.keys.authenticate(request.headers.get("Authorization"))
         except Exception as exc:
             logger.warning("key lookup failed", extra={"error": repr(exc)})
             raise RequestError(503, "unavailable", "keys cannot be checked now") from exc
-        if name is None:
-            raise RequestError(401, "unauthorized", "a valid write key is required")
-        return name
+        if caller is None:
+            raise RequestError(401, "unauthorized", "a valid API key is required")
+        if not caller.may(scope):
+            raise RequestError(403, "forbidden", f"this key has no {scope} scope")
+        return caller.name
 
     async def _handle(self, request: web.Request, endpoint: Endpoint) -> web.Response:
-        name = await self._authenticate(request)
+        name = await self.authorize(request, "ingest")
         wait = self.limiter.wait(name, time.monotonic())
         if wait > 0:
             return _json(
@@ -256,12 +263,18 @@ class Ingest:
             await self.stats.flush()
 
 
-def build_app(ingest: Ingest) -> web.Application:
+def build_app(
+    ingest: Ingest, reads: ReadApi | None = None, pages: WebView | None = None
+) -> web.Application:
     # the body is read by the handlers with their own bound (client_max_size is not used)
     app = web.Application(client_max_size=ingest.settings.ingest_max_body_bytes + 1)
     app.router.add_post("/v1/events", ingest.handler("events"))
     app.router.add_post("/v1/batch", ingest.handler("batch"))
     app.router.add_get("/openapi.json", ingest.openapi)
+    if reads is not None:
+        reads.routes(app)
+    if pages is not None:
+        pages.routes(app)
     return app
 
 
@@ -275,8 +288,12 @@ class IngestServer:
         self.redis = connect(settings.redis_url, decode_responses=True, socket_timeout=5)
         self.sink = Sink(settings)
         self.ingest = Ingest(settings, IngestState(self.redis, settings.key_prefix), self.sink)
+        store = Store(self.redis, settings.key_prefix, settings.activity_kinds)
+        reads = ReadApi(settings, store, self.ingest.authorize)
+        pages = WebView(settings, store, self.ingest.authorize)
+        app = build_app(self.ingest, reads, pages)
         # gzip is inflated by the handlers, within the body limit, not by aiohttp
-        self.runner = web.AppRunner(build_app(self.ingest), auto_decompress=False, access_log=None)
+        self.runner = web.AppRunner(app, auto_decompress=False, access_log=None)
         self._flusher: asyncio.Task[None] | None = None
 
     @property

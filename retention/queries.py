@@ -23,7 +23,9 @@ from processors.state import iso, to_public
 from processors.windows import PERIODS, Period, next_period
 from retention.config import Settings
 from store.connect import connect
+from store.deliveries import Deliveries
 from store.evaluations import Evaluator, active_before, ranked_at_risk, stored_evaluations
+from store.forget import Erased, forget_customer
 from store.models import stored_fit
 from store.outcomes import logged_alerts, read_states
 from store.periods import Periods
@@ -56,18 +58,23 @@ async def customer(settings: Settings, customer_id: str) -> dict[str, Any] | Non
     is evaluated as of now (``evaluated_at`` null).
     """
     async with _redis(settings) as redis:
-        store = Store(redis, settings.key_prefix)
-        state = await store.read_customer(customer_id)
-        if state is None:
-            return None
-        model = await stored_fit(store)
-        rules = evaluator(settings, store)
-        threshold = await rules.high_value_threshold()
-        stored = (await stored_evaluations(store, [customer_id])).get(customer_id, {})
-        at_ms = int(stored["at"]) if stored.get("at") else None
-        at = datetime.now(UTC) if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
-        at_ms_now = int(at.timestamp() * 1000)
-        before = await active_before(store, [state], at_ms_now, rules.lifecycle)
+        return await customer_view(Store(redis, settings.key_prefix), settings, customer_id)
+
+
+async def customer_view(
+    store: Store, settings: Settings, customer_id: str
+) -> dict[str, Any] | None:
+    """:func:`customer` on an open store (the HTTP server's)."""
+    state = await store.read_customer(customer_id)
+    if state is None:
+        return None
+    model = await stored_fit(store)
+    rules = evaluator(settings, store)
+    threshold = await rules.high_value_threshold()
+    stored = (await stored_evaluations(store, [customer_id])).get(customer_id, {})
+    at_ms = int(stored["at"]) if stored.get("at") else None
+    at = datetime.now(UTC) if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
+    before = await active_before(store, [state], int(at.timestamp() * 1000), rules.lifecycle)
     seen = None if model is None else outlook(state, model, as_of_day(at))
     ev = evaluate(
         state, at, rules.risk_policy, rules.lifecycle, model, threshold, before[customer_id]
@@ -93,6 +100,15 @@ async def customer(settings: Settings, customer_id: str) -> dict[str, Any] | Non
     out["evidence"] = [e.as_dict() for e in evidence(out["risk_reasons"], ev.risk.details, policy)]
     out["currency"] = settings.reporting_currency
     return out
+
+
+async def forget(settings: Settings, customer_id: str) -> Erased:
+    """Erase one customer (store/forget.py)."""
+    async with _redis(settings) as redis:
+        store = Store(redis, settings.key_prefix)
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        deliveries = Deliveries(redis, settings.key_prefix)
+        return await forget_customer(store, deliveries, customer_id, now_ms)
 
 
 async def at_risk(settings: Settings, limit: int) -> list[dict[str, Any]]:
@@ -134,25 +150,35 @@ async def live_periods(
     included), those not ended yet marked open; and the distinct active customers of the
     current day, week and month."""
     async with _redis(settings) as redis:
-        periods = Periods(redis, settings.key_prefix)
-        now = datetime.now(UTC)
-        active: dict[str, int] = {p: await periods.active(p, now) for p in PERIODS}
-        span = await periods.span()
-        through = max(now, span[1]) if span else None
-        starts = await periods.starts(period, through)
-        rows = [
-            {**row.as_dict(), "open": True} if next_period(start, period) > now else row.as_dict()
-            for start, row in zip(
-                starts, await periods.rows_of(period, starts, churn_days), strict=True
-            )
-        ]
-        return rows, active
+        return await periods_view(Periods(redis, settings.key_prefix), period, churn_days)
+
+
+async def periods_view(
+    periods: Periods, period: Period, churn_days: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """:func:`live_periods` on open periods (the HTTP server's)."""
+    now = datetime.now(UTC)
+    active: dict[str, int] = {p: await periods.active(p, now) for p in PERIODS}
+    span = await periods.span()
+    through = max(now, span[1]) if span else None
+    starts = await periods.starts(period, through)
+    rows = [
+        {**row.as_dict(), "open": True} if next_period(start, period) > now else row.as_dict()
+        for start, row in zip(
+            starts, await periods.rows_of(period, starts, churn_days), strict=True
+        )
+    ]
+    return rows, active
 
 
 async def live_cohorts(settings: Settings, period: Period) -> dict[str, dict[str, Any]]:
     """The cohort matrix through now."""
     async with _redis(settings) as redis:
-        periods = Periods(redis, settings.key_prefix)
-        span = await periods.span()
-        through = max(datetime.now(UTC), span[1]) if span else None
-        return {k: c.as_dict() for k, c in (await periods.cohorts(period, through)).items()}
+        return await cohorts_view(Periods(redis, settings.key_prefix), period)
+
+
+async def cohorts_view(periods: Periods, period: Period) -> dict[str, dict[str, Any]]:
+    """:func:`live_cohorts` on open periods (the HTTP server's)."""
+    span = await periods.span()
+    through = max(datetime.now(UTC), span[1]) if span else None
+    return {k: c.as_dict() for k, c in (await periods.cohorts(period, through)).items()}

@@ -327,6 +327,7 @@ def _banner(
     if prometheus_url:
         write(f"prometheus {prometheus_url}  (the project's rules loaded)")
     write(f"ingest   {ingest_url}  (HTTP API; keys: retention keys create NAME)")
+    write(f"web      {ingest_url}/  (pages; a read key: retention keys create NAME --scope read)")
     write(f"logs     {stack.log_dir}/")
     if stack.demo_inbox is not None:
         write(

@@ -71,9 +71,15 @@ class StackStatus:
         self.ingest_url = recorded.ingest_url
         self.restarts = dict(recorded.restarts)
 
+    @property
+    def web_url(self) -> str | None:
+        """The web view, served by the HTTP server beside the API."""
+        return None if self.ingest_url is None else self.ingest_url + "/"
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["ok"] = self.ok
+        out["web_url"] = self.web_url
         return out
 
 
@@ -236,6 +242,9 @@ def render(status: StackStatus) -> str:
         lines.append(f"prometheus {status.prometheus_url}")
     if status.ingest_url:
         lines.append(f"ingest   {status.ingest_url}")
+        lines.append(
+            f"web      {status.web_url}  (a read key: retention keys create NAME --scope read)"
+        )
     if status.restarts:
         restarts = ", ".join(f"{name} {n}" for name, n in sorted(status.restarts.items()))
         lines.append(f"restarts {restarts}")

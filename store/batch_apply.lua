@@ -89,10 +89,24 @@ end
 -- (customer -> when first set aside, ms) and the set `corrupt:<customer>` its events
 -- ('topic|partition|offset'), until `retention restore-customer` rebuilds it from the
 -- topics and applies them.
+-- A customer erased with `retention forget` has a tombstone in the shard's `forgotten`
+-- hash: the SHA-1 of the store's tombstone key followed by its id. Its events are skipped,
+-- counted as rejected (`forgotten`) and not dead-lettered, and the customer is never read.
+local forgotten = {}
+local FORGOTTEN = P .. 'forgotten'
+if redis.call('EXISTS', FORGOTTEN) == 1 then
+  local secret = redis.call('HGET', FORGOTTEN, '\0key') or ''
+  for n = 1, #records do
+    local cid = records[n][6]
+    if records[n][1] ~= 'x' and forgotten[cid] == nil then
+      forgotten[cid] = redis.call('HEXISTS', FORGOTTEN, redis.sha1hex(secret .. cid)) == 1
+    end
+  end
+end
 local corrupt, set_aside, corrupt_events = {}, {}, {}
 for n = 1, #records do
   local r = records[n]
-  if r[1] ~= 'x' and not corrupt[r[6]] and not customer(r[6]) then
+  if r[1] ~= 'x' and not forgotten[r[6]] and not corrupt[r[6]] and not customer(r[6]) then
     corrupt[r[6]] = true
     corrupt_events[r[6]] = {}
   end
@@ -141,6 +155,9 @@ for n = 1, #records do
     end
     if kind == 'x' then
       count('rejected|' .. topic .. '|' .. r[11])
+      rejected = rejected + 1
+    elseif forgotten[r[6]] then
+      count('rejected|' .. topic .. '|forgotten')
       rejected = rejected + 1
     elseif corrupt[r[6]] then
       count('rejected|' .. topic .. '|corrupt_state')

@@ -44,9 +44,10 @@ SCAN_PAGE = 5_000
 #: Key families a rebuild keeps, none of them derived from the events: what notifications
 #: were delivered (forgetting it would notify subscribers again) and their dead letters,
 #: the HTTP write keys and their counters, workers' heartbeats, the shard count, and what
-#: the replay has to reach before evaluations resume. The format is recorded anew: the
-#: replay writes the store in this version's.
-KEEP_ON_REBUILD = ("notify:", "keys", "ingest:", "workers", SHARDS_KEY, "replay")
+#: the replay has to reach before evaluations resume, and the erased customers' tombstones
+#: (so the replay skips their events). The format is recorded anew: the replay writes the
+#: store in this version's.
+KEEP_ON_REBUILD = ("notify:", "keys", "ingest:", "workers", SHARDS_KEY, "replay", "forgotten")
 #: A heartbeat this old belongs to a worker that died without saying so: it is dropped.
 FORGET_WORKER_SECONDS = 3600
 _KIND_LETTERS = {"order": "o", "login": "l", "support": "s"}
@@ -334,21 +335,28 @@ class Store:
         names, which has nothing to do with how a customer behaves: the first ones found
         are a uniform sample. A customer may come twice when Redis resizes its table during
         the walk; each is returned once."""
-        match = _glob_escape(home + "c:") + "*"
-        start = len(home) + 2
-        redis = cast(Any, self.redis)  # a Redis or a RedisCluster
-        node = redis.get_node_from_key(home + "c:") if is_cluster(redis) else None
         found: dict[str, None] = {}
         cursor = 0
         while True:
-            if node is None:
-                cursor, keys = await redis.scan(cursor, match=match, count=page)
-            else:  # the node holding the shard's slot, not every node
-                cursors, keys = await redis.scan(cursor, match=match, count=page, target_nodes=node)
-                cursor = next(iter(cursors.values()))
-            found.update(dict.fromkeys(str(key)[start:] for key in keys))
-            if int(cursor) == 0 or (enough is not None and len(found) >= enough):
+            cursor, ids = await self.scan_customers(home, cursor, page)
+            found.update(dict.fromkeys(ids))
+            if cursor == 0 or (enough is not None and len(found) >= enough):
                 return list(found)
+
+    async def scan_customers(self, home: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One SCAN step over the customers of the shard under ``home``: the next cursor (0
+        when the walk is over) and the ids found, on the node holding the shard. Every
+        customer stored for the whole walk comes at least once."""
+        match = _glob_escape(home + "c:") + "*"
+        start = len(home) + 2
+        redis = cast(Any, self.redis)  # a Redis or a RedisCluster
+        if not is_cluster(redis):
+            cursor, keys = await redis.scan(cursor, match=match, count=count)
+        else:  # the node holding the shard's slot, not every node
+            node = redis.get_node_from_key(home + "c:")
+            cursors, keys = await redis.scan(cursor, match=match, count=count, target_nodes=node)
+            cursor = next(iter(cursors.values()))
+        return int(cursor), [str(key)[start:] for key in keys]
 
     async def memory(self) -> dict[str, tuple[int, int]]:
         """Per Redis node, keyed by its address: the memory it uses and its ``maxmemory``
@@ -490,9 +498,21 @@ class Store:
             await self.redis.set(self.key(SHARDS_KEY), str(shards))
             self._layouts = LayoutSource(self.redis, self.prefix, shards, writer=False, check=False)
         await self.redis.set(self.key(FORMAT_KEY), str(STORE_FORMAT))
+        await self._copy_tombstones()
         for marker in markers:
             await self.redis.delete(marker)
         return deleted
+
+    async def _copy_tombstones(self) -> None:
+        """The erased customers' tombstones (``forgotten``, kept at the store's prefix)
+        copied into each shard's hash, where the batch script looks (store/forget.py)."""
+        source = self.key("forgotten")
+        entries = cast(dict[Any, Any], await self.redis.hgetall(source))
+        if not entries:
+            return
+        for home in (await self.layout()).prefixes:
+            if home + "forgotten" != source:
+                await self.redis.hset(home + "forgotten", mapping=entries)
 
     async def rebuilding(self) -> bool:
         """Whether a rebuild's wipe is under way, or stopped halfway (then nothing may
