@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the test suite uses: docker-compose validates the compose file,
 # redis-server is preferred over the bundled Valkey binary when present.
-APT_PACKAGES := docker-compose redis-server prometheus prometheus-alertmanager
+APT_PACKAGES := docker-compose redis-server prometheus prometheus-alertmanager chromium chromium-driver
 
 .PHONY: install demo test unit integration lint format bench bench-scale clean
 

@@ -26,7 +26,7 @@ AlertKind = Literal[
 ]
 ALERT_KINDS: tuple[AlertKind, ...] = AlertKind.__args__  # type: ignore[attr-defined]
 #: 1: key, kind, customer_id, at, occasion, reasons, risk_score, high_value, details.
-#: 2 adds version, band, evidence (one object per reason) and stakes.
+#: 2 adds version, band, evidence (one object per reason), stakes and url.
 ALERT_VERSION = 2
 
 
@@ -50,6 +50,8 @@ class Alert:
     evidence: tuple[dict[str, Any], ...] = ()
     #: value to date, AOV, last order, CLTV and CLTV at risk, with their currency
     stakes: dict[str, Any] = field(default_factory=dict)
+    #: the customer's page in the web view, when its address is configured
+    url: str | None = None
 
     @property
     def key(self) -> str:
@@ -70,6 +72,7 @@ class Alert:
             "band": self.band,
             "evidence": list(self.evidence),
             "stakes": self.stakes,
+            "url": self.url,
         }
 
     def encode(self) -> bytes:
@@ -93,4 +96,5 @@ class Alert:
             band=None if data.get("band") is None else str(data["band"]),
             evidence=tuple(dict(e) for e in data.get("evidence") or ()),
             stakes=dict(data.get("stakes") or {}),
+            url=None if data.get("url") is None else str(data["url"]),
         )

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import cast
+from urllib.parse import quote
 
 from contract.events import MICROS
 from processors.alerts import Alert
@@ -53,16 +54,26 @@ class Evaluation:
 
 
 def explained(
-    alert: Alert, state: CustomerState, ev: Evaluation, policy: RiskPolicy, currency: str
+    alert: Alert,
+    state: CustomerState,
+    ev: Evaluation,
+    policy: RiskPolicy,
+    currency: str,
+    link_base: str | None = None,
 ) -> Alert:
     """``alert`` with what a person needs to act on it: the risk band, each reason's
-    numbers, sentence and next step, and the stakes in ``currency``."""
+    numbers, sentence and next step, the stakes in ``currency``, and a link to the
+    customer's page under ``link_base`` (the web view's address) when there is one."""
     at_stake = None if ev.cltv is None else ev.cltv_at_risk()
+    url = None
+    if link_base:
+        url = link_base.rstrip("/") + "/customers/" + quote(alert.customer_id, safe="")
     return replace(
         alert,
         band=policy.bands.of(ev.risk.score),
         evidence=tuple(e.as_dict() for e in evidence(ev.risk.reasons, ev.risk.details, policy)),
         stakes=stakes(state, currency, ev.cltv, at_stake),
+        url=url,
     )
 
 

@@ -163,10 +163,18 @@ def slack_message(alert: Alert) -> dict[str, Any]:
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*Reasons*\n{reasons}"}},
             {
                 "type": "context",
-                "elements": [{"type": "mrkdwn", "text": f"{at} · key `{_mrkdwn(alert.key)}`"}],
+                "elements": [{"type": "mrkdwn", "text": _context(alert, at)}],
             },
         ],
     }
+
+
+def _context(alert: Alert, at: str) -> str:
+    """Slack's context line: when, the key, and the customer's page when known."""
+    text = f"{at} · key `{_mrkdwn(alert.key)}`"
+    if alert.url and alert.url.startswith(("https://", "http://")):
+        text += f" · <{alert.url.replace('|', '%7C').replace('>', '%3E')}|open the customer>"
+    return text
 
 
 def summary_head(alert: Alert) -> str:
@@ -210,7 +218,8 @@ def email_message(alert: Alert, subscriber: EmailSubscriber, now: datetime) -> E
         f"High value:      {'yes' if alert.high_value else 'no'}\n"
         f"{stakes}\n"
         f"Reasons:\n{reasons}\n\nDetails:\n{details}\n\n"
-        f"Alert key: {header_text(alert.key)}\n"
+        + (f"Customer page: {alert.url}\n" if alert.url else "")
+        + f"Alert key: {header_text(alert.key)}\n"
     )
     # lone surrogates (from a JSON "\\ud800") cannot be encoded; show them as escapes
     msg.set_content(text.encode("utf-8", "backslashreplace").decode("utf-8"))

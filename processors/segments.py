@@ -77,9 +77,7 @@ def member(
     last = state.last_activity_ms
     if filters.active_before_ms is not None and (last is None or last >= filters.active_before_ms):
         return False
-    return filters.active_after_ms is None or (
-        last is not None and last >= filters.active_after_ms
-    )
+    return filters.active_after_ms is None or (last is not None and last >= filters.active_after_ms)
 
 
 def row(state: CustomerState, evaluation: Mapping[str, str], currency: str) -> dict[str, Any]:

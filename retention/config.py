@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # Notifications: the subscribers file (see processors/notify_config.py); cool-downs, retries
     # and secrets (as *_env variable names) are set there
     notifications_file: Path | None = None
+    # The web view's address as the people who get alerts reach it (for example
+    # https://retention.shop.example): alerts then carry a link to the customer's page
+    web_base_url: str | None = None
     # `up --demo` without a notifications file: how long after start the demo's daily
     # digest subscriber gets its first digest
     demo_digest_after_seconds: float = Field(default=180.0, gt=0)

@@ -76,7 +76,8 @@ def layout(title: str, body: str, currency: str) -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{esc(title)} - retention</title><style>{STYLE}</style></head><body>"
+        f'<link rel=icon href="data:,"><title>{esc(title)} - retention</title>'
+        f"<style>{STYLE}</style></head><body>"
         f"<header><b>retention</b>{nav}<span class=muted>money in {esc(currency)}</span>"
         f"</header><main><h1>{esc(title)}</h1>{body}</main></body></html>"
     )
@@ -131,6 +132,11 @@ def heat(share: float | None) -> str:
     alpha = 0.1 + 0.8 * max(0.0, min(1.0, share))
     ink = "#fff" if share > 0.5 else "#1d2433"
     return f' style="background:rgba(59,111,216,{alpha:.2f});color:{ink}"'
+
+
+def _when(iso_time: str | None) -> str:
+    """An ISO time to the minute, UTC."""
+    return "-" if not iso_time else iso_time[:16].replace("T", " ")
 
 
 def band_cell(band: str | None) -> str:
@@ -325,12 +331,12 @@ class WebView:
             ("risk", esc(human.percent(view["risk_score"]))),
             ("CLTV", esc(human.money(view["cltv"], cur))),
             ("CLTV at risk", esc(human.money(view["cltv_at_risk"], cur))),
-            ("evaluated at", esc(view["evaluated_at"] or "-")),
+            ("evaluated at", esc(_when(view["evaluated_at"]))),
             ("orders", esc(view["orders"])),
             ("revenue", esc(human.money(view["revenue"], cur))),
             ("AOV", esc(human.money(view["aov"], cur))),
-            ("last order", esc(view["last_order_at"] or "-")),
-            ("last activity", esc(view["last_activity_at"] or "-")),
+            ("last order", esc(_when(view["last_order_at"]))),
+            ("last activity", esc(_when(view["last_activity_at"]))),
             ("P(alive)", esc(human.percent(view["p_alive"]))),
             ("open tickets", esc(view["open_tickets"])),
             ("first response", esc(human.duration(view["first_response_seconds_avg"]))),

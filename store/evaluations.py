@@ -80,6 +80,7 @@ class Evaluator:
         lifecycle: LifecyclePolicy,
         publish: Publish | None = None,
         currency: str = "USD",
+        link_base: str | None = None,
     ) -> None:
         self.store = store
         self.risk_policy = risk_policy
@@ -87,6 +88,8 @@ class Evaluator:
         self.publish = publish
         #: the reporting currency, named in the alerts' stakes
         self.currency = currency
+        #: the web view's address: alerts link to the customer's page under it
+        self.link_base = link_base
         self._take = store.redis.register_script(_TAKE)
         self._reschedule_script = store.redis.register_script(_RESCHEDULE)
         self._returned = store.redis.register_script(_RETURNED)

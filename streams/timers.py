@@ -232,6 +232,7 @@ def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
         lifecycle_policy(settings.churn_after_days, policy.timers),
         publish,
         currency=settings.reporting_currency,
+        link_base=settings.web_base_url,
     )
 
     topic = parts.topics.source("order")

@@ -201,3 +201,17 @@ def test_an_alert_keeps_its_evidence_and_stakes_on_the_wire() -> None:
     # an alert of the first version still decodes
     old = {k: v for k, v in data.items() if k not in ("version", "band", "evidence", "stakes")}
     assert Alert.decode(json.dumps(old)).evidence == ()
+
+
+def test_an_alert_links_to_the_customer_page_when_the_web_view_has_an_address() -> None:
+    from processors.evaluator import Evaluation, explained
+    from processors.notify_messages import slack_message
+
+    state = customer([53, 64, 75])
+    ev = Evaluation("at_risk", Assessment(0.5, ("silence",)), 0.4, 1.0, 50.0, 100.0)
+    raised = Alert("at_risk", "c 1/x", NOW, "2026-06-01")
+    assert explained(raised, state, ev, RiskPolicy(), "USD").url is None
+    linked = explained(raised, state, ev, RiskPolicy(), "USD", "https://r.shop.example/")
+    assert linked.url == "https://r.shop.example/customers/c%201%2Fx"
+    context = str(slack_message(linked)["blocks"][-1])
+    assert "<https://r.shop.example/customers/c%201%2Fx|open the customer>" in context
