@@ -144,7 +144,7 @@ async def test_alerts_carry_evidence_route_escalate_and_digest_once(
     settings = settings.model_copy(update={"risk_file": risk_file, "reporting_currency": "EUR"})
     workers.settings = settings
     # the digest comes due a little after everything has been raised
-    digest_at = (datetime.now(UTC) + timedelta(seconds=75)).strftime("%H:%M:%S")
+    digest_at = (datetime.now(UTC) + timedelta(seconds=55)).strftime("%H:%M:%S")
     hook = {"type": "webhook", "secret": SECRET}
     notifications = tmp_path / "notifications.yml"
     notifications.write_text(
