@@ -43,6 +43,7 @@ from processors.forecast import (
     outlook,
     spend_from_days,
 )
+from processors.holdout import cutoff_for, holdout_report
 from processors.lifecycle import lifecycle_policy
 from processors.state import to_public
 from processors.windows import Period, next_period, period_start
@@ -75,6 +76,8 @@ class Options:
     report: Path
     until: date | None = None
     customers: Path | None = None
+    #: hold this many last days out and check the predictions made before them
+    holdout_days: int | None = None
 
 
 def parse_duration_days(text: str) -> int:
@@ -275,10 +278,26 @@ class Backtest:
             "alive_model": None if model is None else model.alive_block(),
             "gamma_gamma": None if model is None or model.spend is None else model.spend.as_dict(),
         }
+        if o.holdout_days is not None and last is not None:
+            report["holdout"] = self._holdout(events, last, o.holdout_days)
         if o.customers is not None and last is not None:
             as_of_end = datetime.combine(last.date(), datetime.min.time(), UTC) + timedelta(days=1)
             await write_customers(store, o.customers, model, as_of_end, self.settings, spend)
         return report
+
+    def _holdout(self, events: list[Event], last: datetime, days: int) -> dict[str, Any]:
+        """The calibration / holdout test of the predictions (processors/holdout.py)."""
+        policy = load_policy(self.settings.risk_file)
+        lifecycle = lifecycle_policy(self.options.churn_days, policy.timers)
+        return holdout_report(
+            events,
+            cutoff_for(last, days),
+            days,
+            model_options(self.settings),
+            policy,
+            lifecycle,
+            frozenset(self.options.activity_kinds),
+        )
 
     async def _fit(
         self, store: Store, last: datetime, spend: dict[str, float]

@@ -414,7 +414,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from datetime import date
 
     from retention import backtest
-    from retention.report import render_periods
+    from retention.report import render_holdout, render_periods
 
     settings = _settings(args)
     kinds = tuple(k.strip() for k in args.activity.split(",") if k.strip())
@@ -427,10 +427,13 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         report=Path(args.report),
         until=date.fromisoformat(args.until) if args.until else None,
         customers=Path(args.customers) if args.customers else None,
+        holdout_days=backtest.parse_duration_days(args.holdout) if args.holdout else None,
     )
     started = time.monotonic()
     report, per_customer = backtest.run(settings, options)
     print(render_periods(report["periods"], options.period, settings.reporting_currency))
+    if report.get("holdout"):
+        print(render_holdout(report["holdout"]))
     memory = f"{per_customer:,.0f} B" if per_customer is not None else "?"
     print(
         f"{report['events']} events, {report['rejected']} rejected, "
@@ -662,6 +665,11 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--until", metavar="YYYY-MM-DD", help="ignore events after this date")
     bt.add_argument("--report", required=True, metavar="OUT.json")
     bt.add_argument("--customers", metavar="OUT.jsonl", help="every customer's final state")
+    bt.add_argument(
+        "--holdout",
+        metavar="DAYS",
+        help="hold the last DAYS out (e.g. 90d) and check the predictions made before them",
+    )
     bt.set_defaults(func=cmd_backtest)
 
     notify = sub.add_parser("notify", parents=[common], help="deliver alerts to subscribers")

@@ -331,3 +331,53 @@ def plot_cohorts(
     bar.set_label("Customers still active (% of cohort size)")
     bar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=0))
     fig.savefig(Path(path), format="png")
+
+
+def render_holdout(h: Mapping[str, Any]) -> str:
+    """The backtest's calibration / holdout test as text (processors/holdout.py)."""
+    lines = [
+        "",
+        f"Holdout: predictions made at {h['cutoff'][:10]} against the {h['holdout_days']} days "
+        f"after ({h['buyers']} buyers of {h['customers']} customers)",
+    ]
+    if "purchases" not in h:
+        return "\n".join([*lines, "no buyer before the cutoff: nothing to predict"])
+    p = h["purchases"]
+    lines.append(f"repeat purchase days: expected {p['expected']:,.1f}, came {p['actual']:,}")
+    lines += _table(
+        ["repeat days", "customers", "expected", "came"],
+        [
+            [
+                r["repeat_days"],
+                str(r["customers"]),
+                f"{r['expected_mean']:.2f}",
+                f"{r['actual_mean']:.2f}",
+            ]
+            for r in p["by_repeat_days"]
+        ],
+        left=1,
+    )
+    lines.append("")
+    lines += _table(
+        ["P(alive)", "customers", "mean P(alive)", "bought"],
+        [
+            [
+                r["p_alive"],
+                str(r["customers"]),
+                f"{r['mean_p_alive']:.1%}",
+                f"{r['bought_share']:.1%}",
+            ]
+            for r in h["p_alive"]
+        ],
+        left=1,
+    )
+    s, f = h["spend"], h["at_risk"]
+    lines.append("")
+    lines.append(f"spend in the holdout: expected {s['expected']:,.2f}, placed {s['actual']:,.2f}")
+    right = "-" if f["flag_right_share"] is None else f"{f['flag_right_share']:.1%}"
+    base = "-" if f["silent_share_not_flagged"] is None else f"{f['silent_share_not_flagged']:.1%}"
+    lines.append(
+        f"at risk at the cutoff: {f['flagged']} flagged, {right} of them ordered nothing in "
+        f"the holdout; {base} of the {f['not_flagged']} not flagged (churned left out)"
+    )
+    return "\n".join(lines)

@@ -183,3 +183,54 @@ def test_cdnow_sample_calibration_fit_and_customer_outlook(tmp_path: Path) -> No
     cut = np.quantile([r["cltv"] for r in rows], 0.9)
     assert high and all(r["cltv"] >= cut for r in high)
     assert len(high) == sum(r["cltv"] >= cut and r["cltv"] > 0 for r in rows)
+
+
+def test_cdnow_sample_holdout_checks_the_predictions_against_what_came(tmp_path: Path) -> None:
+    """The classic split of the CDNOW sample: fitted through 1997-09-30, checked against the
+    39 weeks after. The expected repeat days are lifetimes' own with the same parameters,
+    the ones that came are counted from the raw file, and the two agree in total."""
+    from datetime import date
+
+    import numpy as np
+    import pandas as pd
+    from lifetimes import ModifiedBetaGeoFitter
+
+    from contract.events import Rejection
+    from processors.forecast import day_number
+    from retention.cdnow import read_cdnow
+    from tests.cdnow_data import sample_stats
+
+    out = tmp_path / "r.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+    env.update(RETENTION_ALIVE_MODEL="mbgnbd")
+    result = backtest(
+        str(cdnow_file("CDNOW_sample.txt")), "--format", "cdnow", "--holdout", "273d",
+        "--report", str(out), env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Holdout: predictions made at 1997-10-01" in result.stdout
+    holdout = json.loads(out.read_text())["holdout"]
+    assert (holdout["cutoff"][:10], holdout["buyers"]) == ("1997-10-01", 2357)
+
+    stats = sample_stats(date(1997, 9, 30))
+    ids = sorted(stats)
+    x, t_x, T = (np.array(c, dtype=float) for c in zip(*(stats[i] for i in ids), strict=True))
+    model = ModifiedBetaGeoFitter()
+    model.params_ = pd.Series(holdout["params"])
+    want = model.conditional_expected_number_of_purchases_up_to_time(273 / 7, x, t_x, T).sum()
+    assert holdout["purchases"]["expected"] == pytest.approx(want, rel=1e-6)
+
+    start, end = day_number(date(1997, 10, 1)), day_number(date(1998, 6, 30))
+    came: dict[str, set[int]] = {}
+    for _, item in read_cdnow(cdnow_file("CDNOW_sample.txt")):
+        assert not isinstance(item, Rejection)
+        day = day_number(date.fromisoformat(item["ts"][:10]))
+        if start <= day <= end and item["customer_id"] in stats:
+            came.setdefault(item["customer_id"], set()).add(day)
+    actual = sum(len(days) for days in came.values())
+    assert holdout["purchases"]["actual"] == actual
+    assert abs(holdout["purchases"]["expected"] - actual) / actual < 0.1
+    assert (
+        holdout["at_risk"]["flagged"] > 0
+        and sum(r["customers"] for r in holdout["p_alive"]) == 2357
+    )

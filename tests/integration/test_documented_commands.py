@@ -4,8 +4,8 @@ succeed. A command added to a page is run here without touching this file.
 
 The files the commands name are made first: ``events.jsonl`` (a few customers, one of them
 ``C``), ``notifications.yml`` (the subscriber example of docs/alerts.md, as printed) and
-``CDNOW_master.txt`` (the CDNOW sample lifetimes ships, in the same format: the master file
-only takes longer).
+``CDNOW_sample.txt`` and ``CDNOW_master.txt`` (both the CDNOW sample lifetimes ships, in
+the same format: the master file only takes longer).
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def shop(tmp_path: Path) -> Iterator[Path]:
     (folder / "notifications.yml").write_text(subscribers_example())
     sample = Path(lifetimes.__file__).parent / "datasets" / "CDNOW_sample.txt"
     shutil.copy(sample, folder / "CDNOW_master.txt")
+    shutil.copy(sample, folder / "CDNOW_sample.txt")
     up = subprocess.Popen(
         [sys.executable, "-m", "retention.cli", "up"],
         cwd=folder,
