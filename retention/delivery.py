@@ -363,7 +363,11 @@ class Notifier:
                 except BadAlert as exc:
                     await self.internal_error(subscriber, None, exc)
                     logger.error("kept alert cannot be read", extra={"alert": key})
-            if sent is None or not alerts:
+            if sent is None:
+                # first sight: the digest starts here; what was kept waits for the next one
+                await self.state.digest_sent(subscriber.name, due_ms, [])
+                continue
+            if not alerts:
                 await self.state.digest_sent(subscriber.name, due_ms, list(kept))
                 continue
             digest = Digest(subscriber.name, due, subscriber.digest.every, ranked(alerts))

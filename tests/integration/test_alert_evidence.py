@@ -13,6 +13,7 @@ the notifier delivers them to a real webhook, a Slack-shaped endpoint and an SMT
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -130,6 +131,48 @@ def alerts_at(receiver: Receiver, name: str) -> list[dict]:
     return [r.json() for r in receiver.to(name)]
 
 
+def at_risk_alerts(receiver: Receiver, name: str, cid: str) -> list[dict]:
+    got = alerts_at(receiver, name)
+    return [a for a in got if a["kind"] == "at_risk" and a["customer_id"] == cid]
+
+
+def every_channel_explains(receiver: Receiver, inbox: Inbox) -> None:
+    """Each target's at-risk alert carries its reason's numbers, sentence and next step and
+    the stakes (webhook body), and says the same in words on Slack and by email."""
+    at_risk_for = functools.partial(at_risk_alerts, receiver)
+    # evidence, sentence, next step and stakes: webhook body
+    for cid, reason in REASON_OF.items():
+        [alert] = at_risk_for("crm", cid)
+        assert alert["version"] == 2 and alert["band"] in ("medium", "high"), alert
+        found = {e["reason"]: e for e in alert["evidence"]}
+        assert reason in found, (cid, alert)
+        item = found[reason]
+        assert item["text"] and item["next_step"] and item["unit"], item
+        assert item["observed"] is not None and item["threshold"] is not None
+        stakes = alert["stakes"]
+        assert stakes["currency"] == "EUR" and stakes["orders"] >= 3
+        assert stakes["aov"] > 0 and stakes["last_order_amount"] > 0
+        assert stakes["last_order_at"] and stakes["cltv"] is not None
+    quiet = {e["reason"]: e for e in at_risk_for("crm", "quiet")[0]["evidence"]}
+    assert quiet["silence"]["unit"] == "days" and round(quiet["silence"]["observed"]) == 53
+    assert "usually orders every 11 days" in quiet["silence"]["text"]
+    returns = {e["reason"]: e for e in at_risk_for("crm", "returns")[0]["evidence"]}
+    assert returns["refunds"]["next_step"] == RISK_FILE["playbook"]["refunds"]
+
+    # ... Slack and email say the same in words
+    slack = [r.json() for r in receiver.to("team")]
+    for cid, reason in REASON_OF.items():
+        [alert] = at_risk_for("crm", cid)
+        sentence = {e["reason"]: e for e in alert["evidence"]}[reason]["text"]
+        [message] = [m for m in slack if m["text"].startswith(f"At risk: customer {cid} ")]
+        blocks = str(message["blocks"])
+        assert "Next step" in blocks and "CLTV at risk" in blocks
+        mail = [m for _, _, m in inbox.received if cid in m["Subject"]]
+        assert len(mail) == 1
+        body = mail[0].get_content()
+        assert sentence in body and "Next step:" in body and "EUR" in body
+
+
 async def test_alerts_carry_evidence_route_escalate_and_digest_once(
     settings: Settings,
     store: Store,
@@ -143,43 +186,38 @@ async def test_alerts_carry_evidence_route_escalate_and_digest_once(
     risk_file.write_text(yaml.safe_dump(RISK_FILE))
     settings = settings.model_copy(update={"risk_file": risk_file, "reporting_currency": "EUR"})
     workers.settings = settings
-    # the digest comes due a little after everything has been raised
-    digest_at = (datetime.now(UTC) + timedelta(seconds=55)).strftime("%H:%M:%S")
     hook = {"type": "webhook", "secret": SECRET}
-    notifications = tmp_path / "notifications.yml"
-    notifications.write_text(
-        yaml.safe_dump(
-            {
-                "cooldown": 0,
-                "retry": {"attempts": 3, "base_delay": 0.05, "max_delay": 0.2, "timeout": 5},
-                "subscribers": [
-                    {"name": "crm", "url": receiver.url("hook", "crm"), **hook},
-                    {"name": "team", "type": "slack", "url": receiver.url("slack", "team")},
-                    {
-                        "name": "managers",
-                        "type": "email",
-                        "smtp_host": inbox.host,
-                        "smtp_port": inbox.port,
-                        "from": "retention@shop.example",
-                        "to": ["am@shop.example"],
-                        "kinds": ["at_risk"],
-                    },
-                    {"name": "vip", "url": receiver.url("hook", "vip"), "bands": ["high"], **hook},
-                    {
-                        "name": "morning",
-                        "url": receiver.url("hook", "morning"),
-                        "kinds": ["at_risk"],
-                        "digest": {"every": "day", "at": digest_at, "timezone": "UTC"},
-                        **hook,
-                    },
-                ],
-            }
-        )
-    )
+
+    def subscribers(digest_at: str) -> dict[str, Any]:
+        return {
+            "cooldown": 0,
+            "retry": {"attempts": 3, "base_delay": 0.05, "max_delay": 0.2, "timeout": 5},
+            "subscribers": [
+                {"name": "crm", "url": receiver.url("hook", "crm"), **hook},
+                {"name": "team", "type": "slack", "url": receiver.url("slack", "team")},
+                {
+                    "name": "managers",
+                    "type": "email",
+                    "smtp_host": inbox.host,
+                    "smtp_port": inbox.port,
+                    "from": "retention@shop.example",
+                    "to": ["am@shop.example"],
+                    "kinds": ["at_risk"],
+                },
+                {"name": "vip", "url": receiver.url("hook", "vip"), "bands": ["high"], **hook},
+                {
+                    "name": "morning",
+                    "url": receiver.url("hook", "morning"),
+                    "kinds": ["at_risk"],
+                    "digest": {"every": "day", "at": digest_at, "timezone": "UTC"},
+                    **hook,
+                },
+            ],
+        }
+
+    everyone = [*REASON_OF, "angry"]
     stop = asyncio.Event()
-    notifier = asyncio.create_task(
-        run_notifier(settings, notifications, stop, digest_check_seconds=0.5)
-    )
+    notifier: asyncio.Task[None] | None = None
     try:
         workers.start()
         await send(producer, background())
@@ -191,11 +229,22 @@ async def test_alerts_carry_evidence_route_escalate_and_digest_once(
         await wait_until(fitted, 90, "a fitted model", workers.logs)
         await send(producer, targets())
 
-        def at_risk_for(name: str, cid: str) -> list[dict]:
-            got = alerts_at(receiver, name)
-            return [a for a in got if a["kind"] == "at_risk" and a["customer_id"] == cid]
+        async def logged() -> bool:
+            listed, _ = await queries.alert_outcomes(settings)
+            raised = {a["customer_id"] for a in listed if a["kind"] == "at_risk"}
+            return set(everyone) <= raised
 
-        everyone = [*REASON_OF, "angry"]
+        await wait_until(logged, 90, "an at-risk alert raised for every target", workers.logs)
+        # the notifier starts now and reads the alerts topic from its start; its digest
+        # comes due a few seconds later, with every alert kept by then
+        digest_at = (datetime.now(UTC) + timedelta(seconds=12)).strftime("%H:%M:%S")
+        notifications = tmp_path / "notifications.yml"
+        notifications.write_text(yaml.safe_dump(subscribers(digest_at)))
+        notifier = asyncio.create_task(
+            run_notifier(settings, notifications, stop, digest_check_seconds=0.5)
+        )
+
+        at_risk_for = functools.partial(at_risk_alerts, receiver)
 
         async def all_raised() -> bool:
             return all(at_risk_for("crm", c) for c in everyone) and len(inbox.received) >= len(
@@ -204,37 +253,7 @@ async def test_alerts_carry_evidence_route_escalate_and_digest_once(
 
         await wait_until(all_raised, 90, "an at-risk alert for every target", workers.logs)
 
-        # evidence, sentence, next step and stakes: webhook body
-        for cid, reason in REASON_OF.items():
-            [alert] = at_risk_for("crm", cid)
-            assert alert["version"] == 2 and alert["band"] in ("medium", "high"), alert
-            found = {e["reason"]: e for e in alert["evidence"]}
-            assert reason in found, (cid, alert)
-            item = found[reason]
-            assert item["text"] and item["next_step"] and item["unit"], item
-            assert item["observed"] is not None and item["threshold"] is not None
-            stakes = alert["stakes"]
-            assert stakes["currency"] == "EUR" and stakes["orders"] >= 3
-            assert stakes["aov"] > 0 and stakes["last_order_amount"] > 0
-            assert stakes["last_order_at"] and stakes["cltv"] is not None
-        quiet = {e["reason"]: e for e in at_risk_for("crm", "quiet")[0]["evidence"]}
-        assert quiet["silence"]["unit"] == "days" and round(quiet["silence"]["observed"]) == 53
-        assert "usually orders every 11 days" in quiet["silence"]["text"]
-        returns = {e["reason"]: e for e in at_risk_for("crm", "returns")[0]["evidence"]}
-        assert returns["refunds"]["next_step"] == RISK_FILE["playbook"]["refunds"]
-
-        # ... Slack and email say the same in words
-        slack = [r.json() for r in receiver.to("team")]
-        for cid, reason in REASON_OF.items():
-            [alert] = at_risk_for("crm", cid)
-            sentence = {e["reason"]: e for e in alert["evidence"]}[reason]["text"]
-            [message] = [m for m in slack if m["text"].startswith(f"At risk: customer {cid} ")]
-            blocks = str(message["blocks"])
-            assert "Next step" in blocks and "CLTV at risk" in blocks
-            mail = [m for _, _, m in inbox.received if cid in m["Subject"]]
-            assert len(mail) == 1
-            body = mail[0].get_content()
-            assert sentence in body and "Next step:" in body and "EUR" in body
+        every_channel_explains(receiver, inbox)
 
         # only the high band reaches the subscriber who asked for it
         vip = alerts_at(receiver, "vip")
@@ -318,4 +337,5 @@ async def test_alerts_carry_evidence_route_escalate_and_digest_once(
         assert max(subjects.values()) == 1
     finally:
         stop.set()
-        await asyncio.wait_for(notifier, 30)
+        if notifier is not None:
+            await asyncio.wait_for(notifier, 30)

@@ -89,7 +89,7 @@ async def test_the_demo_alone_shows_evidence_routing_digest_and_outcomes(tmp_pat
     each reason's sentence and next step, the stakes, a filtered subscriber, an email, a
     digest; and `retention alerts --outcomes` reports on them."""
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
-    env["RETENTION_DEMO_DIGEST_AFTER_SECONDS"] = "40"
+    env["RETENTION_DEMO_DIGEST_AFTER_SECONDS"] = "25"
     data = tmp_path / "data"
     inbox = data / "demo-inbox"
     up = await asyncio.create_subprocess_exec(
