@@ -298,14 +298,12 @@ def cmd_forget(args: argparse.Namespace) -> int:
     from retention.queries import forget
 
     settings = _services(args)
-    if not args.yes:
-        answer = input(
-            f"Erase customer {args.id!r} from {_redacted(settings.redis_url)}: its state, "
-            "evaluation, alerts and notifier records, for good? [y/N] "
-        )
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing erased")
-            return 1
+    question = (
+        f"Erase customer {args.id!r} from {_redacted(settings.redis_url)}: its state, "
+        "evaluation, alerts and notifier records, for good?"
+    )
+    if not args.yes and not _confirmed(question, "nothing erased"):
+        return 1
     erased = asyncio.run(forget(settings, args.id))
     found = "erased" if erased.stored else "not stored; its tombstone is set"
     print(
@@ -355,15 +353,21 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from retention.rebuild import rebuild
 
     settings = _services(args)
-    if not args.yes:
-        answer = input(
-            f"Delete every key under {settings.key_prefix!r} in {_redacted(settings.redis_url)}"
-            " and replay the topics into it? [y/N] "
-        )
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return 1
+    question = (
+        f"Delete every key under {settings.key_prefix!r} in {_redacted(settings.redis_url)}"
+        " and replay the topics into it?"
+    )
+    if not args.yes and not _confirmed(question, "nothing deleted"):
+        return 1
     return asyncio.run(rebuild(settings, wait=not args.no_wait, shards=args.shards))
+
+
+def _confirmed(question: str, refusal: str) -> bool:
+    """Whether the person at the terminal answers yes; prints ``refusal`` when not."""
+    if input(f"{question} [y/N] ").strip().lower() in ("y", "yes"):
+        return True
+    print(refusal)
+    return False
 
 
 def _redacted(url: str | None) -> str:

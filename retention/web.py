@@ -33,6 +33,7 @@ from retention.api_keys import Scope
 from retention.config import Settings
 from retention.ingest_rules import RequestError
 from retention.queries import cohorts_view, customer_view, periods_view
+from retention.report import PERIOD_COLUMNS
 from retention.segments import BadCursor, page
 from store.evaluations import evaluation_totals, ranked_at_risk
 from store.outcomes import logged_alerts
@@ -215,34 +216,11 @@ class WebView:
         body.append("<h2>Months</h2>")
         body.append(
             table(
-                [
-                    "month",
-                    "start",
-                    "end",
-                    "new",
-                    "lost",
-                    "react.",
-                    "CRR",
-                    "churn",
-                    "orders",
-                    "revenue",
-                    "AOV",
-                    "repeat",
-                ],
+                ["month", *(header for _, header, _ in PERIOD_COLUMNS)],
                 [
                     [
                         esc(r["period"][:7] + (" (open)" if r.get("open") else "")),
-                        esc(r["start_customers"]),
-                        esc(r["end_customers"]),
-                        esc(r["new_customers"]),
-                        esc(r["lost_customers"]),
-                        esc(r["reactivated_customers"]),
-                        esc(human.percent(r["crr"])),
-                        esc(human.percent(r["churn_rate"])),
-                        esc(r["orders"]),
-                        esc(human.money(r["revenue"])),
-                        esc(human.money(r["aov"])),
-                        esc(human.percent(r["repeat_customer_rate"])),
+                        *(esc(fmt(r.get(key))) for key, _, fmt in PERIOD_COLUMNS),
                     ]
                     for r in reversed(rows[-24:])
                 ],
