@@ -77,8 +77,11 @@ async def forget_customer(
 async def _forget_logged(store: Store, key: str, customer_id: str) -> int:
     doomed: list[str] = []
     async for name, value in store.redis.hscan_iter(key, count=1000):
-        with_customer = Raised.decode(str(name), str(value)) if "|" in str(value) else None
-        if with_customer is not None and with_customer.customer_id == customer_id:
+        try:
+            logged = Raised.decode(str(name), str(value))
+        except ValueError:
+            continue  # not an entry this version wrote: counting outcomes drops it
+        if logged.customer_id == customer_id:
             doomed.append(str(name))
     for start in range(0, len(doomed), 1000):
         await store.redis.hdel(key, *doomed[start : start + 1000])
