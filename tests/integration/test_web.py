@@ -79,7 +79,9 @@ def browser() -> Iterator[webdriver.Chrome]:
         pytest.fail(f"no chromium or chromedriver: {INSTALL}", pytrace=False)
     options = Options()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1600"):
+    # as root in a container: no sandbox, and /tmp instead of a small /dev/shm
+    flags = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage")
+    for arg in (*flags, "--window-size=1280,1600"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
