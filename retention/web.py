@@ -36,9 +36,10 @@ from retention.queries import cohorts_view, customer_view, periods_view
 from retention.report import PERIOD_COLUMNS
 from retention.segments import BadCursor, page
 from store.evaluations import evaluation_totals, ranked_at_risk
-from store.outcomes import logged_alerts
+from store.outcomes import alerts_about
 from store.periods import Periods
 from store.store import Store
+from streams.risk_file import load_policy
 
 logger = logging.getLogger(__name__)
 
@@ -348,9 +349,9 @@ class WebView:
         days = sorted(view["orders_by_day"].items())
         body.append(bars([(d, float(n)) for d, n in days[-60:]], "orders per day"))
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
-        raised = [r for r in await logged_alerts(self.store, now_ms) if r.customer_id == cid]
+        raised = await alerts_about(self.store, cid)
         state = await self.store.read_customer(cid)
-        window = 30
+        window = load_policy(self.settings.risk_file).outcome_window_days
         body.append("<h2>Alerts about this customer</h2>")
         body.append(
             table(

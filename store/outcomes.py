@@ -47,6 +47,22 @@ async def logged_alerts(store: Store, now_ms: int, keep_days: int = KEEP_DAYS) -
     return found
 
 
+async def alerts_about(store: Store, customer_id: str) -> list[Raised]:
+    """The logged alerts about one customer: Redis matches their keys
+    (``kind:customer:occasion``), so only those come back to be read."""
+    home = (await store.layout()).prefix_of(customer_id)
+    pattern = "*:" + "".join(f"[{c}]" if c in "*?[]\\" else c for c in customer_id) + ":*"
+    found: list[Raised] = []
+    async for name, value in store.redis.hscan_iter(home + "alog", match=pattern, count=1000):
+        try:
+            raised = Raised.decode(str(name), str(value))
+        except ValueError:
+            continue
+        if raised.customer_id == customer_id:
+            found.append(raised)
+    return found
+
+
 async def read_states(store: Store, ids: Sequence[str]) -> dict[str, CustomerState]:
     """The states of the customers that exist, read in chunks."""
     states: dict[str, CustomerState] = {}

@@ -173,6 +173,9 @@ async def test_the_pages_show_what_the_api_says(
     assert kpi(browser, "orders") == str(view["orders"])
     for item in view["evidence"]:
         assert item["text"] in browser.page_source
+    # the alerts raised about them, with their outcome so far
+    alerts = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "table:last-of-type td")]
+    assert "at_risk" in alerts and "pending" in alerts, alerts
 
     page = await api(f"{url}/v1/customers?segment=churned&limit=1000", key)
     await asyncio.to_thread(visit, browser, f"{url}/segments/churned", key, "segment-churned")
