@@ -22,7 +22,7 @@ from contract.events import MAX_EVENT_BYTES, Event, InvalidEvent, Rejection
 Endpoint = Literal["events", "batch"]
 ENDPOINTS: tuple[Endpoint, ...] = ("events", "batch")
 #: Every status the two endpoints answer with: the exporter reports each from 0.
-STATUSES: tuple[int, ...] = (202, 400, 401, 413, 415, 422, 429, 500, 503)
+STATUSES: tuple[int, ...] = (202, 400, 401, 403, 413, 415, 422, 429, 500, 503)
 
 
 class RequestError(Exception):
