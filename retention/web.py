@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import logging
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -47,6 +48,8 @@ Authorize = Callable[[web.Request, Scope], Awaitable[str]]
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 CHALLENGE = 'Basic realm="retention", charset="UTF-8"'
 AT_RISK_ROWS = 50
+#: how long a segment page may walk the store looking for its rows
+PAGE_SECONDS = 1.0
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2433;background:#f6f7f9}
@@ -376,8 +379,17 @@ class WebView:
         if segment not in SEGMENTS:
             raise RequestError(404, "not_found", "no such segment")
         cursor = request.query.get("cursor")
+        # a person wants rows, not an empty page of a sparse segment: walk on for up to
+        # PAGE_SECONDS until a page's worth is found or the walk is over
+        rows_found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + PAGE_SECONDS
         try:
-            found = await page(self.store, segment, Filters(), self.currency, cursor, 200)
+            while True:
+                found = await page(self.store, segment, Filters(), self.currency, cursor, 200)
+                rows_found += found.rows
+                cursor = found.cursor
+                if cursor is None or len(rows_found) >= 200 or time.monotonic() > deadline:
+                    break
         except BadCursor as exc:
             raise RequestError(400, "malformed", str(exc)) from None
         links = (
@@ -395,12 +407,12 @@ class WebView:
                 esc(human.money(r["revenue"])),
                 esc((r["last_activity_at"] or "-")[:10]),
             ]
-            for r in found.rows
+            for r in rows_found
         ]
         more = (
-            f'<p><a id=next href="/segments/{segment}?cursor={urllib.parse.quote(found.cursor)}">'
+            f'<p><a id=next href="/segments/{segment}?cursor={urllib.parse.quote(cursor)}">'
             "next page</a></p>"
-            if found.cursor
+            if cursor
             else ""
         )
         body = (

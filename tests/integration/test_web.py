@@ -177,9 +177,27 @@ async def test_the_pages_show_what_the_api_says(
     alerts = [c.text for c in browser.find_elements(By.CSS_SELECTOR, "table:last-of-type td")]
     assert "at_risk" in alerts and "pending" in alerts, alerts
 
-    page = await api(f"{url}/v1/customers?segment=churned&limit=1000", key)
-    await asyncio.to_thread(visit, browser, f"{url}/segments/churned", key, "segment-churned")
-    shown = {a.text for a in browser.find_elements(By.CSS_SELECTOR, "tbody td:first-child a")}
-    assert shown == {r["customer_id"] for r in page["customers"]}
-    links = [a.get_attribute("href") for a in browser.find_elements(By.PARTIAL_LINK_TEXT, "CSV")]
-    assert links and "segment=churned" in str(links[0])
+    # every member, page after page, as the API's cursor walk finds them
+    members: set[str] = set()
+    cursor = ""
+    while True:
+        found = await api(f"{url}/v1/customers?segment=churned&limit=1000{cursor}", key)
+        members |= {r["customer_id"] for r in found["customers"]}
+        if found["next_cursor"] is None:
+            break
+        cursor = f"&cursor={found['next_cursor']}"
+    assert members
+    shown: set[str] = set()
+    address = f"{url}/segments/churned"
+    for _ in range(1000):
+        await asyncio.to_thread(visit, browser, address, key, "segment-churned")
+        shown |= {a.text for a in browser.find_elements(By.CSS_SELECTOR, "tbody td:first-child a")}
+        links = [
+            a.get_attribute("href") for a in browser.find_elements(By.PARTIAL_LINK_TEXT, "CSV")
+        ]
+        assert links and "segment=churned" in str(links[0])
+        following = browser.find_elements(By.ID, "next")
+        if not following:
+            break
+        address = str(following[0].get_attribute("href"))
+    assert shown == members
