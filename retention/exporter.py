@@ -15,6 +15,10 @@ authentication (:mod:`retention.metrics_http`). A scrape of the exporter costs R
 work, so its result is reused for ``metrics_cache_seconds``: a storm of scrapes reads Redis
 once per interval, not once per request. Labels are closed sets; no label ever holds a
 customer id, so the series count does not grow with customers.
+
+A read that fails does not empty ``/metrics``: the exporter keeps serving the numbers of
+its last good read, with ``retention_exporter_source_up{source}`` at 0 and the time of
+the last good read beside it (:class:`Served`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,13 @@ from prometheus_client.core import (
 from redis.asyncio import Redis
 
 from retention.config import Settings
-from retention.metric_families import Snapshot, exporter_families, families
+from retention.metric_families import (
+    Snapshot,
+    Source,
+    exporter_families,
+    families,
+    source_families,
+)
 from retention.metrics_http import ScrapeAuth, guarded, serve
 from retention.snapshot import BrokerOffsets, read_snapshot
 from retention.stalls import Progress
@@ -59,6 +69,48 @@ T = TypeVar("T")
 
 
 # --- pure: snapshot -> metric families -------------------------------------------------
+
+#: Families about the exporter's own reading, rebuilt on every scrape.
+EXPORTER_FAMILIES = "retention_exporter_"
+
+
+class Served:
+    """What the exporter answers: the families of the last good read, and per source
+    whether the latest read reached it and when one last did.
+
+    A failed read keeps the last good numbers rather than dropping them, and marks them
+    stale with ``retention_exporter_source_up`` 0. Failing the scrape, or answering with
+    the exporter's own series only, would end every series Prometheus has from it: each
+    alert on them would resolve, the critical ones included, while nothing was fixed and
+    the tracker could no longer be seen, and the dashboards would go blank. Kept, the
+    alerts hold their state, the dashboards show the last numbers known, and
+    ``RetentionExporterRedisUnreadable`` says how old they are. ``up`` stays for the
+    exporter process itself.
+    """
+
+    def __init__(self, sources: tuple[Source, ...]) -> None:
+        self.sources = sources
+        self._numbers: list[Metric] = []
+        self._last_success: dict[Source, float] = {}
+
+    def read(self, snap: Snapshot, at: float) -> list[Metric]:
+        """A good read of Redis at unix time ``at``; the broker was reached if the lag is known."""
+        reached: dict[Source, bool] = {"redis": True, "kafka": snap.lag is not None}
+        up = {source: reached[source] for source in self.sources}
+        self._last_success |= {source: at for source, ok in up.items() if ok}
+        found = families(snap)
+        self._numbers = [m for m in found if not m.name.startswith(EXPORTER_FAMILIES)]
+        return [*found, *source_families(up, self._last_success)]
+
+    def failed(self, seconds: float) -> list[Metric]:
+        """A read that did not get through, after ``seconds``: the last good numbers, if
+        any, with every source marked down (the lag needs Redis as well as the broker)."""
+        up = dict.fromkeys(self.sources, False)
+        return [
+            *self._numbers,
+            *exporter_families(False, False, seconds),
+            *source_families(up, self._last_success),
+        ]
 
 
 # --- I/O: Redis and Kafka -> snapshot ---------------------------------------------------
@@ -111,6 +163,8 @@ class RetentionCollector:
             if settings.kafka_bootstrap
             else None
         )
+        sources: tuple[Source, ...] = ("redis", "kafka") if self._broker else ("redis",)
+        self._served = Served(sources)
 
     async def _read(self) -> Snapshot:
         if self._redis is None:
@@ -134,9 +188,9 @@ class RetentionCollector:
         try:
             snap = self._loop.run(self._read(), self.timeout)
         except Exception as exc:
-            logger.warning("scrape failed", extra={"error": repr(exc)})
-            return list(exporter_families(False, False, time.monotonic() - started))
-        return families(snap)
+            logger.warning("scrape failed: serving the last good read", extra={"error": repr(exc)})
+            return self._served.failed(time.monotonic() - started)
+        return self._served.read(snap, time.time())
 
     async def _aclose(self) -> None:
         if self._broker is not None:

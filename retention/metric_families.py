@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 from prometheus_client.core import (
@@ -90,6 +91,9 @@ class Snapshot:
     redis_memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: customers set aside because their stored state cannot be read
     corrupt_customers: int = 0
+    #: unix time of the last successful refit of the models (``store/models.py``), None
+    #: before the first
+    last_refit_at: float | None = None
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
@@ -373,6 +377,55 @@ def _ingest_families(snap: Snapshot) -> Iterator[Metric]:
     yield from (requests, accepted, rejected)
 
 
+def _model_families(snap: Snapshot) -> Iterator[Metric]:
+    yield _scalar(
+        "retention_model_last_refit_timestamp_seconds",
+        "Unix time of the last successful refit of the P(alive) and spend models.",
+        snap.last_refit_at,
+    )
+
+
+def _period_start_families(snap: Snapshot) -> Iterator[Metric]:
+    """When each window's period began: the current one's start is the moment the period
+    before it closed, so an alert on a closed period can speak once per period."""
+    family = _gauge(
+        "retention_period_start_timestamp_seconds",
+        "Unix time at which the period of a window began (UTC).",
+        ("period", "window"),
+    )
+    for (period, window), row in sorted(snap.rows.items()):
+        start = datetime.fromisoformat(row.period).replace(tzinfo=UTC)
+        family.add_metric([period, window], start.timestamp())
+    yield family
+
+
+#: What the exporter reads: Redis always, the broker's end offsets when one is configured.
+Source = Literal["redis", "kafka"]
+
+
+def source_families(
+    up: Mapping[Source, bool], last_success: Mapping[Source, float]
+) -> Iterator[Metric]:
+    """Per source read by the exporter: whether the latest read reached it, and when one
+    last did (no sample before the first)."""
+    reached = _gauge(
+        "retention_exporter_source_up",
+        "Whether the exporter's latest read reached the source; at 0 the other series are "
+        "those of its last good read.",
+        ("source",),
+    )
+    last = _gauge(
+        "retention_exporter_source_last_success_timestamp_seconds",
+        "Unix time of the exporter's last successful read of the source.",
+        ("source",),
+    )
+    for source, ok in sorted(up.items()):
+        reached.add_metric([source], float(ok))
+        if source in last_success:
+            last.add_metric([source], last_success[source])
+    yield from (reached, last)
+
+
 def exporter_families(redis_up: bool, kafka_up: bool, seconds: float) -> Iterator[Metric]:
     for name, doc, value in (
         ("retention_exporter_redis_up", "Whether the last scrape read Redis.", redis_up),
@@ -395,6 +448,8 @@ def families(snap: Snapshot) -> list[Metric]:
         *_pipeline_families(snap),
         *_ingest_families(snap),
         *_redis_families(snap),
+        *_model_families(snap),
+        *_period_start_families(snap),
         *exporter_families(True, snap.lag is not None, snap.collect_seconds),
     ]
 

@@ -22,6 +22,7 @@ from retention.metric_families import COHORT_MONTHS, Snapshot, Window
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from retention.status import STALE_HEARTBEATS
 from store.evaluations import due_backlog, evaluation_totals
+from store.models import fit_age_seconds
 from store.outcomes import kept_outcomes
 from store.periods import Periods
 from store.store import Store
@@ -188,6 +189,7 @@ async def read_snapshot(
         )
     totals = await evaluation_totals(store)
     waiting, wait_seconds = await due_backlog(store, int(now.timestamp() * 1000))
+    fit_age = await fit_age_seconds(store)
     return Snapshot(
         tracked_customers=await store.customer_count(),
         topics=topics,
@@ -219,4 +221,6 @@ async def read_snapshot(
         ingest=await store.counters("ingest:stats"),
         redis_memory=await store.memory(),
         corrupt_customers=len(await store.corrupt_customers()),
+        # to the millisecond: the age is read against the clock, the time itself is stored
+        last_refit_at=None if fit_age is None else round(time.time() - fit_age, 3),
     )

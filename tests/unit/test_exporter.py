@@ -19,6 +19,7 @@ from processors.lifecycle import STATUSES
 from processors.metrics import Cohort, PeriodRow
 from processors.windows import PERIODS
 from retention.config import Settings
+from retention.exporter import RetentionCollector, Served
 from retention.metric_families import CHANNELS, OUTCOMES, WINDOWS, Snapshot, families
 from retention.metrics_http import ScrapeAuth
 from retention.snapshot import lag_per_topic
@@ -92,6 +93,7 @@ def snapshot(customers: int) -> Snapshot:
         worker_last_applied={"host-1": 1_700_000_000.25},
         workers_stalled=1,
         redis_memory={"10.0.0.1:6379": (customers * 300, 0), "10.0.0.2:6379": (900, 4096)},
+        last_refit_at=1_700_000_100.5,
     )
 
 
@@ -174,6 +176,8 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
         "retention_last_event_age_seconds",
         "retention_workers_stalled",  # unknown without the broker's offsets
         "retention_worker_last_applied_timestamp_seconds",
+        "retention_model_last_refit_timestamp_seconds",  # no refit yet
+        "retention_period_start_timestamp_seconds",
     ):
         assert missing not in names
     assert get("retention_exporter_kafka_up") == 0
@@ -183,6 +187,22 @@ def test_absent_inputs_give_zeros_or_no_sample() -> None:
         for t in TOPICS
         for r in REJECT_REASONS
     )
+
+
+def test_refit_time_and_period_starts() -> None:
+    """The rules judge a refit's age and speak of a closed period once, from these."""
+    snap = snapshot(10)
+    rows = {
+        ("week", "current"): replace(row(10), period="2024-03-04"),
+        ("week", "last_closed"): replace(row(10), period="2024-02-26"),
+    }
+    registry = registry_for(replace(snap, rows=rows))
+    get = registry.get_sample_value
+    assert get("retention_model_last_refit_timestamp_seconds") == 1_700_000_100.5
+    start = "retention_period_start_timestamp_seconds"
+    # 2024-03-04T00:00:00Z and a week before
+    assert get(start, {"period": "week", "window": "current"}) == 1_709_510_400
+    assert get(start, {"period": "week", "window": "last_closed"}) == 1_709_510_400 - 7 * 86_400
 
 
 def test_null_ratios_are_left_out() -> None:
@@ -368,3 +388,107 @@ def test_service_numbers() -> None:
     assert registry.get_sample_value(bucket, {"le": "+Inf"}) == 4
     assert registry.get_sample_value("retention_first_response_seconds_count") == 4
     assert registry.get_sample_value("retention_first_response_seconds_sum") == 7200.0
+
+
+# --- what a scrape serves when a read fails ------------------------------------------------
+
+
+def served_samples(found: Iterable[Metric]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in found for s in m.samples}
+
+
+def source(name: str, value: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return (name, (("source", value),))
+
+
+UP = "retention_exporter_source_up"
+LAST = "retention_exporter_source_last_success_timestamp_seconds"
+
+
+def test_a_failed_read_keeps_the_last_good_numbers_marked_stale() -> None:
+    served = Served(("redis", "kafka"))
+    good = served_samples(served.read(snapshot(100), at=1_700_000_000.0))
+    assert good[source(UP, "redis")] == 1 and good[source(UP, "kafka")] == 1
+    assert good[source(LAST, "redis")] == 1_700_000_000.0
+    assert good[("retention_exporter_redis_up", ())] == 1
+
+    stale = served_samples(served.failed(seconds=2.5))
+    assert stale[source(UP, "redis")] == 0 and stale[source(UP, "kafka")] == 0
+    assert stale[source(LAST, "redis")] == 1_700_000_000.0  # how old the numbers are
+    assert stale[("retention_exporter_redis_up", ())] == 0
+    assert stale[("retention_exporter_kafka_up", ())] == 0
+    assert stale[("retention_exporter_collect_duration_seconds", ())] == 2.5
+    # every other series is still there, with the last good value
+    kept = {k: v for k, v in good.items() if not k[0].startswith("retention_exporter_")}
+    assert kept and all(stale[k] == v for k, v in kept.items())
+    assert stale[("retention_tracked_customers", ())] == 100
+
+
+def test_the_next_good_read_replaces_the_stale_numbers() -> None:
+    served = Served(("redis",))
+    served.read(snapshot(100), at=1_700_000_000.0)
+    served.failed(seconds=1.0)
+    fresh = served_samples(served.read(snapshot(7), at=1_700_000_060.0))
+    assert fresh[("retention_tracked_customers", ())] == 7
+    assert fresh[source(UP, "redis")] == 1 and fresh[source(LAST, "redis")] == 1_700_000_060.0
+    assert not any(k[0] in (UP, LAST) and k[1] == (("source", "kafka"),) for k in fresh)
+
+
+def test_a_broker_that_cannot_be_read_is_its_own_source() -> None:
+    served = Served(("redis", "kafka"))
+    served.read(snapshot(10), at=1_700_000_000.0)
+    found = served_samples(served.read(replace(snapshot(10), lag=None), at=1_700_000_030.0))
+    assert found[source(UP, "redis")] == 1 and found[source(UP, "kafka")] == 0
+    assert found[source(LAST, "redis")] == 1_700_000_030.0
+    assert found[source(LAST, "kafka")] == 1_700_000_000.0
+
+
+def test_a_failed_first_read_serves_only_the_exporter_series() -> None:
+    found = served_samples(Served(("redis",)).failed(seconds=0.1))
+    assert {name for name, _ in found} == {
+        UP,
+        "retention_exporter_redis_up",
+        "retention_exporter_kafka_up",
+        "retention_exporter_collect_duration_seconds",
+    }
+    assert found[source(UP, "redis")] == 0
+
+
+class Scripted(RetentionCollector):
+    """The collector with its reads scripted: a snapshot, or an error, per scrape."""
+
+    def __init__(self, reads: list[Snapshot | Exception]) -> None:
+        super().__init__(Settings(redis_url="redis://unused:6379/0"), cache_seconds=0)
+        self.reads = reads
+
+    async def _read(self) -> Snapshot:
+        found = self.reads.pop(0)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+
+def test_the_collector_serves_the_last_good_read_while_redis_fails() -> None:
+    collector = Scripted([snapshot(40), ConnectionError("redis down"), snapshot(41)])
+    try:
+        first = served_samples(collector.collect())
+        assert first[("retention_tracked_customers", ())] == 40
+        assert first[source(UP, "redis")] == 1
+        failed = served_samples(collector.collect())
+        assert failed[("retention_tracked_customers", ())] == 40  # kept, marked stale
+        assert failed[source(UP, "redis")] == 0
+        assert failed[source(LAST, "redis")] == first[source(LAST, "redis")]
+        assert failed[("retention_exporter_redis_up", ())] == 0
+        again = served_samples(collector.collect())
+        assert again[("retention_tracked_customers", ())] == 41
+        assert again[source(UP, "redis")] == 1
+    finally:
+        collector.close()
+
+
+def test_source_series_follow_the_conventions() -> None:
+    served = Served(("redis", "kafka"))
+    for metric in [*served.read(snapshot(3), at=1.0), *served.failed(seconds=1.0)]:
+        assert NAME.match(metric.name) and metric.documentation, metric.name
+        if metric.type == "gauge":
+            assert metric.name.endswith(GAUGE_SUFFIXES) or metric.name in GAUGE_NOUNS, metric.name
