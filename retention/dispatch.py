@@ -445,7 +445,9 @@ async def run_notifier(
     )
     redis = connect(settings.redis_url, decode_responses=True)
     try:
-        async with Notifier(config, Deliveries(redis, settings.key_prefix)) as notifier:
+        deliveries = Deliveries(redis, settings.key_prefix)
+        await deliveries.move_untagged()
+        async with Notifier(config, deliveries) as notifier:
             dispatcher = Dispatcher(consumer, notifier, stop)
             consumer.subscribe([topic], listener=dispatcher)
             await consumer.start()

@@ -712,7 +712,7 @@ async def test_an_error_for_one_subscriber_is_dead_lettered_and_its_lane_goes_on
     assert settings.kafka_bootstrap
     prefix = settings.key_prefix
     # a key of the wrong type: every Redis call on it fails for subscriber "a"
-    await redis.set(f"{prefix}notify:delivered:a", "not a sorted set")
+    await redis.set(Deliveries(redis, prefix).delivered_key("a"), "not a sorted set")
     path = write_config(tmp_path, webhook(receiver, "a"), webhook(receiver, "b"))
     topic = alerts_topic(settings)
     await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
@@ -729,7 +729,7 @@ async def test_an_error_for_one_subscriber_is_dead_lettered_and_its_lane_goes_on
             return check
 
         await wait_until(await b_has(3), 30, "b's alerts and a's errors")
-        await redis.delete(f"{prefix}notify:delivered:a")
+        await redis.delete(Deliveries(redis, prefix).delivered_key("a"))
         await publish_alerts(settings.kafka_bootstrap, topic, fixed)
 
         async def a_resumed() -> bool:
@@ -794,6 +794,11 @@ async def test_a_redis_that_refuses_writes_never_makes_an_alert_go_out_again(
     await ensure_alerts_topic(settings.kafka_bootstrap, topic, settings.partitions)
     deliveries = Deliveries(redis, settings.key_prefix)
     async with running(settings, path) as task:
+
+        async def started() -> bool:  # the notifier's first write is behind it
+            return bool(await redis.exists(deliveries.key("format")))
+
+        await wait_until(started, 30, "the notifier to start")
         await redis.config_set("maxmemory", 1)
         try:
             await publish_alerts(settings.kafka_bootstrap, topic, [make_alert("full-1")])
