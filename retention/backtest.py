@@ -8,6 +8,7 @@ a side path, so a backtest checks the live numbers themselves.
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import logging
 import re
@@ -15,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +79,10 @@ class Options:
     customers: Path | None = None
     #: hold this many last days out and check the predictions made before them
     holdout_days: int | None = None
+    #: or: predictions made at the end of ``until``, checked against the days through this
+    holdout_until: date | None = None
+    #: the holdout test's row per customer (CSV), from which its scores can be recomputed
+    holdout_customers: Path | None = None
 
 
 def parse_duration_days(text: str) -> int:
@@ -278,26 +283,36 @@ class Backtest:
             "alive_model": None if model is None else model.alive_block(),
             "gamma_gamma": None if model is None or model.spend is None else model.spend.as_dict(),
         }
-        if o.holdout_days is not None and last is not None:
-            report["holdout"] = self._holdout(events, last, o.holdout_days)
+        if o.holdout_until is not None and o.until is not None:
+            later, _ = load(replace(o, until=o.holdout_until))
+            cutoff = datetime.combine(o.until, datetime.min.time(), UTC) + timedelta(days=1)
+            report["holdout"] = self._holdout(later, cutoff, (o.holdout_until - o.until).days)
+        elif o.holdout_days is not None and last is not None:
+            report["holdout"] = self._holdout(
+                events, cutoff_for(last, o.holdout_days), o.holdout_days
+            )
         if o.customers is not None and last is not None:
             as_of_end = datetime.combine(last.date(), datetime.min.time(), UTC) + timedelta(days=1)
             await write_customers(store, o.customers, model, as_of_end, self.settings, spend)
         return report
 
-    def _holdout(self, events: list[Event], last: datetime, days: int) -> dict[str, Any]:
-        """The calibration / holdout test of the predictions (processors/holdout.py)."""
+    def _holdout(self, events: list[Event], cutoff: datetime, days: int) -> dict[str, Any]:
+        """The calibration / holdout test of the predictions (processors/holdout.py), and
+        its customers file when asked for."""
         policy = load_policy(self.settings.risk_file)
         lifecycle = lifecycle_policy(self.options.churn_days, policy.timers)
-        return holdout_report(
+        result = holdout_report(
             events,
-            cutoff_for(last, days),
+            cutoff,
             days,
             model_options(self.settings),
             policy,
             lifecycle,
             frozenset(self.options.activity_kinds),
         )
+        if self.options.holdout_customers is not None:
+            write_holdout_customers(result.customers, self.options.holdout_customers)
+        return result.report
 
     async def _fit(
         self, store: Store, last: datetime, spend: dict[str, float]
@@ -347,6 +362,19 @@ def repeat_spend(events: list[Event], as_of: date) -> dict[str, float]:
         days[day] = days.get(day, 0.0) + event.amount_micros / MICROS
     limit = (as_of - date(1970, 1, 1)).days
     return {c: spend_from_days(days, limit) for c, days in by_day.items()}
+
+
+def write_holdout_customers(rows: list[dict[str, Any]], path: Path) -> None:
+    """The holdout test's customers as CSV, one column per field; empty where a customer
+    had no order before the cutoff (no prediction) or a number overflowed."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
 
 
 async def write_customers(

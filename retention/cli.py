@@ -414,11 +414,24 @@ def cmd_cohorts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _holdout_problem(options: Any, plot: str | None) -> str | None:
+    """Why the holdout options do not fit together, if they don't."""
+    o = options
+    if o.holdout_until is not None and o.holdout_days is not None:
+        return "give --holdout DAYS or --until with --holdout-until, not both"
+    if o.holdout_until is not None and (o.until is None or o.holdout_until <= o.until):
+        return "--holdout-until needs --until, the end of the calibration, before it"
+    asked = o.holdout_until is not None or o.holdout_days is not None
+    if not asked and (plot or o.holdout_customers):
+        return "--plot and --holdout-customers belong to a holdout test (--holdout-until)"
+    return None
+
+
 def cmd_backtest(args: argparse.Namespace) -> int:
     from datetime import date
 
     from retention import backtest
-    from retention.report import render_holdout, render_periods
+    from retention.report import plot_holdout, render_holdout, render_periods
 
     settings = _settings(args)
     kinds = tuple(k.strip() for k in args.activity.split(",") if k.strip())
@@ -432,12 +445,21 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         until=date.fromisoformat(args.until) if args.until else None,
         customers=Path(args.customers) if args.customers else None,
         holdout_days=backtest.parse_duration_days(args.holdout) if args.holdout else None,
+        holdout_until=date.fromisoformat(args.holdout_until) if args.holdout_until else None,
+        holdout_customers=Path(args.holdout_customers) if args.holdout_customers else None,
     )
+    problem = _holdout_problem(options, args.plot)
+    if problem:
+        print(f"retention backtest: {problem}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     report, per_customer = backtest.run(settings, options)
     print(render_periods(report["periods"], options.period, settings.reporting_currency))
     if report.get("holdout"):
         print(render_holdout(report["holdout"]))
+        if args.plot:
+            plot_holdout(report["holdout"], Path(args.plot))
+            print(f"calibration / holdout plot written to {args.plot}", file=sys.stderr)
     memory = f"{per_customer:,.0f} B" if per_customer is not None else "?"
     print(
         f"{report['events']} events, {report['rejected']} rejected, "
@@ -673,6 +695,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout",
         metavar="DAYS",
         help="hold the last DAYS out (e.g. 90d) and check the predictions made before them",
+    )
+    bt.add_argument(
+        "--holdout-until",
+        metavar="YYYY-MM-DD",
+        help="check the predictions made at the end of --until against the days through this",
+    )
+    bt.add_argument(
+        "--holdout-customers",
+        metavar="OUT.csv",
+        help="the holdout test's row per customer: its predictions and what came",
+    )
+    bt.add_argument(
+        "--plot", metavar="FILE.png", help="draw the holdout's purchases by repeat days"
     )
     bt.set_defaults(func=cmd_backtest)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from processors.alive_models import MODELS
 from processors.windows import PERIODS
 
 NULL = "-"
@@ -342,21 +343,37 @@ def render_holdout(h: Mapping[str, Any]) -> str:
     ]
     if "purchases" not in h:
         return "\n".join([*lines, "no buyer before the cutoff: nothing to predict"])
-    p = h["purchases"]
-    lines.append(f"repeat purchase days: expected {p['expected']:,.1f}, came {p['actual']:,}")
-    lines += _table(
-        ["repeat days", "customers", "expected", "came"],
-        [
+    models = h["models"]
+    title = {n: MODELS[n].title for n in models}
+    lines.append("repeat purchase days in the holdout per customer, by repeat days before it:")
+    first = next(iter(models.values()))["purchases"]
+    rows = []
+    for k, row in enumerate(first["by_repeat_days"]):
+        cells = [row["repeat_days"], str(row["customers"]), f"{row['actual_mean']:.2f}"]
+        for m in models.values():
+            cells.append(f"{m['purchases']['by_repeat_days'][k]['expected_mean']:.2f}")
+        rows.append(cells)
+    total = ["all, summed", str(h["buyers"]), f"{first['actual']:,}"]
+    rows.append(total + [f"{m['purchases']['expected']:,.1f}" for m in models.values()])
+    lines += _table(["repeat days", "customers", "came", *title.values()], rows, left=1)
+    lines.append("")
+    lines.append("P(alive) as a prediction of no order in the holdout, CLTV against its spend:")
+    rows = []
+    for n, m in models.items():
+        no, value = m["no_purchase"], m["value"] or {}
+        rows.append(
             [
-                r["repeat_days"],
-                str(r["customers"]),
-                f"{r['expected_mean']:.2f}",
-                f"{r['actual_mean']:.2f}",
+                title[n],
+                _share(no["auc"], "{:.3f}"),
+                _share(no["precision"]),
+                _share(no["recall"]),
+                _share(value.get("spearman"), "{:.3f}"),
+                _share(value.get("top_decile_revenue_share")),
             ]
-            for r in p["by_repeat_days"]
-        ],
-        left=1,
-    )
+        )
+    heads = ["model", "AUC", "precision", "recall", "Spearman", "top 10% revenue"]
+    lines += _table(heads, rows, left=1)
+    lines.append(f"(precision and recall of P(alive) < 0.5; configured model {title[h['model']]})")
     lines.append("")
     lines += _table(
         ["P(alive)", "customers", "mean P(alive)", "bought"],
@@ -374,10 +391,43 @@ def render_holdout(h: Mapping[str, Any]) -> str:
     s, f = h["spend"], h["at_risk"]
     lines.append("")
     lines.append(f"spend in the holdout: expected {s['expected']:,.2f}, placed {s['actual']:,.2f}")
-    right = "-" if f["flag_right_share"] is None else f"{f['flag_right_share']:.1%}"
-    base = "-" if f["silent_share_not_flagged"] is None else f"{f['silent_share_not_flagged']:.1%}"
     lines.append(
-        f"at risk at the cutoff: {f['flagged']} flagged, {right} of them ordered nothing in "
-        f"the holdout; {base} of the {f['not_flagged']} not flagged (churned left out)"
+        f"at risk at the cutoff: {f['flagged']} flagged of {f['customers']} not churned; "
+        f"precision {_share(f['precision'])} (flagged who ordered nothing), "
+        f"recall {_share(f['recall'])} (of those who ordered nothing); "
+        f"{_share(f['silent_share_not_flagged'])} of the {f['not_flagged']} not flagged "
+        "ordered nothing"
     )
     return "\n".join(lines)
+
+
+def _share(value: float | None, fmt: str = "{:.1%}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def plot_holdout(h: Mapping[str, Any], path: Path) -> None:
+    """Write the holdout's repeat purchase days per customer, by repeat days before the
+    cutoff, as a PNG: what came against each model's expectation (lifetimes'
+    calibration / holdout plot). Raises ``ValueError`` without a prediction."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if "models" not in h:
+        raise ValueError("no buyer before the cutoff: nothing to plot")
+    models = h["models"]
+    first = next(iter(models.values()))["purchases"]["by_repeat_days"]
+    ticks = list(range(len(first)))
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(ticks, [row["actual_mean"] for row in first], "ko-", label="came")
+    for (name, m), style in zip(models.items(), ["s--", "^-.", "d:"], strict=False):
+        means = [row["expected_mean"] for row in m["purchases"]["by_repeat_days"]]
+        ax.plot(ticks, means, style, label=MODELS[name].title)
+    ax.set_xticks(ticks, [row["repeat_days"] for row in first])
+    ax.set_xlabel(f"repeat purchase days before {h['cutoff'][:10]}")
+    ax.set_ylabel(f"mean repeat purchase days in the {h['holdout_days']} days after")
+    ax.set_title("Calibration / holdout: predicted against actual purchases")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -186,9 +186,11 @@ def test_cdnow_sample_calibration_fit_and_customer_outlook(tmp_path: Path) -> No
 
 
 def test_cdnow_sample_holdout_checks_the_predictions_against_what_came(tmp_path: Path) -> None:
-    """The classic split of the CDNOW sample: fitted through 1997-09-30, checked against the
-    39 weeks after. The expected repeat days are lifetimes' own with the same parameters,
-    the ones that came are counted from the raw file, and the two are within a fifth."""
+    """The classic split of the CDNOW sample: calibration through 1997-09-30, holdout through
+    1998-06-30. The expected repeat days are lifetimes' own with the same parameters, the
+    ones that came are counted from the raw file, the customers file carries the scores,
+    and the plot is drawn."""
+    import csv
     from datetime import date
 
     import numpy as np
@@ -200,17 +202,22 @@ def test_cdnow_sample_holdout_checks_the_predictions_against_what_came(tmp_path:
     from retention.cdnow import read_cdnow
     from tests.cdnow_data import sample_stats
 
-    out = tmp_path / "r.json"
+    out, rows_file, plot = tmp_path / "r.json", tmp_path / "holdout.csv", tmp_path / "h.png"
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
     env.update(RETENTION_ALIVE_MODEL="mbgnbd")
     result = backtest(
-        str(cdnow_file("CDNOW_sample.txt")), "--format", "cdnow", "--holdout", "273d",
-        "--report", str(out), env=env,
+        str(cdnow_file("CDNOW_sample.txt")), "--format", "cdnow", "--until", "1997-09-30",
+        "--holdout-until", "1998-06-30", "--holdout-customers", str(rows_file),
+        "--plot", str(plot), "--report", str(out), env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Holdout: predictions made at 1997-10-01" in result.stdout
-    holdout = json.loads(out.read_text())["holdout"]
+    assert "Holdout: predictions made at 1997-10-01 against the 273 days" in result.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(out.read_text())
+    holdout = report["holdout"]
     assert (holdout["cutoff"][:10], holdout["buyers"]) == ("1997-10-01", 2357)
+    # the replay itself stops at the calibration's end
+    assert report["periods"][-1]["period"] == "1997-09-01"
 
     stats = sample_stats(date(1997, 9, 30))
     ids = sorted(stats)
@@ -231,7 +238,14 @@ def test_cdnow_sample_holdout_checks_the_predictions_against_what_came(tmp_path:
     assert holdout["purchases"]["actual"] == actual
     # MBG/NBD under-predicts this holdout by some 16% (1,577 expected, 1,882 came)
     assert abs(holdout["purchases"]["expected"] - actual) / actual < 0.2
-    assert (
-        holdout["at_risk"]["flagged"] > 0
-        and sum(r["customers"] for r in holdout["p_alive"]) == 2357
-    )
+
+    with rows_file.open() as handle:
+        rows = {r["customer_id"]: r for r in csv.DictReader(handle)}
+    assert sorted(rows) == ids
+    assert sum(int(r["holdout_days"]) for r in rows.values()) == actual
+    flagged = [r for r in rows.values() if r["at_risk"] == "True"]
+    right = sum(r["holdout_days"] == "0" for r in flagged)
+    assert holdout["at_risk"]["flagged"] == len(flagged) > 0
+    assert holdout["at_risk"]["precision"] == pytest.approx(right / len(flagged))
+    mean = np.mean([float(rows[i]["mbgnbd_expected"]) for i in ids])
+    assert mean * len(ids) == pytest.approx(holdout["purchases"]["expected"], abs=0.01)
