@@ -55,5 +55,17 @@ bench-scale: install
 	$(BIN)/python bench/scale_pipeline.py
 	$(BIN)/python bench/scale_customers.py
 
+# requirements.lock: the runtime dependencies and the build backend that the image installs,
+# pinned with their hashes. uv runs from a throwaway venv, not from the project's own; pins
+# already in the file are kept unless a dependency in pyproject.toml needs another.
+LOCK_VENV ?= /tmp/retention-tracker-lock-venv
+.PHONY: lock
+lock:
+	test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q uv==0.13.10; }
+	$(LOCK_VENV)/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(LOCK_VENV)/bin/uv pip compile --quiet --no-config --generate-hashes \
+			--python-version 3.11 --python-platform linux --custom-compile-command "make lock" \
+			--output-file requirements.lock pyproject.toml -
+
 clean:
 	rm -rf $(VENV) .retention .pytest_cache .mypy_cache .ruff_cache *.egg-info
