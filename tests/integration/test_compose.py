@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -118,7 +119,7 @@ def test_kafka_is_single_node_kraft() -> None:
     env = as_env(kafka.get("environment"))
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     assert "zookeeper.connect" not in env and "KAFKA_ZOOKEEPER_CONNECT" not in env
-    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert "CLIENTS://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{env['KAFKA_NODE_ID']}@")
     assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
     assert kafka["healthcheck"]["test"], "kafka needs a healthcheck"
@@ -235,3 +236,190 @@ def test_redis_url_can_point_the_apps_at_a_cluster_node() -> None:
     config = yaml.safe_load(run_compose(profiles=("cluster",), extra_env={"REDIS_URL": url}))
     for name in ("worker", "exporter", "ingest"):
         assert as_env(config["services"][name].get("environment")).get("REDIS_URL") == url, name
+
+
+# --- secure by default ------------------------------------------------------------------
+
+ALL_PROFILES = ("cluster", "demo")
+REDIS_SERVICES = ("redis", *CLUSTER_NODES)
+MONITORING_SERVICES = ("prometheus", "alertmanager", "grafana")
+#: a patch version: 1.2.3 or v1.2.3, optionally with a variant (-slim-bookworm, -alpine)
+PATCH_TAG = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(-[a-z0-9.-]+)?$")
+#: Redis 7.4.6 fixes CVE-2025-49844 (a use-after-free in the Lua parser)
+REDIS_AT_LEAST = (7, 4, 6)
+LONG_RUNNING = ("always", "unless-stopped", "on-failure")
+
+
+def compose_source() -> dict[str, Any]:
+    """The compose file as written (scripts with compose's ``$$`` escapes), anchors merged."""
+    parsed = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def script_of(service: dict[str, Any]) -> str:
+    """The shell script of an ``entrypoint: [/bin/sh, -c, SCRIPT, ...]`` as the shell sees it."""
+    entrypoint = service["entrypoint"]
+    assert entrypoint[:2] == ["/bin/sh", "-c"], entrypoint
+    return str(entrypoint[2]).replace("$$", "$")
+
+
+def networks_of(service: dict[str, Any]) -> set[str]:
+    networks = service.get("networks") or {}
+    return set(networks) if isinstance(networks, (dict, list)) else set()
+
+
+def secrets_of(service: dict[str, Any]) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets") or []}
+
+
+def test_every_image_is_pinned_to_a_patch_version() -> None:
+    services = load_config(profiles=ALL_PROFILES)["services"]
+    for name, service in services.items():
+        image = str(service["image"])
+        if "build" in service:
+            assert image == "retention-tracker:local", (name, image)
+            continue
+        assert "@" not in image and ":" in image, f"{name}: no tag in {image!r}"
+        tag = image.rsplit(":", 1)[1]
+        assert PATCH_TAG.match(tag), f"{name}: {image!r} is not pinned to a patch version"
+    base = re.findall(r"^FROM\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert base == ["python:3.11.14-slim-bookworm"] or all(
+        re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", b) for b in base
+    ), base
+
+
+@pytest.mark.parametrize(
+    ("tag", "pinned"),
+    [
+        ("7.4.8", True),
+        ("v2.53.5", True),
+        ("3.11.14-slim-bookworm", True),
+        ("7.4", False),  # a moving minor tag
+        ("7", False),
+        ("latest", False),
+        ("3.11-slim", False),
+    ],
+)
+def test_the_patch_version_check_tells_moving_tags(tag: str, pinned: bool) -> None:
+    assert bool(PATCH_TAG.match(tag)) is pinned
+
+
+def test_redis_is_a_release_with_the_lua_fix() -> None:
+    services = load_config(profiles=ALL_PROFILES)["services"]
+    redis_images = {
+        name: s["image"] for name, s in services.items() if s["image"].startswith("redis:")
+    }
+    assert set(REDIS_SERVICES) | {"redis-cluster-init"} <= set(redis_images), redis_images
+    for name, image in redis_images.items():
+        found = PATCH_TAG.match(image.split(":", 1)[1])
+        assert found, (name, image)
+        version = tuple(int(part) for part in found.groups()[:3])
+        assert version >= REDIS_AT_LEAST, f"{name}: {image} predates the fix of CVE-2025-49844"
+
+
+def test_long_running_services_have_healthchecks_and_every_service_limits() -> None:
+    services = load_config(profiles=ALL_PROFILES)["services"]
+    long_running = [n for n, s in services.items() if str(s.get("restart", "no")) in LONG_RUNNING]
+    assert {"kafka", "redis", "worker", "exporter", "ingest", *MONITORING_SERVICES} <= set(
+        long_running
+    )
+    for name in long_running:
+        check = services[name].get("healthcheck") or {}
+        assert check.get("test") and not check.get("disable"), f"{name} needs a healthcheck"
+        assert check["test"][0] in ("CMD", "CMD-SHELL"), (name, check["test"])
+    for name, service in services.items():
+        limits = (service.get("deploy") or {}).get("resources", {}).get("limits", {})
+        memory = service.get("mem_limit") or limits.get("memory")
+        cpus = service.get("cpus") or limits.get("cpus")
+        assert memory and cpus, f"{name} needs a memory and a CPU limit"
+
+
+def test_redis_and_kafka_are_only_on_the_backend_network() -> None:
+    config = load_config(profiles=ALL_PROFILES)
+    services = config["services"]
+    assert config["networks"]["backend"].get("internal") is True, "backend: no way out"
+    for name in (*REDIS_SERVICES, "redis-cluster-init", "kafka"):
+        assert networks_of(services[name]) == {"backend"}, (name, services[name].get("networks"))
+        assert not services[name].get("ports"), f"{name} must publish no port"
+    for name in MONITORING_SERVICES:
+        assert "backend" not in networks_of(services[name]), name
+        assert "monitoring" in networks_of(services[name]), name
+    # what Prometheus scrapes is on both
+    for name in ("worker", "exporter"):
+        assert networks_of(services[name]) == {"backend", "monitoring"}, name
+    for name, service in services.items():
+        assert networks_of(service), f"{name} is on the default network"
+
+
+def test_redis_wants_a_password_and_keeps_its_state() -> None:
+    config = load_config(profiles=ALL_PROFILES)
+    source = compose_source()["services"]
+    for name in REDIS_SERVICES:
+        script = script_of(source[name])
+        assert "user default off" in script, name
+        assert re.search(r"^user tracker on >\$tracker ~rt:\* ", script, re.MULTILINE), script
+        assert re.search(r"^user admin on >\$admin ", script, re.MULTILINE), script
+        assert "/run/secrets/$1" in script and "redis-server" in script
+        assert secrets_of(config["services"][name]) == {"redis_password", "redis_admin_password"}
+        argv = as_argv(config["services"][name].get("command"))
+        assert argv[argv.index("--maxmemory") + 1], argv
+        assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction", argv
+        assert "--requirepass" not in argv, "a password on the command line is visible to ps"
+        assert "--user admin" in " ".join(as_argv(config["services"][name]["healthcheck"]["test"]))
+    for name in ("worker", "exporter", "ingest", "demo"):
+        service = config["services"][name]
+        assert {"redis_password", "kafka_password", "metrics_token"} <= secrets_of(service), name
+        assert "/run/secrets/redis_password" in script_of(source[name]), name
+    assert "REDISCLI_AUTH" in script_of(source["redis-cluster-init"])
+
+
+def test_kafka_wants_scram_from_every_client() -> None:
+    services = load_config(profiles=ALL_PROFILES)["services"]
+    kafka = as_env(services["kafka"]["environment"])
+    protocols = dict(p.split(":") for p in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    for listener in kafka["KAFKA_LISTENERS"].split(","):
+        name, _, address = listener.partition("://")
+        host = address.rsplit(":", 1)[0]
+        # plaintext only where nothing outside the container reaches it
+        assert protocols[name].startswith("SASL_") or host == "127.0.0.1", listener
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert "kafka_password" in secrets_of(services["kafka"])
+    for name in ("worker", "exporter", "ingest", "demo"):
+        env = as_env(services[name]["environment"])
+        assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+        assert env["KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        assert env["KAFKA_SASL_PASSWORD_FILE"] == "/run/secrets/kafka_password", name
+        assert "KAFKA_SASL_PASSWORD" not in env, name
+
+
+def test_every_metrics_endpoint_wants_the_token_prometheus_presents() -> None:
+    services = load_config(profiles=ALL_PROFILES)["services"]
+    for name in ("worker", "exporter"):
+        env = as_env(services[name]["environment"])
+        assert env["RETENTION_METRICS_BEARER_TOKEN_FILE"] == "/run/secrets/metrics_token", name
+    assert "metrics_token" in secrets_of(services["prometheus"])
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    for job in config["scrape_configs"]:
+        targets = [t for sc in job.get("static_configs", []) for t in sc["targets"]]
+        if targets == ["localhost:9090"]:
+            continue  # Prometheus's own, on its loopback
+        auth = job.get("authorization") or {}
+        assert auth.get("credentials_file") == "/run/secrets/metrics_token", job["job_name"]
+        assert "credentials" not in auth, f"{job['job_name']}: the token belongs in a file"
+
+
+def test_no_secret_is_written_in_the_compose_file() -> None:
+    text = COMPOSE_FILE.read_text()
+    config = load_config(profiles=ALL_PROFILES)
+    for name, spec in config["secrets"].items():
+        assert Path(spec["file"]).resolve().parent == ROOT / "secrets", name
+    for name, service in config["services"].items():
+        env = as_env(service.get("environment"))
+        for key in env:
+            if re.search(r"PASSWORD|TOKEN|SECRET", key) and not key.endswith("_FILE"):
+                # only Grafana's admin password, from .env (test_compose_ops checks it)
+                assert (name, key) == ("grafana", "GF_SECURITY_ADMIN_PASSWORD"), (name, key)
+        assert not re.search(r"redis://[^/@\s]+:[^/@\s]+@", env.get("REDIS_URL", "")), name
+    assert not re.search(r"(?i)(password|token)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9]{12,}", text)
+    assert "requirepass" not in text and "--pass " not in text and " -a " not in text
