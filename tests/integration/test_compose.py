@@ -423,3 +423,81 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
         assert not re.search(r"redis://[^/@\s]+:[^/@\s]+@", env.get("REDIS_URL", "")), name
     assert not re.search(r"(?i)(password|token)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9]{12,}", text)
     assert "requirepass" not in text and "--pass " not in text and " -a " not in text
+
+
+def test_the_compose_redis_and_app_entrypoints_on_a_real_redis(tmp_path: Path) -> None:
+    """The redis service's script on this machine's Redis, secrets from files: no client
+    gets in without a user, the tracker's user reaches only its keys, and the tracker's
+    entrypoint hands its command a REDIS_URL that logs in as it."""
+    import redis as redis_client
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from retention import runtime
+
+    def client(**login: str) -> redis_client.Redis:
+        # a refusal is the answer here: no retries, which would only wait
+        return redis_client.Redis(port=port, retry=Retry(NoBackoff(), 0), **login)
+
+    source = compose_source()["services"]
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    passwords = {"redis_password": "t" * 8 + "0123456789", "redis_admin_password": "a-1_" * 5}
+    for name, value in passwords.items():
+        (secrets / name).write_text(value + "\n")
+    stub = tmp_path / "bin" / "docker-entrypoint.sh"  # the image's: drops root, then execs
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\nshift\nexec {shlex.quote(runtime.redis_binary())} "$@"\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
+
+    def sh(service: str, *args: str) -> list[str]:
+        script = script_of(source[service]).replace("/run/secrets/", f"{secrets}/")
+        return ["/bin/sh", "-c", script, *args]
+
+    port = runtime.free_port()
+    command = [str(a) for a in source["redis"]["command"]]
+    command = [a.replace("${REDIS_MAXMEMORY:-1gb}", "64mb") for a in command]
+    argv = sh("redis", "redis-server", *command, "--port", str(port), "--bind", "127.0.0.1")
+    argv += ["--dir", str(tmp_path), "--appendonly", "no", "--save", ""]
+    server = runtime.spawn("redis", argv, tmp_path / "logs", env)
+    try:
+        runtime.wait_for_port(port, 10, server.proc)
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert not any(p.encode() in cmdline for p in passwords.values()), cmdline
+
+        with pytest.raises(redis_client.AuthenticationError):
+            client().ping()
+        tracker = client(username="tracker", password=passwords["redis_password"])
+        assert tracker.set("rt:compose-check", 1)
+        with pytest.raises(redis_client.exceptions.NoPermissionError):
+            tracker.set("elsewhere", 1)
+        assert tracker.info("memory")["maxmemory_policy"] == "noeviction"
+        with pytest.raises(redis_client.exceptions.NoPermissionError):
+            tracker.config_get("maxmemory")
+        admin = client(username="admin", password=passwords["redis_admin_password"])
+        assert admin.config_get("maxmemory") == {"maxmemory": str(64 * 1024 * 1024)}
+
+        # the tracker's entrypoint: the URL its command sees logs in as the tracker
+        shown = subprocess.run(
+            sh("worker", "retention-entrypoint", "/bin/sh", "-c", 'echo "$REDIS_URL"'),
+            env={**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        assert redis_client.Redis.from_url(shown).set("rt:compose-check", 2)
+        assert shown.startswith("redis://tracker:"), "the URL should name the tracker's user"
+        (secrets / "redis_password").unlink()
+        missing = subprocess.run(
+            sh("worker", "retention-entrypoint", "true"),
+            env={**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"},
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        assert missing.returncode == 64 and "secrets/redis_password" in missing.stderr
+    finally:
+        server.stop()
