@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # redis-server is preferred over the bundled Valkey binary when present.
 APT_PACKAGES := docker-compose redis-server prometheus prometheus-alertmanager chromium chromium-driver
 
-.PHONY: install demo test unit integration lint format bench bench-scale clean
+.PHONY: install demo test unit integration lint format bench bench-scale clean dashboards
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# grafana/dashboards/*.json from grafana/build.py, thresholds from prometheus/rules/
+dashboards: install
+	$(BIN)/python grafana/build.py
 
 bench: install
 	$(BIN)/python bench/throughput.py

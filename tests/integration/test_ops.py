@@ -71,18 +71,33 @@ def run_tool(*argv: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def with_all(expr: str, board: dict[str, Any]) -> str:
+    """``expr`` with each query variable of ``board`` set to its "All" value."""
+    for variable in board.get("templating", {}).get("list", []):
+        if variable["type"] == "query":
+            expr = expr.replace(f"${variable['name']}", variable["allValue"])
+    return expr
+
+
 def dashboard_exprs() -> list[tuple[str, str]]:
-    """(where, expr) of every target of every panel, rows' nested panels included."""
+    """(where, expr) of every target of every panel, rows' nested panels included, and the
+    series selector of every variable's label_values(), with every variable at "All"."""
     found: list[tuple[str, str]] = []
 
-    def walk(panels: list[dict[str, Any]], where: str) -> None:
+    def walk(panels: list[dict[str, Any]], where: str, board: dict[str, Any]) -> None:
         for panel in panels:
             for target in panel.get("targets", []):
-                found.append((f"{where}: {panel['title']}", target["expr"]))
-            walk(panel.get("panels", []), where)
+                found.append((f"{where}: {panel['title']}", with_all(target["expr"], board)))
+            walk(panel.get("panels", []), where, board)
 
     for path in DASHBOARDS:
-        walk(json.loads(path.read_text())["panels"], path.name)
+        board = json.loads(path.read_text())
+        walk(board["panels"], path.name, board)
+        for variable in board.get("templating", {}).get("list", []):
+            if variable["type"] == "query":
+                selector = re.fullmatch(r"label_values\((.+), \w+\)", variable["query"]["query"])
+                assert selector, f"{path.name}: ${variable['name']}: {variable['query']}"
+                found.append((f"{path.name}: ${variable['name']}", with_all(selector[1], board)))
     return found
 
 
