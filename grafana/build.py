@@ -323,7 +323,8 @@ def overview_variables() -> list[Builder[models.VariableModel]]:
         dashboard.TextBoxVariable("currency")
         .label("Currency")
         .description("The reporting currency of the tracker (RETENTION_REPORTING_CURRENCY).")
-        .default_value("USD"),
+        .default_value("USD")
+        .current(models.VariableOption(selected=True, text="USD", value="USD")),
     ]
 
 
@@ -338,6 +339,8 @@ def base(uid: str, title: str, description: str) -> dashboard.Dashboard:
         .tooltip(models.DashboardCursorSync.CROSSHAIR)
         .refresh("30s")
         .time("now-24h", "now")
+        # Grafana reads annotations.list; an empty list keeps only its built-in one
+        .annotations([])
     )
 
 
