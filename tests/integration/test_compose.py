@@ -355,8 +355,13 @@ def test_redis_and_kafka_are_only_on_the_backend_network() -> None:
 def test_redis_wants_a_password_and_keeps_its_state() -> None:
     config = load_config(profiles=ALL_PROFILES)
     source = compose_source()["services"]
+    # the tracker's rules are docs/security.md's, which test_redis_acl.py runs a worker as
+    (documented,) = re.findall(
+        r"^user tracker on >\S+ (.+)$", (ROOT / "docs" / "security.md").read_text(), re.M
+    )
     for name in REDIS_SERVICES:
         script = script_of(source[name])
+        assert f"user tracker on >$tracker {documented}\n" in script, (documented, script)
         assert "user default off" in script, name
         assert re.search(r"^user tracker on >\$tracker ~rt:\* ", script, re.MULTILINE), script
         assert re.search(r"^user admin on >\$admin ", script, re.MULTILINE), script
