@@ -11,7 +11,7 @@ concurrent clients (one aiohttp connection each) in this process:
 - ``single``: the same with ``POST /v1/events``, one event per request.
 
 Every request must get a 202 (every event acknowledged by the broker); anything else stops
-the run. The rate limit is lifted for the run, since one key sends everything. Latency is
+the run. The rate limits are lifted for the run, since one key sends everything. Latency is
 per request, from sending to the whole answer, so p50/p99 include the broker's
 acknowledgement (acks=all). Client and server share the machine's cores.
 """
@@ -134,6 +134,10 @@ async def bench(args: argparse.Namespace, work: Path) -> list[Phase]:
             key_prefix=f"bench{tag}:",
             ingest_rate_per_second=1e9,
             ingest_burst=1_000_000_000,
+            ingest_events_per_second=1e9,
+            ingest_events_burst=1_000_000_000,
+            ingest_bytes_per_second=1e12,
+            ingest_bytes_burst=1_000_000_000_000,
         )
         await ensure_topics(bootstrap, Topics.from_settings(settings), settings.partitions)
         redis = Redis.from_url(redis_url, decode_responses=True)

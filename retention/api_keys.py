@@ -17,18 +17,22 @@ The records are kept by :class:`store.ingest_state.IngestState`, in the hash ``k
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal, Protocol, cast
 
 from store.ingest_state import IngestState
+
+logger = logging.getLogger(__name__)
 
 Scope = Literal["ingest", "read", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "admin")
@@ -162,28 +166,107 @@ class KeyStore:
         }
 
 
+class DigestSource(Protocol):
+    """Where :class:`KeyCache` reads the keys: :class:`KeyStore` (one ``HGETALL``)."""
+
+    async def digests(self) -> dict[str, tuple[str, frozenset[str]]]: ...
+
+
+class KeysUnavailable(RuntimeError):
+    """The keys cannot be read and none read recently enough are at hand (the server's
+    503); ``retry_in`` is how long until the next read will be tried."""
+
+    def __init__(self, retry_in: float) -> None:
+        super().__init__(f"API keys cannot be read; next try in {retry_in:.1f} s")
+        self.retry_in = retry_in
+
+
 class KeyCache:
     """The digests of :class:`KeyStore`, read again once they are ``max_age`` old.
 
     A revoked key therefore keeps writing for at most ``max_age`` seconds on a server that
-    had read it; 0 reads Redis on every request.
+    had read it; 0 reads Redis for every request, except that requests arriving while a read
+    is under way share it: there is never more than one read at a time.
+
+    When a read fails, the next one is tried ``retry_first`` seconds later, then after twice
+    as long each time, up to ``retry_max`` seconds apart; requests in between do not touch
+    Redis. Meanwhile the keys of the last good read still let requests in, without waiting
+    for those tries, until ``stale_for`` seconds after that read (or ``max_age``, when
+    longer); after that, and
+    when there was never a good read, :meth:`authenticate` raises :class:`KeysUnavailable`
+    until a read succeeds. A revocation made while this server cannot read Redis therefore
+    takes effect up to ``stale_for`` seconds late.
     """
 
-    def __init__(self, store: KeyStore, max_age: float) -> None:
+    def __init__(
+        self,
+        store: DigestSource,
+        max_age: float,
+        *,
+        stale_for: float = 60.0,
+        retry_first: float = 0.5,
+        retry_max: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.max_age = max_age
+        self.stale_for = max(stale_for, max_age)
+        self.retry_first = retry_first
+        self.retry_max = retry_max
+        self.clock = clock
         self._records: dict[str, tuple[str, frozenset[str]]] = {}
         self._read_at: float | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._reading: asyncio.Task[None] | None = None
 
     async def authenticate(self, authorization: str | None) -> Caller | None:
-        """Whose key the header presents, with its scopes, or None; Redis errors
-        propagate."""
+        """Whose key the header presents, with its scopes, or None; :class:`KeysUnavailable`
+        when the keys cannot be known."""
         key = presented_key(authorization)
         if key is None:
             return None
-        now = time.monotonic()
-        if self._read_at is None or now - self._read_at >= self.max_age:
-            self._records = await self.store.digests()
-            self._read_at = now
-        name = match(digest(key), {n: d for n, (d, _) in self._records.items()})
-        return None if name is None else Caller(name, self._records[name][1])
+        records = await self._current()
+        name = match(digest(key), {n: d for n, (d, _) in records.items()})
+        return None if name is None else Caller(name, records[name][1])
+
+    async def _current(self) -> dict[str, tuple[str, frozenset[str]]]:
+        now = self.clock()
+        if self._read_at is not None and now - self._read_at < self.max_age:
+            return self._records
+        if self._reading is None and now >= self._retry_at:
+            self._reading = asyncio.create_task(self._read())
+        if self._reading is not None and not (self._failures and self._usable(now)):
+            # shielded: a request that gives up waiting does not cancel the read it shares.
+            # While reads are failing, keys still usable are used without waiting for the
+            # next try, which can take as long as Redis takes to refuse.
+            await asyncio.shield(self._reading)
+        now = self.clock()
+        if self._usable(now):
+            return self._records
+        raise KeysUnavailable(max(0.0, self._retry_at - now))
+
+    def _usable(self, now: float) -> bool:
+        return self._read_at is not None and now - self._read_at <= self.stale_for
+
+    async def idle(self) -> None:
+        """Return once no read is under way."""
+        if self._reading is not None:
+            await asyncio.shield(self._reading)
+
+    async def _read(self) -> None:
+        try:
+            records = await self.store.digests()
+        except Exception as exc:
+            self._failures += 1
+            wait = min(self.retry_max, self.retry_first * 2 ** min(self._failures - 1, 30))
+            self._retry_at = self.clock() + wait
+            logger.warning(
+                "API keys not read",
+                extra={"error": repr(exc), "failures": self._failures, "retry_in": wait},
+            )
+        else:
+            self._records, self._read_at = records, self.clock()
+            self._failures, self._retry_at = 0, 0.0
+        finally:
+            self._reading = None

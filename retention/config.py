@@ -151,6 +151,27 @@ class Settings(BaseSettings):
     ingest_burst: int = Field(default=200, ge=1)
     ingest_broker_timeout_seconds: float = Field(default=5.0, gt=0)
     ingest_key_cache_seconds: float = Field(default=5.0, ge=0)
+    # What one ingest process spends on a client (docs/security.md, "The HTTP servers'
+    # limits"): how long a request's headers may take to arrive (also how long an idle
+    # keep-alive connection is kept), how long its body, how many connections are open at
+    # once (more get a 503), and its Redis connections (a request that finds them all busy
+    # waits for one)
+    ingest_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    ingest_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    ingest_max_connections: int = Field(default=512, ge=1)
+    ingest_redis_max_connections: int = Field(default=32, ge=1)
+    # When the keys cannot be read from Redis: how long the last keys read keep letting
+    # requests in, and the longest wait between two tries (the first comes after 0.5 s,
+    # then twice as long each time)
+    ingest_key_stale_seconds: float = Field(default=60.0, ge=0)
+    ingest_key_retry_max_seconds: float = Field(default=30.0, gt=0)
+    # Each write key's events and bytes (of JSON, as inflated) a second and their bursts,
+    # besides its requests, per server process; a request over its burst waits for a full
+    # bucket
+    ingest_events_per_second: float = Field(default=10_000.0, gt=0)
+    ingest_events_burst: int = Field(default=20_000, ge=1)
+    ingest_bytes_per_second: float = Field(default=10 * 1024 * 1024, gt=0)
+    ingest_bytes_burst: int = Field(default=20 * 1024 * 1024, ge=1)
 
     @field_validator("activity_kinds", mode="before")
     @classmethod

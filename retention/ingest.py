@@ -14,6 +14,10 @@ Requests and events are counted in this process and added to the Redis hash
 ``ingest:stats`` (:class:`store.ingest_state.IngestState`) once a second, where the
 exporter reads them: ``request|<endpoint>|<status>``, ``accepted|<type>`` and
 ``rejected|<reason>``.
+
+What one process gives a client is bounded (docs/security.md): the time its headers and
+its body may take, the connections open at once (:class:`ConnectionGate`), its Redis
+connections (``ingest_redis_max_connections``), and each key's requests, events and bytes a second.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from contract.events import Event, encode_event
-from retention.api_keys import KeyCache, KeyStore, Scope
+from retention.api_keys import KeyCache, KeyStore, KeysUnavailable, Scope
 from retention.config import Settings
 from retention.ingest_rules import (
     Endpoint,
@@ -45,7 +49,7 @@ from retention.ingest_rules import (
 )
 from retention.read_api import ReadApi
 from retention.web import WebView
-from store.connect import connect
+from store.connect import connect_bounded
 from store.ingest_state import IngestState
 from store.store import Store
 from streams.producer import EventProducer
@@ -57,6 +61,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8088
 STATS_FLUSH_SECONDS = 1.0
 CHALLENGE = 'Bearer realm="retention-ingest", Basic realm="retention-ingest", charset="UTF-8"'
+#: How long a request waits for a free Redis connection before its Redis call fails
+REDIS_WAIT_SECONDS = 5.0
+#: How long a refused connection is kept for its client to read the 503
+REFUSED_LINGER_SECONDS = 1.0
 
 
 class BrokerUnavailable(RuntimeError):
@@ -168,20 +176,104 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return web.json_response(body, status=status, headers=headers)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """At most ``limit`` bytes as sent (a gzip body is bounded again once inflated)."""
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """At most ``limit`` bytes as sent (a gzip body is bounded again once inflated), all
+    within ``timeout`` seconds: a client that sends its body slowly gets a 408."""
     if request.content_length is not None and request.content_length > limit:
         raise RequestError(
             413, "too_large", f"body of {request.content_length} bytes, over {limit}"
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, "too_large", f"body of more than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, "too_large", f"body of more than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(
+            408, "timeout", f"the body did not arrive within {timeout:g} s"
+        ) from None
     return b"".join(chunks)
+
+
+def _busy_response() -> bytes:
+    body = json.dumps({"error": "unavailable", "detail": "too many connections; retry"})
+    return (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+
+
+BUSY = _busy_response()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the cap: answered 503 at once, whatever it asks. What the client
+    sends is dropped, and the socket is closed once the client has closed its side or after
+    :data:`REFUSED_LINGER_SECONDS`, so that it reads the 503 rather than a reset."""
+
+    def __init__(self) -> None:
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(BUSY)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(REFUSED_LINGER_SECONDS, transport.close)
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted by its gate while it is open."""
+
+    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate) -> None:
+        self.inner, self.gate = inner, gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.open -= 1
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class ConnectionGate:
+    """The listening socket's protocol factory: connections go to ``factory`` (aiohttp's)
+    while fewer than ``limit`` are open, and get a 503 past it. Each open connection costs
+    a file descriptor and buffers, whatever it sends; the cap keeps a flood of them from
+    taking the descriptors the producer and Redis need."""
+
+    def __init__(self, factory: Callable[[], asyncio.Protocol], limit: int) -> None:
+        self.factory, self.limit = factory, limit
+        self.open = 0
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.open >= self.limit:
+            return _Refused()
+        self.open += 1
+        return _Counted(self.factory(), self)
 
 
 class Ingest:
@@ -190,8 +282,20 @@ class Ingest:
     def __init__(self, settings: Settings, state: IngestState, sink: Sink) -> None:
         self.settings = settings
         self.sink = sink
-        self.keys = KeyCache(KeyStore(state), settings.ingest_key_cache_seconds)
-        self.limiter = RateLimiter(settings.ingest_rate_per_second, settings.ingest_burst)
+        self.keys = KeyCache(
+            KeyStore(state),
+            settings.ingest_key_cache_seconds,
+            stale_for=settings.ingest_key_stale_seconds,
+            retry_max=settings.ingest_key_retry_max_seconds,
+        )
+        self.limiter = RateLimiter(
+            settings.ingest_rate_per_second,
+            settings.ingest_burst,
+            settings.ingest_events_per_second,
+            settings.ingest_events_burst,
+            settings.ingest_bytes_per_second,
+            settings.ingest_bytes_burst,
+        )
         self.stats = IngestStats(state)
 
     def handler(self, endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -199,8 +303,12 @@ class Ingest:
             try:
                 response = await self._handle(request, endpoint)
             except RequestError as exc:
-                headers = {"WWW-Authenticate": CHALLENGE} if exc.status == 401 else None
+                headers = dict(exc.headers)
+                if exc.status == 401:
+                    headers["WWW-Authenticate"] = CHALLENGE
                 response = _json(exc.status, exc.body(), headers)
+                if exc.status == 408:
+                    response.force_close()  # the rest of a late body is not waited for
             except Exception:
                 logger.exception("ingest request failed", extra={"endpoint": endpoint})
                 response = _json(500, {"error": "internal_error", "detail": "see the server log"})
@@ -214,6 +322,13 @@ class Ingest:
         without a valid key, 403 with a key that may not do this."""
         try:
             caller = await self.keys.authenticate(request.headers.get("Authorization"))
+        except KeysUnavailable as exc:  # logged by the cache, once per failed read
+            raise RequestError(
+                503,
+                "unavailable",
+                "keys cannot be checked now",
+                {"Retry-After": retry_after(exc.retry_in)},
+            ) from exc
         except Exception as exc:
             logger.warning("key lookup failed", extra={"error": repr(exc)})
             raise RequestError(503, "unavailable", "keys cannot be checked now") from exc
@@ -227,18 +342,19 @@ class Ingest:
         name = await self.authorize(request, "ingest")
         wait = self.limiter.wait(name, time.monotonic())
         if wait > 0:
-            return _json(
-                429,
-                {
-                    "error": "rate_limited",
-                    "detail": f"over {self.settings.ingest_rate_per_second}/s",
-                },
-                {"Retry-After": retry_after(wait)},
-            )
+            return self._rate_limited(wait, self.settings.ingest_rate_per_second, "requests")
         limit = self.settings.ingest_max_body_bytes
-        raw = await _read_body(request, limit)
+        raw = await _read_body(request, limit, self.settings.ingest_body_timeout_seconds)
         payload = inflate(raw, request.headers.get("Content-Encoding"), limit)
         items = event_items(payload, endpoint, self.settings.ingest_max_batch_events)
+        wait, volume = self.limiter.wait_volume(name, time.monotonic(), len(items), len(payload))
+        if volume is not None:
+            rate = (
+                self.settings.ingest_events_per_second
+                if volume == "events"
+                else self.settings.ingest_bytes_per_second
+            )
+            return self._rate_limited(wait, rate, volume)
         judged = verdicts(items, self.sink.producer.validate, len(payload))
         accepted = judged.accepted
         if accepted:
@@ -253,6 +369,14 @@ class Ingest:
                 )
         self.stats.events(accepted, [r.reason for r in judged.rejections])
         return _json(judged.status(), judged.body())
+
+    @staticmethod
+    def _rate_limited(wait: float, rate: float, what: str) -> web.Response:
+        return _json(
+            429,
+            {"error": "rate_limited", "detail": f"over {rate:g} {what}/s"},
+            {"Retry-After": retry_after(wait)},
+        )
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=openapi_document(), content_type="application/json")
@@ -285,15 +409,32 @@ class IngestServer:
         assert settings.redis_url and settings.kafka_bootstrap
         self.settings = settings
         self.host, self.port = host, port
-        self.redis = connect(settings.redis_url, decode_responses=True, socket_timeout=5)
+        # a call that finds every connection busy waits for one (on one Redis; see
+        # connect_bounded)
+        self.redis = connect_bounded(
+            settings.redis_url,
+            settings.ingest_redis_max_connections,
+            REDIS_WAIT_SECONDS,
+            decode_responses=True,
+            socket_timeout=5,
+        )
         self.sink = Sink(settings)
         self.ingest = Ingest(settings, IngestState(self.redis, settings.key_prefix), self.sink)
         store = Store(self.redis, settings.key_prefix, settings.activity_kinds)
         reads = ReadApi(settings, store, self.ingest.authorize)
         pages = WebView(settings, store, self.ingest.authorize)
         app = build_app(self.ingest, reads, pages)
-        # gzip is inflated by the handlers, within the body limit, not by aiohttp
-        self.runner = web.AppRunner(app, auto_decompress=False, access_log=None)
+        # gzip is inflated by the handlers, within the body limit, not by aiohttp. aiohttp
+        # closes a connection whose keep-alive time runs out while it has no whole request
+        # yet, from the connection's start and after each answer: with the header timeout
+        # as that time, half a header (or none) holds a connection no longer than it.
+        self.runner = web.AppRunner(
+            app,
+            auto_decompress=False,
+            access_log=None,
+            keepalive_timeout=settings.ingest_header_timeout_seconds,
+        )
+        self._listener: asyncio.Server | None = None
         self._flusher: asyncio.Task[None] | None = None
 
     @property
@@ -303,9 +444,13 @@ class IngestServer:
 
     async def start(self) -> None:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port)
-        await site.start()
-        self.port = int(self.runner.addresses[0][1])  # the bound one, when 0 asked for any
+        assert self.runner.server is not None
+        gate = ConnectionGate(self.runner.server, self.settings.ingest_max_connections)
+        self._listener = await asyncio.get_running_loop().create_server(
+            gate, self.host, self.port, backlog=128
+        )
+        # the bound port, when 0 asked for any
+        self.port = int(self._listener.sockets[0].getsockname()[1])
         self._flusher = asyncio.create_task(self.ingest.flush_forever())
         with contextlib.suppress(Exception):
             # started now so that the first request does not wait for it; a broker that
@@ -317,6 +462,8 @@ class IngestServer:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        if self._listener is not None:
+            self._listener.close()
         await self.runner.cleanup()
         await self.ingest.stats.flush()
         await self.sink.close()

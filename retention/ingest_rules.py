@@ -5,7 +5,8 @@ limit and status without a server.
 
 Statuses (docs/sending-events.md, "HTTP ingest"): ``400`` malformed body, ``413`` body or
 batch too large (a gzip body is judged by what it inflates to, so a small zip bomb is
-refused too), ``415`` an encoding other than gzip or identity, ``429`` over the key's rate.
+refused too), ``415`` an encoding other than gzip or identity, ``429`` over the key's rate
+of requests, events or bytes.
 """
 
 from __future__ import annotations
@@ -22,15 +23,18 @@ from contract.events import MAX_EVENT_BYTES, Event, InvalidEvent, Rejection
 Endpoint = Literal["events", "batch"]
 ENDPOINTS: tuple[Endpoint, ...] = ("events", "batch")
 #: Every status the two endpoints answer with: the exporter reports each from 0.
-STATUSES: tuple[int, ...] = (202, 400, 401, 403, 413, 415, 422, 429, 500, 503)
+STATUSES: tuple[int, ...] = (202, 400, 401, 403, 408, 413, 415, 422, 429, 500, 503)
 
 
 class RequestError(Exception):
     """A request refused whole: its status, a closed ``error`` code and a detail."""
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(f"{status} {error}: {detail}")
         self.status, self.error, self.detail = status, error, detail
+        self.headers = headers or {}
 
     def body(self) -> dict[str, str]:
         return {"error": self.error, "detail": self.detail}
@@ -181,39 +185,81 @@ def verdicts(
 
 @dataclass
 class TokenBucket:
-    """``rate`` tokens a second up to ``burst``; a request takes one."""
+    """``rate`` tokens a second up to ``burst``; a request takes its cost (one, or its
+    events, or its bytes). A cost over the burst needs a full bucket and empties it, so
+    that a request the burst cannot hold is slowed, not refused for good."""
 
     rate: float
     burst: float
     tokens: float = -1.0
     at: float = 0.0
 
-    def take(self, now: float) -> float:
-        """0 when a token was taken, else the seconds until one will be there."""
+    def wait(self, now: float, cost: float = 1.0) -> float:
+        """The seconds until ``cost`` can be taken (0: now); takes nothing."""
+        if math.isinf(self.rate):  # no limit (and no inf * 0 to make a NaN)
+            return 0.0
         if self.tokens < 0:  # a new bucket starts full
             self.tokens, self.at = self.burst, now
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
+        cost = min(cost, self.burst)
+        return 0.0 if self.tokens >= cost else (cost - self.tokens) / self.rate
+
+    def take(self, now: float, cost: float = 1.0) -> float:
+        """0 when ``cost`` was taken, else the seconds until it will be there."""
+        wait = self.wait(now, cost)
+        if wait == 0 and not math.isinf(self.rate):
+            self.tokens -= min(cost, self.burst)
+        return wait
+
+
+Volume = Literal["events", "bytes"]
 
 
 @dataclass
 class RateLimiter:
-    """One token bucket per key name, in this process's memory: N servers behind a load
-    balancer let a key through at up to N times the rate."""
+    """Token buckets per key name: requests, events and bytes. They live in this process's
+    memory: N servers behind a load balancer let a key through at up to N times the rate.
+    Without ``event_rate`` and ``byte_rate`` only requests are limited."""
 
     rate: float
     burst: float
+    event_rate: float = math.inf
+    event_burst: float = math.inf
+    byte_rate: float = math.inf
+    byte_burst: float = math.inf
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    volumes: dict[str, tuple[TokenBucket, TokenBucket]] = field(default_factory=dict)
 
     def wait(self, name: str, now: float) -> float:
+        """Takes one request from the key's bucket: 0, or the seconds to wait."""
         bucket = self.buckets.get(name)
         if bucket is None:
             bucket = self.buckets[name] = TokenBucket(self.rate, self.burst)
         return bucket.take(now)
+
+    def wait_volume(
+        self, name: str, now: float, events: int, size: int
+    ) -> tuple[float, Volume | None]:
+        """Takes ``events`` and ``size`` bytes when both are there: (0, None); else takes
+        neither and says how long to wait and which limit was hit."""
+        pair = self.volumes.get(name)
+        if pair is None:
+            pair = self.volumes[name] = (
+                TokenBucket(self.event_rate, self.event_burst),
+                TokenBucket(self.byte_rate, self.byte_burst),
+            )
+        by_events, by_bytes = pair
+        waits: list[tuple[float, Volume]] = [
+            (by_events.wait(now, events), "events"),
+            (by_bytes.wait(now, size), "bytes"),
+        ]
+        wait, limit = max(waits)
+        if wait > 0:
+            return wait, limit
+        by_events.take(now, events)
+        by_bytes.take(now, size)
+        return 0.0, None
 
 
 def retry_after(seconds: float) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import redis
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
@@ -53,6 +53,20 @@ def connect(url: str, **options: Any) -> Redis:
     if is_cluster_node(url, **options):
         return cast(Redis, RedisCluster.from_url(url, **options))
     return Redis.from_url(url, **options)
+
+
+def connect_bounded(url: str, max_connections: int, wait: float, **options: Any) -> Redis:
+    """:func:`connect` with at most ``max_connections`` connections (per node on a cluster).
+
+    On one Redis a command that finds them all busy waits up to ``wait`` seconds for one;
+    redis-py's cluster client cannot wait, so there such a command fails at once.
+    """
+    if is_cluster_node(url, **options):
+        return cast(Redis, RedisCluster.from_url(url, max_connections=max_connections, **options))
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=wait, **options
+    )
+    return Redis.from_pool(pool)
 
 
 async def memory_info(client: Redis, every_node: bool = False) -> dict[str, dict[str, Any]]:

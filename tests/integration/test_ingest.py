@@ -23,11 +23,13 @@ import aiohttp
 import pytest
 from jsonschema import Draft202012Validator
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from retention import runtime
-from retention.api_keys import KeyStore
+from retention.api_keys import KeyCache, KeyStore, KeysUnavailable
 from retention.config import Settings
 from retention.ingest import IngestServer, loads_document
 from store.ingest_state import IngestState
@@ -482,3 +484,180 @@ async def test_up_serves_ingest_and_records_its_url(tmp_path: Path) -> None:
         assert up.proc.wait(40) == 0
     finally:
         up.kill_all()
+
+
+# --- the server's own limits ---------------------------------------------------------------
+
+
+async def raw(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port))
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes | None:
+    """What the server sent before closing, or None if it is still open after ``seconds``."""
+    got = b""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            chunk = await asyncio.wait_for(reader.read(4096), left)
+        except TimeoutError:
+            return None
+        except ConnectionResetError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+    return None
+
+
+async def test_half_a_header_is_cut_off_after_the_header_timeout(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(ingest_header_timeout_seconds=0.3)
+    reader, writer = await raw(server.url)
+    start = time.monotonic()
+    writer.write(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Le")
+    assert await closed_within(reader, 3) == b""
+    assert 0.25 < time.monotonic() - start < 2
+    writer.close()
+    # a connection that never sends anything goes the same way
+    reader, writer = await raw(server.url)
+    assert await closed_within(reader, 3) == b""
+    writer.close()
+
+
+async def test_a_body_that_stalls_gets_408_and_the_connection_closes(
+    start_server: ServerFactory,
+    key: str,
+) -> None:
+    server = await start_server(ingest_body_timeout_seconds=0.3)
+    reader, writer = await raw(server.url)
+    start = time.monotonic()
+    writer.write(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: 1000\r\n\r\n".encode()
+        + b'{"event_id": '
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert b"Connection: close" in head
+    assert time.monotonic() - start < 2
+    writer.close()
+
+
+async def test_connections_past_the_cap_get_503(
+    start_server: ServerFactory,
+    key: str,
+) -> None:
+    server = await start_server(ingest_max_connections=2)
+    held = [await raw(server.url) for _ in range(2)]
+    start = time.monotonic()
+    reader, writer = await raw(server.url)
+    reply = await closed_within(reader, 3)
+    assert reply is not None and reply.startswith(b"HTTP/1.1 503 "), reply
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"Retry-After: 1" in head
+    assert json.loads(body)["error"] == "unavailable"
+    assert time.monotonic() - start < 1
+    writer.close()
+    for _, w in held:
+        w.close()
+
+    async def served() -> bool:
+        async with aiohttp.ClientSession() as session:
+            try:
+                status = (await Client(session, server.url, key).post("/v1/events", order(1)))[0]
+            except aiohttp.ClientError:
+                return False
+            return status == 202
+
+    deadline = time.monotonic() + 5
+    while not await served():
+        assert time.monotonic() < deadline, "a freed connection was never given back"
+        await asyncio.sleep(0.05)
+
+
+async def test_each_key_is_limited_in_events_and_bytes(
+    start_server: ServerFactory,
+    key: str,
+) -> None:
+    server = await start_server(ingest_events_per_second=1.0, ingest_events_burst=5)
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, server.url, key)
+        status, _, _ = await client.post("/v1/batch", {"events": [order(n) for n in range(5)]})
+        assert status == 202
+        status, body, headers = await client.post("/v1/batch", {"events": [order(5), order(6)]})
+        assert (status, body["error"]) == (429, "rate_limited")
+        assert "events" in body["detail"]
+        assert headers["Retry-After"] == "2"
+
+    server = await start_server(ingest_bytes_per_second=100.0, ingest_bytes_burst=1000)
+    batch = {"events": [order(n, note="x" * 100) for n in range(4)]}
+    assert 600 < len(json.dumps(batch)) < 1000
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, server.url, key)
+        assert (await client.post("/v1/batch", batch))[0] == 202
+        status, body, headers = await client.post("/v1/batch", batch)
+        assert (status, body["error"]) == (429, "rate_limited")
+        assert "bytes" in body["detail"]
+        assert int(headers["Retry-After"]) >= 2
+
+
+class CountedStore(KeyStore):
+    reads = 0
+
+    async def digests(self) -> dict[str, tuple[str, frozenset[str]]]:
+        self.reads += 1
+        return await super().digests()
+
+
+async def test_concurrent_requests_share_one_hgetall(
+    settings: Settings,
+    redis: Redis,
+    key: str,
+) -> None:
+    async def hgetalls() -> int:
+        stats: dict[str, Any] = await redis.info("commandstats")
+        return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+    store = CountedStore(IngestState(redis, settings.key_prefix))
+    cache = KeyCache(store, max_age=0)
+    before = await hgetalls()
+    callers = await asyncio.gather(*(cache.authenticate(f"Bearer {key}") for _ in range(20)))
+    assert {c.name for c in callers if c is not None} == {"shop"}
+    assert (store.reads, await hgetalls() - before) == (1, 1)
+
+
+async def test_a_stopped_redis_is_read_with_backoff_not_per_request(settings: Settings) -> None:
+    # no retries inside the client: the cache's own backoff is what is measured
+    down = Redis(port=runtime.free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    store = CountedStore(IngestState(down, settings.key_prefix))
+    cache = KeyCache(store, max_age=0, retry_first=0.2, retry_max=1)
+    try:
+        for _ in range(3):  # three waves of requests within the first backoff: one read
+            results = await asyncio.gather(
+                *(cache.authenticate("Bearer rtk_x") for _ in range(10)), return_exceptions=True
+            )
+            assert all(isinstance(r, KeysUnavailable) for r in results), results
+        assert store.reads == 1
+        assert isinstance(results[0], KeysUnavailable)
+        await asyncio.sleep(results[0].retry_in)
+        for _ in range(3):
+            await asyncio.gather(
+                *(cache.authenticate("Bearer rtk_x") for _ in range(10)), return_exceptions=True
+            )
+        assert store.reads == 2
+    finally:
+        await down.aclose()
+
+
+async def test_the_redis_pool_is_bounded_and_waits_for_a_free_connection(
+    start_server: ServerFactory,
+) -> None:
+    server = await start_server(ingest_redis_max_connections=2)
+    assert server.redis.connection_pool.max_connections == 2
+    start = time.monotonic()
+    # four blocking reads of 0.2 s on two connections: two rounds, none refused
+    await asyncio.gather(*(server.redis.blpop([f"nothing-{n}"], 0.2) for n in range(4)))
+    assert time.monotonic() - start >= 0.35

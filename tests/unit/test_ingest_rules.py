@@ -165,3 +165,41 @@ def test_rate_limiter_keeps_one_bucket_per_key() -> None:
 @pytest.mark.parametrize(("seconds", "header"), [(0.01, "1"), (1.0, "1"), (1.2, "2"), (30, "30")])
 def test_retry_after_is_whole_seconds_rounded_up(seconds: float, header: str) -> None:
     assert retry_after(seconds) == header
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "costs", "waits"),
+    [
+        # 10 a second, 20 at once: a request of 15 events, then one of 10 waits for 5
+        (10.0, 20, [(0, 15), (0, 10)], [0, 0.5]),
+        # a cost over the burst needs a full bucket, and empties it
+        (10.0, 20, [(0, 50), (0, 1)], [0, 0.1]),
+        (10.0, 20, [(0, 1), (0, 50)], [0, 0.1]),
+    ],
+)
+def test_token_bucket_takes_a_cost(
+    rate: float, burst: int, costs: list[tuple[float, float]], waits: list[float]
+) -> None:
+    bucket = TokenBucket(rate, burst)
+    assert [pytest.approx(bucket.take(t, cost)) for t, cost in costs] == waits
+
+
+def test_rate_limiter_counts_events_and_bytes_per_key() -> None:
+    limiter = RateLimiter(
+        rate=100.0, burst=100, event_rate=10.0, event_burst=20, byte_rate=1000.0, byte_burst=2000
+    )
+    assert limiter.wait_volume("a", 0, events=20, size=100) == (0.0, None)
+    # over the events: the wait until 5 more are allowed, and neither bucket is taken from
+    wait, limit = limiter.wait_volume("a", 0, events=5, size=100)
+    assert (pytest.approx(wait), limit) == (0.5, "events")
+    assert limiter.wait_volume("a", 0.5, events=5, size=100) == (0.0, None)
+    # over the bytes: refilled to 2,000 by 0.5 s, 1,900 left after the last request
+    wait, limit = limiter.wait_volume("a", 0.5, events=0, size=2000)
+    assert (pytest.approx(wait), limit) == (0.1, "bytes")
+    # another key has buckets of its own
+    assert limiter.wait_volume("b", 0, events=20, size=2000) == (0.0, None)
+
+
+def test_a_rate_limiter_without_volume_limits_counts_only_requests() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1)
+    assert limiter.wait_volume("a", 0, events=10**9, size=10**12) == (0.0, None)
