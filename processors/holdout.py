@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from contract.events import MICROS, MS_PER_DAY, Event, OrderEvent
+from contract.events import EPOCH, MICROS, MS_PER_DAY, Event, OrderEvent
 from processors.alive_models import MODEL_NAMES, MODELS
 from processors.evaluator import as_of_day, evaluate_seen
 from processors.forecast import (
@@ -50,6 +50,7 @@ from processors.forecast import (
     values,
 )
 from processors.lifecycle import LifecyclePolicy
+from processors.outcomes import Raised, tally
 from processors.risk import RiskPolicy
 from processors.state import CustomerState, apply_event
 
@@ -131,9 +132,11 @@ def holdout_report(
     histories: list[History] = []
     spend: dict[str, float] = {}
     for cid, state in states.items():
+        bought = came.get(cid)
         row = rows[cid] = {
             "customer_id": cid,
-            "holdout_days": len(came.get(cid, ())),
+            "holdout_days": len(bought or ()),
+            "holdout_first_day": _iso_day(min(bought)) if bought else None,
             "holdout_spend": round(spent.get(cid, 0.0), 2),
         }
         stats = stats_from_days(list(state.orders_by_day), limit)
@@ -180,8 +183,12 @@ def holdout_report(
     ok = np.isfinite(alive)
     report["p_alive"] = _by_tenth(alive[ok], actual[ok] > 0)
     report["spend"] = _spend(fit, x, t_x, T, m, expected, placed)
-    report["at_risk"] = _flags(states, cutoff, policy, lifecycle, fit, came, rows)
+    report["at_risk"] = _flags(states, cutoff, policy, lifecycle, fit, came, rows, end_ms)
     return Holdout(report, list(rows.values()))
+
+
+def _iso_day(day: int) -> str:
+    return (EPOCH + timedelta(days=day)).date().isoformat()
 
 
 def _number(value: float) -> float | None:
@@ -334,11 +341,17 @@ def _flags(
     fit: Fit,
     came: dict[str, set[int]],
     rows: dict[str, dict[str, Any]],
+    end_ms: int,
 ) -> dict[str, Any]:
     """The risk rules' at-risk flags at the cutoff read as a prediction of "no order in the
-    holdout", over the customers not churned already (a loss, not a prediction)."""
+    holdout", over the customers not churned already (a loss, not a prediction); and read
+    as at-risk alerts raised at the cutoff, their outcomes as ``retention alerts
+    --outcomes`` counts them (the risk file's window), beside the same count for the
+    customers not flagged."""
     flagged, silent = [], []
+    raised: list[Raised] = []
     seen = outlooks(list(states.values()), fit, as_of_day(cutoff))
+    at_ms = int(cutoff.timestamp() * 1000) - 1  # the last instant the tracker saw
     for (cid, state), outlook in zip(states.items(), seen, strict=True):
         ev = evaluate_seen(state, cutoff, policy, lifecycle, outlook, None)
         rows[cid]["status"] = ev.status
@@ -347,8 +360,15 @@ def _flags(
             continue
         flagged.append(ev.status == "at_risk")
         silent.append(not came.get(cid))
+        if ev.status == "at_risk":
+            raised.append(Raised(cid, cid, "at_risk", policy.bands.of(ev.risk.score) or "", at_ms))
+        else:
+            raised.append(Raised(cid, cid, "not_flagged", "", at_ms))
     f, s = np.array(flagged, dtype=bool), np.array(silent, dtype=bool)
     others = ~f
+    after = {
+        cid: CustomerState(cid, orders_by_day=dict.fromkeys(days, 1)) for cid, days in came.items()
+    }
     return {
         "customers": int(f.size),
         "silent": int(s.sum()),
@@ -356,6 +376,8 @@ def _flags(
         "flag_right_share": round(float(s[f].mean()), 4) if f.any() else None,
         "not_flagged": int(others.sum()),
         "silent_share_not_flagged": round(float(s[others].mean()), 4) if others.any() else None,
+        "outcomes": tally(raised, after, policy.outcome_window_days, end_ms).rows(),
+        "outcome_window_days": policy.outcome_window_days,
     }
 
 

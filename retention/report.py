@@ -398,6 +398,16 @@ def render_holdout(h: Mapping[str, Any]) -> str:
         f"{_share(f['silent_share_not_flagged'])} of the {f['not_flagged']} not flagged "
         "ordered nothing"
     )
+    if f.get("outcomes"):
+        counted = ", ".join(
+            f"{r['kind'].replace('_', ' ')}{' ' + r['band'] if r['band'] else ''}: "
+            f"{r['returned']} of {r['alerts']} ({_share(r['return_rate'])})"
+            for r in f["outcomes"]
+        )
+        lines.append(
+            f"read as alerts at the cutoff, ordered again within {f['outcome_window_days']} "
+            f"days: {counted}"
+        )
     return "\n".join(lines)
 
 

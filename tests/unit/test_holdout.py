@@ -158,3 +158,18 @@ def test_cdnow_holdout_expectations_are_lifetimes_own_and_the_scores_recompute()
     hits = sum(r["holdout_days"] == 0 for r in flagged)
     assert report["at_risk"]["precision"] == pytest.approx(hits / len(flagged))
     assert report["at_risk"]["recall"] == pytest.approx(hits / len(quiet))
+    # read as at-risk alerts at the cut: ordered again within the risk file's 30 days
+    window_end = (cutoff + timedelta(days=30)).date().isoformat()
+    returned: dict[str, list[int]] = {}
+    for r in evaluated:
+        kind = "at_risk" if r["at_risk"] else "not_flagged"
+        came_back = r["holdout_first_day"] is not None and r["holdout_first_day"] < window_end
+        returned.setdefault(kind, [0, 0])[0] += 1
+        returned[kind][1] += came_back
+    got_outcomes: dict[str, list[int]] = {}
+    for row in report["at_risk"]["outcomes"]:
+        assert row["pending"] == 0
+        counts = got_outcomes.setdefault(row["kind"], [0, 0])
+        counts[0] += row["alerts"]
+        counts[1] += row["returned"]
+    assert got_outcomes == returned and returned["at_risk"][0] == len(flagged)
