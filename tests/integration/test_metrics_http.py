@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,7 +22,7 @@ from redis.asyncio import Redis
 from retention import runtime
 from retention.config import Settings
 from retention.exporter import Exporter, serve_worker_metrics, start_exporter
-from retention.metrics_http import AuthConfigError, ScrapeAuth
+from retention.metrics_http import AuthConfigError, ScrapeAuth, guarded, serve
 from streams.worker_metrics import WorkerMetrics
 from tests.integration.conftest import settings_env
 
@@ -193,3 +196,98 @@ def test_worker_metrics_take_a_host_and_the_same_auth(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def hello(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello\n"]
+
+
+@contextmanager
+def raw_server(**limits: float) -> Iterator[int]:
+    """``serve`` of a tiny app behind a bearer token, with ``limits``; yields its port."""
+    app = guarded(hello, ScrapeAuth(bearer_token=TOKEN.encode()))
+    server, _ = serve(app, "127.0.0.1", 0, **limits)  # type: ignore[arg-type]
+    try:
+        yield int(server.server_port)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def closed_after(sock: socket.socket, within: float) -> float | None:
+    """Seconds until the server closes ``sock`` (whatever it sent first), or None."""
+    start = time.monotonic()
+    sock.settimeout(0.05)
+    while time.monotonic() - start < within:
+        try:
+            if sock.recv(4096) == b"":
+                return time.monotonic() - start
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return time.monotonic() - start
+    return None
+
+
+def answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes."""
+    sock.settimeout(5)
+    chunks = []
+    while chunk := sock.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_client_that_sends_half_a_request_is_cut_off() -> None:
+    with raw_server(timeout=0.3) as port, connect(port) as slow, connect(port) as dripping:
+        slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        # a byte every 0.1 s does not stretch the deadline: it is for the whole head
+        dripping.sendall(b"G")
+        start = time.monotonic()
+        for byte in b"ET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: yes":
+            try:
+                dripping.sendall(bytes([byte]))
+            except OSError:
+                break
+            if closed_after(dripping, 0.1) is not None:
+                break
+        dripped = time.monotonic() - start
+        cut = closed_after(slow, 2)
+        assert cut is not None and cut < 1.0, cut
+        assert dripped < 1.0, dripped
+
+
+def test_connections_past_the_cap_get_a_quick_503() -> None:
+    with raw_server(timeout=5, max_connections=2, queue_wait=0.2) as port:
+        holders = [connect(port) for _ in range(2)]
+        for sock in holders:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more
+        start = time.monotonic()
+        with connect(port) as third:
+            reply = answer(third)
+        assert reply.startswith(b"HTTP/1.0 503 "), reply
+        assert b"Retry-After: 1" in reply
+        assert time.monotonic() - start < 2
+        for sock in holders:
+            sock.close()
+        # a freed slot serves the next scrape
+        status, _, body = get(f"http://127.0.0.1:{port}/metrics", f"Bearer {TOKEN}")
+        assert (status, body) == (200, "hello\n")
+
+
+def test_no_credential_gets_401_before_any_body_is_read() -> None:
+    with raw_server(timeout=5) as port:
+        with connect(port) as sock:
+            start = time.monotonic()
+            # a huge body announced and not sent: the server must not wait for it
+            sock.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+            reply = answer(sock)
+            assert reply.startswith(b"HTTP/1.0 401 "), reply
+            assert b'WWW-Authenticate: Bearer realm="retention"' in reply
+            assert time.monotonic() - start < 1
+        assert get(f"http://127.0.0.1:{port}/metrics", f"Bearer {TOKEN}")[0] == 200
