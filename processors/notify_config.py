@@ -28,7 +28,14 @@ from pydantic import (
 
 from processors.alerts import Alert, AlertKind
 from processors.risk import PLAYBOOK, Band
-from processors.webhook_signature import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from processors.webhook_signature import (
+    IDEMPOTENCY_HEADER as IDEMPOTENCY_HEADER,
+)
+from processors.webhook_signature import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Scheme,
+)
 
 Channel = Literal["webhook", "slack", "email"]
 
@@ -44,9 +51,6 @@ Tls = Literal["none", "starttls", "implicit"]
 
 #: why an entry is in the dead-letter list
 DeadReason = Literal["delivery_failed", "undecodable", "internal_error", "backlog"]
-
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 _RESERVED_HEADERS = frozenset(
@@ -91,13 +95,64 @@ def _from_env(data: Any, env_field: str, target: str, info: ValidationInfo) -> A
         return data
     if data.get(target) is not None:
         raise ValueError(f"give either {target} or {env_field}, not both")
-    variable = data[env_field]
+    value = _env_value(data[env_field], env_field, info)
+    return {**{k: v for k, v in data.items() if k != env_field}, target: value}
+
+
+def _env_value(variable: object, env_field: str, info: ValidationInfo) -> str:
     if not isinstance(variable, str) or not variable:
         raise ValueError(f"{env_field} must name an environment variable")
     value = _env(info).get(variable)
     if not value:
         raise ValueError(f"{env_field}: environment variable {variable} is not set or empty")
-    return {**{k: v for k, v in data.items() if k != env_field}, target: value}
+    return value
+
+
+def _file_value(path: object, file_field: str) -> str:
+    """The text of a secret's file (a compose or Kubernetes secret), without the line end
+    editors add."""
+    if not isinstance(path, str | Path) or not str(path):
+        raise ValueError(f"{file_field} must name a file")
+    try:
+        value = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file_field}: cannot read {str(path)!r}: {exc}") from None
+    if not value:
+        raise ValueError(f"{file_field}: {str(path)!r} is empty")
+    return value
+
+
+def _from_elsewhere(data: Any, target: str, info: ValidationInfo) -> Any:
+    """``<target>_env: VAR`` or ``<target>_file: PATH`` in place of ``<target>``: secrets
+    stay out of the notifications file, and out of every process's command line."""
+    data = _from_env(data, f"{target}_env", target, info)
+    file_field = f"{target}_file"
+    if not isinstance(data, Mapping) or file_field not in data:
+        return data
+    if data.get(target) is not None:
+        raise ValueError(f"give one of {target}, {target}_env and {file_field}")
+    value = _file_value(data[file_field], file_field)
+    return {**{k: v for k, v in data.items() if k != file_field}, target: value}
+
+
+def _header_values(headers: object, info: ValidationInfo) -> object:
+    """Header values given as text, or as ``{value_env: VAR}`` / ``{value_file: PATH}``
+    for a header that carries a secret (a bearer token)."""
+    if not isinstance(headers, Mapping):
+        return headers
+    out: dict[object, object] = {}
+    for name, value in headers.items():
+        if isinstance(value, Mapping):
+            if set(value) == {"value_env"}:
+                value = _env_value(value["value_env"], f"headers.{name}.value_env", info)
+            elif set(value) == {"value_file"}:
+                value = _file_value(value["value_file"], f"headers.{name}.value_file")
+            else:
+                raise ValueError(
+                    f"header {name}: give a text value, or one of value_env and value_file"
+                )
+        out[name] = value
+    return out
 
 
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -202,19 +257,51 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 EmailAddress = Annotated[str, AfterValidator(_address)]
 
 
-class WebhookSubscriber(_Subscriber):
-    type: Literal["webhook"]
+class _HttpSubscriber(_Subscriber):
+    """A subscriber reached by an HTTP POST: its URL may come from the environment or a
+    file (``url_env``, ``url_file``: a Slack webhook URL is itself the secret), and it
+    must be ``https://`` unless ``allow_http`` says otherwise."""
+
     url: HttpUrl
+    #: an ``http://`` URL sends the alerts (and a webhook's signature and headers) in
+    #: clear text: refused unless this is set, for a receiver on a trusted network
+    allow_http: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_elsewhere(cls, data: Any, info: ValidationInfo) -> Any:
+        return _from_elsewhere(data, "url", info)
+
+    @model_validator(mode="after")
+    def _https(self) -> _HttpSubscriber:
+        if self.url.lower().startswith("http://") and not self.allow_http:
+            raise ValueError(
+                "an http:// URL sends every alert in clear text: use https://, or set "
+                "allow_http: true for a receiver on a trusted network"
+            )
+        return self
+
+
+class WebhookSubscriber(_HttpSubscriber):
+    type: Literal["webhook"]
     #: HMAC-SHA256 key of the ``X-Retention-Signature`` header
     secret: SecretStr
+    #: the signing scheme (processors/webhook_signature.py): ``v2`` signs the
+    #: Idempotency-Key too; ``v1`` is for receivers not yet updated
+    signature: Scheme = "v2"
     headers: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _secret_env(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, Mapping) and "secret" not in data and "secret_env" not in data:
-            raise ValueError("a webhook is signed: give secret_env: VARIABLE (or secret)")
-        return _from_env(data, "secret_env", "secret", info)
+        if isinstance(data, Mapping) and not {"secret", "secret_env", "secret_file"} & set(data):
+            raise ValueError("a webhook is signed: give secret_env: VARIABLE (or secret_file)")
+        return _from_elsewhere(data, "secret", info)
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _secret_headers(cls, value: object, info: ValidationInfo) -> object:
+        return _header_values(value, info)
 
     @field_validator("secret")
     @classmethod
@@ -232,9 +319,8 @@ class WebhookSubscriber(_Subscriber):
         return value
 
 
-class SlackSubscriber(_Subscriber):
+class SlackSubscriber(_HttpSubscriber):
     type: Literal["slack"]
-    url: HttpUrl
 
 
 class EmailSubscriber(_Subscriber):
@@ -259,8 +345,8 @@ class EmailSubscriber(_Subscriber):
     @classmethod
     def _password_env(cls, data: Any, info: ValidationInfo) -> Any:
         if isinstance(data, Mapping) and "password" in data and "password_env" not in data:
-            raise ValueError("give the SMTP password as password_env: VARIABLE")
-        return _from_env(data, "password_env", "password", info)
+            raise ValueError("give the SMTP password as password_env: VARIABLE (or password_file)")
+        return _from_elsewhere(data, "password", info)
 
     @model_validator(mode="before")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 import urllib.parse
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ def utf8_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def header_text(text: str) -> str:
-    """``text`` fit for a mail header: control, format and line-separator characters are
-    shown as escapes (``\\r``, ``\\u202e``), so a customer id cannot end a header line
-    and start another (``Bcc: ...``), nor make the message fail to build."""
+def visible(text: str) -> str:
+    """``text`` with control, format and line-separator characters shown as escapes
+    (``\\r``, ``\\u202e``): nothing in it is invisible, reorders what follows (a
+    right-to-left override) or breaks the line, in any message a person reads."""
+    if text.isascii() and text.isprintable():
+        return text
     out = []
     for ch in text:
         category = unicodedata.category(ch)
@@ -36,6 +39,12 @@ def header_text(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def header_text(text: str) -> str:
+    """``text`` fit for a mail header (:func:`visible`): a customer id cannot end a header
+    line and start another (``Bcc: ...``), nor make the message fail to build."""
+    return visible(text)
 
 
 #: printable ASCII but ``%``, which starts an escape
@@ -122,30 +131,72 @@ def summary(alert: Alert) -> str:
     return f"{title(alert)}: customer {alert.customer_id} ({', '.join(facts)}) - {reasons}"
 
 
-def _mrkdwn(text: str) -> str:
+# --- Slack's mrkdwn. It has no escape character: ``&``, ``<`` and ``>`` become entities
+# (Slack's own rule); in free text each formatting mark becomes a look-alike Slack does not
+# read, and what would turn into a link is broken by look-alikes too; ids are shown in
+# code spans, where Slack applies no formatting, with a backtick (which would end the span)
+# shown by its look-alike. Everything goes through :func:`visible` first.
+
+#: ``*`` bold, ``_`` italic, ``~`` strike and the backtick of code, by look-alikes:
+#: ASTERISK OPERATOR, MODIFIER LETTER LOW MACRON, TILDE OPERATOR, MODIFIER LETTER GRAVE
+_SLACK_MARKS = str.maketrans({"*": "\u2217", "_": "\u02cd", "~": "\u223c", "`": "\u02cb"})
+#: a dot inside a host name (``evil.example``) and the colon of ``scheme://``
+_SLACK_LINKISH = re.compile(r"(?<=[0-9A-Za-z])\.(?=[A-Za-z])|:(?=//)")
+#: ... shown as ONE DOT LEADER and RATIO
+_SLACK_LINK_LOOKALIKES = {".": "\u2024", ":": "\u2236"}
+
+
+def _entities(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_text(text: str) -> str:
+    """Free text for mrkdwn that shows as written: no bold, italics, strike, code, link,
+    mention or line break can come out of it."""
+    shown = visible(text).translate(_SLACK_MARKS)
+    shown = _SLACK_LINKISH.sub(lambda m: _SLACK_LINK_LOOKALIKES[m.group()], shown)
+    return _entities(shown)
+
+
+def slack_code(text: str) -> str:
+    """An id as a mrkdwn code span: kept as written (copied from Slack, it is the id), but
+    a backtick, which would end the span, is shown by its look-alike."""
+    return "`" + _entities(visible(text).replace("`", "\u02cb")) + "`"
+
+
+def _slack_summary(alert: Alert) -> str:
+    """:func:`summary` in mrkdwn: the id and bare reason codes as code spans, the rest as
+    free text."""
+    facts = [f"risk {_risk(alert)}"] + (["high value"] if alert.high_value else [])
+    at_stake = alert.stakes.get("cltv_at_risk")
+    if at_stake:
+        facts.append(f"{money(at_stake, str(alert.stakes.get('currency') or ''))} at risk")
+    said = [slack_text(text) if text else slack_code(r) for r, text, _ in _reason_lines(alert)]
+    reasons = " ".join(said) if alert.evidence else "; ".join(said) or "no reasons given"
+    head = slack_text(f"{title(alert)}: customer ")
+    return f"{head}{slack_code(alert.customer_id)} ({slack_text(', '.join(facts))}) - {reasons}"
 
 
 def slack_message(alert: Alert) -> dict[str, Any]:
     """An incoming-webhook payload: ``text`` for notifications, ``blocks`` for the channel."""
     lines = []
     for reason, text, step in _reason_lines(alert):
-        line = f"• *{_mrkdwn(reason)}*" + (f": {_mrkdwn(text)}" if text else "")
+        line = f"• {slack_code(reason)}" + (f": {slack_text(text)}" if text else "")
         if step:
-            line += f"\n    _Next step:_ {_mrkdwn(step)}"
+            line += f"\n    _Next step:_ {slack_text(step)}"
         lines.append(line)
     reasons = "\n".join(lines) or "_no reasons given_"
     fields = {
-        "Customer": f"`{_mrkdwn(alert.customer_id)}`",
-        "Kind": alert.kind,
-        "Risk score": _risk(alert),
+        "Customer": slack_code(alert.customer_id),
+        "Kind": alert.kind,  # one of ALERT_KINDS: decoding refuses others
+        "Risk score": slack_text(_risk(alert)),
         "High value": "yes" if alert.high_value else "no",
-        **{label: _mrkdwn(value) for label, value in _stake_lines(alert)},
+        **{label: slack_text(value) for label, value in _stake_lines(alert)},
     }
     at = alert.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return {
         # the notification text is mrkdwn too: `<!channel>` in an id must stay text
-        "text": _mrkdwn(summary(alert)),
+        "text": _slack_summary(alert),
         "blocks": [
             # plain_text is not parsed for mentions or links
             {"type": "header", "text": {"type": "plain_text", "text": summary_head(alert)}},
@@ -171,7 +222,7 @@ def slack_message(alert: Alert) -> dict[str, Any]:
 
 def _context(alert: Alert, at: str) -> str:
     """Slack's context line: when, the key, and the customer's page when known."""
-    text = f"{at} · key `{_mrkdwn(alert.key)}`"
+    text = f"{at} · key {slack_code(alert.key)}"
     if alert.url and alert.url.startswith(("https://", "http://")):
         text += f" · <{alert.url.replace('|', '%7C').replace('>', '%3E')}|open the customer>"
     return text
@@ -179,7 +230,7 @@ def _context(alert: Alert, at: str) -> str:
 
 def summary_head(alert: Alert) -> str:
     """Short enough for Slack's header block (150) and a mail subject."""
-    return f"{title(alert)}: customer {alert.customer_id}"[:150]
+    return f"{title(alert)}: customer {visible(alert.customer_id)}"[:150]
 
 
 def _mail(subject: str, key: str, subscriber: EmailSubscriber, now: datetime) -> EmailMessage:
@@ -323,16 +374,16 @@ def slack_digest(digest: Digest) -> dict[str, Any]:
     ]
     for n, alert in enumerate(shown, 1):
         steps = [str(e.get("next_step")) for e in alert.evidence if e.get("next_step")]
-        text = f"*{n}.* {_mrkdwn(summary(alert))}"
+        text = f"*{n}.* {_slack_summary(alert)}"
         if steps:
-            text += f"\n    _Next step:_ {_mrkdwn(steps[0])}"
+            text += f"\n    _Next step:_ {slack_text(steps[0])}"
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}})
     left = len(digest.alerts) - len(shown)
-    footer = f"due {_iso(digest.due)} · key `{_mrkdwn(digest.key)}`"
+    footer = f"due {_iso(digest.due)} · key {slack_code(digest.key)}"
     if left:
         footer = f"and {left} more, ranked lower · " + footer
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]})
-    return {"text": _mrkdwn(digest.title), "blocks": blocks}
+    return {"text": slack_text(digest.title), "blocks": blocks}
 
 
 def digest_email(digest: Digest, subscriber: EmailSubscriber, now: datetime) -> EmailMessage:

@@ -482,15 +482,21 @@ class Notifier:
                 if isinstance(alert, Alert)
                 else digest_webhook_body(alert, subscriber.name)
             )
-            # a fresh timestamp per attempt: a retry after minutes is not taken for a replay
+            key = header_key(alert.key)
+            # a fresh timestamp per attempt: a retry after minutes is not taken for a replay;
+            # the key is signed with it, so a replay cannot pass for a new alert
             signed = webhook_signature.signature_headers(
-                subscriber.secret.get_secret_value(), int(self.clock().timestamp()), body
+                subscriber.secret.get_secret_value(),
+                int(self.clock().timestamp()),
+                body,
+                key,
+                subscriber.signature,
             )
             headers = {
                 **subscriber.headers,
                 "Content-Type": "application/json",
                 **signed,
-                IDEMPOTENCY_HEADER: header_key(alert.key),
+                IDEMPOTENCY_HEADER: key,
             }
             await self._post(subscriber.url, body, headers)
         elif isinstance(subscriber, SlackSubscriber):

@@ -36,12 +36,14 @@ def notifications_file(folder: Path, http_port: int, smtp_port: int, digest_at: 
             {
                 "name": "crm",
                 "type": "webhook",
+                "allow_http": True,  # the inbox listens on loopback
                 "url": f"{base}/hook/crm",
                 "secret": secrets.token_hex(16),
             },
             {
                 "name": "success-team",
                 "type": "slack",
+                "allow_http": True,
                 "url": f"{base}/slack/success-team",
                 "kinds": ["at_risk", "risk_escalated", "churned"],
             },
@@ -58,6 +60,7 @@ def notifications_file(folder: Path, http_port: int, smtp_port: int, digest_at: 
             {
                 "name": "support-leads",
                 "type": "webhook",
+                "allow_http": True,
                 "url": f"{base}/hook/support-leads",
                 "secret": secrets.token_hex(16),
                 "reasons": ["ticket_unresolved", "low_csat", "nps_detractor"],
@@ -65,6 +68,7 @@ def notifications_file(folder: Path, http_port: int, smtp_port: int, digest_at: 
             {
                 "name": "morning-digest",
                 "type": "slack",
+                "allow_http": True,
                 "url": f"{base}/slack/morning-digest",
                 "kinds": ["at_risk", "risk_escalated"],
                 "digest": {"every": "day", "at": due, "timezone": "UTC"},

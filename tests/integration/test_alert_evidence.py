@@ -186,7 +186,7 @@ async def test_alerts_carry_evidence_route_escalate_and_digest_once(
     risk_file.write_text(yaml.safe_dump(RISK_FILE))
     settings = settings.model_copy(update={"risk_file": risk_file, "reporting_currency": "EUR"})
     workers.settings = settings
-    hook = {"type": "webhook", "secret": SECRET}
+    hook = {"type": "webhook", "secret": SECRET, "allow_http": True}
 
     def subscribers(digest_at: str) -> dict[str, Any]:
         return {
@@ -194,7 +194,12 @@ async def test_alerts_carry_evidence_route_escalate_and_digest_once(
             "retry": {"attempts": 3, "base_delay": 0.05, "max_delay": 0.2, "timeout": 5},
             "subscribers": [
                 {"name": "crm", "url": receiver.url("hook", "crm"), **hook},
-                {"name": "team", "type": "slack", "url": receiver.url("slack", "team")},
+                {
+                    "name": "team",
+                    "type": "slack",
+                    "url": receiver.url("slack", "team"),
+                    "allow_http": True,
+                },
                 {
                     "name": "managers",
                     "type": "email",

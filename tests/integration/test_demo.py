@@ -42,7 +42,8 @@ async def test_demo_shows_declining_customers_at_risk_and_notifies_a_webhook(
     config = tmp_path / "notifications.yml"
     config.write_text(
         "subscribers:\n  - name: crm\n    type: webhook\n"
-        f"    url: http://127.0.0.1:{port}/hook\n    secret_env: DEMO_HOOK_SECRET\n"
+        f"    url: http://127.0.0.1:{port}/hook\n    allow_http: true\n"
+        "    secret_env: DEMO_HOOK_SECRET\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
     env["DEMO_HOOK_SECRET"] = SECRET.decode()

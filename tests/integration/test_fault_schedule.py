@@ -113,6 +113,7 @@ async def test_a_random_fault_schedule_ends_exact(
         "name": "success-team",
         "type": "webhook",
         "url": receiver.url("hook", "success-team"),
+        "allow_http": True,
         "secret": SECRET,
     }
     notifications.write_text(yaml.safe_dump({"cooldown": 0, "subscribers": [subscriber]}))

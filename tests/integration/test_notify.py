@@ -41,6 +41,8 @@ from tests.integration.conftest import wait_until
 from tests.integration.receivers import SECRET, Inbox, Receiver, free_port
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+#: the local receivers speak plain HTTP on loopback, which a subscriber must allow by name
+LOCAL = {"allow_http": True}
 
 
 def make_alert(
@@ -66,7 +68,7 @@ def config(*subscribers: dict[str, Any], **options: Any) -> NotifyConfig:
 
 def webhook(receiver: Receiver, name: str, **extra: Any) -> dict[str, Any]:
     url = receiver.url("hook", name)
-    return {"name": name, "type": "webhook", "url": url, "secret": SECRET, **extra}
+    return {"name": name, "type": "webhook", "url": url, "secret": SECRET, **LOCAL, **extra}
 
 
 def mailbox(inbox: Inbox, name: str = "managers") -> dict[str, Any]:
@@ -91,7 +93,7 @@ async def test_signed_webhook_is_delivered_once_and_verifiable(
         assert await notifier.deliver(alert) == {"crm": "duplicate"}
     [req] = receiver.requests
     assert req.signature_ok
-    assert req.headers["X-Retention-Signature"].startswith("v1=")
+    assert req.headers["X-Retention-Signature"].startswith("v2=")
     assert req.headers["Idempotency-Key"] == alert.key == "at_risk:c-1:o1"
     assert req.headers["Content-Type"] == "application/json"
     assert req.headers["X-Tenant"] == "shop-1"
@@ -136,7 +138,7 @@ async def test_retries_run_out_into_the_dead_letters(
     receiver.fail["down"] = [503] * 10
     cfg = config(
         webhook(receiver, "down"),
-        {"name": "gone", "type": "slack", "url": closed},
+        {"name": "gone", "type": "slack", "url": closed, **LOCAL},
     )
     alert = make_alert()
     async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
@@ -157,7 +159,7 @@ async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert
     cfg = config(
         webhook(receiver, "strict"),
         webhook(receiver, "crm"),
-        {"name": "team", "type": "slack", "url": receiver.url("slack", "team")},
+        {"name": "team", "type": "slack", "url": receiver.url("slack", "team"), **LOCAL},
         mailbox(inbox),
     )
     alert = make_alert("c-9")
@@ -180,7 +182,7 @@ async def test_permanent_400_is_dead_lettered_and_the_others_still_get_the_alert
     slack = receiver.to("team")[0].json()
     assert "c-9" in slack["text"] and "At risk" in slack["text"]
     assert "risk 73%" in slack["text"] and "high value" in slack["text"]
-    assert "silent_for_45_days; csat_low" in slack["text"]
+    assert "`silent_for_45_days`; `csat_low`" in slack["text"]
     assert slack["blocks"][0]["type"] == "header"
     stats = await Deliveries(redis, settings.key_prefix).stats()
     assert stats == {"failed|webhook": 1, "sent|webhook": 1, "sent|slack": 1, "sent|email": 1}
@@ -349,7 +351,8 @@ async def test_a_captured_request_replayed_later_or_altered_fails_verification(
     [req] = receiver.requests
     assert req.signature_ok  # fresh: the receiver accepted it
     sent_at = int(req.headers["X-Retention-Timestamp"])
-    assert req.headers["X-Retention-Signature"] == sign(SECRET, sent_at, req.body)
+    key = req.headers["Idempotency-Key"]
+    assert req.headers["X-Retention-Signature"] == sign(SECRET, sent_at, req.body, key)
     # the same bytes and headers, sent again ten minutes later
     with pytest.raises(InvalidSignature, match="beyond 300 s"):
         verify_request(SECRET, req.headers, req.body, now=sent_at + 600)
@@ -361,6 +364,11 @@ async def test_a_captured_request_replayed_later_or_altered_fails_verification(
             req.body,
             now=sent_at + 600,
         )
+    # the same request under another key, to pass a receiver's duplicate check
+    with pytest.raises(InvalidSignature, match="does not match"):
+        verify_request(
+            SECRET, {**req.headers, "Idempotency-Key": key + "-2"}, req.body, now=sent_at
+        )
     # the body altered
     altered = req.body.replace(b'"at_risk"', b'"churned"')
     assert altered != req.body
@@ -369,12 +377,25 @@ async def test_a_captured_request_replayed_later_or_altered_fails_verification(
     verify_request(SECRET, req.headers, req.body, now=sent_at + 1)
 
 
+async def test_a_subscriber_set_to_v1_gets_the_older_signature(
+    receiver: Receiver, redis: Redis, settings: Settings
+) -> None:
+    cfg = config(webhook(receiver, "old", signature="v1"))
+    async with Notifier(cfg, Deliveries(redis, settings.key_prefix)) as notifier:
+        # the test receiver takes v2 only, as receivers should once updated
+        assert await notifier.deliver(make_alert()) == {"old": "failed"}
+    [req] = receiver.requests
+    assert req.headers["X-Retention-Signature"].startswith("v1=")
+    sent_at = int(req.headers["X-Retention-Timestamp"])
+    verify_request(SECRET, req.headers, req.body, now=sent_at, accept_v1=True)
+
+
 async def test_ids_that_look_like_markup_or_headers_stay_text_on_every_channel(
     receiver: Receiver, inbox: Inbox, redis: Redis, settings: Settings
 ) -> None:
     cfg = config(
         webhook(receiver, "crm"),
-        {"name": "team", "type": "slack", "url": receiver.url("slack", "team")},
+        {"name": "team", "type": "slack", "url": receiver.url("slack", "team"), **LOCAL},
         mailbox(inbox),
     )
     mention, injected = "<!channel>", "c-1\r\nBcc: x@y.example"
@@ -616,7 +637,7 @@ async def test_a_black_holed_webhook_slows_only_itself(
 ) -> None:
     assert settings.kafka_bootstrap
     url, connections = black_hole
-    void = {"name": "void", "type": "webhook", "url": url, "secret": SECRET}
+    void = {"name": "void", "type": "webhook", "url": url, "secret": SECRET, **LOCAL}
     path = write_config(
         tmp_path,
         void,
@@ -757,7 +778,7 @@ async def test_a_failing_subscriber_with_a_full_queue_sends_its_overflow_to_the_
     url, _ = black_hole
     path = write_config(
         tmp_path,
-        {"name": "void", "type": "webhook", "url": url, "secret": SECRET},
+        {"name": "void", "type": "webhook", "url": url, "secret": SECRET, **LOCAL},
         webhook(receiver, "crm"),
         retry={"attempts": 1, "timeout": 1, "breaker_after": 1, "breaker_cooloff": 60},
         queue_limit=2,

@@ -95,7 +95,13 @@ async def test_a_webhook_down_for_two_minutes_gets_every_alert_exactly_once(
                 "cooldown": 0,
                 "retry": retry,
                 "subscribers": [
-                    {"name": n, "type": "webhook", "url": e.url, "secret": SECRET}
+                    {
+                        "name": n,
+                        "type": "webhook",
+                        "url": e.url,
+                        "secret": SECRET,
+                        "allow_http": True,
+                    }
                     for n, e in (("crm", crm), ("ops", ops))
                 ],
             }

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from processors.alerts import ALERT_KINDS, Alert
 from processors.notify_config import (
@@ -26,7 +30,10 @@ from processors.notify_messages import (
     header_key,
     header_text,
     retry_delay,
+    slack_code,
     slack_message,
+    slack_text,
+    visible,
     webhook_body,
 )
 from retention.notify_file import load_config
@@ -46,7 +53,7 @@ subscribers:
     headers: {X-Tenant: shop-1}
   - name: success-team
     type: slack
-    url: http://127.0.0.1:9/slack
+    url: https://127.0.0.1:9/slack
   - name: managers
     type: email
     smtp_host: smtp.example.com
@@ -103,19 +110,122 @@ def test_full_file_parses_with_secrets_from_the_environment(tmp_path: Path) -> N
 
 def test_defaults_and_a_bare_list_of_subscribers() -> None:
     config = parse_config(
-        [{"name": "hook", "type": "webhook", "url": "http://h/x", "secret": "k"}], environ={}
+        [{"name": "hook", "type": "webhook", "url": "https://h/x", "secret": "k"}], environ={}
     )
     assert config.cooldown_for("at_risk") == 86400
     assert config.retry.attempts == 5
     assert config.subscribers[0].kinds is None
 
 
+def test_urls_secrets_and_headers_come_from_the_environment_or_files(tmp_path: Path) -> None:
+    (tmp_path / "slack-url").write_text("https://hooks.slack.example/T0/B0/xyz\n")
+    (tmp_path / "secret").write_text("from-a-file\n")
+    (tmp_path / "token").write_text("Bearer t0ken\n")
+    config = parse_config(
+        [
+            {
+                "name": "crm",
+                "type": "webhook",
+                "url_env": "CRM_URL",
+                "secret_file": str(tmp_path / "secret"),
+                "headers": {
+                    "X-Tenant": "shop-1",
+                    "Authorization": {"value_file": str(tmp_path / "token")},
+                    "X-Api-Key": {"value_env": "CRM_KEY"},
+                },
+            },
+            {"name": "team", "type": "slack", "url_file": str(tmp_path / "slack-url")},
+        ],
+        environ={"CRM_URL": "https://crm.example/hook", "CRM_KEY": "k3y"},
+    )
+    crm, team = config.subscribers
+    assert isinstance(crm, WebhookSubscriber) and isinstance(team, SlackSubscriber)
+    assert crm.url == "https://crm.example/hook"
+    assert crm.secret.get_secret_value() == "from-a-file"
+    assert crm.headers == {
+        "X-Tenant": "shop-1",
+        "Authorization": "Bearer t0ken",
+        "X-Api-Key": "k3y",
+    }
+    assert crm.signature == "v2"
+    assert team.url == "https://hooks.slack.example/T0/B0/xyz"
+
+
+@pytest.mark.parametrize(
+    ("subscriber", "message"),
+    [
+        # clear text only by name
+        ({"name": "s", "type": "slack", "url": "http://h/s"}, "allow_http: true"),
+        ({"name": "h", "type": "webhook", "url": "http://h", "secret": "a"}, "allow_http: true"),
+        ({"name": "s", "type": "slack", "url_env": "URL"}, "allow_http: true"),
+        # one source for each value
+        ({"name": "s", "type": "slack", "url": "https://h", "url_env": "URL"}, "either url"),
+        ({"name": "s", "type": "slack", "url_env": "NOPE"}, "NOPE is not set"),
+        ({"name": "s", "type": "slack", "url_file": "/nonexistent/url"}, "cannot read"),
+        (
+            {"name": "h", "type": "webhook", "url": "https://h", "secret_file": "/nonexistent"},
+            "secret_file: cannot read",
+        ),
+        (
+            {
+                "name": "h",
+                "type": "webhook",
+                "url": "https://h",
+                "secret": "a",
+                "headers": {"Authorization": {"value_env": "NOPE"}},
+            },
+            "headers.Authorization.value_env: environment variable NOPE",
+        ),
+        (
+            {
+                "name": "h",
+                "type": "webhook",
+                "url": "https://h",
+                "secret": "a",
+                "headers": {"Authorization": {"value": "x"}},
+            },
+            "one of value_env and value_file",
+        ),
+        (
+            {"name": "h", "type": "webhook", "url": "https://h", "secret": "a", "signature": "v3"},
+            "signature",
+        ),
+    ],
+)
+def test_clear_text_and_secret_sources_are_checked(
+    subscriber: dict[str, object], message: str
+) -> None:
+    with pytest.raises(NotifyConfigError) as info:
+        parse_config([subscriber], environ={"URL": "http://h/from-env"})
+    assert message in str(info.value)
+
+
+def test_http_is_taken_when_allowed_by_name() -> None:
+    config = parse_config(
+        [
+            {"name": "s", "type": "slack", "url": "http://127.0.0.1:9/s", "allow_http": True},
+            {
+                "name": "h",
+                "type": "webhook",
+                "url": "http://10.0.0.5/h",
+                "secret": "a",
+                "allow_http": True,
+                "signature": "v1",
+            },
+        ],
+        environ={},
+    )
+    slack, hook = config.subscribers
+    assert isinstance(slack, SlackSubscriber) and slack.allow_http
+    assert isinstance(hook, WebhookSubscriber) and hook.signature == "v1"
+
+
 @pytest.mark.parametrize("kind", ALERT_KINDS)
 def test_kind_filter(kind: str) -> None:
     config = parse_config(
         [
-            {"name": "all", "type": "slack", "url": "http://h/s"},
-            {"name": "risk", "type": "slack", "url": "http://h/s", "kinds": ["at_risk"]},
+            {"name": "all", "type": "slack", "url": "https://h/s"},
+            {"name": "risk", "type": "slack", "url": "https://h/s", "kinds": ["at_risk"]},
         ]
     )
     everyone, risk_only = config.subscribers
@@ -128,14 +238,14 @@ def test_kind_filter(kind: str) -> None:
     [
         # the secret variable is named but not set
         (
-            {"name": "h", "type": "webhook", "url": "http://h", "secret_env": "NOPE"},
+            {"name": "h", "type": "webhook", "url": "https://h", "secret_env": "NOPE"},
             "environment variable NOPE is not set",
         ),
         # a webhook must be signed
-        ({"name": "h", "type": "webhook", "url": "http://h"}, "a webhook is signed"),
+        ({"name": "h", "type": "webhook", "url": "https://h"}, "a webhook is signed"),
         # both forms of the secret
         (
-            {"name": "h", "type": "webhook", "url": "http://h", "secret": "a", "secret_env": "S"},
+            {"name": "h", "type": "webhook", "url": "https://h", "secret": "a", "secret_env": "S"},
             "either secret or secret_env",
         ),
         ({"name": "h", "type": "webhook", "url": "ftp://h", "secret": "a"}, "not an http(s) URL"),
@@ -143,20 +253,20 @@ def test_kind_filter(kind: str) -> None:
             {
                 "name": "h",
                 "type": "webhook",
-                "url": "http://h",
+                "url": "https://h",
                 "secret": "a",
                 "headers": {"idempotency-key": "x"},
             },
             "set by the notifier",
         ),
-        ({"name": "s", "type": "pager", "url": "http://h"}, "does not match any of the expected"),
-        ({"name": "s", "type": "slack", "url": "http://h", "kinds": ["angry"]}, "kinds"),
+        ({"name": "s", "type": "pager", "url": "https://h"}, "does not match any of the expected"),
+        ({"name": "s", "type": "slack", "url": "https://h", "kinds": ["angry"]}, "kinds"),
         (
-            {"name": "s", "type": "slack", "url": "http://h", "kinds": []},
+            {"name": "s", "type": "slack", "url": "https://h", "kinds": []},
             "empty list would receive nothing",
         ),
-        ({"name": "s", "type": "slack", "url": "http://h", "channel": "#x"}, "channel"),
-        ({"name": "has space", "type": "slack", "url": "http://h"}, "name"),
+        ({"name": "s", "type": "slack", "url": "https://h", "channel": "#x"}, "channel"),
+        ({"name": "has space", "type": "slack", "url": "https://h"}, "name"),
         (
             {"name": "m", "type": "email", "smtp_host": "h", "from": "nobody", "to": ["a@b"]},
             "not an email address",
@@ -202,27 +312,30 @@ def test_bad_subscribers_are_named_in_the_error(
         ("just text", "expected a mapping"),
         (None, "expected a mapping"),
         (
-            [{"name": "a", "type": "slack", "url": "http://h"}] * 2,
+            [{"name": "a", "type": "slack", "url": "https://h"}] * 2,
             "names must be unique; repeated: ['a']",
         ),
         (
-            {"subscribers": [{"name": "a", "type": "slack", "url": "http://h"}], "cooldown": "1y"},
+            {"subscribers": [{"name": "a", "type": "slack", "url": "https://h"}], "cooldown": "1y"},
             "not a duration",
         ),
         (
             {
-                "subscribers": [{"name": "a", "type": "slack", "url": "http://h"}],
+                "subscribers": [{"name": "a", "type": "slack", "url": "https://h"}],
                 "cooldowns": {"bored": 5},
             },
             "cooldowns.bored",
         ),
         (
-            {"subscribers": [{"name": "a", "type": "slack", "url": "http://h"}], "retry": {"x": 1}},
+            {
+                "subscribers": [{"name": "a", "type": "slack", "url": "https://h"}],
+                "retry": {"x": 1},
+            },
             "retry.x",
         ),
         (
             {
-                "subscribers": [{"name": "a", "type": "slack", "url": "http://h"}],
+                "subscribers": [{"name": "a", "type": "slack", "url": "https://h"}],
                 "retry": {"attempts": 101},
             },
             "retry.attempts",
@@ -293,13 +406,13 @@ def test_backoff_doubles_up_to_the_cap_and_honours_retry_after() -> None:
 def test_slack_message_reads_as_a_sentence() -> None:
     message = slack_message(alert(reasons=("silent <60 days> & more",)))
     assert message["text"] == (
-        "At risk: customer c-42 (risk 81%, high value) - silent &lt;60 days&gt; &amp; more"
+        "At risk: customer `c-42` (risk 81%, high value) - `silent &lt;60 days&gt; &amp; more`"
     )
     blocks = json.dumps(message["blocks"])
     assert "silent &lt;60 days&gt; &amp; more" in blocks
     assert "*High value*\\nyes" in blocks
     low = slack_message(alert("milestone", reasons=(), risk_score=None, high_value=False))
-    assert low["text"] == "Milestone: customer c-42 (risk -) - no reasons given"
+    assert low["text"] == "Milestone: customer `c-42` (risk -) - no reasons given"
 
 
 def test_email_has_customer_and_reasons_and_a_stable_message_id() -> None:
@@ -320,7 +433,7 @@ def test_email_has_customer_and_reasons_and_a_stable_message_id() -> None:
 
 
 def test_limits_default_and_can_be_set() -> None:
-    hook = {"name": "h", "type": "slack", "url": "http://h"}
+    hook = {"name": "h", "type": "slack", "url": "https://h"}
     default = parse_config([hook])
     assert default.dead_letter_limit == 10_000 and default.queue_limit == 10_000
     small = parse_config({"subscribers": [hook], "dead_letter_limit": 5, "queue_limit": 2})
@@ -419,6 +532,67 @@ def test_slack_shows_ids_with_markup_as_text() -> None:
         f["text"] for b in message["blocks"] for f in b.get("fields", []) + b.get("elements", [])
     ]
     assert not any("<" in t or ">" in t for t in mrkdwn)
+
+
+def _mrkdwn_texts(message: dict[str, Any]) -> list[str]:
+    """Every mrkdwn string of a Slack payload (plain_text headers are not parsed)."""
+    out = [message["text"]]
+    for block in message["blocks"]:
+        for part in [block.get("text"), *block.get("fields", []), *block.get("elements", [])]:
+            if isinstance(part, dict) and part.get("type") == "mrkdwn":
+                out.append(part["text"])
+    return out
+
+
+def test_slack_keeps_a_backtick_in_an_id_inside_its_code_span() -> None:
+    message = slack_message(alert(customer_id="c`*bold* <!here>`x"))
+    assert message["blocks"][1]["fields"][0]["text"] == (
+        "*Customer*\n`c\u02cb*bold* &lt;!here&gt;\u02cbx`"
+    )
+    assert "customer `c\u02cb*bold* &lt;!here&gt;\u02cbx` (" in message["text"]
+
+
+def test_slack_free_text_makes_no_formatting_and_no_links() -> None:
+    evidence = (
+        {
+            "reason": "silence",
+            "text": "See *https://evil.example/x* or _evil.example_ ~now~ `run`",
+            "next_step": "Call www.evil.example/pay",
+        },
+    )
+    message = slack_message(alert(evidence=evidence))
+    blocks = json.dumps(message["blocks"], ensure_ascii=False)
+    assert (
+        "See \u2217https\u2236//evil\u2024example/x\u2217 or "
+        "\u02cdevil\u2024example\u02cd \u223cnow\u223c \u02cbrun\u02cb"
+    ) in blocks
+    assert "Call www\u2024evil\u2024example/pay" in blocks
+    # amounts and sentences keep their dots
+    assert slack_text("$1,234.56 in 3.5 days.") == "$1,234.56 in 3.5 days."
+
+
+def test_format_characters_in_an_id_are_shown_escaped() -> None:
+    """A right-to-left override would make `c-1` look like another customer."""
+    hostile = alert(customer_id="c-1\u202egnp.exe\u200b")
+    message = slack_message(hostile)
+    shown = "c-1\\u202egnp.exe\\u200b"
+    assert f"customer `{shown}`" in message["text"]
+    assert message["blocks"][0]["text"]["text"] == f"At risk: customer {shown}"
+    assert "\u202e" not in json.dumps(message, ensure_ascii=False)
+    assert visible("plain-id_1") == "plain-id_1"
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=60))
+def test_slack_free_text_and_ids_stay_literal_for_any_text(text: str) -> None:
+    free = slack_text(text)
+    assert not set(free) & set("*_~`<>")
+    assert "://" not in free and not re.search(r"[0-9A-Za-z]\.[A-Za-z]", free)
+    code = slack_code(text)
+    assert code.startswith("`") and code.endswith("`") and code.count("`") == 2
+    assert not set(code) & set("<>")
+    # nothing invisible or reordering is left: showing it again changes nothing
+    assert visible(free) == free and visible(code) == code
 
 
 def test_email_with_an_injected_header_in_the_id_stays_one_message() -> None:

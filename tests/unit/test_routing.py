@@ -35,7 +35,7 @@ def alert(cid: str, score: float, band: str, at_risk: float | None, **extra: obj
 
 
 def subscriber(**filters: object) -> object:
-    sub = {"name": "s", "type": "slack", "url": "http://h", **filters}
+    sub = {"name": "s", "type": "slack", "url": "https://h", **filters}
     return parse_config({"subscribers": [sub]}, {}).subscribers[0]
 
 
@@ -118,7 +118,7 @@ def test_a_digest_renders_on_every_channel_with_one_key() -> None:
     assert [a["customer_id"] for a in body["alerts"]] == ["b<x>", "a"]
     slack = slack_digest(digest)
     texts = [b["text"]["text"] for b in slack["blocks"] if b["type"] == "section"]
-    assert texts[0].startswith("*1.* At risk: customer b&lt;x&gt;")
+    assert texts[0].startswith("*1.* At risk: customer `b&lt;x&gt;`")
     assert "_Next step:_ Call." in texts[0]
     config = parse_config(
         {
