@@ -97,7 +97,12 @@ def _parse_ts(value: Any) -> datetime:
 
 
 def _printable_id(value: str) -> str:
-    """Ids end up in keys, logs and headers: no control characters, nothing unencodable."""
+    """Ids end up in keys, logs, headers and messages people read: no control characters,
+    nothing unencodable, and no format characters (a right-to-left override or a
+    zero-width space makes one id look like another)."""
+    if value.isprintable():
+        # one pass in C, true for nearly every id: none of the characters below is printable
+        return value
     for char in value:
         category = unicodedata.category(char)
         if category == "Cc":
@@ -105,6 +110,12 @@ def _printable_id(value: str) -> str:
         if category == "Cs":
             # a lone surrogate has no UTF-8 form, so no message key could ever match it
             raise PydanticCustomError("invalid_field", "ids must not contain lone surrogates")
+        if category == "Cf":
+            raise PydanticCustomError(
+                "invalid_field",
+                "ids must not contain format characters ({code})",
+                {"code": f"U+{ord(char):04X}"},
+            )
     return value
 
 

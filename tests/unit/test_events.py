@@ -307,6 +307,27 @@ def test_non_ascii_ids_are_checked_against_their_key(
     assert (result.reason if isinstance(result, Rejection) else None) == reason
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        # a right-to-left override: "c-1\u202egnp.exe" shows as "c-1exe.png"
+        ("customer_id", "c-1\u202egnp.exe"),
+        ("customer_id", "c-1\u200b"),  # zero-width space: two ids that look the same
+        ("customer_id", "\ufeffc-1"),  # a byte-order mark at the start
+        ("customer_id", "c\u2066-1\u2069"),  # an isolate
+        ("event_id", "e\u200d1"),  # zero-width joiner
+        ("customer_id", "c\U000e0041"),  # a tag character
+        ("customer_id", "c\u00ad1"),  # soft hyphen
+    ],
+)
+def test_ids_with_format_characters_are_rejected(field: str, value: str) -> None:
+    result = parse_event(raw(type="login", **{field: value}))
+    assert isinstance(result, Rejection)
+    assert result.reason == "invalid_field"
+    assert "format character" in result.detail
+    assert f"U+{ord(next(c for c in value if c not in 'c-1e.gnpx')):04X}" in result.detail
+
+
 @pytest.mark.parametrize("bad", ["c\x00", "c\u2028\n", "\ud800", "a\udcffb"])
 def test_build_event_refuses_ids_that_no_message_can_carry(bad: str) -> None:
     with pytest.raises(InvalidEvent) as info:
