@@ -45,7 +45,7 @@ CEILING_MS = (TS_CEILING - EPOCH) // timedelta(milliseconds=1)
 # ---------------------------------------------------------------------------------------
 # Valid events
 
-id_chars = st.characters(exclude_categories=("Cc", "Cs"))
+id_chars = st.characters(exclude_categories=("Cc", "Cs", "Cf"))
 ids = st.text(id_chars, min_size=1, max_size=128)
 offsets = st.builds(
     timezone,
@@ -113,7 +113,7 @@ def check_accepted(event: Event) -> None:
     assert isinstance(event, EVENT_CLASSES)
     for value in id_fields(event):
         assert 1 <= len(value) <= 128
-        assert not any(unicodedata.category(c) in ("Cc", "Cs") for c in value), value
+        assert not any(unicodedata.category(c) in ("Cc", "Cs", "Cf") for c in value), value
     assert 0 <= event.ts_ms < CEILING_MS
     if isinstance(event, OrderEvent):
         assert 0 <= event.amount_micros <= MAX_AMOUNT * 1_000_000
