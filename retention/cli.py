@@ -569,7 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path, help="where `up` keeps data and records services")
     common.add_argument("--kafka-bootstrap", help="host:port of Kafka (or KAFKA_BOOTSTRAP)")
-    common.add_argument("--redis-url", help="redis://host:port/db (or REDIS_URL)")
+    common.add_argument(
+        "--redis-url",
+        help="redis://host:port/db; a command line is visible to every user of the host, so "
+        "give a URL with a password in REDIS_URL or REDIS_URL_FILE instead",
+    )
     common.add_argument("--topic-prefix", help="prefix before every topic name")
     common.add_argument("--key-prefix", help="prefix before every Redis key")
     common.add_argument("--log-level", default="warn", choices=["debug", "info", "warn", "error"])

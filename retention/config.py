@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.events import EventType
@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "redis_url")
+    )
+    # The Redis URL may come from a file instead (a compose or Kubernetes secret), as a
+    # password should: it then shows in no command line and no environment listing
+    redis_url_file: Path | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL_FILE", "redis_url_file")
     )
     # Kafka SASL and TLS (streams/kafka_security.py), named as Kafka clients name them;
     # PLAINTEXT (the default) adds nothing to the clients. The password may come from a
@@ -180,6 +185,20 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @model_validator(mode="after")
+    def _redis_url_from_file(self) -> Settings:
+        """REDIS_URL_FILE fills ``redis_url`` when REDIS_URL is unset (REDIS_URL wins)."""
+        if self.redis_url is None and self.redis_url_file is not None:
+            try:
+                text = self.redis_url_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"REDIS_URL_FILE cannot be read: {exc}") from exc
+            if not text:
+                raise ValueError(f"REDIS_URL_FILE {self.redis_url_file} is empty")
+            # frozen: set once, while the settings are being made
+            object.__setattr__(self, "redis_url", text)
+        return self
+
     @field_validator("default_currency", "reporting_currency")
     @classmethod
     def _currency_code(cls, value: str) -> str:
@@ -195,7 +214,7 @@ class Settings(BaseSettings):
                 continue
             key = (
                 name.upper()
-                if name == "redis_url" or name.startswith("kafka_")
+                if name.startswith(("redis_url", "kafka_"))
                 else f"RETENTION_{name.upper()}"
             )
             if isinstance(value, SecretStr):

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit, urlunsplit
 
 from retention.config import Settings
 
@@ -67,25 +67,63 @@ class Services:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
+#: a query parameter whose name holds one of these words carries a secret (redis-py reads
+#: ``?password=`` as the password, and other clients take tokens the same way)
+_SECRET_WORDS = ("pass", "pwd", "token", "secret", "key", "auth", "credential", "sig")
+MASK = "****"
+
+
+def _secret_name(name: str) -> bool:
+    lowered = unquote_plus(name).lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _secrets(url: str) -> list[str]:
+    """The secrets of ``url``: its password and the values of its secret-looking query
+    parameters, as written and decoded."""
+    parts = urlsplit(url)
+    found = [] if parts.password is None else [parts.password, unquote(parts.password)]
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if value and _secret_name(name):
+            found.append(value)
+    for pair in parts.query.split("&"):
+        name, sep, raw = pair.partition("=")
+        if sep and raw and _secret_name(name):
+            found.append(raw)
+    return [s for s in dict.fromkeys(found) if s]
+
+
 def mask_url(url: str | None) -> str | None:
-    """``url`` with its password replaced by ``****``, for anything shown to a person."""
+    """``url`` with its password, and the value of every query parameter whose name looks
+    secret (``password``, ``token``, ``api_key``, ...), replaced by ``****``, for anything
+    shown to a person."""
     if not url:
         return url
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:****@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:{MASK}@{host}" + (f":{parts.port}" if parts.port is not None else "")
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        pairs = []
+        for pair in parts.query.split("&"):
+            name, sep, value = pair.partition("=")
+            pairs.append(f"{name}={MASK}" if sep and value and _secret_name(name) else pair)
+        parts = parts._replace(query="&".join(pairs))
+    return urlunsplit(parts)
 
 
 def scrub(text: str, url: str | None) -> str:
-    """``text`` without the password of ``url``, should an error message quote it."""
-    password = urlsplit(url).password if url else None
-    return text.replace(password, "****") if password else text
+    """``text`` without the secrets of ``url`` (see :func:`mask_url`), should an error
+    message quote it; longer secrets first, so none is left half shown."""
+    if not url:
+        return text
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
 
 
 def remove_record(data_dir: Path) -> None:

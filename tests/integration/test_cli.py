@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -50,6 +51,12 @@ def test_up_produce_customer_status_and_clean_stop(
     assert ready_s <= 10, lines
     recorded = Services.read(data_dir)
     assert recorded is not None and recorded.embedded
+    # the Redis password reaches every process through its environment or a file, never
+    # its command line, which every user of the host can read
+    password = urlsplit(recorded.redis_url).password
+    assert password and recorded.pids
+    for name, pid in recorded.pids.items():
+        assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), name
 
     events = tmp_path / "events.jsonl"
     body = [json.dumps(e) for e in EVENTS]

@@ -69,3 +69,25 @@ def test_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in original.env().items():
         monkeypatch.setenv(key, value)
     assert Settings() == original
+
+
+def test_the_redis_url_can_come_from_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A password in a file shows in no command line and no environment listing."""
+    path = tmp_path / "redis_url"
+    path.write_text("redis://tracker:s3cret@redis:6379/0\n")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("REDIS_URL_FILE", str(path))
+    settings = Settings()
+    assert settings.redis_url == "redis://tracker:s3cret@redis:6379/0"
+    # a child process started with settings.env() reads the same settings
+    for key, value in settings.env().items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
+    monkeypatch.setenv("REDIS_URL", "redis://other:6379/0")  # the variable wins
+    assert Settings().redis_url == "redis://other:6379/0"
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.setenv("REDIS_URL_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="REDIS_URL_FILE cannot be read"):
+        Settings()

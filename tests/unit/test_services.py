@@ -23,6 +23,20 @@ from retention.services import Services, mask_url, scrub
         ("redis://tracker@host/0", "redis://tracker@host/0"),
         ("redis://:pw@[::1]:6379/0", "redis://:****@[::1]:6379/0"),
         (None, None),
+        # a password given as a query parameter, which redis-py also reads
+        ("redis://127.0.0.1:6379/0?password=s3cret", "redis://127.0.0.1:6379/0?password=****"),
+        (
+            "rediss://u:pw@h:6380/0?ssl_cert_reqs=required&Password=x&db=2",
+            "rediss://u:****@h:6380/0?ssl_cert_reqs=required&Password=****&db=2",
+        ),
+        # any parameter whose name says it holds a secret
+        (
+            "redis://h/0?access_token=t&client_secret=s&api_key=k&auth=a&passwd=p&timeout=5",
+            "redis://h/0?access_token=****&client_secret=****&api_key=****&auth=****"
+            "&passwd=****&timeout=5",
+        ),
+        ("redis://h/0?password", "redis://h/0?password"),  # no value: nothing to hide
+        ("redis://h/0?socket_timeout=5", "redis://h/0?socket_timeout=5"),
     ],
 )
 def test_mask_url(url: str | None, shown: str | None) -> None:
@@ -35,6 +49,10 @@ def test_scrub_removes_the_password_from_any_text() -> None:
         "AuthError('redis://:****@127.0.0.1:6379/0') ****"
     )
     assert scrub("nothing to hide", "redis://127.0.0.1:6379/0") == "nothing to hide"
+    query = "redis://127.0.0.1:6379/0?password=s%3Dcret&db=0"
+    assert scrub(f"AuthError({query!r}): s=cret", query) == (
+        "AuthError('redis://127.0.0.1:6379/0?password=****&db=0'): ****"
+    )
 
 
 def test_record_is_private_and_read_back(tmp_path: Path) -> None:
