@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from redis.asyncio import Redis
 
 from retention.config import Settings
 from retention.delivery import Notifier
-from store.deliveries import DIGEST_SENT, Deliveries
+from store.deliveries import DIGEST_SENT, FORMAT_KEY, Deliveries, NotifyFormatMismatch
 from tests.integration.cluster import (  # noqa: F401  (fixtures: the cluster in place of the single Redis)
     redis_on_the_cluster,
     stack_on_the_cluster,
@@ -97,3 +98,7 @@ async def test_records_of_the_untagged_layout_move_to_the_tagged_keys_once(redis
     assert await deliveries.stats() == {"sent|webhook": 1}
     for old in ("delivered:crm", "last:crm:at_risk:c-1", "digest:daily"):
         assert not await redis.exists(f"{prefix}notify:{old}")
+    # records of a later version are refused, not rewritten
+    await redis.set(deliveries.key(FORMAT_KEY), "3")
+    with pytest.raises(NotifyFormatMismatch, match="in format 3"):
+        await deliveries.move_untagged()
