@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -219,11 +219,12 @@ class _Refused(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(BUSY)
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._timer = asyncio.get_running_loop().call_later(REFUSED_LINGER_SECONDS, transport.close)
+        # a cast, not an isinstance check: uvloop's transports are not asyncio's classes
+        writer = cast(asyncio.Transport, transport)
+        writer.write(BUSY)
+        if writer.can_write_eof():
+            writer.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(REFUSED_LINGER_SECONDS, writer.close)
 
     def eof_received(self) -> bool:
         return False  # the transport closes itself

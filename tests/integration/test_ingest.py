@@ -661,3 +661,49 @@ async def test_the_redis_pool_is_bounded_and_waits_for_a_free_connection(
     # four blocking reads of 0.2 s on two connections: two rounds, none refused
     await asyncio.gather(*(server.redis.blpop([f"nothing-{n}"], 0.2) for n in range(4)))
     assert time.monotonic() - start >= 0.35
+
+
+def test_the_connection_gate_and_header_timeout_hold_on_uvloop() -> None:
+    """`retention ingest` runs on uvloop by default, whose transports are not asyncio's."""
+    import uvloop
+    from aiohttp import web
+
+    from retention.ingest import ConnectionGate
+
+    async def scenario() -> None:
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/", hello)
+        runner = web.AppRunner(app, keepalive_timeout=0.3)
+        await runner.setup()
+        assert runner.server is not None
+        gate = ConnectionGate(runner.server, 2)
+        listener = await asyncio.get_running_loop().create_server(gate, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+        writers = []
+        try:
+            held = [await raw(url) for _ in range(2)]
+            writers += [writer for _, writer in held]
+            reader, writer = await raw(url)
+            writers.append(writer)
+            reply = await closed_within(reader, 3)
+            assert reply is not None and reply.startswith(b"HTTP/1.1 503 "), reply
+            for reader, _ in held:  # nothing sent: closed after the header timeout
+                assert await closed_within(reader, 3) == b""
+            reader, writer = await raw(url)
+            writers.append(writer)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readuntil(b"ok"), 3)).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for writer in writers:
+                writer.close()
+            listener.close()
+            await runner.cleanup()
+            # every server side closed (the refused one once its client has): the loop
+            # closes with no transport left open
+            while gate.open or listener.sockets:
+                await asyncio.sleep(0.01)
+
+    uvloop.run(scenario())
