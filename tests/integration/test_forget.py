@@ -98,7 +98,7 @@ async def test_a_forgotten_customer_stays_gone_through_new_events_and_a_rebuild(
         assert VICTIM not in {a["customer_id"] for a in listed}
         raw = " ".join(map(str, await redis.lrange(deliveries.dead_key, 0, -1)))
         assert VICTIM not in raw and "cust-0008" in raw
-        delivered = [m async for m, _ in redis.zscan_iter(deliveries.key("delivered", "crm"))]
+        delivered = [m async for m, _ in redis.zscan_iter(deliveries.delivered_key("crm"))]
         assert delivered and not [m for m in delivered if VICTIM in m]
         kept = await deliveries.digest("morning")
         assert kept[1] and not [k for k in kept[1] if VICTIM in k]
