@@ -611,21 +611,38 @@ def revenue_panels() -> list[Builder[Any]]:
 
 
 def cohort_panels() -> list[Builder[Any]]:
-    cohorts = (
+    return [
+        cohort_matrix(
+            "retention_cohort_retention_ratio",
+            "Monthly cohorts: share still active k months later",
+            "Rows: cohort (month of first activity); columns: months since (offset).",
+        ),
+        cohort_matrix(
+            "retention_cohort_revenue_retention_ratio",
+            "Monthly cohorts: revenue k months later, as a share of the first month's",
+            "Rows: cohort (month of first activity); columns: months since (offset). Revenue "
+            "is placed minus refunded; above 100% a cohort spends more than in its first month.",
+        ),
+    ]
+
+
+def cohort_matrix(metric: str, title: str, description: str) -> Builder[Any]:
+    """A cohort x offset table of one monthly cohort series."""
+    cells = (
         prometheus.Dataquery()
-        .expr(sel("retention_cohort_retention_ratio", 'period="month"'))
+        .expr(sel(metric, 'period="month"'))
         .legend_format("")
         .ref_id("A")
         .datasource(DATASOURCE)
         .instant()
         .format(prometheus_models.PromQueryFormat.TABLE)
     )
-    return [
+    return (
         table.Panel()
-        .title("Monthly cohorts: share still active k months later")
-        .description("Rows: cohort (month of first activity); columns: months since (offset).")
+        .title(title)
+        .description(description)
         .datasource(DATASOURCE)
-        .targets([cohorts])
+        .targets([cells])
         .unit("percentunit")
         .span(24)
         .height(10)
@@ -635,7 +652,7 @@ def cohort_panels() -> list[Builder[Any]]:
                 options={"rowField": "cohort", "columnField": "offset", "valueField": "Value"},
             )
         )
-    ]
+    )
 
 
 def service_panels() -> list[Builder[Any]]:

@@ -56,13 +56,23 @@ class PeriodRow:
 
 @dataclass(frozen=True, slots=True)
 class Cohort:
-    """One entry of the report's ``cohorts`` map: ``active[k]`` counts period ``c + k``."""
+    """One entry of the report's ``cohorts`` map: ``active[k]`` counts period ``c + k``,
+    ``revenue_micros[k]`` the cohort's revenue in it (placed minus refunded)."""
 
     size: int
     active: list[int]
+    revenue_micros: list[int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "active": list(self.active)}
+        out: dict[str, Any] = {"size": self.size, "active": list(self.active)}
+        if self.revenue_micros is not None:
+            first = self.revenue_micros[0]
+            out["revenue_micros"] = list(self.revenue_micros)
+            out["revenue"] = [m / MICROS for m in self.revenue_micros]
+            # the share of the cohort's first-period revenue, as active[k] / size is of its
+            # customers (none when its first period brought no revenue)
+            out["revenue_share"] = [m / first if first > 0 else None for m in self.revenue_micros]
+        return out
 
 
 @dataclass(slots=True)
@@ -296,9 +306,25 @@ def cohorts(
         if is_activity(event, activity_kinds):
             seen[event.customer_id].add(period_index(event.ts, period))
     matrix: dict[int, list[int]] = {}
-    for indexes in seen.values():
-        cohort = min(indexes)
+    cohort_of: dict[str, int] = {}
+    for customer, indexes in seen.items():
+        cohort = cohort_of[customer] = min(indexes)
         row = matrix.setdefault(cohort, [0] * (last - cohort + 1))
         for index in indexes:
             row[index - cohort] += 1
-    return {label[c]: Cohort(size=row[0], active=row) for c, row in sorted(matrix.items())}
+    # revenue: each placed order adds, each refund takes off, in the period it happens in,
+    # for the cohort of its customer; orders before a customer's first activity (when
+    # orders do not count as activity) belong to no cohort period
+    money = {c: [0] * len(row) for c, row in matrix.items()}
+    for event in kept:
+        if not isinstance(event, OrderEvent) or event.status == "cancelled":
+            continue
+        home = cohort_of.get(event.customer_id)
+        offset = -1 if home is None else period_index(event.ts, period) - home
+        if home is not None and offset >= 0:
+            sign = 1 if event.status == "placed" else -1
+            money[home][offset] += sign * event.amount_micros
+    return {
+        label[c]: Cohort(size=row[0], active=row, revenue_micros=money[c])
+        for c, row in sorted(matrix.items())
+    }

@@ -404,11 +404,12 @@ def cmd_cohorts(args: argparse.Namespace) -> int:
     settings = _services(args)
     matrix = asyncio.run(live_cohorts(settings, args.period))
     if args.plot:
-        plot_cohorts(matrix, args.period, Path(args.plot))
+        plot_cohorts(matrix, args.period, Path(args.plot), revenue=args.revenue)
     if args.json:
         print(json.dumps({"period": args.period, "cohorts": matrix}))
     else:
-        print(render_cohorts(matrix, args.period))
+        currency = settings.reporting_currency if args.revenue else None
+        print(render_cohorts(matrix, args.period, revenue=currency))
     if args.plot:
         print(f"heatmap written to {args.plot}", file=sys.stderr)
     return 0
@@ -684,6 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     cohorts.add_argument("--period", choices=["day", "week", "month"], default="month")
     cohorts.add_argument("--json", action="store_true")
     cohorts.add_argument("--plot", metavar="FILE.png", help="also draw a heatmap")
+    cohorts.add_argument(
+        "--revenue",
+        action="store_true",
+        help="the cohorts' revenue per period and its share of their first period's",
+    )
     cohorts.set_defaults(func=cmd_cohorts)
 
     bt = sub.add_parser("backtest", parents=[common], help="replay a history file and report")

@@ -19,7 +19,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from contract.events import EVENT_TYPES, REJECT_REASONS
+from contract.events import EVENT_TYPES, MICROS, REJECT_REASONS
 from processors.lifecycle import STATUSES
 from processors.metrics import Cohort, PeriodRow
 from processors.risk import BANDS
@@ -166,13 +166,33 @@ def _cohort_families(snap: Snapshot) -> Iterator[Metric]:
     ratio = _gauge(
         "retention_cohort_retention_ratio", "Cohort active customers over cohort size.", labels
     )
+    revenue = _gauge(
+        "retention_cohort_revenue",
+        "Revenue of a monthly cohort's customers k months later, in the reporting currency "
+        "(placed minus refunded).",
+        labels,
+    )
+    kept = _gauge(
+        "retention_cohort_revenue_retention_ratio",
+        "Cohort revenue k months later over its first month's revenue (absent when that "
+        "was 0 or less).",
+        labels,
+    )
     for cohort, cells in sorted(snap.cohorts.items()):
         for offset, n in enumerate(cells.active):
             key = ["month", cohort[:7], str(offset)]
             active.add_metric(key, n)
             ratio.add_metric(key, n / cells.size)
+        money = cells.revenue_micros or []
+        for offset, micros in enumerate(money):
+            key = ["month", cohort[:7], str(offset)]
+            revenue.add_metric(key, micros / MICROS)
+            if money[0] > 0:
+                kept.add_metric(key, micros / money[0])
     yield active
     yield ratio
+    yield revenue
+    yield kept
 
 
 def _risk_families(snap: Snapshot) -> Iterator[Metric]:

@@ -141,16 +141,25 @@ class CohortRow:
     percent: tuple[float | None, ...]
 
 
-def cohort_rows(cohorts: Mapping[str, Mapping[str, Any]]) -> list[CohortRow]:
-    """The cohort map in start-date order, with retention percentages of each cohort's size.
+def cohort_rows(cohorts: Mapping[str, Mapping[str, Any]], revenue: bool = False) -> list[CohortRow]:
+    """The cohort map in start-date order, with retention percentages of each cohort's size
+    (``revenue``: of its first period's revenue, from ``revenue_share``).
 
-    A percentage is ``None`` when the cohort is empty (no size to divide by).
+    A percentage is ``None`` when there is nothing to divide by: an empty cohort, or no
+    revenue in its first period.
     """
     rows = []
     for start in sorted(cohorts):
-        size = int(cohorts[start]["size"])
-        active = tuple(int(n) for n in cohorts[start]["active"])
-        percent = tuple(100.0 * n / size if size else None for n in active)
+        cohort = cohorts[start]
+        size = int(cohort["size"])
+        active = tuple(int(n) for n in cohort["active"])
+        if revenue:
+            if "revenue_share" not in cohort:
+                raise ValueError("these cohorts carry no revenue")
+            shares = cohort["revenue_share"]
+            percent = tuple(None if v is None else 100.0 * v for v in shares)
+        else:
+            percent = tuple(100.0 * n / size if size else None for n in active)
         rows.append(CohortRow(start, size, active, percent))
     return rows
 
@@ -197,9 +206,14 @@ def _matrix(rows: Sequence[CohortRow], cells: Sequence[Sequence[str]], width: in
 
 
 def render_cohorts(
-    cohorts: Mapping[str, Mapping[str, Any]], period: str, width: int = DEFAULT_WIDTH
+    cohorts: Mapping[str, Mapping[str, Any]],
+    period: str,
+    width: int = DEFAULT_WIDTH,
+    revenue: str | None = None,
 ) -> str:
-    """The cohort matrix as two stacked text tables: active customers, then % of size.
+    """The cohort matrix as two stacked text tables: active customers, then % of size;
+    with ``revenue`` (the reporting currency), the cohorts' revenue instead, then its % of
+    each cohort's first-period revenue.
 
     One row per cohort (start date of its first-activity period, and its size), one column
     per offset ``k`` = periods since first activity; a younger cohort has a shorter row.
@@ -207,11 +221,20 @@ def render_cohorts(
     blocks of offsets that repeat the labels of the cohorts old enough to reach them.
     """
     since = f"{_plural(period)} since first activity"
-    rows = cohort_rows(cohorts)
+    rows = cohort_rows(cohorts, revenue=revenue is not None)
     if not rows:
         return f"No {period} cohorts."
-    counts = [[f"{n:,}" for n in r.active] for r in rows]
     percents = [[_percent(p) for p in r.percent] for r in rows]
+    if revenue is not None:
+        money = [
+            [f"{m / 1_000_000:,.2f}" for m in cohorts[r.start]["revenue_micros"]] for r in rows
+        ]
+        lines = [f"Revenue per {period} cohort ({revenue}, placed minus refunded), by {since}", ""]
+        lines += _matrix(rows, money, width)
+        lines += ["", "", f"Revenue retention (% of the cohort's first {period}), by {since}", ""]
+        lines += _matrix(rows, percents, width)
+        return "\n".join(lines)
+    counts = [[f"{n:,}" for n in r.active] for r in rows]
     lines = [f"Active customers per {period} cohort, by {since}", ""]
     lines += _matrix(rows, counts, width)
     lines += ["", "", f"Retention (% of cohort size still active), by {since}", ""]
@@ -246,13 +269,16 @@ def plot_cohorts(
     period: str,
     path: Path,
     title: str | None = None,
+    revenue: bool = False,
 ) -> None:
     """Write the retention matrix as a heatmap PNG to ``path``.
 
     Rows are cohorts (labelled with their start date and size), columns the periods since
     first activity; the colour is the percentage of the cohort still active, on a fixed
-    0-100 scale, and each cell carries its percentage while the matrix is narrow enough.
-    Cells past a cohort's age are left blank. Raises ``ValueError`` with no cohorts.
+    0-100 scale, and each cell carries its percentage while the matrix is narrow enough
+    (``revenue``: the cohort's revenue as a percentage of its first period's, on a scale
+    from 0 to 100 or the highest share if above). Cells past a cohort's age are left
+    blank. Raises ``ValueError`` with no cohorts.
     """
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -261,7 +287,7 @@ def plot_cohorts(
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     unit = _check_period(period)
-    rows = cohort_rows(cohorts)
+    rows = cohort_rows(cohorts, revenue=revenue)
     if not rows:
         raise ValueError(f"no {period} cohorts to plot")
     n_rows, n_cols = len(rows), max(1, *(len(r.percent) for r in rows))
@@ -281,7 +307,8 @@ def plot_cohorts(
     )
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    norm = Normalize(vmin=0, vmax=100)
+    top = float(np.nanmax(values)) if revenue and np.isfinite(values).any() else 100.0
+    norm = Normalize(vmin=0, vmax=max(100.0, top))
     image = ax.imshow(grid, cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")
     cmap = image.get_cmap()
 
@@ -325,11 +352,14 @@ def plot_cohorts(
 
     ax.set_xlabel(f"{_plural(unit).capitalize()} since first activity")
     ax.set_ylabel(f"Cohort (first activity {unit})")
-    ax.set_title(
-        title if title is not None else f"Customer retention by {_ADJECTIVES[unit]} cohort"
-    )
+    what = "Revenue retention" if revenue else "Customer retention"
+    ax.set_title(title if title is not None else f"{what} by {_ADJECTIVES[unit]} cohort")
     bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, shrink=1.0)
-    bar.set_label("Customers still active (% of cohort size)")
+    bar.set_label(
+        f"Revenue (% of the cohort's first {unit})"
+        if revenue
+        else "Customers still active (% of cohort size)"
+    )
     bar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=0))
     fig.savefig(Path(path), format="png")
 

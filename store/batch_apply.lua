@@ -23,6 +23,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
       if a3 ~= '' then add_money(c.f, 'pm:' .. a3, 'ph:' .. a3, money(a4)) end
       last_order(c, t, a2)
       placed_sales(days, hi, lo, bd, bw, bm)
+      day_revenue(days, idx, hi, lo)
       if kind_counts_activity.o then activity(c, idx, t, days) end
     elseif a1 == 'refunded' then
       local hi, lo = money(a2)
@@ -30,6 +31,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4)
       add_money(c.f, 'rm', 'rh', hi, lo)
       if a3 ~= '' then add_money(c.f, 'rm:' .. a3, 'rh:' .. a3, money(a4)) end
       refunded_sales(days, hi, lo)
+      day_revenue(days, idx, -hi, -lo)
     else
       add(c, 'cx', 1)
     end
@@ -197,6 +199,21 @@ for _, key in ipairs(sales_keys) do
   end
   write_money(key, s, 'pm', 'ph')
   write_money(key, s, 'rm', 'rh')
+end
+-- revenue per customer and day (refunds make it negative): the low part stays within
+-- (-MEGA, MEGA), what passes is carried into the high part
+for _, key in ipairs(revenue_keys) do
+  local r = revenue[key]
+  for _, idx in ipairs(r.names) do
+    local lo, hi = r.sums[idx], r.sums[idx .. ':h']
+    local carry = mega_carry(lo)
+    lo, hi = lo - carry * MEGA, hi + carry
+    local l = redis.call('HINCRBY', key, idx, num(lo))
+    carry = mega_carry(l)
+    if carry ~= 0 then redis.call('HINCRBY', key, idx, num(-carry * MEGA)) end
+    hi = hi + carry
+    if hi ~= 0 then redis.call('HINCRBY', key, idx .. ':h', num(hi)) end
+  end
 end
 if next_id and next_id > first_id then redis.call('SET', ids_key, num(next_id)) end
 for _, cell in ipairs(grid_cells) do

@@ -190,6 +190,40 @@ local function refunded_sales(days, hi, lo)
   add_money(sm, 'rm', 'rh', hi, lo)
 end
 
+-- Revenue per customer and day, for the cohorts' revenue (cohort_revenue.lua reads it
+-- through the cohort bitmaps, so a customer moved to an earlier cohort by late data takes
+-- its revenue along): the hash rv:d:<day> holds, per customer number, the placed minus
+-- refunded micros of that day in two parts, field <number> below MEGA and <number>:h the
+-- whole MEGAs. The batch's sums per hash are written at its end (write_revenue).
+local revenue, revenue_keys = {}, {}
+local function day_revenue(days, idx, hi, lo)
+  local key = days.rv
+  if not key then
+    key = period_key('rv', 'd', days.d)
+    days.rv = key
+  end
+  local r = revenue[key]
+  if not r then
+    r = {sums = {}, names = {}}
+    revenue[key] = r
+    revenue_keys[#revenue_keys + 1] = key
+  end
+  local sums = r.sums
+  if sums[idx] == nil then
+    r.names[#r.names + 1] = idx
+    sums[idx], sums[idx .. ':h'] = 0, 0
+  end
+  sums[idx] = sums[idx] + lo
+  sums[idx .. ':h'] = sums[idx .. ':h'] + hi
+end
+
+-- The whole MEGAs of a low part of either sign, rounded toward 0.
+local function mega_carry(l)
+  if l >= MEGA then return math.floor(l / MEGA) end
+  if l <= -MEGA then return -math.floor(-l / MEGA) end
+  return 0
+end
+
 -- A batch's money sum added to a sales hash: the stored low part takes the batch's, and
 -- what passes MEGA is carried into the high part.
 local function write_money(key, s, low, high)

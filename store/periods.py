@@ -45,6 +45,7 @@ WINDOW_UNION = files("store").joinpath("window_union.lua").read_text()
 _COHORT_BITS = files("store").joinpath("cohort_bits.lua").read_text()
 _COUNTS = WINDOW_UNION + _COHORT_BITS + files("store").joinpath("period_counts.lua").read_text()
 _COHORT = _COHORT_BITS + files("store").joinpath("cohort_row.lua").read_text()
+_COHORT_REVENUE = _COHORT_BITS + files("store").joinpath("cohort_revenue.lua").read_text()
 
 #: Event times the readers take into account; anything else is left out with a warning.
 VALID_FROM = datetime(1970, 1, 1, tzinfo=UTC)
@@ -96,6 +97,7 @@ class Periods:
         self.keys = Keys(prefix)
         self._counts = redis.register_script(_COUNTS)
         self._cohort = redis.register_script(_COHORT)
+        self._cohort_revenue = redis.register_script(_COHORT_REVENUE)
         self._warned: dict[str, float] = {}
 
     def key(self, *parts: str) -> str:
@@ -256,18 +258,23 @@ class Periods:
         return await self.rows_of(period, await self.starts(period, through), churn_days)
 
     async def cohorts(
-        self, period: Period, through: datetime | None = None, last: int | None = None
+        self,
+        period: Period,
+        through: datetime | None = None,
+        last: int | None = None,
+        revenue: bool = True,
     ) -> dict[str, Cohort]:
         """The cohort matrix (docs/metrics.md, Cohorts); empty cohorts are left out.
 
         ``last`` keeps only the newest cohorts, so that a frequent reader's cost stays
-        bounded as history grows.
+        bounded as history grows. ``revenue`` adds each cohort's revenue per period.
         """
         starts = await self.starts(period, through)
         if last is not None:
             starts = starts[-last:]
         out: dict[str, Cohort] = {}
         homes = await self.homes()
+        money = await self.cohort_revenue(period, starts, homes) if revenue else None
         for i, start in enumerate(starts):
             days = [str(epoch_day(s)) for s in starts[i:]]
             args = [PERIOD_LETTERS[period], *days]
@@ -276,8 +283,31 @@ class Periods:
             )
             size, *active = (sum(int(reply[i]) for reply in replies) for i in range(len(days) + 1))
             if size:
-                out[start.date().isoformat()] = Cohort(size, active)
+                row = None if money is None else money[i][i:]
+                out[start.date().isoformat()] = Cohort(size, active, row)
         return out
+
+    async def cohort_revenue(
+        self, period: Period, starts: Sequence[datetime], homes: Sequence[str]
+    ) -> list[list[int]]:
+        """Per cohort of ``starts`` (a list of consecutive periods), the revenue in micros
+        of its customers in each of those periods (0 before the cohort's own), summed over
+        the shards from the revenue kept per customer and day (cohort_revenue.lua)."""
+        n = len(starts)
+        matrix = [[0] * n for _ in range(n)]
+        if not starts:
+            return matrix
+        end = next_period(starts[-1], period)
+        days = [str(epoch_day(s)) for s in [*starts, end]]
+        args = [PERIOD_LETTERS[period], *days]
+        replies = await asyncio.gather(
+            *(self._cohort_revenue(keys=[home + "meta"], args=[home, *args]) for home in homes)
+        )
+        for reply in replies:
+            for k in range(0, len(reply), 4):
+                j, i = int(reply[k]), int(reply[k + 1])
+                matrix[j][i] += money_micros(reply[k + 2], reply[k + 3])
+        return matrix
 
     async def active(self, period: Period, at: datetime) -> int:
         """Distinct active customers in the period holding ``at`` (DAU, WAU, MAU)."""

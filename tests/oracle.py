@@ -100,11 +100,29 @@ def cohorts(
     act = df[df["active"]].copy()
     act["p"] = act["ts"].dt.to_period(FREQ[period])
     act["cohort"] = act.groupby("customer")["p"].transform("min")
+    # revenue: placed amounts in, refunded out, in the period each happens, by the cohort
+    # of its customer, from the cohort's period on
+    first = act.groupby("customer")["p"].min()
+    money = df[df["kind"].isin(["placed", "refunded"])].copy()
+    money["p"] = money["ts"].dt.to_period(FREQ[period])
+    money["cohort"] = money["customer"].map(first)
+    money = money.dropna(subset=["cohort"])
+    money["signed"] = money["micros"].where(money["kind"] == "placed", -money["micros"])
     out: dict[str, dict[str, Any]] = {}
     for cohort, members in act.groupby("cohort"):
         ages = (members["p"] - cohort).apply(lambda offset: offset.n)
         counts = members.assign(k=ages).groupby("k")["customer"].nunique()
         length = len(span[span >= cohort])
         active = [int(counts.get(k, 0)) for k in range(length)]
-        out[cohort.start_time.date().isoformat()] = {"size": active[0], "active": active}
+        mine = money[money["cohort"] == cohort]
+        spent = mine.assign(k=(mine["p"] - cohort).apply(lambda offset: offset.n))
+        sums = spent[spent["k"] >= 0].groupby("k")["signed"].sum()
+        revenue = [int(sums.get(k, 0)) for k in range(length)]
+        out[cohort.start_time.date().isoformat()] = {
+            "size": active[0],
+            "active": active,
+            "revenue_micros": revenue,
+            "revenue": [m / 1_000_000 for m in revenue],
+            "revenue_share": [m / revenue[0] if revenue[0] > 0 else None for m in revenue],
+        }
     return out

@@ -144,6 +144,26 @@ async def test_money_sums_are_exact_python_integers_at_any_size(
             assert micros == by_currency[(customer_id, "refunded", currency)]
     rows = await Periods(redis, prefix).rows("month", 90)
     assert {r.period: r.revenue_micros for r in rows} == {m: p - r for m, (p, r) in months.items()}
+    # the cohorts' revenue, each cell a Python integer sum too
+    first: dict[str, str] = {}
+    for event in events:
+        if isinstance(event, OrderEvent) and event.status == "placed":
+            month = period_start(event.ts, "month").date().isoformat()
+            first[event.customer_id] = min(first.get(event.customer_id, month), month)
+    cells: dict[tuple[str, str], int] = {}
+    for event, record in zip(events, records, strict=True):
+        month = period_start(event.ts, "month").date().isoformat()
+        home = first.get(event.customer_id)
+        if home is not None and month >= home:
+            sign = 1 if isinstance(event, OrderEvent) and event.status == "placed" else -1
+            cells[(home, month)] = cells.get((home, month), 0) + sign * int(record[11])
+    got = {}
+    for home, cohort in (await Periods(redis, prefix).cohorts("month")).items():
+        assert cohort.revenue_micros is not None
+        later = sorted(m for m in months if m >= home)
+        got.update({(home, m): v for m, v in zip(later, cohort.revenue_micros, strict=True)})
+    assert {k: v for k, v in got.items() if v} == {k: v for k, v in cells.items() if v}
+    assert max(abs(v) for v in cells.values()) > 2**53
 
 
 async def test_a_period_sum_near_2_53_micros_carries_into_its_high_part(

@@ -33,6 +33,7 @@ GAUGE_SUFFIXES = ("_customers", "_ratio", "_seconds", "_messages", "_up", "_aliv
 GAUGE_NOUNS = {
     "retention_period_orders",
     "retention_period_revenue",
+    "retention_cohort_revenue",  # money per cohort and month since
     "retention_average_order_value",
     "retention_predicted_cltv",  # money, like revenue: no base unit
     "retention_cltv_at_risk",
@@ -68,8 +69,12 @@ def snapshot(customers: int) -> Snapshot:
         active={p: customers // 2 for p in PERIODS},
         rows={(p, w): row(customers) for p in PERIODS for w in WINDOWS},
         cohorts={
-            "2024-01-01": Cohort(customers, [customers, customers // 2, customers // 3]),
-            "2024-02-01": Cohort(customers, [customers, customers // 2]),
+            "2024-01-01": Cohort(
+                customers,
+                [customers, customers // 2, customers // 3],
+                [4_000_000, 5_000_000, -1_000_000],
+            ),
+            "2024-02-01": Cohort(customers, [customers, customers // 2], [0, 2_500_000]),
         },
         at_risk={"no_recent_order": customers // 7, "open_ticket": 3},
         high_value_at_risk=4,
@@ -149,6 +154,14 @@ def test_values_land_on_their_labels() -> None:
     cell = {"period": "month", "cohort": "2024-01", "offset": "1"}
     assert get("retention_cohort_active_customers", cell) == 50
     assert get("retention_cohort_retention_ratio", cell) == 0.5
+    assert get("retention_cohort_revenue", cell) == 5.0
+    assert get("retention_cohort_revenue_retention_ratio", cell) == 1.25
+    late = {"period": "month", "cohort": "2024-01", "offset": "2"}
+    assert get("retention_cohort_revenue_retention_ratio", late) == -0.25
+    # a cohort without first-month revenue has no share to show
+    none = {"period": "month", "cohort": "2024-02", "offset": "1"}
+    assert get("retention_cohort_revenue", none) == 2.5
+    assert get("retention_cohort_revenue_retention_ratio", none) is None
 
 
 def test_absent_inputs_give_zeros_or_no_sample() -> None:

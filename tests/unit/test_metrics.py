@@ -205,17 +205,23 @@ def test_cohort_matrix() -> None:
         login("c", at(1)),
         order("c", at(3)),
         order("d", at(2), 5, status="refunded"),  # no activity: no cohort
+        order("a", at(2, 1), 4, status="refunded"),  # lowers its cohort's revenue then
+        order("b", at(3), 7, status="cancelled"),  # no money
         support("e", at(3)),  # not an activity kind here: no cohort
     ]
     result = cohorts(events, period="week", activity_kinds=ORDERS_LOGINS)
-    assert {k: v.as_dict() for k, v in result.items()} == {
-        "2024-01-01": {"size": 2, "active": [2, 1, 1, 0]},
-        "2024-01-08": {"size": 1, "active": [1, 0, 1]},
+    assert {k: (v.size, v.active, v.revenue_micros) for k, v in result.items()} == {
+        "2024-01-01": (2, [2, 1, 1, 0], [20_000_000, 20_000_000, -4_000_000, 0]),
+        "2024-01-08": (1, [1, 0, 1], [0, 0, 10_000_000]),
     }
+    shares = {k: v.as_dict()["revenue_share"] for k, v in result.items()}
+    assert shares == {"2024-01-01": [1.0, 1.0, -0.2, 0.0], "2024-01-08": [None, None, None]}
     assert list(result) == ["2024-01-01", "2024-01-08"]
     # with until the rows run through until's period, and later events are left out
     later = cohorts(events, period="week", activity_kinds=ORDERS_LOGINS, until=at(4))
-    assert later["2024-01-08"] == Cohort(size=1, active=[1, 0, 1, 0])
+    assert later["2024-01-08"] == Cohort(
+        size=1, active=[1, 0, 1, 0], revenue_micros=[0, 0, 10_000_000, 0]
+    )
     earlier = cohorts(events, period="week", activity_kinds=ORDERS_LOGINS, until=at(2, 0, 0))
     assert {k: v.active for k, v in earlier.items()} == {
         "2024-01-01": [2, 1, 0],

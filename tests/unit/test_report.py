@@ -11,6 +11,7 @@ import pytest
 
 from processors.metrics import Cohort, PeriodRow
 from retention.report import (
+    NULL,
     cohort_rows,
     plot_cohorts,
     render_cohorts,
@@ -299,3 +300,37 @@ def test_plot_cohorts_rejects_empty_and_unknown_period(tmp_path: Path) -> None:
 def test_the_table_names_the_currency_of_its_money() -> None:
     assert "revenue and AOV in EUR." in render_periods(ROWS, "week", "EUR")
     assert " in " not in render_periods(ROWS, "week").splitlines()[-1]
+
+
+def test_cohorts_revenue_then_its_share_of_the_first_period() -> None:
+    from processors.metrics import Cohort
+
+    cohorts = {
+        "2024-01-01": Cohort(4, [4, 3, 1], [100_000_000, 125_500_000, -2_000_000]).as_dict(),
+        "2024-01-08": Cohort(3, [3, 1], [0, 9_990_000]).as_dict(),
+    }
+    text = render_cohorts(cohorts, "week", revenue="EUR")
+    money_at = text.index("Revenue per week cohort (EUR, placed minus refunded), by weeks since")
+    share_at = text.index("Revenue retention (% of the cohort's first week), by weeks since")
+    header, _, *money = table_lines(text[money_at:share_at])
+    assert header.split() == ["cohort", "size", "0", "1", "2"]
+    assert [line.split() for line in money] == [
+        ["2024-01-01", "4", "100.00", "125.50", "-2.00"],
+        ["2024-01-08", "3", "0.00", "9.99"],
+    ]
+    _, _, *shares = table_lines(text[share_at:])
+    assert [line.split() for line in shares] == [
+        ["2024-01-01", "4", "100.0%", "125.5%", "-2.0%"],
+        ["2024-01-08", "3", NULL, NULL],
+    ]
+    with pytest.raises(ValueError, match="no revenue"):
+        render_cohorts(COHORTS, "week", revenue="EUR")
+
+
+def test_plot_cohort_revenue_writes_png(tmp_path: Path) -> None:
+    from processors.metrics import Cohort
+
+    cohorts = {"2024-01-01": Cohort(2, [2, 1], [10_000_000, 30_000_000]).as_dict()}
+    path = tmp_path / "revenue.png"
+    plot_cohorts(cohorts, "month", path, revenue=True)
+    assert path.read_bytes().startswith(PNG_MAGIC)
