@@ -30,6 +30,8 @@ COPY streams ./streams
 COPY processors ./processors
 COPY store ./store
 COPY retention ./retention
+# the alerts' runbook, which the web view serves at /runbook
+COPY prometheus/runbook.md /usr/share/retention/runbook.md
 RUN pip install --no-deps --no-build-isolation . \
     && rm -rf build ./*.egg-info
 

@@ -22,6 +22,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
@@ -68,6 +69,14 @@ th{background:#f0f2f5;font-weight:600}td.l,th.l{text-align:left}
 form{margin:8px 0}select,button{font:inherit}svg{background:#fff;border:1px solid #dde1e8}
 .muted{color:#5b6475}
 """
+
+
+#: Where the alerts' runbook, served at /runbook, is looked for: beside the package in a
+#: checkout, then where the image puts it.
+RUNBOOK_PLACES = (
+    Path(__file__).resolve().parent.parent / "prometheus" / "runbook.md",
+    Path("/usr/share/retention/runbook.md"),
+)
 
 
 def esc(value: object) -> str:
@@ -163,6 +172,8 @@ class WebView:
         app.router.add_get("/at-risk", self.guarded(self.at_risk))
         app.router.add_get("/customers/{id}", self.guarded(self.customer))
         app.router.add_get("/segments/{segment}", self.guarded(self.segment))
+        # the alerts' runbook, open to anyone who can reach the server: it holds no data
+        app.router.add_get("/runbook", self.runbook)
 
     def guarded(self, handler: Handler) -> Handler:
         async def handle(request: web.Request) -> web.Response:
@@ -181,6 +192,12 @@ class WebView:
                 return web.Response(status=500, text=body, content_type="text/html")
 
         return handle
+
+    async def runbook(self, request: web.Request) -> web.Response:
+        for place in RUNBOOK_PLACES:
+            if place.is_file():
+                return self.page("runbook", runbook_html(place.read_text()))
+        return self.page("runbook", "<p>the runbook is not installed with this server</p>")
 
     def page(self, title: str, body: str) -> web.Response:
         return web.Response(text=layout(title, body, self.currency), content_type="text/html")
@@ -421,6 +438,44 @@ class WebView:
             + more
         )
         return self.page(f"Segment: {segment.replace('_', ' ')}", body)
+
+
+def anchor(heading: str) -> str:
+    """A heading's anchor as GitHub names it: lower case, spaces to dashes, punctuation
+    dropped (the alert rules link to ``<runbook>#<alert name in lower case>``)."""
+    kept = "".join(c for c in heading.strip().lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+def runbook_html(text: str) -> str:
+    """The runbook's Markdown as plain HTML: headings with their anchors, code spans,
+    lists and paragraphs; everything escaped."""
+
+    def inline(line: str) -> str:
+        parts = esc(line).split("`")
+        return "".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts))
+
+    out: list[str] = []
+    listing = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("- ") and not listing:
+            out.append("<ul>")
+            listing = True
+        elif listing and not stripped.startswith("- ") and not line.startswith("  "):
+            out.append("</ul>")
+            listing = False
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 4)
+            title = line.lstrip("#").strip()
+            out.append(f'<h{level} id="{esc(anchor(title))}">{inline(title)}</h{level}>')
+        elif stripped.startswith("- "):
+            out.append(f"<li>{inline(stripped[2:])}</li>")
+        elif stripped:
+            out.append(f"<p>{inline(stripped)}</p>")
+    if listing:
+        out.append("</ul>")
+    return "\n".join(out)
 
 
 def customer_url(base: str, customer_id: str) -> str:

@@ -56,7 +56,7 @@ BASIC = ("prometheus", "ops-password")
 METRIC = re.compile(r"\b(retention_[a-z0-9_]+)")
 #: Where a rule's runbook link points unless Prometheus sets the external label
 #: ``runbook_base`` (prometheus/rules/retention.yml, the header).
-RUNBOOK = "https://github.com/retention-tracker/retention-tracker/blob/main/prometheus/runbook.md"
+RUNBOOK = "http://localhost:8088/runbook"
 #: The external label a real Prometheus gets below, to see that it wins over the default.
 RUNBOOK_BASE = "https://wiki.example.com/retention/runbook"
 #: Which receiver of prometheus/alertmanager.yml each kind of alert reaches.

@@ -10,10 +10,12 @@ import json
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from jsonschema import Draft202012Validator
 from redis.asyncio import Redis
 from referencing import Registry, Resource
@@ -127,6 +129,14 @@ async def test_reading_customers_segments_metrics_and_exports(
         async with session.post(f"{server}/v1/events", json={}, headers=headers) as resp:
             assert resp.status == 403
         assert (await get(session, f"{server}/v1/metrics", keys["admin"]))[0] == 200
+        # the alerts' runbook needs no key, and holds a section for every alert rule
+        async with session.get(f"{server}/runbook") as resp:
+            assert resp.status == 200
+            page = await resp.text()
+        rules_file = Path(__file__).parents[2] / "prometheus" / "rules" / "retention.yml"
+        rules = yaml.safe_load(rules_file.read_text())
+        names = [r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r]
+        assert names and all(f'id="{name.lower()}"' in page for name in names), names
 
         # one customer: as the command line shows it
         status, body = await get(session, f"{server}/v1/customers/r-007", keys["read"])
