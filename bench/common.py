@@ -339,7 +339,7 @@ def customer_orders(rng: random.Random, now_ms: int) -> list[tuple[int, int, int
 def order_record(
     customer: str, ts_ms: int, k: int, amount_micros: int, offset: int, partition: int
 ) -> list[str]:
-    """One order in the batch script's 15 fields (the same fields
+    """One order in the batch script's 16 fields (the same fields
     ``store.store.accepted_record`` makes from a parsed event)."""
     digest = hashlib.blake2b(f"order\x1f{customer}\x1fo-{k}".encode(), digest_size=8)
     dedupe = base64.b64encode(digest.digest()).decode()[:11]
@@ -348,7 +348,7 @@ def order_record(
     return [
         "o", "orders", str(partition), str(offset),
         dedupe, customer, str(ts_ms), str(day), str(week), str(month),
-        "placed", amount, "USD", amount, "",
+        "placed", amount, "USD", amount, "", "",
     ]  # fmt: skip
 
 

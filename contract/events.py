@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from contract.countries import COUNTRY_CODES
+
 #: The units every stored number is in: times in milliseconds since the epoch, days
 #: counted from it, money in millionths (one home for them, at the bottom of the layers).
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -126,6 +128,23 @@ Identifier = Annotated[
 Amount = Annotated[StrictFloat | StrictInt, Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False)]
 Currency = Annotated[StrictStr, Field(pattern=r"^[A-Z]{3}$")]
 
+
+def _country(value: str) -> str:
+    code = value.upper()
+    if code not in COUNTRY_CODES:
+        raise PydanticCustomError(
+            "invalid_field", "country must be an ISO 3166-1 alpha-2 code such as DE or US"
+        )
+    return code
+
+
+#: An ISO 3166-1 alpha-2 code, any case, kept in upper case.
+Country = Annotated[StrictStr, Field(min_length=2, max_length=2), AfterValidator(_country)]
+#: The customer attributes an order or a login may carry, besides what they say of
+#: themselves: where the customer buys, through which channel, in which storefront. The
+#: store keeps each customer's first and latest value of each (docs/events.md).
+DIMENSIONS: tuple[str, ...] = ("country", "channel", "shop")
+
 SURVEY_RANGES: dict[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}
 _SCORE_LOW = min(low for low, _ in SURVEY_RANGES.values())
 _SCORE_HIGH = max(high for _, high in SURVEY_RANGES.values())
@@ -143,8 +162,28 @@ class _Event(BaseModel):
         """Event time in whole milliseconds since the epoch, the unit the store keeps."""
         return (self.ts - EPOCH) // timedelta(milliseconds=1)
 
+    def dimensions(self) -> dict[str, str]:
+        """The customer attributes this event carries (:data:`DIMENSIONS`), those present."""
+        return {}
 
-class OrderEvent(_Event):
+
+class _Dimensions(_Event):
+    country: Country | None = None
+    channel: Identifier | None = None
+    shop: Identifier | None = None
+
+    def dimensions(self) -> dict[str, str]:
+        out = {}
+        if self.country is not None:
+            out["country"] = self.country
+        if self.channel is not None:
+            out["channel"] = self.channel
+        if self.shop is not None:
+            out["shop"] = self.shop
+        return out
+
+
+class OrderEvent(_Dimensions):
     type: Literal["order"]
     amount: Amount
     currency: Currency | None = None
@@ -164,9 +203,8 @@ class OrderEvent(_Event):
         return int((Decimal(repr(self.amount)) * MICROS).to_integral_value(ROUND_HALF_EVEN))
 
 
-class LoginEvent(_Event):
+class LoginEvent(_Dimensions):
     type: Literal["login"]
-    channel: Identifier | None = None
     session_id: Identifier | None = None
 
 

@@ -52,6 +52,8 @@ class Alert:
     stakes: dict[str, Any] = field(default_factory=dict)
     #: the customer's page in the web view, when its address is configured
     url: str | None = None
+    #: the customer's attributes (country, channel, shop): the latest value of each
+    attributes: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -73,6 +75,7 @@ class Alert:
             "evidence": list(self.evidence),
             "stakes": self.stakes,
             "url": self.url,
+            "attributes": self.attributes,
         }
 
     def encode(self) -> bytes:
@@ -97,4 +100,5 @@ class Alert:
             evidence=tuple(dict(e) for e in data.get("evidence") or ()),
             stakes=dict(data.get("stakes") or {}),
             url=None if data.get("url") is None else str(data["url"]),
+            attributes={str(k): str(v) for k, v in (data.get("attributes") or {}).items()},
         )

@@ -62,8 +62,9 @@ def explained(
     link_base: str | None = None,
 ) -> Alert:
     """``alert`` with what a person needs to act on it: the risk band, each reason's
-    numbers, sentence and next step, the stakes in ``currency``, and a link to the
-    customer's page under ``link_base`` (the web view's address) when there is one."""
+    numbers, sentence and next step, the stakes in ``currency``, the customer's latest
+    attributes (country, channel, shop), and a link to the customer's page under
+    ``link_base`` (the web view's address) when there is one."""
     at_stake = None if ev.cltv is None else ev.cltv_at_risk()
     url = None
     if link_base:
@@ -74,6 +75,7 @@ def explained(
         evidence=tuple(e.as_dict() for e in evidence(ev.risk.reasons, ev.risk.details, policy)),
         stakes=stakes(state, currency, ev.cltv, at_stake),
         url=url,
+        attributes={name: a.latest for name, a in sorted(state.attributes.items())},
     )
 
 

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from contract.events import DIMENSIONS
 from processors.alerts import Alert, AlertKind
 from processors.risk import PLAYBOOK, Band
 from processors.webhook_signature import (
@@ -208,6 +209,9 @@ class _Subscriber(BaseModel):
     high_value: bool = False
     #: only alerts with at least one of these reasons
     reasons: frozenset[str] | None = None
+    #: only alerts about customers whose latest attribute is one of the values given, for
+    #: every attribute named (country, channel, shop)
+    attributes: dict[str, frozenset[str]] | None = None
     #: collect the alerts into one message per day or week
     digest: DigestSchedule | None = None
 
@@ -226,6 +230,24 @@ class _Subscriber(BaseModel):
             raise ValueError(f"unknown reasons {unknown}; known: {sorted(PLAYBOOK)}")
         return value
 
+    @field_validator("attributes")
+    @classmethod
+    def _known_attributes(
+        cls, value: dict[str, frozenset[str]] | None
+    ) -> dict[str, frozenset[str]] | None:
+        if value is None:
+            return None
+        unknown = sorted(set(value) - set(DIMENSIONS))
+        if unknown:
+            raise ValueError(f"unknown attributes {unknown}; known: {list(DIMENSIONS)}")
+        if not value or any(not values for values in value.values()):
+            raise ValueError("an empty list would receive nothing; omit it for all")
+        # countries as the contract keeps them
+        return {
+            name: frozenset(v.upper() for v in values) if name == "country" else values
+            for name, values in value.items()
+        }
+
     def wants(self, alert: Alert) -> bool:
         """Whether the alert passes every filter the subscriber set (all of them)."""
         if self.kinds is not None and alert.kind not in self.kinds:
@@ -235,6 +257,10 @@ class _Subscriber(BaseModel):
         if self.min_risk is not None and (alert.risk_score or 0.0) < self.min_risk:
             return False
         if self.high_value and not alert.high_value:
+            return False
+        if self.attributes is not None and any(
+            alert.attributes.get(name) not in values for name, values in self.attributes.items()
+        ):
             return False
         return self.reasons is None or bool(self.reasons & set(alert.reasons))
 

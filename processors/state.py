@@ -56,6 +56,27 @@ class Score:
     ts_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """One customer attribute (an event dimension): the value of the earliest event that
+    carried it and of the latest, with their times (ms). Of events at the same
+    millisecond, the smallest value is the first and the largest the latest, so that the
+    outcome does not depend on the order they arrive in."""
+
+    first: str
+    first_ms: int
+    latest: str
+    latest_ms: int
+
+    def seen(self, value: str, ts: int) -> Attribute:
+        first, first_ms, latest, latest_ms = self.first, self.first_ms, self.latest, self.latest_ms
+        if ts < first_ms or (ts == first_ms and value < first):
+            first, first_ms = value, ts
+        if ts > latest_ms or (ts == latest_ms and value > latest):
+            latest, latest_ms = value, ts
+        return Attribute(first, first_ms, latest, latest_ms)
+
+
 @dataclass(frozen=True)
 class CustomerState:
     customer_id: str
@@ -84,6 +105,8 @@ class CustomerState:
     refunded_by_currency: dict[str, int] = field(default_factory=dict)
     tickets: dict[str, TicketState] = field(default_factory=dict)
     scores: dict[str, Score] = field(default_factory=dict)
+    #: country, channel, shop (contract.events.DIMENSIONS), those the events carried
+    attributes: dict[str, Attribute] = field(default_factory=dict)
 
     @property
     def revenue_micros(self) -> int:
@@ -223,6 +246,14 @@ def _apply_support(
     return _activity(state, event.ts_ms) if "support" in kinds else state
 
 
+def _attributes(state: CustomerState, carried: dict[str, str], ts: int) -> CustomerState:
+    kept = dict(state.attributes)
+    for name, value in carried.items():
+        had = kept.get(name)
+        kept[name] = Attribute(value, ts, value, ts) if had is None else had.seen(value, ts)
+    return replace(state, attributes=kept)
+
+
 def apply_event(
     state: CustomerState, event: Event, kinds: ActivityKinds, rates: Rates | None = None
 ) -> CustomerState:
@@ -233,6 +264,9 @@ def apply_event(
     before they get here); without, amounts are taken as they are.
     """
     state = replace(state, first_seen_ms=_min(state.first_seen_ms, event.ts_ms))
+    carried = event.dimensions()
+    if carried:
+        state = _attributes(state, carried, event.ts_ms)
     if isinstance(event, OrderEvent):
         return _apply_order(state, event, kinds, rates)
     if isinstance(event, LoginEvent):
@@ -297,6 +331,10 @@ def to_public(state: CustomerState, outlook: Any = None, evaluation: Any = None)
         "nps": _latest(state, "nps"),
         "csat": _latest(state, "csat"),
         "ces": _latest(state, "ces"),
+        "attributes": {
+            name: {"first": a.first, "latest": a.latest}
+            for name, a in sorted(state.attributes.items())
+        },
         "status": None if evaluation is None else evaluation.status,
         "p_alive": None if outlook is None else outlook.p_alive,
         "expected_purchases_30d": None if outlook is None else outlook.expected_purchases_30d,

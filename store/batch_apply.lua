@@ -1,10 +1,11 @@
 -- The batch script, part 7 of 7: applying each event, the batch's loop and its writes.
 
-local function apply(kind, cid, ts, days, a1, a2, a3, a4)
+local function apply(kind, cid, ts, days, a1, a2, a3, a4, dims)
   local c = customer(cid)
   local t = tonumber(ts)
   local idx = customer_index(c, t)
   c.touched = true
+  if dims ~= '' then attributes(c, t, dims) end
   if not batch_first or t < batch_first_n then batch_first, batch_first_n = ts, t end
   if not batch_last or t > batch_last_n then batch_last, batch_last_n = ts, t end
   if kind == 'o' then
@@ -173,7 +174,7 @@ for n = 1, #records do
       duplicates = duplicates + 1
     else
       local ts = r[7]
-      apply(kind, r[6], ts, days, r[11], r[12], r[13], r[14])
+      apply(kind, r[6], ts, days, r[11], r[12], r[13], r[14], r[16])
       count(accepted_names[topic])
       applied = applied + 1
       local t = tonumber(ts)

@@ -18,8 +18,8 @@
 -- ARGV[1] the shard's key prefix   ARGV[2] offsets scope (broker cluster id)
 -- ARGV[3] now (ms)          ARGV[4] dedupe bucket width (ms)   ARGV[5] buckets kept
 -- ARGV[6] activity kinds, letters: o=order l=login s=support
--- ARGV[7] the shard's records, a JSON array of arrays of 15 strings:
---   kind(o|l|s|x) topic partition offset dedupe_id customer_id ts_ms d w m a1 a2 a3 a4 stamp
+-- ARGV[7] the shard's records, a JSON array of arrays of 16 strings:
+--   kind(o|l|s|x) topic partition offset dedupe_id customer_id ts_ms d w m a1 a2 a3 a4 stamp dims
 --   dedupe_id: a digest of event type, customer and event id (the worker computes it)
 --   d w m: epoch-day numbers of the start of the event's day, ISO week and month
 --   order:   a1=status a2=amount_micros in the reporting currency a3=original currency
@@ -29,6 +29,8 @@
 --   rejected (x): a1=reason
 --   stamp: the Kafka timestamp (ms) of the message, kept with the partition's offset so a
 --   recreated topic can be told from the one the offset belongs to
+--   dims: the customer attributes the event carries, country, channel and shop joined by
+--   \x1f (each empty when absent), or empty
 -- ARGV[8] JSON object topic|partition -> lowest offset the broker still holds, or "" to
 --   take any offset above the stored one. With it, offsets must follow the stored one
 --   without a gap: a gap means the store lost what it had applied (restore, failover,

@@ -134,6 +134,32 @@ local function last_order(c, t, amount)
   put_max(c, 'lo', t)
 end
 
+-- The customer attributes (country, channel, shop: x<letter>1 and its time x<letter>1t,
+-- the value of the earliest event that carried it; x<letter>2 and x<letter>2t, of the
+-- latest). Of events at the same millisecond, the smallest value is the first and the
+-- largest the latest, so that the outcome does not depend on their order.
+local ATTRIBUTE_LETTERS = {'c', 'h', 's'}
+local function attributes(c, t, dims)
+  local i = 1
+  for value in string.gmatch(dims .. '\31', '([^\31]*)\31') do
+    local letter = ATTRIBUTE_LETTERS[i]
+    i = i + 1
+    if value ~= '' and letter then
+      local first, last = 'x' .. letter .. '1', 'x' .. letter .. '2'
+      local f = c.f
+      local ft, lt = f[first .. 't'], f[last .. 't']
+      if not ft or t < ft or (t == ft and value < f[first]) then
+        put(c, first, value)
+        put(c, first .. 't', t)
+      end
+      if not lt or t > lt or (t == lt and value > f[last]) then
+        put(c, last, value)
+        put(c, last .. 't', t)
+      end
+    end
+  end
+end
+
 -- Hashes of totals shared by the batch's customers (per-period sales, survey totals,
 -- response histogram): deltas summed here, one HINCRBY per field at the end. A field
 -- touched by the batch is written even when its delta sums to 0, as one HINCRBY per event

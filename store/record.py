@@ -1,4 +1,4 @@
-"""The record the worker hands the batch script for each message: fifteen strings, in the
+"""The record the worker hands the batch script for each message: sixteen strings, in the
 order of :data:`RECORD_FIELDS`. The batch script (``batch_*.lua``) reads them by position,
 and names them in the same order in its header (a test holds the two together)."""
 
@@ -8,7 +8,9 @@ from __future__ import annotations
 #: dedupe digest, the customer, the event time (ms), the first days of its day, ISO week
 #: and month (days since the epoch), four fields of its type (an order's status, amount
 #: in the reporting currency's micros, original currency and amount as sent; a ticket's
-#: action, id, survey and score; a refusal's reason in a1), and the Kafka timestamp (ms)
+#: action, id, survey and score; a refusal's reason in a1), the Kafka timestamp (ms), and
+#: the customer attributes the event carries (country, channel, shop joined by \x1f in
+#: that order, each empty when absent; empty when it carries none)
 RECORD_FIELDS = (
     "kind",
     "topic",
@@ -25,6 +27,7 @@ RECORD_FIELDS = (
     "a3",
     "a4",
     "stamp",
+    "dims",
 )
 FIELDS_PER_RECORD = len(RECORD_FIELDS)
 KIND, TOPIC, PARTITION, OFFSET, DEDUPE_ID, CUSTOMER_ID = range(6)

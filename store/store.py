@@ -19,9 +19,9 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from contract.events import Event, LoginEvent, OrderEvent, RejectReason
+from contract.events import DIMENSIONS, Event, LoginEvent, OrderEvent, RejectReason
 from processors.currency import Rates
-from processors.state import CustomerState, Score, TicketState
+from processors.state import Attribute, CustomerState, Score, TicketState
 from processors.windows import period_days
 from store.connect import memory_info
 from store.layout import Keys, money_micros
@@ -87,7 +87,7 @@ def accepted_record(
     stamp_ms: int | None = None,
     rates: Rates | None = None,
 ) -> list[str]:
-    """Flatten an accepted event into the script's 15 fields.
+    """Flatten an accepted event into the script's 16 fields.
 
     With ``rates`` an order's amount is converted into the reporting currency (raising
     :class:`processors.currency.UnknownCurrency` for a currency without a rate)."""
@@ -101,19 +101,28 @@ def accepted_record(
         else:
             amount, currency = rates.reporting_micros(event), rates.currency_of(event)
         original = str(event.amount_micros)
-        return [*head, *body, event.status, str(amount), currency, original, stamp]
+        dims = dims_field(event)
+        return [*head, *body, event.status, str(amount), currency, original, stamp, dims]
     if isinstance(event, LoginEvent):
-        return [*head, *body, "", "", "", "", stamp]
+        return [*head, *body, "", "", "", "", stamp, dims_field(event)]
     survey = event.survey or ""
     score = "" if event.score is None else str(event.score)
-    return [*head, *body, event.action, event.ticket_id, survey, score, stamp]
+    return [*head, *body, event.action, event.ticket_id, survey, score, stamp, ""]
+
+
+def dims_field(event: Event) -> str:
+    """The record's ``dims``: the event's attributes in DIMENSIONS order, joined by \x1f."""
+    carried = event.dimensions()
+    if not carried:
+        return ""
+    return "\x1f".join(carried.get(name, "") for name in DIMENSIONS)
 
 
 def rejected_record(
     topic: str, partition: int, offset: int, reason: RejectReason, stamp_ms: int | None = None
 ) -> list[str]:
     stamp = "" if stamp_ms is None else str(stamp_ms)
-    return ["x", topic, str(partition), str(offset), *[""] * 6, reason, "", "", "", stamp]
+    return ["x", topic, str(partition), str(offset), *[""] * 6, reason, "", "", "", stamp, ""]
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,4 +704,18 @@ def _state_from_hashes(
         refunded_by_currency=_by_currency(f, "rm:", "rh:"),
         tickets=_tickets_from_hash(tickets),
         scores=scores,
+        attributes=_attributes(f),
     )
+
+
+#: The letter of each customer attribute in the stored state (batch_state.lua).
+ATTRIBUTE_LETTERS = dict(zip(DIMENSIONS, ("c", "h", "s"), strict=True))
+
+
+def _attributes(f: dict[str, str]) -> dict[str, Attribute]:
+    out = {}
+    for name, letter in ATTRIBUTE_LETTERS.items():
+        first, last = f"x{letter}1", f"x{letter}2"
+        if first in f:
+            out[name] = Attribute(f[first], int(f[first + "t"]), f[last], int(f[last + "t"]))
+    return out

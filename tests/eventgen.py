@@ -26,8 +26,11 @@ def random_events(rng: random.Random, customers: int, count: int) -> list[dict[s
             status = rng.choices(["placed", "refunded", "cancelled"], [8, 1, 1])[0]
             amount = round(rng.uniform(1, 300), 2)
             event |= {"type": "order", "amount": amount, "status": status}
+            event |= _attributes(rng)
         elif roll < 0.75:
             event |= {"type": "login", "channel": rng.choice(["web", "app"])}
+            if rng.random() < 0.3:
+                event["country"] = rng.choice(COUNTRIES)
         else:
             ticket = f"t-{rng.randrange(3)}"
             action = rng.choice(["opened", "agent_replied", "resolved", "reopened", "rated"])
@@ -39,6 +42,23 @@ def random_events(rng: random.Random, customers: int, count: int) -> list[dict[s
         if rng.random() < 0.5:
             event["ts"] = _iso(ts)
         out.append(event)
+    return out
+
+
+#: Countries as apps send them, in either case (the contract keeps them in upper case).
+COUNTRIES = ["DE", "FR", "us", "JP"]
+
+
+def _attributes(rng: random.Random) -> dict[str, str]:
+    """Customer attributes an order may carry: often a country, sometimes a channel or a
+    shop, and they change over a customer's life."""
+    out = {}
+    if rng.random() < 0.6:
+        out["country"] = rng.choice(COUNTRIES)
+    if rng.random() < 0.4:
+        out["channel"] = rng.choice(["web", "app", "marketplace"])
+    if rng.random() < 0.3:
+        out["shop"] = rng.choice(["eu-store", "us-store"])
     return out
 
 

@@ -34,6 +34,11 @@ TOPICS = {"order": "orders", "login": "logins", "support": "support"}
 CUSTOMERS = ["c-1", "c-2", "c-3", "klant:ä", "客户 7", "🙂"]
 customer_ids = st.sampled_from(CUSTOMERS)
 tickets = st.sampled_from(["t-1", "t-2"])
+ATTRIBUTES = {
+    "country": ["DE", "fr", "US"],
+    "channel": ["web", "app", "Marketplace"],
+    "shop": ["eu", "us", "ünïcode shop"],
+}
 # mostly spread over two months (days, ISO weeks and months change), sometimes the same
 # instant as another event (ties), sometimes a year earlier (late)
 times = st.one_of(
@@ -53,6 +58,12 @@ def events(draw: st.DrawFn, n: int) -> Event:
         "type": kind,
         "ts": draw(times) / 1000,
     }
+    if kind in ("order", "login"):
+        # customer attributes, some of them, changing and tied in time
+        for name, values in ATTRIBUTES.items():
+            value = draw(st.none() | st.sampled_from(values))
+            if value is not None:
+                data[name] = value
     if kind == "order":
         data["amount"] = draw(amounts)
         data["status"] = draw(st.sampled_from(["placed", "placed", "refunded", "cancelled"]))

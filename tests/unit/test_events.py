@@ -382,3 +382,19 @@ def test_reasons_are_one_closed_list() -> None:
     for reason in ("future_timestamp", "too_large", "internal_error", "unknown_currency"):
         assert reason in REJECT_REASONS
     assert len(set(REJECT_REASONS)) == len(REJECT_REASONS)
+
+
+def test_orders_and_logins_carry_customer_attributes() -> None:
+    base = {"event_id": "e", "customer_id": "c", "ts": 1_700_000_000}
+    order = build_event(
+        {**base, "type": "order", "amount": 5, "country": "de", "channel": "app", "shop": "eu"}
+    )
+    assert order.dimensions() == {"country": "DE", "channel": "app", "shop": "eu"}
+    login = build_event({**base, "type": "login", "channel": "web", "country": "JP"})
+    assert login.dimensions() == {"country": "JP", "channel": "web"}
+    # a support event names none; an extra field is ignored as any other
+    ticket = {**base, "type": "support", "ticket_id": "t", "action": "opened", "country": "FR"}
+    assert build_event(ticket).dimensions() == {}
+    for bad in ({"country": "XX"}, {"country": "DEU"}, {"country": "D"}, {"shop": ""}):
+        rejected = parse_event(json.dumps({**base, "type": "order", "amount": 1, **bad}).encode())
+        assert isinstance(rejected, Rejection) and rejected.reason == "invalid_field", bad

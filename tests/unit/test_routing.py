@@ -58,6 +58,23 @@ def test_every_filter_must_hold() -> None:
     assert kept(bands=["medium", "high"], reasons=["silence"]) == ["b"]
 
 
+def test_attributes_route_by_the_customers_latest_values() -> None:
+    de_app = alert("a", 0.5, "medium", 1.0, attributes={"country": "DE", "channel": "app"})
+    fr_web = alert("b", 0.5, "medium", 1.0, attributes={"country": "FR", "channel": "web"})
+    unknown = alert("c", 0.5, "medium", 1.0)
+    everything = [de_app, fr_web, unknown]
+
+    def kept(**filters: object) -> list[str]:
+        sub = subscriber(**filters)
+        return [a.customer_id for a in everything if sub.wants(a)]  # type: ignore[attr-defined]
+
+    assert kept(attributes={"country": ["de", "AT"]}) == ["a"]  # any case, as events
+    assert kept(attributes={"country": ["DE", "FR"], "channel": ["web"]}) == ["b"]
+    assert kept(attributes={"shop": ["eu"]}) == []  # a customer without the attribute
+    # what an alert carries survives its JSON
+    assert Alert.decode(de_app.encode()).attributes == {"country": "DE", "channel": "app"}
+
+
 @pytest.mark.parametrize(
     ("filters", "message"),
     [
@@ -65,6 +82,8 @@ def test_every_filter_must_hold() -> None:
         ({"reasons": ["silense"]}, "unknown reasons"),
         ({"min_risk": 1.5}, "min_risk"),
         ({"reasons": []}, "empty list"),
+        ({"attributes": {"region": ["EU"]}}, "unknown attributes"),
+        ({"attributes": {"country": []}}, "empty list"),
         ({"digest": {"timezone": "Mars/Olympus"}}, "IANA time zone"),
         ({"digest": {"every": "hour"}}, "every"),
     ],
