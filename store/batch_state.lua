@@ -134,28 +134,35 @@ local function last_order(c, t, amount)
   put_max(c, 'lo', t)
 end
 
--- The customer attributes (country, channel, shop: x<letter>1 and its time x<letter>1t,
--- the value of the earliest event that carried it; x<letter>2 and x<letter>2t, of the
--- latest). Of events at the same millisecond, the smallest value is the first and the
--- largest the latest, so that the outcome does not depend on their order.
-local ATTRIBUTE_LETTERS = {'c', 'h', 's'}
+-- The customer attributes (country, channel, shop: fields xc, xh, xs), each one array:
+-- the value of the earliest event that carried it and its time, then the latest's, cut
+-- short while they repeat: {value, time} while one event is known (or all at the same
+-- millisecond with one value), {value, first time, latest time} while the value never
+-- changed, else {first value, its time, latest value, its time}. Of events at the same
+-- millisecond, the smallest value is the first and the largest the latest, so that the
+-- outcome does not depend on their order.
+local ATTRIBUTE_FIELDS = {'xc', 'xh', 'xs'}
 local function attributes(c, t, dims)
   local i = 1
   for value in string.gmatch(dims .. '\31', '([^\31]*)\31') do
-    local letter = ATTRIBUTE_LETTERS[i]
+    local name = ATTRIBUTE_FIELDS[i]
     i = i + 1
-    if value ~= '' and letter then
-      local first, last = 'x' .. letter .. '1', 'x' .. letter .. '2'
-      local f = c.f
-      local ft, lt = f[first .. 't'], f[last .. 't']
-      if not ft or t < ft or (t == ft and value < f[first]) then
-        put(c, first, value)
-        put(c, first .. 't', t)
+    if value ~= '' and name then
+      local a = c.f[name]
+      local v1, t1, v2, t2
+      if not a then
+        v1, t1, v2, t2 = value, t, value, t
+      else
+        v1, t1 = a[1], a[2]
+        if #a == 2 then v2, t2 = a[1], a[2]
+        elseif #a == 3 then v2, t2 = a[1], a[3]
+        else v2, t2 = a[3], a[4] end
       end
-      if not lt or t > lt or (t == lt and value > f[last]) then
-        put(c, last, value)
-        put(c, last .. 't', t)
-      end
+      if t < t1 or (t == t1 and value < v1) then v1, t1 = value, t end
+      if t > t2 or (t == t2 and value > v2) then v2, t2 = value, t end
+      if v1 == v2 and t1 == t2 then put(c, name, {v1, t1})
+      elseif v1 == v2 then put(c, name, {v1, t1, t2})
+      else put(c, name, {v1, t1, v2, t2}) end
     end
   end
 end

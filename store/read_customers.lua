@@ -42,6 +42,12 @@ local function unpacked(flat)
         out[#out + 1] = text(day)
         out[#out + 1] = text(n)
       end
+    elseif type(value) == 'table' then
+      -- a customer attribute (batch_state.lua): x?1, x?1t (the first), x?2, x?2t (latest)
+      local v1, t1, v2, t2 = value[1], value[2], value[1], value[2]
+      if #value == 3 then t2 = value[3] elseif #value == 4 then v2, t2 = value[3], value[4] end
+      local pairs_out = {name .. '1', v1, name .. '1t', text(t1), name .. '2', v2, name .. '2t', text(t2)}
+      for k = 1, #pairs_out do out[#out + 1] = pairs_out[k] end
     else
       out[#out + 1] = name
       out[#out + 1] = text(value)
