@@ -5,7 +5,8 @@ segment lists (the API's pages, ``retention export``'s CSV, JSON lines and Parqu
 - ``high_value``: predicted CLTV at or above the high-value threshold.
 
 A customer not evaluated yet belongs to none. Filters narrow a segment: risk bands, a least
-predicted CLTV, and the last activity before or after a moment.
+predicted CLTV, the last activity before or after a moment, and the customer's latest
+attributes (country, channel, shop).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from contract.events import MICROS
+from contract.events import DIMENSIONS, MICROS
 from processors.state import CustomerState, iso
 
 Segment = Literal["at_risk", "new", "active", "high_value", "churned", "reactivated"]
@@ -40,6 +41,9 @@ COLUMNS: tuple[str, ...] = (
     "last_activity_at",
     "last_order_at",
     "open_tickets",
+    "country",
+    "channel",
+    "shop",
 )
 
 
@@ -50,6 +54,29 @@ class Filters:
     #: last activity strictly before / at or after these instants (ms)
     active_before_ms: int | None = None
     active_after_ms: int | None = None
+    #: per attribute (country, channel, shop), the latest values accepted
+    attributes: dict[str, frozenset[str]] | None = None
+
+
+def attribute_filter(given: Mapping[str, str | None]) -> dict[str, frozenset[str]] | None:
+    """The attributes filter of comma-separated values per attribute (``country``,
+    ``channel``, ``shop``; countries in any case); None when none is given."""
+    out: dict[str, frozenset[str]] = {}
+    for name in DIMENSIONS:
+        text = given.get(name)
+        if text:
+            values = {v.strip() for v in text.split(",") if v.strip()}
+            out[name] = frozenset(v.upper() if name == "country" else v for v in values)
+    return out or None
+
+
+def has_attributes(state: CustomerState, wanted: Mapping[str, frozenset[str]]) -> bool:
+    """Whether the customer's latest value of every attribute named is one of those wanted."""
+    for name, values in wanted.items():
+        kept = state.attributes.get(name)
+        if kept is None or kept.latest not in values:
+            return False
+    return True
 
 
 def _micros(text: str | None) -> float | None:
@@ -74,6 +101,8 @@ def member(
         cltv = _micros(evaluation.get("cl"))
         if cltv is None or cltv < filters.min_cltv:
             return False
+    if filters.attributes is not None and not has_attributes(state, filters.attributes):
+        return False
     last = state.last_activity_ms
     if filters.active_before_ms is not None and (last is None or last >= filters.active_before_ms):
         return False
@@ -101,4 +130,10 @@ def row(state: CustomerState, evaluation: Mapping[str, str], currency: str) -> d
         "last_activity_at": iso(state.last_activity_ms),
         "last_order_at": iso(state.last_order_ms),
         "open_tickets": state.open_tickets,
+        **{name: _latest(state, name) for name in DIMENSIONS},
     }
+
+
+def _latest(state: CustomerState, name: str) -> str | None:
+    kept = state.attributes.get(name)
+    return None if kept is None else kept.latest

@@ -192,12 +192,22 @@ def _format_customer(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _attribute_options(parser: argparse.ArgumentParser) -> None:
+    """--country, --channel, --shop: customers whose latest attribute is one of these."""
+    for name in ("country", "channel", "shop"):
+        parser.add_argument(
+            f"--{name}", metavar="VALUE[,VALUE]", help=f"only customers whose latest {name} is one"
+        )
+
+
 def cmd_at_risk(args: argparse.Namespace) -> int:
     from processors import human
+    from processors.segments import attribute_filter
     from retention.queries import at_risk
 
     settings = _services(args)
-    rows = asyncio.run(at_risk(settings, args.limit))
+    wanted = attribute_filter({n: getattr(args, n) for n in ("country", "channel", "shop")})
+    rows = asyncio.run(at_risk(settings, args.limit, wanted))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -272,6 +282,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         "min_cltv": "" if args.min_cltv is None else str(args.min_cltv),
         "active_before": args.active_before or "",
         "active_after": args.active_after or "",
+        "country": args.country or "",
+        "channel": args.channel or "",
+        "shop": args.shop or "",
     }
     try:
         segment, filters = filters_of(query)
@@ -637,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     at_risk = sub.add_parser("at-risk", parents=[common], help="customers at risk, with reasons")
     at_risk.add_argument("--limit", type=int, default=20)
     at_risk.add_argument("--json", action="store_true")
+    _attribute_options(at_risk)
     at_risk.set_defaults(func=cmd_at_risk)
 
     alerts = sub.add_parser(
@@ -673,6 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--min-cltv", type=float, help="at least this predicted CLTV")
     exp.add_argument("--active-before", help="last activity before this ISO 8601 time")
     exp.add_argument("--active-after", help="last activity at or after this ISO 8601 time")
+    _attribute_options(exp)
     exp.set_defaults(func=cmd_export)
 
     metrics = sub.add_parser("metrics", parents=[common], help="retention metrics per period")

@@ -6,7 +6,7 @@ line only formats what comes back.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +19,8 @@ from processors.evidence import evidence
 from processors.forecast import NO_VALUE, outlook
 from processors.lifecycle import lifecycle_policy
 from processors.outcomes import Tally, outcome, tally
-from processors.state import iso, to_public
+from processors.segments import has_attributes
+from processors.state import CustomerState, iso, to_public
 from processors.windows import PERIODS, Period, next_period
 from retention.config import Settings
 from store.connect import connect
@@ -111,10 +112,20 @@ async def forget(settings: Settings, customer_id: str) -> Erased:
         return await forget_customer(store, deliveries, customer_id, now_ms)
 
 
-async def at_risk(settings: Settings, limit: int) -> list[dict[str, Any]]:
-    """Customers at risk, ranked by CLTV at risk (predicted CLTV x risk score)."""
+async def at_risk(
+    settings: Settings, limit: int, attributes: Mapping[str, frozenset[str]] | None = None
+) -> list[dict[str, Any]]:
+    """Customers at risk, ranked by CLTV at risk (predicted CLTV x risk score); with
+    ``attributes``, only those whose latest attributes are among the values given."""
+    wanted = None
+    if attributes:
+        chosen = dict(attributes)
+
+        def wanted(state: CustomerState) -> bool:
+            return has_attributes(state, chosen)
+
     async with _redis(settings) as redis:
-        return await ranked_at_risk(Store(redis, settings.key_prefix), limit)
+        return await ranked_at_risk(Store(redis, settings.key_prefix), limit, wanted)
 
 
 async def alert_outcomes(

@@ -17,7 +17,8 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from processors.segments import COLUMNS, SEGMENTS, Filters, Segment
+from contract.events import DIMENSIONS
+from processors.segments import COLUMNS, SEGMENTS, Filters, Segment, attribute_filter
 from processors.windows import PERIODS, Period
 from retention.api_keys import Scope
 from retention.config import Settings
@@ -77,6 +78,7 @@ def filters_of(query: Any) -> tuple[Segment, Filters]:
         min_cltv=min_cltv,
         active_before_ms=_moment("active_before", query.get("active_before")),
         active_after_ms=_moment("active_after", query.get("active_after")),
+        attributes=attribute_filter({name: query.get(name) for name in DIMENSIONS}),
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
@@ -390,18 +390,40 @@ async def stored_evaluations(
     return found
 
 
-async def ranked_at_risk(store: Store, limit: int) -> list[dict[str, object]]:
-    """At-risk customers by CLTV at risk (predicted CLTV × risk score), with reasons."""
+async def ranked_at_risk(
+    store: Store, limit: int, wanted: Callable[[CustomerState], bool] | None = None
+) -> list[dict[str, object]]:
+    """At-risk customers by CLTV at risk (predicted CLTV × risk score), with reasons;
+    ``wanted`` keeps only the customers whose state it accepts (e.g. by attribute), read
+    down the ranking until ``limit`` are found or it ends."""
     layout = await store.layout()
-    tops = await asyncio.gather(
-        *(
-            store.redis.zrevrange(home + "atrisk", 0, limit - 1, withscores=True)
-            for home in layout.prefixes
+    reach = limit
+    while True:
+        tops = await asyncio.gather(
+            *(
+                store.redis.zrevrange(home + "atrisk", 0, reach - 1, withscores=True)
+                for home in layout.prefixes
+            )
         )
-    )
-    # each shard's best, merged: the overall best are among them
-    pairs = [(str(pair[0]), float(pair[1])) for top in tops for pair in cast(list[Any], top)]
-    ranked = sorted(pairs, key=lambda p: (-p[1], p[0]))[:limit]
+        # each shard's best, merged: the overall best are among them
+        pairs = [(str(pair[0]), float(pair[1])) for top in tops for pair in cast(list[Any], top)]
+        ranked = sorted(pairs, key=lambda p: (-p[1], p[0]))
+        ended = all(len(cast(list[Any], top)) < reach for top in tops)
+        if wanted is None:
+            ranked = ranked[:limit]
+            break
+        found = {s.customer_id: s for s in await store.read_customers([c for c, _ in ranked])}
+        ranked = [(c, r) for c, r in ranked if c in found and wanted(found[c])]
+        # a customer not read yet ranks below the lowest score read from its shard: only
+        # those above every such bound are sure of their place
+        bounds = [
+            float(cast(list[Any], top)[-1][1]) for top in tops if len(cast(list[Any], top)) >= reach
+        ]
+        sure = ranked if ended else [(c, r) for c, r in ranked if r > max(bounds)]
+        if len(sure) >= limit or ended:
+            ranked = sure[:limit]
+            break
+        reach *= 4
     ids = [c for c, _ in ranked]
     states = {s.customer_id: s for s in await store.read_customers(ids)}
     evaluations = await stored_evaluations(store, ids)

@@ -27,7 +27,7 @@ from retention import queries
 from retention.api_keys import KeyStore
 from retention.config import Settings
 from retention.ingest import IngestServer, loads_document
-from store.evaluations import stored_evaluations
+from store.evaluations import ranked_at_risk, stored_evaluations
 from store.ingest_state import IngestState
 from store.store import Store
 from streams.producer import EventProducer
@@ -63,6 +63,8 @@ def history(customers: int) -> list[dict[str, Any]]:
                     "ts": when.isoformat(),
                     "type": "order",
                     "amount": rng.randint(10, 90),
+                    # a market per customer, and a later move for some
+                    "country": "FR" if c % 7 == 0 and n == count - 1 else ("DE", "at")[c % 2],
                 }
             )
     return events
@@ -173,6 +175,25 @@ async def test_reading_customers_segments_metrics_and_exports(
             session, f"{server}/v1/customers", keys["read"], segment="at_risk", band="high"
         )
         assert status == 200 and all(r["band"] == "high" for r in body["customers"])
+        # ... and so does the customers' latest country, in the API and in the ranking
+        everyone = await ranked_at_risk(store, 1000)
+        assert len(everyone) > 6, "too few at risk to tell a filter from none"
+        states = {st.customer_id: st for st in await store.read_customers(ids)}
+        for countries in ("de", "AT,FR", "FR"):
+            wanted = {c.upper() for c in countries.split(",")}
+            status, body = await get(
+                session, f"{server}/v1/customers", keys["read"], segment="at_risk",
+                country=countries, limit=1000,
+            )  # fmt: skip
+            listed = {r["customer_id"] for r in body["customers"]}
+            assert status == 200 and all(r["country"] in wanted for r in body["customers"])
+            latest = {c for c, st in states.items() if st.attributes["country"].latest in wanted}
+            assert listed == {r["customer_id"] for r in everyone} & latest, countries
+            # the at-risk ranking read down until enough are found: the same order
+            ranked = await ranked_at_risk(
+                store, 3, lambda st, w=wanted: st.attributes["country"].latest in w
+            )
+            assert ranked == [r for r in everyone if r["customer_id"] in latest][:3]
         cutoff = (NOW - timedelta(days=100)).isoformat()
         status, body = await get(
             session,

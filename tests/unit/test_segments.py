@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from processors.segments import COLUMNS, Filters, member, row
-from processors.state import CustomerState
+from processors.segments import COLUMNS, Filters, attribute_filter, member, row
+from processors.state import Attribute, CustomerState
 from retention.segments import BadCursor, decode_cursor, encode_cursor
 
 DAY = 86_400_000
@@ -43,6 +45,27 @@ def test_a_row_has_every_column_in_person_units() -> None:
     )
     assert got["evaluated_at"] == "1970-04-12T00:00:00.000Z" and got["currency"] == "EUR"
     assert row(STATE, {**AT_RISK, "cl": "", "cr": ""}, "EUR")["cltv_at_risk"] is None
+
+
+def test_attributes_narrow_a_segment_by_the_latest_values() -> None:
+    moved = replace(
+        STATE,
+        attributes={
+            "country": Attribute("FR", 1 * DAY, "DE", 90 * DAY),
+            "channel": Attribute("web", 1 * DAY, "web", 1 * DAY),
+        },
+    )
+    assert attribute_filter({"country": "de, at", "shop": ""}) == {"country": {"DE", "AT"}}
+    assert attribute_filter({"country": None}) is None
+
+    def kept(**given: str) -> bool:
+        return member("at_risk", moved, AT_RISK, Filters(attributes=attribute_filter(given)))
+
+    assert kept(country="de") and kept(country="DE", channel="web,app")
+    assert not kept(country="FR")  # the first country, not the latest
+    assert not kept(shop="eu")  # no event carried a shop
+    got = row(moved, AT_RISK, "EUR")
+    assert (got["country"], got["channel"], got["shop"]) == ("DE", "web", None)
 
 
 def test_cursors_round_trip_and_strangers_are_refused() -> None:
