@@ -320,6 +320,9 @@ def overview_variables() -> list[Builder[models.VariableModel]]:
     return [
         *target_variables(),
         label_values("period", "period", sel("retention_crr_ratio"), "Period"),
+        label_values(
+            "attribute", "attribute", sel("retention_attribute_customers"), "Customer attribute"
+        ),
         dashboard.TextBoxVariable("currency")
         .label("Currency")
         .description("The reporting currency of the tracker (RETENTION_REPORTING_CURRENCY).")
@@ -370,6 +373,7 @@ def overview(limits: Thresholds) -> dashboard.Dashboard:
             ("Risk and notifications", risk_panels()),
             ("Revenue", revenue_panels()),
             ("Cohorts", cohort_panels()),
+            ("Markets", market_panels()),
             ("Customer service", service_panels()),
         ],
     )
@@ -606,6 +610,27 @@ def revenue_panels() -> list[Builder[Any]]:
             16,
             7,
             decimals=2,
+        ),
+    ]
+
+
+def market_panels() -> list[Builder[Any]]:
+    return [
+        bars(
+            "Customers by latest country, channel and shop",
+            "Each customer counted under the latest value its orders and logins carried "
+            "(docs/events.md), for the attributes the variable picks; the values with the "
+            "most customers, the rest as other (RETENTION_ATTRIBUTE_TOP).",
+            queries(
+                (
+                    sel("retention_attribute_customers", 'attribute=~"$attribute"'),
+                    "{{attribute}}: {{value}}",
+                ),
+            ),
+            "short",
+            24,
+            8,
+            decimals=0,
         ),
     ]
 

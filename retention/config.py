@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     # The web view's address as the people who get alerts reach it (for example
     # https://retention.shop.example): alerts then carry a link to the customer's page
     web_base_url: str | None = None
+    #: values of each customer attribute the exporter labels; the rest are "other"
+    attribute_top: int = Field(default=10, ge=1, le=100)
     # `up --demo` without a notifications file: how long after start the demo's daily
     # digest subscriber gets its first digest
     demo_digest_after_seconds: float = Field(default=180.0, gt=0)

@@ -87,6 +87,10 @@ class Snapshot:
     #: the HTTP ingest servers' counters (``request|endpoint|status``, ``accepted|type``,
     #: ``rejected|reason``), summed over servers in Redis
     ingest: dict[str, int] = field(default_factory=dict)
+    #: per customer attribute (country, channel, shop), customers by latest value
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: how many values of each attribute get their own label; the rest are ``other``
+    attribute_top: int = 10
     #: per Redis node: used memory and the maxmemory limit (0: none), bytes
     redis_memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: customers set aside because their stored state cannot be read
@@ -193,6 +197,30 @@ def _cohort_families(snap: Snapshot) -> Iterator[Metric]:
     yield ratio
     yield revenue
     yield kept
+
+
+def top_values(counts: Mapping[str, int], top: int) -> dict[str, int]:
+    """The ``top`` values with the most customers (ties by value), the rest summed as
+    ``other``: a label set of bounded size, whatever shops send."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    kept = dict(ranked[:top])
+    rest = sum(n for _, n in ranked[top:])
+    if rest:
+        kept["other"] = kept.get("other", 0) + rest
+    return kept
+
+
+def _attribute_families(snap: Snapshot) -> Iterator[Metric]:
+    family = _gauge(
+        "retention_attribute_customers",
+        f"Customers by their latest country, channel or shop (the {snap.attribute_top} "
+        "values with the most customers per attribute, the rest as other).",
+        ("attribute", "value"),
+    )
+    for name, counts in sorted(snap.attributes.items()):
+        for value, n in sorted(top_values(counts, snap.attribute_top).items()):
+            family.add_metric([name, value], n)
+    yield family
 
 
 def _risk_families(snap: Snapshot) -> Iterator[Metric]:
@@ -463,6 +491,7 @@ def families(snap: Snapshot) -> list[Metric]:
         *_customer_families(snap),
         *_period_families(snap),
         *_cohort_families(snap),
+        *_attribute_families(snap),
         *_risk_families(snap),
         *_service_families(snap),
         *_pipeline_families(snap),

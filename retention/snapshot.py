@@ -220,6 +220,8 @@ async def read_snapshot(
         evaluation_wait_seconds=wait_seconds,
         ingest=await store.counters("ingest:stats"),
         redis_memory=await store.memory(),
+        attributes=await store.attribute_customers(),
+        attribute_top=settings.attribute_top,
         corrupt_customers=len(await store.corrupt_customers()),
         # to the millisecond: the age is read against the clock, the time itself is stored
         last_refit_at=None if fit_age is None else round(time.time() - fit_age, 3),

@@ -134,39 +134,6 @@ local function last_order(c, t, amount)
   put_max(c, 'lo', t)
 end
 
--- The customer attributes (country, channel, shop: fields xc, xh, xs), each one array:
--- the value of the earliest event that carried it and its time, then the latest's, cut
--- short while they repeat: {value, time} while one event is known (or all at the same
--- millisecond with one value), {value, first time, latest time} while the value never
--- changed, else {first value, its time, latest value, its time}. Of events at the same
--- millisecond, the smallest value is the first and the largest the latest, so that the
--- outcome does not depend on their order.
-local ATTRIBUTE_FIELDS = {'xc', 'xh', 'xs'}
-local function attributes(c, t, dims)
-  local i = 1
-  for value in string.gmatch(dims .. '\31', '([^\31]*)\31') do
-    local name = ATTRIBUTE_FIELDS[i]
-    i = i + 1
-    if value ~= '' and name then
-      local a = c.f[name]
-      local v1, t1, v2, t2
-      if not a then
-        v1, t1, v2, t2 = value, t, value, t
-      else
-        v1, t1 = a[1], a[2]
-        if #a == 2 then v2, t2 = a[1], a[2]
-        elseif #a == 3 then v2, t2 = a[1], a[3]
-        else v2, t2 = a[3], a[4] end
-      end
-      if t < t1 or (t == t1 and value < v1) then v1, t1 = value, t end
-      if t > t2 or (t == t2 and value > v2) then v2, t2 = value, t end
-      if v1 == v2 and t1 == t2 then put(c, name, {v1, t1})
-      elseif v1 == v2 then put(c, name, {v1, t1, t2})
-      else put(c, name, {v1, t1, v2, t2}) end
-    end
-  end
-end
-
 -- Hashes of totals shared by the batch's customers (per-period sales, survey totals,
 -- response histogram): deltas summed here, one HINCRBY per field at the end. A field
 -- touched by the batch is written even when its delta sums to 0, as one HINCRBY per event
@@ -185,3 +152,45 @@ local function bump(key, field, delta)
   end
   t.fields[field] = t.fields[field] + delta
 end
+
+-- The customer attributes (country, channel, shop: fields xc, xh, xs), each one array:
+-- the value of the earliest event that carried it and its time, then the latest's, cut
+-- short while they repeat: {value, time} while one event is known (or all at the same
+-- millisecond with one value), {value, first time, latest time} while the value never
+-- changed, else {first value, its time, latest value, its time}. Of events at the same
+-- millisecond, the smallest value is the first and the largest the latest, so that the
+-- outcome does not depend on their order.
+local ATTRIBUTE_FIELDS = {'xc', 'xh', 'xs'}
+local ATTRIBUTE_LETTERS = {'c', 'h', 's'}
+local function attributes(c, t, dims)
+  local i = 1
+  for value in string.gmatch(dims .. '\31', '([^\31]*)\31') do
+    local name = ATTRIBUTE_FIELDS[i]
+    local letter = ATTRIBUTE_LETTERS[i]
+    i = i + 1
+    if value ~= '' and name then
+      local a = c.f[name]
+      local v1, t1, v2, t2
+      if not a then
+        v1, t1, v2, t2 = value, t, value, t
+      else
+        v1, t1 = a[1], a[2]
+        if #a == 2 then v2, t2 = a[1], a[2]
+        elseif #a == 3 then v2, t2 = a[1], a[3]
+        else v2, t2 = a[3], a[4] end
+      end
+      if t < t1 or (t == t1 and value < v1) then v1, t1 = value, t end
+      if t > t2 or (t == t2 and value > v2) then v2, t2 = value, t end
+      local before = a and (#a == 4 and a[3] or a[1])
+      if before ~= v2 then
+        -- customers per latest value (attrs:<letter>), for the breakdowns' sizes
+        if before then bump(P .. 'attrs:' .. letter, before, -1) end
+        bump(P .. 'attrs:' .. letter, v2, 1)
+      end
+      if v1 == v2 and t1 == t2 then put(c, name, {v1, t1})
+      elseif v1 == v2 then put(c, name, {v1, t1, t2})
+      else put(c, name, {v1, t1, v2, t2}) end
+    end
+  end
+end
+

@@ -410,6 +410,15 @@ class Store:
         ``nps|promoters`` / ``nps|detractors``."""
         return await self.summed("surveys")
 
+    async def attribute_customers(self) -> dict[str, dict[str, int]]:
+        """Per customer attribute (country, channel, shop), customers by their latest value
+        (the batch script's ``attrs:<letter>``), values no customer holds left out."""
+        out: dict[str, dict[str, int]] = {}
+        for name, letter in ATTRIBUTE_LETTERS.items():
+            counts = await self.summed(f"attrs:{letter}")
+            out[name] = {value: n for value, n in counts.items() if n > 0}
+        return out
+
     async def response_histogram(self) -> tuple[list[tuple[float, int]], int, float]:
         """First-response times of all tickets: cumulative (upper bound s, count) buckets
         ending with +Inf, the count, and the sum in seconds."""

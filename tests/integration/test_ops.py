@@ -239,6 +239,8 @@ def story(now: datetime, customers: int) -> list[dict[str, Any]]:
                     "event_id": f"{cid}-o{k}",
                     "ts": ts.timestamp(),
                     "amount": 10 + k,
+                    "country": ("DE", "FR", "JP")[c % 3],
+                    "channel": ("web", "app")[k % 2],
                 }
             )
             events.append(

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from contract.events import REJECT_REASONS, Event, OrderEvent, build_event
 from processors.state import CustomerState
 from processors.windows import period_days
-from store.store import RESPONSE_BOUNDS, Store, accepted_record, rejected_record
+from store.store import ATTRIBUTE_LETTERS, RESPONSE_BOUNDS, Store, accepted_record, rejected_record
 from tests.eventgen import fold
 
 BASE_MS = 1_700_000_000_000  # 2023-11-14
@@ -203,7 +203,7 @@ def expected_sales(sent: list[Event]) -> Totals:
 def expected_totals(sent: list[Event], states: dict[str, CustomerState]) -> Totals:
     """What the hashes shared by all customers must hold: sales per period
     (:func:`expected_sales`), survey totals over latest scores, the first-response
-    histogram."""
+    histogram, customers by the latest value of each attribute."""
     totals = expected_sales(sent)
     for state in states.values():
         for survey, score in state.scores.items():
@@ -221,13 +221,17 @@ def expected_totals(sent: list[Event], states: dict[str, CustomerState]) -> Tota
             _add(totals, "responses", bound, 1)
             _add(totals, "responses", "count", 1)
             _add(totals, "responses", "sum_ms", ms)
+        # customers by the latest value of each attribute
+        for name, kept in state.attributes.items():
+            _add(totals, f"attrs:{ATTRIBUTE_LETTERS[name]}", kept.latest, 1)
     return _nonzero(totals)
 
 
 async def stored_totals(redis: Redis, prefix: str) -> Totals:
     keys = [key async for key in redis.scan_iter(match=f"{prefix}sales:*", count=1000)]
     totals: Totals = {}
-    for key in [*keys, f"{prefix}surveys", f"{prefix}responses"]:
+    attrs = [f"{prefix}attrs:{letter}" for letter in ATTRIBUTE_LETTERS.values()]
+    for key in [*keys, f"{prefix}surveys", f"{prefix}responses", *attrs]:
         raw = await redis.hgetall(key)
         if raw:
             totals[key[len(prefix) :]] = {name: int(value) for name, value in raw.items()}

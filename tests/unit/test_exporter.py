@@ -505,3 +505,22 @@ def test_source_series_follow_the_conventions() -> None:
         assert NAME.match(metric.name) and metric.documentation, metric.name
         if metric.type == "gauge":
             assert metric.name.endswith(GAUGE_SUFFIXES) or metric.name in GAUGE_NOUNS, metric.name
+
+
+def test_attribute_labels_are_bounded_with_the_rest_as_other() -> None:
+    from retention.metric_families import top_values
+
+    counts = {"DE": 50, "FR": 20, "JP": 20, "US": 5, "AT": 1}
+    assert top_values(counts, 3) == {"DE": 50, "FR": 20, "JP": 20, "other": 6}
+    assert top_values(counts, 10) == counts
+    assert top_values({"a": 1, "b": 1}, 1) == {"a": 1, "other": 1}  # ties by value
+    snap = snapshot(8)
+    snap = replace(snap, attributes={"country": counts, "shop": {"eu": 3}}, attribute_top=2)
+    got = {
+        (s.labels["attribute"], s.labels["value"]): s.value
+        for m in families(snap)
+        if m.name == "retention_attribute_customers"
+        for s in m.samples
+    }
+    assert got == {("country", "DE"): 50, ("country", "FR"): 20, ("country", "other"): 26,
+                   ("shop", "eu"): 3}  # fmt: skip
