@@ -37,9 +37,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EXPORT_FORMATS = ("csv", "jsonl")
 
 
-def _json(status: int, body: Any) -> web.Response:
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        status=status, text=json.dumps(body), content_type="application/json", charset="utf-8"
+        status=status,
+        text=json.dumps(body),
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
     )
 
 
@@ -112,7 +116,8 @@ class ReadApi:
                 await self.authorize(request, scope)
                 return await handler(request)
             except RequestError as exc:
-                return _json(exc.status, exc.body())
+                # a Retry-After (keys unreadable, a rate limit) goes out with the refusal
+                return _json(exc.status, exc.body(), exc.headers or None)
             except Exception:
                 logger.exception("read request failed", extra={"path": request.path})
                 return _json(500, {"error": "internal_error", "detail": "see the server log"})

@@ -181,7 +181,9 @@ class WebView:
                 await self.authorize(request, "read")
                 return await handler(request)
             except RequestError as exc:
-                headers = {"WWW-Authenticate": CHALLENGE} if exc.status == 401 else None
+                headers = dict(exc.headers)
+                if exc.status == 401:
+                    headers["WWW-Authenticate"] = CHALLENGE
                 body = layout(f"{exc.status}", f"<p>{esc(exc.detail)}</p>", self.currency)
                 return web.Response(
                     status=exc.status, text=body, content_type="text/html", headers=headers
