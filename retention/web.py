@@ -266,6 +266,22 @@ class WebView:
                 ],
             )
         )
+        body.append(
+            "<h2>Monthly cohorts: revenue k months later, as a share of the first month's</h2>"
+        )
+        body.append(
+            table(
+                ["cohort", "first month", *(str(k) for k in range(width))],
+                [
+                    [esc(start[:7]), esc(human.money(c["revenue"][0], self.currency))]
+                    + [
+                        f"<span{heat(share)}>{esc(human.percent(share))}</span>"
+                        for share in c["revenue_share"]
+                    ]
+                    for start, c in sorted(cohorts.items())[-24:]
+                ],
+            )
+        )
         return self.page("Overview", "".join(body))
 
     async def at_risk(self, request: web.Request) -> web.Response:
@@ -340,6 +356,17 @@ class WebView:
             ("last activity", esc(_when(view["last_activity_at"]))),
             ("P(alive)", esc(human.percent(view["p_alive"]))),
             ("open tickets", esc(view["open_tickets"])),
+            *(
+                (
+                    name,
+                    esc(
+                        kept["latest"]
+                        if kept["first"] == kept["latest"]
+                        else f"{kept['latest']} (first {kept['first']})"
+                    ),
+                )
+                for name, kept in view["attributes"].items()
+            ),
             ("first response", esc(human.duration(view["first_response_seconds_avg"]))),
             (
                 "NPS / CSAT / CES",

@@ -54,6 +54,7 @@ def shop() -> list[dict[str, Any]]:
                     "ts": when.isoformat(),
                     "type": "order",
                     "amount": 20 + c + 3 * n,
+                    "country": ("DE", "FR")[c % 2],
                 }
             )
     events.append(
@@ -159,6 +160,10 @@ async def test_the_pages_show_what_the_api_says(
     at_risk = await queries.at_risk(settings, 1000)
     assert kpi(browser, "customers at risk") == str(len(at_risk))
     assert browser.find_elements(By.CSS_SELECTOR, "svg rect")  # the charts drew bars
+    cohorts = await api(f"{url}/v1/cohorts?period=month", key)
+    newest = cohorts["cohorts"][max(cohorts["cohorts"])]
+    assert "revenue k months later" in browser.page_source
+    assert human.money(newest["revenue"][0], "USD") in browser.page_source
 
     await asyncio.to_thread(visit, browser, url + "/at-risk", key, "at-risk")
     listed = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "tbody td:first-child a")]
@@ -171,6 +176,7 @@ async def test_the_pages_show_what_the_api_says(
     assert kpi(browser, "CLTV") == human.money(view["cltv"], "USD")
     assert kpi(browser, "band") == (view["band"] or "-")
     assert kpi(browser, "orders") == str(view["orders"])
+    assert kpi(browser, "country") == view["attributes"]["country"]["latest"]
     for item in view["evidence"]:
         assert item["text"] in browser.page_source
     # the alerts raised about them, with their outcome so far
