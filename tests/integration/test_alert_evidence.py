@@ -164,7 +164,7 @@ def every_channel_explains(receiver: Receiver, inbox: Inbox) -> None:
     for cid, reason in REASON_OF.items():
         [alert] = at_risk_for("crm", cid)
         sentence = {e["reason"]: e for e in alert["evidence"]}[reason]["text"]
-        [message] = [m for m in slack if m["text"].startswith(f"At risk: customer {cid} ")]
+        [message] = [m for m in slack if m["text"].startswith(f"At risk: customer `{cid}` ")]
         blocks = str(message["blocks"])
         assert "Next step" in blocks and "CLTV at risk" in blocks
         mail = [m for _, _, m in inbox.received if cid in m["Subject"]]
