@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 def notifications_file(folder: Path, http_port: int, smtp_port: int, digest_at: datetime) -> Path:
     """The demo's subscribers: a CRM webhook (every alert), a success team on Slack (at risk,
     escalations, churn), account managers by email (risk of 50% or more), support leads on a
-    webhook (reasons from support only) and a daily digest on Slack, first due at
+    webhook (reasons from support only), a market team on a webhook (customers buying in
+    Germany, Austria or Switzerland) and a daily digest on Slack, first due at
     ``digest_at``."""
     base = f"http://127.0.0.1:{http_port}"
     due = digest_at.astimezone(UTC).strftime("%H:%M:%S")
@@ -64,6 +65,15 @@ def notifications_file(folder: Path, http_port: int, smtp_port: int, digest_at: 
                 "url": f"{base}/hook/support-leads",
                 "secret": secrets.token_hex(16),
                 "reasons": ["ticket_unresolved", "low_csat", "nps_detractor"],
+            },
+            {
+                "name": "dach-market",
+                "type": "webhook",
+                "allow_http": True,
+                "url": f"{base}/hook/dach-market",
+                "secret": secrets.token_hex(16),
+                "kinds": ["at_risk", "risk_escalated", "churned"],
+                "attributes": {"country": ["DE", "AT", "CH"]},
             },
             {
                 "name": "morning-digest",

@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 import random
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -191,10 +192,22 @@ def _order(
         "order_id": order_id,
         "amount": amount,
         "status": status,
+        **attributes_of(cid),
     }
     if items is not None:
         event["items"] = items
     return event
+
+
+#: the demo shop's markets and channels: each customer buys in one of them
+MARKETS = ("DE", "AT", "FR", "US", "GB")
+CHANNELS = ("web", "app", "marketplace")
+
+
+def attributes_of(cid: str) -> dict[str, str]:
+    """A customer's country and channel, the same on each of its orders."""
+    n = zlib.crc32(cid.encode())
+    return {"country": MARKETS[n % len(MARKETS)], "channel": CHANNELS[n // 7 % len(CHANNELS)]}
 
 
 def _login(rng: random.Random, cid: str, ts: datetime) -> PlannedEvent:

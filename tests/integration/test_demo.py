@@ -103,7 +103,8 @@ async def test_the_demo_alone_shows_evidence_routing_digest_and_outcomes(tmp_pat
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     try:
-        wanted = ("crm", "success-team", "account-managers", "support-leads", "morning-digest")
+        wanted = ("crm", "success-team", "account-managers", "support-leads", "morning-digest",
+                  "dach-market")  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not all(read(n) for n in wanted):
             await asyncio.sleep(1)
@@ -115,6 +116,9 @@ async def test_the_demo_alone_shows_evidence_routing_digest_and_outcomes(tmp_pat
         assert all(a["stakes"]["currency"] == "USD" for a in at_risk)
         support = {"ticket_unresolved", "low_csat", "nps_detractor"}
         assert all(support & set(a["reasons"]) for a in read("support-leads"))
+        # routed by the customer's latest country, which every alert carries
+        assert all(a["attributes"]["country"] in ("DE", "AT", "CH") for a in read("dach-market"))
+        assert {a["attributes"]["country"] for a in at_risk} - {"DE", "AT", "CH"}
         slack = read("success-team")
         assert any("Next step" in str(m["blocks"]) for m in slack)
         mails = read("account-managers")
