@@ -305,16 +305,25 @@ def outlook(
     return Outlook(*numbers, *money)
 
 
-def outlooks(states: Sequence[CustomerState], model: Fit, as_of: date) -> list[Outlook | None]:
-    """:func:`outlook` of many customers (live spend), computed on arrays: the same
-    numbers element by element, for a fraction of the per-customer cost of numpy calls on
-    one-element arrays. None where :func:`outlook` gives None."""
+def outlooks(
+    states: Sequence[CustomerState],
+    model: Fit,
+    as_of: date,
+    spends: Mapping[str, float] | None = None,
+) -> list[Outlook | None]:
+    """:func:`outlook` of many customers, computed on arrays: the same numbers element by
+    element, for a fraction of the per-customer cost of numpy calls on one-element arrays.
+    None where :func:`outlook` gives None. ``spends`` holds exact spends by customer, as
+    :func:`outlook`'s ``spend`` (the live approximation for the others)."""
     limit = day_number(as_of)
+    exact = spends or {}
     rows: list[tuple[int, float, float, float, float]] = []
     for i, state in enumerate(states):
         stats = stats_from_days(list(state.orders_by_day), limit)
         if stats is not None:
-            rows.append((i, *stats, customer_spend(state, limit)))
+            given = exact.get(state.customer_id)
+            spend = customer_spend(state, limit) if given is None else given
+            rows.append((i, *stats, spend))
     out: list[Outlook | None] = [None] * len(states)
     if not rows:
         return out
@@ -327,11 +336,11 @@ def outlooks(states: Sequence[CustomerState], model: Fit, as_of: date) -> list[O
         alive_now = alive.p_alive(p, x, t_x, T)
         in_30 = alive.expected_purchases(p, 30 / DAYS_PER_WEEK, x, t_x, T)
         in_90 = alive.expected_purchases(p, 90 / DAYS_PER_WEEK, x, t_x, T)
-    spends, totals = values(model, x, t_x, T, m)
+    per_purchase, totals = values(model, x, t_x, T, m)
     for k, i in enumerate(index):
         numbers = (float(alive_now[k]), float(in_30[k]), float(in_90[k]))
         if not all(np.isfinite(numbers)):
             continue
-        money = (float(spends[k]), float(totals[k]))
+        money = (float(per_purchase[k]), float(totals[k]))
         out[i] = Outlook(*numbers, *money) if all(np.isfinite(money)) else Outlook(*numbers)
     return out

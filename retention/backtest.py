@@ -34,14 +34,15 @@ from contract.events import (
     parse_event,
 )
 from processors.alive_models import MODELS
-from processors.evaluator import evaluate
+from processors.evaluator import as_of_day, evaluate_seen
 from processors.forecast import (
     NO_VALUE,
     Fit,
     ModelOptions,
+    Outlook,
     fit_histories,
     model_options,
-    outlook,
+    outlooks,
     spend_from_days,
 )
 from processors.holdout import cutoff_for, holdout_report
@@ -398,11 +399,19 @@ async def write_customers(
         for i in range(0, len(ids), chunk):
             states = await store.read_customers(ids[i : i + chunk])
             before = await active_before(store, states, at_ms, lifecycle)
-            for state in states:
-                mean = exact.get(state.customer_id)
-                seen = None if model is None else outlook(state, model, model.as_of, mean)
+            # a chunk's outlooks at once: as of the fit (what is shown) and as of the
+            # evaluation (what the risk rules read), the same day unless ``at`` says not
+            shown: list[Outlook | None] = [None] * len(states)
+            judged = shown
+            if model is not None:
+                shown = outlooks(states, model, model.as_of, exact)
+                if as_of_day(at) != model.as_of:
+                    judged = outlooks(states, model, as_of_day(at), exact)
+                else:
+                    judged = shown
+            for state, seen, basis in zip(states, shown, judged, strict=True):
                 cid = state.customer_id
-                ev = evaluate(state, at, policy, lifecycle, model, threshold, before[cid], mean)
+                ev = evaluate_seen(state, at, policy, lifecycle, basis, threshold, before[cid])
                 money = NO_VALUE if seen is None else seen.value_fields()
                 out.write(json.dumps({**to_public(state, seen, ev), **money}) + "\n")
     return len(ids)

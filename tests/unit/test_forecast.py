@@ -100,5 +100,9 @@ def test_outlooks_of_a_chunk_equal_each_customers_outlook(
     got = outlooks(states, fit, as_of)
     want = [outlook(state, fit, as_of) for state in states]
     assert got == want
+    # exact spends for some customers (a backtest's), the live approximation for the rest
+    exact = {s.customer_id: rng.uniform(5, 90) for s in states[::3]}
+    got = outlooks(states, fit, as_of, exact)
+    assert got == [outlook(state, fit, as_of, exact.get(state.customer_id)) for state in states]
     assert any(o is None for o in want) and any(o is not None for o in want)
     assert spend is None or any(o is not None and o.cltv is not None for o in want)
