@@ -71,6 +71,39 @@ def history(customers: int) -> list[dict[str, Any]]:
     return events
 
 
+async def at_risk_by_country(
+    session: aiohttp.ClientSession,
+    server: str,
+    key: str,
+    store: Store,
+    states: dict[str, Any],
+) -> list[tuple[set[str], set[str], list[Any]]]:
+    """Per country filter: the at-risk segment's members the API lists (every page), the
+    customers whose latest country passes, and the top three of the filtered ranking."""
+    out = []
+    for countries in ("de", "AT,FR", "FR"):
+        wanted = {c.upper() for c in countries.split(",")}
+        listed: set[str] = set()
+        cursor: dict[str, str] = {}
+        while True:  # every page: a page walks a bounded slice of the store
+            status, body = await get(
+                session, f"{server}/v1/customers", key, segment="at_risk",
+                country=countries, limit=1000, **cursor,
+            )  # fmt: skip
+            assert status == 200, body
+            assert all(r["country"] in wanted for r in body["customers"])
+            listed |= {r["customer_id"] for r in body["customers"]}
+            if body["next_cursor"] is None:
+                break
+            cursor = {"cursor": body["next_cursor"]}
+        latest = {c for c, st in states.items() if st.attributes["country"].latest in wanted}
+        ranked = await ranked_at_risk(
+            store, 3, lambda st, w=wanted: st.attributes["country"].latest in w
+        )
+        out.append((listed, latest, ranked))
+    return out
+
+
 @pytest.fixture
 async def keys(settings: Settings, redis: Redis) -> dict[str, str]:
     store = KeyStore(IngestState(redis, settings.key_prefix))
@@ -181,27 +214,9 @@ async def test_reading_customers_segments_metrics_and_exports(
         # for a new evaluation, which may move it)
         states = {st.customer_id: st for st in await store.read_customers(ids)}
 
-        async def by_country() -> list[tuple[set[str], set[str], list[Any]]]:
-            out = []
-            for countries in ("de", "AT,FR", "FR"):
-                wanted = {c.upper() for c in countries.split(",")}
-                status, body = await get(
-                    session, f"{server}/v1/customers", keys["read"], segment="at_risk",
-                    country=countries, limit=1000,
-                )  # fmt: skip
-                assert status == 200 and all(r["country"] in wanted for r in body["customers"])
-                latest = {
-                    c for c, st in states.items() if st.attributes["country"].latest in wanted
-                }
-                ranked = await ranked_at_risk(
-                    store, 3, lambda st, w=wanted: st.attributes["country"].latest in w
-                )
-                out.append(({r["customer_id"] for r in body["customers"]}, latest, ranked))
-            return out
-
         for _ in range(40):
             everyone = await ranked_at_risk(store, 1000)
-            found = await by_country()
+            found = await at_risk_by_country(session, server, keys["read"], store, states)
             if everyone == await ranked_at_risk(store, 1000):
                 break
             await asyncio.sleep(0.25)
