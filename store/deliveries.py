@@ -219,6 +219,11 @@ class Deliveries:
         moved = 0
         base = self.key("")
         redis: Any = self.redis
+        if not await redis.exists(self.stats_key, self.dead_key):
+            # every delivery and dead letter of format 1 was counted in the stats hash: a
+            # store without it has nothing to move, and needs no SCAN of the keyspace
+            await self.redis.set(self.key(FORMAT_KEY), str(NOTIFY_FORMAT))
+            return 0
         try:
             async for name in redis.scan_iter(match=_glob(base) + "*", count=1000):
                 key = _text(name)

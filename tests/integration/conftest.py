@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_sync
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
@@ -47,6 +48,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.fail(f"cannot start the embedded stack: {exc}", pytrace=False)
     yield Stack(services.kafka_bootstrap, services.redis_url, log_dir)
     services.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_redis_per_module(stack: Stack) -> Iterator[None]:
+    """Every module's keys are dropped once it is done. Tests are kept apart by key prefix,
+    so nothing carries over; what it saves is the scan of the whole keyspace some commands
+    make (a rebuild's wipe, erasing a customer, a segment's walk), which would otherwise
+    grow with every module run before."""
+    yield
+    client = redis_sync.Redis.from_url(stack.redis_url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
 
 
 @pytest.fixture

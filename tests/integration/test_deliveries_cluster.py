@@ -10,7 +10,13 @@ from redis.asyncio import Redis
 
 from retention.config import Settings
 from retention.delivery import Notifier
-from store.deliveries import DIGEST_SENT, FORMAT_KEY, Deliveries, NotifyFormatMismatch
+from store.deliveries import (
+    DIGEST_SENT,
+    FORMAT_KEY,
+    NOTIFY_FORMAT,
+    Deliveries,
+    NotifyFormatMismatch,
+)
 from tests.integration.cluster import (  # noqa: F401  (fixtures: the cluster in place of the single Redis)
     redis_on_the_cluster,
     stack_on_the_cluster,
@@ -98,6 +104,10 @@ async def test_records_of_the_untagged_layout_move_to_the_tagged_keys_once(redis
     assert await deliveries.stats() == {"sent|webhook": 1}
     for old in ("delivered:crm", "last:crm:at_risk:c-1", "digest:daily"):
         assert not await redis.exists(f"{prefix}notify:{old}")
+    # a store where no notifier ever counted anything has nothing to move
+    fresh = Deliveries(redis, f"t{uuid.uuid4().hex[:8]}:")
+    assert await fresh.move_untagged() == 0
+    assert await redis.get(fresh.key(FORMAT_KEY)) == str(NOTIFY_FORMAT)
     # records of a later version are refused, not rewritten
     await redis.set(deliveries.key(FORMAT_KEY), "3")
     with pytest.raises(NotifyFormatMismatch, match="in format 3"):
