@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     max_future_seconds: float = Field(default=86400.0, ge=0)
     batch_size: int = Field(default=1000, ge=1)
     batch_within_seconds: float = Field(default=0.2, gt=0)
+    #: how long a fetch that finds nothing may wait at the broker (streams/app.py)
+    fetch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
     # Kafka group timeouts. Production keeps Kafka's usual values; the embedded stack
     # shortens them because Tansu makes a joining member wait half the session timeout.
     session_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.worker_settings import WorkerSettings
+
+_FAUST_CONSUMER = AIOKafkaConsumerThread._create_worker_consumer
+
+
+def fetch_wait(wait_ms: int) -> None:
+    """How long the worker's consumer lets the broker hold a fetch that finds no new
+    message (aiokafka's ``fetch_max_wait_ms``). Faust fixes it at 1.5 s. Kafka answers as
+    soon as a message arrives, but a broker that answers only when the wait ends (Tansu,
+    the embedded one) delays every event by up to that long: 100 ms by default
+    (``RETENTION_FETCH_MAX_WAIT_MS``) keeps that delay small and an idle consumer's polls
+    few."""
+
+    def create(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        consumer = _FAUST_CONSUMER(self, transport)
+        # read when the consumer starts, which is after this
+        consumer._fetch_max_wait_ms = wait_ms
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
 def group_id(settings: WorkerSettings) -> str:
@@ -21,6 +43,7 @@ def create_app(settings: WorkerSettings, security: KafkaSecurity = PLAINTEXT) ->
     """
     if not settings.kafka_bootstrap:
         raise ValueError("KAFKA_BOOTSTRAP is not set and no embedded broker was found")
+    fetch_wait(settings.fetch_max_wait_ms)
     return faust.App(
         group_id(settings),
         broker=f"kafka://{settings.kafka_bootstrap}",
