@@ -214,7 +214,11 @@ async def run(options: Options, bootstrap: str, redis_url: str, log_dir: Path) -
             await producer.flush()
             total = sent + state_n + alert_n
             deadline = time.monotonic() + 60
-            while (await store.stats()).seen(topic) - before < total or state_wait or alert_wait:
+            drained: float | None = None
+            while drained is None or state_wait or alert_wait:
+                if drained is None and (await store.stats()).seen(topic) - before >= total:
+                    # every event sent is applied: the rate the worker kept ends here
+                    drained = time.monotonic()
                 if time.monotonic() > deadline:
                     break
                 if worker.proc.poll() is not None:
@@ -222,7 +226,7 @@ async def run(options: Options, bootstrap: str, redis_url: str, log_dir: Path) -
                         f"the worker exited:\n{common.log_tail(worker.log_path)}"
                     )
                 await asyncio.sleep(0.1)
-            applied_seconds = time.monotonic() - started
+            applied_seconds = (drained or time.monotonic()) - started
             for task in watchers:
                 task.cancel()
             states.missing, alerts.missing = len(state_wait), len(alert_wait)
