@@ -40,7 +40,8 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The session's broker and Redis, started once."""
     log_dir = tmp_path_factory.mktemp("stack")
     try:
         services = runtime.start_services(log_dir)
@@ -50,14 +51,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     services.stop()
 
 
+@pytest.fixture(scope="session")
+def stack(embedded_stack: Stack) -> Stack:
+    """What a test talks to: the embedded stack (a cluster module puts its Redis Cluster in
+    place of the single Redis, tests/integration/cluster.py)."""
+    return embedded_stack
+
+
 @pytest.fixture(scope="module", autouse=True)
-def fresh_redis_per_module(stack: Stack) -> Iterator[None]:
+def fresh_redis_per_module(embedded_stack: Stack) -> Iterator[None]:
     """Every module's keys are dropped once it is done. Tests are kept apart by key prefix,
     so nothing carries over; what it saves is the scan of the whole keyspace some commands
     make (a rebuild's wipe, erasing a customer, a segment's walk), which would otherwise
     grow with every module run before."""
     yield
-    client = redis_sync.Redis.from_url(stack.redis_url)
+    client = redis_sync.Redis.from_url(embedded_stack.redis_url)
     try:
         client.flushall()
     finally:
