@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -133,9 +134,24 @@ def _notification_counts(raw: dict[str, int]) -> dict[tuple[str, str], int]:
     return out
 
 
+#: How often the exporter reads the recent cohorts' revenue again: it sums a year of daily
+#: revenue hashes, far more than the counts cost, and moves slowly.
+COHORT_REVENUE_EVERY_SECONDS = 300.0
+_cohort_revenue: dict[str, tuple[float, dict[str, list[int]]]] = {}
+
+
 async def _recent_cohorts(periods: Periods, now: datetime, limit: int) -> dict[str, Cohort]:
-    """The last ``limit`` monthly cohorts: the cost stays bounded as history grows."""
-    return await periods.cohorts("month", now, last=limit)
+    """The last ``limit`` monthly cohorts: the cost stays bounded as history grows. Their
+    revenue is read every :data:`COHORT_REVENUE_EVERY_SECONDS` at most, and again as soon
+    as the months it covers no longer match (a new month, a new cohort)."""
+    counts = await periods.cohorts("month", now, last=limit, revenue=False)
+    read_at, money = _cohort_revenue.get(periods.prefix, (0.0, {}))
+    stale = time.monotonic() - read_at > COHORT_REVENUE_EVERY_SECONDS
+    if stale or any(len(money.get(k, ())) != len(c.active) for k, c in counts.items()):
+        fresh = await periods.cohorts("month", now, last=limit)
+        money = {k: c.revenue_micros or [] for k, c in fresh.items()}
+        _cohort_revenue[periods.prefix] = (time.monotonic(), money)
+    return {k: replace(c, revenue_micros=money.get(k)) for k, c in counts.items()}
 
 
 async def read_snapshot(

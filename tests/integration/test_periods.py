@@ -338,3 +338,37 @@ async def test_kept_window_unions_follow_late_events(
     await assert_kept_windows_follow_late_events(
         store, random_events(rng, customers=80, count=1500), rng
     )
+
+
+async def test_the_exporters_cohort_revenue_follows_new_cohorts_and_its_interval(
+    redis: Redis, rng: random.Random, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporter reads the cohorts' revenue at most every few minutes, but at once when
+    a cohort appears that it has not read."""
+    from retention import snapshot
+
+    prefix = f"rev{rng.randrange(1 << 30)}:"
+    store, periods = Store(redis, prefix, KINDS), Periods(redis, prefix)
+    now = datetime(2024, 5, 20, tzinfo=UTC)
+
+    def orders(month: int, customer: str, amount: float, n: int) -> list[dict[str, Any]]:
+        at = datetime(2024, month, 3, tzinfo=UTC).isoformat()
+        return [{"event_id": f"{customer}-{month}-{n}", "customer_id": customer, "ts": at,
+                 "type": "order", "amount": amount}]  # fmt: skip
+
+    offsets: dict[int, int] = {}
+    await load(store, orders(3, "a", 10, 0), rng, offsets)
+    first = await snapshot._recent_cohorts(periods, now, 12)
+    assert first["2024-03-01"].revenue_micros == [10_000_000, 0, 0]
+    # a new cohort is read at once; more money in a known one waits for the interval
+    await load(store, orders(4, "b", 7, 0) + orders(3, "a", 5, 1), rng, offsets)
+    second = await snapshot._recent_cohorts(periods, now, 12)
+    assert second["2024-04-01"].revenue_micros == [7_000_000, 0]
+    assert second["2024-03-01"].revenue_micros == [15_000_000, 0, 0]
+    await load(store, orders(5, "a", 1, 2), rng, offsets)
+    cached = await snapshot._recent_cohorts(periods, now, 12)
+    assert cached["2024-03-01"].revenue_micros == [15_000_000, 0, 0]
+    monkeypatch.setattr(snapshot, "COHORT_REVENUE_EVERY_SECONDS", 0.0)
+    read = await snapshot._recent_cohorts(periods, now, 12)
+    assert read["2024-03-01"].revenue_micros == [15_000_000, 0, 1_000_000]
+    assert read == {k: c for k, c in (await periods.cohorts("month", now, last=12)).items()}
