@@ -51,7 +51,9 @@ async def check_format(redis: Redis | RedisCluster, prefix: str, writer: bool) -
     this version's format in a new store (the format is recorded before anything else)."""
     raw = await redis.get(prefix + FORMAT_KEY)
     if raw is None and await _holds_data(redis, prefix):
-        raw = "1"
+        # a writer records the format before anything else, so another process that set
+        # the store up between the two reads has recorded it by now: read it again
+        raw = await redis.get(prefix + FORMAT_KEY) or "1"
     elif raw is None and writer:
         await redis.set(prefix + FORMAT_KEY, str(STORE_FORMAT), nx=True)
         raw = await redis.get(prefix + FORMAT_KEY)

@@ -456,3 +456,39 @@ async def test_a_rebuild_with_no_worker_says_so_once_the_replay_stands_still(
     code = await rebuild_module.rebuild(settings, write=lines.append, poll_seconds=0.2)
     assert code == 1
     assert "no worker is running" in lines[-1]
+
+
+async def test_a_worker_that_reads_the_store_while_another_sets_it_up_is_not_refused(
+    redis: Redis, rng: random.Random
+) -> None:
+    """Two workers start on a new store: one finds no format, then finds the shard count
+    the other has just written. The other recorded its format first, so the first reads
+    it again instead of taking the store for an old one."""
+    from store.shards import SHARDS_KEY, check_format
+
+    prefix = f"race{rng.randrange(1 << 30)}:"
+
+    class OtherWriterInBetween:
+        def __init__(self) -> None:
+            self.raced = False
+
+        async def get(self, key: str) -> Any:
+            value = await redis.get(key)
+            if not self.raced:
+                self.raced = True  # the other worker sets the store up right after this read
+                await redis.set(prefix + FORMAT_KEY, str(STORE_FORMAT))
+                await redis.set(prefix + SHARDS_KEY, "1")
+            return value
+
+        async def exists(self, *keys: str) -> int:
+            return int(await redis.exists(*keys))
+
+        async def set(self, key: str, value: str, nx: bool = False) -> Any:
+            return await redis.set(key, value, nx=nx)
+
+    await check_format(OtherWriterInBetween(), prefix, writer=True)  # type: ignore[arg-type]
+    # a store that holds data and never recorded a format is still an old one
+    old = f"old{rng.randrange(1 << 30)}:"
+    await redis.set(old + SHARDS_KEY, "1")
+    with pytest.raises(FormatMismatch, match="in format 1"):
+        await check_format(redis, old, writer=True)
