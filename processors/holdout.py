@@ -164,12 +164,13 @@ def holdout_report(
     # money to the cent, as the customer rows carry it
     placed = np.array([round(spent.get(h.customer_id, 0.0), 2) for h in histories], dtype=float)
     fits: dict[str, Fit] = {}
+    scored: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     report["models"] = {}
     for name in MODEL_NAMES:
         fit = fits[name] = fit_histories(
             histories, as_of, replace(options, alive_model=name), spend
         )
-        scores = _scores(fit, days, x, t_x, T, m)
+        scores = scored[name] = _scores(fit, days, x, t_x, T, m)
         for h, *numbers in zip(histories, *scores, strict=True):
             for what, value in zip(("p_alive", "expected", "cltv"), numbers, strict=True):
                 rows[h.customer_id][f"{name}_{what}"] = _number(value)
@@ -179,7 +180,7 @@ def holdout_report(
     report["model"] = fit.model
     report["params"] = chosen["params"]
     report["purchases"] = chosen["purchases"]
-    alive, expected, _ = _scores(fit, days, x, t_x, T, m)
+    alive, expected, _ = scored[options.alive_model]
     ok = np.isfinite(alive)
     report["p_alive"] = _by_tenth(alive[ok], actual[ok] > 0)
     report["spend"] = _spend(fit, x, t_x, T, m, expected, placed)
