@@ -328,3 +328,28 @@ def cohorts(
         label[c]: Cohort(size=row[0], active=row, revenue_micros=money[c])
         for c, row in sorted(matrix.items())
     }
+
+
+def latest_values(events: Iterable[Event], attribute: str) -> dict[str, str]:
+    """Each customer's latest value of a customer attribute (contract.events.DIMENSIONS):
+    the value of its latest event that carried it; of events at the same time, the largest
+    value (the store keeps the same, whatever the order the events came in)."""
+    latest: dict[str, tuple[datetime, str]] = {}
+    for event in events:
+        value = event.dimensions().get(attribute)
+        if value is None:
+            continue
+        seen = latest.get(event.customer_id)
+        if seen is None or (event.ts, value) > seen:
+            latest[event.customer_id] = (event.ts, value)
+    return {customer: value for customer, (_, value) in latest.items()}
+
+
+def by_latest_value(events: Sequence[Event], attribute: str) -> dict[str | None, list[Event]]:
+    """The events split by their customer's latest value of ``attribute`` (None: customers
+    whose events never carried one), for the breakdowns' batch computation."""
+    latest = latest_values(events, attribute)
+    out: dict[str | None, list[Event]] = defaultdict(list)
+    for event in events:
+        out[latest.get(event.customer_id)].append(event)
+    return dict(out)

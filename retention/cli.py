@@ -18,6 +18,10 @@ from store.connect import connect
 from store.shards import LayoutMismatch
 from store.store import Store
 
+#: The customer attributes a breakdown can go by (contract.events.DIMENSIONS, named here
+#: so that parsing the command line imports nothing more).
+BREAKDOWNS = ("country", "channel", "shop")
+
 logger = logging.getLogger("retention")
 
 
@@ -395,11 +399,21 @@ def _redacted(url: str | None) -> str:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from retention.queries import live_periods
-    from retention.report import render_periods
+    from retention.queries import live_breakdown, live_periods
+    from retention.report import render_periods, value_heading
 
     settings = _services(args)
     churn = args.churn_after or settings.churn_after_days
+    if args.by:
+        view = asyncio.run(live_breakdown(settings, args.period, churn, args.by))
+        if args.json:
+            print(json.dumps({"period": args.period, "churn_after_days": churn, **view}))
+            return 0
+        print(render_periods(view["periods"], args.period, settings.reporting_currency))
+        for part in view["breakdown"]:
+            print("\n" + value_heading(args.by, part["value"], part["customers"]) + "\n")
+            print(render_periods(part["periods"], args.period, settings.reporting_currency))
+        return 0
     rows, active = asyncio.run(live_periods(settings, args.period, churn))
     if args.json:
         out = {"period": args.period, "churn_after_days": churn, "periods": rows}
@@ -411,18 +425,30 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_cohorts(args: argparse.Namespace) -> int:
-    from retention.queries import live_cohorts
-    from retention.report import plot_cohorts, render_cohorts
+    from retention.queries import live_cohorts, live_cohorts_by
+    from retention.report import plot_cohorts, render_cohorts, value_heading
 
     settings = _services(args)
-    matrix = asyncio.run(live_cohorts(settings, args.period))
-    if args.plot:
-        plot_cohorts(matrix, args.period, Path(args.plot), revenue=args.revenue)
-    if args.json:
-        print(json.dumps({"period": args.period, "cohorts": matrix}))
+    currency = settings.reporting_currency if args.revenue else None
+    if args.by:
+        view = asyncio.run(live_cohorts_by(settings, args.period, args.by))
+        if args.plot:
+            plot_cohorts(view["cohorts"], args.period, Path(args.plot), revenue=args.revenue)
+        if args.json:
+            print(json.dumps({"period": args.period, **view}))
+        else:
+            print(render_cohorts(view["cohorts"], args.period, revenue=currency))
+            for part in view["breakdown"]:
+                print("\n" + value_heading(args.by, part["value"]) + "\n")
+                print(render_cohorts(part["cohorts"], args.period, revenue=currency))
     else:
-        currency = settings.reporting_currency if args.revenue else None
-        print(render_cohorts(matrix, args.period, revenue=currency))
+        matrix = asyncio.run(live_cohorts(settings, args.period))
+        if args.plot:
+            plot_cohorts(matrix, args.period, Path(args.plot), revenue=args.revenue)
+        if args.json:
+            print(json.dumps({"period": args.period, "cohorts": matrix}))
+        else:
+            print(render_cohorts(matrix, args.period, revenue=currency))
     if args.plot:
         print(f"heatmap written to {args.plot}", file=sys.stderr)
     return 0
@@ -694,6 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--period", choices=["day", "week", "month"], default="month")
     metrics.add_argument("--churn-after", type=int, help="churn window W in days")
     metrics.add_argument("--json", action="store_true")
+    metrics.add_argument(
+        "--by", choices=BREAKDOWNS, help="the same rows per value of a customer attribute"
+    )
     metrics.set_defaults(func=cmd_metrics)
 
     cohorts = sub.add_parser("cohorts", parents=[common], help="the cohort retention matrix")
@@ -704,6 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--revenue",
         action="store_true",
         help="the cohorts' revenue per period and its share of their first period's",
+    )
+    cohorts.add_argument(
+        "--by", choices=BREAKDOWNS, help="the same matrix per value of a customer attribute"
     )
     cohorts.set_defaults(func=cmd_cohorts)
 

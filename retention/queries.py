@@ -18,6 +18,7 @@ from processors.evaluator import as_of_day, evaluate
 from processors.evidence import evidence
 from processors.forecast import NO_VALUE, outlook
 from processors.lifecycle import lifecycle_policy
+from processors.metrics import PeriodRow
 from processors.outcomes import Tally, outcome, tally
 from processors.segments import has_attributes
 from processors.state import CustomerState, iso, to_public
@@ -193,3 +194,57 @@ async def cohorts_view(periods: Periods, period: Period) -> dict[str, dict[str, 
     span = await periods.span()
     through = max(datetime.now(UTC), span[1]) if span else None
     return {k: c.as_dict() for k, c in (await periods.cohorts(period, through)).items()}
+
+
+async def live_breakdown(
+    settings: Settings, period: Period, churn_days: int, attribute: str
+) -> dict[str, Any]:
+    """:func:`live_periods`' rows broken down by a customer attribute: the rows of all
+    customers, then per value (most customers first) those of the customers whose latest
+    value it is, and last (value None) those of the customers with no value."""
+    async with _redis(settings) as redis:
+        periods = Periods(redis, settings.key_prefix)
+        by = await periods.breakdown(attribute)
+        customers = await Store(redis, settings.key_prefix).customer_count()
+        now = datetime.now(UTC)
+        span = await periods.span()
+        starts = await periods.starts(period, max(now, span[1]) if span else None)
+        total, parts = await periods.breakdown_of(period, starts, churn_days, by)
+
+        def shown(rows: list[PeriodRow]) -> list[dict[str, Any]]:
+            return [
+                {**r.as_dict(), "open": True} if next_period(s, period) > now else r.as_dict()
+                for s, r in zip(starts, rows, strict=True)
+            ]
+
+        sizes = dict(zip(by.values, by.sizes, strict=True))
+        return {
+            "by": attribute,
+            "periods": shown(total),
+            "breakdown": [
+                {
+                    "value": value,
+                    "customers": sizes[value] if value is not None else customers - sum(by.sizes),
+                    "periods": shown(rows),
+                }
+                for value, rows in parts.items()
+            ],
+        }
+
+
+async def live_cohorts_by(settings: Settings, period: Period, attribute: str) -> dict[str, Any]:
+    """:func:`live_cohorts` broken down by a customer attribute, as :func:`live_breakdown`."""
+    async with _redis(settings) as redis:
+        periods = Periods(redis, settings.key_prefix)
+        by = await periods.breakdown(attribute)
+        span = await periods.span()
+        through = max(datetime.now(UTC), span[1]) if span else None
+        total, parts = await periods.cohorts_by(period, by, through)
+        return {
+            "by": attribute,
+            "cohorts": {k: c.as_dict() for k, c in total.items()},
+            "breakdown": [
+                {"value": value, "cohorts": {k: c.as_dict() for k, c in matrix.items()}}
+                for value, matrix in parts.items()
+            ],
+        }

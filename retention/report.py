@@ -131,6 +131,12 @@ def render_periods(
     return "\n".join(lines)
 
 
+def value_heading(by: str, value: str | None, customers: int | None = None) -> str:
+    """The line above one value's table in a breakdown."""
+    name = f"{by} {value}" if value is not None else f"no {by}"
+    return f"== {name}" + ("" if customers is None else f" ({customers:,} customers)")
+
+
 @dataclass(frozen=True, slots=True)
 class CohortRow:
     """One cohort ready to show: ``percent[k]`` is ``active[k]`` over the size, in %."""

@@ -5,7 +5,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4, dims)
   local t = tonumber(ts)
   local idx = customer_index(c, t)
   c.touched = true
-  if dims ~= '' then attributes(c, t, dims) end
+  if dims ~= '' then attributes(c, idx, t, dims) end
   if not batch_first or t < batch_first_n then batch_first, batch_first_n = ts, t end
   if not batch_last or t > batch_last_n then batch_last, batch_last_n = ts, t end
   if kind == 'o' then
@@ -24,7 +24,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4, dims)
       if a3 ~= '' then add_money(c.f, 'pm:' .. a3, 'ph:' .. a3, money(a4)) end
       last_order(c, t, a2)
       placed_sales(days, hi, lo, bd, bw, bm)
-      day_revenue(days, idx, hi, lo)
+      day_revenue(days, idx, hi, lo, true)
       if kind_counts_activity.o then activity(c, idx, t, days) end
     elseif a1 == 'refunded' then
       local hi, lo = money(a2)
@@ -32,7 +32,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4, dims)
       add_money(c.f, 'rm', 'rh', hi, lo)
       if a3 ~= '' then add_money(c.f, 'rm:' .. a3, 'rh:' .. a3, money(a4)) end
       refunded_sales(days, hi, lo)
-      day_revenue(days, idx, -hi, -lo)
+      day_revenue(days, idx, hi, lo, false)
     else
       add(c, 'cx', 1)
     end
@@ -201,19 +201,25 @@ for _, key in ipairs(sales_keys) do
   write_money(key, s, 'pm', 'ph')
   write_money(key, s, 'rm', 'rh')
 end
--- revenue per customer and day (refunds make it negative): the low part stays within
--- (-MEGA, MEGA), what passes is carried into the high part
+-- revenue per customer and day (refunds make it negative), and the day's placed orders
+-- and refunded micros: each low part stays within (-MEGA, MEGA), what passes is carried
+-- into its high part
+local function write_parts(key, low, high, lo, hi)
+  local carry = mega_carry(lo)
+  lo, hi = lo - carry * MEGA, hi + carry
+  local l = redis.call('HINCRBY', key, low, num(lo))
+  carry = mega_carry(l)
+  if carry ~= 0 then redis.call('HINCRBY', key, low, num(-carry * MEGA)) end
+  hi = hi + carry
+  if hi ~= 0 then redis.call('HINCRBY', key, high, num(hi)) end
+end
 for _, key in ipairs(revenue_keys) do
   local r = revenue[key]
   for _, idx in ipairs(r.names) do
-    local lo, hi = r.sums[idx], r.sums[idx .. ':h']
-    local carry = mega_carry(lo)
-    lo, hi = lo - carry * MEGA, hi + carry
-    local l = redis.call('HINCRBY', key, idx, num(lo))
-    carry = mega_carry(l)
-    if carry ~= 0 then redis.call('HINCRBY', key, idx, num(-carry * MEGA)) end
-    hi = hi + carry
-    if hi ~= 0 then redis.call('HINCRBY', key, idx .. ':h', num(hi)) end
+    local s = r.sums[idx]
+    write_parts(key, idx, idx .. ':h', s[1], s[2])
+    if s[3] > 0 then redis.call('HINCRBY', key, idx .. ':o', num(s[3])) end
+    if s[4] ~= 0 or s[5] ~= 0 then write_parts(key, idx .. ':r', idx .. ':rh', s[4], s[5]) end
   end
 end
 if next_id and next_id > first_id then redis.call('SET', ids_key, num(next_id)) end

@@ -190,13 +190,16 @@ local function refunded_sales(days, hi, lo)
   add_money(sm, 'rm', 'rh', hi, lo)
 end
 
--- Revenue per customer and day, for the cohorts' revenue (cohort_revenue.lua reads it
--- through the cohort bitmaps, so a customer moved to an earlier cohort by late data takes
--- its revenue along): the hash rv:d:<day> holds, per customer number, the placed minus
--- refunded micros of that day in two parts, field <number> below MEGA and <number>:h the
--- whole MEGAs. The batch's sums per hash are written at its end (write_revenue).
+-- Revenue per customer and day, for the cohorts' revenue and the breakdowns
+-- (cohort_revenue.lua and period_counts.lua read it through the cohort and attribute
+-- bitmaps, so a customer moved to an earlier cohort by late data, or to another country,
+-- takes its revenue along): the hash rv:d:<day> holds, per customer number, the placed
+-- minus refunded micros of that day in two parts, field <number> below MEGA and
+-- <number>:h the whole MEGAs; its placed orders that day, <number>:o; and its refunded
+-- micros, <number>:r and <number>:rh, on days it has refunds. The batch's sums per hash
+-- are written at its end.
 local revenue, revenue_keys = {}, {}
-local function day_revenue(days, idx, hi, lo)
+local function day_revenue(days, idx, hi, lo, placed)
   local key = days.rv
   if not key then
     key = period_key('rv', 'd', days.d)
@@ -208,13 +211,18 @@ local function day_revenue(days, idx, hi, lo)
     revenue[key] = r
     revenue_keys[#revenue_keys + 1] = key
   end
-  local sums = r.sums
-  if sums[idx] == nil then
+  local s = r.sums[idx]
+  if s == nil then
     r.names[#r.names + 1] = idx
-    sums[idx], sums[idx .. ':h'] = 0, 0
+    -- net low, net high, placed orders, refunded low, refunded high
+    s = {0, 0, 0, 0, 0}
+    r.sums[idx] = s
   end
-  sums[idx] = sums[idx] + lo
-  sums[idx .. ':h'] = sums[idx .. ':h'] + hi
+  if placed then
+    s[1], s[2], s[3] = s[1] + lo, s[2] + hi, s[3] + 1
+  else
+    s[1], s[2], s[4], s[5] = s[1] - lo, s[2] - hi, s[4] + lo, s[5] + hi
+  end
 end
 
 -- The whole MEGAs of a low part of either sign, rounded toward 0.

@@ -160,9 +160,12 @@ end
 -- changed, else {first value, its time, latest value, its time}. Of events at the same
 -- millisecond, the smallest value is the first and the largest the latest, so that the
 -- outcome does not depend on their order.
+-- Each value also has a bitmap of the customers whose latest value it is, by customer
+-- number (dim:<letter>:<value>), which the breakdowns read (period_counts.lua,
+-- cohort_row.lua, cohort_revenue.lua).
 local ATTRIBUTE_FIELDS = {'xc', 'xh', 'xs'}
 local ATTRIBUTE_LETTERS = {'c', 'h', 's'}
-local function attributes(c, t, dims)
+local function attributes(c, idx, t, dims)
   local i = 1
   for value in string.gmatch(dims .. '\31', '([^\31]*)\31') do
     local name = ATTRIBUTE_FIELDS[i]
@@ -184,8 +187,12 @@ local function attributes(c, t, dims)
       local before = a and (#a == 4 and a[3] or a[1])
       if before ~= v2 then
         -- customers per latest value (attrs:<letter>), for the breakdowns' sizes
-        if before then bump(P .. 'attrs:' .. letter, before, -1) end
+        if before then
+          bump(P .. 'attrs:' .. letter, before, -1)
+          redis.call('SETBIT', P .. 'dim:' .. letter .. ':' .. before, idx, '0')
+        end
         bump(P .. 'attrs:' .. letter, v2, 1)
+        redis.call('SETBIT', P .. 'dim:' .. letter .. ':' .. v2, idx, '1')
       end
       if v1 == v2 and t1 == t2 then put(c, name, {v1, t1})
       elseif v1 == v2 then put(c, name, {v1, t1, t2})

@@ -24,3 +24,30 @@ local function cohort_and_count(cohort, start, other, scratch)
   end
   return redis.call('BITCOUNT', scratch)
 end
+
+-- Marks in `into` each customer number whose bit is set in the bitmap text `bits` (bit i
+-- standing for the number start + i): into[number] = mark.
+local function mark_members(bits, start, into, mark)
+  for b = 1, #bits do
+    local v = string.byte(bits, b)
+    if v ~= 0 then
+      local at = start + (b - 1) * 8
+      for k = 0, 7 do
+        local m = 2 ^ (7 - k)
+        if v >= m then
+          v = v - m
+          into[at + k] = mark
+        end
+      end
+    end
+  end
+end
+
+-- The fields of a day's revenue hash (rv:d:<day>, batch_periods.lua): a customer number
+-- and what the field holds ('' net low part, 'h' net high part, 'o' placed orders, 'r'
+-- and 'rh' refunded micros), or nil for a field of another form.
+local function revenue_field(field)
+  local idx, what = string.match(field, '^(%d+):?(%a*)$')
+  if not idx then return nil end
+  return tonumber(idx), what
+end

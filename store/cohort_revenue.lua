@@ -1,36 +1,28 @@
 -- The cohorts' revenue on one shard: for each cohort and each period from its own on, the
 -- placed minus refunded micros of the cohort's customers in that period.
 -- KEYS[1] any key of the shard (routes the call on a Redis Cluster).
--- ARGV: the shard's prefix, period letter (d|w|m), then the first days of the periods to
+-- ARGV: the shard's prefix, period letter (d|w|m), the key (after the prefix) of the
+-- bitmap of the customers to count ('' for all), then the first days of the periods to
 -- report, oldest first (each a cohort, and a column), then the day after the last one.
 -- Returns {cohort, period, low, high, ...}: indexes into that list of periods (from 0) and
 -- the sum in two parts (micros below 10^12 and whole 10^12s, each of either sign).
-local P, p = ARGV[1], ARGV[2]
-local n = #ARGV - 3
+local P, p, mask = ARGV[1], ARGV[2], ARGV[3]
+local n = #ARGV - 4
 local MEGA = 1e12
 
 -- Which listed cohort each customer number belongs to, from the cohort bitmaps (bit i of
--- coh:<p>:<day> stands for the customer numbered start + i).
+-- coh:<p>:<day> stands for the customer numbered start + i); with a breakdown's bitmap
+-- (dim:<letter>:<value>, from customer number 0), only its customers.
 local owner = {}
 for j = 1, n do
-  local name = p .. ':' .. ARGV[2 + j]
+  local name = p .. ':' .. ARGV[3 + j]
   local bits = redis.call('GET', P .. 'coh:' .. name)
-  if bits then
-    local start = cohort_start(P, name)
-    for b = 1, #bits do
-      local v = string.byte(bits, b)
-      if v ~= 0 then
-        local at = start + (b - 1) * 8
-        for k = 0, 7 do
-          local m = 2 ^ (7 - k)
-          if v >= m then
-            v = v - m
-            owner[at + k] = j - 1
-          end
-        end
-      end
-    end
-  end
+  if bits then mark_members(bits, cohort_start(P, name), owner, j - 1) end
+end
+local wanted = nil
+if mask ~= '' then
+  wanted = {}
+  mark_members(redis.call('GET', P .. mask) or '', 0, wanted, true)
 end
 
 -- Every day's revenue hash (rv:d:<day>), added to its customer's cohort and the period
@@ -52,16 +44,16 @@ local function add(j, i, lo, hi)
 end
 
 for i = 1, n do
-  local from, to = tonumber(ARGV[2 + i]), tonumber(ARGV[3 + i])
+  local from, to = tonumber(ARGV[3 + i]), tonumber(ARGV[4 + i])
   for day = from, to - 1 do
     local flat = redis.call('HGETALL', P .. 'rv:d:' .. day)
     for f = 1, #flat, 2 do
-      local field, value = flat[f], tonumber(flat[f + 1])
-      local high = string.sub(field, -2) == ':h'
-      local idx = tonumber(high and string.sub(field, 1, -3) or field)
-      local j = owner[idx]
-      if j ~= nil and j <= i - 1 then
-        if high then add(j, i - 1, 0, value) else add(j, i - 1, value, 0) end
+      local idx, what = revenue_field(flat[f])
+      local j = idx and owner[idx]
+      if j ~= nil and j <= i - 1 and (what == '' or what == 'h')
+          and (wanted == nil or wanted[idx]) then
+        local value = tonumber(flat[f + 1])
+        if what == 'h' then add(j, i - 1, 0, value) else add(j, i - 1, value, 0) end
       end
     end
   end

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contract.events import DIMENSIONS
+
 #: Money sums are kept in two integers (batch_state.lua, Money), each below 2^53 where the
 #: script's doubles are exact: the micros below MEGA, and the count of whole MEGAs.
 MEGA = 10**12
@@ -18,6 +20,11 @@ MEGA = 10**12
 def money_micros(low: int | str | None, high: int | str | None) -> int:
     """A money sum in micros from its two stored parts (absent parts are 0)."""
     return int(low or 0) + int(high or 0) * MEGA
+
+
+#: The letter of each customer attribute in the stored state and in the key names that
+#: count by it (``attrs:<letter>``, ``dim:<letter>:<value>``; batch_state.lua).
+ATTRIBUTE_LETTERS = dict(zip(DIMENSIONS, ("c", "h", "s"), strict=True))
 
 
 @dataclass(frozen=True, slots=True)

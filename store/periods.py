@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any, cast
@@ -35,7 +36,7 @@ from processors.windows import (
     period_start,
     periods_between,
 )
-from store.layout import Keys, money_micros
+from store.layout import ATTRIBUTE_LETTERS, Keys, money_micros
 from store.shards import LayoutSource
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,20 @@ class Periods:
     async def homes(self) -> tuple[str, ...]:
         """The shards' key prefixes: every count below is summed over them."""
         return (await self._layouts.get()).prefixes
+
+    async def breakdown(self, attribute: str, top: int | None = None) -> Breakdown:
+        """The breakdown by a customer attribute (contract.events.DIMENSIONS): its values
+        that some customer holds as its latest, most customers first (ties by value), the
+        first ``top`` of them when given."""
+        letter = ATTRIBUTE_LETTERS[attribute]
+        counts: dict[str, int] = {}
+        for home in await self.homes():
+            raw = cast(dict[str, str], await self.redis.hgetall(f"{home}attrs:{letter}"))
+            for value, n in raw.items():
+                counts[value] = counts.get(value, 0) + int(n)
+        ranked = sorted((v for v, n in counts.items() if n > 0), key=lambda v: (-counts[v], v))
+        kept = ranked[:top] if top is not None else ranked
+        return Breakdown(letter, tuple(kept), tuple(counts[v] for v in kept))
 
     async def _meta(self) -> tuple[str | None, str | None]:
         """The first and last event times over the shards, as stored."""
@@ -213,14 +228,47 @@ class Periods:
         out each boundary's churn-window union once (a period's end is the next one's
         start), so a year of day rows costs some 366 unions rather than 730.
         """
+        counted = await self._counts_of(period, starts, churn_days, cached, None)
+        return [row_from_counts(start, c[0]) for start, c in zip(starts, counted, strict=True)]
+
+    async def breakdown_of(
+        self, period: Period, starts: Sequence[datetime], churn_days: int, by: Breakdown
+    ) -> tuple[list[PeriodRow], dict[str | None, list[PeriodRow]]]:
+        """The rows of :meth:`rows_of` for all customers, and the same rows for the
+        customers of each value of ``by`` (those whose latest value it is), plus, under
+        None, those with no value: what the customers of the values leave of the total."""
+        counted = await self._counts_of(period, starts, churn_days, False, by)
+        totals = [row_from_counts(start, c[0]) for start, c in zip(starts, counted, strict=True)]
+        parts: dict[str | None, list[PeriodRow]] = {value: [] for value in by.values}
+        parts[None] = []
+        for start, c in zip(starts, counted, strict=True):
+            for value, counts in zip(by.values, c[1:], strict=True):
+                parts[value].append(row_from_counts(start, counts))
+            parts[None].append(row_from_counts(start, _rest(c[0], c[1:])))
+        return totals, parts
+
+    async def _counts_of(
+        self,
+        period: Period,
+        starts: Sequence[datetime],
+        churn_days: int,
+        cached: bool,
+        by: Breakdown | None,
+    ) -> list[list[PeriodCounts]]:
+        """Per period, its counts over all customers, then (with ``by``) over each value's."""
         homes = await self.homes()
-        out: list[PeriodRow] = []
+        values = by.values if by else ()
+        width = _ROW_FIELDS * (1 + len(values))
+        out: list[list[PeriodCounts]] = []
         for i in range(0, len(starts), ROWS_PER_CALL):
             chunk = starts[i : i + ROWS_PER_CALL]
             args = [
                 PERIOD_LETTERS[period],
                 str(churn_days),
                 str(WINDOW_KEEP_SECONDS if cached else 0),
+                by.letter if by else "",
+                str(len(values)),
+                *values,
             ]
             for start in chunk:
                 args += [str(epoch_day(start)), str(epoch_day(next_period(start, period)))]
@@ -228,26 +276,13 @@ class Periods:
             replies = await asyncio.gather(
                 *(self._counts(keys=[home + "meta"], args=[home, *args]) for home in homes)
             )
-            for n, start in enumerate(chunk):
-                s, e, s_and_e, new, orders, pm, ph, rm, rh, buyers, repeaters = (
-                    sum(int(reply[_ROW_FIELDS * n + k]) for reply in replies)
-                    for k in range(_ROW_FIELDS)
+            for n in range(len(chunk)):
+                out.append(
+                    [
+                        _period_counts(replies, width * n + _ROW_FIELDS * g)
+                        for g in range(1 + len(values))
+                    ]
                 )
-                counts = PeriodCounts(
-                    start=s,
-                    end=e,
-                    new=new,
-                    lost=s - s_and_e,
-                    # N and S never meet (a new customer had no activity before the start),
-                    # so E \ S \ N has |E| - |E ∩ S| - |N| members
-                    reactivated=e - s_and_e - new,
-                    orders=orders,
-                    placed_micros=money_micros(pm, ph),
-                    refunded_micros=money_micros(rm, rh),
-                    buyers=buyers,
-                    repeaters=repeaters,
-                )
-                out.append(row_from_counts(start, counts))
         return out
 
     async def rows(
@@ -263,21 +298,24 @@ class Periods:
         through: datetime | None = None,
         last: int | None = None,
         revenue: bool = True,
+        mask: str = "",
     ) -> dict[str, Cohort]:
         """The cohort matrix (docs/metrics.md, Cohorts); empty cohorts are left out.
 
         ``last`` keeps only the newest cohorts, so that a frequent reader's cost stays
         bounded as history grows. ``revenue`` adds each cohort's revenue per period.
+        ``mask`` counts only the customers of one value of a breakdown
+        (:meth:`Breakdown.mask`).
         """
         starts = await self.starts(period, through)
         if last is not None:
             starts = starts[-last:]
         out: dict[str, Cohort] = {}
         homes = await self.homes()
-        money = await self.cohort_revenue(period, starts, homes) if revenue else None
+        money = await self.cohort_revenue(period, starts, homes, mask) if revenue else None
         for i, start in enumerate(starts):
             days = [str(epoch_day(s)) for s in starts[i:]]
-            args = [PERIOD_LETTERS[period], *days]
+            args = [PERIOD_LETTERS[period], mask, *days]
             replies = await asyncio.gather(
                 *(self._cohort(keys=[home + "meta"], args=[home, *args]) for home in homes)
             )
@@ -287,8 +325,31 @@ class Periods:
                 out[start.date().isoformat()] = Cohort(size, active, row)
         return out
 
+    async def cohorts_by(
+        self, period: Period, by: Breakdown, through: datetime | None = None
+    ) -> tuple[dict[str, Cohort], dict[str | None, dict[str, Cohort]]]:
+        """The cohort matrix of :meth:`cohorts` for all customers, and the same for the
+        customers of each value of ``by``, plus, under None, those with no value (what the
+        values leave of the total, cell by cell)."""
+        total = await self.cohorts(period, through)
+        parts: dict[str | None, dict[str, Cohort]] = {}
+        for value in by.values:
+            parts[value] = await self.cohorts(period, through, mask=by.mask(value))
+        rest: dict[str, Cohort] = {}
+        for name, cohort in total.items():
+            mine = [p[name] for p in parts.values() if name in p]
+            size = cohort.size - sum(c.size for c in mine)
+            if size:
+                rest[name] = Cohort(
+                    size,
+                    _minus(cohort.active, [c.active for c in mine]),
+                    _minus(cohort.revenue_micros or [], [c.revenue_micros or [] for c in mine]),
+                )
+        parts[None] = rest
+        return total, parts
+
     async def cohort_revenue(
-        self, period: Period, starts: Sequence[datetime], homes: Sequence[str]
+        self, period: Period, starts: Sequence[datetime], homes: Sequence[str], mask: str = ""
     ) -> list[list[int]]:
         """Per cohort of ``starts`` (a list of consecutive periods), the revenue in micros
         of its customers in each of those periods (0 before the cohort's own), summed over
@@ -299,7 +360,7 @@ class Periods:
             return matrix
         end = next_period(starts[-1], period)
         days = [str(epoch_day(s)) for s in [*starts, end]]
-        args = [PERIOD_LETTERS[period], *days]
+        args = [PERIOD_LETTERS[period], mask, *days]
         replies = await asyncio.gather(
             *(self._cohort_revenue(keys=[home + "meta"], args=[home, *args]) for home in homes)
         )
@@ -403,6 +464,59 @@ class Periods:
                 return None
             lows.append(min(times))
         return _from_ms(min(lows)) if lows else None
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """A breakdown by a customer attribute: its letter in the store (``c`` country,
+    ``h`` channel, ``s`` shop) and the values to count, each over the customers whose
+    latest value it is."""
+
+    letter: str
+    values: tuple[str, ...]
+    #: customers per value, in the same order
+    sizes: tuple[int, ...] = ()
+
+    def mask(self, value: str) -> str:
+        """The key (after the shard's prefix) of the bitmap of the value's customers."""
+        return f"dim:{self.letter}:{value}"
+
+
+def _period_counts(replies: Sequence[Sequence[Any]], at: int) -> PeriodCounts:
+    """The counts at ``at`` in period_counts.lua's replies, summed over the shards."""
+    s, e, s_and_e, new, orders, pm, ph, rm, rh, buyers, repeaters = (
+        sum(int(reply[at + k]) for reply in replies) for k in range(_ROW_FIELDS)
+    )
+    return PeriodCounts(
+        start=s,
+        end=e,
+        new=new,
+        lost=s - s_and_e,
+        # N and S never meet (a new customer had no activity before the start), so
+        # E \ S \ N has |E| - |E ∩ S| - |N| members
+        reactivated=e - s_and_e - new,
+        orders=orders,
+        placed_micros=money_micros(pm, ph),
+        refunded_micros=money_micros(rm, rh),
+        buyers=buyers,
+        repeaters=repeaters,
+    )
+
+
+def _rest(total: PeriodCounts, parts: Sequence[PeriodCounts]) -> PeriodCounts:
+    """What ``parts`` (customers of disjoint groups) leave of ``total``: every count is a
+    count of customers or a sum over them, so the rest is the difference, field by field."""
+    return PeriodCounts(
+        **{
+            f.name: getattr(total, f.name) - sum(getattr(p, f.name) for p in parts)
+            for f in fields(PeriodCounts)
+        }
+    )
+
+
+def _minus(total: Sequence[int], parts: Sequence[Sequence[int]]) -> list[int]:
+    """``total`` less the sum of ``parts``, element by element (a missing one counts 0)."""
+    return [t - sum(p[i] for p in parts if i < len(p)) for i, t in enumerate(total)]
 
 
 def _as_float(raw: str) -> float:

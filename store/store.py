@@ -24,7 +24,7 @@ from processors.currency import Rates
 from processors.state import Attribute, CustomerState, Score, TicketState
 from processors.windows import period_days
 from store.connect import memory_info
-from store.layout import Keys, money_micros
+from store.layout import ATTRIBUTE_LETTERS, Keys, money_micros
 from store.record import CUSTOMER_ID, OFFSET, PARTITION, STAMP, TOPIC
 from store.shards import (
     FORMAT_KEY,
@@ -715,10 +715,6 @@ def _state_from_hashes(
         scores=scores,
         attributes=_attributes(f),
     )
-
-
-#: The letter of each customer attribute in the stored state (batch_state.lua).
-ATTRIBUTE_LETTERS = dict(zip(DIMENSIONS, ("c", "h", "s"), strict=True))
 
 
 def _attributes(f: dict[str, str]) -> dict[str, Attribute]:

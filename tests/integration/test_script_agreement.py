@@ -23,7 +23,8 @@ from redis.asyncio import Redis
 from contract.events import REJECT_REASONS, Event, OrderEvent, build_event
 from processors.state import CustomerState
 from processors.windows import period_days
-from store.store import ATTRIBUTE_LETTERS, RESPONSE_BOUNDS, Store, accepted_record, rejected_record
+from store.layout import ATTRIBUTE_LETTERS
+from store.store import RESPONSE_BOUNDS, Store, accepted_record, rejected_record
 from tests.eventgen import fold
 
 BASE_MS = 1_700_000_000_000  # 2023-11-14
