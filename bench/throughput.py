@@ -8,10 +8,14 @@ process cold and times it from its first event to its last:
 
 - ``floor``: the worker's Faust app with an agent that only counts (``bench/floor_worker.py``),
   done when it reports (in a file of its own) that it has counted N;
-- ``pipeline``: the real ``python -m retention.cli worker``, done when the store has seen N.
+- ``pipeline``: the real ``python -m retention.cli worker``, done when the store has seen N;
+- ``quix`` (only when asked for, ``--variants ...,quix``): a Quix Streams app on the same
+  broker and Redis (``bench/quix_peer.py``, in a virtual environment of its own), whose sink
+  writes per-customer totals, done when it reports that it has written N.
 
-Both run with Faust's defaults and with the tuned settings (``TUNED``, or ``--tuned``). After
-each pipeline run the Redis memory it added is divided by the customers it tracks.
+Floor and pipeline run with Faust's defaults and with the tuned settings (``TUNED``, or
+``--tuned``). After each pipeline run the Redis memory it added is divided by the customers
+it tracks.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from common import (
     split_by_partition,
     used_memory,
 )
+from quix_env import PEER_SCRIPT, quix_python
 from redis.asyncio import Redis
 
 from retention import runtime
@@ -62,7 +67,8 @@ from streams.topics import Topics, cluster_id, ensure_topics
 
 logger = logging.getLogger("bench.throughput")
 
-Kind = Literal["floor", "pipeline"]
+Kind = Literal["floor", "pipeline", "quix"]
+#: the kinds that run with Faust's defaults and with the tuned settings
 KINDS: tuple[Kind, ...] = ("floor", "pipeline")
 FLOOR_SCRIPT = Path(__file__).with_name("floor_worker.py")
 
@@ -101,7 +107,7 @@ class Variant:
 
     @property
     def name(self) -> str:
-        return f"{self.kind}-{self.tuning}"
+        return f"{self.kind}-{self.tuning}" if self.tuning else self.kind
 
 
 @dataclass
@@ -175,6 +181,8 @@ class Bench:
         )
 
     def env(self, variant: Variant, settings: Settings, reports: Path) -> dict[str, str]:
+        if variant.kind == "quix":
+            return self.quix_env(settings, reports)
         # later entries win: the embedded stack's group timeouts, then the variant's tuning
         return runtime.settings_env(
             settings,
@@ -183,6 +191,28 @@ class Bench:
             BENCH_EXPECTED_EVENTS=str(self.options.events),
             BENCH_REPORT_FILE=str(reports),
             **variant.env,
+        )
+
+    def quix_env(self, settings: Settings, reports: Path) -> dict[str, str]:
+        """The peer's environment: the same topic and Redis, a group and keys of its own."""
+        topics = Topics.from_settings(settings)
+        timeouts = runtime.EMBEDDED_TIMEOUTS
+        return runtime.child_env(
+            PYTHONUNBUFFERED="1",
+            QUIX_BOOTSTRAP=self.bootstrap,
+            QUIX_TOPIC=topics.source("order"),
+            QUIX_GROUP=f"{settings.topic_prefix}quix",
+            QUIX_REDIS_URL=self.redis_url,
+            QUIX_KEY_PREFIX=settings.key_prefix,
+            QUIX_STATE_DIR=str(settings.data_dir / "quix-state"),
+            # the group timeouts the embedded stack gives the workers
+            QUIX_SESSION_TIMEOUT_MS=milliseconds(timeouts["RETENTION_SESSION_TIMEOUT_SECONDS"]),
+            QUIX_HEARTBEAT_INTERVAL_MS=milliseconds(
+                timeouts["RETENTION_HEARTBEAT_INTERVAL_SECONDS"]
+            ),
+            BENCH_EXPECTED_EVENTS=str(self.options.events),
+            BENCH_BATCH_SIZE=str(settings.batch_size),
+            BENCH_REPORT_FILE=str(reports),
         )
 
     @property
@@ -194,7 +224,19 @@ def start(kind: Kind, env: dict[str, str], log_dir: Path, name: str) -> Process:
     """Start a worker of ``kind``; its output goes to ``log_dir/NAME.log``."""
     if kind == "floor":
         return runtime.spawn(name, [sys.executable, str(FLOOR_SCRIPT)], log_dir, env)
+    if kind == "quix":
+        return runtime.spawn(name, [str(peer_python()), str(PEER_SCRIPT)], log_dir, env)
     return runtime.start_worker(env, log_dir, name)
+
+
+def milliseconds(seconds: str) -> str:
+    return str(round(float(seconds) * 1000))
+
+
+@functools.cache
+def peer_python() -> Path:
+    """The Quix peer's interpreter, its environment made on first use (``quix_env.py``)."""
+    return quix_python()
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -223,7 +265,8 @@ def read_reports(path: Path) -> dict[str, dict[str, Any]]:
 
 
 async def floor_timing(process: Process, reports: Path, timeout: float) -> Timing:
-    """From the floor worker's reports, which carry their own times: polling adds no error."""
+    """From the floor worker's (or the Quix peer's) reports, which carry their own times:
+    polling adds no error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lines = read_reports(reports)
@@ -233,9 +276,16 @@ async def floor_timing(process: Process, reports: Path, timeout: float) -> Timin
             cpu = (done["cpu"] - first["cpu"]) / wall if wall > 0 else None
             return Timing(float(first["at"]), float(done["at"]), cpu)
         if process.proc.poll() is not None:
-            raise BenchError(f"the floor worker exited with code {process.proc.returncode}")
+            raise BenchError(f"the process exited with code {process.proc.returncode}")
         await asyncio.sleep(POLL_SECONDS)
-    raise BenchError("the floor worker did not count every event in time")
+    raise BenchError("the process did not report every event in time")
+
+
+async def check_quix_totals(redis: Redis, settings: Settings, expected: int) -> None:
+    """The peer's sink has written what it reported: every order counted once."""
+    seen = int(await redis.get(settings.key_prefix + "seen") or 0)
+    if seen != expected:
+        raise BenchError(f"the Quix peer wrote {seen} orders to Redis, not {expected}")
 
 
 # --- pipeline -------------------------------------------------------------------------
@@ -392,6 +442,9 @@ async def run_once(bench: Bench, variant: Variant, index: int, redis: Redis) -> 
     try:
         if variant.kind == "floor":
             timing = await floor_timing(process, reports, bench.timeout)
+        elif variant.kind == "quix":
+            timing = await floor_timing(process, reports, bench.timeout)
+            await check_quix_totals(redis, settings, bench.options.events)
         else:
             timing = await pipeline_timing(bench, store, settings, process)
     except BenchError as exc:
@@ -434,9 +487,14 @@ def variants(options: Options) -> list[Variant]:
         for kind in KINDS
         for tuning, env in tunings.items()
     ]
+    # the Quix peer only when asked for: it needs an environment of its own, from PyPI
+    out.append(Variant("quix", "", {}))
     if options.variants:
-        out = [v for v in out if v.name in options.variants]
-    return out
+        unknown = set(options.variants) - {v.name for v in out}
+        if unknown:
+            raise BenchError(f"no such variant: {', '.join(sorted(unknown))}")
+        return [v for v in out if v.name in options.variants]
+    return [v for v in out if v.kind != "quix"]
 
 
 # --- the whole bench ------------------------------------------------------------------
@@ -448,6 +506,8 @@ async def run_all(options: Options, bootstrap: str, redis_url: str, log_dir: Pat
     check_sample(messages)
     by_partition = split_by_partition(messages, options.partitions)
     bench = Bench(options, bootstrap, redis_url, log_dir, by_partition, uuid.uuid4().hex[:6])
+    if any(v.kind == "quix" for v in variants(options)):
+        peer_python()
     redis = Redis.from_url(redis_url, decode_responses=True)
     try:
         runs = []
@@ -547,6 +607,46 @@ def render_parts(runs: Sequence[Run]) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """A pipeline variant's events/s over another variant's: the fastest runs of each,
+    and run by run (runs of the same index ran one after the other)."""
+
+    pipeline: str
+    against: str
+    best: float
+    by_run: list[float]
+
+
+def ratios(runs: Sequence[Run]) -> list[Ratio]:
+    """Each pipeline variant against the floor of the same tuning and against Quix."""
+    by_variant: dict[str, dict[int, float]] = {}
+    for run in runs:
+        by_variant.setdefault(run.variant, {})[run.index] = run.events_per_second
+    out = []
+    for name, mine in by_variant.items():
+        if not name.startswith("pipeline-"):
+            continue
+        for other in (name.replace("pipeline-", "floor-", 1), "quix"):
+            theirs = by_variant.get(other)
+            if not theirs:
+                continue
+            paired = [mine[i] / theirs[i] for i in sorted(mine) if i in theirs]
+            out.append(Ratio(name, other, max(mine.values()) / max(theirs.values()), paired))
+    return out
+
+
+def render_ratios(runs: Sequence[Run]) -> list[str]:
+    found = ratios(runs)
+    if not found:
+        return []
+    lines = ["Ratios (fastest run of each; then run by run, as interleaved):"]
+    for r in found:
+        paired = " ".join(f"{value:.2f}" for value in r.by_run)
+        lines.append(f"  {r.pipeline} / {r.against}: {r.best:.2f}   ({paired})")
+    return lines
+
+
 def render(options: Options, runs: Sequence[Run], elapsed: float) -> str:
     summaries = summarize(runs)
     lines = [
@@ -563,6 +663,14 @@ def render(options: Options, runs: Sequence[Run], elapsed: float) -> str:
         "per wall s of the worker process; Redis busy: share of wall time spent in the script;",
         "Redis us/ev: script time (INFO commandstats) / N, lowest of the runs",
     ]
+    if any(r.kind == "quix" for r in runs):
+        lines += [
+            "quix: Quix Streams on the same broker and Redis (bench/quix_peer.py); its first",
+            "event is its first batch written to Redis; worker CPU counts librdkafka's threads",
+        ]
+    ratio_lines = render_ratios(runs)
+    if ratio_lines:
+        lines += ["", *ratio_lines]
     split = render_parts(runs)
     if split:
         lines += ["", *split]
@@ -603,6 +711,7 @@ def as_json(options: Options, runs: Sequence[Run], elapsed: float) -> str:
             }
             for s in summaries
         ],
+        "ratios": [asdict(r) for r in ratios(runs)],
         "runs": run_rows,
     }
     return json.dumps(doc, indent=2)
