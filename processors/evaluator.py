@@ -35,6 +35,7 @@ from processors.lifecycle import (
 )
 from processors.risk import Assessment, RiskPolicy, assess, value
 from processors.state import CustomerState
+from processors.windows import local_date
 
 Publish = Callable[[Sequence[Alert]], Awaitable[None]]
 
@@ -100,7 +101,7 @@ def evaluate(
 
 def as_of_day(now: datetime) -> date:
     """The last whole day before ``now``: the day forecasts are made as of."""
-    return (now - timedelta(milliseconds=1)).date()
+    return local_date(now - timedelta(milliseconds=1))
 
 
 #: A predicted CLTV above this (in the reporting currency) is not a prediction but a model

@@ -53,6 +53,7 @@ from processors.lifecycle import LifecyclePolicy
 from processors.outcomes import Raised, tally
 from processors.risk import RiskPolicy
 from processors.state import CustomerState, apply_event
+from processors.windows import local_day
 
 #: customers with this many repeat days or more are one group in the frequency table
 FREQUENCY_CAP = 7
@@ -78,7 +79,7 @@ def _calibration(
         states[event.customer_id] = apply_event(state, event, kinds)
         if isinstance(event, OrderEvent) and event.status == "placed":
             days = amounts.setdefault(event.customer_id, {})
-            day = event.ts_ms // MS_PER_DAY
+            day = local_day(event.ts_ms)
             days[day] = days.get(day, 0.0) + event.amount_micros / MICROS
     return states, amounts
 
@@ -96,7 +97,7 @@ def _holdout(
         if not cut_ms <= event.ts_ms < end_ms or (event.customer_id, event.event_id) in seen:
             continue
         seen.add((event.customer_id, event.event_id))
-        days.setdefault(event.customer_id, set()).add(event.ts_ms // MS_PER_DAY)
+        days.setdefault(event.customer_id, set()).add(local_day(event.ts_ms))
         spent[event.customer_id] = spent.get(event.customer_id, 0.0) + event.amount_micros / MICROS
     return days, spent
 

@@ -21,6 +21,7 @@ from contract.events import MS_PER_DAY
 from processors.alerts import Alert, AlertKind
 from processors.risk import Assessment, Bands, RiskPolicy, Timers, silence_limit_days
 from processors.state import CustomerState, day_iso
+from processors.windows import local_day
 
 Status = Literal["new", "active", "at_risk", "churned", "reactivated"]
 STATUSES: tuple[Status, ...] = ("new", "active", "at_risk", "churned", "reactivated")
@@ -82,7 +83,7 @@ def lookback_days(now_ms: int, p: LifecyclePolicy) -> tuple[int, int]:
     Active at t means activity in ``[t - W, t)`` (docs/metrics.md); with t = now - new_days, at
     day granularity. A customer active now but not then has come back within ``new_days``.
     """
-    then = now_ms // MS_PER_DAY - p.new_days
+    then = local_day(now_ms) - p.new_days
     return then - p.churn_after_days, then
 
 

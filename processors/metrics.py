@@ -24,7 +24,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from contract.events import MICROS, Event, LoginEvent, OrderEvent
-from processors.windows import Period, next_period, period_index, periods_between
+from processors.windows import (
+    Period,
+    local_date,
+    local_midnight,
+    next_period,
+    period_index,
+    periods_between,
+)
 
 ActivityKinds = frozenset[str]
 
@@ -137,14 +144,19 @@ def _active_boundaries(
     """Indexes ``j`` such that the customer is active at ``boundaries[j]``.
 
     Active at t means an activity with ``t - W <= ts < t``, that is ``ts < t <= ts + W``; so
-    each activity covers the boundaries in ``(ts, ts + W]``. ``times`` is sorted, so the
-    covered ranges only move forward and each index is visited once.
+    each activity covers the boundaries in ``(ts, ts + W]``. W counts calendar days: the
+    boundaries are local midnights, and ``ts + W`` is taken as midnight W days after the
+    local date of ``ts``, so that a window across a daylight-saving change still spans W
+    dates (in UTC the two are the same). ``times`` is sorted, so the covered ranges only
+    move forward and each index is visited once.
     """
     active: set[int] = set()
     reached = 0
+    days = window.days if window == timedelta(days=window.days) else None
     for ts in times:
         low = max(bisect_right(boundaries, ts), reached)
-        high = bisect_right(boundaries, ts + window)
+        reach = ts + window if days is None else local_midnight(local_date(ts) + timedelta(days))
+        high = bisect_right(boundaries, reach)
         active.update(range(low, high))
         reached = max(reached, high)
     return active

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from contract.events import MS_PER_DAY
 from processors.state import CustomerState
+from processors.windows import local_day
 
 Outcome = Literal["returned", "not_returned", "pending"]
 OUTCOMES: tuple[Outcome, ...] = ("returned", "not_returned", "pending")
@@ -48,11 +48,11 @@ class Raised:
 
 
 def outcome(raised: Raised, state: CustomerState | None, window_days: int, now_ms: int) -> Outcome:
-    day = raised.at_ms // MS_PER_DAY
+    day = local_day(raised.at_ms)
     last = day + window_days
     if state is not None and any(day < d <= last for d in state.orders_by_day):
         return "returned"
-    return "not_returned" if now_ms >= (last + 1) * MS_PER_DAY else "pending"
+    return "not_returned" if local_day(now_ms) > last else "pending"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contract.events import MICROS, MS_PER_DAY
 from processors.state import CustomerState
+from processors.windows import local_day
 
 MS_PER_HOUR = 3_600_000
 
@@ -226,7 +227,7 @@ def _frequency_drop(
 ) -> dict[str, float] | None:
     if not state.orders_by_day:
         return None
-    today = now_ms // MS_PER_DAY
+    today = local_day(now_ms)
     start = today - rule.window_days
     first = min(state.orders_by_day)
     before_days = start - first

@@ -19,6 +19,7 @@ from typing import Any
 
 from contract.events import MICROS, MS_PER_DAY, Event, LoginEvent, OrderEvent, SupportEvent
 from processors.currency import Rates
+from processors.windows import local_day
 
 #: Tickets a customer's state tracks at most (store/batch_tickets.lua keeps the same), so that a
 #: producer cannot grow one customer's state, read whole on every evaluation, without end.
@@ -151,7 +152,7 @@ def _apply_order(
         )
     if event.status == "cancelled":
         return replace(state, cancelled=state.cancelled + 1)
-    day = ts // MS_PER_DAY
+    day = local_day(ts)
     by_day = {**state.orders_by_day, day: state.orders_by_day.get(day, 0) + 1}
     last, last_amount = state.last_order_ms, state.last_order_micros
     if last is None or ts > last or (ts == last and amount > (last_amount or 0)):

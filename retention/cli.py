@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from processors.windows import use_calendar
 from retention import logs
 from retention.config import Settings
 from retention.services import NoServices, resolve
@@ -31,7 +32,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    use_calendar(settings.calendar())
+    return settings
 
 
 def _services(args: argparse.Namespace) -> Settings:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.events import EventType
+from processors.windows import Calendar, calendar_of
 from streams.kafka_security import KafkaSecurity, SaslMechanism, SecurityProtocol
 
 ActivityKind = EventType  # the event types that can count as activity
@@ -106,6 +108,13 @@ class Settings(BaseSettings):
     # uvloop lowers Faust's per-message cost, the worker's ceiling (bench/README.md)
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     churn_after_days: int = Field(default=90, ge=1)
+    # The shop's calendar (processors/windows.py): the IANA zone its days, weeks and months
+    # start in, and the first day of its weeks. A store keeps the calendar it was written
+    # with; another one needs `retention rebuild`.
+    timezone: str = "UTC"
+    week_start: Literal[
+        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"
+    ] = "monday"
     clock: Literal["wall", "watermark"] = "wall"
     lateness_seconds: float = Field(default=3600.0, ge=0)
     close_every_seconds: float = Field(default=5.0, gt=0)
@@ -202,6 +211,28 @@ class Settings(BaseSettings):
             # frozen: set once, while the settings are being made
             object.__setattr__(self, "redis_url", text)
         return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value != "UTC":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(
+                    f"RETENTION_TIMEZONE {value!r} is not an IANA zone name "
+                    "(such as Europe/Berlin, Asia/Tokyo or America/Los_Angeles)"
+                ) from exc
+        return value
+
+    @field_validator("week_start", mode="before")
+    @classmethod
+    def _lower_day(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def calendar(self) -> Calendar:
+        """The calendar periods are counted in."""
+        return calendar_of(self.timezone, self.week_start)
 
     @field_validator("default_currency", "reporting_currency")
     @classmethod

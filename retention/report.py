@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.alive_models import MODELS
-from processors.windows import PERIODS
+from processors.windows import PERIODS, current_calendar
 
 NULL = "-"
 OPEN_MARKER = "(open)"
@@ -121,7 +121,7 @@ def render_periods(
         ]
         for row in rows
     ]
-    lines = [f"Retention by {period} (period start dates, UTC)", ""]
+    lines = [f"Retention by {period} (period start dates, {current_calendar().describe()})", ""]
     lines += _table(header, body, left=1)
     lines += ["", PERIOD_LEGEND]
     if currency:

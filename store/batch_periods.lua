@@ -22,12 +22,12 @@ end
 -- earlier activity arrives late (in the periods that change).
 local act_counts_key = P .. 'act:n'
 
--- The first days (epoch-day numbers, as text) of the day, ISO week and month that hold
--- time ts (ms), as the worker computes them for an event. Periods are UTC; day 0,
--- 1970-01-01, was a Thursday; the month comes from the proleptic Gregorian calendar
--- (days to civil date, counted in 400-year eras from 0000-03-01).
-local function periods_of(ts)
-  local day = math.floor(tonumber(ts) / 86400000)
+-- The first days (epoch-day numbers, as text) of the day, week and month of the local
+-- date numbered `day`, as the worker computes them for an event (processors/windows.py):
+-- day 0, 1970-01-01, was a Thursday, and a week starts on the calendar's week_start
+-- (0 Monday); the month comes from the proleptic Gregorian calendar (days to civil date,
+-- counted in 400-year eras from 0000-03-01).
+local function periods_of(day)
   local z = day + 719468
   local era = math.floor(z / 146097)
   local doe = z - era * 146097
@@ -35,7 +35,14 @@ local function periods_of(ts)
   local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
   local mp = math.floor((5 * doy + 2) / 153)
   local dom = doy - math.floor((153 * mp + 2) / 5)  -- day of the month, from 0
-  return {d = num(day), w = num(day - (day + 3) % 7), m = num(day - dom)}
+  return {d = num(day), w = num(day - (day + 3 - week_start) % 7), m = num(day - dom)}
+end
+
+-- The local date number of a customer's stored activity time `ms`: kept beside it (field
+-- `name`) when the calendar is not UTC's, else the UTC date.
+local function activity_day(c, ms, name)
+  if not ms then return nil end
+  return c.f[name] or math.floor(ms / 86400000)
 end
 
 -- The first day of the month after the one starting on day m (a month has 28 to 31 days,
@@ -44,18 +51,18 @@ local month_ends = {}
 local function month_end(m)
   local e = month_ends[m]
   if not e then
-    e = tonumber(periods_of((m + 31) * 86400000).m)
+    e = tonumber(periods_of(m + 31).m)
     month_ends[m] = e
   end
   return e
 end
 
--- Whether a day (an epoch-day number, or nil) lies in the day, the ISO week and the month
+-- Whether a day (an epoch-day number, or nil) lies in the day, the week and the month
 -- of an event (first days d, w, m, with m_end the first day after the month): the bits of
 -- the customer's first and latest activity are set already in those periods.
 local function same_periods(day, d, w, m, m_end)
   if not day then return false, false, false end
-  return day == d, day - (day + 3) % 7 == w, day >= m and day < m_end
+  return day == d, day - (day + 3 - week_start) % 7 == w, day >= m and day < m_end
 end
 
 -- A cohort bitmap starts at the number of the first customer put in it, rounded down to a
@@ -115,8 +122,9 @@ local function activity(c, idx, t, days)
   local la = c.f.la
   local d, w, m = days.dn, days.wn, days.mn
   local m_end = month_end(m)
-  local fd, fw, fm = same_periods(first and math.floor(first / 86400000), d, w, m, m_end)
-  local ld, lw, lm = same_periods(la and math.floor(la / 86400000), d, w, m, m_end)
+  local first_day = activity_day(c, first, 'fad')
+  local fd, fw, fm = same_periods(first_day, d, w, m, m_end)
+  local ld, lw, lm = same_periods(activity_day(c, la, 'lad'), d, w, m, m_end)
   if not (fd or ld) then
     -- a day's count of active customers moves with every bit its bitmap gains, which
     -- tells the period readers' window unions (period_counts.lua) which days to OR again
@@ -128,7 +136,8 @@ local function activity(c, idx, t, days)
   if not (fm or lm) then redis.call('SETBIT', days.am or day_activity(days, 'am'), idx, '1') end
   if not first or t < first then
     put(c, 'fa', t)
-    local old = first and periods_of(first)
+    if zoned then put(c, 'fad', d) end
+    local old = first and periods_of(first_day)
     for _, p in ipairs(PERIODS) do
       local day = days[p]
       if not old or old[p] ~= day then
@@ -137,7 +146,10 @@ local function activity(c, idx, t, days)
       end
     end
   end
-  if not la or t > la then put(c, 'la', t) end
+  if not la or t > la then
+    put(c, 'la', t)
+    if zoned then put(c, 'lad', d) end
+  end
 end
 
 -- Orders and money per period. Buyers (`b`) and repeat buyers (`r`, two placed orders or

@@ -45,6 +45,10 @@
 --   shards stays exactly-once when the worker stops between two shards, since each shard
 --   skips what it has already applied.
 -- ARGV[10] the store format this script writes (store/shards.py, STORE_FORMAT)
+-- ARGV[11] the calendar's first day of the week, 0 (Monday) to 6 (Sunday)
+-- ARGV[12] '1' when periods are counted in another zone than UTC: the local day of each
+--   customer's first and latest activity is then kept beside its time (fields fad, lad),
+--   since the script cannot work out a local date from a time (processors/windows.py)
 -- Returns {applied, duplicates, redelivered, rejected, gaps, set aside}: gaps is a flat
 -- list {tp, next offset wanted, ...}; set aside lists the events ('tp|offset') of
 -- customers whose stored state cannot be read (see below).
@@ -58,6 +62,8 @@ end
 -- running worker (for a store of one shard, this is the store's own format key)
 redis.call('SET', P .. 'format', ARGV[10], 'NX')
 local offsets_key = KEYS[1]
+local week_start = tonumber(ARGV[11])
+local zoned = ARGV[12] == '1'
 local stats_key = P .. 'stats'
 local meta_key = P .. 'meta'
 local newest_key = P .. 'newest:' .. ARGV[2]

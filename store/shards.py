@@ -24,6 +24,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from processors.windows import UTC_CALENDAR, Calendar, calendar_of, current_calendar, use_calendar
+
 #: Shards a store may have; more only add calls per batch.
 MAX_SHARDS = 1024
 #: Shards of a new store on a Redis Cluster when none are configured: a few per node of
@@ -66,6 +68,45 @@ async def check_format(redis: Redis | RedisCluster, prefix: str, writer: bool) -
             "topics in this version's format with `retention rebuild` (stop the workers of "
             "the other version first)"
         )
+    await check_calendar(redis, prefix, writer)
+
+
+#: The key recording the calendar periods are counted in (processors/windows.py,
+#: ``Calendar.label``); a store that holds data without it was written in UTC.
+CALENDAR_KEY = "calendar"
+
+
+class CalendarMismatch(LayoutMismatch):
+    """The store counts its periods in another timezone or with another week start."""
+
+
+async def check_calendar(redis: Redis | RedisCluster, prefix: str, writer: bool) -> None:
+    """A writer records the process's calendar in a new store, and refuses a store that
+    counts its periods in another one: the day, week and month keys of what it holds
+    would mean other dates. A reader counts in the store's calendar, whatever its own."""
+    raw = await redis.get(prefix + CALENDAR_KEY)
+    if raw is None and writer and not await _holds_data(redis, prefix):
+        await redis.set(prefix + CALENDAR_KEY, current_calendar().label, nx=True)
+        raw = await redis.get(prefix + CALENDAR_KEY)
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    stored = UTC_CALENDAR if raw is None else _calendar(str(raw))
+    if stored == current_calendar():
+        return
+    if writer:
+        raise CalendarMismatch(
+            f"the store under {prefix!r} counts its periods in {stored.describe()}, and "
+            f"this worker is set to {current_calendar().describe()} (RETENTION_TIMEZONE, "
+            "RETENTION_WEEK_START): set them as the store was written, or stop the workers "
+            "and rebuild the store from the topics with `retention rebuild`, which counts "
+            "everything again in the new calendar"
+        )
+    use_calendar(stored)
+
+
+def _calendar(label: str) -> Calendar:
+    zone, _, week = label.partition("|")
+    return calendar_of(zone, int(week or 0))
 
 
 async def _holds_data(redis: Redis | RedisCluster, prefix: str) -> bool:

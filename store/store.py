@@ -22,7 +22,7 @@ from redis.crc import key_slot
 from contract.events import DIMENSIONS, Event, LoginEvent, OrderEvent, RejectReason
 from processors.currency import Rates
 from processors.state import Attribute, CustomerState, Score, TicketState
-from processors.windows import period_days
+from processors.windows import current_calendar, period_days
 from store.connect import memory_info
 from store.layout import ATTRIBUTE_LETTERS, Keys, money_micros
 from store.record import CUSTOMER_ID, OFFSET, PARTITION, STAMP, TOPIC
@@ -239,10 +239,13 @@ class Store:
             parts[layout.shard_of(record[CUSTOMER_ID])].append(record)
         ranges = {tp: _runs(by_offset) for tp, by_offset in stamps.items()}
         common = [str(now), str(self.bucket_ms), str(DEDUPE_BUCKETS), self.kind_letters]
+        calendar = current_calendar()
         tail = [
             "" if floors is None else json.dumps({_tp(*tp): o for tp, o in floors.items()}),
             json.dumps(ranges),
             str(STORE_FORMAT),
+            str(calendar.week_start),
+            "0" if calendar.zone == "UTC" else "1",
         ]
         scope = self.offsets_scope
         replies = await asyncio.gather(

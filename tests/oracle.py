@@ -2,7 +2,9 @@
 
 Written from the definitions alone, without the project's period or metrics code, so that
 the streaming numbers and the project's own reference are both checked against it. Times
-are naive UTC here (pandas periods carry no zone).
+are naive local times here (pandas periods carry no zone): UTC unless a zone is given, in
+which case every event time is first turned into the zone's wall time, so that days start
+at local midnight and a window of W days spans W dates across daylight-saving changes.
 """
 
 from __future__ import annotations
@@ -16,9 +18,22 @@ import pandas as pd
 from contract.events import Event, LoginEvent, OrderEvent
 
 FREQ = {"day": "D", "week": "W-SUN", "month": "M"}  # W-SUN: weeks ending Sunday, ISO weeks
+_DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 
 
-def frame(events: Sequence[Event], kinds: frozenset[str]) -> pd.DataFrame:
+def _freq(period: str, week_start: int) -> str:
+    """The pandas frequency; a week starting on day d ends on the day before."""
+    return f"W-{_DAYS[(week_start - 1) % 7]}" if period == "week" else FREQ[period]
+
+
+def _local(ts: pd.Series | pd.Timestamp, zone: str) -> pd.Series | pd.Timestamp:
+    """Aware UTC times as naive wall times of ``zone``."""
+    if isinstance(ts, pd.Series):
+        return ts.dt.tz_convert(zone).dt.tz_localize(None)
+    return ts.tz_convert(zone).tz_localize(None)
+
+
+def frame(events: Sequence[Event], kinds: frozenset[str], zone: str = "UTC") -> pd.DataFrame:
     rows = []
     for e in events:
         if isinstance(e, OrderEvent):
@@ -29,13 +44,15 @@ def frame(events: Sequence[Event], kinds: frozenset[str]) -> pd.DataFrame:
         else:
             rows.append((e.customer_id, e.ts, "support", 0, "support" in kinds))
     df = pd.DataFrame(rows, columns=["customer", "ts", "kind", "micros", "active"])
-    df["ts"] = pd.to_datetime(df["ts"], utc=True).dt.tz_convert(None)
+    df["ts"] = _local(pd.to_datetime(df["ts"], utc=True), zone)
     return df
 
 
-def _span(df: pd.DataFrame, period: str, until: datetime | None) -> pd.PeriodIndex:
-    last = df["ts"].max() if until is None else pd.Timestamp(until).tz_convert(None)
-    return pd.period_range(df["ts"].min().to_period(FREQ[period]), last.to_period(FREQ[period]))
+def _span(
+    df: pd.DataFrame, freq: str, until: datetime | None, zone: str = "UTC"
+) -> pd.PeriodIndex:
+    last = df["ts"].max() if until is None else _local(pd.Timestamp(until), zone)
+    return pd.period_range(df["ts"].min().to_period(freq), last.to_period(freq))
 
 
 def _active_at(act: pd.DataFrame, t: pd.Timestamp, window: timedelta) -> set[str]:
@@ -52,15 +69,17 @@ def period_rows(
     churn_days: int,
     kinds: frozenset[str],
     until: datetime | None = None,
+    zone: str = "UTC",
+    week_start: int = 0,
 ) -> list[dict[str, Any]]:
-    df = frame(events, kinds)
+    df = frame(events, kinds, zone)
     if until is not None:
-        df = df[df["ts"] <= pd.Timestamp(until).tz_convert(None)]
+        df = df[df["ts"] <= _local(pd.Timestamp(until), zone)]
     window = timedelta(days=churn_days)
     act = df[df["active"]]
     first = act.groupby("customer")["ts"].min()
     out = []
-    for p in _span(df, period, until):
+    for p in _span(df, _freq(period, week_start), until, zone):
         s, e = p.start_time, (p + 1).start_time
         start, end = _active_at(act, s, window), _active_at(act, e, window)
         new = set(first[(first >= s) & (first < e)].index) & end
@@ -91,20 +110,26 @@ def period_rows(
 
 
 def cohorts(
-    events: Sequence[Event], period: str, kinds: frozenset[str], until: datetime | None = None
+    events: Sequence[Event],
+    period: str,
+    kinds: frozenset[str],
+    until: datetime | None = None,
+    zone: str = "UTC",
+    week_start: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    df = frame(events, kinds)
+    freq = _freq(period, week_start)
+    df = frame(events, kinds, zone)
     if until is not None:
-        df = df[df["ts"] <= pd.Timestamp(until).tz_convert(None)]
-    span = _span(df, period, until)
+        df = df[df["ts"] <= _local(pd.Timestamp(until), zone)]
+    span = _span(df, freq, until, zone)
     act = df[df["active"]].copy()
-    act["p"] = act["ts"].dt.to_period(FREQ[period])
+    act["p"] = act["ts"].dt.to_period(freq)
     act["cohort"] = act.groupby("customer")["p"].transform("min")
     # revenue: placed amounts in, refunded out, in the period each happens, by the cohort
     # of its customer, from the cohort's period on
     first = act.groupby("customer")["p"].min()
     money = df[df["kind"].isin(["placed", "refunded"])].copy()
-    money["p"] = money["ts"].dt.to_period(FREQ[period])
+    money["p"] = money["ts"].dt.to_period(freq)
     money["cohort"] = money["customer"].map(first)
     money = money.dropna(subset=["cohort"])
     money["signed"] = money["micros"].where(money["kind"] == "placed", -money["micros"])

@@ -1,6 +1,7 @@
 """Period boundaries are worked out in two places, for speed: by the worker for each
 event's record (processors/windows.py) and by the batch script for a first activity that
-moves (store/batch_periods.lua). They must agree on every day, week and month."""
+moves (store/batch_periods.lua, from the local date's number). They must agree on every
+day, week and month, whatever day weeks start on."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from processors.windows import period_days
+from processors.windows import calendar_in_use, calendar_of, period_days
 
 SCRIPT = Path(__file__).resolve().parents[2] / "store" / "batch_periods.lua"
 
@@ -43,11 +44,14 @@ async def test_the_script_and_the_worker_cut_the_same_periods(
     script = (
         "local function num(x) if x == 0 then return '0' end "
         "return string.format('%.0f', x) end\n"
+        "local week_start = tonumber(ARGV[1])\n"
         + lua_function("periods_of")
-        + "\nlocal out = {}\nfor i = 1, #ARGV do\n"
-        "  local p = periods_of(ARGV[i])\n"
+        + "\nlocal out = {}\nfor i = 2, #ARGV do\n"
+        "  local p = periods_of(math.floor(tonumber(ARGV[i]) / 86400000))\n"
         "  out[#out + 1] = p.d .. ',' .. p.w .. ',' .. p.m\nend\nreturn out\n"
     )
-    got = await redis.eval(script, 0, *times)
-    want = [",".join(map(str, period_days(t))) for t in times]
-    assert got == want
+    for week_start in (0, 3, 6):
+        with calendar_in_use(calendar_of("UTC", week_start)):
+            want = [",".join(map(str, period_days(t))) for t in times]
+        got = await redis.eval(script, 0, week_start, *times)
+        assert got == want, week_start
