@@ -48,9 +48,7 @@ def frame(events: Sequence[Event], kinds: frozenset[str], zone: str = "UTC") -> 
     return df
 
 
-def _span(
-    df: pd.DataFrame, freq: str, until: datetime | None, zone: str = "UTC"
-) -> pd.PeriodIndex:
+def _span(df: pd.DataFrame, freq: str, until: datetime | None, zone: str = "UTC") -> pd.PeriodIndex:
     last = df["ts"].max() if until is None else _local(pd.Timestamp(until), zone)
     return pd.period_range(df["ts"].min().to_period(freq), last.to_period(freq))
 
