@@ -323,6 +323,12 @@ def overview_variables() -> list[Builder[models.VariableModel]]:
         label_values(
             "attribute", "attribute", sel("retention_attribute_customers"), "Customer attribute"
         ),
+        label_values(
+            "value",
+            "value",
+            sel("retention_breakdown_end_customers", 'attribute=~"$attribute"'),
+            "Value",
+        ),
         dashboard.TextBoxVariable("currency")
         .label("Currency")
         .description("The reporting currency of the tracker (RETENTION_REPORTING_CURRENCY).")
@@ -615,6 +621,19 @@ def revenue_panels() -> list[Builder[Any]]:
 
 
 def market_panels() -> list[Builder[Any]]:
+    picked = ('attribute=~"$attribute"', 'value=~"$value"')
+
+    def by_value(metric: str) -> list[Builder[Any]]:
+        return queries(
+            (sel(metric, *picked, 'window="current"'), "{{attribute}} {{value}}: this month"),
+            (sel(metric, *picked, 'window="last_closed"'), "{{attribute}} {{value}}: last month"),
+        )
+
+    note = (
+        " Each customer counts under the latest value its orders and logins carried, with all "
+        "its history; the values with the most customers (RETENTION_ATTRIBUTE_TOP), every "
+        "other customer as other. Counted again every 5 minutes."
+    )
     return [
         bars(
             "Customers by latest country, channel and shop",
@@ -631,6 +650,36 @@ def market_panels() -> list[Builder[Any]]:
             24,
             8,
             decimals=0,
+        ),
+        bars(
+            "Churn rate by value (month)",
+            "Customers active at the month's start and not at its end, over those active at "
+            "its start, for the values the variables pick." + note,
+            by_value("retention_breakdown_churn_ratio"),
+            "percentunit",
+            8,
+            10,
+            decimals=1,
+            bounds=(0, 1),
+        ),
+        bars(
+            "Active customers at the month's end by value",
+            "Customers active within the churn window before the month's end (E), for the "
+            "values the variables pick." + note,
+            by_value("retention_breakdown_end_customers"),
+            "short",
+            8,
+            10,
+            decimals=0,
+        ),
+        bars(
+            "Revenue by value (month, $currency)",
+            "Placed minus refunded amounts of the values' customers in the month." + note,
+            by_value("retention_breakdown_revenue"),
+            "short",
+            8,
+            10,
+            decimals=2,
         ),
     ]
 

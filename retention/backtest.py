@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,6 @@ from redis.asyncio import Redis
 
 from contract.events import (
     MICROS,
-    MS_PER_DAY,
     Event,
     InvalidEvent,
     OrderEvent,
@@ -48,7 +47,14 @@ from processors.forecast import (
 from processors.holdout import cutoff_for, holdout_report
 from processors.lifecycle import lifecycle_policy
 from processors.state import to_public
-from processors.windows import Period, next_period, period_start
+from processors.windows import (
+    Period,
+    local_date,
+    local_day,
+    local_midnight,
+    next_period,
+    period_start,
+)
 from retention import runtime
 from retention.cdnow import read_cdnow
 from retention.config import ActivityKind, Settings
@@ -56,7 +62,7 @@ from retention.publish_file import Progress, file_dead_letter_headers
 from store.connect import connect
 from store.evaluations import active_before, update_high_value_threshold
 from store.models import read_histories, save_fit
-from store.periods import Periods
+from store.periods import Periods, holds_nothing
 from store.store import Store
 from streams.producer import EventProducer
 from streams.risk_file import load_policy
@@ -84,6 +90,8 @@ class Options:
     holdout_until: date | None = None
     #: the holdout test's row per customer (CSV), from which its scores can be recomputed
     holdout_customers: Path | None = None
+    #: rows and cohorts also per value of this customer attribute (country, channel, shop)
+    by: str | None = None
 
 
 def parse_duration_days(text: str) -> int:
@@ -130,9 +138,10 @@ def load(options: Options) -> tuple[list[Event], list[tuple[int, Rejection]]]:
 
 
 def _until_end(until: date | None) -> datetime | None:
+    """The end of the day ``until``: the next local midnight (RETENTION_TIMEZONE)."""
     if until is None:
         return None
-    return datetime(until.year, until.month, until.day, tzinfo=UTC) + timedelta(days=1)
+    return local_midnight(until + timedelta(days=1))
 
 
 def last_instant(options: Options, events: list[Event]) -> datetime | None:
@@ -269,7 +278,7 @@ class Backtest:
             rows = [r.as_dict() for r in await periods.rows(o.period, o.churn_days, last)]
         stats = await store.stats()
         # the models as of the end of the data: the --until day, or the last event's day
-        spend = repeat_spend(events, last.date()) if last is not None else {}
+        spend = repeat_spend(events, local_date(last)) if last is not None else {}
         model, bgnbd = (None, None) if last is None else await self._fit(store, last, spend)
         report: dict[str, Any] = {
             "events": sum(stats.accepted.values()),
@@ -284,16 +293,18 @@ class Backtest:
             "alive_model": None if model is None else model.alive_block(),
             "gamma_gamma": None if model is None or model.spend is None else model.spend.as_dict(),
         }
+        if o.by is not None and last is not None:
+            report["breakdown"] = await breakdown_report(periods, o, last)
         if o.holdout_until is not None and o.until is not None:
             later, _ = load(replace(o, until=o.holdout_until))
-            cutoff = datetime.combine(o.until, datetime.min.time(), UTC) + timedelta(days=1)
+            cutoff = local_midnight(o.until + timedelta(days=1))
             report["holdout"] = self._holdout(later, cutoff, (o.holdout_until - o.until).days)
         elif o.holdout_days is not None and last is not None:
             report["holdout"] = self._holdout(
                 events, cutoff_for(last, o.holdout_days), o.holdout_days
             )
         if o.customers is not None and last is not None:
-            as_of_end = datetime.combine(last.date(), datetime.min.time(), UTC) + timedelta(days=1)
+            as_of_end = local_midnight(local_date(last) + timedelta(days=1))
             await write_customers(store, o.customers, model, as_of_end, self.settings, spend)
         return report
 
@@ -321,7 +332,7 @@ class Backtest:
         """The configured models, fitted and stored as the leader does (with exact spend),
         and the BG/NBD block of the report (fitted too when another model is chosen)."""
         started = time.monotonic()
-        as_of = last.date()
+        as_of = local_date(last)
         histories = await read_histories(store, as_of)
         if not histories:
             return None, None
@@ -346,6 +357,30 @@ class Backtest:
         return model, block
 
 
+async def breakdown_report(periods: Periods, o: Options, last: datetime) -> dict[str, Any]:
+    """The report's rows and cohorts per value of ``o.by`` (most customers first, then the
+    customers with none, value null), as ``retention metrics --by`` shows them."""
+    assert o.by is not None
+    by = await periods.breakdown(o.by)
+    starts = await periods.starts(o.period, last)
+    _, rows = await periods.breakdown_of(o.period, starts, o.churn_days, by)
+    _, matrices = await periods.cohorts_by(o.period, by, last)
+    sizes = dict(zip(by.values, by.sizes, strict=True))
+    return {
+        "by": o.by,
+        "values": [
+            {
+                "value": value,
+                "customers": sizes.get(value) if value is not None else None,
+                "periods": [r.as_dict() for r in rows[value]],
+                "cohorts": {k: c.as_dict() for k, c in matrices[value].items()},
+            }
+            for value in rows
+            if value is not None or not holds_nothing(rows[None]) or matrices[None]
+        ],
+    }
+
+
 def repeat_spend(events: list[Event], as_of: date) -> dict[str, float]:
     """Per buyer, the exact mean value of its repeat purchase days through ``as_of``
     (placed amounts summed per day, the first day left out; 0 for a one-time buyer), as the
@@ -359,7 +394,7 @@ def repeat_spend(events: list[Event], as_of: date) -> dict[str, float]:
             continue
         seen.add((event.customer_id, event.event_id))
         days = by_day.setdefault(event.customer_id, {})
-        day = event.ts_ms // MS_PER_DAY
+        day = local_day(event.ts_ms)
         days[day] = days.get(day, 0.0) + event.amount_micros / MICROS
     limit = (as_of - date(1970, 1, 1)).days
     return {c: spend_from_days(days, limit) for c, days in by_day.items()}

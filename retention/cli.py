@@ -474,7 +474,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     from datetime import date
 
     from retention import backtest
-    from retention.report import plot_holdout, render_holdout, render_periods
+    from retention.report import plot_holdout, render_holdout, render_periods, value_heading
 
     settings = _settings(args)
     kinds = tuple(k.strip() for k in args.activity.split(",") if k.strip())
@@ -490,6 +490,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         holdout_days=backtest.parse_duration_days(args.holdout) if args.holdout else None,
         holdout_until=date.fromisoformat(args.holdout_until) if args.holdout_until else None,
         holdout_customers=Path(args.holdout_customers) if args.holdout_customers else None,
+        by=args.by,
     )
     problem = _holdout_problem(options, args.plot)
     if problem:
@@ -498,6 +499,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     started = time.monotonic()
     report, per_customer = backtest.run(settings, options)
     print(render_periods(report["periods"], options.period, settings.reporting_currency))
+    for part in report.get("breakdown", {}).get("values", []):
+        print("\n" + value_heading(args.by, part["value"], part["customers"]) + "\n")
+        print(render_periods(part["periods"], options.period, settings.reporting_currency))
     if report.get("holdout"):
         print(render_holdout(report["holdout"]))
         if args.plot:
@@ -768,6 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bt.add_argument(
         "--plot", metavar="FILE.png", help="draw the holdout's purchases by repeat days"
+    )
+    bt.add_argument(
+        "--by",
+        choices=BREAKDOWNS,
+        help="the rows and cohorts also per value of a customer attribute (in the report)",
     )
     bt.set_defaults(func=cmd_backtest)
 

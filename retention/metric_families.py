@@ -91,6 +91,9 @@ class Snapshot:
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
     #: how many values of each attribute get their own label; the rest are ``other``
     attribute_top: int = 10
+    #: monthly rows per (attribute, value, window): the top values of each attribute, and
+    #: ``other`` for every other customer (another value, or none)
+    breakdowns: dict[tuple[str, str, Window], PeriodRow] = field(default_factory=dict)
     #: per Redis node: used memory and the maxmemory limit (0: none), bytes
     redis_memory: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: customers set aside because their stored state cannot be read
@@ -157,6 +160,39 @@ def _period_families(snap: Snapshot) -> Iterator[Metric]:
             value = getattr(row, attr)
             if value is not None:
                 family.add_metric([period, window], float(value))
+        yield family
+
+
+#: (metric name, help, PeriodRow attribute) of the monthly breakdowns by customer attribute
+_BREAKDOWN_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("retention_breakdown_churn_ratio", "Churn rate |S \\ E| / |S|", "churn_rate"),
+    ("retention_breakdown_crr_ratio", "Customer retention rate (|E| - |N|) / |S|", "crr"),
+    ("retention_breakdown_end_customers", "Customers active at the end (E)", "end_customers"),
+    ("retention_breakdown_new_customers", "New customers active at the end (N)", "new_customers"),
+    ("retention_breakdown_lost_customers", "Active at the start, not the end", "lost_customers"),
+    ("retention_breakdown_orders", "Placed orders in the period", "orders"),
+    ("retention_breakdown_revenue", "Placed minus refunded amounts in the period", "revenue"),
+    (
+        "retention_breakdown_repeat_customer_ratio",
+        "Share of buyers with two or more orders in the period",
+        "repeat_customer_rate",
+    ),
+)  # fmt: skip
+
+
+def _breakdown_families(snap: Snapshot) -> Iterator[Metric]:
+    for name, doc, attr in _BREAKDOWN_METRICS:
+        family = _gauge(
+            name,
+            f"{doc}, of the month, for the customers whose latest country, channel or shop is "
+            f"the value (the {snap.attribute_top} values with the most customers, every other "
+            "customer as other).",
+            ("attribute", "value", "window"),
+        )
+        for (attribute, value, window), row in sorted(snap.breakdowns.items()):
+            number = getattr(row, attr)
+            if number is not None:
+                family.add_metric([attribute, value, window], float(number))
         yield family
 
 
@@ -492,6 +528,7 @@ def families(snap: Snapshot) -> list[Metric]:
         *_period_families(snap),
         *_cohort_families(snap),
         *_attribute_families(snap),
+        *_breakdown_families(snap),
         *_risk_families(snap),
         *_service_families(snap),
         *_pipeline_families(snap),

@@ -30,7 +30,7 @@ from store.evaluations import Evaluator, active_before, ranked_at_risk, stored_e
 from store.forget import Erased, forget_customer
 from store.models import stored_fit
 from store.outcomes import logged_alerts, read_states
-from store.periods import Periods
+from store.periods import Periods, holds_nothing
 from store.store import Store
 from streams.risk_file import load_policy
 
@@ -228,6 +228,7 @@ async def live_breakdown(
                     "periods": shown(rows),
                 }
                 for value, rows in parts.items()
+                if value is not None or not holds_nothing(rows)
             ],
         }
 
@@ -246,5 +247,6 @@ async def live_cohorts_by(settings: Settings, period: Period, attribute: str) ->
             "breakdown": [
                 {"value": value, "cohorts": {k: c.as_dict() for k, c in matrix.items()}}
                 for value, matrix in parts.items()
+                if value is not None or matrix
             ],
         }

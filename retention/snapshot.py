@@ -15,7 +15,7 @@ from typing import Any, cast
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
-from contract.events import MICROS
+from contract.events import DIMENSIONS, MICROS
 from processors.metrics import Cohort, PeriodRow
 from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
@@ -154,6 +154,46 @@ async def _recent_cohorts(periods: Periods, now: datetime, limit: int) -> dict[s
     return {k: replace(c, revenue_micros=money.get(k)) for k, c in counts.items()}
 
 
+#: How often the exporter counts the monthly breakdowns again: their sales come from every
+#: customer's day of the two months (store/period_counts.lua), far more than the totals.
+BREAKDOWN_EVERY_SECONDS = 300.0
+_breakdowns: dict[str, tuple[float, datetime, dict[tuple[str, str, Window], PeriodRow]]] = {}
+
+
+async def _monthly_breakdowns(
+    periods: Periods, now: datetime, churn_days: int, top: int
+) -> dict[tuple[str, str, Window], PeriodRow]:
+    """The current and the last closed month's rows per value of each customer attribute:
+    its ``top`` values by customers, and ``other`` for every other customer. Counted at
+    most every :data:`BREAKDOWN_EVERY_SECONDS`, and again when a month begins."""
+    month = period_start(now, "month")
+    read_at, read_month, kept = _breakdowns.get(periods.prefix, (0.0, month, {}))
+    if kept and read_month == month and time.monotonic() - read_at < BREAKDOWN_EVERY_SECONDS:
+        return kept
+    span = await periods.span()
+    if span is None:
+        return {}
+    first = period_start(span[0], "month")
+    previous = period_start(month - timedelta(days=1), "month")
+    candidates: tuple[tuple[Window, datetime], ...] = (
+        ("last_closed", previous),
+        ("current", month),
+    )
+    months = [(window, start) for window, start in candidates if start >= first]
+    starts = [start for _, start in months]
+    out: dict[tuple[str, str, Window], PeriodRow] = {}
+    for attribute in DIMENSIONS:
+        by = await periods.breakdown(attribute, top)
+        if not by.values:
+            continue
+        _, parts = await periods.breakdown_of("month", starts, churn_days, by)
+        for value, rows in parts.items():
+            for (window, _), row in zip(months, rows, strict=True):
+                out[(attribute, "other" if value is None else value, window)] = row
+    _breakdowns[periods.prefix] = (time.monotonic(), month, out)
+    return out
+
+
 async def read_snapshot(
     settings: Settings,
     redis: Redis,
@@ -238,6 +278,9 @@ async def read_snapshot(
         redis_memory=await store.memory(),
         attributes=await store.attribute_customers(),
         attribute_top=settings.attribute_top,
+        breakdowns=await _monthly_breakdowns(
+            periods, now, settings.churn_after_days, settings.attribute_top
+        ),
         corrupt_customers=len(await store.corrupt_customers()),
         # to the millisecond: the age is read against the clock, the time itself is stored
         last_refit_at=None if fit_age is None else round(time.time() - fit_age, 3),

@@ -514,6 +514,14 @@ def _rest(total: PeriodCounts, parts: Sequence[PeriodCounts]) -> PeriodCounts:
     )
 
 
+def holds_nothing(rows: Sequence[PeriodRow]) -> bool:
+    """Whether rows of a breakdown's group count no customer and no money: the group of
+    customers without a value, when every customer has one."""
+    return not any(
+        r.start_customers or r.end_customers or r.orders or r.revenue_micros for r in rows
+    )
+
+
 def _minus(total: Sequence[int], parts: Sequence[Sequence[int]]) -> list[int]:
     """``total`` less the sum of ``parts``, element by element (a missing one counts 0)."""
     return [t - sum(p[i] for p in parts if i < len(p)) for i, t in enumerate(total)]

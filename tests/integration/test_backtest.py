@@ -7,12 +7,15 @@ import os
 import random
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from processors.metrics import by_latest_value
+from processors.windows import calendar_in_use, calendar_of
 from retention.backtest import Options, load
 from tests import oracle
 from tests.cdnow_data import cdnow_file
@@ -30,21 +33,60 @@ def backtest(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
-def reference(options: Options) -> dict[str, Any]:
-    """The independent pandas computation over the same file, each event id once."""
-    loaded, _ = load(options)
+def reference(options: Options, zone: str = "UTC", week_start: int = 0) -> dict[str, Any]:
+    """The independent pandas computation over the same file, each event id once; with
+    ``zone``, periods start at that zone's midnights and ``until`` ends at one."""
+    with calendar_in_use(calendar_of(zone, week_start)):
+        loaded, _ = load(options)
     events = list({e.event_id: e for e in reversed(loaded)}.values())
     until = None
     if options.until:
-        until = datetime(*options.until.timetuple()[:3], tzinfo=UTC) + timedelta(days=1)
+        day = options.until + timedelta(days=1)
+        until = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(zone))
         until -= timedelta(microseconds=1)
     kinds = frozenset(options.activity_kinds)
-    return {
-        "periods": oracle.period_rows(events, options.period, options.churn_days, kinds, until),
-        "cohorts": oracle.cohorts(events, options.period, kinds, until),
+    out: dict[str, Any] = {
+        "periods": oracle.period_rows(
+            events,
+            options.period,
+            options.churn_days,
+            kinds,
+            until,
+            zone=zone,
+            week_start=week_start,
+        ),
+        "cohorts": oracle.cohorts(events, options.period, kinds, until, zone, week_start),
         "events": len(events),
         "customers": len({e.customer_id for e in events}),
     }
+    if options.by:
+        kept = [e for e in events if until is None or e.ts <= until]
+        out["breakdown"] = {
+            value: (
+                oracle.period_rows(
+                    group, options.period, options.churn_days, kinds, until, zone, week_start
+                ),
+                oracle.cohorts(group, options.period, kinds, until, zone, week_start),
+            )
+            for value, group in by_latest_value(kept, options.by).items()
+        }
+    return out
+
+
+def assert_breakdown(report: dict[str, Any], want: dict[str, Any]) -> None:
+    """Each value's rows equal the computation over its customers (zero before their first
+    event), and its cohorts too."""
+    parts = {part["value"]: part for part in report["breakdown"]["values"]}
+    assert set(parts) == set(want["breakdown"]), "every value, and the customers with none"
+    for value, (rows, cohorts) in want["breakdown"].items():
+        got = {r["period"]: r for r in parts[value]["periods"]}
+        for row in rows:
+            for key, number in row.items():
+                assert got[row["period"]][key] == pytest.approx(number, abs=1e-9), (value, key)
+        assert {
+            r["period"] for r in parts[value]["periods"] if r["orders"] or r["end_customers"]
+        } <= {r["period"] for r in rows}
+        assert parts[value]["cohorts"] == cohorts, value
 
 
 def assert_same(report: dict[str, Any], want: dict[str, Any]) -> None:
@@ -100,20 +142,25 @@ def test_synthetic_jsonl_weekly_with_late_events_and_duplicates(
         "RETENTION_SESSION_TIMEOUT_SECONDS": "2",
         "RETENTION_HEARTBEAT_INTERVAL_SECONDS": "0.5",
     }
+    # the shop's calendar: weeks from Sunday in Los Angeles, across the 2024-03-10 change
+    env |= {"RETENTION_TIMEZONE": "America/Los_Angeles", "RETENTION_WEEK_START": "sunday"}
     until = "2024-04-15"
     result = backtest(
         str(source), "--format", "jsonl", "--period", "week", "--churn-after", "4w",
-        "--activity", "order,login,support", "--until", until, "--report", str(out), env=env,
+        "--activity", "order,login,support", "--until", until, "--report", str(out),
+        "--by", "country", env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     options = Options(
         source, "jsonl", "week", 28, ("order", "login", "support"), out,
-        until=datetime.fromisoformat(until).date(),
+        until=datetime.fromisoformat(until).date(), by="country",
     )  # fmt: skip
-    assert_same(report, reference(options))
+    want = reference(options, "America/Los_Angeles", week_start=6)
+    assert_same(report, want)
+    assert_breakdown(report, want)
     assert report["rejected"] == 1
-    assert report["periods"][-1]["period"] == "2024-04-15"
+    assert report["periods"][-1]["period"] == "2024-04-14"  # a Sunday
 
 
 def test_cdnow_sample_calibration_fit_and_customer_outlook(tmp_path: Path) -> None:

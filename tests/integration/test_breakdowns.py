@@ -5,7 +5,7 @@ rows without a breakdown."""
 from __future__ import annotations
 
 import random
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -140,3 +140,35 @@ def test_the_command_line_offers_every_dimension() -> None:
     from retention.cli import BREAKDOWNS
 
     assert BREAKDOWNS == DIMENSIONS
+
+
+async def test_the_exporter_labels_the_top_values_and_the_rest_as_other(
+    redis: Redis, rng: random.Random
+) -> None:
+    from retention.snapshot import _monthly_breakdowns
+
+    prefix = f"brk{rng.randrange(1 << 30)}:"
+    events = random_events(rng, customers=80, count=1500)
+    await load(Store(redis, prefix, KINDS), events, rng)
+    accepted = unique(events)
+    # the data runs from 2023-11-14 for 200 days: "now" in its fourth month
+    now = datetime(2024, 3, 10, 12, tzinfo=UTC)
+    got = await _monthly_breakdowns(Periods(redis, prefix), now, 30, top=2)
+    # the top two by customers (counted over all the data, as the store keeps them)
+    everyone = by_latest_value(accepted, "country")
+    top = sorted(
+        (v for v in everyone if v is not None),
+        key=lambda v: (-len({e.customer_id for e in everyone[v]}), v),
+    )[:2]
+    assert len(top) == 2
+    assert {v for a, v, _ in got if a == "country"} == {*top, "other"}
+    for value in [*top, "other"]:
+        if value == "other":
+            mine = [e for v, g in everyone.items() if v not in top for e in g]
+        else:
+            mine = everyone[value]
+        want = _expected_rows(mine, "month", 30, max(accepted, key=lambda e: e.ts))
+        for window, start in (("last_closed", "2024-02-01"), ("current", "2024-03-01")):
+            row = got[("country", value, window)]
+            assert row.period == start
+            assert row.as_dict() == want.get(start), (value, window)

@@ -65,6 +65,7 @@ def test_money_panels_name_the_currency() -> None:
     money = [p for p in panels(board) if "$currency" in p["title"]]
     assert {p["title"].split(" (")[0] for p in money} == {
         "Revenue",
+        "Revenue by value",
         "Average order value",
         "Predicted CLTV",
         "CLTV at risk by reason",

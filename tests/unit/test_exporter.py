@@ -33,6 +33,8 @@ GAUGE_SUFFIXES = ("_customers", "_ratio", "_seconds", "_messages", "_up", "_aliv
 GAUGE_NOUNS = {
     "retention_period_orders",
     "retention_period_revenue",
+    "retention_breakdown_orders",
+    "retention_breakdown_revenue",
     "retention_cohort_revenue",  # money per cohort and month since
     "retention_average_order_value",
     "retention_predicted_cltv",  # money, like revenue: no base unit
