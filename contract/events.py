@@ -144,6 +144,9 @@ Country = Annotated[StrictStr, Field(min_length=2, max_length=2), AfterValidator
 #: themselves: where the customer buys, through which channel, in which storefront. The
 #: store keeps each customer's first and latest value of each (docs/events.md).
 DIMENSIONS: tuple[str, ...] = ("country", "channel", "shop")
+#: What the store keeps of a customer per attribute (first and latest value), and what the
+#: breakdowns go by: the dimensions, and the currency of its orders.
+ATTRIBUTES: tuple[str, ...] = (*DIMENSIONS, "currency")
 
 SURVEY_RANGES: dict[str, tuple[int, int]] = {"csat": (1, 5), "nps": (0, 10), "ces": (1, 7)}
 _SCORE_LOW = min(low for low, _ in SURVEY_RANGES.values())

@@ -52,7 +52,7 @@ class Alert:
     stakes: dict[str, Any] = field(default_factory=dict)
     #: the customer's page in the web view, when its address is configured
     url: str | None = None
-    #: the customer's attributes (country, channel, shop): the latest value of each
+    #: the customer's attributes (country, channel, shop, currency): the latest value of each
     attributes: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from contract.events import MICROS, Event, LoginEvent, OrderEvent
+from processors.state import carried_attributes
 from processors.windows import (
     Period,
     local_date,
@@ -348,7 +349,7 @@ def latest_values(events: Iterable[Event], attribute: str) -> dict[str, str]:
     value (the store keeps the same, whatever the order the events came in)."""
     latest: dict[str, tuple[datetime, str]] = {}
     for event in events:
-        value = event.dimensions().get(attribute)
+        value = carried_attributes(event).get(attribute)
         if value is None:
             continue
         seen = latest.get(event.customer_id)

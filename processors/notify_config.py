@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract.events import DIMENSIONS
+from contract.events import ATTRIBUTES
 from processors.alerts import Alert, AlertKind
 from processors.risk import PLAYBOOK, Band
 from processors.webhook_signature import (
@@ -237,9 +237,9 @@ class _Subscriber(BaseModel):
     ) -> dict[str, frozenset[str]] | None:
         if value is None:
             return None
-        unknown = sorted(set(value) - set(DIMENSIONS))
+        unknown = sorted(set(value) - set(ATTRIBUTES))
         if unknown:
-            raise ValueError(f"unknown attributes {unknown}; known: {list(DIMENSIONS)}")
+            raise ValueError(f"unknown attributes {unknown}; known: {list(ATTRIBUTES)}")
         if not value or any(not values for values in value.values()):
             raise ValueError("an empty list would receive nothing; omit it for all")
         # countries as the contract keeps them

@@ -247,6 +247,18 @@ def _apply_support(
     return _activity(state, event.ts_ms) if "support" in kinds else state
 
 
+def carried_attributes(event: Event, rates: Rates | None = None) -> dict[str, str]:
+    """The customer attributes an event tells (contract.events.ATTRIBUTES): its dimensions,
+    and for an order its currency (the default currency when it names none, with
+    ``rates``; as the record has it)."""
+    carried = event.dimensions()
+    if isinstance(event, OrderEvent):
+        currency = rates.currency_of(event) if rates is not None else event.currency
+        if currency:
+            carried = {**carried, "currency": currency}
+    return carried
+
+
 def _attributes(state: CustomerState, carried: dict[str, str], ts: int) -> CustomerState:
     kept = dict(state.attributes)
     for name, value in carried.items():
@@ -265,7 +277,7 @@ def apply_event(
     before they get here); without, amounts are taken as they are.
     """
     state = replace(state, first_seen_ms=_min(state.first_seen_ms, event.ts_ms))
-    carried = event.dimensions()
+    carried = carried_attributes(event, rates)
     if carried:
         state = _attributes(state, carried, event.ts_ms)
     if isinstance(event, OrderEvent):

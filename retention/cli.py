@@ -19,9 +19,9 @@ from store.connect import connect
 from store.shards import LayoutMismatch
 from store.store import Store
 
-#: The customer attributes a breakdown can go by (contract.events.DIMENSIONS, named here
+#: The customer attributes a breakdown can go by (contract.events.ATTRIBUTES, named here
 #: so that parsing the command line imports nothing more).
-BREAKDOWNS = ("country", "channel", "shop")
+BREAKDOWNS = ("country", "channel", "shop", "currency")
 
 logger = logging.getLogger("retention")
 

@@ -15,7 +15,7 @@ from typing import Any, cast
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
-from contract.events import DIMENSIONS, MICROS
+from contract.events import ATTRIBUTES, MICROS
 from processors.metrics import Cohort, PeriodRow
 from processors.windows import PERIODS, Period, period_start
 from retention.config import Settings
@@ -182,7 +182,7 @@ async def _monthly_breakdowns(
     months = [(window, start) for window, start in candidates if start >= first]
     starts = [start for _, start in months]
     out: dict[tuple[str, str, Window], PeriodRow] = {}
-    for attribute in DIMENSIONS:
+    for attribute in ATTRIBUTES:
         by = await periods.breakdown(attribute, top)
         if not by.values:
             continue

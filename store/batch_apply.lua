@@ -9,6 +9,7 @@ local function apply(kind, cid, ts, days, a1, a2, a3, a4, dims)
   if not batch_first or t < batch_first_n then batch_first, batch_first_n = ts, t end
   if not batch_last or t > batch_last_n then batch_last, batch_last_n = ts, t end
   if kind == 'o' then
+    if a3 ~= '' then attribute(c, idx, t, CURRENCY, a3) end
     if a1 == 'placed' then
       local hi, lo = money(a2)
       local bd, bw, bm = placed_in_periods(c, days)

@@ -153,7 +153,8 @@ local function bump(key, field, delta)
   t.fields[field] = t.fields[field] + delta
 end
 
--- The customer attributes (country, channel, shop: fields xc, xh, xs), each one array:
+-- The customer attributes (country, channel, shop, and the currency of its orders:
+-- fields xc, xh, xs, xy), each one array:
 -- the value of the earliest event that carried it and its time, then the latest's, cut
 -- short while they repeat: {value, time} while one event is known (or all at the same
 -- millisecond with one value), {value, first time, latest time} while the value never
@@ -163,41 +164,48 @@ end
 -- Each value also has a bitmap of the customers whose latest value it is, by customer
 -- number (dim:<letter>:<value>), which the breakdowns read (period_counts.lua,
 -- cohort_row.lua, cohort_revenue.lua).
-local ATTRIBUTE_FIELDS = {'xc', 'xh', 'xs'}
-local ATTRIBUTE_LETTERS = {'c', 'h', 's'}
+local ATTRIBUTE_FIELDS = {'xc', 'xh', 'xs', 'xy'}
+local ATTRIBUTE_LETTERS = {'c', 'h', 's', 'y'}
+-- The attribute numbered i (country, channel, shop, currency) seen with `value` at time t.
+local function attribute(c, idx, t, i, value)
+  local name = ATTRIBUTE_FIELDS[i]
+  local letter = ATTRIBUTE_LETTERS[i]
+  local a = c.f[name]
+  local v1, t1, v2, t2
+  if not a then
+    v1, t1, v2, t2 = value, t, value, t
+  else
+    v1, t1 = a[1], a[2]
+    if #a == 2 then v2, t2 = a[1], a[2]
+    elseif #a == 3 then v2, t2 = a[1], a[3]
+    else v2, t2 = a[3], a[4] end
+  end
+  if t < t1 or (t == t1 and value < v1) then v1, t1 = value, t end
+  if t > t2 or (t == t2 and value > v2) then v2, t2 = value, t end
+  local before = a and (#a == 4 and a[3] or a[1])
+  if before ~= v2 then
+    -- customers per latest value (attrs:<letter>), for the breakdowns' sizes
+    if before then
+      bump(P .. 'attrs:' .. letter, before, -1)
+      redis.call('SETBIT', P .. 'dim:' .. letter .. ':' .. before, idx, '0')
+    end
+    bump(P .. 'attrs:' .. letter, v2, 1)
+    redis.call('SETBIT', P .. 'dim:' .. letter .. ':' .. v2, idx, '1')
+  end
+  if v1 == v2 and t1 == t2 then put(c, name, {v1, t1})
+  elseif v1 == v2 then put(c, name, {v1, t1, t2})
+  else put(c, name, {v1, t1, v2, t2}) end
+end
+
+-- The attributes an order or a login carries (its record's dims: country, channel, shop).
 local function attributes(c, idx, t, dims)
   local i = 1
   for value in string.gmatch(dims .. '\31', '([^\31]*)\31') do
-    local name = ATTRIBUTE_FIELDS[i]
-    local letter = ATTRIBUTE_LETTERS[i]
+    if value ~= '' and i <= 3 then attribute(c, idx, t, i, value) end
     i = i + 1
-    if value ~= '' and name then
-      local a = c.f[name]
-      local v1, t1, v2, t2
-      if not a then
-        v1, t1, v2, t2 = value, t, value, t
-      else
-        v1, t1 = a[1], a[2]
-        if #a == 2 then v2, t2 = a[1], a[2]
-        elseif #a == 3 then v2, t2 = a[1], a[3]
-        else v2, t2 = a[3], a[4] end
-      end
-      if t < t1 or (t == t1 and value < v1) then v1, t1 = value, t end
-      if t > t2 or (t == t2 and value > v2) then v2, t2 = value, t end
-      local before = a and (#a == 4 and a[3] or a[1])
-      if before ~= v2 then
-        -- customers per latest value (attrs:<letter>), for the breakdowns' sizes
-        if before then
-          bump(P .. 'attrs:' .. letter, before, -1)
-          redis.call('SETBIT', P .. 'dim:' .. letter .. ':' .. before, idx, '0')
-        end
-        bump(P .. 'attrs:' .. letter, v2, 1)
-        redis.call('SETBIT', P .. 'dim:' .. letter .. ':' .. v2, idx, '1')
-      end
-      if v1 == v2 and t1 == t2 then put(c, name, {v1, t1})
-      elseif v1 == v2 then put(c, name, {v1, t1, t2})
-      else put(c, name, {v1, t1, v2, t2}) end
-    end
   end
 end
+
+-- An order's currency, as sent (the fourth attribute, for the breakdowns by currency).
+local CURRENCY = 4
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contract.events import DIMENSIONS
+from contract.events import ATTRIBUTES
 
 #: Money sums are kept in two integers (batch_state.lua, Money), each below 2^53 where the
 #: script's doubles are exact: the micros below MEGA, and the count of whole MEGAs.
@@ -24,7 +24,7 @@ def money_micros(low: int | str | None, high: int | str | None) -> int:
 
 #: The letter of each customer attribute in the stored state and in the key names that
 #: count by it (``attrs:<letter>``, ``dim:<letter>:<value>``; batch_state.lua).
-ATTRIBUTE_LETTERS = dict(zip(DIMENSIONS, ("c", "h", "s"), strict=True))
+ATTRIBUTE_LETTERS = dict(zip(ATTRIBUTES, ("c", "h", "s", "y"), strict=True))
 
 
 @dataclass(frozen=True, slots=True)

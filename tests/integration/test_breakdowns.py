@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import Redis
 
-from contract.events import DIMENSIONS, Event
+from contract.events import ATTRIBUTES, Event
 from processors.metrics import (
     PeriodCounts,
     by_latest_value,
@@ -42,7 +42,12 @@ def _expected_rows(
 
 @pytest.mark.parametrize(
     ("period", "churn_days", "attribute"),
-    [("day", 7, "country"), ("week", 30, "channel"), ("month", 60, "shop")],
+    [
+        ("day", 7, "country"),
+        ("week", 30, "channel"),
+        ("month", 60, "shop"),
+        ("week", 14, "currency"),
+    ],
 )
 async def test_every_value_equals_the_batch_computation(
     redis: Redis, rng: random.Random, period: Period, churn_days: int, attribute: str
@@ -50,7 +55,11 @@ async def test_every_value_equals_the_batch_computation(
     prefix = f"brk{rng.randrange(1 << 30)}:"
     store = Store(redis, prefix, KINDS)
     # shuffled: values and first activities arrive late and move customers between groups
-    events = with_duplicates(rng, random_events(rng, customers=80, count=2000), share=0.05)
+    events = random_events(rng, customers=80, count=2000)
+    for event in events:
+        if event["type"] == "order" and rng.random() < 0.8:
+            event["currency"] = rng.choice(["EUR", "USD", "JPY"])
+    events = with_duplicates(rng, events, share=0.05)
     rng.shuffle(events)
     await load(store, events, rng)
     accepted = unique(events)
@@ -139,7 +148,7 @@ async def test_a_customer_moving_to_another_country_takes_its_numbers_along(
 def test_the_command_line_offers_every_dimension() -> None:
     from retention.cli import BREAKDOWNS
 
-    assert BREAKDOWNS == DIMENSIONS
+    assert BREAKDOWNS == ATTRIBUTES
 
 
 async def test_the_exporter_labels_the_top_values_and_the_rest_as_other(
