@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # redis-server is preferred over the bundled Valkey binary when present.
 APT_PACKAGES := docker-compose redis-server prometheus prometheus-alertmanager chromium chromium-driver
 
-.PHONY: install demo test unit integration lint format bench bench-scale clean dashboards
+.PHONY: install demo test unit integration lint format bench bench-quix bench-profile bench-scale clean dashboards
 
 install: $(STAMP)
 
@@ -53,6 +53,15 @@ dashboards: install
 
 bench: install
 	$(BIN)/python bench/throughput.py
+
+# floor, pipeline and a Quix Streams peer, interleaved; the peer runs in an environment of
+# its own (bench/.venv-quix, made on first use from PyPI)
+bench-quix: install
+	$(BIN)/python bench/throughput.py --variants floor-tuned,pipeline-tuned,quix --repeat 3
+
+# where the worker's time per event goes, by stage
+bench-profile: install
+	$(BIN)/python bench/profile_stages.py
 
 # workers, shards and a Redis Cluster, then synthetic stores of growing size (minutes)
 bench-scale: install
