@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -398,10 +399,32 @@ def live_batches(
         yield batch, int(batch[-1][6])
 
 
+#: With ``attributes``: the countries, channels and shops of the synthetic orders.
+COUNTRIES = ("US", "DE", "FR", "GB", "JP", "NL", "AT", "CH")
+CHANNELS = ("web", "app", "marketplace")
+SHOPS = ("eu-store", "us-store", "jp-store", "outlet", "b2b")
+
+
+def with_attributes(record: list[str]) -> list[str]:
+    """The order with a country, channel and shop: each customer's own, and one order in
+    five from another country (customers move), so that values change."""
+    customer, k = record[5], zlib.crc32(record[4].encode())
+    home = zlib.crc32(customer.encode())
+    country = COUNTRIES[(home + (k % 5 == 0) * k) % len(COUNTRIES)]
+    dims = "\x1f".join((country, CHANNELS[k % len(CHANNELS)], SHOPS[home % len(SHOPS)]))
+    return [*record[:15], dims]
+
+
 async def load_customers(
-    store: Store, customers: int, seed: int, arrival: str = "backfill", ids: str = "short"
+    store: Store,
+    customers: int,
+    seed: int,
+    arrival: str = "backfill",
+    ids: str = "short",
+    attributes: bool = False,
 ) -> tuple[int, float]:
-    """Write ``customers`` customers through apply_batch; returns (events, seconds)."""
+    """Write ``customers`` customers through apply_batch; returns (events, seconds). With
+    ``attributes``, every order carries a country, a channel and a shop."""
     now_ms = int(time.time() * 1000)
     make = live_batches if arrival == "live" else backfill_batches
     started = time.monotonic()
@@ -409,6 +432,8 @@ async def load_customers(
     given = 0
     pending: asyncio.Task[Any] | None = None
     for batch, batch_ms in make(customers, seed, now_ms, CUSTOMER_IDS[ids]):
+        if attributes:
+            batch = [with_attributes(record) for record in batch]
         given += len(batch)
         if pending is not None:
             events += (await pending).applied

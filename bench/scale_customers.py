@@ -3,6 +3,7 @@
     .venv/bin/python bench/scale_customers.py [--customers 250000,500000,1000000]
                                               [--evaluate-sample 50000]
                                               [--arrival backfill|live] [--ids short|uuid]
+                                              [--attributes]
                                               [--seed 7] [--json] [--keep-logs]
 
 Synthetic customers, written straight through ``Store.apply_batch`` (no Kafka) into a fresh
@@ -14,7 +15,9 @@ within its horizon and every day's activity bitmap reaches the last customer num
 ``--arrival live`` the same orders come in time order, each batch applied at its newest
 event's time, as a year of live traffic would: customers are numbered as they first appear,
 and digests older than the horizon have been swept. Customer ids are ten characters
-(``c-00000042``), or UUIDs with ``--ids uuid``. Then: the periods that have ended closed as
+(``c-00000042``), or UUIDs with ``--ids uuid``. With ``--attributes`` every order carries a
+country (8), a channel (3) and a shop (5), and one in five moves its customer to another
+country. Then: the periods that have ended closed as
 the leader closes them (``store.periods.Periods.close``), Redis bytes per customer
 (used_memory growth before and after closing, and MEMORY USAGE of a sample of keys by family
 after), one exporter scrape (``retention.snapshot.read_snapshot``, as the exporter reads
@@ -81,6 +84,7 @@ class Options(common.RunOptions):
     evaluate_sample: int
     arrival: str = "backfill"
     ids: str = "short"
+    attributes: bool = False
 
 
 # --- loading --------------------------------------------------------------------------
@@ -164,7 +168,7 @@ async def size_run(options: Options, url: str, customers: int) -> SizeRun:
         store = Store(redis, prefix, settings.activity_kinds, writer=True)
         before = int((await redis.info("memory"))["used_memory"])
         events, load_seconds = await common.load_customers(
-            store, customers, options.seed, options.arrival, options.ids
+            store, customers, options.seed, options.arrival, options.ids, options.attributes
         )
         open_growth = int((await redis.info("memory"))["used_memory"]) - before
         if await store.customer_count() != customers:
@@ -443,6 +447,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--ids", choices=tuple(common.CUSTOMER_IDS), default="short", help="customer ids' shape"
     )
+    parser.add_argument(
+        "--attributes",
+        action="store_true",
+        help="every order carries a country, a channel and a shop",
+    )
     common.add_run_options(parser)
     args = parser.parse_args(argv)
     if args.evaluate_sample < 1:
@@ -453,6 +462,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         evaluate_sample=args.evaluate_sample,
         arrival=args.arrival,
         ids=args.ids,
+        attributes=args.attributes,
     )
 
 

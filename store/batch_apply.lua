@@ -214,12 +214,22 @@ local function write_parts(key, low, high, lo, hi)
   hi = hi + carry
   if hi ~= 0 then redis.call('HINCRBY', key, high, num(hi)) end
 end
+-- The placed orders of a customer's day are kept only when they are not 1, the count of
+-- most days (`<number>:o` absent with `<number>` present means one order).
 for _, key in ipairs(revenue_keys) do
   local r = revenue[key]
   for _, idx in ipairs(r.names) do
     local s = r.sums[idx]
+    local was = redis.call('HMGET', key, idx, idx .. ':o')
+    local before = 0
+    if was[1] then before = tonumber(was[2] or '1') end
+    local orders = before + s[3]
     write_parts(key, idx, idx .. ':h', s[1], s[2])
-    if s[3] > 0 then redis.call('HINCRBY', key, idx .. ':o', num(s[3])) end
+    if orders ~= 1 then
+      if orders ~= before or not was[2] then redis.call('HSET', key, idx .. ':o', num(orders)) end
+    elseif was[2] then
+      redis.call('HDEL', key, idx .. ':o')
+    end
     if s[4] ~= 0 or s[5] ~= 0 then write_parts(key, idx .. ':r', idx .. ':rh', s[4], s[5]) end
   end
 end

@@ -207,7 +207,8 @@ end
 -- bitmaps, so a customer moved to an earlier cohort by late data, or to another country,
 -- takes its revenue along): the hash rv:d:<day> holds, per customer number, the placed
 -- minus refunded micros of that day in two parts, field <number> below MEGA and
--- <number>:h the whole MEGAs; its placed orders that day, <number>:o; and its refunded
+-- <number>:h the whole MEGAs; its placed orders that day, <number>:o, only when not 1
+-- (batch_apply.lua); and its refunded
 -- micros, <number>:r and <number>:rh, on days it has refunds. The batch's sums per hash
 -- are written at its end.
 local revenue, revenue_keys = {}, {}

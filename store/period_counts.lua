@@ -75,20 +75,26 @@ local function value_sales(start, stop)
   for j = 1, k do per[j] = {orders = 0, net = {0, 0}, refunded = {0, 0}, placed = {}} end
   for day = start, stop - 1 do
     local flat = redis.call('HGETALL', P .. 'rv:d:' .. day)
+    -- a customer's placed orders that day: <number>:o, else 1 (batch_apply.lua)
+    local orders = {}
     for f = 1, #flat, 2 do
       local idx, what = revenue_field(flat[f])
       local j = idx and value_of[idx]
       if j then
         local s, v = per[j], tonumber(flat[f + 1])
-        if what == '' then add_parts(s.net, v, 0)
+        if what == '' then
+          add_parts(s.net, v, 0)
+          if orders[idx] == nil then orders[idx] = 1 end
         elseif what == 'h' then add_parts(s.net, 0, v)
         elseif what == 'r' then add_parts(s.refunded, v, 0)
         elseif what == 'rh' then add_parts(s.refunded, 0, v)
-        elseif what == 'o' then
-          s.orders = s.orders + v
-          s.placed[idx] = (s.placed[idx] or 0) + v
-        end
+        elseif what == 'o' then orders[idx] = v end
       end
+    end
+    for idx, n in pairs(orders) do
+      local s = per[value_of[idx]]
+      s.orders = s.orders + n
+      s.placed[idx] = (s.placed[idx] or 0) + n
     end
   end
   local out = {}
