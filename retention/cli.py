@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -814,6 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The process's entry point (``retention``, ``python -m retention.cli``): it runs one
+    command, and the process ends when it returns."""
     args = build_parser().parse_args(argv)
     logs.setup("WARNING" if args.log_level == "warn" else args.log_level.upper())
     try:
@@ -825,6 +828,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"retention: {exc}", file=sys.stderr)
         return 2
+    finally:
+        # The interpreter's collections at exit would walk every object pydantic, Redis and
+        # the command made (about 60 ms of a read command's 0.35 s); frozen, they are left
+        # to the process's end. Nothing runs after this but the exit.
+        gc.freeze()
     return code
 
 
