@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any
 
 from numpy.typing import ArrayLike
 
 from processors import bgnbd, mbgnbd, pareto_nbd
 from processors.fitting import Floats
-
-ModelName = Literal["bgnbd", "mbgnbd", "paretonbd"]
-MODEL_NAMES: tuple[ModelName, ...] = get_args(ModelName)
+from processors.model_params import MODEL_NAMES as MODEL_NAMES
+from processors.model_params import TITLES
+from processors.model_params import ModelName as ModelName
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ class AliveModel:
 MODELS: dict[ModelName, AliveModel] = {
     "bgnbd": AliveModel(
         "bgnbd",
-        "BG/NBD",
+        TITLES["bgnbd"],
         bgnbd.BgNbdParams,
         bgnbd.fit,
         bgnbd.log_likelihood,
@@ -57,7 +57,7 @@ MODELS: dict[ModelName, AliveModel] = {
     ),
     "mbgnbd": AliveModel(
         "mbgnbd",
-        "MBG/NBD",
+        TITLES["mbgnbd"],
         mbgnbd.MbgNbdParams,
         mbgnbd.fit,
         mbgnbd.log_likelihood,
@@ -66,7 +66,7 @@ MODELS: dict[ModelName, AliveModel] = {
     ),
     "paretonbd": AliveModel(
         "paretonbd",
-        "Pareto/NBD",
+        TITLES["paretonbd"],
         pareto_nbd.ParetoNbdParams,
         pareto_nbd.fit,
         pareto_nbd.log_likelihood,

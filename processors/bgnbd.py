@@ -11,29 +11,16 @@ Pure: numpy and scipy only, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import betaln, gammaln, hyp2f1
 
 from processors.fitting import FitError, Rows, fit_folded, mean_negative
+from processors.model_params import BgNbdParams
 
 Floats = NDArray[np.float64]
 
 __all__ = ["BgNbdParams", "FitError", "expected_purchases", "fit", "log_likelihood", "p_alive"]
-
-
-@dataclass(frozen=True, slots=True)
-class BgNbdParams:
-    r: float
-    alpha: float
-    a: float
-    b: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _arrays(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> tuple[Floats, Floats, Floats]:

@@ -26,8 +26,9 @@ from urllib.parse import quote
 
 from contract.events import MICROS
 from processors.alerts import Alert
+from processors.customer_outlook import outlook
 from processors.evidence import evidence, stakes
-from processors.forecast import Fit, Outlook, outlook
+from processors.fits import Fit, Outlook
 from processors.lifecycle import (
     LifecyclePolicy,
     Status,
@@ -90,7 +91,9 @@ def evaluate(
     active_before: bool = True,
     spend: float | None = None,
 ) -> Evaluation:
-    """Status and risk of one customer at ``now`` (pure; the backtest uses it directly).
+    """Status and risk of one customer at ``now`` (pure), its outlook computed in plain
+    floats (:mod:`processors.customer_outlook`, no numpy); many customers at once go
+    through :func:`evaluate_seen` with :func:`processors.forecast.outlooks`.
 
     ``spend`` is the customer's exact mean repeat-purchase value when the caller has it
     (a backtest); otherwise the outlook uses the live approximation.

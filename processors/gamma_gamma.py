@@ -16,24 +16,12 @@ Pure: numpy and scipy only, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import gammaln
 
 from processors.fitting import Column, Floats, fit_folded, mean_negative
-
-
-@dataclass(frozen=True, slots=True)
-class GammaGammaParams:
-    p: float
-    q: float
-    v: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from processors.model_params import GammaGammaParams as GammaGammaParams
 
 
 def _arrays(x: ArrayLike, m: ArrayLike) -> tuple[Floats, Floats]:

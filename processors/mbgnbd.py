@@ -19,26 +19,13 @@ Pure: numpy and scipy only, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import betaln, gammaln, hyp2f1
 
 from processors.bgnbd import _arrays
 from processors.fitting import Floats, Rows, fit_folded, mean_negative
-
-
-@dataclass(frozen=True, slots=True)
-class MbgNbdParams:
-    r: float
-    alpha: float
-    a: float
-    b: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from processors.model_params import MbgNbdParams as MbgNbdParams
 
 
 def _log_death_odds(p: MbgNbdParams, xs: Floats, txs: Floats, Ts: Floats) -> Floats:

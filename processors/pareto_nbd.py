@@ -18,26 +18,13 @@ Pure: numpy and scipy only, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import gammaln, hyp2f1
 
 from processors.bgnbd import _arrays
 from processors.fitting import Column, Floats, Rows, fit_folded, mean_negative
-
-
-@dataclass(frozen=True, slots=True)
-class ParetoNbdParams:
-    r: float
-    alpha: float
-    s: float
-    beta: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from processors.model_params import ParetoNbdParams as ParetoNbdParams
 
 
 def _hyp_term(p: ParetoNbdParams, xs: Floats, ts: Floats) -> Floats:

@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
 from contract.events import MICROS
-from processors.evaluator import as_of_day, evaluate
+from processors.customer_outlook import outlook
+from processors.evaluator import as_of_day, evaluate_seen
 from processors.evidence import evidence
-from processors.forecast import NO_VALUE, outlook
+from processors.fits import NO_VALUE
 from processors.lifecycle import lifecycle_policy
 from processors.metrics import PeriodRow
 from processors.outcomes import Tally, outcome, tally
@@ -25,14 +26,15 @@ from processors.state import CustomerState, iso, to_public
 from processors.windows import PERIODS, Period, next_period
 from retention.config import Settings
 from store.connect import connect
-from store.deliveries import Deliveries
 from store.evaluations import Evaluator, active_before, ranked_at_risk, stored_evaluations
-from store.forget import Erased, forget_customer
 from store.models import stored_fit
 from store.outcomes import logged_alerts, read_states
 from store.periods import Periods, holds_nothing
 from store.store import Store
 from streams.risk_file import load_policy
+
+if TYPE_CHECKING:
+    from store.forget import Erased
 
 
 @asynccontextmanager
@@ -77,9 +79,10 @@ async def customer_view(
     at_ms = int(stored["at"]) if stored.get("at") else None
     at = datetime.now(UTC) if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
     before = await active_before(store, [state], int(at.timestamp() * 1000), rules.lifecycle)
+    # one customer: its outlook in plain floats, without loading numpy and scipy
     seen = None if model is None else outlook(state, model, as_of_day(at))
-    ev = evaluate(
-        state, at, rules.risk_policy, rules.lifecycle, model, threshold, before[customer_id]
+    ev = evaluate_seen(
+        state, at, rules.risk_policy, rules.lifecycle, seen, threshold, before[customer_id]
     )
     out = {**to_public(state, seen, ev), **(NO_VALUE if seen is None else seen.value_fields())}
     out["cltv"] = ev.cltv
@@ -106,6 +109,10 @@ async def customer_view(
 
 async def forget(settings: Settings, customer_id: str) -> Erased:
     """Erase one customer (store/forget.py)."""
+    # the notifier's records come with it: only an erase loads their modules
+    from store.deliveries import Deliveries
+    from store.forget import forget_customer
+
     async with _redis(settings) as redis:
         store = Store(redis, settings.key_prefix)
         now_ms = int(datetime.now(UTC).timestamp() * 1000)

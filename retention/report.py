@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processors.alive_models import MODELS
+from processors.model_params import TITLES
 from processors.windows import PERIODS, current_calendar
 
 NULL = "-"
@@ -380,7 +380,7 @@ def render_holdout(h: Mapping[str, Any]) -> str:
     if "purchases" not in h:
         return "\n".join([*lines, "no buyer before the cutoff: nothing to predict"])
     models = h["models"]
-    title = {n: MODELS[n].title for n in models}
+    title = {n: TITLES[n] for n in models}
     lines.append("repeat purchase days in the holdout per customer, by repeat days before it:")
     first = next(iter(models.values()))["purchases"]
     rows = []
@@ -469,7 +469,7 @@ def plot_holdout(h: Mapping[str, Any], path: Path) -> None:
     ax.plot(ticks, [row["actual_mean"] for row in first], "ko-", label="came")
     for (name, m), style in zip(models.items(), ["s--", "^-.", "d:"], strict=False):
         means = [row["expected_mean"] for row in m["purchases"]["by_repeat_days"]]
-        ax.plot(ticks, means, style, label=MODELS[name].title)
+        ax.plot(ticks, means, style, label=TITLES[name])
     ax.set_xticks(ticks, [row["repeat_days"] for row in first])
     ax.set_xlabel(f"repeat purchase days before {h['cutoff'][:10]}")
     ax.set_ylabel(f"mean repeat purchase days in the {h['holdout_days']} days after")

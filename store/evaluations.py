@@ -39,8 +39,6 @@ from processors.evaluator import (
     parse_previous,
     to_micros,
 )
-from processors.fit_grid import cltv_quantile
-from processors.forecast import outlooks
 from processors.lifecycle import LifecyclePolicy, alerts_for, lookback_days, next_due_ms
 from processors.outcomes import Raised
 from processors.risk import RiskPolicy, value
@@ -140,7 +138,10 @@ class Evaluator:
             else []
         )
         before = {cid: bool(flag) for cid, flag in zip(ids, flags, strict=True)}
-        # the model's numbers for the whole chunk at once, on arrays
+        # the model's numbers for the whole chunk at once, on arrays (numpy loads with the
+        # first chunk, not with this module, which the read commands import too)
+        from processors.forecast import outlooks
+
         seen = [None] * len(states) if model is None else outlooks(states, model, as_of_day(now))
         alerts: list[Alert] = []
         results = []
@@ -345,6 +346,8 @@ async def update_high_value_threshold(
     CLTV. ``spend`` gives exact repeat-purchase means by customer (a backtest), which
     reads every customer instead.
     """
+    from processors.fit_grid import cltv_quantile
+
     model = await stored_fit(store)
     threshold: float | None = None
     if model is not None:

@@ -24,27 +24,21 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from processors.fit_grid import (
-    Cells,
-    GridRows,
-    fit_grid,
-    grid_rows,
-    parse_cells,
-    warm_start,
-)
-from processors.forecast import (
+from processors.fits import (
     Fit,
     History,
     ModelOptions,
     approximate_spend,
     day_number,
-    fit_histories,
     stats_from_days,
 )
 from store.layout import money_micros
 from store.store import Store
+
+if TYPE_CHECKING:
+    from processors.fit_grid import GridRows
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +74,8 @@ def _merged(slices: Sequence[dict[str, str]]) -> dict[str, str]:
 
 
 def _grid_rows(shards: list[list[dict[str, str]]], as_of: int) -> tuple[GridRows, int]:
+    from processors.fit_grid import Cells, grid_rows, parse_cells
+
     parts = []
     for slices in shards:
         merged = _merged(slices)
@@ -185,6 +181,11 @@ async def refit(
     whose grid is empty while sampled customers have bought (filled before the grid
     existed: ``retention rebuild`` fills it).
     """
+    # numpy and scipy load here, not with the module: readers of the stored fit
+    # (retention customer) need neither
+    from processors.fit_grid import fit_grid, warm_start
+    from processors.forecast import fit_histories
+
     started = time.monotonic()
     options = options or ModelOptions()
     loop = asyncio.get_running_loop()

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from processors.risk import RiskPolicy, parse_policy
 
 
@@ -19,5 +17,7 @@ def load_policy(path: Path | None) -> RiskPolicy:
     """The defaults, overridden by whatever the YAML file at ``path`` sets (none: defaults)."""
     if path is None:
         return RiskPolicy()
+    import yaml  # only with a file: the read commands mostly run on the defaults
+
     data: Any = yaml.safe_load(path.read_text())
     return parse_policy(data)
