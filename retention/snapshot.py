@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -157,19 +157,59 @@ async def _recent_cohorts(periods: Periods, now: datetime, limit: int) -> dict[s
 #: How often the exporter counts the monthly breakdowns again: their sales come from every
 #: customer's day of the two months (store/period_counts.lua), far more than the totals.
 BREAKDOWN_EVERY_SECONDS = 300.0
-_breakdowns: dict[str, tuple[float, datetime, dict[tuple[str, str, Window], PeriodRow]]] = {}
+Breakdowns = dict[tuple[str, str, Window], PeriodRow]
+
+
+@dataclass
+class _Counted:
+    """The last breakdowns counted for a store, and the count under way."""
+
+    at: float = 0.0
+    month: datetime | None = None
+    rows: Breakdowns | None = None
+    task: asyncio.Task[Breakdowns] | None = None
+
+
+_breakdowns: dict[str, _Counted] = {}
 
 
 async def _monthly_breakdowns(
     periods: Periods, now: datetime, churn_days: int, top: int
-) -> dict[tuple[str, str, Window], PeriodRow]:
+) -> Breakdowns:
     """The current and the last closed month's rows per value of each customer attribute:
-    its ``top`` values by customers, and ``other`` for every other customer. Counted at
-    most every :data:`BREAKDOWN_EVERY_SECONDS`, and again when a month begins."""
+    its ``top`` values by customers, and ``other`` for every other customer.
+
+    Counted at most every :data:`BREAKDOWN_EVERY_SECONDS`, and again when a month begins,
+    in a task of its own: a scrape that finds the count under way, or too old, serves the
+    last one and does not wait, so that a large store's count never holds a scrape past
+    its timeout. Only the first count is waited for (shielded: a scrape that times out
+    leaves it running, and the next one finds it done)."""
     month = period_start(now, "month")
-    read_at, read_month, kept = _breakdowns.get(periods.prefix, (0.0, month, {}))
-    if kept and read_month == month and time.monotonic() - read_at < BREAKDOWN_EVERY_SECONDS:
-        return kept
+    kept = _breakdowns.setdefault(periods.prefix, _Counted())
+    if kept.task is not None and kept.task.get_loop() is not asyncio.get_running_loop():
+        kept.task = None  # left by a loop that has ended (a reader that ran once)
+    if kept.task is not None and kept.task.done():
+        task, kept.task = kept.task, None
+        if not task.cancelled() and task.exception() is None:
+            kept.at, kept.rows = time.monotonic(), task.result()
+        else:
+            logger.warning("breakdowns not counted", extra={"error": repr(task.exception())})
+    fresh = time.monotonic() - kept.at < BREAKDOWN_EVERY_SECONDS and kept.month == month
+    if kept.rows is not None and fresh:
+        return kept.rows
+    if kept.task is None:
+        kept.month = month
+        kept.task = asyncio.ensure_future(_count_breakdowns(periods, month, churn_days, top))
+    if kept.rows is not None:
+        return kept.rows
+    rows = await asyncio.shield(kept.task)
+    kept.task, kept.at, kept.rows = None, time.monotonic(), rows
+    return rows
+
+
+async def _count_breakdowns(
+    periods: Periods, month: datetime, churn_days: int, top: int
+) -> Breakdowns:
     span = await periods.span()
     if span is None:
         return {}
@@ -181,7 +221,7 @@ async def _monthly_breakdowns(
     )
     months = [(window, start) for window, start in candidates if start >= first]
     starts = [start for _, start in months]
-    out: dict[tuple[str, str, Window], PeriodRow] = {}
+    out: Breakdowns = {}
     for attribute in ATTRIBUTES:
         by = await periods.breakdown(attribute, top)
         if not by.values:
@@ -190,7 +230,6 @@ async def _monthly_breakdowns(
         for value, rows in parts.items():
             for (window, _), row in zip(months, rows, strict=True):
                 out[(attribute, "other" if value is None else value, window)] = row
-    _breakdowns[periods.prefix] = (time.monotonic(), month, out)
     return out
 
 

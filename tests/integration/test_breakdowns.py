@@ -181,3 +181,37 @@ async def test_the_exporter_labels_the_top_values_and_the_rest_as_other(
             row = got[("country", value, window)]
             assert row.period == start
             assert row.as_dict() == want.get(start), (value, window)
+
+
+async def test_a_scrape_serves_the_last_breakdowns_while_they_are_counted_again(
+    redis: Redis, rng: random.Random, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retention import snapshot
+
+    prefix = f"brk{rng.randrange(1 << 30)}:"
+    store, periods = Store(redis, prefix, KINDS), Periods(redis, prefix)
+    base = 1_709_900_000  # 2024-03-08
+    order = {"type": "order", "amount": 10, "status": "placed", "country": "DE"}
+    await load(store, [{"event_id": "a", "customer_id": "c1", "ts": base, **order}], rng)
+    now = datetime(2024, 3, 10, tzinfo=UTC)
+    first = await snapshot._monthly_breakdowns(periods, now, 30, top=3)
+    assert first[("country", "DE", "current")].orders == 1
+
+    await load(
+        store,
+        [{"event_id": "b", "customer_id": "c2", "ts": base, **order}],
+        rng,
+        {0: 5, 1: 5, 2: 5},
+    )
+    monkeypatch.setattr(snapshot, "BREAKDOWN_EVERY_SECONDS", 0.0)
+    # too old: the last count is served at once, and a new one starts beside the scrape
+    assert await snapshot._monthly_breakdowns(periods, now, 30, top=3) is first
+    counting = snapshot._breakdowns[prefix].task
+    assert counting is not None
+    await counting
+    again = await snapshot._monthly_breakdowns(periods, now, 30, top=3)
+    assert again is not first and again[("country", "DE", "current")].orders == 2
+    # with no age allowed, that call started yet another count: let it end with the test
+    left = snapshot._breakdowns[prefix].task
+    if left is not None:
+        await left
