@@ -143,8 +143,9 @@ class EvaluatorLoop:
     Each round waits out the store's holds, takes the clock as the workers take it, and
     evaluates the due customers of its share of the shards until none is left. A round
     that fails (Redis away, a Kafka timeout while publishing alerts, a risk file broken by
-    an edit) is logged and counted, and the next one comes as usual. After each round that
-    did not fail, ``alive_file`` (if any) is touched, for a container's health check.
+    an edit) is logged and counted, and the next one comes as usual. Before each step of a
+    round and after each round that did not fail, ``alive_file`` (if any) is touched, for
+    a container's health check.
     """
 
     def __init__(
@@ -181,7 +182,7 @@ class EvaluatorLoop:
             clock,
             self.settings.evaluate_batch,
             shards,
-            keep_going=lambda: not self.stop.is_set(),
+            keep_going=self._next_step,
         )
 
     async def run(self) -> None:
@@ -209,6 +210,14 @@ class EvaluatorLoop:
                 self._touch()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), self.settings.evaluate_every_seconds)
+
+    def _next_step(self) -> bool:
+        """Whether to take another step of a round: not once stopped. A long round (a
+        backlog of a million customers takes minutes) stays alive step by step."""
+        if self.stop.is_set():
+            return False
+        self._touch()
+        return True
 
     def _touch(self) -> None:
         if self.alive_file is None:
