@@ -1,4 +1,4 @@
-"""The ``retention`` command: up | worker | produce | ingest | keys | status | demo | ...
+"""The ``retention`` command: up | worker | evaluator | produce | ingest | keys | status | ...
 
 Each command imports what it needs when it runs: reading one customer or the status should
 not wait for numpy, scipy, Faust or Kafka clients to load (a unit test keeps it so).
@@ -55,6 +55,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         _settings(args),
         demo=args.demo,
         workers=args.workers,
+        evaluators=args.evaluators,
         broker_port=args.broker_port,
         redis_port=args.redis_port,
         notifications=args.notifications or _settings(args).notifications_file,
@@ -73,6 +74,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except (UnsafeRedis, LayoutMismatch) as exc:
         print(f"retention worker: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_evaluator(args: argparse.Namespace) -> int:
+    from retention.evaluator import run
+
+    if not 0 <= args.index < args.of:
+        print("retention evaluator: --of is at least 1, --index from 0 to OF - 1", file=sys.stderr)
+        return 2
+    run(_services(args), (args.index, args.of), args.alive_file)
     return 0
 
 
@@ -645,6 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", parents=[common], help="start the stack and a worker")
     up.add_argument("--demo", action="store_true", help="also run the demo traffic generator")
     up.add_argument("--workers", type=int, default=1)
+    up.add_argument(
+        "--evaluators",
+        type=int,
+        help="evaluator processes beside the workers, which then only ingest (default: 1 with"
+        " RETENTION_EVALUATION=separate, else none; more than 0 means separate)",
+    )
     up.add_argument("--broker-port", type=int)
     up.add_argument("--redis-port", type=int)
     up.add_argument(
@@ -658,6 +675,25 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("worker", parents=[common], help="run one worker").set_defaults(func=cmd_worker)
+
+    evaluator = sub.add_parser(
+        "evaluator",
+        parents=[common],
+        help="evaluate due customers in a process of its own (RETENTION_EVALUATION=separate)",
+    )
+    evaluator.add_argument(
+        "--index",
+        type=int,
+        default=0,
+        help="this evaluator's share: shards with number %% OF == INDEX",
+    )
+    evaluator.add_argument(
+        "--of", type=int, default=1, help="how many evaluators split the shards (1: all shards)"
+    )
+    evaluator.add_argument(
+        "--alive-file", type=Path, metavar="PATH", help="touched after every round (health checks)"
+    )
+    evaluator.set_defaults(func=cmd_evaluator)
 
     produce = sub.add_parser("produce", parents=[common], help="publish a JSONL file of events")
     produce.add_argument("file")

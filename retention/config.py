@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     risk_file: Path | None = None
     evaluate_every_seconds: float = Field(default=2.0, gt=0)
     evaluate_batch: int = Field(default=500, ge=1)
+    # Who evaluates the due customers: every worker, for the shards that follow its
+    # partitions, on the core it ingests with (worker); or `retention evaluator`
+    # processes of their own, and the workers only ingest (separate)
+    evaluation: Literal["worker", "separate"] = "worker"
     # Notifications: the subscribers file (see processors/notify_config.py); cool-downs, retries
     # and secrets (as *_env variable names) are set there
     notifications_file: Path | None = None

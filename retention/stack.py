@@ -51,6 +51,8 @@ class Stack:
         self.ingest_url: str | None = None
         #: where the demo's subscribers' messages land (``up --demo`` without a file)
         self.demo_inbox: Path | None = None
+        #: evaluator processes started beside the workers (RETENTION_EVALUATION=separate)
+        self.evaluators = 0
 
     def check_not_running(self) -> None:
         previous = Services.read(self.settings.data_dir)
@@ -99,13 +101,21 @@ class Stack:
         return start
 
     def start_children(
-        self, settings: Settings, workers: int, demo: bool, notifications: Path | None = None
+        self,
+        settings: Settings,
+        workers: int,
+        demo: bool,
+        notifications: Path | None = None,
+        evaluators: int = 0,
     ) -> dict[str, str]:
         assert settings.kafka_bootstrap and settings.redis_url
+        # with evaluators, the workers leave evaluation to them (RETENTION_EVALUATION)
+        evaluation = "separate" if evaluators > 0 else settings.evaluation
         child_env = runtime.settings_env(
             settings,
             embedded=self.embedded,
             RETENTION_DATA_DIR=str(settings.data_dir.resolve()),
+            RETENTION_EVALUATION=evaluation,
         )
         for n in range(workers):
             name = f"worker-{n + 1}"
@@ -120,6 +130,12 @@ class Stack:
             start = functools.partial(runtime.start_worker, worker_env, self.log_dir, name)
             self.supervisor.start(name, start)
             self.worker_metrics_urls[name] = f"http://127.0.0.1:{port}/metrics"
+        for n in range(evaluators):
+            # each takes its share of the shards (--index of --of); leases keep any overlap safe
+            name = f"evaluator-{n + 1}"
+            argv = runtime.retention_argv("evaluator", "--index", str(n), "--of", str(evaluators))
+            self.supervisor.start(name, self._spawner(name, argv, child_env))
+        self.evaluators = evaluators
         if demo:
             argv = runtime.retention_argv("demo")
             self.supervisor.start("demo", self._spawner("demo", argv, child_env))
@@ -248,6 +264,7 @@ def run_up(
     *,
     demo: bool = False,
     workers: int = 1,
+    evaluators: int | None = None,
     broker_port: int | None = None,
     redis_port: int | None = None,
     interval: float = 2.0,
@@ -256,7 +273,10 @@ def run_up(
     with_prometheus: bool = False,
     ingest_port: int | None = None,
 ) -> int:
-    """Run until Ctrl-C (or SIGTERM); everything started here is stopped on the way out."""
+    """Run until Ctrl-C (or SIGTERM); everything started here is stopped on the way out.
+
+    ``evaluators``: how many ``retention evaluator`` processes run beside the workers
+    (None: one with ``RETENTION_EVALUATION=separate``, else none)."""
     write = print
     log_dir = settings.data_dir / "logs"
     stack = Stack(settings, log_dir)
@@ -277,7 +297,9 @@ def run_up(
     signal.signal(signal.SIGINT, on_signal)
     try:
         live = stack.start_services(broker_port, redis_port)
-        env = stack.start_children(live, workers, demo, notifications)
+        if evaluators is None:
+            evaluators = 1 if settings.evaluation == "separate" else 0
+        env = stack.start_children(live, workers, demo, notifications, evaluators)
         metrics_url, prometheus_url = stack.start_metrics(env, metrics_port, with_prometheus)
         ingest_url = stack.start_ingest(env, ingest_port)
         where = stack.record(live, metrics_url, prometheus_url)
@@ -328,6 +350,8 @@ def _banner(
         write(f"prometheus {prometheus_url}  (the project's rules loaded)")
     write(f"ingest   {ingest_url}  (HTTP API; keys: retention keys create NAME)")
     write(f"web      {ingest_url}/  (pages; a read key: retention keys create NAME --scope read)")
+    if stack.evaluators:
+        write(f"evaluate {stack.evaluators} evaluator process(es); the workers only ingest")
     write(f"logs     {stack.log_dir}/")
     if stack.demo_inbox is not None:
         write(

@@ -77,7 +77,9 @@ def register(
     _ingest_agent(app, parts)
     heartbeat_timer(app, parts)
     clock_timers(app, parts)
-    evaluator_timer(app, parts)
+    if settings.evaluation != "separate":
+        # otherwise `retention evaluator` processes evaluate, on cores of their own
+        evaluator_timer(app, parts)
     return parts.ingest
 
 

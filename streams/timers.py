@@ -1,5 +1,6 @@
 """The worker's timers: its heartbeat, the leader's period closing and refit, and every
-worker's evaluation of the shards that follow its partitions.
+worker's evaluation of the shards that follow its partitions (unless evaluator processes
+do that: ``RETENTION_EVALUATION=separate``, ``streams/evaluation.py``).
 
 A timer body that raises costs one tick, never the timer (``surviving``).
 """
@@ -12,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -20,27 +21,18 @@ from redis.exceptions import RedisError
 
 from processors.alerts import Alert
 from processors.forecast import model_options
-from processors.lifecycle import lifecycle_policy
 from processors.windows import PERIODS
-from store.evaluations import Evaluator, requeue_at_risk, update_high_value_threshold
+from store.evaluations import requeue_at_risk, update_high_value_threshold
 from store.models import fit_age_seconds, refit
 from store.outcomes import keep_outcomes
 from store.periods import Periods
+from streams.evaluation import build_evaluator, drain, period_clock, store_held
 from streams.ingest_batch import WorkerCounters
 from streams.risk_file import load_policy
-from streams.topics import Topics
 from streams.worker_parts import WorkerParts
 from streams.worker_settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
-
-
-async def period_clock(settings: WorkerSettings, periods: Periods, scope: str) -> datetime | None:
-    """Wall time in live mode; the event-time watermark in backtests (docs/metrics.md, Time)."""
-    if settings.clock == "wall":
-        return datetime.now(UTC)
-    sources = Topics.from_settings(settings).sources
-    return await periods.watermark(scope, {topic: settings.partitions for topic in sources})
 
 
 async def close_periods(settings: WorkerSettings, periods: Periods, scope: str) -> int:
@@ -59,15 +51,7 @@ async def held(parts: WorkerParts, what: str) -> bool:
     """Whether ``what`` waits this tick: while a rebuild wipes the store, and while the
     store replays what it had lost (after a rebuild, a rollback or a restore), when
     customers whose newest events are not back yet would look silent and be alerted."""
-    if await parts.store.rebuilding():
-        return True
-    left = await parts.store.replaying()
-    if left:
-        logger.debug(
-            f"{what} waits for the replay",
-            extra={"partitions": len(left), "example": "|".join(map(str, next(iter(left))))},
-        )
-    return bool(left)
+    return await store_held(parts.store, what)
 
 
 def surviving(
@@ -225,15 +209,7 @@ def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
         ]
         await asyncio.gather(*sent)
 
-    policy = load_policy(settings.risk_file)
-    evaluator = Evaluator(
-        parts.store,
-        policy,
-        lifecycle_policy(settings.churn_after_days, policy.timers),
-        publish,
-        currency=settings.reporting_currency,
-        link_base=settings.web_base_url,
-    )
+    evaluator = build_evaluator(settings, parts.store, publish)
 
     topic = parts.topics.source("order")
 
@@ -252,8 +228,10 @@ def evaluator_timer(app: faust.App, parts: WorkerParts) -> None:
         # evaluation shares the worker's core with ingestion: while customers wait, it
         # takes up to half of each tick, a bounded step at a time
         budget = time.monotonic() + settings.evaluate_every_seconds / 2
-        while shards and time.monotonic() < budget:
-            done = await evaluator.run_once(clock, settings.evaluate_batch, shards)
-            if done < settings.evaluate_batch:
-                break
-            await asyncio.sleep(0)
+        await drain(
+            evaluator,
+            clock,
+            settings.evaluate_batch,
+            shards,
+            keep_going=lambda: time.monotonic() < budget,
+        )

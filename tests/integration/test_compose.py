@@ -168,10 +168,10 @@ def test_worker_can_be_scaled() -> None:
 def test_demo_only_in_demo_profile() -> None:
     default_config = load_config()
     demo_config = load_config(profiles=("demo",))
-    assert run_compose("--profiles").split() == ["cluster", "demo"]
+    assert run_compose("--profiles").split() == ["cluster", "demo", "evaluator"]
 
     for name, service in default_config["services"].items():
-        if name != "demo" and name not in CLUSTER_SERVICES:
+        if name not in ("demo", "evaluator") and name not in CLUSTER_SERVICES:
             assert not service.get("profiles"), f"{name} must start without a profile"
     hidden_or_tagged = default_config["services"].get("demo")
     if hidden_or_tagged is not None:
@@ -186,6 +186,25 @@ def test_demo_only_in_demo_profile() -> None:
     env = as_env(demo.get("environment"))
     assert env.get("KAFKA_BOOTSTRAP") == "kafka:9092"
     assert "demo" in run_compose("--services", profiles=("demo",)).split()
+
+
+def test_evaluation_apart_is_one_setting_and_one_profile() -> None:
+    """Workers evaluate unless RETENTION_EVALUATION says separate; the evaluator service
+    runs only in its profile, with the workers' image, secrets and networks."""
+    default_env = as_env(load_config()["services"]["worker"].get("environment"))
+    assert default_env["RETENTION_EVALUATION"] == "worker"
+    services = yaml.safe_load(
+        run_compose(profiles=("evaluator",), extra_env={"RETENTION_EVALUATION": "separate"})
+    )["services"]
+    evaluator, worker = services["evaluator"], services["worker"]
+    assert evaluator.get("profiles") == ["evaluator"]
+    assert as_argv(evaluator.get("command"))[:2] == ["retention", "evaluator"]
+    for service in (evaluator, worker):
+        assert as_env(service.get("environment"))["RETENTION_EVALUATION"] == "separate"
+    assert evaluator["image"] == worker["image"]
+    assert secrets_of(evaluator) == secrets_of(worker)
+    assert networks_of(evaluator) == {"backend"}
+    assert not evaluator.get("ports") and "container_name" not in evaluator
 
 
 def test_cluster_only_in_cluster_profile() -> None:
@@ -240,7 +259,7 @@ def test_redis_url_can_point_the_apps_at_a_cluster_node() -> None:
 
 # --- secure by default ------------------------------------------------------------------
 
-ALL_PROFILES = ("cluster", "demo")
+ALL_PROFILES = ("cluster", "demo", "evaluator")
 REDIS_SERVICES = ("redis", *CLUSTER_NODES)
 MONITORING_SERVICES = ("prometheus", "alertmanager", "grafana")
 #: a patch version: 1.2.3 or v1.2.3, optionally with a variant (-slim-bookworm, -alpine)
