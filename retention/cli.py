@@ -442,8 +442,13 @@ def _holdout_problem(options: Any, plot: str | None) -> str | None:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
+    import os
     from datetime import date
 
+    # Set before numpy loads OpenBLAS. Its threads wait for a free core by spinning, and
+    # the fits' vectors are too short to gain from a second thread: on two busy cores
+    # (Redis has one) they made the fits ten times slower.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from retention import backtest
     from retention.report import plot_holdout, render_holdout, render_periods
 
