@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import csv
+import importlib
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from redis.asyncio import Redis
 
@@ -39,20 +40,7 @@ from contract.events import (
     build_event,
     parse_event,
 )
-from processors.alive_models import MODELS
 from processors.currency import Rates, UnknownCurrency
-from processors.evaluator import as_of_day, evaluate_seen
-from processors.forecast import (
-    NO_VALUE,
-    Fit,
-    ModelOptions,
-    Outlook,
-    fit_histories,
-    model_options,
-    outlooks,
-    spend_from_days,
-)
-from processors.holdout import cutoff_for, holdout_report
 from processors.lifecycle import lifecycle_policy
 from processors.state import to_public
 from processors.windows import Period, next_period, period_start
@@ -60,15 +48,27 @@ from retention import runtime
 from retention.cdnow import read_cdnow
 from retention.config import ActivityKind, Settings
 from store.connect import connect, eviction_policies
-from store.evaluations import active_before, update_high_value_threshold
-from store.models import read_histories, save_fit
 from store.periods import Periods
 from store.record import TOPIC
 from store.store import BatchResult, Store, accepted_record, rejected_record
 from streams.risk_file import load_policy
 from streams.topics import Topics
 
+if TYPE_CHECKING:
+    from processors.forecast import Fit, Outlook
+
 logger = logging.getLogger(__name__)
+
+#: What the fits and the report need, numpy and scipy among them: slow to import, so a
+#: backtest imports them while Redis applies the events rather than before it starts.
+#: The functions that use them import them where they are used.
+MODELLING = (
+    "processors.alive_models",
+    "processors.evaluator",
+    "processors.forecast",
+    "store.evaluations",
+    "store.models",
+)
 
 Format = Literal["cdnow", "jsonl"]
 Line = tuple[int, Event | Rejection]
@@ -238,23 +238,19 @@ class Backtest:
         redis = connect(s.redis_url, decode_responses=True)
         # what needs the events alone is worked out while Redis applies them
         with ThreadPoolExecutor(max_workers=1) as aside:
+            aside.submit(import_modelling)
             spend = None
             if last is not None:
                 spend = loop.run_in_executor(aside, repeat_spend, events, last.date())
             holdout = None
-            if o.holdout_until is not None and o.until is not None:
-                cutoff = datetime.combine(o.until, datetime.min.time(), UTC) + timedelta(days=1)
-                days = (o.holdout_until - o.until).days
-                holdout = loop.run_in_executor(aside, self._holdout, later, cutoff, days)
-            elif o.holdout_days is not None and last is not None:
-                cutoff = cutoff_for(last, o.holdout_days)
-                holdout = loop.run_in_executor(aside, self._holdout, events, cutoff, o.holdout_days)
+            if o.holdout_until is not None or o.holdout_days is not None:
+                holdout = loop.run_in_executor(aside, self._holdout, events, later, last)
             try:
                 store = await self._replay(redis, events)
                 periods = Periods(redis, s.key_prefix, s.shards)
                 report, model = await self._report(store, periods, last, bad, spend)
-                if holdout is not None:
-                    report["holdout"] = await holdout
+                if holdout is not None and (found := await holdout) is not None:
+                    report["holdout"] = found
                 if o.customers is not None and last is not None and spend is not None:
                     at = datetime.combine(last.date(), datetime.min.time(), UTC) + timedelta(days=1)
                     await write_customers(store, o.customers, model, at, s, await spend)
@@ -320,9 +316,25 @@ class Backtest:
         }
         return report, model
 
-    def _holdout(self, events: list[Event], cutoff: datetime, days: int) -> dict[str, Any]:
+    def _holdout(
+        self, events: list[Event], later: list[Event], last: datetime | None
+    ) -> dict[str, Any] | None:
         """The calibration / holdout test of the predictions (processors/holdout.py), and
-        its customers file when asked for."""
+        its customers file when asked for: ``--until`` with ``--holdout-until`` on the
+        events through the latter (``later``), or ``--holdout DAYS`` on the last days of
+        ``events``."""
+        from processors.forecast import model_options
+        from processors.holdout import cutoff_for, holdout_report
+
+        o = self.options
+        if o.holdout_until is not None and o.until is not None:
+            events = later
+            cutoff = datetime.combine(o.until, datetime.min.time(), UTC) + timedelta(days=1)
+            days = (o.holdout_until - o.until).days
+        elif o.holdout_days is not None and last is not None:
+            cutoff, days = cutoff_for(last, o.holdout_days), o.holdout_days
+        else:
+            return None
         policy = load_policy(self.settings.risk_file)
         lifecycle = lifecycle_policy(self.options.churn_days, policy.timers)
         result = holdout_report(
@@ -343,6 +355,10 @@ class Backtest:
     ) -> tuple[Fit | None, dict[str, Any] | None]:
         """The configured models, fitted and stored as the leader does (with exact spend),
         and the BG/NBD block of the report (fitted too when another model is chosen)."""
+        from processors.alive_models import MODELS
+        from processors.forecast import ModelOptions, fit_histories, model_options
+        from store.models import read_histories, save_fit
+
         started = time.monotonic()
         as_of = last.date()
         histories = await read_histories(store, as_of)
@@ -368,6 +384,12 @@ class Backtest:
         params = MODELS["bgnbd"].params(bg.params.as_dict())
         block = {**params.as_dict(), "as_of": as_of.isoformat(), "customers": bg.customers}
         return model, block
+
+
+def import_modelling() -> None:
+    """Import :data:`MODELLING` (in a thread, while the replay waits on Redis)."""
+    for name in MODELLING:
+        importlib.import_module(name)
 
 
 async def refuse_eviction(redis: Redis) -> None:
@@ -430,6 +452,8 @@ def repeat_spend(events: list[Event], as_of: date) -> dict[str, float]:
     """Per buyer, the exact mean value of its repeat purchase days through ``as_of``
     (placed amounts summed per day, the first day left out; 0 for a one-time buyer), as the
     Gamma-Gamma model wants it. Each event id counts once, the first one, as in the store."""
+    from processors.forecast import spend_from_days
+
     seen: set[tuple[str, str]] = set()
     by_day: dict[str, dict[int, float]] = {}
     for event in events:
@@ -469,6 +493,10 @@ async def write_customers(
 ) -> int:
     """Every customer's state as of ``at``, with P(alive), expected spend, predicted CLTV,
     lifecycle and risk reasons; ``spend`` holds exact repeat-purchase means by customer."""
+    from processors.evaluator import as_of_day, evaluate_seen
+    from processors.forecast import NO_VALUE, outlooks
+    from store.evaluations import active_before, update_high_value_threshold
+
     policy = load_policy(settings.risk_file)
     lifecycle = lifecycle_policy(settings.churn_after_days, policy.timers)
     threshold = await update_high_value_threshold(store, policy.high_value_quantile, spend)

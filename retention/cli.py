@@ -450,7 +450,6 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     # (Redis has one) they made the fits ten times slower.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from retention import backtest
-    from retention.report import plot_holdout, render_holdout, render_periods
 
     settings = _settings(args)
     kinds = tuple(k.strip() for k in args.activity.split(",") if k.strip())
@@ -473,6 +472,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         return 2
     started = time.monotonic()
     report, per_customer = backtest.run(settings, options)
+    # imported after the run, which imports what it needs while Redis works
+    from retention.report import plot_holdout, render_holdout, render_periods
+
     print(render_periods(report["periods"], options.period, settings.reporting_currency))
     if report.get("holdout"):
         print(render_holdout(report["holdout"]))
