@@ -445,10 +445,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     import os
     from datetime import date
 
-    # Set before numpy loads OpenBLAS. Its threads wait for a free core by spinning, and
-    # the fits' vectors are too short to gain from a second thread: on two busy cores
-    # (Redis has one) they made the fits ten times slower.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Set before numpy loads OpenBLAS. Between two calls its threads spin for some 2^28
+    # cycles before they sleep: on two busy cores (Redis needs one) that spinning took
+    # the CPU from the fits and made them up to ten times slower. Spinning 2^4 cycles
+    # keeps the threads, and so the sums to the last bit; one thread would change them.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     from retention import backtest
 
     settings = _settings(args)
