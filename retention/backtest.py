@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import csv
+import gc
 import importlib
 import json
 import logging
@@ -206,7 +208,10 @@ class Backtest:
         self.bytes_per_customer: float | None = None
 
     def run(self) -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(prefix="retention-backtest-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="retention-backtest-") as tmp,
+            no_cycle_collection(),
+        ):
             work = Path(tmp)
             try:
                 # the file is read while the embedded Redis starts
@@ -384,6 +389,21 @@ class Backtest:
         params = MODELS["bgnbd"].params(bg.params.as_dict())
         block = {**params.as_dict(), "as_of": as_of.isoformat(), "customers": bg.customers}
         return model, block
+
+
+@contextlib.contextmanager
+def no_cycle_collection() -> Iterator[None]:
+    """The cyclic garbage collector paused: a run makes several objects an event (the
+    event, its record's strings, its sums) that live until it ends and hold no cycles,
+    and the collector would walk them again and again as they grow in number: a tenth of
+    the CPU of a backtest on CDNOW_master."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def import_modelling() -> None:
