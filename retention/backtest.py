@@ -45,7 +45,7 @@ from contract.events import (
 from processors.currency import Rates, UnknownCurrency
 from processors.lifecycle import lifecycle_policy
 from processors.state import to_public
-from processors.windows import Period, next_period, period_start
+from processors.windows import PERIODS, Period, next_period, period_start
 from retention import runtime
 from retention.cdnow import read_cdnow
 from retention.config import ActivityKind, Settings
@@ -251,8 +251,18 @@ class Backtest:
             if o.holdout_until is not None or o.holdout_days is not None:
                 holdout = loop.run_in_executor(aside, self._holdout, events, later, last)
             try:
+                before = await used_memory(redis)
                 store = await self._replay(redis, events)
                 periods = Periods(redis, s.key_prefix, s.shards)
+                if last is not None:
+                    # the clock moves to the end of the last period: every period is
+                    # closed, as the leader closes them live
+                    for period in PERIODS:
+                        end = next_period(period_start(last, period), period)
+                        await periods.close(period, clock=end, through=last, limit=None)
+                customers = await store.customer_count()
+                if customers:
+                    self.bytes_per_customer = (await used_memory(redis) - before) / customers
                 report, model = await self._report(store, periods, last, bad, spend)
                 if holdout is not None and (found := await holdout) is not None:
                     report["holdout"] = found
@@ -278,12 +288,8 @@ class Backtest:
             writer=True,
         )
         await store.layout()
-        before = await used_memory(redis)
         await replay(store, Topics.from_settings(s), events, rates_for(s, events))
         logger.info("backtest input applied")
-        customers = await store.customer_count()
-        if customers:
-            self.bytes_per_customer = (await used_memory(redis) - before) / customers
         return store
 
     async def _report(
@@ -297,9 +303,6 @@ class Backtest:
         o = self.options
         rows: list[dict[str, Any]] = []
         if last is not None:
-            # end of input: the clock moves to the end of the last period
-            end = next_period(period_start(last, o.period), o.period)
-            await periods.close(o.period, clock=end, through=last, limit=None)
             rows = [r.as_dict() for r in await periods.rows(o.period, o.churn_days, last)]
         stats = await store.stats()
         # the models as of the end of the data: the --until day, or the last event's day
@@ -546,8 +549,11 @@ async def write_customers(
 
 
 async def used_memory(redis: Redis) -> int:
+    """Redis's memory for data: without the clients' buffers, which a batch of 5,000
+    records leaves grown for a while, and the cached scripts, loaded once per Redis."""
     info = await redis.info("memory")
-    return int(info["used_memory"])
+    apart = ("mem_clients_normal", "used_memory_scripts")
+    return int(info["used_memory"]) - sum(int(info.get(name, 0)) for name in apart)
 
 
 def run(settings: Settings, options: Options) -> tuple[dict[str, Any], float | None]:
