@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata, spearmanr
 
 from contract.events import EPOCH, MICROS, MS_PER_DAY, Event, OrderEvent
 from processors.alive_models import MODEL_NAMES, MODELS
@@ -268,6 +267,8 @@ def _auc(score: np.ndarray, positive: np.ndarray) -> float | None:
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
+    from scipy.stats import rankdata  # slow to import, and only the scores need it
+
     ranks = rankdata(score)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -288,6 +289,8 @@ def _value(value: np.ndarray, placed: np.ndarray, ids: np.ndarray) -> dict[str, 
     top = max(1, -(-value.size // 10))
     order = np.lexsort((ids, -value))
     total = float(placed.sum())
+    from scipy.stats import spearmanr
+
     rho = spearmanr(value, placed).statistic if value.size > 1 else np.nan
     return {
         "customers": int(value.size),

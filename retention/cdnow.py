@@ -19,6 +19,7 @@ non-blank line, when none of its fields is a number) are skipped silently.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -49,8 +50,11 @@ def _digits(token: str) -> bool:
     return token.isascii() and token.isdigit()
 
 
+@functools.lru_cache(maxsize=4096)
 def _date(token: str) -> str:
-    """``YYYYMMDD`` to ISO 8601 at 00:00 UTC; ``ValueError`` when it is no such date."""
+    """``YYYYMMDD`` to ISO 8601 at 00:00 UTC; ``ValueError`` when it is no such date.
+
+    Cached: a file holds few distinct days, and ``strptime`` is most of a line's cost."""
     if len(token) != 8 or not _digits(token):
         raise ValueError(f"date {token!r} is not YYYYMMDD")
     try:

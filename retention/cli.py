@@ -494,11 +494,16 @@ def _holdout_problem(options: Any, plot: str | None) -> str | None:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
+    import os
     from datetime import date
 
+    # Set before numpy loads OpenBLAS. Between two calls its threads spin for some 2^28
+    # cycles before they sleep: on two busy cores (Redis needs one) that spinning took
+    # the CPU from the fits and made them up to ten times slower. Spinning 2^4 cycles
+    # keeps the threads, and so the sums to the last bit; one thread would change them.
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     from retention import backtest
     from retention.config import Settings
-    from retention.report import plot_holdout, render_holdout, render_periods, value_heading
 
     settings = _settings(args)
     kinds = tuple(k.strip() for k in args.activity.split(",") if k.strip())
@@ -522,6 +527,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         return 2
     started = time.monotonic()
     report, per_customer = backtest.run(settings, options)
+    # imported after the run, which imports what it needs while Redis works
+    from retention.report import plot_holdout, render_holdout, render_periods, value_heading
+
     print(render_periods(report["periods"], options.period, settings.reporting_currency))
     for part in report.get("breakdown", {}).get("values", []):
         print("\n" + value_heading(args.by, part["value"], part["customers"]) + "\n")
