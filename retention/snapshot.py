@@ -258,6 +258,7 @@ async def read_snapshot(
     scope = broker.cluster if broker is not None and broker.cluster else "default"
     store = Store(redis, prefix, settings.activity_kinds, offsets_scope=scope)
 
+    await periods.homes()  # first: periods are cut in the store's calendar
     rows: dict[tuple[Period, Window], PeriodRow] = {}
     for period in PERIODS:
         current = await periods.row(

@@ -372,9 +372,9 @@ class Periods:
 
     async def active(self, period: Period, at: datetime) -> int:
         """Distinct active customers in the period holding ``at`` (DAU, WAU, MAU)."""
+        homes = await self.homes()  # first: a reader takes the store's calendar
         start = period_start(at, period)
         name = f"act:{PERIOD_LETTERS[period]}:{epoch_day(start)}"
-        homes = await self.homes()
         return sum(await asyncio.gather(*(self.redis.bitcount(home + name) for home in homes)))
 
     async def close(
