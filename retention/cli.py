@@ -66,6 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    _calm_blas()  # the leader refits beside ingestion
     from retention.worker import UnsafeRedis, run
     from store.shards import LayoutMismatch
 
@@ -493,15 +494,21 @@ def _holdout_problem(options: Any, plot: str | None) -> str | None:
     return None
 
 
-def cmd_backtest(args: argparse.Namespace) -> int:
+def _calm_blas() -> None:
+    """Set before numpy loads OpenBLAS. Between two calls its threads spin for some 2^28
+    cycles before they sleep: on two busy cores (Redis needs one) that spinning took the
+    CPU from the fits and made them up to ten times slower, and from ingestion beside a
+    refit. Spinning 2^4 cycles keeps the threads, and so the sums to the last bit; one
+    thread would change them."""
     import os
+
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
     from datetime import date
 
-    # Set before numpy loads OpenBLAS. Between two calls its threads spin for some 2^28
-    # cycles before they sleep: on two busy cores (Redis needs one) that spinning took
-    # the CPU from the fits and made them up to ten times slower. Spinning 2^4 cycles
-    # keeps the threads, and so the sums to the last bit; one thread would change them.
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    _calm_blas()
     from retention import backtest
     from retention.config import Settings
 
