@@ -2,7 +2,8 @@
 alert it raises, under a steady load.
 
     .venv/bin/python bench/latency.py [--rate 5000] [--seconds 60] [--customers 20000]
-                                      [--partitions 4] [--seed 7] [--json] [--keep-logs]
+                                      [--partitions 4] [--evaluation worker|separate]
+                                      [--seed 7] [--json] [--keep-logs]
 
 Starts a Tansu broker, a Redis and one worker (``python -m retention.cli worker``, the tuned
 settings of ``bench/common.py``), then produces orders at ``--rate`` events per second for
@@ -15,7 +16,8 @@ customer given four orders before the load began, which reaches the five-orders 
 the time runs from handing that order to the producer to the ``milestone`` alert arriving
 on the alerts topic (an evaluation follows each change, ``RETENTION_EVALUATE_EVERY_SECONDS``
 apart at most). Reports p50, p99 and max of each, and the rate the producer and the worker
-kept.
+kept. With ``--evaluation separate`` the worker leaves evaluation to one ``retention
+evaluator`` started beside it (``RETENTION_EVALUATION``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Options(common.RunOptions):
     seconds: float
     customers: int
     partitions: int
+    evaluation: str = "worker"
 
 
 @dataclass
@@ -162,8 +165,18 @@ async def run(options: Options, bootstrap: str, redis_url: str, log_dir: Path) -
     )
     topics = Topics.from_settings(settings)
     await ensure_topics(bootstrap, topics, options.partitions)
-    env = runtime.settings_env(settings, embedded=True, PYTHONUNBUFFERED="1", **common.TUNED)
+    env = runtime.settings_env(
+        settings,
+        embedded=True,
+        PYTHONUNBUFFERED="1",
+        RETENTION_EVALUATION=options.evaluation,
+        **common.TUNED,
+    )
     worker = runtime.start_worker(env, log_dir, f"{tag}-worker")
+    processes = [worker]
+    if options.evaluation == "separate":
+        argv = runtime.retention_argv("evaluator")
+        processes.append(runtime.spawn(f"{tag}-evaluator", argv, log_dir, env))
     redis = connect(redis_url, decode_responses=True)
     store = Store(redis, settings.key_prefix, settings.activity_kinds)
     rng = random.Random(options.seed)
@@ -233,7 +246,7 @@ async def run(options: Options, bootstrap: str, redis_url: str, log_dir: Path) -
             applied = (await store.stats()).seen(topic) - before
     finally:
         await consumer.stop()
-        runtime.stop_all([worker])
+        runtime.stop_all(processes)
         await redis.aclose()
     return Result(
         rate=options.rate,
@@ -262,7 +275,8 @@ def render(options: Options, result: Result, elapsed: float) -> str:
             common.headline(__file__, elapsed),
             f"{result.sent:,} orders in {result.seconds:.1f} s "
             f"({result.sent / result.seconds:,.0f}/s asked {options.rate:,.0f}/s); "
-            f"the worker applied {result.applied_per_second:,.0f}/s",
+            f"the worker applied {result.applied_per_second:,.0f}/s; "
+            f"evaluation: {options.evaluation}",
             line("event -> state", result.state),
             line("event -> alert", result.alert),
         ]
@@ -279,6 +293,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--evaluation",
+        choices=("worker", "separate"),
+        default="worker",
+        help="evaluate in the worker, or in an evaluator process beside it",
+    )
     common.add_run_options(parser)
     args = parser.parse_args(argv)
     return Options(
@@ -286,6 +306,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         seconds=args.seconds,
         customers=args.customers,
         partitions=args.partitions,
+        evaluation=args.evaluation,
         **common.run_options(args),
     )
 

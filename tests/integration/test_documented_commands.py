@@ -31,7 +31,7 @@ from tests.documented import ROOT, documented_commands, fenced_blocks
 from tests.integration.cli_session import read_until
 
 #: commands that keep running until stopped: started, seen alive, then stopped with Ctrl-C
-STAY_UP = {"worker", "ingest", "metrics-server", "demo"}
+STAY_UP = {"worker", "evaluator", "ingest", "metrics-server", "demo"}
 #: what a command waits for on its standard input (rebuild asks before it wipes)
 ANSWERS = {"rebuild": "y\n", "forget": "y\n"}
 
