@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from contract.events import Rejection, parse_event
 from processors.windows import period_days
 from retention import runtime
+from retention.config import Settings
 from store.store import Store
 from streams.topics import Topics
 
@@ -289,6 +290,19 @@ def runtime_cores() -> int:
 def headline(script: str, elapsed: float) -> str:
     """A report's first line: the benchmark (``__file__``), its time and the cores it had."""
     return f"bench/{Path(script).name}: {elapsed:.0f} s in all, {runtime_cores()} CPU core(s)"
+
+
+def start_tracker(
+    settings: Settings, log_dir: Path, tag: str
+) -> tuple[runtime.Process, runtime.Process | None]:
+    """One worker with the tuned settings, and with ``settings.evaluation`` ``separate``
+    one ``retention evaluator`` beside it, both started at once."""
+    env = runtime.settings_env(settings, embedded=True, PYTHONUNBUFFERED="1", **TUNED)
+    worker = runtime.start_worker(env, log_dir, f"{tag}-worker")
+    if settings.evaluation != "separate":
+        return worker, None
+    argv = runtime.retention_argv("evaluator", "--log-level", "info")
+    return worker, runtime.spawn(f"{tag}-evaluator", argv, log_dir, env)
 
 
 def run_benchmark(

@@ -164,12 +164,7 @@ async def run_once(
     await common.produce(bootstrap, topics.source("order"), by_partition)
     scope = await cluster_id(bootstrap)
     store = Store(redis, settings.key_prefix, settings.activity_kinds, offsets_scope=scope)
-    env = runtime.settings_env(settings, embedded=True, PYTHONUNBUFFERED="1", **common.TUNED)
-    worker = runtime.start_worker(env, log_dir, f"{tag}-worker")
-    evaluator = None
-    if mode == "separate":
-        argv = runtime.retention_argv("evaluator", "--log-level", "info")
-        evaluator = runtime.spawn(f"{tag}-evaluator", argv, log_dir, env)
+    worker, evaluator = common.start_tracker(settings, log_dir, tag)
     samples: list[Sample] = []
     ingested: Sample | None = None
     deadline = time.monotonic() + 120 + options.events / 500

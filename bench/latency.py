@@ -162,21 +162,12 @@ async def run(options: Options, bootstrap: str, redis_url: str, log_dir: Path) -
         topic_prefix=f"{tag}-",
         key_prefix=f"{tag}:",
         partitions=options.partitions,
+        evaluation=options.evaluation,  # type: ignore[arg-type]
     )
     topics = Topics.from_settings(settings)
     await ensure_topics(bootstrap, topics, options.partitions)
-    env = runtime.settings_env(
-        settings,
-        embedded=True,
-        PYTHONUNBUFFERED="1",
-        RETENTION_EVALUATION=options.evaluation,
-        **common.TUNED,
-    )
-    worker = runtime.start_worker(env, log_dir, f"{tag}-worker")
-    processes = [worker]
-    if options.evaluation == "separate":
-        argv = runtime.retention_argv("evaluator")
-        processes.append(runtime.spawn(f"{tag}-evaluator", argv, log_dir, env))
+    worker, evaluator = common.start_tracker(settings, log_dir, tag)
+    processes = [worker] if evaluator is None else [worker, evaluator]
     redis = connect(redis_url, decode_responses=True)
     store = Store(redis, settings.key_prefix, settings.activity_kinds)
     rng = random.Random(options.seed)
