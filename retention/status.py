@@ -12,6 +12,7 @@ from retention.config import Settings
 from retention.services import Services, mask_url, scrub
 from retention.stalls import Progress, parse_heartbeat, stalled_workers
 from store.connect import connect
+from store.shards import stored_calendar
 from store.store import Store
 from streams.topics import Topics, cluster_id, end_offsets
 
@@ -52,6 +53,8 @@ class StackStatus:
     replaying: int = 0
     # customers set aside because their stored state cannot be read
     corrupt: list[str] = field(default_factory=list)
+    # the calendar the store counts its periods in (RETENTION_TIMEZONE, RETENTION_WEEK_START)
+    calendar: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -119,6 +122,7 @@ async def _gather(settings: Settings, status: StackStatus, timeout: float) -> No
                 STALE_HEARTBEATS * settings.worker_heartbeat_seconds
             )
             status.customers = await store.customer_count()
+            status.calendar = (await stored_calendar(redis, settings.key_prefix)).describe()
             stats = await store.stats()
             status.seen = {t: stats.seen(t) for t in topics.sources}
             for (topic, reason), n in stats.rejected.items():
@@ -211,6 +215,15 @@ def _rebuild_lines(status: StackStatus) -> list[str]:
     return lines
 
 
+def _store_lines(status: StackStatus) -> list[str]:
+    lines = []
+    if status.customers is not None:
+        lines.append(f"customers {status.customers}")
+    if status.calendar is not None:
+        lines.append(f"periods  {status.calendar}")
+    return lines
+
+
 def render(status: StackStatus) -> str:
     def mark(ok: bool) -> str:
         return "up" if ok else "DOWN"
@@ -224,8 +237,7 @@ def render(status: StackStatus) -> str:
         parts = ", ".join(info.get("partitions", [])) or "no partitions yet"
         flag = "  STALLED: lag but nothing applied lately" if info.get("stalled") else ""
         lines.append(f"  {worker_id}: {parts}{flag}")
-    if status.customers is not None:
-        lines.append(f"customers {status.customers}")
+    lines += _store_lines(status)
     lines += _rebuild_lines(status)
     lines.extend(_memory_lines(status))
     if status.lag is not None:

@@ -104,6 +104,15 @@ async def check_calendar(redis: Redis | RedisCluster, prefix: str, writer: bool)
     use_calendar(stored)
 
 
+async def stored_calendar(redis: Redis | RedisCluster, prefix: str) -> Calendar:
+    """The calendar the store under ``prefix`` counts its periods in (UTC when none is
+    recorded: a store written before calendars were)."""
+    raw = await redis.get(prefix + CALENDAR_KEY)
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return UTC_CALENDAR if raw is None else _calendar(str(raw))
+
+
 def _calendar(label: str) -> Calendar:
     zone, _, week = label.partition("|")
     return calendar_of(zone, int(week or 0))

@@ -236,6 +236,8 @@ async def test_status_reports_worker_and_lag(
     st = await status.gather(settings)
     assert st.lag is not None and set(st.lag) == set(producer.topics.sources)
     assert st.customers == 3
+    assert st.calendar == "UTC, weeks from Monday"
+    assert "periods  UTC, weeks from Monday" in status.render(st)
     assert json.loads(json.dumps(st.as_dict()))["ok"] is True
 
 
