@@ -12,6 +12,8 @@ local members = cohort
 if mask ~= '' then
   -- the cohort's customers among the mask's, lined up with the cohort bitmap
   members = P .. 'tmp:M'
+  -- cleared first: with nothing to AND, cohort_and_count writes no key at all
+  redis.call('DEL', members)
   cohort_and_count(cohort, start, P .. mask, members)
 end
 local row = {redis.call('BITCOUNT', members)}
