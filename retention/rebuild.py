@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from retention.config import Settings
 from store.connect import connect
+from store.shards import stored_calendar
 from store.store import Store
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import Topics, cluster_id, end_offsets
@@ -91,8 +92,15 @@ async def rebuild(
             return 2
         ends = await end_offsets(settings.kafka_bootstrap, list(topics.sources), security)
         replay_to = {(tp.topic, tp.partition): end for tp, end in ends.items() if end > 0}
-        deleted = await store.wipe(shards=shards, replay_to=replay_to)
+        # the replay counts in this command's calendar (RETENTION_TIMEZONE, ...) when no
+        # worker runs; running workers go on in the store's, which it then keeps
+        before = await stored_calendar(redis, settings.key_prefix)
+        running = await store.workers(max_age_seconds=WORKER_ALIVE_SECONDS)
+        calendar = before if running else settings.calendar()
+        deleted = await store.wipe(shards=shards, replay_to=replay_to, calendar=calendar)
         write(f"deleted {deleted} keys under {settings.key_prefix!r}")
+        if calendar != before:
+            write(f"periods are now counted in {calendar.describe()}")
         if shards is not None:
             write(f"the store now has {shards} shard(s)")
         if not wait:

@@ -83,9 +83,12 @@ class CalendarMismatch(LayoutMismatch):
 async def check_calendar(redis: Redis | RedisCluster, prefix: str, writer: bool) -> None:
     """A writer records the process's calendar in a new store, and refuses a store that
     counts its periods in another one: the day, week and month keys of what it holds
-    would mean other dates. A reader counts in the store's calendar, whatever its own."""
+    would mean other dates. A reader counts in the store's calendar, whatever its own; in a
+    store that holds nothing yet (new, or wiped for a rebuild) it keeps its own."""
     raw = await redis.get(prefix + CALENDAR_KEY)
-    if raw is None and writer and not await _holds_data(redis, prefix):
+    if raw is None and not await _holds_data(redis, prefix):
+        if not writer:
+            return
         await redis.set(prefix + CALENDAR_KEY, current_calendar().label, nx=True)
         raw = await redis.get(prefix + CALENDAR_KEY)
     if isinstance(raw, bytes):

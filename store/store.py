@@ -22,11 +22,12 @@ from redis.crc import key_slot
 from contract.events import DIMENSIONS, Event, LoginEvent, OrderEvent, RejectReason
 from processors.currency import Rates
 from processors.state import Attribute, CustomerState, Score, TicketState
-from processors.windows import current_calendar, period_days
+from processors.windows import Calendar, current_calendar, period_days
 from store.connect import memory_info
 from store.layout import ATTRIBUTE_LETTERS, Keys, money_micros
 from store.record import CUSTOMER_ID, OFFSET, PARTITION, STAMP, TOPIC
 from store.shards import (
+    CALENDAR_KEY,
     FORMAT_KEY,
     SHARDS_KEY,
     STORE_FORMAT,
@@ -34,6 +35,7 @@ from store.shards import (
     ShardLayout,
     check_format,
     is_cluster,
+    stored_calendar,
 )
 
 #: Upper bounds (seconds) of the first-response histogram; batch_tickets.lua uses the same.
@@ -477,8 +479,10 @@ class Store:
         page: int = 1000,
         shards: int | None = None,
         replay_to: dict[tuple[str, int], int] | None = None,
+        calendar: Calendar | None = None,
     ) -> int:
         """Delete every key under the prefix but the ``keep`` families; returns the count.
+        ``calendar`` is recorded for the replay (none: the wiped store's own).
 
         Nothing writes while it runs (the ``rebuilding`` markers: the batch script and the
         evaluation scripts refuse, the leader's timers wait), so no worker writes into a
@@ -488,6 +492,7 @@ class Store:
         topics' end offsets) is what the replay must reach before evaluations resume
         (:meth:`replaying`)."""
         homes = (await self.layout()).prefixes
+        calendar = calendar or await stored_calendar(self.redis, self.prefix)
         markers = tuple(home + "rebuilding" for home in homes)
         # one marker per shard, in the shard's slot, where its scripts look
         for marker in markers:
@@ -519,6 +524,7 @@ class Store:
             await self.redis.set(self.key(SHARDS_KEY), str(shards))
             self._layouts = LayoutSource(self.redis, self.prefix, shards, writer=False, check=False)
         await self.redis.set(self.key(FORMAT_KEY), str(STORE_FORMAT))
+        await self.redis.set(self.key(CALENDAR_KEY), calendar.label)
         await self._copy_tombstones()
         for marker in markers:
             await self.redis.delete(marker)

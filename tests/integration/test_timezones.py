@@ -22,7 +22,7 @@ from processors.windows import (
     use_calendar,
 )
 from store.periods import Periods
-from store.shards import CalendarMismatch, check_calendar
+from store.shards import CalendarMismatch, check_calendar, stored_calendar
 from store.store import Store
 from tests import oracle
 from tests.eventgen import random_events, with_duplicates
@@ -151,3 +151,24 @@ def test_a_local_day_is_the_zones_date_on_both_sides_of_a_clock_change() -> None
             sunday = local - timedelta(days=(local.weekday() + 1) % 7)
             assert week == (sunday - datetime(1970, 1, 1).date()).days
             assert month == (local.replace(day=1) - datetime(1970, 1, 1).date()).days
+
+
+async def test_a_reader_keeps_its_calendar_over_an_empty_store_and_a_wipe_records_one(
+    redis: Redis, rng: random.Random
+) -> None:
+    prefix = f"tz{rng.randrange(1 << 30)}:"
+    tokyo, la = calendar_of("Asia/Tokyo"), calendar_of("America/Los_Angeles", "sunday")
+    with calendar_in_use(tokyo):
+        # nothing stored yet: a reader (an exporter started before the workers) keeps
+        # its own calendar instead of taking the empty store for a UTC one
+        await check_calendar(redis, prefix, writer=False)
+        assert current_calendar() == tokyo
+        event = {"event_id": "e", "customer_id": "c", "ts": 1_710_000_000, "type": "login"}
+        store = Store(redis, prefix, KINDS)
+        await load(store, [event], rng)
+        assert await stored_calendar(redis, prefix) == tokyo
+        # a wipe keeps the store's calendar unless told another (retention rebuild)
+        await store.wipe()
+        assert await stored_calendar(redis, prefix) == tokyo
+        await store.wipe(calendar=la)
+        assert await stored_calendar(redis, prefix) == la
