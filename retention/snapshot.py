@@ -190,10 +190,11 @@ async def _monthly_breakdowns(
         kept.task = None  # left by a loop that has ended (a reader that ran once)
     if kept.task is not None and kept.task.done():
         task, kept.task = kept.task, None
-        if not task.cancelled() and task.exception() is None:
+        error = "cancelled" if task.cancelled() else task.exception()
+        if error is None:
             kept.at, kept.rows = time.monotonic(), task.result()
         else:
-            logger.warning("breakdowns not counted", extra={"error": repr(task.exception())})
+            logger.warning("breakdowns not counted", extra={"error": repr(error)})
     fresh = time.monotonic() - kept.at < BREAKDOWN_EVERY_SECONDS and kept.month == month
     if kept.rows is not None and fresh:
         return kept.rows
