@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 EXPECTED_ENV = "BENCH_EXPECTED_EVENTS"
 REPORT_FILE_ENV = "BENCH_REPORT_FILE"
 LOG_LEVEL_ENV = "BENCH_LOG_LEVEL"
+#: how long a batch of Faust's stream waits to fill (a backlog fills it at once)
+BATCH_WITHIN_SECONDS = 0.02
 
 
 def report(kind: str, **fields: Any) -> None:
@@ -49,7 +51,7 @@ def register_counter(app: faust.App, settings: Settings, expected: int) -> None:
         # noack_take yields events (not values) and is declared on Stream only.
         events_of = cast("faust.Stream[Any]", stream)
         seen = 0
-        batches = events_of.noack_take(settings.batch_size, within=settings.batch_within_seconds)
+        batches = events_of.noack_take(settings.batch_size, within=BATCH_WITHIN_SECONDS)
         async for events in batches:
             if seen == 0:
                 report("first")

@@ -93,10 +93,8 @@ class Settings(BaseSettings):
     # How far ahead of the wall clock a live event may be dated (RETENTION_MAX_FUTURE_SECONDS);
     # later ones are rejected as future_timestamp. Backtests judge by their own data instead.
     max_future_seconds: float = Field(default=86400.0, ge=0)
+    #: the most records one fetch, and so one batch of the ingest, holds
     batch_size: int = Field(default=1000, ge=1)
-    #: how long a batch waits to fill: under a backlog batches fill at once, so this only
-    #: bounds what an event waits under a steady load (bench/README.md, Latency)
-    batch_within_seconds: float = Field(default=0.02, gt=0)
     #: how long a fetch that finds nothing may wait at the broker (streams/app.py)
     fetch_max_wait_ms: int = Field(default=100, ge=1, le=60_000)
     # Kafka group timeouts. Production keeps Kafka's usual values; the embedded stack

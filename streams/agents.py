@@ -1,9 +1,10 @@
-"""The Faust side of a worker: declare its topics, ingest agent and timers on the app.
+"""The Faust side of a worker: declare its topics, batch ingest and timers on the app.
 
-The agent takes batches from the source topics, has ``Ingest`` (``streams/ingest_batch.py``)
-decode and store each, and acks a batch only once it is stored; partitions start where the
-store is (``streams/positioning.py``). If the agent dies, the process exits non-zero so
-that a supervisor restarts it, rather than staying up and doing nothing.
+The consumer hands each fetch from the source topics to ``Ingest``
+(``streams/ingest_batch.py``) as one batch (``streams/batch_reader.py``); each batch is
+decoded, stored, and acked only once it is stored; partitions start where the store is
+(``streams/positioning.py``). If the ingest dies, the process exits non-zero so that a
+supervisor restarts it, rather than staying up and doing nothing.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import faust
-from faust.streams import Stream
 
 from store.connect import connect
 from store.periods import Periods
 from store.store import Store
+from streams.batch_reader import BatchConsumer
 from streams.ingest_batch import DecodedBatch, Ingest
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.positioning import position_partitions
@@ -74,7 +75,7 @@ def register(
         worker_id(),
     )
     position_partitions(app, parts, security)
-    _ingest_agent(app, parts)
+    _ingest_reader(app, parts)
     heartbeat_timer(app, parts)
     clock_timers(app, parts)
     if settings.evaluation != "separate":
@@ -84,9 +85,9 @@ def register(
 
 
 async def exit_if_fails(work: Awaitable[None], exit: Callable[[int], Any] = os._exit) -> None:
-    """Run the agent's work; if it raises, end the process with AGENT_DIED_EXIT.
+    """Run the ingest's work; if it raises, end the process with AGENT_DIED_EXIT.
 
-    Faust logs a crashed agent and keeps the worker up, which would then look alive while
+    Faust logs a crashed agent or fetcher and keeps the worker up, which would then look alive while
     doing nothing. Exiting hands the problem to the supervisor (``retention up``, compose,
     systemd), and the restarted worker resumes from the store's offsets, losing nothing.
     """
@@ -95,7 +96,7 @@ async def exit_if_fails(work: Awaitable[None], exit: Callable[[int], Any] = os._
     except asyncio.CancelledError:
         raise
     except BaseException:
-        logger.critical("the ingest agent died; exiting so the worker is restarted", exc_info=True)
+        logger.critical("the ingest died; exiting so the worker is restarted", exc_info=True)
         for handler in logging.getLogger().handlers:
             with contextlib.suppress(Exception):
                 handler.flush()
@@ -103,31 +104,40 @@ async def exit_if_fails(work: Awaitable[None], exit: Callable[[int], Any] = os._
         exit(AGENT_DIED_EXIT)
 
 
-def _ingest_agent(app: faust.App, parts: WorkerParts) -> None:
-    settings, ingest = parts.settings, parts.ingest
-    source = app.topic(*parts.topics.sources, key_serializer="raw", value_serializer="raw")
+class _BatchPipeline:
+    """Two stages: while Redis applies one batch, the next is decoded. Writes stay in order
+    (one in flight at a time) and a batch's offsets are acked only once it is stored."""
 
-    @app.agent(source, name="ingest")
-    async def ingest_agent(stream: faust.StreamT[bytes]) -> None:
-        await exit_if_fails(_consume(stream))
+    def __init__(self, ingest: Ingest, consumer: BatchConsumer, topics: Sequence[str]) -> None:
+        self.ingest = ingest
+        self.consumer = consumer
+        self.topics = frozenset(topics)
+        self.batch_size = ingest.settings.batch_size
+        self.in_flight: asyncio.Task[None] | None = None
 
-    async def _consume(stream: faust.StreamT[bytes]) -> None:
-        # noack_take yields events (not values) and leaves acking to us
-        raw_stream = cast(Stream[bytes], stream)
-        batches: AsyncIterator[Sequence[Any]] = raw_stream.noack_take(
-            settings.batch_size, within=settings.batch_within_seconds
-        )
-        # Two stages: while Redis applies one batch, the next is decoded. Writes stay in
-        # order (one in flight at a time) and each batch is acked only once it is stored.
-        in_flight: asyncio.Task[None] | None = None
+    async def take(self, records: list[Any]) -> None:
+        await exit_if_fails(self._take(records))
 
-        async def store_and_ack(batch: DecodedBatch, events: Sequence[Any]) -> None:
-            await ingest.store_batch(batch)
-            for event in events:
-                await raw_stream.ack(event)
+    async def _take(self, records: list[Any]) -> None:
+        batch = await self.ingest.decode(records)
+        await self.settle()
+        self.in_flight = asyncio.create_task(exit_if_fails(self._store(batch)))
 
-        async for events in batches:
-            batch = await ingest.decode(events)
-            if in_flight is not None:
-                await in_flight
-            in_flight = asyncio.create_task(store_and_ack(batch, events))
+    async def _store(self, batch: DecodedBatch) -> None:
+        await self.ingest.store_batch(batch)
+        self.consumer.ack_records(batch.messages)
+
+    async def settle(self) -> None:
+        if self.in_flight is not None:
+            await asyncio.shield(self.in_flight)
+
+
+def _ingest_reader(app: faust.App, parts: WorkerParts) -> None:
+    """Subscribe to the source topics and have the consumer hand their fetches to the
+    ingest in batches (``streams/batch_reader.py``)."""
+    sources = parts.topics.sources
+    app.topics.add(app.topic(*sources, key_serializer="raw", value_serializer="raw"))
+    consumer = app.consumer
+    if not isinstance(consumer, BatchConsumer):
+        raise TypeError("the worker's app must be made by streams.app.create_app")
+    consumer.sink = _BatchPipeline(parts.ingest, consumer, sources)

@@ -7,6 +7,7 @@ from typing import Any
 import faust
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
+from streams.batch_reader import BatchConsumer
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.worker_settings import WorkerSettings
 
@@ -44,7 +45,7 @@ def create_app(settings: WorkerSettings, security: KafkaSecurity = PLAINTEXT) ->
     if not settings.kafka_bootstrap:
         raise ValueError("KAFKA_BOOTSTRAP is not set and no embedded broker was found")
     fetch_wait(settings.fetch_max_wait_ms)
-    return faust.App(
+    app = faust.App(
         group_id(settings),
         broker=f"kafka://{settings.kafka_bootstrap}",
         key_serializer="raw",
@@ -59,5 +60,11 @@ def create_app(settings: WorkerSettings, security: KafkaSecurity = PLAINTEXT) ->
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=settings.heartbeat_interval_seconds,
         broker_rebalance_timeout=max(settings.session_timeout_seconds, 10.0),
+        # one fetch is at most one batch of the ingest
+        broker_max_poll_records=settings.batch_size,
         **security.faust_options(),
     )
+    # Faust's consumer, able to hand the source topics' fetches over whole
+    transport: Any = app.transport
+    transport.Consumer = BatchConsumer
+    return app

@@ -60,8 +60,9 @@ def dlq_headers(message: Any, rejection: Rejection) -> list[tuple[str, bytes]]:
 
 
 def _stamp_ms(message: Any) -> int | None:
+    # Kafka's record timestamp, in milliseconds as the broker keeps it
     stamp = getattr(message, "timestamp", None)
-    return None if stamp is None else round(stamp * 1000)
+    return None if stamp is None else int(stamp)
 
 
 def _tp(message: Any) -> TP:
@@ -149,8 +150,10 @@ class Ingest:
             ), rejection
         return record, None
 
-    async def decode(self, events: Sequence[Any]) -> DecodedBatch:
-        """Validate a batch and start sending its rejects to the dead-letter topic."""
+    async def decode(self, batch: Sequence[Any]) -> DecodedBatch:
+        """Validate a batch of Kafka records (``topic``, ``partition``, ``offset``, ``key``,
+        ``value``, ``timestamp`` in ms) and start sending its rejects to the dead-letter
+        topic."""
         records: list[list[str]] = []
         pending = []
         messages = []
@@ -158,8 +161,7 @@ class Ingest:
         # after a seek back, a batch may hold an offset twice (buffered before the seek,
         # then read again): it is one message, taken once
         taken: set[tuple[str, int, int]] = set()
-        for event in events:
-            message = event.message
+        for message in batch:
             where = (message.topic, message.partition, message.offset)
             if where in taken:
                 continue
@@ -190,9 +192,6 @@ class Ingest:
             await asyncio.gather(*batch.dead_letters)
         result = await self._write(batch.records)
         await self._after(batch, result)
-
-    async def handle(self, events: Sequence[Any]) -> None:
-        await self.store_batch(await self.decode(events))
 
     async def _after(self, batch: DecodedBatch, result: BatchResult) -> None:
         if result.set_aside:

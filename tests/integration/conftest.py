@@ -85,7 +85,6 @@ def settings(stack: Stack) -> Settings:
         session_timeout_seconds=2,
         heartbeat_interval_seconds=0.5,
         batch_size=500,
-        batch_within_seconds=0.1,
     )
 
 

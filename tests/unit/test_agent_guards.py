@@ -24,12 +24,7 @@ class Message:
     offset: int
     key: bytes | None
     value: Any
-    timestamp: Any = 1_700_000_000.0
-
-
-@dataclass
-class Event:
-    message: Message
+    timestamp: Any = 1_700_000_000_000  # Kafka's, in ms
 
 
 @dataclass
@@ -55,8 +50,8 @@ async def test_a_message_that_breaks_record_building_is_dead_lettered() -> None:
     good = b'{"event_id":"e","customer_id":"c","ts":1700000000,"type":"login"}'
     # a timestamp that cannot be converted fails past validation, while building the record
     events = [
-        Event(Message("logins", 0, 0, b"c", good)),
-        Event(Message("logins", 0, 1, b"c", good, timestamp=float("nan"))),
+        Message("logins", 0, 0, b"c", good),
+        Message("logins", 0, 1, b"c", good, timestamp=float("nan")),
     ]
     batch = await ingest(dlq).decode(events)
     assert [r[0] for r in batch.records] == ["l", "x"]
@@ -72,8 +67,8 @@ async def test_a_rejected_message_is_not_dead_lettered_again_when_redelivered() 
     handler = ingest(dlq)
     handler.applied_upto[("logins", 0)] = 5
     events = [
-        Event(Message("logins", 0, 4, b"c", b"{not json")),
-        Event(Message("logins", 0, 6, b"c", b"{")),
+        Message("logins", 0, 4, b"c", b"{not json"),
+        Message("logins", 0, 6, b"c", b"{"),
     ]
     await handler.decode(events)
     assert [dict(s["headers"])["x-source-offset"] for s in dlq.sent] == [b"6"]
@@ -84,10 +79,10 @@ async def test_an_offset_twice_in_one_batch_is_taken_and_dead_lettered_once() ->
     dlq = DeadLetters()
     good = b'{"event_id":"e","customer_id":"c","ts":1700000000,"type":"login"}'
     events = [
-        Event(Message("logins", 0, 7, b"c", good)),
-        Event(Message("logins", 0, 8, b"c", b"{not json")),
-        Event(Message("logins", 0, 7, b"c", good)),
-        Event(Message("logins", 0, 8, b"c", b"{not json")),
+        Message("logins", 0, 7, b"c", good),
+        Message("logins", 0, 8, b"c", b"{not json"),
+        Message("logins", 0, 7, b"c", good),
+        Message("logins", 0, 8, b"c", b"{not json"),
     ]
     batch = await ingest(dlq).decode(events)
     assert [(r[0], r[3]) for r in batch.records] == [("l", "7"), ("x", "8")]
