@@ -106,7 +106,8 @@ class BatchConsumer(FaustConsumer):
                 if last is not None and offset < last:
                     continue
                 if last is not None and offset > last + 1:
-                    await self._add_gap(tp, last + 1, offset)
+                    # the offsets missing in between (both ends included)
+                    await self._add_gap(tp, last + 1, offset - 1)
                 last = offset
                 if into is not None:
                     into.append(record)

@@ -7,9 +7,12 @@ import random
 from collections import Counter
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from processors.state import to_public
 from retention.config import Settings
 from store.store import Store
+from streams.app import group_id
 from streams.producer import EventProducer
 from streams.topics import Topics
 from tests.eventgen import fold, random_events, with_duplicates, worker_rates
@@ -216,6 +219,32 @@ async def test_known_mix_gives_exact_state_and_dead_letters(
         headers = dict(message.headers)
         assert int(headers["x-source-offset"]) >= 0
         assert 0 <= int(headers["x-source-partition"]) < settings.partitions
+
+    # the batches' acks reach Kafka: the group commits every partition up to what is stored
+    applied = await store.applied_offsets()
+    assert applied and set(applied) <= {(t, p) for t in sent for p in range(settings.partitions)}
+
+    async def committed_upto_store() -> bool:
+        return await group_committed(settings, list(applied)) == {
+            tp: offset + 1 for tp, offset in applied.items()
+        }
+
+    await wait_until(committed_upto_store, 30, "Kafka commits up to the store", workers.logs)
+
+
+async def group_committed(settings: Settings, tps: list[tuple[str, int]]) -> dict[Any, Any]:
+    """The worker group's committed offsets in Kafka, read without joining the group."""
+    assert settings.kafka_bootstrap
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id(settings),
+        enable_auto_commit=False,
+    )
+    await reader.start()
+    try:
+        return {(t, p): await reader.committed(TopicPartition(t, p)) for t, p in tps}
+    finally:
+        await reader.stop()
 
 
 async def test_status_reports_worker_and_lag(
