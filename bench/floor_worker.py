@@ -1,5 +1,10 @@
 """The throughput floor: the worker's Faust app with an agent that only counts.
 
+With ``BENCH_FLOOR_READ=batch`` it reads the way the worker does instead: the consumer
+hands each fetch over as one batch (``streams/batch_reader.py``) to a sink that only
+counts and acks. The first is what Faust's streams can do; the second what the worker's
+way of reading can.
+
 Started by ``bench/throughput.py`` with the same environment as ``retention worker``, plus
 ``BENCH_EXPECTED_EVENTS``, ``BENCH_REPORT_FILE`` (and optionally ``BENCH_LOG_LEVEL``). It
 appends two JSON lines to the report file: one when the first batch arrives and one when the
@@ -20,6 +25,7 @@ from retention.config import Settings
 from retention.logs import log_config
 from retention.worker import new_event_loop
 from streams.app import create_app
+from streams.batch_reader import BatchConsumer
 from streams.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -27,6 +33,7 @@ logger = logging.getLogger(__name__)
 EXPECTED_ENV = "BENCH_EXPECTED_EVENTS"
 REPORT_FILE_ENV = "BENCH_REPORT_FILE"
 LOG_LEVEL_ENV = "BENCH_LOG_LEVEL"
+READ_ENV = "BENCH_FLOOR_READ"
 #: how long a batch of Faust's stream waits to fill (a backlog fills it at once)
 BATCH_WITHIN_SECONDS = 0.02
 
@@ -62,6 +69,36 @@ def register_counter(app: faust.App, settings: Settings, expected: int) -> None:
                 report("done", count=seen)
 
 
+class CountingSink:
+    """Counts each batch and acks it at once: the worker's reading with no work."""
+
+    def __init__(self, consumer: BatchConsumer, topics: frozenset[str], expected: int) -> None:
+        self.consumer = consumer
+        self.topics = topics
+        self.batch_size = Settings().batch_size
+        self.expected = expected
+        self.seen = 0
+
+    async def take(self, records: list[Any]) -> None:
+        if self.seen == 0:
+            report("first")
+        self.seen += len(records)
+        self.consumer.ack_records(records)
+        if self.seen >= self.expected and self.seen - len(records) < self.expected:
+            report("done", count=self.seen)
+
+    async def settle(self) -> None:
+        return None
+
+
+def register_batch_counter(app: faust.App, settings: Settings, expected: int) -> None:
+    sources = Topics.from_settings(settings).sources
+    app.topics.add(app.topic(*sources, key_serializer="raw", value_serializer="raw"))
+    consumer = app.consumer
+    assert isinstance(consumer, BatchConsumer)
+    consumer.sink = CountingSink(consumer, frozenset(sources), expected)
+
+
 def main() -> None:
     expected = int(os.environ[EXPECTED_ENV])
     level = os.environ.get(LOG_LEVEL_ENV, "warn")
@@ -70,7 +107,10 @@ def main() -> None:
     # the same kind of event loop as retention worker, from the same setting
     new_event_loop(settings)
     app = create_app(settings)
-    register_counter(app, settings, expected)
+    if os.environ.get(READ_ENV) == "batch":
+        register_batch_counter(app, settings, expected)
+    else:
+        register_counter(app, settings, expected)
     worker = faust.Worker(
         app,
         loglevel=level,

@@ -47,7 +47,7 @@ BATCH_SHA = hashlib.sha1(store_module._SCRIPT.encode()).hexdigest()
 
 #: The stages, in the order they are printed.
 STAGES = (
-    "faust: stream, consumer, acks (faust, mode, aiokafka)",
+    "faust: consumer, fetches, acks (faust, mode, aiokafka, batch_reader)",
     "event loop (asyncio/uvloop, sockets)",
     "decode + validate (parse_event)",
     "currency conversion",
@@ -134,6 +134,8 @@ def _ingest_stage(frames: Sequence[FrameType]) -> str | None:
             return AFTER
         if path.endswith("store/store.py") and name in ("accepted_record", "dedupe_id"):
             return RECORD
+        if path.endswith("streams/batch_reader.py"):
+            return FAUST
     return None
 
 

@@ -7,7 +7,11 @@ Every run produces its own copy of N order events into fresh topics, then starts
 process cold and times it from its first event to its last:
 
 - ``floor``: the worker's Faust app with an agent that only counts (``bench/floor_worker.py``),
-  done when it reports (in a file of its own) that it has counted N;
+  done when it reports (in a file of its own) that it has counted N: what Faust's streams,
+  a message at a time, can do;
+- ``batchfloor``: the same app reading as the worker does, each fetch handed over as one
+  batch (``streams/batch_reader.py``) to a sink that only counts: what the worker's way of
+  reading can do;
 - ``pipeline``: the real ``python -m retention.cli worker``, done when the store has seen N;
 - ``quix`` (only when asked for, ``--variants ...,quix``): a Quix Streams app on the same
   broker and Redis (``bench/quix_peer.py``, in a virtual environment of its own), whose sink
@@ -67,9 +71,9 @@ from streams.topics import Topics, cluster_id, ensure_topics
 
 logger = logging.getLogger("bench.throughput")
 
-Kind = Literal["floor", "pipeline", "quix"]
+Kind = Literal["floor", "batchfloor", "pipeline", "quix"]
 #: the kinds that run with Faust's defaults and with the tuned settings
-KINDS: tuple[Kind, ...] = ("floor", "pipeline")
+KINDS: tuple[Kind, ...] = ("floor", "batchfloor", "pipeline")
 FLOOR_SCRIPT = Path(__file__).with_name("floor_worker.py")
 
 #: Faust reads these settings from the environment itself, over what create_app passes.
@@ -190,6 +194,7 @@ class Bench:
             PYTHONUNBUFFERED="1",
             BENCH_EXPECTED_EVENTS=str(self.options.events),
             BENCH_REPORT_FILE=str(reports),
+            BENCH_FLOOR_READ="batch" if variant.kind == "batchfloor" else "stream",
             **variant.env,
         )
 
@@ -222,7 +227,7 @@ class Bench:
 
 def start(kind: Kind, env: dict[str, str], log_dir: Path, name: str) -> Process:
     """Start a worker of ``kind``; its output goes to ``log_dir/NAME.log``."""
-    if kind == "floor":
+    if kind in ("floor", "batchfloor"):
         return runtime.spawn(name, [sys.executable, str(FLOOR_SCRIPT)], log_dir, env)
     if kind == "quix":
         return runtime.spawn(name, [str(peer_python()), str(PEER_SCRIPT)], log_dir, env)
@@ -440,7 +445,7 @@ async def run_once(bench: Bench, variant: Variant, index: int, redis: Redis) -> 
     spawned_at = time.time()
     process = start(variant.kind, bench.env(variant, settings, reports), bench.log_dir, name)
     try:
-        if variant.kind == "floor":
+        if variant.kind in ("floor", "batchfloor"):
             timing = await floor_timing(process, reports, bench.timeout)
         elif variant.kind == "quix":
             timing = await floor_timing(process, reports, bench.timeout)
@@ -627,7 +632,8 @@ def ratios(runs: Sequence[Run]) -> list[Ratio]:
     for name, mine in by_variant.items():
         if not name.startswith("pipeline-"):
             continue
-        for other in (name.replace("pipeline-", "floor-", 1), "quix"):
+        tuning = name.removeprefix("pipeline-")
+        for other in (f"floor-{tuning}", f"batchfloor-{tuning}", "quix"):
             theirs = by_variant.get(other)
             if not theirs:
                 continue
