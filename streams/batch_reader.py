@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -96,9 +97,14 @@ class BatchConsumer(FaustConsumer):
         others: list[tuple[Any, Any]] = []
         read_offset = self._read_offset
         buffered = self._buffered_partitions
+        # what a stream marks per event: Faust's livelock check reads a partition whose
+        # stream has not marked it for a while, under lag, as stuck
+        inbound = self.app.monitor.stream_inbound_time
+        now = time.monotonic()
         for tp, tp_records in records.items():
             if active is not None and tp not in active and tp not in buffered:
                 continue
+            inbound[tp] = now
             last = read_offset[tp]
             into = batch if tp.topic in topics else None
             for record in tp_records:

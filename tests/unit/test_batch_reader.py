@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from intervaltree import IntervalTree
@@ -33,6 +34,7 @@ def consumer(read_offset: dict[Any, int] | None = None) -> BatchConsumer:
     c._acked = defaultdict(list)
     c._acked_index = defaultdict(set)
     c._n_acked = 0
+    c.app = SimpleNamespace(monitor=SimpleNamespace(stream_inbound_time={}))
     return c
 
 
@@ -60,6 +62,8 @@ async def test_a_fetch_becomes_one_batch_of_the_sources_and_the_rest_goes_apart(
     assert [(t.topic, r.offset) for t, r in others] == [("other", 9)]
     assert c._read_offset[tp("orders", 0)] == 6
     assert c._read_offset[tp("orders", 2)] is None
+    # the partitions read are marked as flowing for Faust's livelock check
+    assert set(c.app.monitor.stream_inbound_time) == active
 
 
 async def test_acked_batches_commit_past_a_hole_in_the_log() -> None:
