@@ -155,13 +155,17 @@ def workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]], timeout: float, what: str, logs: Callable[[], str] = str
+    check: Callable[[], Awaitable[bool]],
+    timeout: float,
+    what: str,
+    logs: Callable[[], str] = str,
+    every: float = 0.2,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await check():
             return
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs()}")
 
 

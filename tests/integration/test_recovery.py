@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections import Counter
+from typing import Any
 
 from retention.config import Settings
 from store.store import Store
@@ -17,6 +20,17 @@ EVENTS = 30_000
 async def seen_total(store: Store) -> int:
     stats = await store.stats()
     return sum(stats.accepted.values()) + sum(stats.duplicates.values())
+
+
+async def send_paced(producer: EventProducer, events: list[dict[str, Any]]) -> Counter[str]:
+    """Send in chunks with pauses between them: a stream still arriving while the test acts,
+    however fast the workers read."""
+    sent: Counter[str] = Counter()
+    for start in range(0, len(events), 1000):
+        sent += await send_all(producer, events[start : start + 1000])
+        await asyncio.sleep(0.05)
+    await producer.flush()
+    return sent
 
 
 async def assert_exact(store: Store, settings: Settings, events: list[dict[str, object]]) -> None:
@@ -39,7 +53,10 @@ async def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(
     async def some_progress() -> bool:
         return await seen_total(store) >= len(events) // 10
 
-    await wait_until(some_progress, 60, "the first worker to make progress", workers.logs)
+    # polled often: a worker reads the whole backlog in a few seconds
+    await wait_until(
+        some_progress, 60, "the first worker to make progress", workers.logs, every=0.01
+    )
     workers.kill(first)
     at_kill = await seen_total(store)
     assert at_kill < len(events), "the worker finished before it could be killed"
@@ -66,15 +83,15 @@ async def test_two_workers_share_partitions_and_survive_losing_one(
 
     rng = random.Random(11)
     events = with_duplicates(rng, random_events(rng, customers=300, count=EVENTS), share=0.05)
-    sent = await send_all(producer, events)
-    await producer.flush()
+    sending = asyncio.create_task(send_paced(producer, events))
 
     async def some_progress() -> bool:
         return await seen_total(store) >= len(events) // 10
 
-    await wait_until(some_progress, 60, "progress before the kill", workers.logs)
+    await wait_until(some_progress, 60, "progress before the kill", workers.logs, every=0.01)
     workers.kill(second)
-    assert await seen_total(store) < len(events), "the stream ended before the kill"
+    assert not sending.done(), "the stream ended before the kill"
+    sent = await sending
 
     await wait_all_seen(store, sent, workers, timeout=120)
     await assert_exact(store, settings, events)
