@@ -96,6 +96,8 @@ class Ingest:
         self.store = store
         self.dlq = dlq
         self.counters = WorkerCounters()
+        #: records in the last batch decoded: a full batch means a backlog is being read
+        self.last_batch_size = 0
         self.rates = Rates(
             settings.reporting_currency, settings.default_currency, settings.rates_file
         )
@@ -120,6 +122,11 @@ class Ingest:
         return await self.dlq.send(
             key=message.key, value=message.value, headers=dlq_headers(message, rejection)
         )
+
+    def caught_up(self) -> bool:
+        """Whether the last fetch held less than a full batch: the worker reads as fast as
+        events arrive, with no backlog waiting behind it."""
+        return self.last_batch_size < self.settings.batch_size
 
     def latest_ms(self) -> int | None:
         """The latest event time accepted now: the wall clock plus the allowed margin, live;
@@ -158,6 +165,7 @@ class Ingest:
         pending = []
         messages = []
         latest_ms = self.latest_ms()
+        self.last_batch_size = len(batch)
         # after a seek back, a batch may hold an offset twice (buffered before the seek,
         # then read again): it is one message, taken once
         taken: set[tuple[str, int, int]] = set()

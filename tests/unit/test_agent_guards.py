@@ -134,3 +134,14 @@ async def test_a_timer_survives_any_exception_and_counts_it(error: Exception) ->
     await tick()
     await tick()
     assert (calls, counters.timer_errors) == (2, 2)
+
+
+async def test_a_full_batch_tells_a_backlog_and_a_short_one_caught_up() -> None:
+    """The worker's evaluation takes nearly all of its tick only while no backlog waits."""
+    handler = Ingest(Settings(batch_size=2), Topics(), Store.__new__(Store), DeadLetters())
+    good = b'{"event_id":"e","customer_id":"c","ts":1700000000,"type":"login"}'
+    assert handler.caught_up()
+    await handler.decode([Message("logins", 0, 0, b"c", good), Message("logins", 0, 1, b"c", good)])
+    assert not handler.caught_up()
+    await handler.decode([Message("logins", 0, 2, b"c", good)])
+    assert handler.caught_up()
