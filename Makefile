@@ -57,7 +57,7 @@ bench: install
 # floor, pipeline and a Quix Streams peer, interleaved; the peer runs in an environment of
 # its own (bench/.venv-quix, made on first use from PyPI)
 bench-quix: install
-	$(BIN)/python bench/throughput.py --variants floor-tuned,pipeline-tuned,quix --repeat 3
+	$(BIN)/python bench/throughput.py --variants floor-tuned,batchfloor-tuned,pipeline-tuned,quix --repeat 3
 
 # where the worker's time per event goes, by stage
 bench-profile: install
