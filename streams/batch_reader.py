@@ -11,6 +11,10 @@ Faust still runs the rest: the group membership and assignments, the seeks
 (``streams/positioning.py``), flow control around rebalances, and committing acked
 offsets to Kafka (a hint: the store's offsets are the truth). A consumer with no sink
 (the Faust floor of ``bench/``) reads the way Faust does.
+
+This leans on the bookkeeping of Faust 0.15's consumer (read offsets, gaps, the acked
+offsets its commits are worked out from), which is why ``pyproject.toml`` keeps Faust
+below 0.16; ``tests/unit/test_batch_reader.py`` runs that bookkeeping itself.
 """
 
 from __future__ import annotations
