@@ -87,9 +87,10 @@ def register(
 async def exit_if_fails(work: Awaitable[None], exit: Callable[[int], Any] = os._exit) -> None:
     """Run the ingest's work; if it raises, end the process with AGENT_DIED_EXIT.
 
-    Faust logs a crashed agent or fetcher and keeps the worker up, which would then look alive while
-    doing nothing. Exiting hands the problem to the supervisor (``retention up``, compose,
-    systemd), and the restarted worker resumes from the store's offsets, losing nothing.
+    Faust logs a crashed agent or fetcher and keeps the worker up, which would then look
+    alive while doing nothing. Exiting hands the problem to the supervisor (``retention
+    up``, compose, systemd), and the restarted worker resumes from the store's offsets,
+    losing nothing.
     """
     try:
         await work

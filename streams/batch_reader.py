@@ -147,7 +147,14 @@ class BatchConsumer(FaustConsumer):
         return new
 
     async def wait_empty(self) -> None:
-        """Before partitions are revoked: the batch being stored lands and is acked."""
+        """Before partitions are revoked: the batch being stored lands and is acked. As
+        Faust's own wait for unacked messages, it gives up once the consumer stops (a
+        batch held up by a Redis outage must not hold up a shutdown; the store's offsets
+        say where the next worker starts)."""
         if self.sink is not None:
-            await self.sink.settle()
+            settling = asyncio.ensure_future(self.sink.settle())
+            while not settling.done() and not self.should_stop:
+                await asyncio.wait({settling}, timeout=1.0)
+            if not settling.done():
+                settling.cancel()
         await super().wait_empty()
