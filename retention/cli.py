@@ -11,6 +11,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -909,6 +910,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What a shell reports for a process ended by SIGPIPE (128 + 13): its reader went away.
+SIGPIPE_EXIT = 141
+
+
 def main(argv: list[str] | None = None) -> int:
     """The process's entry point (``retention``, ``python -m retention.cli``): it runs one
     command, and the process ends when it returns."""
@@ -916,8 +921,16 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup("WARNING" if args.log_level == "warn" else args.log_level.upper())
     try:
         code: int = args.func(args)
+        # what is still buffered goes out now, where a closed pipe can be told apart
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`retention export ... | head`): no traceback, and nothing
+        # more to write; what is still buffered goes to /dev/null at exit instead of
+        # failing again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
     except Exception as exc:
         if not _refused(exc):
             raise
