@@ -72,10 +72,12 @@ def register_counter(app: faust.App, settings: Settings, expected: int) -> None:
 class CountingSink:
     """Counts each batch and acks it at once: the worker's reading with no work."""
 
-    def __init__(self, consumer: BatchConsumer, topics: frozenset[str], expected: int) -> None:
+    def __init__(
+        self, consumer: BatchConsumer, topics: frozenset[str], batch_size: int, expected: int
+    ) -> None:
         self.consumer = consumer
         self.topics = topics
-        self.batch_size = Settings().batch_size
+        self.batch_size = batch_size
         self.expected = expected
         self.seen = 0
 
@@ -96,7 +98,7 @@ def register_batch_counter(app: faust.App, settings: Settings, expected: int) ->
     app.topics.add(app.topic(*sources, key_serializer="raw", value_serializer="raw"))
     consumer = app.consumer
     assert isinstance(consumer, BatchConsumer)
-    consumer.sink = CountingSink(consumer, frozenset(sources), expected)
+    consumer.sink = CountingSink(consumer, frozenset(sources), settings.batch_size, expected)
 
 
 def main() -> None:
