@@ -175,6 +175,35 @@ async def produce(
     return time.monotonic() - started
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far, from /proc (None where it cannot be
+    read: another system, or the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def run_settings(
+    tag: str, bootstrap: str, redis_url: str, log_dir: Path, partitions: int, **more: Any
+) -> Settings:
+    """A run's settings: topics, keys and data directory of its own, named by ``tag``."""
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        redis_url=redis_url,
+        data_dir=log_dir / tag,
+        topic_prefix=f"{tag}-",
+        key_prefix=f"{tag}:",
+        partitions=partitions,
+        **more,
+    )
+
+
 def log_tail(path: Path, chars: int = 2000) -> str:
     with contextlib.suppress(OSError):
         return path.read_text(errors="replace")[-chars:]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 import uuid
@@ -43,13 +42,11 @@ import common
 from redis.asyncio import Redis
 
 from retention import runtime
-from retention.config import Settings
 from store.evaluations import due_backlog
 from store.store import Store
 from streams.topics import Topics, cluster_id, ensure_topics
 
 MODES = ("worker", "separate")
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -86,16 +83,6 @@ class Run:
     @property
     def evaluated_per_second(self) -> float:
         return self.customers / max(1e-9, self.all_evaluated_after)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process, from /proc (None elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 @dataclass
@@ -150,14 +137,8 @@ async def run_once(
     log_dir: Path,
 ) -> Run:
     tag = f"ea-{mode}-{uuid.uuid4().hex[:6]}-{index}"
-    settings = Settings(
-        kafka_bootstrap=bootstrap,
-        redis_url=redis_url,
-        data_dir=log_dir / tag,
-        topic_prefix=f"{tag}-",
-        key_prefix=f"{tag}:",
-        partitions=options.partitions,
-        evaluation=mode,  # type: ignore[arg-type]
+    settings = common.run_settings(
+        tag, bootstrap, redis_url, log_dir, options.partitions, evaluation=mode
     )
     topics = Topics.from_settings(settings)
     await ensure_topics(bootstrap, topics, settings.partitions)
@@ -180,8 +161,8 @@ async def run_once(
                 time.time(),
                 await common.seen_total(store, topics),
                 await evaluated_customers(store),
-                cpu_seconds(worker.pid),
-                None if evaluator is None else cpu_seconds(evaluator.pid),
+                common.cpu_seconds(worker.pid),
+                None if evaluator is None else common.cpu_seconds(evaluator.pid),
             )
             samples.append(sample)
             if ingested is None and sample.seen >= options.events:

@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common
 
 from retention import runtime
-from retention.config import Settings
 from store.connect import connect
 from store.store import Store
 from streams.producer import EventProducer
@@ -155,14 +154,8 @@ async def watch_states(store: Store, waiting: dict[str, float], latencies: Laten
 
 async def run(options: Options, bootstrap: str, redis_url: str, log_dir: Path) -> Result:
     tag = f"lat-{uuid.uuid4().hex[:6]}"
-    settings = Settings(
-        kafka_bootstrap=bootstrap,
-        redis_url=redis_url,
-        data_dir=log_dir / tag,
-        topic_prefix=f"{tag}-",
-        key_prefix=f"{tag}:",
-        partitions=options.partitions,
-        evaluation=options.evaluation,  # type: ignore[arg-type]
+    settings = common.run_settings(
+        tag, bootstrap, redis_url, log_dir, options.partitions, evaluation=options.evaluation
     )
     topics = Topics.from_settings(settings)
     await ensure_topics(bootstrap, topics, options.partitions)

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -183,9 +182,10 @@ async def first_event(store: Store, heartbeat_seconds: float) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time of a process so far (Linux ``/proc``)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    seconds = common.cpu_seconds(pid)
+    if seconds is None:
+        raise common.BenchError(f"no CPU time readable for process {pid}")
+    return seconds
 
 
 def cpu_now(

@@ -31,7 +31,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 import uuid
@@ -47,6 +46,7 @@ from common import (
     Memory,
     build_messages,
     check_sample,
+    cpu_seconds,
     customer_ids,
     key_families,
     log_tail,
@@ -86,8 +86,6 @@ FAUST_DEFAULTS: dict[str, str] = {
     "BROKER_COMMIT_EVERY": "10000",
     "RETENTION_EVENT_LOOP": "asyncio",
 }
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass(frozen=True)
@@ -242,16 +240,6 @@ def milliseconds(seconds: str) -> str:
 def peer_python() -> Path:
     """The Quix peer's interpreter, its environment made on first use (``quix_env.py``)."""
     return quix_python()
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process, from /proc (None elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 # --- floor ----------------------------------------------------------------------------
